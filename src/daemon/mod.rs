@@ -1,0 +1,1 @@
+//! The daemon: startup order, tasks, signals, systemd notification and shutdown.
