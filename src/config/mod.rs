@@ -1,2 +1,4 @@
-//! Configuration: the file as strict serde types (`raw`), loaded from TOML plus environment
-//! overrides, with secrets read from files or the environment.
+//! Configuration: the file as strict serde types (`raw`, `target`), loaded from TOML plus
+//! environment overrides, with secrets read from files or the environment.
+
+pub mod target;

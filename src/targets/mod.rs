@@ -1,2 +1,89 @@
 //! Targets: the systems we provision into (LDAP directories, legacy SQL databases), behind one
-//! trait. Targets never see SCIM types or the store; they read and apply mapping entries/deltas.
+//! trait. Targets never see SCIM types or the store: the reconciler hands them a rendered
+//! [`Desired`] state and the [`Prior`] bookkeeping, and records the [`Outcome`].
+
+use crate::mapping::Entry;
+use serde_json::Value;
+
+/// Users or groups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    User,
+    Group,
+}
+
+/// The desired state of one resource in one target.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Desired {
+    pub kind: Kind,
+    /// The fully rendered entry at its desired key (DN).
+    pub entry: Entry,
+    /// Users: the SCIM `active` flag (false applies the deactivation policy). Groups: true.
+    pub active: bool,
+    /// Groups: the target keys (DNs / key values) of the members that exist in the target.
+    pub members: Vec<String>,
+    /// Users: a password hash to write when password sync is on.
+    pub password_hash: Option<String>,
+}
+
+/// What the store remembers of a resource in this target (from `target_state`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Prior {
+    /// The key the entry had after the last successful apply; `None` if never applied.
+    pub key: Option<String>,
+    /// Target-specific bookkeeping recorded by the last apply.
+    pub extra: Option<Value>,
+}
+
+/// The result of one sync.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Outcome {
+    /// The entry's key now (`None` once deleted).
+    pub key: Option<String>,
+    /// Bookkeeping to remember for the next sync.
+    pub extra: Option<Value>,
+    /// Human-readable changes made (or, in a dry run, that would be made), LDIF-like, one per line.
+    pub changes: Vec<String>,
+}
+
+/// How a failure should be handled by the reconciler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Connection refused or lost, busy, unavailable, timeout: retry with backoff, forever.
+    Transient,
+    /// Schema violation, constraint, invalid DN, no such parent, unmanaged entry in the way:
+    /// retried a few times, then a dead letter.
+    Permanent,
+}
+
+/// A target failure, with the target's own code (LDAP result code, SQLSTATE) when there is one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct TargetError {
+    pub class: ErrorClass,
+    pub code: Option<String>,
+    pub message: String,
+}
+
+/// A target. `async fn` in a trait over a closed set of implementations (see [`AnyTarget`]).
+#[allow(async_fn_in_trait)]
+pub trait Target {
+    /// A real connection, bind and read; run at boot, by `check-config --connect` and `/readyz`.
+    ///
+    /// # Errors
+    /// The failure, classified.
+    async fn healthcheck(&self) -> Result<(), TargetError>;
+
+    /// Make the target match `desired` (`None`: the resource was deleted in the store). Reads
+    /// the live entry first and applies only the difference; safe to repeat. With `dry_run`,
+    /// changes nothing and reports what it would do.
+    ///
+    /// # Errors
+    /// The failure, classified.
+    async fn sync(
+        &self,
+        desired: Option<&Desired>,
+        prior: &Prior,
+        dry_run: bool,
+    ) -> Result<Outcome, TargetError>;
+}
