@@ -423,6 +423,13 @@ impl Filter {
         eval(self, resource, None)
     }
 
+    /// Does one element of the multi-valued attribute `parent` match this value filter
+    /// (`type eq "work"` on an `emails` element, `value eq "x"` on a `members` element)?
+    /// The parent decides case-exactness (`members.value` is case-exact).
+    pub fn matches_element(&self, element: &Value, parent: &str) -> bool {
+        eval(self, element, Some(parent))
+    }
+
     /// Equality lookups the store may answer from an index: for a filter that is a single `eq`
     /// or an `and` of terms, each `attr eq "string"` conjunct on a top-level core attribute, as
     /// (lower-cased canonical attribute name, value). Canonical names: `id`, `username`,
