@@ -289,7 +289,11 @@ impl Store {
 
     /// A live user by `userName` (case-insensitive), `externalId` (exact) or id; `by` is
     /// `"id"`, `"userName"` or `"externalId"`. Used to resolve `manager.value`.
-    pub async fn find_user(&self, _by: &str, _value: &str) -> Result<Option<StoredUser>, StoreError> {
+    pub async fn find_user(
+        &self,
+        _by: &str,
+        _value: &str,
+    ) -> Result<Option<StoredUser>, StoreError> {
         unimplemented!()
     }
 
@@ -299,7 +303,11 @@ impl Store {
     ///
     /// # Errors
     /// 409 uniqueness on the normalised `displayName`.
-    pub async fn create_group(&self, _input: GroupInput, _ctx: &AuditCtx) -> Result<StoredGroup, StoreError> {
+    pub async fn create_group(
+        &self,
+        _input: GroupInput,
+        _ctx: &AuditCtx,
+    ) -> Result<StoredGroup, StoreError> {
         unimplemented!()
     }
 
@@ -340,7 +348,12 @@ impl Store {
     ///
     /// # Errors
     /// 404; 412 on an `if_match` mismatch.
-    pub async fn delete_group(&self, _id: &str, _if_match: Option<i64>, _ctx: &AuditCtx) -> Result<(), StoreError> {
+    pub async fn delete_group(
+        &self,
+        _id: &str,
+        _if_match: Option<i64>,
+        _ctx: &AuditCtx,
+    ) -> Result<(), StoreError> {
         unimplemented!()
     }
 
@@ -363,7 +376,12 @@ impl Store {
     ///
     /// # Errors
     /// 409-style `Scim` uniqueness error when the name is taken by a live token.
-    pub async fn create_token(&self, _name: &str, _sha256: [u8; 32], _now_ms: i64) -> Result<TokenInfo, StoreError> {
+    pub async fn create_token(
+        &self,
+        _name: &str,
+        _sha256: [u8; 32],
+        _now_ms: i64,
+    ) -> Result<TokenInfo, StoreError> {
         unimplemented!()
     }
 
@@ -387,14 +405,25 @@ impl Store {
     /// Claim up to `limit` due pending rows of `target` (not claimed, or whose lease expired),
     /// setting a lease until `now_ms + lease_ms` and a new fencing epoch. A row is exclusive while
     /// claimed, so one resource is never applied twice at once.
-    pub async fn claim(&self, _target: &str, _now_ms: i64, _lease_ms: i64, _limit: i64) -> Result<Vec<OutboxItem>, StoreError> {
+    pub async fn claim(
+        &self,
+        _target: &str,
+        _now_ms: i64,
+        _lease_ms: i64,
+        _limit: i64,
+    ) -> Result<Vec<OutboxItem>, StoreError> {
         unimplemented!()
     }
 
     /// Record success: upsert `state` (never lowering `applied_version`), then delete the outbox
     /// row only if its version did not move since the claim (else release it for another round).
     /// Writes an `applied:<target>` history row.
-    pub async fn settle_applied(&self, _item: &OutboxItem, _state: TargetState, _now_ms: i64) -> Result<(), StoreError> {
+    pub async fn settle_applied(
+        &self,
+        _item: &OutboxItem,
+        _state: TargetState,
+        _now_ms: i64,
+    ) -> Result<(), StoreError> {
         unimplemented!()
     }
 
@@ -425,7 +454,11 @@ impl Store {
     }
 
     /// The recorded state of one resource in one target.
-    pub async fn target_state(&self, _target: &str, _resource_id: &str) -> Result<Option<TargetState>, StoreError> {
+    pub async fn target_state(
+        &self,
+        _target: &str,
+        _resource_id: &str,
+    ) -> Result<Option<TargetState>, StoreError> {
         unimplemented!()
     }
 
@@ -435,7 +468,11 @@ impl Store {
     }
 
     /// Ids of every resource of a type, tombstones included, in creation order.
-    pub async fn all_resource_ids(&self, _resource_type: ResourceType, _include_deleted: bool) -> Result<Vec<String>, StoreError> {
+    pub async fn all_resource_ids(
+        &self,
+        _resource_type: ResourceType,
+        _include_deleted: bool,
+    ) -> Result<Vec<String>, StoreError> {
         unimplemented!()
     }
 
@@ -450,12 +487,21 @@ impl Store {
     }
 
     /// Make dead letters pending again (all of a target when `id` is `None`); returns how many.
-    pub async fn retry_dead(&self, _id: Option<i64>, _target: Option<&str>, _now_ms: i64) -> Result<u64, StoreError> {
+    pub async fn retry_dead(
+        &self,
+        _id: Option<i64>,
+        _target: Option<&str>,
+        _now_ms: i64,
+    ) -> Result<u64, StoreError> {
         unimplemented!()
     }
 
     /// Drop dead letters; returns how many.
-    pub async fn discard_dead(&self, _id: Option<i64>, _target: Option<&str>) -> Result<u64, StoreError> {
+    pub async fn discard_dead(
+        &self,
+        _id: Option<i64>,
+        _target: Option<&str>,
+    ) -> Result<u64, StoreError> {
         unimplemented!()
     }
 
@@ -470,7 +516,10 @@ impl Store {
     }
 
     /// Find a resource id by userName or group displayName (for `scim-sync history NAME`).
-    pub async fn resolve_name(&self, _name: &str) -> Result<Option<(ResourceType, String)>, StoreError> {
+    pub async fn resolve_name(
+        &self,
+        _name: &str,
+    ) -> Result<Option<(ResourceType, String)>, StoreError> {
         unimplemented!()
     }
 }
