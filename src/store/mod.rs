@@ -8,6 +8,7 @@
 //! constraint on the normalised `userName` / group `displayName` of live resources decides
 //! conflicts (never a check-then-insert).
 
+mod batch;
 mod history;
 mod models;
 mod outbox;
