@@ -30,14 +30,23 @@ impl Default for FilterLimits {
 /// Comparison operators.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CompareOp {
+    /// equal
     Eq,
+    /// not equal (true when the attribute is missing)
     Ne,
+    /// contains (strings)
     Co,
+    /// starts with (strings)
     Sw,
+    /// ends with (strings)
     Ew,
+    /// greater than (numbers; strings and RFC 3339 dates lexicographically)
     Gt,
+    /// greater than or equal
     Ge,
+    /// less than
     Lt,
+    /// less than or equal
     Le,
 }
 
@@ -52,14 +61,14 @@ pub enum Filter {
     },
     /// `attr pr`
     Present(AttrPath),
+    /// `a and b` (binds tighter than `or`)
     And(Box<Filter>, Box<Filter>),
+    /// `a or b`
     Or(Box<Filter>, Box<Filter>),
+    /// `not (a)`
     Not(Box<Filter>),
     /// `emails[type eq "work" and value co "@x"]` (with the path naming the multi-valued attribute)
-    ValuePath {
-        path: AttrPath,
-        filter: Box<Filter>,
-    },
+    ValuePath { path: AttrPath, filter: Box<Filter> },
 }
 
 /// Parse a filter.

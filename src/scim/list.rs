@@ -13,11 +13,13 @@ use serde_json::{Map, Value};
 /// A validated list query.
 #[derive(Debug, Clone)]
 pub struct ListQuery {
+    /// The parsed `filter`, if any.
     pub filter: Option<Filter>,
     /// 1-based, at least 1 (RFC 7644: values below 1 are read as 1).
     pub start_index: u64,
     /// Page size, capped at `max_count`; 0 means totals only.
     pub count: u64,
+    /// `attributes` / `excludedAttributes`.
     pub attributes: AttrSelection,
 }
 
@@ -26,6 +28,7 @@ pub struct ListQuery {
 pub struct AttrSelection {
     /// Lower-cased attribute paths (URN-qualified or not).
     pub attributes: Vec<String>,
+    /// Lower-cased `excludedAttributes` paths.
     pub excluded: Vec<String>,
 }
 

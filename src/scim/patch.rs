@@ -36,16 +36,22 @@ use serde_json::{json, Map, Value};
 /// The three PATCH operations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OpKind {
+    /// RFC 7644 §3.5.2.1
     Add,
+    /// RFC 7644 §3.5.2.2
     Remove,
+    /// RFC 7644 §3.5.2.3
     Replace,
 }
 
 /// One parsed operation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PatchOp {
+    /// The operation, whatever case the client used.
     pub op: OpKind,
+    /// The target; `None` for a path-less add/replace with a value object.
     pub path: Option<AttrPath>,
+    /// The value as sent (may be JSON null).
     pub value: Option<Value>,
 }
 
@@ -53,12 +59,17 @@ pub struct PatchOp {
 /// and deletes, so one added member costs O(1) rows whatever the group's size.
 #[derive(Debug, Clone, PartialEq)]
 pub enum MemberOp {
+    /// Add these members (already a member: no-op).
     Add(Vec<MemberRef>),
+    /// Remove the members with these ids (not a member: no-op).
     Remove(Vec<String>),
     /// Remove the members matching a filter other than `value eq` (evaluated against
-    /// `{"value", "display", "type"}` member objects).
+    /// `{"value", "display", "type"}` member objects, with
+    /// [`Filter::matches_element`]`(obj, "members")` so that `value` compares case-exactly).
     RemoveMatching(Filter),
+    /// Remove every member.
     RemoveAll,
+    /// Make the membership exactly this set.
     Replace(Vec<MemberRef>),
 }
 

@@ -14,7 +14,9 @@ use serde_json::{json, Map, Value};
 /// The two resource types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ResourceType {
+    /// `/Users`
     User,
+    /// `/Groups`
     Group,
 }
 
@@ -77,7 +79,9 @@ pub struct MemberRef {
 /// An entry of a user's derived `groups` attribute.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupRef {
+    /// The group's SCIM `id`.
     pub value: String,
+    /// The group's `displayName`.
     pub display: String,
 }
 
@@ -88,12 +92,15 @@ pub struct UserInput {
     /// their URN keys; explicit nulls removed; `active` a boolean; a string `manager` turned
     /// into `{"value": ...}`); without `id`, `meta`, `schemas`, `groups`, `password`.
     pub data: Map<String, Value>,
+    /// `userName` (required, non-empty).
     pub user_name: String,
+    /// `externalId`, if sent.
     pub external_id: Option<String>,
     /// `None` when the body has no `active` (the caller keeps the current value, or `true` on create).
     pub active: Option<bool>,
     /// Every `emails[].value`, for the store's lookup index.
     pub emails: Vec<String>,
+    /// A `password` the client sent; never part of `data`.
     pub password: Option<Password>,
 }
 
@@ -102,7 +109,9 @@ pub struct UserInput {
 pub struct GroupInput {
     /// Canonical body without `id`, `meta`, `schemas`, `members`.
     pub data: Map<String, Value>,
+    /// `displayName` (required, non-empty).
     pub display_name: String,
+    /// `externalId`, if sent.
     pub external_id: Option<String>,
     /// `None` when the body has no `members` (or `members: null`): membership is left as it is.
     pub members: Option<Vec<MemberRef>>,
