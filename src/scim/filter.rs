@@ -27,6 +27,10 @@ impl Default for FilterLimits {
     }
 }
 
+/// Highest filter tree accepted (a chain of `n` terms is `n` high): above any filter that
+/// fits the default 4096-byte limit, low enough for recursive evaluation on any thread.
+pub const MAX_TREE_HEIGHT: usize = 1024;
+
 /// Comparison operators.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CompareOp {
@@ -220,7 +224,8 @@ struct Parser {
     toks: std::vec::IntoIter<Tok>,
     peeked: Option<Tok>,
     ops: Vec<Frame>,
-    vals: Vec<Filter>,
+    /// Operands with their tree height (bounded by [`MAX_TREE_HEIGHT`]).
+    vals: Vec<(Filter, usize)>,
     depth: usize,
     max_depth: usize,
     allow_value_paths: bool,
@@ -282,7 +287,7 @@ impl Parser {
             return Err(bad("unbalanced parentheses or brackets"));
         }
         match (self.vals.pop(), self.vals.is_empty()) {
-            (Some(f), true) => Ok(f),
+            (Some((f, _)), true) => Ok(f),
             _ => Err(bad("malformed filter")),
         }
     }
@@ -314,7 +319,7 @@ impl Parser {
                     return Ok(true);
                 }
                 let term = self.term(path)?;
-                self.vals.push(term);
+                self.push_val(term, 1)?;
                 Ok(false)
             }
             _ => Err(bad("expected an attribute, 'not' or '('")),
@@ -358,8 +363,8 @@ impl Parser {
                 self.depth = self.depth.saturating_sub(1);
                 if matches!(self.ops.last(), Some(Frame::Not)) {
                     self.ops.pop();
-                    let inner = self.pop_val()?;
-                    self.vals.push(Filter::Not(Box::new(inner)));
+                    let (inner, height) = self.pop_val()?;
+                    self.push_val(Filter::Not(Box::new(inner)), height + 1)?;
                 }
                 Ok(false)
             }
@@ -380,15 +385,15 @@ impl Parser {
         };
         self.depth = self.depth.saturating_sub(1);
         self.in_bracket = false;
-        let inner = self.pop_val()?;
+        let (inner, height) = self.pop_val()?;
         let sub = match self.peek() {
             Some(Tok::Word(w)) if w.starts_with('.') => w.clone(),
             _ => {
-                self.vals.push(Filter::ValuePath {
+                let value_path = Filter::ValuePath {
                     path,
                     filter: Box::new(inner),
-                });
-                return Ok(());
+                };
+                return self.push_val(value_path, height + 1);
             }
         };
         self.next();
@@ -400,25 +405,34 @@ impl Parser {
         path.value_filter = Some(Box::new(inner));
         path.sub_attr = Some(sub_path.attr);
         let term = self.term(path)?;
-        self.vals.push(term);
-        Ok(())
+        self.push_val(term, height + 1)
     }
 
-    fn pop_val(&mut self) -> Result<Filter, ScimError> {
+    fn pop_val(&mut self) -> Result<(Filter, usize), ScimError> {
         self.vals.pop().ok_or_else(|| bad("malformed filter"))
+    }
+
+    /// Long `and`/`or` chains nest without parentheses; their height is bounded too, so that
+    /// evaluating and dropping a filter never recurses deeply whatever `max_len` is configured.
+    fn push_val(&mut self, filter: Filter, height: usize) -> Result<(), ScimError> {
+        if height > MAX_TREE_HEIGHT {
+            return Err(bad("filter has too many terms"));
+        }
+        self.vals.push((filter, height));
+        Ok(())
     }
 
     fn reduce_while(&mut self, pred: impl Fn(&Frame) -> bool) -> Result<(), ScimError> {
         while self.ops.last().is_some_and(&pred) {
             let frame = self.ops.pop();
-            let right = self.pop_val()?;
-            let left = self.pop_val()?;
+            let (right, right_height) = self.pop_val()?;
+            let (left, left_height) = self.pop_val()?;
             let combined = match frame {
                 Some(Frame::And) => Filter::And(Box::new(left), Box::new(right)),
                 Some(Frame::Or) => Filter::Or(Box::new(left), Box::new(right)),
                 _ => return Err(bad("malformed filter")),
             };
-            self.vals.push(combined);
+            self.push_val(combined, left_height.max(right_height) + 1)?;
         }
         Ok(())
     }
@@ -867,6 +881,17 @@ mod tests {
         for r in handle.join().unwrap() {
             assert_eq!(r.unwrap_err().scim_type, Some(ScimType::InvalidFilter));
         }
+    }
+
+    #[test]
+    fn very_long_chains_are_refused() {
+        let text = vec!["a pr"; 2000].join(" or ");
+        let limits = FilterLimits {
+            max_len: 100_000,
+            max_depth: 4,
+        };
+        let err = parse_filter(&text, limits).unwrap_err();
+        assert_eq!(err.scim_type, Some(ScimType::InvalidFilter));
     }
 
     #[test]

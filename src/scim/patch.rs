@@ -168,6 +168,8 @@ fn drop_empty_extensions(data: &mut Map<String, Value>) {
 
 /// Apply operations to a user's canonical body (`UserInput::data` shape). The result is
 /// re-validated by the caller with `resource::parse_user`. Returns a password set by the patch.
+/// On error `data` may hold part of the changes: discard it (RFC 7644 §3.5.2: a PATCH is
+/// atomic, so the caller applies to a copy).
 ///
 /// # Errors
 /// 400 `mutability` for `id`, `meta`, `groups` (a path-less replace that repeats the current `id`
@@ -732,6 +734,7 @@ fn remove_ci(o: &mut Map<String, Value>, key: &str) {
 }
 
 /// Apply operations to a group's canonical body; membership changes come back as [`MemberOp`]s.
+/// As for users, on error `data` may hold part of the changes and must be discarded.
 ///
 /// # Errors
 /// As [`apply_user_patch`]; a malformed member payload is 400, never a silent no-op.
