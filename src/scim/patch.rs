@@ -15,9 +15,12 @@
 //! - removing (or replacing with null) `userName` on a user or `displayName` on a group is
 //!   400 `mutability`: both are required, and RFC 7644 §3.5.2 says an operation must be
 //!   compatible with the attribute's schema;
-//! - attributes outside the core schema (Okta custom attributes in the core namespace) may be
-//!   patched like any attribute; a known simple attribute with a sub-attribute
-//!   (`userName.foo`) is 400 `invalidPath`;
+//! - a path to an attribute outside the core, Group or enterprise schema is 400 `invalidPath`
+//!   `objectClass`, `memberOf`, `userPassword` ...) unless the resource already has that
+//!   attribute (an Okta custom attribute sent in the core namespace by POST/PUT, which stores
+//!   it as sent); attributes of other extension URNs (declared or, like Entra's custom one,
+//!   not) are accepted, the mapping's allowlist decides what reaches a target; a known simple
+//!   attribute with a sub-attribute (`userName.foo`) is 400 `invalidPath`;
 //! - `replace` with `"value": null` removes the attribute (RFC 7643 §2.5: null is unassigned),
 //!   `add` with null is a no-op; member payloads are never silently ignored.
 //!
@@ -342,6 +345,10 @@ impl UserCtx<'_> {
             let ext = self.ext_spelling(urn);
             let (attr, kind) = match lookup(ENTERPRISE_ATTRS, &path.attr) {
                 Some((n, k)) if ext == ENTERPRISE_USER => (n.to_string(), Some(k)),
+                None if ext == ENTERPRISE_USER => {
+                    let current = self.data.get(ENTERPRISE_USER).and_then(Value::as_object);
+                    (known_or_existing(current, &path.attr)?, None)
+                }
                 _ => (path.attr.clone(), None),
             };
             return Ok(Target::Attr {
@@ -366,7 +373,7 @@ impl UserCtx<'_> {
             }),
             None => Ok(Target::Attr {
                 container: None,
-                attr: path.attr.clone(),
+                attr: known_or_existing(Some(self.data), &path.attr)?,
                 kind: None,
             }),
         }
@@ -391,6 +398,14 @@ impl UserCtx<'_> {
             _ => Err(ScimError::invalid_value("password must be a string")),
         }
     }
+}
+
+/// An attribute outside the schema may be patched only when the resource already has it (it
+/// came in a POST/PUT, e.g. an Okta custom attribute); anything else is 400 invalidPath, so a
+/// PATCH can never invent `objectClass`, `memberOf` or `userPassword`.
+fn known_or_existing(map: Option<&Map<String, Value>>, attr: &str) -> Result<String, ScimError> {
+    map.and_then(|m| existing_key(m, attr))
+        .ok_or_else(|| ScimError::invalid_path("unknown attribute"))
 }
 
 /// The canonical sub-attribute for a path on an attribute of `kind`.
@@ -819,10 +834,7 @@ fn group_attr(
             return Err(ScimError::mutability(format!("{n} is read-only")))
         }
         Some((n, k)) => (n.to_string(), Some(k)),
-        None => (
-            existing_key(data, &path.attr).unwrap_or_else(|| path.attr.clone()),
-            None,
-        ),
+        None => (known_or_existing(Some(data), &path.attr)?, None),
     };
     if kind.is_some() && (path.sub_attr.is_some() || path.value_filter.is_some()) {
         return Err(ScimError::invalid_path(format!(
@@ -1173,6 +1185,14 @@ mod tests {
                 json!([{"op": "move", "path": "members"}]),
                 ScimType::InvalidSyntax,
             ),
+            (
+                json!([{"op": "add", "path": "objectClass", "value": "x"}]),
+                ScimType::InvalidPath,
+            ),
+            (
+                json!([{"op": "replace", "value": {"memberOf": "x"}}]),
+                ScimType::InvalidPath,
+            ),
         ];
         for (ops, want) in bad {
             let err = group_ops(ops.clone()).unwrap_err();
@@ -1418,9 +1438,12 @@ mod tests {
             user_patch(json!([{"op": "replace", "path": "emails.primary", "value": "false"}]))
                 .unwrap();
         assert_eq!(d["emails"][0]["primary"], false);
-        let (d, _) =
-            user_patch(json!([{"op": "add", "path": "customAttr", "value": "x"}])).unwrap();
-        assert_eq!(d["customAttr"], "x");
+        let mut data = base_user();
+        data.insert("customAttr".into(), json!("old"));
+        let ops = json!([{"op": "replace", "path": "CUSTOMATTR", "value": "x"}]);
+        let ops = parse_patch(patch(ops), 10).unwrap();
+        apply_user_patch(&mut data, &ops, &SchemaSet::default()).unwrap();
+        assert_eq!(data["customAttr"], "x");
         let (d, _) =
             user_patch(json!([{"op": "add", "path": "USERNAME", "value": "upper@x"}])).unwrap();
         assert_eq!(d["userName"], "upper@x");
@@ -1464,6 +1487,34 @@ mod tests {
             (
                 json!([{"op": "replace", "path": "__proto__", "value": "x"}]),
                 ScimType::InvalidPath,
+            ),
+            (
+                json!([{"op": "add", "path": "customAttr", "value": "x"}]),
+                ScimType::InvalidPath,
+            ),
+            (
+                json!([{"op": "add", "path": "objectClass", "value": "top"}]),
+                ScimType::InvalidPath,
+            ),
+            (
+                json!([{"op": "add", "path": "memberOf", "value": "cn=admins"}]),
+                ScimType::InvalidPath,
+            ),
+            (
+                json!([{"op": "replace", "path": "userPassword", "value": "x"}]),
+                ScimType::InvalidPath,
+            ),
+            (
+                json!([{"op": "replace", "value": {"uidNumber": 0}}]),
+                ScimType::InvalidPath,
+            ),
+            (
+                json!([{"op": "replace", "path": format!("{ENT}:uidNumber"), "value": 0}]),
+                ScimType::InvalidPath,
+            ),
+            (
+                json!([{"op": "replace", "path": "meta.created", "value": "x"}]),
+                ScimType::Mutability,
             ),
             (
                 json!([{"op": "replace", "path": "emails[type eq \"work\"].value.foo", "value": "x"}]),
