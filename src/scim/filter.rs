@@ -938,6 +938,103 @@ mod tests {
         assert!(parse_filter(&inputs[0], FilterLimits::default()).is_err());
     }
 
+    /// A reference AST for the property test below.
+    enum Ref {
+        Term(usize),
+        And(Box<Ref>, Box<Ref>),
+        Or(Box<Ref>, Box<Ref>),
+        Not(Box<Ref>),
+    }
+
+    /// (filter text, reference evaluation on the resource)
+    type Term = (&'static str, fn(&Value) -> bool);
+
+    const TERMS: &[Term] = &[
+        ("userName eq \"BOB\"", |r| {
+            r["userName"]
+                .as_str()
+                .is_some_and(|s| s.eq_ignore_ascii_case("bob"))
+        }),
+        ("title pr", |r| {
+            r["title"].as_str().is_some_and(|s| !s.is_empty())
+        }),
+        ("active eq true", |r| r["active"] == json!(true)),
+        ("loginCount gt 5", |r| {
+            r["loginCount"].as_i64().is_some_and(|n| n > 5)
+        }),
+        ("emails[type eq \"work\"]", |r| {
+            r["emails"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|e| e["type"] == "work"))
+        }),
+        ("title ne \"boss\"", |r| {
+            r["title"]
+                .as_str()
+                .is_none_or(|s| !s.eq_ignore_ascii_case("boss"))
+        }),
+    ];
+
+    fn gen(rng: &mut u64, depth: u32) -> Ref {
+        *rng ^= *rng << 13;
+        *rng ^= *rng >> 7;
+        *rng ^= *rng << 17;
+        let pick = *rng % 10;
+        let term = (*rng / 10) as usize % TERMS.len();
+        if depth == 0 || pick < 3 {
+            return Ref::Term(term);
+        }
+        match pick {
+            3..=5 => Ref::And(Box::new(gen(rng, depth - 1)), Box::new(gen(rng, depth - 1))),
+            6..=8 => Ref::Or(Box::new(gen(rng, depth - 1)), Box::new(gen(rng, depth - 1))),
+            _ => Ref::Not(Box::new(gen(rng, depth - 1))),
+        }
+    }
+
+    /// Text with as few parentheses as precedence allows (`and` binds tighter than `or`).
+    fn render(r: &Ref) -> String {
+        match r {
+            Ref::Term(i) => TERMS[*i].0.to_string(),
+            Ref::Not(x) => format!("not ({})", render(x)),
+            Ref::Or(a, b) => format!("{} or ({})", render(a), render(b)),
+            Ref::And(a, b) => {
+                let side = |x: &Ref| match x {
+                    Ref::Or(_, _) => format!("({})", render(x)),
+                    _ => render(x),
+                };
+                format!("{} AND {}", side(a), side(b))
+            }
+        }
+    }
+
+    fn reference(r: &Ref, res: &Value) -> bool {
+        match r {
+            Ref::Term(i) => (TERMS[*i].1)(res),
+            Ref::And(a, b) => reference(a, res) && reference(b, res),
+            Ref::Or(a, b) => reference(a, res) || reference(b, res),
+            Ref::Not(x) => !reference(x, res),
+        }
+    }
+
+    #[test]
+    fn random_filters_match_reference_evaluator() {
+        let resources = [
+            json!({"userName": "bob", "title": "Boss", "active": true, "loginCount": 9,
+                   "emails": [{"type": "work", "value": "b@x"}]}),
+            json!({"userName": "alice", "title": "", "active": false, "loginCount": 5}),
+            json!({"userName": "BOB", "active": "true", "emails": [{"type": "home"}]}),
+            json!({}),
+        ];
+        let mut rng = 0x2545_F491_4F6C_DD1D_u64;
+        for _ in 0..10_000 {
+            let ast = gen(&mut rng, 4);
+            let text = render(&ast);
+            let f = p(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            for res in &resources {
+                assert_eq!(f.matches(res), reference(&ast, res), "{text} on {res}");
+            }
+        }
+    }
+
     #[test]
     fn equality_lookups_table() {
         let cases: &[(&str, &[(&str, &str)])] = &[
