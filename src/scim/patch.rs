@@ -618,6 +618,9 @@ impl AttrOp<'_> {
     ) -> Result<(), ScimError> {
         let arr = array_mut(map, self.attr)?;
         match op {
+            // A multi-valued element is identified by its `value` (RFC 7643 §2.4): without it,
+            // it is gone.
+            OpKind::Remove if sub.eq_ignore_ascii_case("value") => arr.clear(),
             OpKind::Remove => {
                 arr.iter_mut()
                     .filter_map(Value::as_object_mut)
@@ -659,6 +662,9 @@ impl AttrOp<'_> {
         let hit = |el: &Value| f.matches_element(el, parent);
         match (op, sub) {
             (OpKind::Remove, None) => arr.retain(|el| !hit(el)),
+            (OpKind::Remove, Some(s)) if s.eq_ignore_ascii_case("value") => {
+                arr.retain(|el| !hit(el))
+            }
             (OpKind::Remove, Some(s)) => {
                 for el in arr.iter_mut().filter(|el| hit(el)) {
                     if let Some(o) = el.as_object_mut() {
@@ -1428,6 +1434,14 @@ mod tests {
             d["name"],
             json!({"givenName": "Rob", "familyName": "Builder"})
         );
+        let ops = json!([{"op": "Remove", "path": "emails[type eq \"work\"].value"}]);
+        let (d, _) = user_patch(ops).unwrap();
+        assert!(d.get("emails").is_none());
+        let ops = json!([{"op": "remove", "path": "emails[type eq \"work\"].primary"}]);
+        let (d, _) = user_patch(ops).unwrap();
+        assert_eq!(d["emails"], json!([{"value": "bob@x", "type": "work"}]));
+        let (d, _) = user_patch(json!([{"op": "remove", "path": "emails.value"}])).unwrap();
+        assert!(d.get("emails").is_none());
         let (d, _) = user_patch(json!([{"op": "remove", "path": "name.givenName"}])).unwrap();
         assert_eq!(d["name"], json!({"familyName": "Builder"}));
         let (d, _) = user_patch(json!([{"op": "replace", "path": "title", "value": null}, {"op": "replace", "path": "externalId", "value": null}])).unwrap();
