@@ -246,6 +246,10 @@ impl UserCtx<'_> {
         if !is_urn(key) {
             return None;
         }
+        if key.eq_ignore_ascii_case(USER_SCHEMA) {
+            // `{"urn:...:core:2.0:User": {"userName": ..}}`: core attributes, URN-qualified.
+            return Some(USER_SCHEMA.to_string());
+        }
         let known = key.eq_ignore_ascii_case(ENTERPRISE_USER)
             || self
                 .schemas
@@ -269,6 +273,9 @@ impl UserCtx<'_> {
         v: &Value,
     ) -> Result<(), ScimError> {
         match (op, v) {
+            (OpKind::Remove, _) | (OpKind::Replace, Value::Null) if urn == USER_SCHEMA => {
+                Err(ScimError::invalid_path("the core schema cannot be removed"))
+            }
             (OpKind::Remove, _) | (OpKind::Replace, Value::Null) => {
                 self.data.remove(urn);
                 Ok(())
@@ -1406,6 +1413,14 @@ mod tests {
             d[ENT],
             json!({"employeeNumber": "1", "department": "D", "manager": {"value": "m"}})
         );
+        let ops = json!([{"op": "replace", "value": {USER_SCHEMA: {"title": "T"}}}]);
+        let (d, _) = user_patch(ops).unwrap();
+        assert_eq!(d["title"], "T");
+        assert!(d.get(USER_SCHEMA).is_none());
+        let ops = json!([{"op": "add", "path": format!("{USER_SCHEMA}:nickName"), "value": "N"}]);
+        assert_eq!(user_patch(ops).unwrap().0["nickName"], "N");
+        let err = user_patch(json!([{"op": "remove", "path": USER_SCHEMA}])).unwrap_err();
+        assert_eq!(err.scim_type, Some(ScimType::InvalidPath));
         let (d, _) = user_patch(json!([{"op": "remove", "path": ENT}])).unwrap();
         assert!(d.get(ENT).is_none());
         let (d, _) =

@@ -378,7 +378,9 @@ fn check_schemas(v: Option<&Value>) -> Result<(), ScimError> {
 }
 
 /// The body as an object, shape-checked, `schemas` checked, nulls removed.
-fn prepare(body: Value) -> Result<Map<String, Value>, ScimError> {
+/// A core attribute may also arrive URN-qualified as a member of a `"urn:...:core:2.0:User"`
+/// object; it is lifted to the top level (a top-level spelling wins).
+fn prepare(body: Value, core: &str) -> Result<Map<String, Value>, ScimError> {
     check_shape(&body)?;
     let Value::Object(obj) = body else {
         return Err(ScimError::invalid_syntax("body must be a JSON object"));
@@ -388,10 +390,27 @@ fn prepare(body: Value) -> Result<Map<String, Value>, ScimError> {
         .find(|(k, _)| k.eq_ignore_ascii_case("schemas"))
         .map(|(_, v)| v);
     check_schemas(schemas)?;
-    match strip_nulls(Value::Object(obj)) {
-        Value::Object(o) => Ok(o),
-        _ => Err(ScimError::invalid_syntax("body must be a JSON object")),
+    let Value::Object(mut obj) = strip_nulls(Value::Object(obj)) else {
+        return Err(ScimError::invalid_syntax("body must be a JSON object"));
+    };
+    let core_key = obj.keys().find(|k| k.eq_ignore_ascii_case(core)).cloned();
+    if let Some(key) = core_key {
+        match obj.remove(&key) {
+            Some(Value::Object(inner)) => {
+                for (k, v) in inner {
+                    if !obj.keys().any(|o| o.eq_ignore_ascii_case(&k)) {
+                        obj.insert(k, v);
+                    }
+                }
+            }
+            _ => {
+                return Err(ScimError::invalid_syntax(
+                    "a core schema key must hold an object",
+                ))
+            }
+        }
     }
+    Ok(obj)
 }
 
 fn required_string(data: &Map<String, Value>, name: &str) -> Result<String, ScimError> {
@@ -412,7 +431,7 @@ fn required_string(data: &Map<String, Value>, name: &str) -> Result<String, Scim
 pub fn parse_user(body: Value, schemas: &SchemaSet) -> Result<UserInput, ScimError> {
     let mut data = Map::new();
     let mut password = None;
-    for (k, v) in prepare(body)? {
+    for (k, v) in prepare(body, USER_SCHEMA)? {
         if is_urn(&k) {
             let urn = canonical_urn(&k, schemas);
             let ext = normalize_extension(&urn, v)?;
@@ -468,7 +487,7 @@ pub fn parse_user(body: Value, schemas: &SchemaSet) -> Result<UserInput, ScimErr
 pub fn parse_group(body: Value, schemas: &SchemaSet) -> Result<GroupInput, ScimError> {
     let mut data = Map::new();
     let mut members = None;
-    for (k, v) in prepare(body)? {
+    for (k, v) in prepare(body, GROUP_SCHEMA)? {
         if is_urn(&k) {
             let urn = canonical_urn(&k, schemas);
             let ext = normalize_extension(&urn, v)?;
@@ -873,6 +892,18 @@ mod tests {
             v = json!([v]);
         }
         assert!(parse_group(json!({"displayName": "g", "x": v}), &set()).is_err());
+    }
+
+    #[test]
+    fn urn_qualified_core_object_is_lifted() {
+        let body = json!({"userName": "u", USER_SCHEMA: {"userName": "ignored", "title": "T"}});
+        let u = parse_user(body, &set()).unwrap();
+        assert_eq!(u.user_name, "u");
+        assert_eq!(u.data["title"], "T");
+        assert!(u.data.get(USER_SCHEMA).is_none());
+        let body = json!({GROUP_SCHEMA: {"displayName": "G"}});
+        assert_eq!(parse_group(body, &set()).unwrap().display_name, "G");
+        assert!(parse_user(json!({"userName": "u", USER_SCHEMA: 1}), &set()).is_err());
     }
 
     #[test]
