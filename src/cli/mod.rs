@@ -1,6 +1,118 @@
-//! The command line: one file per subcommand over library calls.
+//! The command line: one file per subcommand over library calls. `main` calls [`run`].
+
+mod check_config;
+mod migrate;
+mod serve;
+mod token;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// scim-sync: provision users and groups from Okta / Entra ID (SCIM 2.0) into LDAP and SQL.
+#[derive(Debug, Parser)]
+#[command(name = "scim-sync", version, about)]
+pub struct Cli {
+    /// The config file.
+    #[arg(
+        long,
+        short,
+        global = true,
+        env = "SCIM_SYNC_CONFIG",
+        default_value = "/etc/scim-sync/scim-sync.toml"
+    )]
+    pub config: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon (SCIM listener, reconciler, admin endpoints).
+    Serve,
+    /// Validate the config file and exit (0 when valid, 2 otherwise).
+    CheckConfig {
+        /// Also connect to the store and every target (a real bind and read).
+        #[arg(long)]
+        connect: bool,
+    },
+    /// Apply pending database migrations.
+    Migrate,
+    /// Manage SCIM bearer tokens (shown once, stored as SHA-256 digests).
+    #[command(subcommand)]
+    Token(token::TokenCommand),
+}
 
 /// Parse the command line and run the subcommand.
-pub fn run() -> std::process::ExitCode {
-    std::process::ExitCode::SUCCESS
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve => serve::run(&cli.config),
+        Command::CheckConfig { connect } => check_config::run(&cli.config, connect),
+        Command::Migrate => migrate::run(&cli.config),
+        Command::Token(cmd) => token::run(&cli.config, cmd),
+    }
+}
+
+/// Load settings or print every error (exit 2).
+pub(crate) fn settings_or_exit(
+    config: &std::path::Path,
+) -> Result<crate::daemon::settings::Settings, ExitCode> {
+    crate::daemon::load_settings(config).map_err(|errors| {
+        for e in &errors {
+            eprintln!("config error: {e}");
+        }
+        ExitCode::from(2)
+    })
+}
+
+/// A current-thread runtime for one-shot commands.
+pub(crate) fn block_on<F: std::future::Future<Output = ExitCode>>(f: F) -> ExitCode {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(f),
+        Err(error) => {
+            eprintln!("cannot start the runtime: {error}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Open the store of a config and migrate it (every store command does).
+pub(crate) async fn open_store(
+    settings: &crate::daemon::settings::Settings,
+) -> Result<crate::store::Store, ExitCode> {
+    let store = crate::store::Store::open(&settings.store)
+        .await
+        .map_err(|e| {
+            eprintln!("store: {e}");
+            ExitCode::from(1)
+        })?;
+    store.migrate().await.map_err(|e| {
+        eprintln!("store: {e}");
+        ExitCode::from(1)
+    })?;
+    store.set_targets(
+        settings
+            .raw
+            .targets
+            .iter()
+            .map(|t| t.name.clone())
+            .collect(),
+    );
+    Ok(store)
+}
+
+/// Milliseconds since the epoch as RFC 3339 UTC, for listings.
+pub(crate) fn format_ms(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| ms.to_string())
 }

@@ -1,4 +1,12 @@
-//! Configuration: the file as strict serde types (`raw`, `target`), loaded from TOML plus
-//! environment overrides, with secrets read from files or the environment.
+//! Configuration: the file as strict serde types ([`raw`], [`target`]), loaded from TOML plus
+//! `SCIM_SYNC__SECTION__KEY` environment overrides ([`load`]), with secrets read from files or
+//! the environment ([`secret`]). Validation into runtime types happens in `daemon::settings`.
 
+pub mod load;
+pub mod raw;
+pub mod secret;
 pub mod target;
+
+pub use load::{load, ConfigError};
+pub use raw::RawConfig;
+pub use secret::Secret;

@@ -1,1 +1,399 @@
-//! The daemon: startup order, tasks, signals, systemd notification and shutdown.
+//! The daemon: startup order (config -> telemetry -> store + migrations -> bind -> workers ->
+//! READY=1), the tasks (all spawned through one `TaskTracker`, each with the root cancellation
+//! token), reload, and shutdown within the grace period.
+
+pub mod settings;
+pub mod signals;
+pub mod systemd;
+
+use crate::config::load::{load, ConfigError};
+use crate::config::raw::RawConfig;
+use crate::http::admin::{serve_admin, AdminContext, TargetHealth};
+use crate::http::auth::Auth;
+use crate::http::server::{load_tls, serve_scim};
+use crate::http::{HttpSettings, ScimContext};
+use crate::store::Store;
+use settings::Settings;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// A running daemon (in-process: the binary and the tests use the same type).
+pub struct Daemon {
+    /// The bound SCIM address (port 0 in the config gives a free port).
+    pub scim_addr: SocketAddr,
+    /// The bound admin address, when enabled.
+    pub admin_addr: Option<SocketAddr>,
+    pub store: Store,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+    http_tx: watch::Sender<Arc<HttpSettings>>,
+    tls_tx: watch::Sender<Option<TlsAcceptor>>,
+    auth: Arc<Auth>,
+    settings: Mutex<Settings>,
+    wake: Arc<Notify>,
+    progress: Vec<Arc<AtomicU64>>,
+    /// Set when a long-running task ended on its own: the daemon must stop, non-zero.
+    failed: Arc<AtomicBool>,
+    config_path: Option<PathBuf>,
+    health: Arc<Mutex<BTreeMap<String, TargetHealth>>>,
+}
+
+/// Startup failures, each with the message the operator sees.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Config(Vec<ConfigError>),
+    #[error("store: {0}")]
+    Store(String),
+    #[error("cannot listen on {addr}: {error}")]
+    Bind {
+        addr: SocketAddr,
+        error: std::io::Error,
+    },
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+/// Load and validate a config file; errors carry the file and line.
+///
+/// # Errors
+/// Every problem found.
+pub fn load_settings(path: &Path) -> Result<Settings, Vec<ConfigError>> {
+    let raw = load(path).map_err(|e| vec![e])?;
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let file = path.display().to_string();
+    settings::from_raw(&raw)
+        .map_err(|errs| errs.into_iter().map(|e| e.in_file(&file, &text)).collect())
+}
+
+impl Daemon {
+    /// Start everything and return once the listeners are bound and migrations ran.
+    ///
+    /// # Errors
+    /// A store that cannot be opened or migrated, an address that cannot be bound, bad TLS files.
+    pub async fn start(
+        settings: Settings,
+        config_path: Option<PathBuf>,
+    ) -> Result<Daemon, StartError> {
+        let store = Store::open(&settings.store)
+            .await
+            .map_err(|e| StartError::Store(e.to_string()))?;
+        let applied = store
+            .migrate()
+            .await
+            .map_err(|e| StartError::Store(e.to_string()))?;
+        for name in &applied {
+            tracing::info!(migration = %name, "Applied migration.");
+        }
+        let target_names: Vec<String> = settings
+            .raw
+            .targets
+            .iter()
+            .map(|t| t.name.clone())
+            .collect();
+        store.set_targets(target_names.clone());
+        match store.live_token_digests().await {
+            Ok(t) if t.is_empty() => tracing::warn!(
+                "No live SCIM token: every SCIM request is refused (401) until one is made with `scim-sync token create`."
+            ),
+            _ => {}
+        }
+        let tls = match &settings.tls {
+            Some((cert, key)) => Some(load_tls(cert, key).map_err(StartError::Tls)?),
+            None => None,
+        };
+        let listener =
+            TcpListener::bind(settings.listen)
+                .await
+                .map_err(|error| StartError::Bind {
+                    addr: settings.listen,
+                    error,
+                })?;
+        let scim_addr = listener.local_addr().map_err(|error| StartError::Bind {
+            addr: settings.listen,
+            error,
+        })?;
+        let admin_listener = match settings.admin_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|error| StartError::Bind { addr, error })?,
+            ),
+            None => None,
+        };
+        let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
+
+        let cancel = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let failed = Arc::new(AtomicBool::new(false));
+        let (http_tx, http_rx) = watch::channel(Arc::new(settings.http.clone()));
+        let (tls_tx, tls_rx) = watch::channel(tls);
+        let auth = Arc::new(Auth::new(store.clone()));
+        let wake = Arc::new(Notify::new());
+        let accept_progress = Arc::new(AtomicU64::new(0));
+        let health = Arc::new(Mutex::new(
+            target_names
+                .iter()
+                .map(|n| (n.clone(), TargetHealth::default()))
+                .collect::<BTreeMap<_, _>>(),
+        ));
+
+        let ctx = ScimContext {
+            store: store.clone(),
+            auth: auth.clone(),
+            settings: http_rx,
+            wake: wake.clone(),
+        };
+        {
+            let (cancel, tracker2, failed, progress) = (
+                cancel.clone(),
+                tracker.clone(),
+                failed.clone(),
+                accept_progress.clone(),
+            );
+            let limits = settings.limits;
+            tracker.spawn(async move {
+                serve_scim(
+                    listener,
+                    tls_rx,
+                    ctx,
+                    limits,
+                    tracker2,
+                    cancel.clone(),
+                    progress,
+                )
+                .await;
+                if !cancel.is_cancelled() {
+                    failed.store(true, Ordering::SeqCst);
+                    cancel.cancel();
+                }
+            });
+        }
+        if let Some(listener) = admin_listener {
+            let admin = AdminContext {
+                store: store.clone(),
+                targets: health.clone(),
+            };
+            let (cancel, tracker2) = (cancel.clone(), tracker.clone());
+            tracker.spawn(serve_admin(listener, admin, tracker2, cancel));
+        }
+        let progress = vec![accept_progress];
+        if let Some(interval) = systemd::watchdog_interval() {
+            tracker.spawn(systemd::watchdog(
+                interval,
+                progress.clone(),
+                cancel.clone(),
+            ));
+        }
+        tracing::info!(listen = %scim_addr, admin = ?admin_addr, targets = target_names.len(), "Started.");
+        Ok(Daemon {
+            scim_addr,
+            admin_addr,
+            store,
+            cancel,
+            tracker,
+            http_tx,
+            tls_tx,
+            auth,
+            settings: Mutex::new(settings),
+            wake,
+            progress,
+            failed,
+            config_path,
+            health,
+        })
+    }
+
+    /// A one-line summary for systemd's `STATUS=`.
+    pub fn status_line(&self) -> String {
+        format!("Serving SCIM on {}", self.scim_addr)
+    }
+
+    /// Reload from the config file the daemon was started with: on any error, log them all and
+    /// keep the old settings; else swap atomically.
+    ///
+    /// # Errors
+    /// The problems found (the old settings stay in force).
+    pub fn reload(&self) -> Result<(), Vec<ConfigError>> {
+        let Some(path) = &self.config_path else {
+            return Ok(());
+        };
+        let new = load_settings(path)?;
+        self.apply(new)
+    }
+
+    /// Swap in validated settings. Listen addresses and the store URL need a restart: a change
+    /// there is reported as an error and nothing is swapped.
+    ///
+    /// # Errors
+    /// Settings that cannot change without a restart, or a TLS file that does not load.
+    pub fn apply(&self, new: Settings) -> Result<(), Vec<ConfigError>> {
+        let mut current = match self.settings.lock() {
+            Ok(s) => s,
+            Err(p) => p.into_inner(),
+        };
+        let mut errors = Vec::new();
+        if new.listen != current.listen {
+            errors.push(ConfigError::invalid(
+                "server.listen",
+                "changing the listen address needs a restart",
+            ));
+        }
+        if new.store.url != current.store.url {
+            errors.push(ConfigError::invalid(
+                "store.url",
+                "changing the store needs a restart",
+            ));
+        }
+        let tls = match &new.tls {
+            Some((cert, key)) => match load_tls(cert, key) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    errors.push(ConfigError::invalid("server.tls_cert_file", e));
+                    None
+                }
+            },
+            None => None,
+        };
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let _ = self.http_tx.send(Arc::new(new.http.clone()));
+        let _ = self.tls_tx.send(tls);
+        crate::telemetry::set_log_level(&new.log_level);
+        self.auth.invalidate();
+        *current = new;
+        tracing::info!("Reloaded the configuration.");
+        Ok(())
+    }
+
+    /// A token that fires when the daemon must stop (shutdown requested or a task died).
+    pub fn cancelled(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+
+    /// True when a long-running task ended on its own.
+    pub fn has_failed(&self) -> bool {
+        self.failed.load(Ordering::SeqCst)
+    }
+
+    /// Wake the reconciler now.
+    pub fn wake(&self) {
+        self.wake.notify_waiters();
+    }
+
+    /// Stop accepting, drain in-flight requests, stop workers, wait for every task up to the
+    /// grace period (plus a margin for the drain). Returns false when tasks had to be abandoned.
+    pub async fn shutdown(self) -> bool {
+        let grace = match self.settings.lock() {
+            Ok(s) => s.limits.shutdown_grace,
+            Err(p) => p.into_inner().limits.shutdown_grace,
+        };
+        self.cancel.cancel();
+        self.tracker.close();
+        let done = tokio::time::timeout(
+            grace + std::time::Duration::from_secs(1),
+            self.tracker.wait(),
+        )
+        .await
+        .is_ok();
+        let _ = (&self.progress, &self.health);
+        done
+    }
+}
+
+/// `scim-sync serve`: run until SIGTERM/SIGINT; SIGHUP reloads. The exit code is 0 after a clean
+/// shutdown, 1 when startup failed or a task died, 2 for a bad config.
+pub fn run(config_path: &Path) -> ExitCode {
+    let settings = match load_settings(config_path) {
+        Ok(s) => s,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("config error: {e}");
+            }
+            return ExitCode::from(2);
+        }
+    };
+    crate::telemetry::init_logging(&settings.log_format, &settings.log_level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(error) => {
+            eprintln!("cannot start the runtime: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(async move {
+        let (mut controls, signal_loop) = match signals::install() {
+            Ok(pair) => pair,
+            Err(error) => {
+                tracing::error!(error = %error, "Cannot install signal handlers.");
+                return ExitCode::from(1);
+            }
+        };
+        let daemon = match Daemon::start(settings, Some(config_path.to_path_buf())).await {
+            Ok(d) => d,
+            Err(error) => {
+                tracing::error!(error = %error, "Startup failed.");
+                return ExitCode::from(1);
+            }
+        };
+        // The signal loop is polled here, not spawned: it must outlive the tracker's drain so
+        // a second SIGTERM can still exit at once.
+        let mut signal_loop = Box::pin(signal_loop);
+        systemd::ready(&daemon.status_line());
+        let cancelled = daemon.cancelled();
+        loop {
+            tokio::select! {
+                () = &mut signal_loop => {}
+                () = cancelled.cancelled() => break,
+                control = controls.recv() => match control {
+                    Some(signals::Control::Reload) => match daemon.reload() {
+                        Ok(()) => systemd::status(&format!("{} (reloaded)", daemon.status_line())),
+                        Err(errors) => {
+                            for e in &errors {
+                                tracing::error!(error = %e, "Reload rejected; the previous configuration stays in force.");
+                            }
+                        }
+                    },
+                    Some(signals::Control::Shutdown) | None => break,
+                },
+            }
+        }
+        systemd::stopping();
+        tracing::info!("Stopping.");
+        let failed = daemon.has_failed();
+        let clean = tokio::select! {
+            clean = daemon.shutdown() => clean,
+            () = &mut signal_loop => false,
+        };
+        if failed {
+            tracing::error!("A task stopped unexpectedly; exiting with an error.");
+            return ExitCode::from(1);
+        }
+        if !clean {
+            tracing::warn!("Some tasks did not finish within the grace period.");
+        }
+        tracing::info!("Stopped.");
+        ExitCode::SUCCESS
+    })
+}
+
+/// Parse a config for the tests and tools that build one in memory.
+///
+/// # Errors
+/// As [`settings::from_raw`].
+pub fn settings_from_raw(raw: &RawConfig) -> Result<Settings, Vec<ConfigError>> {
+    settings::from_raw(raw)
+}

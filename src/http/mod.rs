@@ -1,2 +1,47 @@
 //! The HTTP shell: the SCIM listener and the admin listener (metrics, health). Never calls a
-//! target: a push is answered once it is durable in the store.
+//! target: a push is answered once it is durable in the store, then the reconciler is woken.
+
+pub mod admin;
+pub mod auth;
+pub mod body;
+pub mod discovery;
+pub mod error;
+pub mod groups;
+pub mod password;
+pub mod router;
+pub mod server;
+pub mod users;
+
+use crate::scim::filter::FilterLimits;
+use crate::scim::schema::SchemaSet;
+use crate::store::Store;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// Settings of the SCIM listener that a reload may change.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    /// `/scim/v2`: no trailing slash.
+    pub base_path: String,
+    /// Public base URL for `meta.location`; `None`: from the Host header.
+    pub public_url: Option<String>,
+    pub max_body_users: u64,
+    pub max_body_groups: u64,
+    pub request_timeout: Duration,
+    pub filter_limits: FilterLimits,
+    pub max_page_size: u64,
+    pub max_patch_operations: usize,
+    pub password_sync: password::PasswordSync,
+    pub schemas: SchemaSet,
+}
+
+/// Everything a request handler needs.
+#[derive(Clone)]
+pub struct ScimContext {
+    pub store: Store,
+    pub auth: Arc<auth::Auth>,
+    pub settings: tokio::sync::watch::Receiver<Arc<HttpSettings>>,
+    /// Woken after every committed change so the reconciler picks it up at once.
+    pub wake: Arc<Notify>,
+}

@@ -53,7 +53,11 @@ pub struct ScimError {
 impl ScimError {
     /// A 400 with the given `scimType`.
     pub fn bad_request(scim_type: ScimType, detail: impl Into<String>) -> Self {
-        Self { status: 400, scim_type: Some(scim_type), detail: detail.into() }
+        Self {
+            status: 400,
+            scim_type: Some(scim_type),
+            detail: detail.into(),
+        }
     }
     /// 400 invalidFilter.
     pub fn invalid_filter(detail: impl Into<String>) -> Self {
@@ -85,19 +89,35 @@ impl ScimError {
     }
     /// 409 uniqueness.
     pub fn uniqueness(detail: impl Into<String>) -> Self {
-        Self { status: 409, scim_type: Some(ScimType::Uniqueness), detail: detail.into() }
+        Self {
+            status: 409,
+            scim_type: Some(ScimType::Uniqueness),
+            detail: detail.into(),
+        }
     }
     /// 404 without a scimType.
     pub fn not_found(detail: impl Into<String>) -> Self {
-        Self { status: 404, scim_type: None, detail: detail.into() }
+        Self {
+            status: 404,
+            scim_type: None,
+            detail: detail.into(),
+        }
     }
     /// 412 Precondition Failed (If-Match mismatch).
     pub fn precondition_failed(detail: impl Into<String>) -> Self {
-        Self { status: 412, scim_type: None, detail: detail.into() }
+        Self {
+            status: 412,
+            scim_type: None,
+            detail: detail.into(),
+        }
     }
     /// Any other status without a scimType (401, 403, 405, 413, 415, 500, 503 ...).
     pub fn status(status: u16, detail: impl Into<String>) -> Self {
-        Self { status, scim_type: None, detail: detail.into() }
+        Self {
+            status,
+            scim_type: None,
+            detail: detail.into(),
+        }
     }
 
     /// The RFC 7644 §3.12 error body. `status` is a string, as the RFC's examples show.
@@ -123,7 +143,10 @@ mod tests {
         let body = ScimError::uniqueness("userName is taken").to_json();
         assert_eq!(body["status"], "409");
         assert_eq!(body["scimType"], "uniqueness");
-        assert_eq!(body["schemas"][0], "urn:ietf:params:scim:api:messages:2.0:Error");
+        assert_eq!(
+            body["schemas"][0],
+            "urn:ietf:params:scim:api:messages:2.0:Error"
+        );
         let body = ScimError::not_found("no such user").to_json();
         assert!(body.get("scimType").is_none());
     }

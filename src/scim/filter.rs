@@ -16,26 +16,46 @@ pub struct FilterLimits {
 
 impl Default for FilterLimits {
     fn default() -> Self {
-        Self { max_len: 4096, max_depth: 32 }
+        Self {
+            max_len: 4096,
+            max_depth: 32,
+        }
     }
 }
 
 /// Comparison operators.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CompareOp { Eq, Ne, Co, Sw, Ew, Gt, Ge, Lt, Le }
+pub enum CompareOp {
+    Eq,
+    Ne,
+    Co,
+    Sw,
+    Ew,
+    Gt,
+    Ge,
+    Lt,
+    Le,
+}
 
 /// A parsed filter.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Filter {
     /// `attr op value`
-    Compare { path: AttrPath, op: CompareOp, value: Value },
+    Compare {
+        path: AttrPath,
+        op: CompareOp,
+        value: Value,
+    },
     /// `attr pr`
     Present(AttrPath),
     And(Box<Filter>, Box<Filter>),
     Or(Box<Filter>, Box<Filter>),
     Not(Box<Filter>),
     /// `emails[type eq "work" and value co "@x"]` (with the path naming the multi-valued attribute)
-    ValuePath { path: AttrPath, filter: Box<Filter> },
+    ValuePath {
+        path: AttrPath,
+        filter: Box<Filter>,
+    },
 }
 
 /// Parse a filter.

@@ -1,0 +1,37 @@
+//! `scim-sync check-config [--connect]`: validate the config; with `--connect`, also open the
+//! store and run every target's healthcheck (a real bind and read).
+
+use std::path::Path;
+use std::process::ExitCode;
+
+/// Validate (and optionally connect).
+pub fn run(config: &Path, connect: bool) -> ExitCode {
+    let settings = match super::settings_or_exit(config) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    println!(
+        "{}: configuration is valid ({} target(s)).",
+        config.display(),
+        settings.raw.targets.len()
+    );
+    if !connect {
+        return ExitCode::SUCCESS;
+    }
+    super::block_on(async move {
+        match crate::store::Store::open(&settings.store).await {
+            Ok(store) => match store.ping().await {
+                Ok(()) => println!("store: ok"),
+                Err(e) => {
+                    eprintln!("store: {e}");
+                    return ExitCode::from(1);
+                }
+            },
+            Err(e) => {
+                eprintln!("store: {e}");
+                return ExitCode::from(1);
+            }
+        }
+        ExitCode::SUCCESS
+    })
+}

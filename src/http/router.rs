@@ -1,0 +1,276 @@
+//! Routing: a `match` on method and path segments below the base path, after authentication.
+//! Also the shared pieces of handlers: the per-request [`Call`], ETag / If-Match handling and
+//! the mapping of store errors to SCIM errors.
+
+use crate::http::auth::Auth;
+use crate::http::body::{query_pairs, read_json};
+use crate::http::error::{self, Resp};
+use crate::http::{discovery, groups, users, HttpSettings, ScimContext};
+use crate::scim::resource::etag;
+use crate::scim::ScimError;
+use crate::store::{AuditCtx, StoreError};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, AUTHORIZATION, ETAG, HOST, IF_MATCH};
+use hyper::{Method, Request};
+use std::sync::Arc;
+
+/// What one request's handler gets.
+pub struct Call {
+    pub ctx: ScimContext,
+    pub settings: Arc<HttpSettings>,
+    /// `https://host/scim/v2`, for `meta.location` and `$ref`.
+    pub base_url: String,
+    pub audit: AuditCtx,
+}
+
+/// Map a store failure to what the client sees (503 when the store is down: the IdP retries).
+pub fn store_error(e: StoreError) -> ScimError {
+    match e {
+        StoreError::Scim(s) => s,
+        StoreError::Unavailable(msg) => {
+            tracing::error!(error = %msg, "Store unavailable; answering 503.");
+            ScimError::status(503, "The service is temporarily unavailable; try again.")
+        }
+        StoreError::Other(msg) => {
+            tracing::error!(error = %msg, "Store failure; answering 500.");
+            ScimError::status(500, "Internal error.")
+        }
+    }
+}
+
+/// Add the `ETag` header.
+pub fn with_etag(mut resp: Resp, version: i64) -> Resp {
+    if let Ok(v) = HeaderValue::from_str(&etag(version)) {
+        resp.headers_mut().insert(ETAG, v);
+    }
+    resp
+}
+
+/// The version an `If-Match` header names: `None` for absent or `*`.
+///
+/// # Errors
+/// 412 when the header cannot name any version of ours.
+pub fn if_match_version(header: Option<&str>) -> Result<Option<i64>, ScimError> {
+    let Some(h) = header.map(str::trim) else {
+        return Ok(None);
+    };
+    if h == "*" {
+        return Ok(None);
+    }
+    let v = h.strip_prefix("W/").unwrap_or(h).trim_matches('"');
+    v.parse::<i64>()
+        .map(Some)
+        .map_err(|_| ScimError::precondition_failed("If-Match does not match the current version."))
+}
+
+/// 412 unless `header` is absent, `*`, or names `current`.
+///
+/// # Errors
+/// 412 on a mismatch.
+pub fn check_if_match(header: Option<&str>, current: i64) -> Result<(), ScimError> {
+    match if_match_version(header)? {
+        Some(v) if v != current => Err(ScimError::precondition_failed(
+            "The resource was modified; If-Match does not match its current version.",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The route template, for metrics and logs (never the raw path: it holds ids).
+pub fn route_template(base_path: &str, path: &str) -> &'static str {
+    let Some(rest) = path.strip_prefix(base_path) else {
+        return "other";
+    };
+    let segs: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+    match segs.as_slice() {
+        ["Users"] => "/Users",
+        ["Users", ".search"] => "/Users/.search",
+        ["Users", _] => "/Users/{id}",
+        ["Groups"] => "/Groups",
+        ["Groups", ".search"] => "/Groups/.search",
+        ["Groups", _] => "/Groups/{id}",
+        ["ServiceProviderConfig"] => "/ServiceProviderConfig",
+        ["ResourceTypes", ..] => "/ResourceTypes",
+        ["Schemas", ..] => "/Schemas",
+        _ => "other",
+    }
+}
+
+fn is_discovery(segs: &[&str]) -> bool {
+    matches!(
+        segs.first(),
+        Some(&"ServiceProviderConfig" | &"ResourceTypes" | &"Schemas")
+    )
+}
+
+fn base_url(settings: &HttpSettings, req: &Request<Incoming>, tls: bool) -> String {
+    if let Some(url) = &settings.public_url {
+        return url.trim_end_matches('/').to_string();
+    }
+    let host = req
+        .headers()
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| {
+            h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+        })
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
+        .unwrap_or("localhost");
+    let scheme = if tls { "https" } else { "http" };
+    format!("{scheme}://{host}{}", settings.base_path)
+}
+
+/// Handle one request (auth, route, handler). Errors become SCIM error bodies.
+pub async fn handle(
+    ctx: ScimContext,
+    auth: Arc<Auth>,
+    req: Request<Incoming>,
+    request_id: String,
+    tls: bool,
+    now_ms: i64,
+) -> (Resp, Option<String>) {
+    let settings = ctx.settings.borrow().clone();
+    let path = req.uri().path().to_string();
+    let Some(rest) = path.strip_prefix(settings.base_path.as_str()) else {
+        return (
+            error::error(&ScimError::not_found("No such endpoint.")),
+            None,
+        );
+    };
+    let segs: Vec<String> = rest
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+        .collect();
+    let seg_refs: Vec<&str> = segs.iter().map(String::as_str).collect();
+    let base = base_url(&settings, &req, tls);
+    let mut token_name = None;
+    if !is_discovery(&seg_refs) {
+        let values: Vec<&[u8]> = req
+            .headers()
+            .get_all(AUTHORIZATION)
+            .iter()
+            .map(HeaderValue::as_bytes)
+            .collect();
+        match auth.check(&values).await {
+            Ok(name) => token_name = Some(name),
+            Err(e) => return (error::error(&e), None),
+        }
+    }
+    let call = Call {
+        ctx,
+        settings,
+        base_url: base,
+        audit: AuditCtx {
+            token_name: token_name.clone().unwrap_or_default(),
+            request_id,
+            now_ms,
+        },
+    };
+    let result = dispatch(&call, req, &seg_refs).await;
+    (result.unwrap_or_else(|e| error::error(&e)), token_name)
+}
+
+async fn dispatch(call: &Call, req: Request<Incoming>, segs: &[&str]) -> Result<Resp, ScimError> {
+    let method = req.method().clone();
+    let query = req.uri().query().map(str::to_owned);
+    let if_match = req
+        .headers()
+        .get(IF_MATCH)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned);
+    match (segs, &method) {
+        (["Users"], &Method::GET) => users::list(call, query_pairs(query.as_deref())).await,
+        (["Users"], &Method::POST) => users::create(call, req).await,
+        (["Users", ".search"], &Method::POST) => {
+            users::list(call, search_pairs(call, req).await?).await
+        }
+        (["Users", id], &Method::GET) => users::get(call, id, query.as_deref()).await,
+        (["Users", id], &Method::PUT) => users::replace(call, id, req, if_match).await,
+        (["Users", id], &Method::PATCH) => users::patch(call, id, req, if_match).await,
+        (["Users", id], &Method::DELETE) => users::delete(call, id, if_match).await,
+        (["Groups"], &Method::GET) => groups::list(call, query_pairs(query.as_deref())).await,
+        (["Groups"], &Method::POST) => groups::create(call, req).await,
+        (["Groups", ".search"], &Method::POST) => {
+            groups::list(call, search_pairs(call, req).await?).await
+        }
+        (["Groups", id], &Method::GET) => groups::get(call, id, query.as_deref()).await,
+        (["Groups", id], &Method::PUT) => groups::replace(call, id, req, if_match).await,
+        (["Groups", id], &Method::PATCH) => groups::patch(call, id, req, if_match).await,
+        (["Groups", id], &Method::DELETE) => groups::delete(call, id, if_match).await,
+        ([endpoint], &Method::GET) if is_discovery(segs) => discovery::get(call, endpoint, None),
+        ([endpoint, rest], &Method::GET) if is_discovery(segs) => {
+            discovery::get(call, endpoint, Some(rest))
+        }
+        (["Users" | "Groups"] | ["Users" | "Groups", _], _) => Err(method_not_allowed()),
+        (_, _) if is_discovery(segs) => Err(method_not_allowed()),
+        _ => Err(ScimError::not_found("No such endpoint.")),
+    }
+}
+
+fn method_not_allowed() -> ScimError {
+    ScimError::status(405, "Method not allowed on this endpoint.")
+}
+
+/// `POST /.search` bodies (RFC 7644 §3.4.3) as query pairs.
+async fn search_pairs(
+    call: &Call,
+    req: Request<Incoming>,
+) -> Result<Vec<(String, String)>, ScimError> {
+    let body = read_json(req, call.settings.max_body_users).await?;
+    let obj = body
+        .as_object()
+        .ok_or_else(|| ScimError::invalid_syntax("A SearchRequest object is required."))?;
+    let mut pairs = Vec::new();
+    for (k, v) in obj {
+        let value = match v {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Number(n) => n.to_string(),
+            serde_json::Value::Array(items) => items
+                .iter()
+                .map(|i| {
+                    i.as_str()
+                        .map(str::to_owned)
+                        .ok_or_else(|| ScimError::invalid_value(format!("{k} must list strings.")))
+                })
+                .collect::<Result<Vec<_>, _>>()?
+                .join(","),
+            _ => continue,
+        };
+        if k != "schemas" {
+            pairs.push((k.clone(), value));
+        }
+    }
+    Ok(pairs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn if_match_forms() {
+        assert_eq!(if_match_version(None).unwrap(), None);
+        assert_eq!(if_match_version(Some("*")).unwrap(), None);
+        assert_eq!(if_match_version(Some("W/\"3\"")).unwrap(), Some(3));
+        assert_eq!(if_match_version(Some("\"4\"")).unwrap(), Some(4));
+        assert_eq!(if_match_version(Some("junk")).unwrap_err().status, 412);
+        assert!(check_if_match(Some("W/\"2\""), 3).is_err());
+        assert!(check_if_match(Some("W/\"3\""), 3).is_ok());
+    }
+
+    #[test]
+    fn templates_hide_ids() {
+        assert_eq!(
+            route_template("/scim/v2", "/scim/v2/Users/abc"),
+            "/Users/{id}"
+        );
+        assert_eq!(route_template("/scim/v2", "/scim/v2/Groups"), "/Groups");
+        assert_eq!(route_template("/scim/v2", "/other"), "other");
+    }
+}

@@ -1,0 +1,217 @@
+//! `/Users`: list, create, get, replace, patch, delete. Handlers parse with the pure SCIM core,
+//! hash or drop passwords at once, and commit through the store before answering.
+
+use crate::http::body::{query_pairs, read_json};
+use crate::http::error::{json, no_content, Resp};
+use crate::http::router::{check_if_match, store_error, with_etag, Call};
+use crate::scim::list::{list_response, parse_list_query, project, AttrSelection};
+use crate::scim::patch::{apply_user_patch, parse_patch};
+use crate::scim::resource::{parse_user, render_user, UserInput};
+use crate::scim::ScimError;
+use crate::store::{StoredUser, UserUpdate};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, LOCATION};
+use hyper::Request;
+use serde_json::Value;
+
+/// Render a stored user with its groups (when wanted) and apply the attribute selection.
+async fn render(call: &Call, user: &StoredUser, sel: &AttrSelection) -> Result<Value, ScimError> {
+    let groups = if sel.wants("groups") {
+        Some(
+            call.ctx
+                .store
+                .groups_of_user(&user.id)
+                .await
+                .map_err(store_error)?,
+        )
+    } else {
+        None
+    };
+    let value = render_user(
+        &user.id,
+        &user.data,
+        &user.meta,
+        groups.as_deref(),
+        &call.base_url,
+    );
+    Ok(project(value, sel))
+}
+
+fn selection(call: &Call, query: Option<&str>) -> Result<AttrSelection, ScimError> {
+    let pairs: Vec<(String, String)> = query_pairs(query)
+        .into_iter()
+        .filter(|(k, _)| {
+            k.eq_ignore_ascii_case("attributes") || k.eq_ignore_ascii_case("excludedAttributes")
+        })
+        .collect();
+    Ok(parse_list_query(
+        &pairs,
+        call.settings.filter_limits,
+        call.settings.max_page_size,
+    )?
+    .attributes)
+}
+
+/// Fix `active` (default `fallback`) into the body and take the password out, hashed.
+fn settle_input(call: &Call, mut input: UserInput, fallback: bool) -> (UserInput, Option<String>) {
+    let active = input.active.unwrap_or(fallback);
+    input.active = Some(active);
+    input.data.insert("active".into(), Value::Bool(active));
+    let hash = call.settings.password_sync.hash(input.password.as_ref());
+    input.password = None;
+    (input, hash)
+}
+
+/// `GET /Users`.
+pub async fn list(call: &Call, pairs: Vec<(String, String)>) -> Result<Resp, ScimError> {
+    let q = parse_list_query(
+        &pairs,
+        call.settings.filter_limits,
+        call.settings.max_page_size,
+    )?;
+    let page = call
+        .ctx
+        .store
+        .list_users(
+            q.filter.clone(),
+            q.start_index,
+            q.count,
+            call.base_url.clone(),
+        )
+        .await
+        .map_err(store_error)?;
+    let mut resources = Vec::with_capacity(page.items.len());
+    for user in &page.items {
+        resources.push(render(call, user, &q.attributes).await?);
+    }
+    Ok(json(
+        200,
+        &list_response(resources, page.total, q.start_index),
+    ))
+}
+
+/// `POST /Users`.
+pub async fn create(call: &Call, req: Request<Incoming>) -> Result<Resp, ScimError> {
+    let query = req.uri().query().map(str::to_owned);
+    let body = read_json(req, call.settings.max_body_users).await?;
+    let input = parse_user(body, &call.settings.schemas)?;
+    let (input, hash) = settle_input(call, input, true);
+    let user = call
+        .ctx
+        .store
+        .create_user(input, hash, &call.audit)
+        .await
+        .map_err(store_error)?;
+    call.ctx.wake.notify_waiters();
+    let sel = selection(call, query.as_deref())?;
+    let value = render(call, &user, &sel).await?;
+    let mut resp = with_etag(json(201, &value), user.meta.version);
+    if let Ok(loc) = HeaderValue::from_str(&format!("{}/Users/{}", call.base_url, user.id)) {
+        resp.headers_mut().insert(LOCATION, loc);
+    }
+    Ok(resp)
+}
+
+/// `GET /Users/{id}`.
+pub async fn get(call: &Call, id: &str, query: Option<&str>) -> Result<Resp, ScimError> {
+    let sel = selection(call, query)?;
+    let user = call
+        .ctx
+        .store
+        .get_user(id)
+        .await
+        .map_err(store_error)?
+        .ok_or_else(not_found)?;
+    let value = render(call, &user, &sel).await?;
+    Ok(with_etag(json(200, &value), user.meta.version))
+}
+
+/// `PUT /Users/{id}`: replace; read-only attributes are ignored; no `active` keeps the current
+/// value (a PUT never reactivates by omission).
+pub async fn replace(
+    call: &Call,
+    id: &str,
+    req: Request<Incoming>,
+    if_match: Option<String>,
+) -> Result<Resp, ScimError> {
+    let query = req.uri().query().map(str::to_owned);
+    let body = read_json(req, call.settings.max_body_users).await?;
+    let input = parse_user(body, &call.settings.schemas)?;
+    let sync = call.settings.password_sync;
+    let user = call
+        .ctx
+        .store
+        .update_user(id, "replace", &call.audit, move |current| {
+            check_if_match(if_match.as_deref(), current.meta.version)?;
+            let mut input = input;
+            let active = input.active.unwrap_or(current.active);
+            input.active = Some(active);
+            input.data.insert("active".into(), Value::Bool(active));
+            let password_hash = sync.hash(input.password.as_ref());
+            input.password = None;
+            Ok(UserUpdate {
+                input,
+                password_hash,
+            })
+        })
+        .await
+        .map_err(store_error)?;
+    call.ctx.wake.notify_waiters();
+    let sel = selection(call, query.as_deref())?;
+    let value = render(call, &user, &sel).await?;
+    Ok(with_etag(json(200, &value), user.meta.version))
+}
+
+/// `PATCH /Users/{id}`: RFC 7644 §3.5.2 in the Okta and Entra dialects; answers 200 with the user.
+pub async fn patch(
+    call: &Call,
+    id: &str,
+    req: Request<Incoming>,
+    if_match: Option<String>,
+) -> Result<Resp, ScimError> {
+    let query = req.uri().query().map(str::to_owned);
+    let body = read_json(req, call.settings.max_body_users).await?;
+    let ops = parse_patch(body, call.settings.max_patch_operations)?;
+    let schemas = call.settings.schemas.clone();
+    let sync = call.settings.password_sync;
+    let user = call
+        .ctx
+        .store
+        .update_user(id, "patch", &call.audit, move |current| {
+            check_if_match(if_match.as_deref(), current.meta.version)?;
+            let mut data = current.data.clone();
+            let password = apply_user_patch(&mut data, &ops, &schemas)?;
+            let mut input = parse_user(Value::Object(data), &schemas)?;
+            let active = input.active.unwrap_or(current.active);
+            input.active = Some(active);
+            input.data.insert("active".into(), Value::Bool(active));
+            let password_hash = sync.hash(password.as_ref().or(input.password.as_ref()));
+            input.password = None;
+            Ok(UserUpdate {
+                input,
+                password_hash,
+            })
+        })
+        .await
+        .map_err(store_error)?;
+    call.ctx.wake.notify_waiters();
+    let sel = selection(call, query.as_deref())?;
+    let value = render(call, &user, &sel).await?;
+    Ok(with_etag(json(200, &value), user.meta.version))
+}
+
+/// `DELETE /Users/{id}`: 204; the user is removed from every group in the same transaction.
+pub async fn delete(call: &Call, id: &str, if_match: Option<String>) -> Result<Resp, ScimError> {
+    let version = crate::http::router::if_match_version(if_match.as_deref())?;
+    call.ctx
+        .store
+        .delete_user(id, version, &call.audit)
+        .await
+        .map_err(store_error)?;
+    call.ctx.wake.notify_waiters();
+    Ok(no_content())
+}
+
+fn not_found() -> ScimError {
+    ScimError::not_found("No user with that id.")
+}

@@ -1,0 +1,12 @@
+//! The one integration-test binary (every extra `tests/*.rs` is another link): a module per area.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods
+)]
+
+#[allow(dead_code)]
+mod harness;
+mod scim_api;
