@@ -246,6 +246,8 @@ type Pool = diesel::r2d2::Pool<Manager>;
 /// Migrations for each backend, embedded in the binary.
 const SQLITE_MIGRATIONS: diesel_migrations::EmbeddedMigrations =
     diesel_migrations::embed_migrations!("migrations/sqlite");
+/// `pg_advisory_lock` key serialising migrations across instances ("scimsync" in ASCII).
+const MIGRATION_LOCK_KEY: i64 = 0x7363_696d_7379_6e63;
 const POSTGRES_MIGRATIONS: diesel_migrations::EmbeddedMigrations =
     diesel_migrations::embed_migrations!("migrations/postgres");
 
@@ -539,14 +541,34 @@ impl Store {
     /// # Errors
     /// On a failed migration.
     pub async fn migrate(&self) -> Result<Vec<String>, StoreError> {
+        use diesel::RunQueryDsl;
         use diesel_migrations::MigrationHarness;
         self.run(|conn| {
-            let applied = match conn {
-                DbConnection::Sqlite(c) => c.run_pending_migrations(SQLITE_MIGRATIONS),
-                DbConnection::Pg(c) => c.run_pending_migrations(POSTGRES_MIGRATIONS),
+            let failed = |e: Box<dyn std::error::Error + Send + Sync>| {
+                StoreError::Other(format!("migration failed: {e}"))
+            };
+            let names = |v: Vec<diesel::migration::MigrationVersion<'_>>| {
+                v.iter().map(ToString::to_string).collect()
+            };
+            match conn {
+                DbConnection::Sqlite(c) => c
+                    .run_pending_migrations(SQLITE_MIGRATIONS)
+                    .map(names)
+                    .map_err(failed),
+                DbConnection::Pg(c) => {
+                    // Several instances may start at once on one PostgreSQL database: one
+                    // migrates, the others wait on the advisory lock and then find nothing to do.
+                    diesel::sql_query(format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})"))
+                        .execute(c)?;
+                    let result = c
+                        .run_pending_migrations(POSTGRES_MIGRATIONS)
+                        .map(names)
+                        .map_err(failed);
+                    diesel::sql_query(format!("SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})"))
+                        .execute(c)?;
+                    result
+                }
             }
-            .map_err(|e| StoreError::Other(format!("migration failed: {e}")))?;
-            Ok(applied.iter().map(ToString::to_string).collect())
         })
         .await
     }
