@@ -9,4 +9,6 @@
 
 #[allow(dead_code)]
 mod harness;
+mod ldap_target;
+mod reconcile;
 mod scim_api;
