@@ -280,6 +280,15 @@ impl Daemon {
         }
     }
 
+    /// Hold the reconciler's background workers off while the guard lives (see
+    /// [`Reconciler::pause`]); `None` when no reconciler runs.
+    pub async fn pause_reconcilers(&self) -> Option<tokio::sync::OwnedRwLockWriteGuard<()>> {
+        match self.current_reconciler() {
+            Some(r) => Some(r.pause().await),
+            None => None,
+        }
+    }
+
     /// Full reconciliation (drift repair) of one target or all, with the daemon's targets
     /// (see [`Reconciler::reconcile_full`]).
     pub async fn reconcile_full(

@@ -67,7 +67,7 @@ pub(crate) struct Inner {
     pub(crate) health: HealthMap,
     /// Background workers hold it shared while they claim and apply a batch; `run_pending`
     /// takes it exclusively, so it never returns while a background apply is in flight.
-    pub(crate) gate: tokio::sync::RwLock<()>,
+    pub(crate) gate: Arc<tokio::sync::RwLock<()>>,
 }
 
 /// The reconciler for one set of targets (rebuilt when the targets section is reloaded).
@@ -93,7 +93,7 @@ impl Reconciler {
                 targets: targets.into_iter().map(Arc::new).collect(),
                 wake,
                 health,
-                gate: tokio::sync::RwLock::new(()),
+                gate: Arc::new(tokio::sync::RwLock::new(())),
             }),
         }
     }
@@ -170,6 +170,14 @@ impl Reconciler {
             applied += worker::drain(self, index).await;
         }
         applied
+    }
+
+    /// Hold the background workers off until the guard is dropped: batches in flight finish
+    /// first, then no worker claims anything (pushes are still stored). For maintenance and
+    /// for tests that must see several pushes coalesce; do not call
+    /// [`Reconciler::run_pending`] while holding it (it would wait for the guard).
+    pub async fn pause(&self) -> tokio::sync::OwnedRwLockWriteGuard<()> {
+        self.inner.gate.clone().write_owned().await
     }
 
     /// Full reconciliation (drift repair) of one target or all: see [`drift`].

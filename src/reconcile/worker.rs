@@ -414,7 +414,7 @@ pub(crate) async fn enqueue_dependants(
     note_unresolved(t, id, done.active.is_some() && done.unresolved);
     let created = done.prior.key.is_none() && done.outcome.key.is_some();
     if created {
-        let waiting = match waiting_users(rec, t).await {
+        let waiting = match waiting_users(rec, t, id).await {
             Ok(w) => w,
             Err(e) => {
                 tracing::error!(target = %t.name, error = %e, "Cannot find users waiting for a reference; drift repair will fill them in.");
@@ -447,8 +447,14 @@ fn note_unresolved(t: &TargetRuntime, id: &str, unresolved: bool) {
 }
 
 /// The users whose last render had an unresolved reference, rebuilding the set on first use
-/// (one pass over the live users with reference rules).
-async fn waiting_users(rec: &Reconciler, t: &TargetRuntime) -> Result<Vec<String>, StoreError> {
+/// (one pass over the live users with reference rules). The rebuild runs after `created` was
+/// recorded, so a reference to `created` counts as unresolved: its holder was rendered
+/// without it.
+async fn waiting_users(
+    rec: &Reconciler,
+    t: &TargetRuntime,
+    created: &str,
+) -> Result<Vec<String>, StoreError> {
     let known = {
         let guard = match t.unresolved.lock() {
             Ok(g) => g,
@@ -470,11 +476,11 @@ async fn waiting_users(rec: &Reconciler, t: &TargetRuntime) -> Result<Vec<String
         let json = render_user(&user.id, &user.data, &user.meta, None, "");
         for (by, value) in t.map.references(&json) {
             let key = match store.find_user(store_by(by), &value).await? {
-                Some(other) => store
+                Some(other) if other.id != created => store
                     .target_state(&t.name, &other.id)
                     .await?
                     .and_then(|s| s.target_key),
-                None => None,
+                Some(_) | None => None,
             };
             if key.is_none() {
                 set.insert(id.clone());
