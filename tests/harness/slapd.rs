@@ -283,6 +283,7 @@ impl Slapd {
             .unwrap()
             .success()
             .unwrap();
+        #[allow(clippy::type_complexity)]
         let mut all: Vec<(String, Vec<(String, Vec<String>)>)> = entries
             .into_iter()
             .map(|e| normalise(SearchEntry::construct(e)))
