@@ -576,3 +576,45 @@ async fn status_counts_pending_applied_and_dead() {
     assert_eq!((st.pending, st.applied, st.dead), (0, 2, 0));
     assert_eq!(st.oldest_pending_ms, None);
 }
+
+#[tokio::test]
+async fn reload_with_a_changed_map_reapplies_every_managed_entry() {
+    let env = Env::start().await;
+    env.create_user(&okta_user("r1", "X")).await;
+    env.create_user(&okta_user("r2", "X")).await;
+    env.run().await;
+    assert!(env
+        .attr(&user_dn("r1"), "description")
+        .await
+        .unwrap()
+        .is_empty());
+    let path = &env.t.config_path;
+    let text = std::fs::read_to_string(path).unwrap().replace(
+        "[targets.users.attributes]\n",
+        "[targets.users.attributes]\ndescription = { constant = \"Managed\" }\n",
+    );
+    std::fs::write(path, text).unwrap();
+    env.t.d().reload().unwrap();
+    env.run().await;
+    for n in ["r1", "r2"] {
+        assert_eq!(
+            env.attr(&user_dn(n), "description").await.unwrap(),
+            ["Managed"]
+        );
+    }
+    // A broken map is refused and the old one stays in force.
+    let text = std::fs::read_to_string(path)
+        .unwrap()
+        .replace("title = \"title\"", "title = \"{unclosed\"");
+    std::fs::write(path, text).unwrap();
+    let errors = env.t.d().reload().unwrap_err();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.key.starts_with("targets[0].users.attributes.title")),
+        "{errors:?}"
+    );
+    env.create_user(&okta_user("r3", "Still")).await;
+    env.run().await;
+    assert_eq!(env.attr(&user_dn("r3"), "title").await.unwrap(), ["Still"]);
+}

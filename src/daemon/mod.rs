@@ -56,6 +56,9 @@ struct Running {
     reconciler: Reconciler,
     cancel: CancellationToken,
     counters: Vec<Arc<AtomicU64>>,
+    /// Becomes true (or its sender drops) once the boot tasks (healthchecks, requeue after a
+    /// reload) are done, so `run_pending_reconciles` sees what a reload queued.
+    booted: watch::Receiver<bool>,
 }
 
 /// Build every target of a config (pure validation, no connecting).
@@ -272,10 +275,24 @@ impl Daemon {
     }
 
     /// Apply everything pending in every target now and return how many rows were applied
-    /// (see [`Reconciler::run_pending`]); tests call it instead of sleeping.
+    /// (see [`Reconciler::run_pending`]); tests call it instead of sleeping. Waits for the
+    /// current workers' boot tasks first (a reload queues every resource in the background).
     pub async fn run_pending_reconciles(&self) -> usize {
-        match self.current_reconciler() {
-            Some(r) => r.run_pending().await,
+        let current = {
+            let guard = match self.reconciler.lock() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            guard
+                .as_ref()
+                .map(|r| (r.reconciler.clone(), r.booted.clone()))
+        };
+        match current {
+            Some((r, mut booted)) => {
+                // An error means the boot task ended (or was cancelled): nothing to wait for.
+                let _ = booted.wait_for(|done| *done).await;
+                r.run_pending().await
+            }
             None => 0,
         }
     }
@@ -525,6 +542,7 @@ fn start_workers(
         };
         list.extend(counters.iter().cloned());
     }
+    let (booted_tx, booted) = watch::channel(boot == Boot::Plain);
     if boot != Boot::Plain {
         let (rec, token) = (reconciler.clone(), child.clone());
         tracker.spawn(async move {
@@ -549,6 +567,7 @@ fn start_workers(
                     Err(e) => tracing::error!(error = %e, "Cannot queue resources for the reloaded targets; run `scim-sync reconcile --full`."),
                 }
             }
+            let _ = booted_tx.send(true);
         });
     }
     if let Some(interval) = settings.reconcile.full_interval {
@@ -570,6 +589,7 @@ fn start_workers(
         reconciler,
         cancel: child,
         counters,
+        booted,
     }
 }
 
