@@ -3,7 +3,7 @@
 
 use super::models::{AuditRow, NewAudit};
 use super::schema::audit as audit_table;
-use super::{AuditCtx, DbConnection, HistoryEntry, StoreError};
+use super::{has_nul, AuditCtx, DbConnection, HistoryEntry, StoreError};
 use crate::scim::resource::ResourceType;
 use diesel::prelude::*;
 
@@ -41,6 +41,9 @@ pub(crate) fn of_resource(
     conn: &mut DbConnection,
     resource_id: &str,
 ) -> Result<Vec<HistoryEntry>, StoreError> {
+    if has_nul(resource_id) {
+        return Ok(Vec::new());
+    }
     audit_table::table
         .filter(audit_table::resource_id.eq(resource_id))
         .order(audit_table::id)

@@ -400,6 +400,21 @@ impl From<diesel::result::Error> for StoreError {
     }
 }
 
+/// PostgreSQL text cannot hold NUL, and no stored key contains one: a key with NUL finds nothing.
+pub(crate) fn has_nul(s: &str) -> bool {
+    s.contains('\0')
+}
+
+/// Refuse a NUL in a value stored in its own column (the JSON body escapes it; columns cannot).
+pub(crate) fn check_text(attribute: &str, value: &str) -> Result<(), StoreError> {
+    if has_nul(value) {
+        return Err(StoreError::Scim(ScimError::invalid_value(format!(
+            "{attribute} must not contain NUL"
+        ))));
+    }
+    Ok(())
+}
+
 /// Lower-case NFC, the key of `name_norm` and of `emails.value` lookups (RFC 7643: `userName`
 /// is `caseExact: false`; NFC makes composed and decomposed spellings one name).
 pub(crate) fn normalise(s: &str) -> String {

@@ -7,7 +7,8 @@ use super::models::{NewOutbox, OutboxRow, TargetStateRow};
 use super::resources::lock_by_id;
 use super::schema::{outbox, target_state};
 use super::{
-    read_tx, write_tx, AuditCtx, DbConnection, OutboxItem, StoreError, TargetState, TargetStatus,
+    has_nul, read_tx, write_tx, AuditCtx, DbConnection, OutboxItem, StoreError, TargetState,
+    TargetStatus,
 };
 use crate::scim::resource::ResourceType;
 use crate::scim::ScimError;
@@ -354,6 +355,9 @@ pub(crate) fn target_state(
     target: &str,
     resource_id: &str,
 ) -> Result<Option<TargetState>, StoreError> {
+    if has_nul(target) || has_nul(resource_id) {
+        return Ok(None);
+    }
     target_state::table
         .find((target, resource_id))
         .select(TargetStateRow::as_select())

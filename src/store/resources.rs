@@ -8,8 +8,8 @@ use super::models::{NewEmail, NewMember, NewResource, ResourceRow};
 use super::outbox::enqueue_all;
 use super::schema::{group_members, resource_emails, resources};
 use super::{
-    normalise, read_tx, write_tx, AuditCtx, DbConnection, GroupUpdate, StoreError, StoredGroup,
-    StoredUser, UserUpdate,
+    check_text, has_nul, normalise, read_tx, write_tx, AuditCtx, DbConnection, GroupUpdate,
+    StoreError, StoredGroup, StoredUser, UserUpdate,
 };
 use crate::scim::filter::Filter;
 use crate::scim::patch::MemberOp;
@@ -55,6 +55,23 @@ fn map_unique(e: DieselError, resource_type: ResourceType) -> StoreError {
     }
 }
 
+fn check_user_columns(
+    user_name: &str,
+    external_id: Option<&str>,
+    emails: &[String],
+) -> Result<(), StoreError> {
+    check_text("userName", user_name)?;
+    check_text("externalId", external_id.unwrap_or(""))?;
+    emails
+        .iter()
+        .try_for_each(|e| check_text("emails.value", e))
+}
+
+fn check_group_columns(display_name: &str, external_id: Option<&str>) -> Result<(), StoreError> {
+    check_text("displayName", display_name)?;
+    check_text("externalId", external_id.unwrap_or(""))
+}
+
 fn body_text(data: &Map<String, Value>) -> Result<String, StoreError> {
     serde_json::to_string(data)
         .map_err(|e| StoreError::Other(format!("cannot serialise resource body: {e}")))
@@ -67,6 +84,9 @@ pub(crate) fn get(
     id: &str,
     include_deleted: bool,
 ) -> Result<Option<ResourceRow>, StoreError> {
+    if has_nul(id) {
+        return Ok(None);
+    }
     let mut query = resources::table
         .filter(resources::id.eq(id))
         .filter(resources::resource_type.eq(resource_type.as_str()))
@@ -85,6 +105,9 @@ fn get_for_update(
     resource_type: ResourceType,
     id: &str,
 ) -> Result<Option<ResourceRow>, StoreError> {
+    if has_nul(id) {
+        return Ok(None);
+    }
     if let DbConnection::Pg(c) = conn {
         resources::table
             .filter(resources::id.eq(id))
@@ -101,6 +124,9 @@ pub(crate) fn lock_by_id(
     conn: &mut DbConnection,
     id: &str,
 ) -> Result<Option<(String, i64, i64)>, StoreError> {
+    if has_nul(id) {
+        return Ok(None);
+    }
     let query = resources::table.filter(resources::id.eq(id)).select((
         resources::resource_type,
         resources::seq,
@@ -168,6 +194,7 @@ pub(crate) fn create_user(
         emails,
         password: _,
     } = input;
+    check_user_columns(&user_name, external_id.as_deref(), &emails)?;
     // Defence in depth: a clear password never reaches a table.
     data.remove("password");
     let id = uuid::Uuid::new_v4().to_string();
@@ -243,6 +270,7 @@ where
             emails,
             password: _,
         } = input;
+        check_user_columns(&user_name, external_id.as_deref(), &emails)?;
         data.remove("password");
         let active = active.unwrap_or(current.active);
         let password_hash = password_hash.or(current.password_hash);
@@ -389,6 +417,7 @@ pub(crate) fn create_group(
         external_id,
         members,
     } = input;
+    check_group_columns(&display_name, external_id.as_deref())?;
     data.remove("members");
     let id = uuid::Uuid::new_v4().to_string();
     let body = body_text(&data)?;
@@ -456,6 +485,7 @@ where
             external_id,
             members,
         } = f(&current)?;
+        check_group_columns(&display_name, external_id.as_deref())?;
         data.remove("members");
         let body = body_text(&data)?;
         diesel::update(resources::table.find(seq))
@@ -578,6 +608,9 @@ fn live_member_seqs(
         .map(|m| m.value.clone())
         .collect();
     let mut live: HashMap<String, i64> = HashMap::with_capacity(ids.len());
+    if let Some(bad) = ids.iter().find(|id| has_nul(id)) {
+        return Err(unknown_member(bad));
+    }
     for chunk in ids.chunks(ID_CHUNK) {
         let query = resources::table
             .filter(resources::resource_type.eq(ResourceType::User.as_str()))
@@ -601,6 +634,7 @@ fn resolve_seqs(
     ids: &[String],
 ) -> Result<HashMap<String, i64>, StoreError> {
     let mut out = HashMap::with_capacity(ids.len());
+    let ids: Vec<&String> = ids.iter().filter(|id| !has_nul(id)).collect();
     for chunk in ids.chunks(ID_CHUNK) {
         let rows: Vec<(String, i64)> = resources::table
             .filter(resources::id.eq_any(chunk))
@@ -687,6 +721,9 @@ pub(crate) fn group_members(
     conn: &mut DbConnection,
     group_id: &str,
 ) -> Result<Vec<MemberRef>, StoreError> {
+    if has_nul(group_id) {
+        return Ok(Vec::new());
+    }
     read_tx(conn, |conn| {
         let Some(group_seq) = resources::table
             .filter(resources::id.eq(group_id))
@@ -722,6 +759,9 @@ pub(crate) fn groups_of_user(
     conn: &mut DbConnection,
     user_id: &str,
 ) -> Result<Vec<GroupRef>, StoreError> {
+    if has_nul(user_id) {
+        return Ok(Vec::new());
+    }
     read_tx(conn, |conn| {
         let Some(user_seq) = resources::table
             .filter(resources::id.eq(user_id))
@@ -756,6 +796,9 @@ pub(crate) fn find_user(
     by: &str,
     value: &str,
 ) -> Result<Option<ResourceRow>, StoreError> {
+    if has_nul(value) {
+        return Ok(None);
+    }
     let query = resources::table
         .filter(resources::resource_type.eq(ResourceType::User.as_str()))
         .filter(resources::deleted.eq(false))
@@ -793,6 +836,9 @@ pub(crate) fn resolve_name(
     conn: &mut DbConnection,
     name: &str,
 ) -> Result<Option<(ResourceType, String)>, StoreError> {
+    if has_nul(name) {
+        return Ok(None);
+    }
     let norm = normalise(name);
     let row: Option<(String, String)> = resources::table
         .filter(resources::name_norm.eq(&norm))
@@ -826,6 +872,10 @@ fn lookup_candidates(
     filter: &Filter,
 ) -> Result<Option<Vec<ResourceRow>>, StoreError> {
     for (attr, value) in filter.equality_lookups() {
+        if has_nul(&value) {
+            // No indexed column holds a NUL: nothing can match this conjunct.
+            return Ok(Some(Vec::new()));
+        }
         let query = resources::table
             .filter(resources::resource_type.eq(resource_type.as_str()))
             .filter(resources::deleted.eq(false))

@@ -1478,3 +1478,154 @@ async fn measure_sqlite_creates_per_second_at_concurrency_8() {
     );
     db.finish().await;
 }
+
+/// writers queue on `BEGIN IMMEDIATE` + busy timeout; none surfaces SQLITE_BUSY, and
+/// readers keep working meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writers_and_readers_see_no_busy_errors() {
+    on_both(|store, backend| async move {
+        let mut ids = Vec::new();
+        for i in 0..32 {
+            ids.push(
+                store
+                    .create_user(user(&format!("w{i}")), None, &ctx(1))
+                    .await
+                    .unwrap()
+                    .id,
+            );
+        }
+        let writers = ids.iter().map(|id| {
+            let (store, id) = (store.clone(), id.clone());
+            async move {
+                for n in 0..10 {
+                    store
+                        .update_user(&id, "patch", &ctx(10 + n), |u| {
+                            let mut input = user(&u.user_name);
+                            input.data.insert("n".into(), json!(u.meta.version));
+                            Ok(UserUpdate {
+                                input,
+                                password_hash: None,
+                            })
+                        })
+                        .await?;
+                }
+                Ok::<_, StoreError>(())
+            }
+        });
+        let readers = (0..8).map(|_| {
+            let store = store.clone();
+            async move {
+                for _ in 0..10 {
+                    store.list_users(None, 1, 50, String::new()).await?;
+                }
+                Ok::<_, StoreError>(())
+            }
+        });
+        let (w, r) = futures_util::future::join(join_all(writers), join_all(readers)).await;
+        for result in w.into_iter().chain(r) {
+            result.unwrap_or_else(|e| panic!("{backend}: {e:?}"));
+        }
+        for id in &ids {
+            assert_eq!(store.get_user(id).await.unwrap().unwrap().meta.version, 11);
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hostile_ids_and_names_find_nothing() {
+    on_both(|store, backend| async move {
+        store
+            .create_user(user("real"), None, &ctx(1))
+            .await
+            .unwrap();
+        for id in [
+            "",
+            "' OR 1=1 --",
+            "%",
+            "_",
+            "\0",
+            &"x".repeat(10_000),
+            "real",
+        ] {
+            assert!(
+                store.get_user(id).await.unwrap().is_none(),
+                "{backend}: {id:?}"
+            );
+            assert!(store.get_group_any(id).await.unwrap().is_none());
+            assert!(store.group_members(id).await.unwrap().is_empty());
+            assert!(store.groups_of_user(id).await.unwrap().is_empty());
+            assert!(store.history(id).await.unwrap().is_empty());
+            assert!(store.find_user("externalId", id).await.unwrap().is_none());
+            assert_eq!(
+                scim_status(&store.delete_group(id, None, &ctx(2)).await.unwrap_err()),
+                Some(404)
+            );
+        }
+        assert!(store.resolve_name("%").await.unwrap().is_none());
+        assert!(store.resolve_name("a\0").await.unwrap().is_none());
+        assert!(store.target_state(TARGET, "a\0").await.unwrap().is_none());
+        let err = store
+            .enqueue(TARGET, ResourceType::User, "a\0", "resync", 1)
+            .await
+            .unwrap_err();
+        assert_eq!(scim_status(&err), Some(404));
+        // A NUL in an indexed column is a 400, never a 503 from the database.
+        let err = store
+            .create_user(user("nul\0name"), None, &ctx(3))
+            .await
+            .unwrap_err();
+        assert_eq!(scim_status(&err), Some(400), "{backend}");
+        let mut input = user("okname");
+        input.emails = vec!["a\0@x".into()];
+        assert_eq!(
+            scim_status(&store.create_user(input, None, &ctx(3)).await.unwrap_err()),
+            Some(400)
+        );
+        assert_eq!(
+            scim_status(
+                &store
+                    .create_group(group("g\0", None), &ctx(3))
+                    .await
+                    .unwrap_err()
+            ),
+            Some(400)
+        );
+        let g = store
+            .create_group(group("g", None), &ctx(3))
+            .await
+            .unwrap()
+            .id;
+        let ops = vec![MemberOp::Add(vec![member("x\0".into())])];
+        let err = store
+            .update_group(&g, "patch", &ctx(4), members_update(ops))
+            .await
+            .unwrap_err();
+        assert_eq!(scim_status(&err), Some(400));
+        let ops = vec![MemberOp::Remove(vec!["x\0".into()])];
+        store
+            .update_group(&g, "patch", &ctx(4), members_update(ops))
+            .await
+            .unwrap();
+        assert_eq!(
+            scim_status(&store.create_token("t\0", [0; 32], 1).await.unwrap_err()),
+            Some(400)
+        );
+        // JSON bodies may carry a NUL (escaped in the stored text).
+        let mut input = user("jsonnul");
+        input.data.insert("nickName".into(), json!("a\0b"));
+        let id = store.create_user(input, None, &ctx(5)).await.unwrap().id;
+        assert_eq!(
+            store
+                .get_user(&id)
+                .await
+                .unwrap()
+                .unwrap()
+                .data
+                .get("nickName"),
+            Some(&json!("a\0b"))
+        );
+        assert!(!store.revoke_token("' OR 1=1 --", 3).await.unwrap());
+    })
+    .await;
+}
