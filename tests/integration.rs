@@ -10,3 +10,4 @@
 #[allow(dead_code)]
 mod harness;
 mod scim_api;
+mod tidy;
