@@ -1629,3 +1629,209 @@ async fn hostile_ids_and_names_find_nothing() {
     })
     .await;
 }
+
+fn filter(text: &str) -> Option<crate::scim::filter::Filter> {
+    Some(
+        crate::scim::filter::parse_filter(text, crate::scim::filter::FilterLimits::default())
+            .unwrap(),
+    )
+}
+
+async fn user_names(store: &Store, text: &str, start: u64, count: u64) -> (u64, Vec<String>) {
+    let page = store
+        .list_users(filter(text), start, count, "https://scim.test/v2".into())
+        .await
+        .unwrap();
+    (
+        page.total,
+        page.items.into_iter().map(|u| u.user_name).collect(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn filtered_lists_use_indexes_and_evaluate_the_filter() {
+    on_both(|store, backend| async move {
+        for (i, name) in ["Alice", "bob", "Carol", "dave", "Erin"].iter().enumerate() {
+            let mut input = user(name);
+            input.external_id = Some(format!("EXT-{i}"));
+            input
+                .data
+                .insert("externalId".into(), json!(format!("EXT-{i}")));
+            input.emails = vec![format!("{name}@Example.com")];
+            input.data.insert(
+                "emails".into(),
+                json!([{"value": format!("{name}@Example.com"), "type": "work"}]),
+            );
+            input.data.insert(
+                "title".into(),
+                json!(if i % 2 == 0 { "eng" } else { "ops" }),
+            );
+            store
+                .create_user(input, None, &ctx(i as i64))
+                .await
+                .unwrap();
+        }
+        let carol = store.find_user("userName", "carol").await.unwrap().unwrap();
+        // Index lookups (userName, externalId, id, emails.value), then the filter decides.
+        assert_eq!(
+            user_names(&store, "userName eq \"ALICE\"", 1, 10).await,
+            (1, vec!["Alice".into()]),
+            "{backend}"
+        );
+        assert_eq!(
+            user_names(&store, "externalId eq \"EXT-1\"", 1, 10).await,
+            (1, vec!["bob".into()])
+        );
+        assert_eq!(
+            user_names(&store, "externalId eq \"ext-1\"", 1, 10).await,
+            (0, vec![]),
+            "externalId is case-exact"
+        );
+        assert_eq!(
+            user_names(&store, &format!("id eq \"{}\"", carol.id), 1, 10).await,
+            (1, vec!["Carol".into()])
+        );
+        assert_eq!(
+            user_names(&store, "emails.value eq \"DAVE@example.COM\"", 1, 10).await,
+            (1, vec!["dave".into()])
+        );
+        assert_eq!(
+            user_names(
+                &store,
+                "emails[type eq \"work\" and value eq \"erin@example.com\"]",
+                1,
+                10
+            )
+            .await,
+            (1, vec!["Erin".into()])
+        );
+        assert_eq!(
+            user_names(&store, "userName eq \"alice\" and title eq \"ops\"", 1, 10).await,
+            (0, vec![])
+        );
+        assert_eq!(
+            user_names(&store, "userName eq \"nobody\"", 1, 10).await,
+            (0, vec![])
+        );
+        // Scans: paging runs over the matching sequence.
+        assert_eq!(
+            user_names(&store, "title eq \"eng\"", 1, 10).await,
+            (3, vec!["Alice".into(), "Carol".into(), "Erin".into()])
+        );
+        assert_eq!(
+            user_names(&store, "title eq \"eng\"", 2, 1).await,
+            (3, vec!["Carol".into()])
+        );
+        assert_eq!(
+            user_names(&store, "title eq \"eng\"", 1, 0).await,
+            (3, vec![])
+        );
+        assert_eq!(
+            user_names(&store, "userName sw \"a\" or userName sw \"E\"", 1, 10).await,
+            (2, vec!["Alice".into(), "Erin".into()])
+        );
+        // Tombstones never match.
+        store.delete_user(&carol.id, None, &ctx(10)).await.unwrap();
+        assert_eq!(
+            user_names(&store, "title eq \"eng\"", 1, 10).await,
+            (2, vec!["Alice".into(), "Erin".into()])
+        );
+        assert_eq!(
+            user_names(&store, "userName eq \"carol\"", 1, 10).await,
+            (0, vec![])
+        );
+
+        // Groups: displayName lookup, and a members filter loads members.
+        let alice = store
+            .find_user("userName", "alice")
+            .await
+            .unwrap()
+            .unwrap()
+            .id;
+        store
+            .create_group(group("Admins", Some(vec![alice.clone()])), &ctx(11))
+            .await
+            .unwrap();
+        store
+            .create_group(group("Staff", None), &ctx(12))
+            .await
+            .unwrap();
+        let groups = |text: &str| {
+            let store = store.clone();
+            let f = filter(text);
+            async move {
+                let page = store
+                    .list_groups(f, 1, 10, "https://scim.test/v2".into())
+                    .await
+                    .unwrap();
+                (
+                    page.total,
+                    page.items
+                        .into_iter()
+                        .map(|g| g.display_name)
+                        .collect::<Vec<_>>(),
+                )
+            }
+        };
+        assert_eq!(
+            groups("displayName eq \"admins\"").await,
+            (1, vec!["Admins".into()])
+        );
+        assert_eq!(
+            groups(&format!("members[value eq \"{alice}\"]")).await,
+            (1, vec!["Admins".into()])
+        );
+        assert_eq!(
+            groups(&format!("members.value eq \"{alice}\"")).await,
+            (1, vec!["Admins".into()])
+        );
+        assert_eq!(
+            groups("displayName sw \"S\"").await,
+            (1, vec!["Staff".into()])
+        );
+        // A user's groups are visible to a users filter.
+        let admins = store.resolve_name("admins").await.unwrap().unwrap().1;
+        assert_eq!(
+            user_names(&store, &format!("groups[value eq \"{admins}\"]"), 1, 10).await,
+            (1, vec!["Alice".into()])
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn remove_matching_members_by_filter() {
+    on_both(|store, backend| async move {
+        let a = store
+            .create_user(user("ann"), None, &ctx(1))
+            .await
+            .unwrap()
+            .id;
+        let b = store
+            .create_user(user("ben"), None, &ctx(1))
+            .await
+            .unwrap()
+            .id;
+        let g = store
+            .create_group(group("grp", Some(vec![a.clone(), b.clone()])), &ctx(1))
+            .await
+            .unwrap()
+            .id;
+        let f = filter("display eq \"BEN\"").unwrap();
+        store
+            .update_group(
+                &g,
+                "patch",
+                &ctx(2),
+                members_update(vec![MemberOp::RemoveMatching(f)]),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            member_ids(&store, &g).await,
+            std::slice::from_ref(&a),
+            "{backend}"
+        );
+    })
+    .await;
+}
