@@ -3,7 +3,7 @@
 
 use super::models::{AuditRow, NewAudit};
 use super::schema::audit as audit_table;
-use super::{has_nul, AuditCtx, DbConnection, HistoryEntry, StoreError};
+use super::{has_nul, sanitize_text, AuditCtx, DbConnection, HistoryEntry, StoreError};
 use crate::scim::resource::ResourceType;
 use diesel::prelude::*;
 
@@ -21,6 +21,7 @@ pub(crate) fn audit(
     version: i64,
     detail: Option<&str>,
 ) -> Result<(), StoreError> {
+    let detail = detail.map(sanitize_text);
     diesel::insert_into(audit_table::table)
         .values(NewAudit {
             at_ms: ctx.now_ms,
@@ -30,7 +31,7 @@ pub(crate) fn audit(
             token_name: non_empty(&ctx.token_name),
             request_id: non_empty(&ctx.request_id),
             version,
-            detail,
+            detail: detail.as_deref(),
         })
         .execute(conn)?;
     Ok(())

@@ -7,8 +7,8 @@ use super::models::{NewOutbox, OutboxRow, TargetStateRow};
 use super::resources::lock_by_id;
 use super::schema::{outbox, target_state};
 use super::{
-    has_nul, read_tx, write_tx, AuditCtx, DbConnection, OutboxItem, StoreError, TargetState,
-    TargetStatus,
+    has_nul, read_tx, sanitize_text, write_tx, AuditCtx, DbConnection, OutboxItem, StoreError,
+    TargetState, TargetStatus,
 };
 use crate::scim::resource::ResourceType;
 use crate::scim::ScimError;
@@ -313,7 +313,8 @@ pub(crate) fn settle_failed(
     dead: bool,
     now_ms: i64,
 ) -> Result<(), StoreError> {
-    let error = truncate(error, MAX_ERROR_LEN);
+    let error = sanitize_text(truncate(error, MAX_ERROR_LEN));
+    let error = error.as_str();
     write_tx(conn, |conn| {
         let Some(row) = lock_outbox_row(conn, item.id)? else {
             return Ok(());

@@ -8,8 +8,8 @@ use super::models::{NewEmail, NewMember, NewResource, ResourceRow};
 use super::outbox::enqueue_all;
 use super::schema::{group_members, resource_emails, resources};
 use super::{
-    check_text, has_nul, normalise, read_tx, write_tx, AuditCtx, DbConnection, GroupUpdate,
-    StoreError, StoredGroup, StoredUser, UserUpdate,
+    decode_text, encode_text, has_nul, normalise, read_tx, write_tx, AuditCtx, DbConnection,
+    GroupUpdate, StoreError, StoredGroup, StoredUser, UserUpdate,
 };
 use crate::scim::filter::Filter;
 use crate::scim::patch::MemberOp;
@@ -53,23 +53,6 @@ fn map_unique(e: DieselError, resource_type: ResourceType) -> StoreError {
         }
         other => other.into(),
     }
-}
-
-fn check_user_columns(
-    user_name: &str,
-    external_id: Option<&str>,
-    emails: &[String],
-) -> Result<(), StoreError> {
-    check_text("userName", user_name)?;
-    check_text("externalId", external_id.unwrap_or(""))?;
-    emails
-        .iter()
-        .try_for_each(|e| check_text("emails.value", e))
-}
-
-fn check_group_columns(display_name: &str, external_id: Option<&str>) -> Result<(), StoreError> {
-    check_text("displayName", display_name)?;
-    check_text("externalId", external_id.unwrap_or(""))
 }
 
 fn body_text(data: &Map<String, Value>) -> Result<String, StoreError> {
@@ -194,7 +177,6 @@ pub(crate) fn create_user(
         emails,
         password: _,
     } = input;
-    check_user_columns(&user_name, external_id.as_deref(), &emails)?;
     // Defence in depth: a clear password never reaches a table.
     data.remove("password");
     let id = uuid::Uuid::new_v4().to_string();
@@ -210,9 +192,9 @@ pub(crate) fn create_user(
                 created_ms: ctx.now_ms,
                 modified_ms: ctx.now_ms,
                 data: &body,
-                name: &user_name,
+                name: &encode_text(&user_name),
                 name_norm: &name_norm,
-                external_id: external_id.as_deref(),
+                external_id: external_id.as_deref().map(encode_text).as_deref(),
                 active,
                 password_hash: password_hash.as_deref(),
                 deleted: false,
@@ -270,7 +252,6 @@ where
             emails,
             password: _,
         } = input;
-        check_user_columns(&user_name, external_id.as_deref(), &emails)?;
         data.remove("password");
         let active = active.unwrap_or(current.active);
         let password_hash = password_hash.or(current.password_hash);
@@ -278,9 +259,9 @@ where
         diesel::update(resources::table.find(seq))
             .set((
                 resources::data.eq(&body),
-                resources::name.eq(&user_name),
+                resources::name.eq(encode_text(&user_name)),
                 resources::name_norm.eq(normalise(&user_name)),
-                resources::external_id.eq(external_id.as_deref()),
+                resources::external_id.eq(external_id.as_deref().map(encode_text)),
                 resources::active.eq(active),
                 resources::password_hash.eq(password_hash.as_deref()),
                 resources::version.eq(version),
@@ -417,7 +398,6 @@ pub(crate) fn create_group(
         external_id,
         members,
     } = input;
-    check_group_columns(&display_name, external_id.as_deref())?;
     data.remove("members");
     let id = uuid::Uuid::new_v4().to_string();
     let body = body_text(&data)?;
@@ -431,9 +411,9 @@ pub(crate) fn create_group(
                 created_ms: ctx.now_ms,
                 modified_ms: ctx.now_ms,
                 data: &body,
-                name: &display_name,
+                name: &encode_text(&display_name),
                 name_norm: &name_norm,
-                external_id: external_id.as_deref(),
+                external_id: external_id.as_deref().map(encode_text).as_deref(),
                 active: true,
                 password_hash: None,
                 deleted: false,
@@ -485,15 +465,14 @@ where
             external_id,
             members,
         } = f(&current)?;
-        check_group_columns(&display_name, external_id.as_deref())?;
         data.remove("members");
         let body = body_text(&data)?;
         diesel::update(resources::table.find(seq))
             .set((
                 resources::data.eq(&body),
-                resources::name.eq(&display_name),
+                resources::name.eq(encode_text(&display_name)),
                 resources::name_norm.eq(normalise(&display_name)),
-                resources::external_id.eq(external_id.as_deref()),
+                resources::external_id.eq(external_id.as_deref().map(encode_text)),
                 resources::version.eq(version),
                 resources::modified_ms.eq(ctx.now_ms),
             ))
@@ -549,7 +528,8 @@ fn apply_member_op(
             let matching: Vec<i64> = current
                 .into_iter()
                 .filter(|(_, id, name)| {
-                    filter.matches(&json!({"value": id, "display": name, "type": "User"}))
+                    let display = decode_text(name.clone());
+                    filter.matches(&json!({"value": id, "display": display, "type": "User"}))
                 })
                 .map(|(seq, _, _)| seq)
                 .collect();
@@ -749,7 +729,7 @@ fn members_of_seq(conn: &mut DbConnection, group_seq: i64) -> Result<Vec<MemberR
         .into_iter()
         .map(|(value, display)| MemberRef {
             value,
-            display: Some(display),
+            display: Some(decode_text(display)),
         })
         .collect())
 }
@@ -786,7 +766,10 @@ fn groups_of_seq(conn: &mut DbConnection, user_seq: i64) -> Result<Vec<GroupRef>
         .load(conn)?;
     Ok(rows
         .into_iter()
-        .map(|(value, display)| GroupRef { value, display })
+        .map(|(value, display)| GroupRef {
+            value,
+            display: decode_text(display),
+        })
         .collect())
 }
 
@@ -796,9 +779,6 @@ pub(crate) fn find_user(
     by: &str,
     value: &str,
 ) -> Result<Option<ResourceRow>, StoreError> {
-    if has_nul(value) {
-        return Ok(None);
-    }
     let query = resources::table
         .filter(resources::resource_type.eq(ResourceType::User.as_str()))
         .filter(resources::deleted.eq(false))
@@ -808,7 +788,7 @@ pub(crate) fn find_user(
     let query = match by {
         "id" => query.filter(resources::id.eq(value.to_owned())),
         "username" => query.filter(resources::name_norm.eq(normalise(value))),
-        "externalid" => query.filter(resources::external_id.eq(value.to_owned())),
+        "externalid" => query.filter(resources::external_id.eq(encode_text(value))),
         _ => return Ok(None),
     };
     Ok(query.first(conn).optional()?)
@@ -836,9 +816,6 @@ pub(crate) fn resolve_name(
     conn: &mut DbConnection,
     name: &str,
 ) -> Result<Option<(ResourceType, String)>, StoreError> {
-    if has_nul(name) {
-        return Ok(None);
-    }
     let norm = normalise(name);
     let row: Option<(String, String)> = resources::table
         .filter(resources::name_norm.eq(&norm))
@@ -872,10 +849,6 @@ fn lookup_candidates(
     filter: &Filter,
 ) -> Result<Option<Vec<ResourceRow>>, StoreError> {
     for (attr, value) in filter.equality_lookups() {
-        if has_nul(&value) {
-            // No indexed column holds a NUL: nothing can match this conjunct.
-            return Ok(Some(Vec::new()));
-        }
         let query = resources::table
             .filter(resources::resource_type.eq(resource_type.as_str()))
             .filter(resources::deleted.eq(false))
@@ -887,7 +860,7 @@ fn lookup_candidates(
             (ResourceType::User, "username") | (ResourceType::Group, "displayname") => {
                 query.filter(resources::name_norm.eq(normalise(&value)))
             }
-            (_, "externalid") => query.filter(resources::external_id.eq(value)),
+            (_, "externalid") => query.filter(resources::external_id.eq(encode_text(&value))),
             (ResourceType::User, "emails.value") => query.filter(
                 resources::seq.eq_any(
                     resource_emails::table

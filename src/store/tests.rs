@@ -1443,6 +1443,23 @@ fn passwords_are_percent_encoded_into_postgres_urls() {
         "postgres://app:[redacted]@db/x"
     );
     assert_eq!(normalise("JOSE\u{301}"), normalise("jos\u{e9}"));
+    for text in [
+        "",
+        "plain",
+        "\0",
+        "a\0b",
+        "\u{10FFFF}",
+        "\u{10FFFF}0",
+        "\u{10FFFF}\0\u{10FFFF}\u{10FFFF}",
+    ] {
+        assert!(!encode_text(text).contains('\0'));
+        assert_eq!(decode_text(encode_text(text)), text);
+    }
+    assert_ne!(encode_text("\0"), encode_text("\u{10FFFF}0"));
+    assert_eq!(
+        decode_text("dangling\u{10FFFF}".into()),
+        "dangling\u{10FFFF}"
+    );
 }
 
 /// Throughput figure for the report: creates/second at concurrency 8 on a SQLite file.
@@ -1570,32 +1587,66 @@ async fn hostile_ids_and_names_find_nothing() {
             .await
             .unwrap_err();
         assert_eq!(scim_status(&err), Some(404));
-        // A NUL in an indexed column is a 400, never a 503 from the database.
-        let err = store
-            .create_user(user("nul\0name"), None, &ctx(3))
-            .await
-            .unwrap_err();
-        assert_eq!(scim_status(&err), Some(400), "{backend}");
-        let mut input = user("okname");
+        // NUL in indexed text is stored faithfully on both backends (escaped in its column).
+        let mut input = user("nul\0name");
+        input.external_id = Some("e\0x\u{10FFFF}".into());
         input.emails = vec!["a\0@x".into()];
+        let nul = store.create_user(input, None, &ctx(3)).await.unwrap();
+        let got = store.get_user(&nul.id).await.unwrap().unwrap();
         assert_eq!(
-            scim_status(&store.create_user(input, None, &ctx(3)).await.unwrap_err()),
-            Some(400)
+            (got.user_name.as_str(), got.external_id.as_deref()),
+            ("nul\0name", Some("e\0x\u{10FFFF}")),
+            "{backend}"
         );
         assert_eq!(
-            scim_status(
-                &store
-                    .create_group(group("g\0", None), &ctx(3))
-                    .await
-                    .unwrap_err()
-            ),
-            Some(400)
+            store
+                .find_user("userName", "NUL\0NAME")
+                .await
+                .unwrap()
+                .unwrap()
+                .id,
+            nul.id
         );
+        assert_eq!(
+            store
+                .find_user("externalId", "e\0x\u{10FFFF}")
+                .await
+                .unwrap()
+                .unwrap()
+                .id,
+            nul.id
+        );
+        assert!(
+            store
+                .find_user("userName", "nul\u{10FFFF}0name")
+                .await
+                .unwrap()
+                .is_none(),
+            "escape is injective"
+        );
+        assert!(is_uniqueness(
+            &store
+                .create_user(user("Nul\0Name"), None, &ctx(3))
+                .await
+                .unwrap_err()
+        ));
+        store
+            .create_user(user("nul\u{10FFFF}0name"), None, &ctx(3))
+            .await
+            .unwrap();
         let g = store
-            .create_group(group("g", None), &ctx(3))
+            .create_group(group("g\0", Some(vec![nul.id.clone()])), &ctx(3))
             .await
             .unwrap()
             .id;
+        assert_eq!(
+            store.group_members(&g).await.unwrap()[0].display.as_deref(),
+            Some("nul\0name")
+        );
+        assert_eq!(
+            store.groups_of_user(&nul.id).await.unwrap()[0].display,
+            "g\0"
+        );
         let ops = vec![MemberOp::Add(vec![member("x\0".into())])];
         let err = store
             .update_group(&g, "patch", &ctx(4), members_update(ops))
@@ -1607,6 +1658,44 @@ async fn hostile_ids_and_names_find_nothing() {
             .update_group(&g, "patch", &ctx(4), members_update(ops))
             .await
             .unwrap();
+        let item = store
+            .claim(TARGET, 10, 1000, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|i| i.resource_id == nul.id)
+            .unwrap();
+        let mut state = applied(&item, 1, 10);
+        state.target_key = Some("uid=nul\0name".into());
+        store
+            .settle_applied(&item, state.clone(), 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.target_state(TARGET, &nul.id).await.unwrap(),
+            Some(state)
+        );
+        store
+            .enqueue(TARGET, ResourceType::User, &nul.id, "resync", 20)
+            .await
+            .unwrap();
+        let item = store
+            .claim(TARGET, 20, 1000, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|i| i.resource_id == nul.id)
+            .unwrap();
+        store
+            .settle_failed(&item, "bad\0error", 30, true, 20)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.dead_letters(None).await.unwrap()[0]
+                .last_error
+                .as_deref(),
+            Some("bad\u{FFFD}error")
+        );
         assert_eq!(
             scim_status(&store.create_token("t\0", [0; 32], 1).await.unwrap_err()),
             Some(400)
