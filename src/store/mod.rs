@@ -7,6 +7,9 @@
 //! target (coalescing on (target, resource)), and an audit row in one transaction; a unique
 //! constraint on the normalised `userName` / group `displayName` of live resources decides
 //! conflicts (never a check-then-insert).
+//!
+//! Client text kept in its own column (names, externalId, target keys) goes through
+//! `encode_text` so a NUL survives PostgreSQL; the JSON body keeps the canonical value.
 
 mod history;
 mod models;
@@ -162,7 +165,8 @@ pub struct HistoryEntry {
     pub at_ms: i64,
     pub resource_type: ResourceType,
     pub resource_id: String,
-    /// `create`, `replace`, `patch`, `delete`, or `applied:<target>` / `dead:<target>`.
+    /// `create`, `replace`, `patch`, `delete`, `membership` (a group that lost a member because
+    /// the user was deleted), or `applied:<target>` / `dead:<target>`.
     pub operation: String,
     pub token_name: Option<String>,
     pub request_id: Option<String>,
