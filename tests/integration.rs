@@ -12,3 +12,4 @@ mod harness;
 mod ldap_target;
 mod reconcile;
 mod scim_api;
+mod tidy;
