@@ -17,6 +17,9 @@ const BASE: &str = "dc=example,dc=com";
 const ADMIN: &str = "cn=admin,dc=example,dc=com";
 const PASSWORD: &str = "harness-secret";
 
+/// An entry's attributes: (lower-cased name, sorted values), sorted by name.
+pub type Attrs = Vec<(String, Vec<String>)>;
+
 /// A running (or stopped) slapd.
 pub struct Slapd {
     dir: tempfile::TempDir,
@@ -257,7 +260,7 @@ impl Slapd {
 
     /// One entry's attributes (lower-cased names, sorted values; `attrs` as for a search,
     /// e.g. `["*", "pwdAccountLockedTime"]`), or `None`.
-    pub async fn entry(&self, dn: &str, attrs: &[&str]) -> Option<Vec<(String, Vec<String>)>> {
+    pub async fn entry(&self, dn: &str, attrs: &[&str]) -> Option<Attrs> {
         let mut ldap = self.admin().await;
         let res = ldap
             .search(dn, Scope::Base, "(objectClass=*)", attrs.to_vec())
@@ -283,7 +286,7 @@ impl Slapd {
             .unwrap()
             .success()
             .unwrap();
-        let mut all: Vec<(String, Vec<(String, Vec<String>)>)> = entries
+        let mut all: Vec<(String, Attrs)> = entries
             .into_iter()
             .map(|e| normalise(SearchEntry::construct(e)))
             .collect();
@@ -302,8 +305,8 @@ impl Slapd {
     }
 }
 
-fn normalise(e: SearchEntry) -> (String, Vec<(String, Vec<String>)>) {
-    let mut attrs: Vec<(String, Vec<String>)> = e
+fn normalise(e: SearchEntry) -> (String, Attrs) {
+    let mut attrs: Attrs = e
         .attrs
         .into_iter()
         .map(|(k, mut v)| {

@@ -718,7 +718,7 @@ async fn dry_run_changes_nothing_and_reports_the_plan() {
     let slapd = Slapd::start().await;
     let (map, t) = build(&slapd, "", USERS, DISABLE);
     let dir = Dir::default();
-    let before = slapd.dump("dc=example,dc=com").await;
+    let before = slapd.dump(slapd.base()).await;
     let mut u = user("dry");
     let d = dir.desired(&map, &u);
     let plan = t.sync(Some(&d), &Prior::default(), true).await.unwrap();
