@@ -24,6 +24,8 @@ pub type Attrs = Vec<(String, Vec<String>)>;
 pub struct Slapd {
     dir: tempfile::TempDir,
     port: u16,
+    /// The ldaps:// port when started with TLS.
+    tls_port: Option<u16>,
     child: Option<Child>,
 }
 
@@ -36,14 +38,23 @@ fn find(path: &str) -> PathBuf {
     p
 }
 
-fn config_ldif(dir: &Path) -> String {
+fn config_ldif(dir: &Path, tls: bool) -> String {
     let data = dir.join("data");
+    let tls = if tls {
+        format!(
+            "olcTLSCACertificateFile: {d}/ca.pem\nolcTLSCertificateFile: {d}/server.pem\n\
+             olcTLSCertificateKeyFile: {d}/server.key\n",
+            d = dir.display()
+        )
+    } else {
+        String::new()
+    };
     format!(
         "dn: cn=config
 objectClass: olcGlobal
 cn: config
 olcPidFile: {pid}
-
+{tls}
 dn: cn=module{{0}},cn=config
 objectClass: olcModuleList
 cn: module{{0}}
@@ -125,6 +136,91 @@ fn run(cmd: &Path, args: &[&str]) {
     );
 }
 
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("the TLS tests need the openssl command: `apt-get install openssl`");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn make_ca(dir: &Path, name: &str) {
+    let key = format!("{name}.key");
+    let pem = format!("{name}.pem");
+    let subj = format!("/CN=scim-sync test {name}");
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &pem,
+            "-days",
+            "2",
+            "-subj",
+            &subj,
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+    );
+}
+
+fn make_server_cert(dir: &Path) {
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
+         keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+        ],
+    );
+}
+
 fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
     l.local_addr().expect("local addr").port()
@@ -133,6 +229,16 @@ fn free_port() -> u16 {
 impl Slapd {
     /// Build a fresh directory and start slapd on a free loopback port.
     pub async fn start() -> Slapd {
+        Slapd::build(false).await
+    }
+
+    /// Like [`Slapd::start`], with TLS: a fresh CA (`ca_file()`) and a server certificate for
+    /// 127.0.0.1; StartTLS on `uri()` and TLS on `ldaps_uri()`.
+    pub async fn start_tls() -> Slapd {
+        Slapd::build(true).await
+    }
+
+    async fn build(tls: bool) -> Slapd {
         let slapadd = find(SLAPADD);
         find(SLAPD);
         let dir = tempfile::tempdir().expect("temp dir");
@@ -140,7 +246,11 @@ impl Slapd {
         std::fs::create_dir_all(&conf).unwrap();
         std::fs::create_dir_all(dir.path().join("data")).unwrap();
         let config = dir.path().join("config.ldif");
-        std::fs::write(&config, config_ldif(dir.path())).unwrap();
+        if tls {
+            make_ca(dir.path(), "ca");
+            make_server_cert(dir.path());
+        }
+        std::fs::write(&config, config_ldif(dir.path(), tls)).unwrap();
         let data = dir.path().join("data.ldif");
         std::fs::write(&data, data_ldif()).unwrap();
         let confs = conf.to_str().unwrap();
@@ -155,6 +265,7 @@ impl Slapd {
         let mut s = Slapd {
             dir,
             port: free_port(),
+            tls_port: tls.then(free_port),
             child: None,
         };
         s.start_again().await;
@@ -165,7 +276,10 @@ impl Slapd {
     pub async fn start_again(&mut self) {
         assert!(self.child.is_none(), "slapd is already running");
         let conf = self.dir.path().join("slapd.d");
-        let url = format!("ldap://127.0.0.1:{}/", self.port);
+        let mut url = format!("ldap://127.0.0.1:{}/", self.port);
+        if let Some(p) = self.tls_port {
+            url.push_str(&format!(" ldaps://127.0.0.1:{p}/"));
+        }
         let mut child = Command::new(SLAPD)
             .args(["-h", &url, "-F", conf.to_str().unwrap(), "-d", "16384"])
             .stdin(Stdio::null())
@@ -214,6 +328,25 @@ impl Slapd {
     /// `ldap://127.0.0.1:PORT`.
     pub fn uri(&self) -> String {
         format!("ldap://127.0.0.1:{}", self.port)
+    }
+
+    /// `ldaps://127.0.0.1:PORT` (only after [`Slapd::start_tls`]).
+    pub fn ldaps_uri(&self) -> String {
+        format!(
+            "ldaps://127.0.0.1:{}",
+            self.tls_port.expect("started without TLS")
+        )
+    }
+
+    /// The CA certificate (PEM) that signed the server certificate.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    /// A CA that did not sign the server certificate (for negative tests).
+    pub fn other_ca_file(&self) -> PathBuf {
+        make_ca(self.dir.path(), "other-ca");
+        self.dir.path().join("other-ca.pem")
     }
 
     /// The root DN.

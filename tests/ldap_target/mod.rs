@@ -33,9 +33,13 @@ manager = { reference = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:U
 
 /// A target over `slapd` from TOML fragments (`head` = top-level keys, `tail` = extra tables).
 fn build(slapd: &Slapd, head: &str, users: &str, tail: &str) -> (CompiledTarget, LdapTarget) {
+    let head = if head.contains("url =") {
+        head.to_owned()
+    } else {
+        format!("url = \"{}\"\n{head}", slapd.uri())
+    };
     let text = format!(
-        "name = \"test\"\ntype = \"ldap\"\nurl = \"{}\"\nbind_dn = \"{}\"\nbind_password_env = \"UNUSED\"\n{head}\n{users}\n{tail}\n",
-        slapd.uri(),
+        "name = \"test\"\ntype = \"ldap\"\nbind_dn = \"{}\"\nbind_password_env = \"UNUSED\"\n{head}\n{users}\n{tail}\n",
         slapd.bind_dn()
     );
     let raw: RawTarget = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
@@ -812,4 +816,101 @@ async fn missing_parent_is_permanent() {
         .unwrap_err();
     assert_eq!(err.class, ErrorClass::Permanent, "{err:?}");
     assert_eq!(err.code.as_deref(), Some("32"));
+}
+
+#[tokio::test]
+async fn starttls_and_ldaps_verify_the_server_certificate() {
+    let slapd = Slapd::start_tls().await;
+    let ca = slapd.ca_file();
+    let head = format!("starttls = true\nca_file = \"{}\"", ca.display());
+    let (map, t) = build(&slapd, &head, USERS, "");
+    t.healthcheck().await.unwrap();
+    let mut dir = Dir::default();
+    let o = dir.sync(&map, &t, &user("tls"), &Prior::default()).await;
+    assert_eq!(o.changes.len(), 1);
+    let head = format!(
+        "url = \"{}\"\nca_file = \"{}\"",
+        slapd.ldaps_uri(),
+        ca.display()
+    );
+    let (_, t) = build(&slapd, &head, USERS, "");
+    t.healthcheck().await.unwrap();
+    // A server certificate from another CA is refused, for StartTLS and ldaps alike.
+    let other = slapd.other_ca_file();
+    for head in [
+        format!("starttls = true\nca_file = \"{}\"", other.display()),
+        format!(
+            "url = \"{}\"\nca_file = \"{}\"",
+            slapd.ldaps_uri(),
+            other.display()
+        ),
+    ] {
+        let (map, t) = build(&slapd, &head, USERS, "");
+        let err = t.healthcheck().await.unwrap_err();
+        assert_eq!(err.class, ErrorClass::Transient, "{err:?}");
+        let d = Dir::default().desired(&map, &user("never"));
+        assert!(t.sync(Some(&d), &Prior::default(), false).await.is_err());
+    }
+    assert!(slapd
+        .entry("uid=never,ou=People,dc=example,dc=com", &["*"])
+        .await
+        .is_none());
+}
+
+#[tokio::test]
+async fn large_groups_change_in_chunks() {
+    let slapd = Slapd::start().await;
+    let groups = r#"
+[groups]
+dn = "cn={displayName},ou=Groups,dc=example,dc=com"
+object_classes = ["groupOfNames"]
+"#;
+    let (map, t) = build(&slapd, "", USERS, groups);
+    let members: Vec<String> = (0..1201)
+        .map(|i| format!("uid=u{i},ou=People,dc=example,dc=com"))
+        .collect();
+    let g = json!({"displayName": "Big"});
+    let g1 = t
+        .sync(
+            Some(&group_desired(&map, &g, members.clone())),
+            &Prior::default(),
+            false,
+        )
+        .await
+        .unwrap();
+    // add (500) + 2 modifies (500, 201)
+    assert_eq!(
+        g1.changes.len(),
+        3,
+        "{:?}",
+        g1.changes.iter().map(|c| c.len()).collect::<Vec<_>>()
+    );
+    let e = slapd
+        .entry("cn=Big,ou=Groups,dc=example,dc=com", &["member"])
+        .await
+        .unwrap();
+    assert_eq!(attr(&e, "member").len(), 1201);
+    let g2 = t
+        .sync(
+            Some(&group_desired(&map, &g, members[600..].to_vec())),
+            &prior(&g1),
+            false,
+        )
+        .await
+        .unwrap();
+    assert_eq!(g2.changes.len(), 2, "600 deletions in two chunks");
+    let e = slapd
+        .entry("cn=Big,ou=Groups,dc=example,dc=com", &["member"])
+        .await
+        .unwrap();
+    assert_eq!(attr(&e, "member").len(), 601);
+    let g3 = t
+        .sync(
+            Some(&group_desired(&map, &g, members[600..].to_vec())),
+            &prior(&g2),
+            false,
+        )
+        .await
+        .unwrap();
+    assert!(g3.changes.is_empty());
 }
