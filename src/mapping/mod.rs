@@ -24,7 +24,7 @@
 //!    When a user's key changes (rename, move), re-sync the groups it belongs to.
 //! 4. `target.sync(Some(&desired), &prior, dry_run)` and store `Outcome.key/extra`.
 //!
-//! Targets use [`diff`] (over mapped attributes only) to compute the change.
+//! Targets use [`diff()`] (over mapped attributes only) to compute the change.
 //!
 //! The rule language is documented in `docs/mapping.md`: paths (`name.familyName`,
 //! `emails[type eq "work"].value`, URN-prefixed extension attributes), templates
