@@ -268,12 +268,29 @@ impl Slapd {
             tls_port: tls.then(free_port),
             child: None,
         };
-        s.start_again().await;
-        s
+        // Another process may take the free port between the probe and slapd's bind: retry
+        // on fresh ports.
+        let mut last = String::new();
+        for _ in 0..5 {
+            match s.try_start().await {
+                Ok(()) => return s,
+                Err(log) => last = log,
+            }
+            s.port = free_port();
+            s.tls_port = tls.then(free_port);
+        }
+        panic!("slapd did not start:\n{last}");
     }
 
     /// Start slapd again on the same port and data (after [`Slapd::stop`]).
     pub async fn start_again(&mut self) {
+        if let Err(log) = self.try_start().await {
+            panic!("slapd did not start:\n{log}");
+        }
+    }
+
+    /// Start slapd; on failure, its log.
+    async fn try_start(&mut self) -> Result<(), String> {
         assert!(self.child.is_none(), "slapd is already running");
         let conf = self.dir.path().join("slapd.d");
         let mut url = format!("ldap://127.0.0.1:{}/", self.port);
@@ -291,7 +308,8 @@ impl Slapd {
         let stderr = child.stderr.take().unwrap();
         let mut lines = BufReader::new(stderr).lines();
         let mut log = Vec::new();
-        // slapd prints "slapd starting" once it listens (any non-zero debug level; 16384 = sync, silent here).
+        // slapd prints "slapd starting" at any non-zero debug level (16384 = sync: silent
+        // here); it exits with a message when it cannot listen.
         let ready = tokio::time::timeout(std::time::Duration::from_secs(20), async {
             while let Some(line) = lines.next_line().await.unwrap_or(None) {
                 let done = line.contains("slapd starting");
@@ -304,18 +322,22 @@ impl Slapd {
         })
         .await
         .unwrap_or(false);
-        assert!(ready, "slapd did not start:\n{}", log.join("\n"));
+        if !ready {
+            let _ = child.kill().await;
+            return Err(log.join("\n"));
+        }
         drain(lines);
         self.child = Some(child);
-        // slapd logs "starting" just before it calls listen(): poll until a bind succeeds
-        // (bounded readiness wait, not a timing assumption).
+        // "starting" is logged just before listen(): poll until a bind succeeds (a bounded
+        // readiness wait, not a timing assumption).
         for _ in 0..500 {
             if self.can_bind(ADMIN, PASSWORD).await {
-                return;
+                return Ok(());
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
-        panic!("slapd on port {} does not accept binds", self.port);
+        self.stop().await;
+        Err(format!("slapd on port {} does not accept binds", self.port))
     }
 
     /// Stop slapd (SIGKILL, as a crash or outage would); data and port are kept.

@@ -682,6 +682,7 @@ async fn hostile_names_round_trip_exactly() {
     let slapd = Slapd::start().await;
     let (map, t) = build(&slapd, "", USERS, "");
     let mut dir = Dir::default();
+    let mut previous: Option<String> = None;
     for name in [
         r#",+="\<>;#"#,
         " lead and trail ",
@@ -691,7 +692,14 @@ async fn hostile_names_round_trip_exactly() {
         "a,b=c+d",
     ] {
         let mut u = user(name);
+        u["id"] = json!(format!("hostile-{name}"));
         u["name"]["givenName"] = json!(name);
+        // Each hostile user's manager is the previous hostile user (a DN-valued attribute).
+        if let Some(prev) = &previous {
+            u["urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"]["manager"] =
+                json!({ "value": prev });
+        }
+        previous = Some(format!("hostile-{name}"));
         let o1 = dir.sync(&map, &t, &u, &Prior::default()).await;
         let dn = o1.key.clone().unwrap();
         let e = slapd
