@@ -347,6 +347,31 @@ impl Slapd {
         }
     }
 
+    /// Freeze slapd (SIGSTOP): connections are accepted by the kernel but never answered,
+    /// like a hung server. [`Slapd::resume`] undoes it.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Resume a paused slapd (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self
+            .child
+            .as_ref()
+            .and_then(Child::id)
+            .expect("slapd is not running");
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .expect("run kill")
+            .success();
+        assert!(ok, "kill {sig} {pid} failed");
+    }
+
     /// `ldap://127.0.0.1:PORT`.
     pub fn uri(&self) -> String {
         format!("ldap://127.0.0.1:{}", self.port)

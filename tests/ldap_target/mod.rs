@@ -922,3 +922,33 @@ object_classes = ["groupOfNames"]
         .unwrap();
     assert!(g3.changes.is_empty());
 }
+
+#[tokio::test]
+async fn hung_server_times_out_as_transient_and_recovers() {
+    let slapd = Slapd::start().await;
+    let (map, t) = build(
+        &slapd,
+        "connect_timeout_secs = 1\ntimeout_secs = 1",
+        USERS,
+        "",
+    );
+    let mut dir = Dir::default();
+    dir.sync(&map, &t, &user("first"), &Prior::default()).await;
+    slapd.pause();
+    let d = dir.desired(&map, &user("second"));
+    let started = std::time::Instant::now();
+    let err = t
+        .sync(Some(&d), &Prior::default(), false)
+        .await
+        .unwrap_err();
+    let waited = started.elapsed();
+    slapd.resume();
+    assert_eq!(err.class, ErrorClass::Transient, "{err:?}");
+    assert_eq!(err.code.as_deref(), Some("timeout"), "{err:?}");
+    assert!(
+        waited < std::time::Duration::from_secs(10),
+        "waited {waited:?}"
+    );
+    let o = t.sync(Some(&d), &Prior::default(), false).await.unwrap();
+    assert_eq!(o.changes.len(), 1);
+}
