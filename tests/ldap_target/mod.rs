@@ -629,6 +629,32 @@ group = "cn=app-admins,ou=Groups,dc=example,dc=com"
         "{:?}",
         o2.changes
     );
+
+    // remove_from_groups: deactivation leaves role groups, reactivation rejoins.
+    let deact = format!("{roles}\n[users.deactivate]\npolicy = \"disable\"\nset = {{ description = \"disabled\" }}\nremove_from_groups = true\n");
+    let (map, t) = build(&slapd, "", USERS, &deact);
+    assert!(map.remove_inactive_from_groups());
+    u["roles"] = json!([{"value": "admin"}]);
+    let o3 = dir.sync(&map, &t, &u, &prior(&o2)).await;
+    assert_eq!(g().await.len(), 2);
+    u["active"] = json!(false);
+    let o4 = dir.sync(&map, &t, &u, &prior(&o3)).await;
+    assert_eq!(
+        g().await,
+        ["cn=nobody,dc=example,dc=com"],
+        "{:?}",
+        o4.changes
+    );
+    u["active"] = json!(true);
+    let o5 = dir.sync(&map, &t, &u, &prior(&o4)).await;
+    assert!(
+        g().await.contains(&o5.key.clone().unwrap()),
+        "{:?}",
+        o5.changes
+    );
+    // A SCIM delete removes the user from its role groups too.
+    t.sync(None, &prior(&o5), false).await.unwrap();
+    assert_eq!(g().await, ["cn=nobody,dc=example,dc=com"]);
 }
 
 #[tokio::test]
