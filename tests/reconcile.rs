@@ -2,7 +2,7 @@
 //! (no sleeps), and a real slapd. Okta lifecycle, coalescing, dependants (group members and
 //! manager references waiting for their user), outages, dead letters, drift repair, status.
 
-use crate::harness::daemon::{Backend, TestDaemon};
+use crate::harness::daemon::{Backend, TestDaemon, BACKENDS};
 use crate::harness::slapd::Slapd;
 use serde_json::{json, Value};
 
@@ -69,12 +69,15 @@ impl Env {
     }
 
     async fn start_with_groups_in(groups_parent: &str) -> Env {
+        Self::start_on(Backend::Sqlite, groups_parent).await
+    }
+
+    async fn start_on(backend: Backend, groups_parent: &str) -> Env {
         let slapd = Slapd::start().await;
         let secrets = tempfile::tempdir().unwrap();
         let pw = secrets.path().join("ldap.pw");
         std::fs::write(&pw, format!("{}\n", slapd.password())).unwrap();
-        let t =
-            TestDaemon::start_with(Backend::Sqlite, &target_toml(&slapd, &pw, groups_parent)).await;
+        let t = TestDaemon::start_with(backend, &target_toml(&slapd, &pw, groups_parent)).await;
         Env {
             t,
             slapd,
@@ -617,4 +620,56 @@ async fn reload_with_a_changed_map_reapplies_every_managed_entry() {
     env.create_user(&okta_user("r3", "Still")).await;
     env.run().await;
     assert_eq!(env.attr(&user_dn("r3"), "title").await.unwrap(), ["Still"]);
+}
+
+#[tokio::test]
+async fn groups_and_batch_queries_on_both_backends() {
+    for backend in BACKENDS {
+        let env = Env::start_on(backend, GROUPS).await;
+        let a = env.create_user(&okta_user("ba", "X")).await;
+        let b = env.create_user(&okta_user("bb", "X")).await;
+        let c = env.create_user(&okta_user("bc", "X")).await;
+        env.create_group("Batch", &[&a, &b, &c]).await;
+        env.patch(
+            &format!("/Users/{b}"),
+            json!([{"op": "replace", "value": {"active": false}}]),
+        )
+        .await;
+        env.run().await;
+        assert_eq!(
+            sorted(env.attr(&group_dn("Batch"), "member").await.unwrap()),
+            sorted(vec![user_dn("ba"), user_dn("bc")]),
+            "{backend:?}"
+        );
+        // More ids than one query chunk, most unknown.
+        let mut ids: Vec<String> = (0..1200).map(|i| format!("nope-{i}")).collect();
+        ids.extend([a.clone(), b.clone(), c.clone()]);
+        let store = &env.t.d().store;
+        let states = store.target_states_of("corp", &ids).await.unwrap();
+        assert_eq!(states.len(), 3, "{backend:?}");
+        assert_eq!(
+            states[&a].target_key.as_deref(),
+            Some(user_dn("ba").as_str())
+        );
+        let active = store.active_flags(&ids).await.unwrap();
+        assert_eq!(active.len(), 3);
+        assert_eq!((active[&a], active[&b], active[&c]), (true, false, true));
+        assert_eq!(store.expedite("corp", 0).await.unwrap(), 0);
+        assert_eq!(
+            store
+                .enqueue_many(
+                    "corp",
+                    scim_sync::scim::resource::ResourceType::User,
+                    &ids,
+                    "resync",
+                    1
+                )
+                .await
+                .unwrap(),
+            3
+        );
+        assert_eq!(env.status().await.pending, 3);
+        env.run().await;
+        assert_eq!(env.status().await.pending, 0);
+    }
 }
