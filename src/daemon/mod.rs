@@ -320,7 +320,7 @@ impl Daemon {
         }
     }
 
-    /// A one-line summary for systemd's `STATUS=`.
+    /// A one-line summary for systemd's `STATUS=` (the SCIM address and each target's health).
     pub fn status_line(&self) -> String {
         let health = match self.health.lock() {
             Ok(h) => h.clone(),
@@ -550,7 +550,7 @@ fn start_workers(
                 () = token.cancelled() => return,
                 c = rec.healthcheck_all() => c,
             };
-            if checks.iter().any(|(_, r)| r.is_err()) {
+            if !checks.is_empty() {
                 let health = match rec.health().lock() {
                     Ok(h) => h.clone(),
                     Err(p) => p.into_inner().clone(),
