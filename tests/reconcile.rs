@@ -673,3 +673,120 @@ async fn groups_and_batch_queries_on_both_backends() {
         assert_eq!(env.status().await.pending, 0);
     }
 }
+
+/// Run the real binary with the test's config; (exit code, stdout, stderr).
+fn cli(config: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_scim-sync"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn cli_status_history_dead_letters_and_full_reconcile() {
+    let mut env = Env::start().await;
+    let id = env.create_user(&okta_user("clio", "Original")).await;
+    let mut broken = okta_user("nosn", "X");
+    broken["name"] = json!({"givenName": "No"});
+    env.create_user(&broken).await;
+    for _ in 0..3 {
+        env.run().await;
+    }
+    let mut ldap = env.slapd.admin().await;
+    ldap.modify(
+        &user_dn("clio"),
+        vec![ldap3::Mod::Replace("title", ["Hand edit"].into())],
+    )
+    .await
+    .unwrap()
+    .success()
+    .unwrap();
+    // SQLite: the CLI takes the store's instance lock, so the daemon stops first.
+    env.t.stop().await;
+    let config = env.t.config_path.clone();
+
+    let (code, out, err) = cli(&config, &["status"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let line = out.lines().find(|l| l.starts_with("corp")).unwrap();
+    let cols: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(
+        (cols[1], cols[2], cols[3], cols[4]),
+        ("0", "-", "1", "1"),
+        "{out}"
+    );
+
+    let (code, out, err) = cli(&config, &["dead-letters", "list"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("objectClassViolation"), "{out}");
+    let dead_id = out
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    let (code, _, _) = cli(&config, &["dead-letters", "retry"]);
+    assert_eq!(code, 2, "neither an id nor --all");
+
+    let (code, out, err) = cli(&config, &["history", "CLIO"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(&format!("User {id}")), "{out}");
+    assert!(
+        out.contains("create") && out.contains("applied:corp") && out.contains("test"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "target corp: version 1 applied {}",
+            user_dn("clio")
+        )),
+        "{out}"
+    );
+    let (code, _, err) = cli(&config, &["history", "nobody-at-all"]);
+    assert_eq!(code, 1, "{err}");
+
+    let (code, out, err) = cli(&config, &["reconcile", "--full", "--dry-run"]);
+    // A dry run plans the broken user's add too (only the server refuses it).
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&format!("~ corp User {id} ({})", user_dn("clio"))),
+        "{out}"
+    );
+    assert!(out.contains("title"), "{out}");
+    assert!(
+        out.contains("Checked 2 resource(s): 2 would change, 0 failed."),
+        "{out}"
+    );
+    assert_eq!(
+        env.attr(&user_dn("clio"), "title").await.unwrap(),
+        ["Hand edit"]
+    );
+
+    let (code, out, err) = cli(&config, &["dead-letters", "discard", &dead_id]);
+    assert_eq!(
+        (code, out.trim()),
+        (0, "1 dead letter(s) discarded."),
+        "{err}"
+    );
+    let (code, out, err) = cli(&config, &["reconcile", "--full", "--target", "corp"]);
+    assert_eq!(code, 1, "the broken user fails: {out}{err}");
+    assert!(
+        out.contains("Checked 1 resource(s): 1 changed, 1 failed."),
+        "{out}"
+    );
+    assert_eq!(
+        env.attr(&user_dn("clio"), "title").await.unwrap(),
+        ["Original"]
+    );
+    let (code, _, err) = cli(&config, &["reconcile", "--full", "--target", "nope"]);
+    assert_eq!(code, 2, "{err}");
+}
