@@ -679,3 +679,37 @@ pub fn run(config_path: &Path) -> ExitCode {
 pub fn settings_from_raw(raw: &RawConfig) -> Result<Settings, Vec<ConfigError>> {
     settings::from_raw(raw)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_line_names_each_targets_health() {
+        let addr: SocketAddr = "127.0.0.1:8443".parse().unwrap();
+        assert_eq!(
+            status_line(addr, &BTreeMap::new()),
+            "Serving SCIM on 127.0.0.1:8443"
+        );
+        let mut health = BTreeMap::new();
+        health.insert(
+            "a".to_owned(),
+            TargetHealth {
+                healthy: true,
+                detail: "ok".into(),
+            },
+        );
+        health.insert("b".to_owned(), TargetHealth::default());
+        health.insert(
+            "c".to_owned(),
+            TargetHealth {
+                healthy: false,
+                detail: "connection refused".into(),
+            },
+        );
+        assert_eq!(
+            status_line(addr, &health),
+            "Serving SCIM on 127.0.0.1:8443; targets: a ok, b unchecked, c failing: connection refused"
+        );
+    }
+}

@@ -29,6 +29,8 @@ use tracing::Instrument;
 
 /// Rows claimed per turn.
 const BATCH: i64 = 16;
+/// How often an idle worker bumps its progress counter.
+const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(1);
 /// Upper bound of claim rounds in one `run_pending` drain of one target.
 const MAX_DRAIN_ROUNDS: usize = 100_000;
 /// Key of the reconciler's own bookkeeping in `target_state.extra` (a user's SCIM `active`
@@ -543,10 +545,23 @@ pub(crate) async fn run(
         if i64::try_from(claimed).unwrap_or(0) >= BATCH {
             continue;
         }
-        tokio::select! {
-            () = cancel.cancelled() => return,
-            () = &mut notified => {}
-            () = tokio::time::sleep(poll) => {}
+        // Idle until woken or `poll_interval`, bumping the counter every heartbeat so an idle
+        // worker never looks wedged to the watchdog, whatever the poll interval.
+        let deadline = tokio::time::Instant::now() + poll;
+        loop {
+            let slice = deadline
+                .saturating_duration_since(tokio::time::Instant::now())
+                .min(HEARTBEAT);
+            if slice.is_zero() {
+                break;
+            }
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = &mut notified => break,
+                () = tokio::time::sleep(slice) => {
+                    progress.fetch_add(1, Ordering::Relaxed);
+                }
+            }
         }
     }
 }
