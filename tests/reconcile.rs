@@ -25,6 +25,7 @@ fn target_toml(slapd: &Slapd, password_file: &std::path::Path, groups_parent: &s
         r#"
 [scim]
 user_extensions = ["{IRON}"]
+password_sync = "ssha512"
 [reconcile]
 workers = 2
 max_attempts = 3
@@ -39,6 +40,7 @@ bind_password_file = "{pw}"
 [targets.users]
 dn = "uid={{userName}},{PEOPLE}"
 object_classes = ["top", "person", "organizationalPerson", "inetOrgPerson"]
+password = "sync"
 [targets.users.attributes]
 cn = "{{name.givenName}} {{name.familyName}}"
 sn = "name.familyName"
@@ -180,7 +182,9 @@ async fn okta_lifecycle_end_to_end_into_slapd() {
     let names = ["ann", "bob", "cat", "dan", "eve"];
     let mut ids = Vec::new();
     for n in names {
-        ids.push(env.create_user(&okta_user(n, "Engineer")).await);
+        let mut body = okta_user(n, "Engineer");
+        body["password"] = json!(format!("Pw-{n}-secret1"));
+        ids.push(env.create_user(&body).await);
     }
     // Background workers may apply some of these first: the count is not asserted.
     env.run().await;
@@ -251,6 +255,7 @@ async fn okta_lifecycle_end_to_end_into_slapd() {
     );
 
     // Deactivate (disable policy): locked and out of its groups; reactivate restores both.
+    assert!(env.slapd.can_bind(&user_dn("dan"), "Pw-dan-secret1").await);
     env.patch(
         &format!("/Users/{}", ids[3]),
         json!([{"op": "replace", "value": {"active": false}}]),
@@ -261,6 +266,10 @@ async fn okta_lifecycle_end_to_end_into_slapd() {
     assert_eq!(
         env.attr(&dan, "pwdAccountLockedTime").await.unwrap(),
         ["000001010000Z"]
+    );
+    assert!(
+        !env.slapd.can_bind(&dan, "Pw-dan-secret1").await,
+        "a deactivated user can still bind"
     );
     assert_eq!(
         sorted(env.attr(&eng, "member").await.unwrap()),
@@ -278,6 +287,7 @@ async fn okta_lifecycle_end_to_end_into_slapd() {
         .unwrap()
         .is_empty());
     assert!(env.attr(&eng, "member").await.unwrap().contains(&dan));
+    assert!(env.slapd.can_bind(&dan, "Pw-dan-secret1").await);
 
     // Group rename: the entry moves, members kept.
     env.patch(
