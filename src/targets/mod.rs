@@ -2,6 +2,8 @@
 //! trait. Targets never see SCIM types or the store: the reconciler hands them a rendered
 //! [`Desired`] state and the [`Prior`] bookkeeping, and records the [`Outcome`].
 
+pub mod ldap;
+
 use crate::mapping::Entry;
 use serde_json::Value;
 
@@ -24,6 +26,9 @@ pub struct Desired {
     pub members: Vec<String>,
     /// Users: a password hash to write when password sync is on.
     pub password_hash: Option<String>,
+    /// Users: DNs of the role groups the user must be a member of
+    /// (`mapping::CompiledTarget::role_groups`). Groups: empty.
+    pub role_groups: Vec<String>,
 }
 
 /// What the store remembers of a resource in this target (from `target_state`).
@@ -86,4 +91,30 @@ pub trait Target {
         prior: &Prior,
         dry_run: bool,
     ) -> Result<Outcome, TargetError>;
+}
+
+/// The closed set of targets, dispatched by `match` (no `dyn`: the trait has `async fn`).
+#[derive(Debug)]
+pub enum AnyTarget {
+    /// An LDAP directory.
+    Ldap(ldap::LdapTarget),
+}
+
+impl Target for AnyTarget {
+    async fn healthcheck(&self) -> Result<(), TargetError> {
+        match self {
+            AnyTarget::Ldap(t) => t.healthcheck().await,
+        }
+    }
+
+    async fn sync(
+        &self,
+        desired: Option<&Desired>,
+        prior: &Prior,
+        dry_run: bool,
+    ) -> Result<Outcome, TargetError> {
+        match self {
+            AnyTarget::Ldap(t) => t.sync(desired, prior, dry_run).await,
+        }
+    }
 }

@@ -1,5 +1,7 @@
-//! Test harness: a daemon started in-process on free loopback ports with a temp state dir
-//! (SQLite) or a throwaway PostgreSQL database, and a real HTTP client.
+//! Test harness shared by the integration-test modules: the daemon started in-process on free
+//! loopback ports (SQLite in a temp dir or a throwaway PostgreSQL database), slapd on a loopback
+//! port, and a real HTTP client. Servers are killed on `Drop`. Never used by production code.
 
 pub mod daemon;
 pub mod pg;
+pub mod slapd;
