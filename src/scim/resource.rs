@@ -3,10 +3,13 @@
 //! A stored resource is its canonical body (`data`) minus what the server owns: `id`, `meta`,
 //! `schemas`, the derived `groups` of a user, the `members` of a group (kept as rows by the
 //! store) and any `password` (hashed or dropped before it is stored).
+//!
+//! Owns validation and canonical spelling of bodies and their rendering; no I/O, no clock
+//! (timestamps come in as epoch milliseconds).
 
 use crate::scim::error::ScimError;
-use crate::scim::schema::SchemaSet;
-use serde_json::{Map, Value};
+use crate::scim::schema::{SchemaSet, ENTERPRISE_USER, GROUP_SCHEMA, USER_SCHEMA};
+use serde_json::{json, Map, Value};
 
 /// The two resource types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -105,14 +108,347 @@ pub struct GroupInput {
     pub members: Option<Vec<MemberRef>>,
 }
 
+/// Deepest JSON nesting accepted in a body.
+pub const MAX_DEPTH: usize = 32;
+/// Most values accepted in one multi-valued attribute.
+pub const MAX_VALUES: usize = 10_000;
+
+/// How a core attribute is validated and canonicalised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// A single string.
+    Str,
+    /// A boolean (`"true"`/`"false"` strings accepted, Entra).
+    Bool,
+    /// A single complex value with these sub-attributes.
+    Complex(&'static [&'static str]),
+    /// A multi-valued complex attribute with these sub-attributes.
+    Multi(&'static [&'static str]),
+    /// Server-owned: ignored on input (RFC 7644 §3.3), refused as a PATCH target.
+    ReadOnly,
+    /// Write-only (`returned: never`, RFC 7643 §4.1.1).
+    Password,
+}
+
+const NAME_SUBS: &[&str] = &[
+    "formatted",
+    "familyName",
+    "givenName",
+    "middleName",
+    "honorificPrefix",
+    "honorificSuffix",
+];
+const MV_SUBS: &[&str] = &["value", "display", "type", "primary", "$ref"];
+const ADDRESS_SUBS: &[&str] = &[
+    "formatted",
+    "streetAddress",
+    "locality",
+    "region",
+    "postalCode",
+    "country",
+    "type",
+    "primary",
+];
+const MANAGER_SUBS: &[&str] = &["value", "$ref", "displayName"];
+
+/// Core User attributes (RFC 7643 §4.1) in their schema spelling.
+pub(crate) const USER_ATTRS: &[(&str, Kind)] = &[
+    ("userName", Kind::Str),
+    ("externalId", Kind::Str),
+    ("displayName", Kind::Str),
+    ("nickName", Kind::Str),
+    ("profileUrl", Kind::Str),
+    ("title", Kind::Str),
+    ("userType", Kind::Str),
+    ("preferredLanguage", Kind::Str),
+    ("locale", Kind::Str),
+    ("timezone", Kind::Str),
+    ("active", Kind::Bool),
+    ("name", Kind::Complex(NAME_SUBS)),
+    ("emails", Kind::Multi(MV_SUBS)),
+    ("phoneNumbers", Kind::Multi(MV_SUBS)),
+    ("ims", Kind::Multi(MV_SUBS)),
+    ("photos", Kind::Multi(MV_SUBS)),
+    ("addresses", Kind::Multi(ADDRESS_SUBS)),
+    ("entitlements", Kind::Multi(MV_SUBS)),
+    ("roles", Kind::Multi(MV_SUBS)),
+    ("x509Certificates", Kind::Multi(MV_SUBS)),
+    ("id", Kind::ReadOnly),
+    ("meta", Kind::ReadOnly),
+    ("groups", Kind::ReadOnly),
+    ("schemas", Kind::ReadOnly),
+    ("password", Kind::Password),
+];
+
+/// Core Group attributes (RFC 7643 §4.2); `members` is handled apart.
+pub(crate) const GROUP_ATTRS: &[(&str, Kind)] = &[
+    ("displayName", Kind::Str),
+    ("externalId", Kind::Str),
+    ("id", Kind::ReadOnly),
+    ("meta", Kind::ReadOnly),
+    ("schemas", Kind::ReadOnly),
+];
+
+/// Enterprise User attributes (RFC 7643 §4.3).
+pub(crate) const ENTERPRISE_ATTRS: &[(&str, Kind)] = &[
+    ("employeeNumber", Kind::Str),
+    ("costCenter", Kind::Str),
+    ("organization", Kind::Str),
+    ("division", Kind::Str),
+    ("department", Kind::Str),
+    ("manager", Kind::Complex(MANAGER_SUBS)),
+];
+
+/// Case-insensitive lookup in an attribute table: (schema spelling, kind).
+pub(crate) fn lookup(table: &[(&'static str, Kind)], name: &str) -> Option<(&'static str, Kind)> {
+    table
+        .iter()
+        .copied()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+}
+
+/// Does this key name a schema extension object (`urn:...`)?
+pub(crate) fn is_urn(key: &str) -> bool {
+    key.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("urn:"))
+}
+
+/// The spelling an extension URN is stored under: the enterprise URN or a declared extension
+/// in their canonical spelling, any other URN as sent (Entra's undeclared custom extension).
+pub(crate) fn canonical_urn(urn: &str, schemas: &SchemaSet) -> String {
+    if urn.eq_ignore_ascii_case(ENTERPRISE_USER) {
+        return ENTERPRISE_USER.to_string();
+    }
+    schemas
+        .user_extensions
+        .iter()
+        .find(|u| u.eq_ignore_ascii_case(urn))
+        .cloned()
+        .unwrap_or_else(|| urn.to_string())
+}
+
+/// Reject bodies nested deeper than [`MAX_DEPTH`] (400 invalidSyntax) or with more than
+/// [`MAX_VALUES`] values in one array (400 tooMany). Iterative.
+pub(crate) fn check_shape(value: &Value) -> Result<(), ScimError> {
+    let mut stack = vec![(value, 1usize)];
+    while let Some((v, depth)) = stack.pop() {
+        if depth > MAX_DEPTH {
+            return Err(ScimError::invalid_syntax("body is nested too deeply"));
+        }
+        match v {
+            Value::Array(a) if a.len() > MAX_VALUES => {
+                return Err(ScimError::too_many(
+                    "too many values in a multi-valued attribute",
+                ))
+            }
+            Value::Array(a) => stack.extend(a.iter().map(|c| (c, depth + 1))),
+            Value::Object(o) => stack.extend(o.values().map(|c| (c, depth + 1))),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Remove explicit nulls (RFC 7643 §2.5: null is "unassigned"). Depth is bounded by
+/// [`check_shape`] before this runs.
+pub(crate) fn strip_nulls(value: Value) -> Value {
+    match value {
+        Value::Object(o) => Value::Object(
+            o.into_iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k, strip_nulls(v)))
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(
+            a.into_iter()
+                .filter(|v| !v.is_null())
+                .map(strip_nulls)
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
+fn invalid(name: &str, what: &str) -> ScimError {
+    ScimError::invalid_value(format!("{name} must be {what}"))
+}
+
+/// A boolean, or "true"/"false" in any case (Entra's default dialect sends strings).
+pub(crate) fn parse_bool(name: &str, v: &Value) -> Result<bool, ScimError> {
+    match v {
+        Value::Bool(b) => Ok(*b),
+        Value::String(s) if s.eq_ignore_ascii_case("true") => Ok(true),
+        Value::String(s) if s.eq_ignore_ascii_case("false") => Ok(false),
+        _ => Err(invalid(name, "a boolean")),
+    }
+}
+
+/// Validate and canonicalise one attribute value of a known kind (nulls already removed).
+pub(crate) fn normalize(name: &str, kind: Kind, v: Value) -> Result<Value, ScimError> {
+    match kind {
+        Kind::Str if v.is_string() => Ok(v),
+        Kind::Str => Err(invalid(name, "a string")),
+        Kind::Bool => parse_bool(name, &v).map(Value::Bool),
+        Kind::Complex(subs) => match v {
+            Value::Object(o) => normalize_complex(name, subs, o).map(Value::Object),
+            _ => Err(invalid(name, "an object")),
+        },
+        Kind::Multi(subs) => match v {
+            Value::Array(items) => items
+                .into_iter()
+                .map(|item| match item {
+                    Value::Object(o) => normalize_complex(name, subs, o).map(Value::Object),
+                    _ => Err(invalid(name, "an array of objects")),
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(Value::Array),
+            _ => Err(invalid(name, "an array")),
+        },
+        Kind::ReadOnly | Kind::Password => Ok(v),
+    }
+}
+
+/// Canonical sub-attribute spelling; `primary` a boolean, other known sub-attributes strings.
+fn normalize_complex(
+    name: &str,
+    subs: &[&'static str],
+    obj: Map<String, Value>,
+) -> Result<Map<String, Value>, ScimError> {
+    let mut out = Map::new();
+    for (k, v) in obj {
+        let key = subs
+            .iter()
+            .find(|s| s.eq_ignore_ascii_case(&k))
+            .map_or(k, |s| (*s).to_string());
+        let v = if key == "primary" {
+            Value::Bool(parse_bool(&format!("{name}.primary"), &v)?)
+        } else if subs.contains(&key.as_str()) && !v.is_string() {
+            return Err(invalid(&format!("{name}.{key}"), "a string"));
+        } else {
+            v
+        };
+        out.insert(key, v);
+    }
+    Ok(out)
+}
+
+/// An extension object. Enterprise attributes are type-checked and `manager` given as a bare
+/// string (Entra) becomes `{"value": ...}`; other extensions are kept verbatim.
+pub(crate) fn normalize_extension(urn: &str, v: Value) -> Result<Value, ScimError> {
+    let Value::Object(obj) = v else {
+        return Err(invalid(urn, "an object"));
+    };
+    if urn != ENTERPRISE_USER {
+        return Ok(Value::Object(obj));
+    }
+    let mut out = Map::new();
+    for (k, v) in obj {
+        match lookup(ENTERPRISE_ATTRS, &k) {
+            Some(("manager", _)) if v.is_string() => {
+                out.insert("manager".into(), json!({ "value": v }));
+            }
+            Some((name, kind)) => {
+                out.insert(name.into(), normalize(name, kind, v)?);
+            }
+            None => {
+                out.insert(k, v);
+            }
+        }
+    }
+    Ok(Value::Object(out))
+}
+
+/// `schemas`, when present, must be an array of strings; non-URN entries are tolerated.
+fn check_schemas(v: Option<&Value>) -> Result<(), ScimError> {
+    match v {
+        None | Some(Value::Null) => Ok(()),
+        Some(Value::Array(a)) if a.iter().all(Value::is_string) => Ok(()),
+        Some(_) => Err(ScimError::invalid_syntax(
+            "schemas must be an array of strings",
+        )),
+    }
+}
+
+/// The body as an object, shape-checked, `schemas` checked, nulls removed.
+fn prepare(body: Value) -> Result<Map<String, Value>, ScimError> {
+    check_shape(&body)?;
+    let Value::Object(obj) = body else {
+        return Err(ScimError::invalid_syntax("body must be a JSON object"));
+    };
+    let schemas = obj
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("schemas"))
+        .map(|(_, v)| v);
+    check_schemas(schemas)?;
+    match strip_nulls(Value::Object(obj)) {
+        Value::Object(o) => Ok(o),
+        _ => Err(ScimError::invalid_syntax("body must be a JSON object")),
+    }
+}
+
+fn required_string(data: &Map<String, Value>, name: &str) -> Result<String, ScimError> {
+    match data.get(name) {
+        Some(Value::String(s)) if !s.trim().is_empty() => Ok(s.clone()),
+        _ => Err(ScimError::invalid_value(format!(
+            "{name} is required and must be a non-empty string"
+        ))),
+    }
+}
+
 /// Validate a User body (POST or PUT). Read-only attributes (`id`, `meta`, `groups`) are ignored
 /// (RFC 7644 §3.3); `active` accepts booleans and the strings "true"/"false" in any case (Entra).
 ///
 /// # Errors
 /// 400 `invalidValue`/`invalidSyntax` when `userName` is missing or a core attribute has the wrong
 /// type; 400 `invalidSyntax` when the body is not an object.
-pub fn parse_user(_body: Value, _schemas: &SchemaSet) -> Result<UserInput, ScimError> {
-    unimplemented!("scim::resource::parse_user")
+pub fn parse_user(body: Value, schemas: &SchemaSet) -> Result<UserInput, ScimError> {
+    let mut data = Map::new();
+    let mut password = None;
+    for (k, v) in prepare(body)? {
+        if is_urn(&k) {
+            let urn = canonical_urn(&k, schemas);
+            let ext = normalize_extension(&urn, v)?;
+            data.insert(urn, ext);
+            continue;
+        }
+        match lookup(USER_ATTRS, &k) {
+            Some((_, Kind::ReadOnly)) => {}
+            Some((_, Kind::Password)) => match v {
+                Value::String(s) => password = Some(Password(s)),
+                _ => return Err(invalid("password", "a string")),
+            },
+            Some((name, kind)) => {
+                data.insert(name.to_string(), normalize(name, kind, v)?);
+            }
+            // Attributes outside the core schema (e.g. Okta custom attributes mapped into the
+            // core namespace) are stored as sent.
+            None => {
+                data.insert(k, v);
+            }
+        }
+    }
+    let user_name = required_string(&data, "userName")?;
+    let external_id = data
+        .get("externalId")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let active = data.get("active").and_then(Value::as_bool);
+    let emails = data
+        .get("emails")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|e| e.get("value")?.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(UserInput {
+        data,
+        user_name,
+        external_id,
+        active,
+        emails,
+        password,
+    })
 }
 
 /// Validate a Group body (POST or PUT). Non-URN schema entries such as Entra's
@@ -120,33 +456,550 @@ pub fn parse_user(_body: Value, _schemas: &SchemaSet) -> Result<UserInput, ScimE
 ///
 /// # Errors
 /// 400 when `displayName` is missing or `members` is malformed.
-pub fn parse_group(_body: Value, _schemas: &SchemaSet) -> Result<GroupInput, ScimError> {
-    unimplemented!("scim::resource::parse_group")
+pub fn parse_group(body: Value, schemas: &SchemaSet) -> Result<GroupInput, ScimError> {
+    let mut data = Map::new();
+    let mut members = None;
+    for (k, v) in prepare(body)? {
+        if is_urn(&k) {
+            let urn = canonical_urn(&k, schemas);
+            let ext = normalize_extension(&urn, v)?;
+            data.insert(urn, ext);
+        } else if k.eq_ignore_ascii_case("members") {
+            members = Some(parse_members(&v)?);
+        } else {
+            match lookup(GROUP_ATTRS, &k) {
+                Some((_, Kind::ReadOnly)) => {}
+                Some((name, kind)) => {
+                    data.insert(name.to_string(), normalize(name, kind, v)?);
+                }
+                None => {
+                    data.insert(k, v);
+                }
+            }
+        }
+    }
+    let display_name = required_string(&data, "displayName")?;
+    let external_id = data
+        .get("externalId")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    Ok(GroupInput {
+        data,
+        display_name,
+        external_id,
+        members,
+    })
+}
+
+/// A member list: an array of `{"value", "display"?, "$ref"?, "type"?}` objects. Duplicate
+/// values collapse (first wins); `type: "Group"` is refused (no nested groups).
+///
+/// # Errors
+/// 400 `invalidValue` for anything else.
+pub fn parse_members(v: &Value) -> Result<Vec<MemberRef>, ScimError> {
+    let items = v.as_array().ok_or_else(|| invalid("members", "an array"))?;
+    if items.len() > MAX_VALUES {
+        return Err(ScimError::too_many("too many members in one request"));
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for item in items {
+        let m = parse_member(item)?;
+        if seen.insert(m.value.clone()) {
+            out.push(m);
+        }
+    }
+    Ok(out)
+}
+
+fn parse_member(item: &Value) -> Result<MemberRef, ScimError> {
+    let obj = item
+        .as_object()
+        .ok_or_else(|| invalid("members", "an array of objects"))?;
+    let field = |name: &str| {
+        obj.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    };
+    let value = match field("value") {
+        Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
+        _ => return Err(invalid("members.value", "a non-empty string")),
+    };
+    let display = match field("display") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => return Err(invalid("members.display", "a string")),
+    };
+    match field("type") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(t)) if t.eq_ignore_ascii_case("User") => {}
+        Some(Value::String(t)) if t.eq_ignore_ascii_case("Group") => {
+            return Err(ScimError::invalid_value("nested groups are not supported"))
+        }
+        Some(_) => return Err(invalid("members.type", "\"User\"")),
+    }
+    match field("$ref") {
+        None | Some(Value::Null) | Some(Value::String(_)) => {}
+        Some(_) => return Err(invalid("members.$ref", "a string")),
+    }
+    Ok(MemberRef { value, display })
+}
+
+/// `schemas` of a rendered resource: the core schema, then the URN of each extension object.
+fn schema_list(core: &str, data: &Map<String, Value>) -> Value {
+    let mut list = vec![core.to_string()];
+    for (k, v) in data {
+        if is_urn(k) && v.is_object() && !list.iter().any(|s| s.eq_ignore_ascii_case(k)) {
+            list.push(k.clone());
+        }
+    }
+    Value::Array(list.into_iter().map(Value::String).collect())
+}
+
+/// RFC 3339 UTC with milliseconds from epoch milliseconds (civil-from-days, H. Hinnant).
+pub fn format_timestamp(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let milli = ms.rem_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{milli:03}Z",
+        sod / 3600,
+        sod % 3600 / 60,
+        sod % 60
+    )
+}
+
+fn meta_json(rt: ResourceType, id: &str, meta: &Meta, base: &str) -> Value {
+    json!({
+        "resourceType": rt.as_str(),
+        "created": format_timestamp(meta.created_ms),
+        "lastModified": format_timestamp(meta.last_modified_ms),
+        "location": format!("{base}/{}/{id}", rt.endpoint()),
+        "version": etag(meta.version),
+    })
+}
+
+/// Keys the server owns or never returns; stored data should not have them, but a rendered
+/// resource must not echo them even if it does.
+fn is_server_owned(key: &str, rt: ResourceType) -> bool {
+    let owned: &[&str] = match rt {
+        ResourceType::User => &["id", "meta", "schemas", "groups", "password"],
+        ResourceType::Group => &["id", "meta", "schemas", "members"],
+    };
+    owned.iter().any(|o| o.eq_ignore_ascii_case(key))
 }
 
 /// The full SCIM representation of a user. `groups` is omitted when `None` (not loaded).
 pub fn render_user(
-    _id: &str,
-    _data: &Map<String, Value>,
-    _meta: &Meta,
-    _groups: Option<&[GroupRef]>,
-    _base_url: &str,
+    id: &str,
+    data: &Map<String, Value>,
+    meta: &Meta,
+    groups: Option<&[GroupRef]>,
+    base_url: &str,
 ) -> Value {
-    unimplemented!("scim::resource::render_user")
+    let base = base_url.trim_end_matches('/');
+    let mut out = Map::new();
+    out.insert("schemas".into(), schema_list(USER_SCHEMA, data));
+    out.insert("id".into(), Value::String(id.to_string()));
+    for (k, v) in data
+        .iter()
+        .filter(|(k, _)| !is_server_owned(k, ResourceType::User))
+    {
+        out.insert(k.clone(), render_value(k, v));
+    }
+    if !out.get("active").is_some_and(Value::is_boolean) {
+        let active = out
+            .get("active")
+            .and_then(|v| parse_bool("active", v).ok())
+            .unwrap_or(true);
+        out.insert("active".into(), Value::Bool(active));
+    }
+    if let Some(groups) = groups {
+        let list = groups
+            .iter()
+            .map(|g| {
+                json!({
+                    "value": g.value,
+                    "display": g.display,
+                    "$ref": format!("{base}/Groups/{}", g.value),
+                    "type": "direct",
+                })
+            })
+            .collect();
+        out.insert("groups".into(), Value::Array(list));
+    }
+    out.insert("meta".into(), meta_json(ResourceType::User, id, meta, base));
+    Value::Object(out)
+}
+
+/// Entra cannot read a `manager` string back (it needs `{"value"}`), whatever is stored.
+fn render_value(key: &str, v: &Value) -> Value {
+    match v {
+        Value::Object(ext) if key == ENTERPRISE_USER => {
+            let mut ext = ext.clone();
+            if let Some(Value::String(s)) = ext.get("manager") {
+                let m = json!({ "value": s });
+                ext.insert("manager".into(), m);
+            }
+            Value::Object(ext)
+        }
+        other => other.clone(),
+    }
 }
 
 /// The full SCIM representation of a group. `members` is omitted when `None` (not loaded).
 pub fn render_group(
-    _id: &str,
-    _data: &Map<String, Value>,
-    _meta: &Meta,
-    _members: Option<&[MemberRef]>,
-    _base_url: &str,
+    id: &str,
+    data: &Map<String, Value>,
+    meta: &Meta,
+    members: Option<&[MemberRef]>,
+    base_url: &str,
 ) -> Value {
-    unimplemented!("scim::resource::render_group")
+    let base = base_url.trim_end_matches('/');
+    let mut out = Map::new();
+    out.insert("schemas".into(), schema_list(GROUP_SCHEMA, data));
+    out.insert("id".into(), Value::String(id.to_string()));
+    for (k, v) in data
+        .iter()
+        .filter(|(k, _)| !is_server_owned(k, ResourceType::Group))
+    {
+        out.insert(k.clone(), v.clone());
+    }
+    if let Some(members) = members {
+        let list = members
+            .iter()
+            .map(|m| {
+                let mut o = Map::new();
+                o.insert("value".into(), Value::String(m.value.clone()));
+                if let Some(d) = &m.display {
+                    o.insert("display".into(), Value::String(d.clone()));
+                }
+                o.insert(
+                    "$ref".into(),
+                    Value::String(format!("{base}/Users/{}", m.value)),
+                );
+                o.insert("type".into(), Value::String("User".into()));
+                Value::Object(o)
+            })
+            .collect();
+        out.insert("members".into(), Value::Array(list));
+    }
+    out.insert(
+        "meta".into(),
+        meta_json(ResourceType::Group, id, meta, base),
+    );
+    Value::Object(out)
 }
-
 /// The weak ETag of a version: `W/"<version>"`.
 pub fn etag(version: i64) -> String {
     format!("W/\"{version}\"")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scim::error::ScimType;
+
+    fn set() -> SchemaSet {
+        SchemaSet::new(vec![
+            "urn:ietf:params:scim:schemas:extension:ironclad:2.0:User".into(),
+        ])
+    }
+
+    fn okta_create() -> Value {
+        json!({"schemas": [USER_SCHEMA],
+            "userName": "test.user@okta.local",
+            "name": {"givenName": "Test", "familyName": "User"},
+            "emails": [{"primary": true, "value": "test.user@okta.local", "type": "work"}],
+            "displayName": "Test User", "locale": "en-US",
+            "externalId": "00ujl29u0le5T6Aj10h7", "groups": [], "password": "1mz050nq",
+            "active": true})
+    }
+
+    #[test]
+    fn okta_create_body() {
+        let u = parse_user(okta_create(), &set()).unwrap();
+        assert_eq!(u.user_name, "test.user@okta.local");
+        assert_eq!(u.external_id.as_deref(), Some("00ujl29u0le5T6Aj10h7"));
+        assert_eq!(u.active, Some(true));
+        assert_eq!(u.emails, vec!["test.user@okta.local".to_string()]);
+        assert_eq!(u.password, Some(Password("1mz050nq".into())));
+        assert!(u.data.get("password").is_none());
+        assert!(u.data.get("groups").is_none());
+        assert!(u.data.get("schemas").is_none());
+        assert!(!format!("{:?}", u.password).contains("1mz050nq"));
+    }
+
+    #[test]
+    fn entra_create_body_with_nulls_and_undeclared_extension() {
+        let body = json!({"schemas": [USER_SCHEMA, ENTERPRISE_USER],
+            "externalId": "0a21f0f2", "USERNAME": "Test_User", "Active": "False",
+            "emails": [{"primary": true, "type": "work", "value": "a@x"}],
+            "meta": {"resourceType": "User"}, "title": null, "addresses": null,
+            "name": {"formatted": "g f", "FAMILYNAME": "f", "givenName": "g", "middleName": null},
+            "roles": [],
+            "urn:ietf:params:scim:schemas:extension:enterprise:2.0:user": {"manager": "mgr-id", "Department": "D"},
+            "urn:ietf:params:scim:schemas:extension:custom:2.0:User": {"x": 1, "y": null}});
+        let u = parse_user(body, &set()).unwrap();
+        assert_eq!(u.user_name, "Test_User");
+        assert_eq!(u.active, Some(false));
+        assert_eq!(
+            u.data["name"],
+            json!({"formatted": "g f", "familyName": "f", "givenName": "g"})
+        );
+        assert!(u.data.get("title").is_none() && u.data.get("addresses").is_none());
+        assert!(u.data.get("meta").is_none());
+        assert_eq!(
+            u.data[ENTERPRISE_USER]["manager"],
+            json!({"value": "mgr-id"})
+        );
+        assert_eq!(u.data[ENTERPRISE_USER]["department"], "D");
+        assert_eq!(
+            u.data["urn:ietf:params:scim:schemas:extension:custom:2.0:User"],
+            json!({"x": 1})
+        );
+    }
+
+    #[test]
+    fn user_validation_errors() {
+        let cases: Vec<(Value, ScimType)> = vec![
+            (json!([]), ScimType::InvalidSyntax),
+            (json!("x"), ScimType::InvalidSyntax),
+            (json!({}), ScimType::InvalidValue),
+            (json!({"userName": ""}), ScimType::InvalidValue),
+            (json!({"userName": "  "}), ScimType::InvalidValue),
+            (json!({"userName": 5}), ScimType::InvalidValue),
+            (json!({"userName": null}), ScimType::InvalidValue),
+            (
+                json!({"userName": "u", "active": "yes"}),
+                ScimType::InvalidValue,
+            ),
+            (
+                json!({"userName": "u", "active": 1}),
+                ScimType::InvalidValue,
+            ),
+            (
+                json!({"userName": "u", "name": "x"}),
+                ScimType::InvalidValue,
+            ),
+            (
+                json!({"userName": "u", "name": {"givenName": 3}}),
+                ScimType::InvalidValue,
+            ),
+            (
+                json!({"userName": "u", "emails": {"value": "a"}}),
+                ScimType::InvalidValue,
+            ),
+            (
+                json!({"userName": "u", "emails": ["a@x"]}),
+                ScimType::InvalidValue,
+            ),
+            (
+                json!({"userName": "u", "emails": [{"value": 1}]}),
+                ScimType::InvalidValue,
+            ),
+            (
+                json!({"userName": "u", "emails": [{"value": "a", "primary": "maybe"}]}),
+                ScimType::InvalidValue,
+            ),
+            (
+                json!({"userName": "u", "title": []}),
+                ScimType::InvalidValue,
+            ),
+            (
+                json!({"userName": "u", "password": 1}),
+                ScimType::InvalidValue,
+            ),
+            (
+                json!({"userName": "u", "schemas": "x"}),
+                ScimType::InvalidSyntax,
+            ),
+            (
+                json!({"userName": "u", "schemas": [1]}),
+                ScimType::InvalidSyntax,
+            ),
+            (
+                json!({"userName": "u", ENTERPRISE_USER: "x"}),
+                ScimType::InvalidValue,
+            ),
+            (
+                json!({"userName": "u", ENTERPRISE_USER: {"manager": 5}}),
+                ScimType::InvalidValue,
+            ),
+            (
+                json!({"userName": "u", ENTERPRISE_USER: {"department": 5}}),
+                ScimType::InvalidValue,
+            ),
+            (
+                json!({"userName": "u", "emails": vec![json!({"value": "a"}); 10_001]}),
+                ScimType::TooMany,
+            ),
+        ];
+        for (body, want) in cases {
+            let err = parse_user(body.clone(), &set()).unwrap_err();
+            assert_eq!((err.status, err.scim_type), (400, Some(want)), "{body}");
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_iteratively() {
+        let mut v = json!("leaf");
+        for _ in 0..40 {
+            v = json!({ "a": v });
+        }
+        let err = parse_user(json!({"userName": "u", "x": v}), &set()).unwrap_err();
+        assert_eq!(err.scim_type, Some(ScimType::InvalidSyntax));
+        let mut v = json!(1);
+        for _ in 0..33 {
+            v = json!([v]);
+        }
+        assert!(parse_group(json!({"displayName": "g", "x": v}), &set()).is_err());
+    }
+
+    #[test]
+    fn hostile_strings_are_kept_not_panicking() {
+        let long = "é".repeat(50_000);
+        let body = json!({"userName": format!("\u{0}\u{202e}{long}"), "displayName": "🦀\u{7f}"});
+        let u = parse_user(body, &set()).unwrap();
+        assert!(u.user_name.ends_with('é'));
+    }
+
+    #[test]
+    fn groups_entra_and_okta() {
+        let entra = json!({"schemas": [GROUP_SCHEMA, "http://schemas.microsoft.com/2006/11/ResourceManagement/ADSCIM/2.0/Group"],
+            "externalId": "oid", "displayName": "G", "meta": {"resourceType": "Group"}});
+        let g = parse_group(entra, &set()).unwrap();
+        assert_eq!(g.display_name, "G");
+        assert_eq!(g.members, None);
+        assert!(g.data.get("meta").is_none());
+        let okta = json!({"schemas": [GROUP_SCHEMA], "id": "x", "displayName": "G",
+            "members": [{"value": "u1", "display": "a"}, {"value": "u2", "$ref": null, "type": "User"}, {"value": "u1"}]});
+        let g = parse_group(okta, &set()).unwrap();
+        let values: Vec<_> = g.members.unwrap().into_iter().map(|m| m.value).collect();
+        assert_eq!(values, vec!["u1", "u2"]);
+        assert!(g.data.get("id").is_none());
+        let g = parse_group(json!({"displayName": "G", "members": null}), &set()).unwrap();
+        assert_eq!(g.members, None);
+        let g = parse_group(json!({"displayName": "G", "members": []}), &set()).unwrap();
+        assert_eq!(g.members, Some(vec![]));
+    }
+
+    #[test]
+    fn group_errors() {
+        for body in [
+            json!({}),
+            json!({"displayName": 1}),
+            json!({"displayName": "G", "members": {}}),
+            json!({"displayName": "G", "members": ["u1"]}),
+            json!({"displayName": "G", "members": [{"display": "x"}]}),
+            json!({"displayName": "G", "members": [{"value": 5}]}),
+            json!({"displayName": "G", "members": [{"value": ""}]}),
+            json!({"displayName": "G", "members": [{"value": "g", "type": "Group"}]}),
+            json!({"displayName": "G", "members": [{"value": "g", "type": 1}]}),
+        ] {
+            let err = parse_group(body.clone(), &set()).unwrap_err();
+            assert_eq!(err.status, 400, "{body}");
+        }
+        let err = parse_group(
+            json!({"displayName": "G", "members": [{"value": "g", "type": "Group"}]}),
+            &set(),
+        )
+        .unwrap_err();
+        assert_eq!(err.detail, "nested groups are not supported");
+    }
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(format_timestamp(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            format_timestamp(1_795_383_754_123),
+            "2026-11-22T21:42:34.123Z"
+        );
+        assert_eq!(
+            format_timestamp(951_782_400_000),
+            "2000-02-29T00:00:00.000Z"
+        );
+        assert_eq!(format_timestamp(-1), "1969-12-31T23:59:59.999Z");
+        let _ = format_timestamp(i64::MAX / 2);
+    }
+
+    #[test]
+    fn render_user_shape() {
+        let u = parse_user(
+            json!({"userName": "u", "password": "p", ENTERPRISE_USER: {"manager": "m"}}),
+            &set(),
+        )
+        .unwrap();
+        let meta = Meta {
+            created_ms: 0,
+            last_modified_ms: 1_795_383_754_123,
+            version: 3,
+        };
+        let groups = [GroupRef {
+            value: "g1".into(),
+            display: "G".into(),
+        }];
+        let r = render_user("id1", &u.data, &meta, Some(&groups), "https://h/scim/v2/");
+        assert_eq!(r["schemas"], json!([USER_SCHEMA, ENTERPRISE_USER]));
+        assert_eq!(r["id"], "id1");
+        assert_eq!(r["active"], true);
+        assert!(r.get("password").is_none());
+        assert_eq!(r[ENTERPRISE_USER]["manager"], json!({"value": "m"}));
+        assert_eq!(
+            r["groups"],
+            json!([{"value": "g1", "display": "G", "$ref": "https://h/scim/v2/Groups/g1", "type": "direct"}])
+        );
+        assert_eq!(r["meta"]["location"], "https://h/scim/v2/Users/id1");
+        assert_eq!(r["meta"]["version"], "W/\"3\"");
+        assert_eq!(r["meta"]["lastModified"], "2026-11-22T21:42:34.123Z");
+        assert_eq!(r["meta"]["resourceType"], "User");
+        let r = render_user("id1", &u.data, &meta, None, "https://h");
+        assert!(r.get("groups").is_none());
+        // Re-parsing the rendered form (Okta's GET-then-PUT) gives the same data.
+        let again = parse_user(r, &set()).unwrap();
+        assert_eq!(again.data.get("userName"), u.data.get("userName"));
+        assert_eq!(again.data.get(ENTERPRISE_USER), u.data.get(ENTERPRISE_USER));
+    }
+
+    #[test]
+    fn render_group_shape() {
+        let g = parse_group(json!({"displayName": "G", "externalId": "e"}), &set()).unwrap();
+        let meta = Meta {
+            created_ms: 0,
+            last_modified_ms: 0,
+            version: 1,
+        };
+        let members = [
+            MemberRef {
+                value: "u1".into(),
+                display: Some("a".into()),
+            },
+            MemberRef {
+                value: "u2".into(),
+                display: None,
+            },
+        ];
+        let r = render_group("g1", &g.data, &meta, Some(&members), "https://h");
+        assert_eq!(r["schemas"], json!([GROUP_SCHEMA]));
+        assert_eq!(r["displayName"], "G");
+        assert_eq!(
+            r["members"],
+            json!([{"value": "u1", "display": "a", "$ref": "https://h/Users/u1", "type": "User"},
+                   {"value": "u2", "$ref": "https://h/Users/u2", "type": "User"}])
+        );
+        assert_eq!(r["meta"]["location"], "https://h/Groups/g1");
+        assert!(render_group("g1", &g.data, &meta, None, "https://h")
+            .get("members")
+            .is_none());
+    }
 }
