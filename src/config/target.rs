@@ -1,10 +1,407 @@
 //! The `[[targets]]` sections of the config file, as strict serde types (file-shaped, no I/O).
-//! PLACEHOLDER in the lead's tree until the ldap branch lands.
+//!
+//! Owns only the shape of the file: every struct denies unknown fields, defaults sit beside
+//! their field. Templates, paths, DNs and URLs are plain strings here and are parsed by the
+//! pure validators (`mapping::CompiledTarget::compile`, `targets::ldap::Settings::from_raw`),
+//! which name the full key in their errors. Must not read files or the environment.
+//!
+//! ```toml
+//! [[targets]]
+//! name = "corp"
+//! type = "ldap"
+//! url = "ldap://ldap.example.com"
+//! bind_dn = "cn=scim-sync,ou=Services,dc=example,dc=com"
+//! bind_password_file = "/run/credentials/scim-sync.service/ldap"
+//! [targets.users]
+//! dn = "uid={userName},ou=People,dc=example,dc=com"
+//! object_classes = ["top", "person", "organizationalPerson", "inetOrgPerson"]
+//! [targets.users.attributes]
+//! cn = "{name.givenName} {name.familyName}"
+//! mail = 'emails[primary eq true].value'
+//! ```
 
-use serde::Deserialize;
+use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
 
-/// One target (placeholder).
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-pub struct RawTarget {
+/// One `[[targets]]` entry, tagged by `type`. The SQL variant is added by the SQL target.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum RawTarget {
+    /// `type = "ldap"`.
+    Ldap(RawLdapTarget),
+}
+
+impl RawTarget {
+    /// The target's configured name.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        match self {
+            RawTarget::Ldap(t) => &t.name,
+        }
+    }
+}
+
+/// What to do when an entry we never created already sits at the desired DN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnExisting {
+    /// Refuse (a permanent error): the entry is not managed by scim-sync.
+    #[default]
+    Conflict,
+    /// Take the entry over and manage its mapped attributes from now on.
+    Adopt,
+}
+
+/// What a SCIM DELETE does to the entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnDelete {
+    /// Delete the entry.
+    #[default]
+    Delete,
+    /// Apply the deactivation `set` attributes and keep the entry (users only).
+    Disable,
+}
+
+/// Whether passwords pushed by the IdP are written to the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PasswordMode {
+    /// Never write passwords.
+    #[default]
+    Off,
+    /// Write the stored password hash to `userPassword`.
+    Sync,
+}
+
+/// What happens to a user whose SCIM `active` is false.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeactivatePolicy {
+    /// Set the `set` attributes (e.g. `pwdAccountLockedTime`); reactivation removes them.
+    #[default]
+    Disable,
+    /// Move the entry below `move_to`; reactivation moves it back.
+    Move,
+    /// Delete the entry; reactivation creates it again.
+    Delete,
+}
+
+/// How group members are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemberValue {
+    /// The member's DN (`member`, `uniqueMember`).
+    #[default]
+    Dn,
+    /// The member's `uid` attribute value (`memberUid`).
+    Uid,
+}
+
+/// What a referenced value identifies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum RefBy {
+    /// The referenced user's SCIM `id` (what `manager.value` holds).
+    #[default]
+    Id,
+    /// The referenced user's `userName`.
+    UserName,
+    /// The referenced user's `externalId`.
+    ExternalId,
+}
+
+/// One value or a list of values.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    /// `attr = "value"`.
+    One(String),
+    /// `attr = ["a", "b"]`.
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    /// The values as a list.
+    #[must_use]
+    pub fn to_vec(&self) -> Vec<String> {
+        match self {
+            OneOrMany::One(v) => vec![v.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        }
+    }
+}
+
+/// An LDAP target.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLdapTarget {
+    /// The target's name (logs, metrics, `target_state`).
     pub name: String,
+    /// `ldap://host[:port]` or `ldaps://host[:port]`.
+    pub url: String,
+    /// Upgrade an `ldap://` connection with StartTLS.
+    #[serde(default)]
+    pub starttls: bool,
+    /// PEM file of CA certificates to trust (default: the system roots).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// DN to bind as (no bind when absent).
+    #[serde(default)]
+    pub bind_dn: Option<String>,
+    /// File holding the bind password (systemd `LoadCredential=`).
+    #[serde(default)]
+    pub bind_password_file: Option<PathBuf>,
+    /// Environment variable holding the bind password.
+    #[serde(default)]
+    pub bind_password_env: Option<String>,
+    /// TCP connect (and TLS handshake) timeout.
+    #[serde(default = "default_connect_timeout_secs")]
+    pub connect_timeout_secs: u64,
+    /// Per-operation timeout.
+    #[serde(default = "default_timeout_secs")]
+    pub timeout_secs: u64,
+    /// An unmanaged entry at the desired DN: `conflict` or `adopt`.
+    #[serde(default)]
+    pub on_existing: OnExisting,
+    /// How users are mapped.
+    pub users: RawUsers,
+    /// How groups are mapped (groups are not provisioned when absent).
+    #[serde(default)]
+    pub groups: Option<RawGroups>,
+}
+
+fn default_connect_timeout_secs() -> u64 {
+    5
+}
+
+fn default_timeout_secs() -> u64 {
+    30
+}
+
+/// `[targets.users]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUsers {
+    /// DN template, e.g. `uid={userName},ou=People,dc=example,dc=com`.
+    pub dn: String,
+    /// Object classes of created entries.
+    pub object_classes: Vec<String>,
+    /// Attribute name -> rule.
+    #[serde(default)]
+    pub attributes: BTreeMap<String, RawRule>,
+    /// What `active = false` does (nothing but attribute updates when absent).
+    #[serde(default)]
+    pub deactivate: Option<RawDeactivate>,
+    /// What a SCIM DELETE does.
+    #[serde(default)]
+    pub on_delete: OnDelete,
+    /// Password sync.
+    #[serde(default)]
+    pub password: PasswordMode,
+    /// Role value -> group DN memberships.
+    #[serde(default)]
+    pub role_groups: Vec<RawRoleGroup>,
+}
+
+/// `[targets.users.deactivate]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDeactivate {
+    /// `disable`, `move` or `delete`.
+    #[serde(default)]
+    pub policy: DeactivatePolicy,
+    /// Attributes set while disabled (policy `disable`, and `on_delete = "disable"`).
+    #[serde(default)]
+    pub set: BTreeMap<String, OneOrMany>,
+    /// Parent DN inactive users are moved below (policy `move`).
+    #[serde(default)]
+    pub move_to: Option<String>,
+    /// Inactive users are removed from all groups (the reconciler excludes them).
+    #[serde(default)]
+    pub remove_from_groups: bool,
+}
+
+/// `[[targets.users.role_groups]]`: a user with this role is a member of this group.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoleGroup {
+    /// The SCIM `roles[].value`.
+    pub value: String,
+    /// The group's DN (an existing group, not managed by SCIM).
+    pub group: String,
+}
+
+/// `[targets.groups]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGroups {
+    /// DN template, e.g. `cn={displayName},ou=Groups,dc=example,dc=com`.
+    pub dn: String,
+    /// Object classes of created entries.
+    pub object_classes: Vec<String>,
+    /// Attribute name -> rule.
+    #[serde(default)]
+    pub attributes: BTreeMap<String, RawRule>,
+    /// `member`, `uniqueMember` or `memberUid`.
+    #[serde(default = "default_member_attribute")]
+    pub member_attribute: String,
+    /// `dn` or `uid`.
+    #[serde(default)]
+    pub member_value: MemberValue,
+    /// DN written as the only member when the group would be empty (groupOfNames requires one).
+    #[serde(default)]
+    pub placeholder_member: Option<String>,
+}
+
+fn default_member_attribute() -> String {
+    "member".to_owned()
+}
+
+/// An attribute rule: a string (path or template) or a table.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RawRule {
+    /// `"userName"`, `"{name.givenName} {name.familyName}"`.
+    Expr(String),
+    /// `{ from = .., transform = [..], default = .. }`, `{ constant = .. }`, `{ reference = .. }`.
+    Table(RawRuleTable),
+}
+
+/// The table form of a rule; which fields may be combined is checked by the compiler.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRuleTable {
+    /// A path or template.
+    #[serde(default)]
+    pub from: Option<String>,
+    /// Transforms applied in order to every value: `lower`, `upper`, `trim`, `first`.
+    #[serde(default)]
+    pub transform: Vec<String>,
+    /// Value(s) used when the source yields none.
+    #[serde(default)]
+    pub default: Option<OneOrMany>,
+    /// Fixed value(s).
+    #[serde(default)]
+    pub constant: Option<OneOrMany>,
+    /// A path yielding identifiers of other users; renders their DNs.
+    #[serde(default)]
+    pub reference: Option<String>,
+    /// What the reference identifies (`id`, `userName`, `externalId`).
+    #[serde(default)]
+    pub by: Option<RefBy>,
+}
+
+impl<'de> Deserialize<'de> for RawRule {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct RuleVisitor;
+        impl<'de> Visitor<'de> for RuleVisitor {
+            type Value = RawRule;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a path or template string, or a rule table")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawRule, E> {
+                Ok(RawRule::Expr(v.to_owned()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawRule, A::Error> {
+                RawRuleTable::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(RawRule::Table)
+            }
+        }
+        deserializer.deserialize_any(RuleVisitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct File {
+        targets: Vec<RawTarget>,
+    }
+
+    const MINIMAL: &str = r#"
+[[targets]]
+name = "corp"
+type = "ldap"
+url = "ldap://127.0.0.1:389"
+[targets.users]
+dn = "uid={userName},ou=People,dc=example,dc=com"
+object_classes = ["inetOrgPerson"]
+[targets.users.attributes]
+cn = "{name.givenName} {name.familyName}"
+mail = { from = "emails.value", transform = ["lower"], default = "none@example.com" }
+o = { constant = "Example" }
+manager = { reference = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:manager.value", by = "id" }
+[targets.users.deactivate]
+policy = "disable"
+set = { pwdAccountLockedTime = "000001010000Z" }
+[[targets.users.role_groups]]
+value = "admin"
+group = "cn=admins,ou=Groups,dc=example,dc=com"
+[targets.groups]
+dn = "cn={displayName},ou=Groups,dc=example,dc=com"
+object_classes = ["groupOfNames"]
+placeholder_member = "cn=nobody"
+"#;
+
+    #[test]
+    fn parses_full_ldap_target_with_defaults() {
+        let f: File = toml::from_str(MINIMAL).unwrap();
+        let RawTarget::Ldap(t) = &f.targets[0];
+        assert_eq!(f.targets[0].name(), "corp");
+        assert_eq!(t.connect_timeout_secs, 5);
+        assert_eq!(t.timeout_secs, 30);
+        assert_eq!(t.on_existing, OnExisting::Conflict);
+        assert_eq!(t.users.attributes.len(), 4);
+        assert!(matches!(t.users.attributes["cn"], RawRule::Expr(_)));
+        let RawRule::Table(m) = &t.users.attributes["mail"] else {
+            panic!("table expected")
+        };
+        assert_eq!(m.transform, vec!["lower".to_owned()]);
+        let g = t.groups.as_ref().unwrap();
+        assert_eq!(g.member_attribute, "member");
+        assert_eq!(g.member_value, MemberValue::Dn);
+    }
+
+    #[test]
+    fn misspelled_keys_are_rejected_everywhere() {
+        for (from, to) in [
+            ("starttls", "startls"),
+            (
+                "object_classes = [\"groupOfNames\"]",
+                "objectclasses = [\"x\"]",
+            ),
+            ("transform = [\"lower\"]", "transfrom = [\"lower\"]"),
+            ("policy = \"disable\"", "polcy = \"disable\""),
+            ("value = \"admin\"", "valeu = \"admin\""),
+            ("type = \"ldap\"", "type = \"ldapp\""),
+        ] {
+            let mut text = MINIMAL.to_owned();
+            if from == "starttls" {
+                text = text.replace("url =", "startls = true\nurl =");
+            } else {
+                assert!(text.contains(from), "{from}");
+                text = text.replace(from, to);
+            }
+            let r: Result<File, _> = toml::from_str(&text);
+            assert!(r.is_err(), "accepted misspelling {to}");
+        }
+    }
+
+    #[test]
+    fn inline_password_is_rejected() {
+        let text = MINIMAL.replace("url =", "bind_password = \"secret\"\nurl =");
+        assert!(toml::from_str::<File>(&text).is_err());
+    }
+
+    #[test]
+    fn rule_of_wrong_type_is_rejected() {
+        let text = MINIMAL.replace("o = { constant = \"Example\" }", "o = 5");
+        assert!(toml::from_str::<File>(&text).is_err());
+    }
 }

@@ -1,6 +1,45 @@
 //! The attribute-mapping engine (pure): compiles the `[[targets]]` attribute rules from the
 //! config and renders a SCIM resource (as rendered JSON) into a target [`Entry`], and diffs
 //! entries. Must not do I/O; the only ldap3 items allowed here are `dn_escape`/`ldap_escape`.
+//!
+//! # How the reconciler uses it
+//!
+//! At startup: [`CompiledTarget::compile`]`(&raw_target, index)` for each `[[targets]]` entry
+//! (all errors at once, each naming its key). Per outbox row, for target `t`:
+//!
+//! 1. Render the resource as SCIM JSON exactly as GET returns it (core attributes, the
+//!    enterprise extension object, custom extension objects, `active`, `groups`, `roles`).
+//! 2. Users: resolve `t.references(&json)` — each `(by, value)` names another user by `id`,
+//!    `userName` or `externalId`; look it up in the store and return its `target_state.key`
+//!    in `t` (its DN), or `None` if it has none yet. Then
+//!    `t.render_user(&json, &|by, v| lookup(by, v))` gives the [`Entry`] (key = DN, lower-cased
+//!    attribute names, every mapped attribute present, empty = must be absent).
+//!    `t.role_groups(&json)` gives the role-group DNs for `Desired::role_groups`.
+//!    When a referenced user is created later, re-queue the referencing users (or let drift
+//!    repair do it): the reference stays absent until then.
+//! 3. Groups: `t.render_group(&json)`; `Desired::members` is, for each member user that has a
+//!    `target_state` in `t`, `t.member_key(key, extra)` (the DN, or for `memberUid` the `uid`
+//!    the LDAP target recorded in `extra`). When [`CompiledTarget::remove_inactive_from_groups`]
+//!    is true, leave inactive users out, and re-sync a user's groups when `active` flips.
+//!    When a user's key changes (rename, move), re-sync the groups it belongs to.
+//! 4. `target.sync(Some(&desired), &prior, dry_run)` and store `Outcome.key/extra`.
+//!
+//! Targets use [`diff`] (over mapped attributes only) to compute the change.
+//!
+//! The rule language is documented in `docs/mapping.md`: paths (`name.familyName`,
+//! `emails[type eq "work"].value`, URN-prefixed extension attributes), templates
+//! (`"{name.givenName} {name.familyName}"`), and tables with `from`/`transform`/`default`,
+//! `constant`, `reference`/`by`.
+
+pub mod compile;
+pub mod diff;
+pub mod dn;
+pub mod path;
+pub mod render;
+
+pub use compile::{CompiledTarget, ConfigError, KindMap, Template};
+pub use diff::{diff, Mod};
+pub use render::MapError;
 
 use std::collections::BTreeMap;
 

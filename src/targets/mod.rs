@@ -2,6 +2,8 @@
 //! trait. Targets never see SCIM types or the store: the reconciler hands them a rendered
 //! [`Desired`] state and the [`Prior`] bookkeeping, and records the [`Outcome`].
 
+pub mod ldap;
+
 use crate::mapping::Entry;
 use serde_json::Value;
 
@@ -24,6 +26,9 @@ pub struct Desired {
     pub members: Vec<String>,
     /// Users: a password hash to write when password sync is on.
     pub password_hash: Option<String>,
+    /// Users: DNs of the role groups the user must be a member of
+    /// (`mapping::CompiledTarget::role_groups`). Groups: empty.
+    pub role_groups: Vec<String>,
 }
 
 /// What the store remembers of a resource in this target (from `target_state`).

@@ -1,0 +1,547 @@
+//! Compiling `[[targets]]` attribute rules into a [`CompiledTarget`]: paths, templates,
+//! transforms and DN templates are parsed here, once, and every problem is reported with its
+//! full key (`targets[0].users.attributes.cn: unknown transform "lowr"`). Pure: no I/O.
+
+use super::dn::parse_dn;
+use super::path::Path;
+use crate::config::target::{MemberValue, RawLdapTarget, RawRule, RawTarget, RefBy};
+use std::collections::BTreeSet;
+
+/// A configuration problem, with the full key it concerns.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct ConfigError {
+    /// The full key, e.g. `targets[0].users.attributes.cn`.
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A template: literal text with `{path}` placeholders (`{{` and `}}` are literal braces).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Template {
+    pub(crate) parts: Vec<Part>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Part {
+    Literal(String),
+    Var(Path),
+}
+
+impl Template {
+    /// Parse a template.
+    ///
+    /// # Errors
+    /// A description of what is wrong (unbalanced braces, a bad path).
+    pub fn parse(text: &str) -> Result<Template, String> {
+        let mut parts = Vec::new();
+        let mut lit = String::new();
+        let mut chars = text.char_indices().peekable();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '{' if chars.peek().map(|p| p.1) == Some('{') => {
+                    chars.next();
+                    lit.push('{');
+                }
+                '}' if chars.peek().map(|p| p.1) == Some('}') => {
+                    chars.next();
+                    lit.push('}');
+                }
+                '}' => return Err(format!("unmatched '}}' in template {text:?}")),
+                '{' => {
+                    let mut in_str = false;
+                    let mut end = None;
+                    for (j, d) in chars.by_ref() {
+                        if d == '"' {
+                            in_str = !in_str;
+                        } else if d == '}' && !in_str {
+                            end = Some(j);
+                            break;
+                        }
+                    }
+                    let end = end.ok_or_else(|| format!("unclosed '{{' in template {text:?}"))?;
+                    let inner = text.get(i + 1..end).unwrap_or("");
+                    let path = Path::parse(inner)
+                        .map_err(|e| format!("in template variable {{{inner}}}: {e}"))?;
+                    if !lit.is_empty() {
+                        parts.push(Part::Literal(std::mem::take(&mut lit)));
+                    }
+                    parts.push(Part::Var(path));
+                }
+                other => lit.push(other),
+            }
+        }
+        if !lit.is_empty() {
+            parts.push(Part::Literal(lit));
+        }
+        Ok(Template { parts })
+    }
+
+    fn has_vars(&self) -> bool {
+        self.parts.iter().any(|p| matches!(p, Part::Var(_)))
+    }
+}
+
+/// Where rule values come from.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Source {
+    Path(Path),
+    Template(Template),
+}
+
+/// A value transform.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Transform {
+    Lower,
+    Upper,
+    Trim,
+    First,
+}
+
+/// A compiled attribute rule.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Rule {
+    Expr {
+        source: Source,
+        transforms: Vec<Transform>,
+        default: Vec<String>,
+    },
+    Constant(Vec<String>),
+    Reference {
+        path: Path,
+        by: RefBy,
+        transforms: Vec<Transform>,
+    },
+}
+
+/// The compiled mapping of one resource type (users or groups).
+#[derive(Debug, Clone, PartialEq)]
+pub struct KindMap {
+    pub(crate) dn: Template,
+    /// The naming attribute of the DN template's first RDN, lower-cased.
+    pub(crate) rdn_attr: String,
+    pub(crate) object_classes: Vec<String>,
+    /// (lower-cased attribute name, rule), sorted by name.
+    pub(crate) rules: Vec<(String, Rule)>,
+}
+
+impl KindMap {
+    /// The lower-cased names of the mapped attributes (the only ones a target may touch).
+    #[must_use]
+    pub fn attribute_names(&self) -> Vec<String> {
+        self.rules.iter().map(|(n, _)| n.clone()).collect()
+    }
+
+    /// The object classes of created entries.
+    #[must_use]
+    pub fn object_classes(&self) -> &[String] {
+        &self.object_classes
+    }
+}
+
+/// One target's compiled mapping. See the module docs of [`crate::mapping`] for the API flow.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompiledTarget {
+    /// The target's name.
+    pub name: String,
+    /// The user mapping.
+    pub users: KindMap,
+    /// The group mapping (groups are not provisioned when `None`).
+    pub groups: Option<KindMap>,
+    pub(crate) role_groups: Vec<(String, String)>,
+    pub(crate) remove_inactive_from_groups: bool,
+    pub(crate) member_value: MemberValue,
+}
+
+impl CompiledTarget {
+    /// Compile the `index`th `[[targets]]` entry. Pure; returns every problem at once.
+    ///
+    /// # Errors
+    /// Every problem found, each naming its full key.
+    pub fn compile(raw: &RawTarget, index: usize) -> Result<CompiledTarget, Vec<ConfigError>> {
+        match raw {
+            RawTarget::Ldap(t) => compile_ldap(t, index),
+        }
+    }
+
+    /// Whether inactive users must be left out of every group's `Desired::members` (the
+    /// reconciler's job; `deactivate.remove_from_groups`).
+    #[must_use]
+    pub fn remove_inactive_from_groups(&self) -> bool {
+        self.remove_inactive_from_groups
+    }
+}
+
+fn compile_ldap(t: &RawLdapTarget, index: usize) -> Result<CompiledTarget, Vec<ConfigError>> {
+    let base = format!("targets[{index}]");
+    let mut errors = Vec::new();
+    if t.name.trim().is_empty() {
+        errors.push(ConfigError::new(
+            format!("{base}.name"),
+            "must not be empty",
+        ));
+    }
+    let users = compile_kind(
+        &format!("{base}.users"),
+        &t.users.dn,
+        &t.users.object_classes,
+        &t.users.attributes,
+        true,
+        &mut errors,
+    );
+    let groups = t.groups.as_ref().map(|g| {
+        compile_kind(
+            &format!("{base}.groups"),
+            &g.dn,
+            &g.object_classes,
+            &g.attributes,
+            false,
+            &mut errors,
+        )
+    });
+    let mut role_groups = Vec::new();
+    for (i, rg) in t.users.role_groups.iter().enumerate() {
+        let key = format!("{base}.users.role_groups[{i}]");
+        if rg.value.is_empty() {
+            errors.push(ConfigError::new(
+                format!("{key}.value"),
+                "must not be empty",
+            ));
+        }
+        match parse_dn(&rg.group) {
+            Ok(rdns) if !rdns.is_empty() => role_groups.push((rg.value.clone(), rg.group.clone())),
+            Ok(_) => errors.push(ConfigError::new(
+                format!("{key}.group"),
+                "must not be empty",
+            )),
+            Err(e) => errors.push(ConfigError::new(format!("{key}.group"), e)),
+        }
+    }
+    let remove_inactive_from_groups = t
+        .users
+        .deactivate
+        .as_ref()
+        .is_some_and(|d| d.remove_from_groups);
+    let member_value = t
+        .groups
+        .as_ref()
+        .map(|g| g.member_value)
+        .unwrap_or_default();
+    match (users, groups) {
+        (Some(users), groups) if errors.is_empty() => Ok(CompiledTarget {
+            name: t.name.clone(),
+            users,
+            groups: groups.flatten(),
+            role_groups,
+            remove_inactive_from_groups,
+            member_value,
+        }),
+        _ => Err(errors),
+    }
+}
+
+fn compile_kind(
+    key: &str,
+    dn: &str,
+    object_classes: &[String],
+    attributes: &std::collections::BTreeMap<String, RawRule>,
+    allow_references: bool,
+    errors: &mut Vec<ConfigError>,
+) -> Option<KindMap> {
+    let before = errors.len();
+    let dn_key = format!("{key}.dn");
+    let mut rdn_attr = String::new();
+    let dn_template = match Template::parse(dn) {
+        Ok(t) => {
+            // Validate the static shape by substituting a harmless value for every variable.
+            let probe: String = t
+                .parts
+                .iter()
+                .map(|p| match p {
+                    Part::Literal(l) => l.as_str(),
+                    Part::Var(_) => "x",
+                })
+                .collect();
+            match parse_dn(&probe) {
+                Ok(rdns) if rdns.len() >= 2 => {
+                    rdn_attr = rdns
+                        .first()
+                        .and_then(|r| r.first())
+                        .map(|(ty, _)| ty.to_ascii_lowercase())
+                        .unwrap_or_default();
+                }
+                Ok(_) => errors.push(ConfigError::new(
+                    &dn_key,
+                    "needs an RDN and a parent, e.g. uid={userName},ou=People,dc=example,dc=com",
+                )),
+                Err(e) => errors.push(ConfigError::new(&dn_key, e)),
+            }
+            if !t.has_vars() {
+                errors.push(ConfigError::new(&dn_key, "must contain a {variable}"));
+            }
+            Some(t)
+        }
+        Err(e) => {
+            errors.push(ConfigError::new(&dn_key, e));
+            None
+        }
+    };
+    if object_classes.is_empty() {
+        errors.push(ConfigError::new(
+            format!("{key}.object_classes"),
+            "must not be empty",
+        ));
+    }
+    for oc in object_classes {
+        if !valid_attr_name(oc) {
+            errors.push(ConfigError::new(
+                format!("{key}.object_classes"),
+                format!("bad object class {oc:?}"),
+            ));
+        }
+    }
+    let mut rules = Vec::new();
+    let mut seen = BTreeSet::new();
+    for (name, raw) in attributes {
+        let akey = format!("{key}.attributes.{name}");
+        if !valid_attr_name(name) {
+            errors.push(ConfigError::new(&akey, "bad attribute name"));
+            continue;
+        }
+        let lower = name.to_ascii_lowercase();
+        if lower == "objectclass" {
+            errors.push(ConfigError::new(&akey, "use object_classes instead"));
+            continue;
+        }
+        if !seen.insert(lower.clone()) {
+            errors.push(ConfigError::new(
+                &akey,
+                "attribute mapped twice (names are case-insensitive)",
+            ));
+            continue;
+        }
+        match compile_rule(raw, allow_references) {
+            Ok(rule) => rules.push((lower, rule)),
+            Err(msg) => errors.push(ConfigError::new(&akey, msg)),
+        }
+    }
+    if errors.len() > before {
+        return None;
+    }
+    Some(KindMap {
+        dn: dn_template?,
+        rdn_attr,
+        object_classes: object_classes.to_vec(),
+        rules,
+    })
+}
+
+fn valid_attr_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '-' || c == ';')
+}
+
+fn compile_source(text: &str) -> Result<Source, String> {
+    if text.contains('{') || text.contains('}') {
+        let t = Template::parse(text)?;
+        if !t.has_vars() {
+            return Err(format!(
+                "template {text:?} has no variable; use {{ constant = .. }}"
+            ));
+        }
+        Ok(Source::Template(t))
+    } else {
+        Path::parse(text).map(Source::Path)
+    }
+}
+
+fn compile_transforms(names: &[String]) -> Result<Vec<Transform>, String> {
+    names
+        .iter()
+        .map(|n| match n.as_str() {
+            "lower" => Ok(Transform::Lower),
+            "upper" => Ok(Transform::Upper),
+            "trim" => Ok(Transform::Trim),
+            "first" => Ok(Transform::First),
+            other => Err(format!(
+                "unknown transform {other:?} (expected lower, upper, trim or first)"
+            )),
+        })
+        .collect()
+}
+
+fn compile_rule(raw: &RawRule, allow_references: bool) -> Result<Rule, String> {
+    match raw {
+        RawRule::Expr(text) => Ok(Rule::Expr {
+            source: compile_source(text)?,
+            transforms: Vec::new(),
+            default: Vec::new(),
+        }),
+        RawRule::Table(t) => {
+            let forms = [
+                t.from.is_some(),
+                t.constant.is_some(),
+                t.reference.is_some(),
+            ];
+            if forms.iter().filter(|f| **f).count() != 1 {
+                return Err("a rule table needs exactly one of from, constant, reference".into());
+            }
+            if let Some(c) = &t.constant {
+                if !t.transform.is_empty() || t.default.is_some() || t.by.is_some() {
+                    return Err("constant takes no transform, default or by".into());
+                }
+                let values = c.to_vec();
+                if values.iter().any(String::is_empty) {
+                    return Err("constant values must not be empty".into());
+                }
+                return Ok(Rule::Constant(values));
+            }
+            let transforms = compile_transforms(&t.transform)?;
+            if let Some(r) = &t.reference {
+                if !allow_references {
+                    return Err("reference rules are only supported for users".into());
+                }
+                if t.default.is_some() {
+                    return Err("reference takes no default".into());
+                }
+                let path = Path::parse(r)?;
+                return Ok(Rule::Reference {
+                    path,
+                    by: t.by.unwrap_or_default(),
+                    transforms,
+                });
+            }
+            if t.by.is_some() {
+                return Err("by is only valid with reference".into());
+            }
+            let from = t.from.as_deref().unwrap_or_default();
+            let default = t.default.as_ref().map(|d| d.to_vec()).unwrap_or_default();
+            if default.iter().any(String::is_empty) {
+                return Err("default values must not be empty".into());
+            }
+            Ok(Rule::Expr {
+                source: compile_source(from)?,
+                transforms,
+                default,
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(attrs: &str) -> RawTarget {
+        let text = format!(
+            r#"
+name = "corp"
+type = "ldap"
+url = "ldap://127.0.0.1"
+[users]
+dn = "uid={{userName}},ou=People,dc=example,dc=com"
+object_classes = ["inetOrgPerson"]
+[users.attributes]
+{attrs}
+"#
+        );
+        toml::from_str(&text).unwrap()
+    }
+
+    fn errors(attrs: &str) -> Vec<String> {
+        match CompiledTarget::compile(&target(attrs), 0) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn errors_name_the_key_and_are_all_reported() {
+        let e = errors(
+            r#"cn = { from = "userName", transform = ["lowr"] }
+sn = "name..familyName"
+mail = "{emails.value"
+o = { constant = "x", from = "userName" }"#,
+        );
+        assert_eq!(e.len(), 4, "{e:?}");
+        assert!(e.contains(
+            &"targets[0].users.attributes.cn: unknown transform \"lowr\" (expected lower, upper, trim or first)"
+                .to_owned()
+        ));
+        assert!(e
+            .iter()
+            .any(|m| m.starts_with("targets[0].users.attributes.sn: ")));
+        assert!(e
+            .iter()
+            .any(|m| m.starts_with("targets[0].users.attributes.mail: ")));
+        assert!(e
+            .iter()
+            .any(|m| m.starts_with("targets[0].users.attributes.o: ")));
+    }
+
+    #[test]
+    fn good_rules_compile() {
+        let e = errors(
+            r#"cn = "{name.givenName} {name.familyName}"
+sn = "name.familyName"
+mail = 'emails[type eq "work"].value'
+o = { constant = ["a", "b"] }
+manager = { reference = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:manager.value" }
+title = { from = "title", transform = ["trim", "upper"], default = "none" }"#,
+        );
+        assert!(e.is_empty(), "{e:?}");
+    }
+
+    #[test]
+    fn bad_dn_templates_and_duplicates() {
+        let mut t = target("cn = \"userName\"\nCN = \"userName\"");
+        let RawTarget::Ldap(l) = &mut t;
+        l.users.dn = "uid={userName}".into();
+        l.users.object_classes.clear();
+        let e: Vec<String> = CompiledTarget::compile(&t, 3)
+            .unwrap_err()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert!(
+            e.iter()
+                .any(|m| m.starts_with("targets[3].users.dn: needs an RDN")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter()
+                .any(|m| m.starts_with("targets[3].users.object_classes")),
+            "{e:?}"
+        );
+        assert!(e.iter().any(|m| m.contains("mapped twice")), "{e:?}");
+        for dn in [
+            "ou=People,dc=x",
+            "uid={userName,dc=x",
+            "uid={user..Name},dc=x",
+            "{userName}",
+        ] {
+            let RawTarget::Ldap(l) = &mut t;
+            l.users.dn = dn.into();
+            assert!(CompiledTarget::compile(&t, 0).is_err(), "accepted {dn}");
+        }
+    }
+
+    #[test]
+    fn template_braces() {
+        let t = Template::parse("{{literal}} {userName}").unwrap();
+        assert_eq!(t.parts.len(), 2);
+        assert!(Template::parse("a } b").is_err());
+        assert!(Template::parse("{}").is_err());
+    }
+}

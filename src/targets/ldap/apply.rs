@@ -1,0 +1,629 @@
+//! Making one LDAP entry match its desired state: locate (with rename/move), ownership check,
+//! add or modify (mapped attributes only, via `mapping::diff`), deactivation and reactivation,
+//! per-value membership changes, role groups, delete; dry runs report the plan as LDIF-like
+//! lines and write nothing. Idempotent: safe to repeat after any failure. Must not know SCIM.
+
+use super::codes;
+use super::conn::LdapTarget;
+use crate::config::target::{DeactivatePolicy, MemberValue, OnDelete, OnExisting, PasswordMode};
+use crate::mapping::dn::{dn_eq, normalize_dn, split_rdn};
+use crate::mapping::{diff, Entry, Mod};
+use crate::targets::{Desired, ErrorClass, Kind, Outcome, Prior, TargetError};
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashSet};
+
+/// Values per membership modify (large groups are changed in chunks).
+const MEMBER_CHUNK: usize = 500;
+
+/// Executes (or, in a dry run, only records) the changes.
+struct Exec<'a> {
+    t: &'a LdapTarget,
+    dry_run: bool,
+    changes: Vec<String>,
+}
+
+fn permanent(message: String) -> TargetError {
+    TargetError {
+        class: ErrorClass::Permanent,
+        code: None,
+        message,
+    }
+}
+
+fn to_ldap(m: &Mod) -> ldap3::Mod<String> {
+    match m {
+        Mod::Add(a, v) => ldap3::Mod::Add(a.clone(), v.iter().cloned().collect()),
+        Mod::Delete(a, v) => ldap3::Mod::Delete(a.clone(), v.iter().cloned().collect()),
+        Mod::Replace(a, v) => ldap3::Mod::Replace(a.clone(), v.iter().cloned().collect()),
+    }
+}
+
+fn describe(m: &Mod, show_values: bool) -> String {
+    let (op, a, v) = match m {
+        Mod::Add(a, v) => ("add", a, v),
+        Mod::Delete(a, v) => ("delete", a, v),
+        Mod::Replace(a, v) => ("replace", a, v),
+    };
+    if show_values && !v.is_empty() {
+        v.iter()
+            .map(|x| format!("{op}: {a}: {x}"))
+            .collect::<Vec<_>>()
+            .join(" / ")
+    } else {
+        format!("{op}: {a}")
+    }
+}
+
+impl Exec<'_> {
+    async fn add(
+        &mut self,
+        dn: &str,
+        attrs: Vec<(String, Vec<String>)>,
+    ) -> Result<u32, TargetError> {
+        self.changes.push(format!("add: {dn}"));
+        if self.dry_run {
+            return Ok(0);
+        }
+        self.t.add(dn, attrs).await
+    }
+
+    /// One modify with all `mods`. If it fails only because a value already exists (20) or
+    /// is already gone (16), retry value by value, treating those codes as done.
+    async fn modify(
+        &mut self,
+        dn: &str,
+        mods: Vec<Mod>,
+        show_values: bool,
+    ) -> Result<(), TargetError> {
+        if mods.is_empty() {
+            return Ok(());
+        }
+        let line = std::iter::once(format!("modify: {dn}"))
+            .chain(mods.iter().map(|m| describe(m, show_values)))
+            .collect::<Vec<_>>()
+            .join(" / ");
+        self.changes.push(line);
+        if self.dry_run {
+            return Ok(());
+        }
+        let lmods: Vec<ldap3::Mod<String>> = mods.iter().map(to_ldap).collect();
+        let ok = [codes::ATTRIBUTE_OR_VALUE_EXISTS, codes::NO_SUCH_ATTRIBUTE];
+        let rc = self.t.modify(dn, lmods, &ok).await?;
+        if rc == 0 {
+            return Ok(());
+        }
+        for m in &mods {
+            let singles: Vec<Mod> = match m {
+                Mod::Add(a, v) => v
+                    .iter()
+                    .map(|x| Mod::Add(a.clone(), vec![x.clone()]))
+                    .collect(),
+                Mod::Delete(a, v) if !v.is_empty() => v
+                    .iter()
+                    .map(|x| Mod::Delete(a.clone(), vec![x.clone()]))
+                    .collect(),
+                other => vec![other.clone()],
+            };
+            for s in singles {
+                let tolerated: &[u32] = match s {
+                    Mod::Add(..) => &[codes::ATTRIBUTE_OR_VALUE_EXISTS],
+                    Mod::Delete(..) => &[codes::NO_SUCH_ATTRIBUTE],
+                    Mod::Replace(..) => &[],
+                };
+                self.t.modify(dn, vec![to_ldap(&s)], tolerated).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Rename `old` to `new`; returns false when `old` no longer exists.
+    async fn modrdn(&mut self, old: &str, new: &str) -> Result<bool, TargetError> {
+        let (_, old_parent) = split_rdn(old);
+        let (new_rdn, new_parent) = split_rdn(new);
+        let sup = (!dn_eq(&old_parent, &new_parent)).then_some(new_parent.as_str());
+        self.changes.push(match sup {
+            Some(s) => format!("modrdn: {old} / newrdn: {new_rdn} / newsuperior: {s}"),
+            None => format!("modrdn: {old} / newrdn: {new_rdn}"),
+        });
+        if self.dry_run {
+            return Ok(true);
+        }
+        match self.t.modrdn(old, &new_rdn, sup).await {
+            Ok(rc) => Ok(rc == 0),
+            Err(e) if e.code.as_deref() == Some("68") => Err(permanent(format!(
+                "cannot rename {old} to {new}: an entry already exists there"
+            ))),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn delete(&mut self, dn: &str) -> Result<(), TargetError> {
+        self.changes.push(format!("delete: {dn}"));
+        if self.dry_run {
+            return Ok(());
+        }
+        self.t.delete(dn).await.map(|_| ())
+    }
+}
+
+/// Entry point of `Target::sync` for LDAP.
+pub(super) async fn sync(
+    t: &LdapTarget,
+    desired: Option<&Desired>,
+    prior: &Prior,
+    dry_run: bool,
+) -> Result<Outcome, TargetError> {
+    let mut ex = Exec {
+        t,
+        dry_run,
+        changes: Vec::new(),
+    };
+    let (key, extra) = match desired {
+        None => remove(&mut ex, prior).await?,
+        Some(d) if d.kind == Kind::User => sync_user(&mut ex, d, prior).await?,
+        Some(d) => sync_group(&mut ex, d, prior).await?,
+    };
+    Ok(Outcome {
+        key,
+        extra,
+        changes: ex.changes,
+    })
+}
+
+fn prior_extra(prior: &Prior) -> Map<String, Value> {
+    prior
+        .extra
+        .as_ref()
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn str_list(v: Option<&Value>) -> Vec<String> {
+    v.and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn str_map(v: Option<&Value>) -> BTreeMap<String, Vec<String>> {
+    v.and_then(Value::as_object)
+        .map(|o| {
+            o.iter()
+                .map(|(k, v)| (k.clone(), str_list(Some(v))))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn same_set(a: &[String], b: &[String]) -> bool {
+    a.len() == b.len() && a.iter().all(|x| b.contains(x))
+}
+
+/// Find the live entry for `desired_dn`: renames/moves it from `prior.key` when that differs,
+/// applies the ownership rule when we never applied it. Returns the entry (as read) or `None`.
+async fn locate(
+    ex: &mut Exec<'_>,
+    prior: &Prior,
+    desired_dn: &str,
+    attrs: &[String],
+) -> Result<Option<Entry>, TargetError> {
+    let t = ex.t;
+    match &prior.key {
+        Some(old) if !dn_eq(old, desired_dn) => {
+            if let Some(cur) = t.read(old, attrs).await? {
+                if t.read(desired_dn, &[]).await?.is_some() {
+                    return Err(permanent(format!(
+                        "cannot rename {old} to {desired_dn}: an entry already exists there"
+                    )));
+                }
+                if ex.modrdn(old, desired_dn).await? {
+                    if ex.dry_run {
+                        return Ok(Some(cur));
+                    }
+                    return t.read(desired_dn, attrs).await;
+                }
+            }
+            // The old entry is gone (renamed before a crash, or deleted by hand).
+            t.read(desired_dn, attrs).await
+        }
+        Some(_) => t.read(desired_dn, attrs).await,
+        None => {
+            let cur = t.read(desired_dn, attrs).await?;
+            if cur.is_some() {
+                match t.settings.on_existing {
+                    OnExisting::Conflict => {
+                        return Err(TargetError {
+                            class: ErrorClass::Permanent,
+                            code: Some(codes::ENTRY_ALREADY_EXISTS.to_string()),
+                            message: format!(
+                                "{desired_dn}: entry exists and is not managed by scim-sync \
+                                 (set on_existing = \"adopt\" to take it over)"
+                            ),
+                        })
+                    }
+                    OnExisting::Adopt => ex.changes.push(format!("adopt: {desired_dn}")),
+                }
+            }
+            Ok(cur)
+        }
+    }
+}
+
+fn missing_object_classes(desired: &[String], current: &[String]) -> Option<Mod> {
+    let missing: Vec<String> = desired
+        .iter()
+        .filter(|d| !current.iter().any(|c| c.eq_ignore_ascii_case(d)))
+        .cloned()
+        .collect();
+    (!missing.is_empty()).then(|| Mod::Add("objectClass".into(), missing))
+}
+
+fn add_attrs(entry: &Entry, extra: &BTreeMap<String, Vec<String>>) -> Vec<(String, Vec<String>)> {
+    let mut attrs: Vec<(String, Vec<String>)> =
+        vec![("objectClass".into(), entry.object_classes.clone())];
+    for (k, v) in entry.attrs.iter().chain(extra.iter()) {
+        if !v.is_empty() {
+            attrs.push((k.clone(), v.clone()));
+        }
+    }
+    attrs
+}
+
+fn sha256_hex(s: &str) -> String {
+    Sha256::digest(s.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+async fn sync_user(
+    ex: &mut Exec<'_>,
+    d: &Desired,
+    prior: &Prior,
+) -> Result<(Option<String>, Option<Value>), TargetError> {
+    let t = ex.t;
+    let us = &t.settings.users;
+    let prev = prior_extra(prior);
+    let policy = if d.active {
+        None
+    } else {
+        us.deactivate.as_ref().map(|x| x.policy)
+    };
+    let member_attr = t.settings.member_attribute().to_owned();
+    let uid = d.entry.attrs.get("uid").and_then(|v| v.first()).cloned();
+    let member_uid = t
+        .settings
+        .groups
+        .as_ref()
+        .is_some_and(|g| g.member_value == MemberValue::Uid);
+
+    if policy == Some(DeactivatePolicy::Delete) {
+        if let Some(k) = &prior.key {
+            remove_role_memberships(ex, &prev, &member_attr).await?;
+            ex.delete(k).await?;
+        }
+        let extra = json!({"kind": "user", "deleted_inactive": true});
+        return Ok((None, Some(extra)));
+    }
+
+    let desired_dn = match (
+        policy,
+        us.deactivate.as_ref().and_then(|x| x.move_to.as_ref()),
+    ) {
+        (Some(DeactivatePolicy::Move), Some(to)) => format!("{},{to}", split_rdn(&d.entry.key).0),
+        _ => d.entry.key.clone(),
+    };
+    let disable_set: BTreeMap<String, Vec<String>> = match (policy, us.deactivate.as_ref()) {
+        (Some(DeactivatePolicy::Disable), Some(x)) => x.set.clone(),
+        _ => BTreeMap::new(),
+    };
+    let prev_disabled = str_map(prev.get("disabled"));
+    let mut read_attrs: Vec<String> = us.attributes.clone();
+    read_attrs.extend(disable_set.keys().cloned());
+    read_attrs.extend(prev_disabled.keys().cloned());
+    if !read_attrs.iter().any(|a| a == "uid") {
+        read_attrs.push("uid".into());
+    }
+
+    let mut entry = d.entry.clone();
+    entry.key.clone_from(&desired_dn);
+    let password = match (us.password, &d.password_hash) {
+        (PasswordMode::Sync, Some(h)) => Some(h.clone()),
+        _ => None,
+    };
+    let pw_sha = password.as_deref().map(sha256_hex);
+
+    let current = locate(ex, prior, &desired_dn, &read_attrs).await?;
+    let mut current = current;
+    if current.is_none() {
+        let mut extra_attrs = disable_set.clone();
+        if let Some(p) = &password {
+            extra_attrs.insert("userPassword".into(), vec![p.clone()]);
+        }
+        let rc = ex.add(&desired_dn, add_attrs(&entry, &extra_attrs)).await?;
+        if rc == codes::ENTRY_ALREADY_EXISTS {
+            // Lost a race with another writer: converge only if we may own it.
+            if prior.key.is_none() && t.settings.on_existing == OnExisting::Conflict {
+                return Err(permanent(format!(
+                    "{desired_dn}: entry exists and is not managed by scim-sync"
+                )));
+            }
+            current = t.read(&desired_dn, &read_attrs).await?;
+        }
+    }
+    if let Some(cur) = &current {
+        let mut mods = Vec::new();
+        mods.extend(missing_object_classes(
+            &entry.object_classes,
+            &cur.object_classes,
+        ));
+        mods.extend(diff(&entry, cur));
+        for (attr, vals) in &disable_set {
+            let have = cur.attrs.get(attr).cloned().unwrap_or_default();
+            if !same_set(&have, vals) {
+                mods.push(Mod::Replace(attr.clone(), vals.clone()));
+            }
+        }
+        // Reactivation removes exactly what we set, if it is still what we set.
+        for (attr, vals) in &prev_disabled {
+            if disable_set.contains_key(attr) {
+                continue;
+            }
+            let have = cur.attrs.get(attr).cloned().unwrap_or_default();
+            if !have.is_empty() && same_set(&have, vals) {
+                mods.push(Mod::Delete(attr.clone(), Vec::new()));
+            }
+        }
+        if let (Some(p), Some(sha)) = (&password, &pw_sha) {
+            if prev.get("password_sha256").and_then(Value::as_str) != Some(sha.as_str()) {
+                mods.push(Mod::Replace("userPassword".into(), vec![p.clone()]));
+            }
+        }
+        ex.modify(&desired_dn, mods, false).await?;
+    }
+
+    // Role groups.
+    let member = if member_uid {
+        uid.clone()
+    } else {
+        Some(desired_dn.clone())
+    };
+    // Inactive users leave their role groups when remove_from_groups is on.
+    let leave = !d.active && us.deactivate.as_ref().is_some_and(|x| x.remove_from_groups);
+    let want_groups: Vec<String> = if leave {
+        Vec::new()
+    } else {
+        d.role_groups.clone()
+    };
+    let prev_groups = str_list(prev.get("role_groups"));
+    let prev_member = prev
+        .get("member")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let member_changed =
+        prev_member.as_deref().map(normalize_dn) != member.as_deref().map(normalize_dn);
+    for g in &prev_groups {
+        if member_changed || !want_groups.iter().any(|w| dn_eq(w, g)) {
+            if let Some(pm) = &prev_member {
+                member_value_change(ex, g, Mod::Delete(member_attr.clone(), vec![pm.clone()]))
+                    .await?;
+            }
+        }
+    }
+    let mut applied_groups = Vec::new();
+    if let Some(m) = &member {
+        for g in &want_groups {
+            if member_changed || !prev_groups.iter().any(|p| dn_eq(p, g)) {
+                member_value_change(ex, g, Mod::Add(member_attr.clone(), vec![m.clone()])).await?;
+            }
+            applied_groups.push(g.clone());
+        }
+    }
+
+    let mut extra = Map::new();
+    extra.insert("kind".into(), json!("user"));
+    if let Some(u) = &uid {
+        extra.insert("uid".into(), json!(u));
+    }
+    if !disable_set.is_empty() {
+        extra.insert("disabled".into(), json!(disable_set));
+    }
+    if let Some(m) = &member {
+        if !applied_groups.is_empty() {
+            extra.insert("member".into(), json!(m));
+            extra.insert("role_groups".into(), json!(applied_groups));
+        }
+    }
+    if let Some(sha) = pw_sha {
+        extra.insert("password_sha256".into(), json!(sha));
+    } else if let Some(old) = prev.get("password_sha256") {
+        extra.insert("password_sha256".into(), old.clone());
+    }
+    Ok((Some(desired_dn), Some(Value::Object(extra))))
+}
+
+/// A membership value change on a group we do not manage (role groups): value-level only;
+/// an existing (add) or missing (delete) value is done, a missing group is a permanent error.
+async fn member_value_change(ex: &mut Exec<'_>, group: &str, m: Mod) -> Result<(), TargetError> {
+    ex.modify(group, vec![m], true).await
+}
+
+async fn remove_role_memberships(
+    ex: &mut Exec<'_>,
+    prev: &Map<String, Value>,
+    member_attr: &str,
+) -> Result<(), TargetError> {
+    if let Some(pm) = prev.get("member").and_then(Value::as_str) {
+        for g in str_list(prev.get("role_groups")) {
+            member_value_change(
+                ex,
+                &g,
+                Mod::Delete(member_attr.to_owned(), vec![pm.to_owned()]),
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+async fn sync_group(
+    ex: &mut Exec<'_>,
+    d: &Desired,
+    prior: &Prior,
+) -> Result<(Option<String>, Option<Value>), TargetError> {
+    let t = ex.t;
+    let gs = t
+        .settings
+        .groups
+        .as_ref()
+        .ok_or_else(|| permanent(format!("target {} does not map groups", t.settings.name)))?;
+    let dn_mode = gs.member_value == MemberValue::Dn;
+    let norm = |v: &str| {
+        if dn_mode {
+            normalize_dn(v)
+        } else {
+            v.to_owned()
+        }
+    };
+    let attr = gs.member_attribute.clone();
+    let desired_dn = d.entry.key.clone();
+
+    // Desired members, deduplicated; the placeholder only when otherwise empty.
+    let mut seen = HashSet::new();
+    let mut want: Vec<String> = d
+        .members
+        .iter()
+        .filter(|m| seen.insert(norm(m)))
+        .cloned()
+        .collect();
+    if want.is_empty() {
+        if let Some(p) = &gs.placeholder_member {
+            want.push(p.clone());
+        }
+    }
+    let mut read_attrs = gs.attributes.clone();
+    read_attrs.push(attr.clone());
+
+    let mut current = locate(ex, prior, &desired_dn, &read_attrs).await?;
+    if current.is_none() {
+        let (first, _) = want.split_at(want.len().min(MEMBER_CHUNK));
+        let mut extra = BTreeMap::new();
+        if !first.is_empty() {
+            extra.insert(attr.clone(), first.to_vec());
+        }
+        let rc = ex.add(&desired_dn, add_attrs(&d.entry, &extra)).await?;
+        if rc == codes::ENTRY_ALREADY_EXISTS {
+            if prior.key.is_none() && t.settings.on_existing == OnExisting::Conflict {
+                return Err(permanent(format!(
+                    "{desired_dn}: entry exists and is not managed by scim-sync"
+                )));
+            }
+            current = t.read(&desired_dn, &read_attrs).await?;
+        } else {
+            // The rest of a large group is added below, against what we just wrote.
+            current = Some(Entry {
+                key: desired_dn.clone(),
+                object_classes: d.entry.object_classes.clone(),
+                attrs: d
+                    .entry
+                    .attrs
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .chain([(attr.clone(), first.to_vec())])
+                    .collect(),
+            });
+            let rest: Vec<String> = want.iter().skip(first.len()).cloned().collect();
+            if rest.is_empty() {
+                return Ok((Some(desired_dn), Some(json!({"kind": "group"}))));
+            }
+        }
+    }
+    if let Some(cur) = &current {
+        let mut mods = Vec::new();
+        mods.extend(missing_object_classes(
+            &d.entry.object_classes,
+            &cur.object_classes,
+        ));
+        mods.extend(diff(&d.entry, cur));
+        ex.modify(&desired_dn, mods, false).await?;
+
+        let have: Vec<String> = cur.attrs.get(&attr).cloned().unwrap_or_default();
+        let have_norm: HashSet<String> = have.iter().map(|h| norm(h)).collect();
+        let want_norm: HashSet<String> = want.iter().map(|w| norm(w)).collect();
+        let to_add: Vec<String> = want
+            .iter()
+            .filter(|w| !have_norm.contains(&norm(w)))
+            .cloned()
+            .collect();
+        let to_del: Vec<String> = have
+            .iter()
+            .filter(|h| !want_norm.contains(&norm(h)))
+            .cloned()
+            .collect();
+        // Adds before deletes, so a group never passes through "empty" (groupOfNames).
+        for chunk in to_add.chunks(MEMBER_CHUNK) {
+            ex.modify(
+                &desired_dn,
+                vec![Mod::Add(attr.clone(), chunk.to_vec())],
+                true,
+            )
+            .await?;
+        }
+        for chunk in to_del.chunks(MEMBER_CHUNK) {
+            ex.modify(
+                &desired_dn,
+                vec![Mod::Delete(attr.clone(), chunk.to_vec())],
+                true,
+            )
+            .await?;
+        }
+    }
+    Ok((Some(desired_dn), Some(json!({"kind": "group"}))))
+}
+
+/// The resource was deleted in the store.
+async fn remove(
+    ex: &mut Exec<'_>,
+    prior: &Prior,
+) -> Result<(Option<String>, Option<Value>), TargetError> {
+    let Some(key) = &prior.key else {
+        return Ok((None, prior.extra.clone()));
+    };
+    let t = ex.t;
+    let prev = prior_extra(prior);
+    let is_user = prev.get("kind").and_then(Value::as_str) == Some("user");
+    let member_attr = t.settings.member_attribute().to_owned();
+    let disable = is_user && t.settings.users.on_delete == OnDelete::Disable;
+    if let (true, Some(deact)) = (disable, t.settings.users.deactivate.as_ref()) {
+        let Some(cur) = t
+            .read(key, &deact.set.keys().cloned().collect::<Vec<_>>())
+            .await?
+        else {
+            return Ok((None, None));
+        };
+        let mods: Vec<Mod> = deact
+            .set
+            .iter()
+            .filter(|(a, v)| !same_set(&cur.attrs.get(*a).cloned().unwrap_or_default(), v))
+            .map(|(a, v)| Mod::Replace(a.clone(), v.clone()))
+            .collect();
+        ex.modify(key, mods, false).await?;
+        remove_role_memberships(ex, &prev, &member_attr).await?;
+        let mut extra = prev.clone();
+        extra.insert("disabled".into(), json!(deact.set));
+        extra.remove("role_groups");
+        extra.remove("member");
+        return Ok((Some(key.clone()), Some(Value::Object(extra))));
+    }
+    if is_user {
+        remove_role_memberships(ex, &prev, &member_attr).await?;
+    }
+    ex.delete(key).await?;
+    Ok((None, None))
+}

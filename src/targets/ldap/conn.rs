@@ -1,0 +1,337 @@
+//! The connection to one LDAP server: connect (ldap:// + optional StartTLS, or ldaps:// with
+//! rustls and an optional CA file), simple bind, per-operation timeouts, and reconnection.
+//! One multiplexed connection is kept behind a tokio `Mutex`; when an operation fails with a
+//! connection error the connection is dropped and the next operation reconnects. Every LDAP
+//! failure leaves this file as a classified [`TargetError`]. Must not decide what to change.
+
+use super::codes;
+use super::settings::{PasswordSource, Settings};
+use crate::mapping::Entry;
+use crate::targets::{ErrorClass, TargetError};
+use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, LdapError, LdapResult, Scope, SearchEntry};
+use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
+use std::sync::Arc;
+
+/// An LDAP target: settings, resolved credentials and the shared connection.
+pub struct LdapTarget {
+    pub(super) settings: Settings,
+    password: Option<String>,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    slot: tokio::sync::Mutex<Option<Ldap>>,
+}
+
+impl std::fmt::Debug for LdapTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LdapTarget")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+fn config_error(message: String) -> TargetError {
+    TargetError {
+        class: ErrorClass::Permanent,
+        code: Some("config".into()),
+        message,
+    }
+}
+
+impl LdapTarget {
+    /// Build the target: resolve the bind password (file or environment) and load the CA
+    /// file. Does not connect (see `healthcheck`).
+    ///
+    /// # Errors
+    /// An unreadable password or CA file, a missing environment variable (permanent).
+    pub fn new(settings: Settings) -> Result<LdapTarget, TargetError> {
+        let password = match &settings.bind_password {
+            PasswordSource::None => None,
+            PasswordSource::Value(v) => Some(v.clone()),
+            PasswordSource::Env(var) => Some(std::env::var(var).map_err(|_| {
+                config_error(format!(
+                    "target {}: environment variable {var} is not set",
+                    settings.name
+                ))
+            })?),
+            PasswordSource::File(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    config_error(format!(
+                        "target {}: cannot read bind_password_file {}: {e}",
+                        settings.name,
+                        path.display()
+                    ))
+                })?;
+                Some(text.trim_end_matches(['\r', '\n']).to_owned())
+            }
+        };
+        let tls = match &settings.ca_file {
+            None => None,
+            Some(path) => Some(Arc::new(load_ca(path).map_err(|e| {
+                config_error(format!(
+                    "target {}: ca_file {}: {e}",
+                    settings.name,
+                    path.display()
+                ))
+            })?)),
+        };
+        Ok(LdapTarget {
+            settings,
+            password,
+            tls,
+            slot: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    /// The validated settings.
+    #[must_use]
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    async fn connect(&self) -> Result<Ldap, TargetError> {
+        let s = &self.settings;
+        let mut cs = LdapConnSettings::new()
+            .set_conn_timeout(s.connect_timeout)
+            .set_starttls(s.starttls);
+        if let Some(cfg) = &self.tls {
+            cs = cs.set_config(Arc::clone(cfg));
+        }
+        let what = format!("connect {}", s.url);
+        let (conn, mut ldap) = LdapConnAsync::with_settings(cs, &s.url)
+            .await
+            .map_err(|e| codes::from_ldap_error(&e, &what))?;
+        spawn_driver(conn);
+        if let Some(dn) = &s.bind_dn {
+            let pw = self.password.as_deref().unwrap_or_default();
+            let what = format!("bind as {dn}");
+            let res = ldap
+                .with_timeout(s.timeout)
+                .simple_bind(dn, pw)
+                .await
+                .map_err(|e| codes::from_ldap_error(&e, &what))?;
+            if res.rc != 0 {
+                return Err(codes::from_result(res.rc, &res.text, &what));
+            }
+        }
+        Ok(ldap)
+    }
+
+    /// A handle on the live connection, connecting (and binding) first if needed.
+    async fn handle(&self) -> Result<Ldap, TargetError> {
+        let mut slot = self.slot.lock().await;
+        if let Some(ldap) = slot.as_mut() {
+            if !ldap.is_closed() {
+                return Ok(ldap.clone());
+            }
+        }
+        *slot = None;
+        let ldap = self.connect().await?;
+        *slot = Some(ldap.clone());
+        Ok(ldap)
+    }
+
+    /// Forget the connection so the next operation reconnects.
+    async fn drop_connection(&self) {
+        *self.slot.lock().await = None;
+    }
+
+    /// Run one operation; connection errors drop the connection. Returns the raw result
+    /// (the caller decides which result codes are fine).
+    async fn run<F, Fut>(&self, what: &str, op: F) -> Result<LdapResult, TargetError>
+    where
+        F: FnOnce(Ldap) -> Fut,
+        Fut: Future<Output = Result<LdapResult, LdapError>>,
+    {
+        let ldap = self.handle().await?;
+        match op(ldap).await {
+            Ok(res) => Ok(res),
+            Err(e) => {
+                if codes::is_connection_error(&e) {
+                    self.drop_connection().await;
+                }
+                Err(codes::from_ldap_error(&e, what))
+            }
+        }
+    }
+
+    /// Read one entry (base search), with these attributes (plus `objectClass`). `None` when
+    /// it does not exist. Attribute names are lower-cased.
+    pub(super) async fn read(
+        &self,
+        dn: &str,
+        attrs: &[String],
+    ) -> Result<Option<Entry>, TargetError> {
+        let mut wanted: Vec<String> = attrs.to_vec();
+        wanted.push("objectClass".into());
+        let what = format!("read {dn}");
+        let ldap = self.handle().await?;
+        let t = self.settings.timeout;
+        let owned_dn = dn.to_owned();
+        let res = async move {
+            let mut ldap = ldap;
+            ldap.with_timeout(t)
+                .search(&owned_dn, Scope::Base, "(objectClass=*)", wanted)
+                .await
+        }
+        .await;
+        let res = match res {
+            Ok(r) => r,
+            Err(e) => {
+                if codes::is_connection_error(&e) {
+                    self.drop_connection().await;
+                }
+                return Err(codes::from_ldap_error(&e, &what));
+            }
+        };
+        if res.1.rc == codes::NO_SUCH_OBJECT {
+            return Ok(None);
+        }
+        if res.1.rc != 0 {
+            return Err(codes::from_result(res.1.rc, &res.1.text, &what));
+        }
+        let Some(raw) = res.0.into_iter().next() else {
+            return Ok(None);
+        };
+        let se = SearchEntry::construct(raw);
+        let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut object_classes = Vec::new();
+        for (k, v) in se.attrs {
+            if k.eq_ignore_ascii_case("objectclass") {
+                object_classes = v;
+            } else {
+                out.entry(k.to_ascii_lowercase()).or_default().extend(v);
+            }
+        }
+        Ok(Some(Entry {
+            key: se.dn,
+            object_classes,
+            attrs: out,
+        }))
+    }
+
+    /// Add an entry; returns the result code (0 or 68), other codes are errors.
+    pub(super) async fn add(
+        &self,
+        dn: &str,
+        attrs: Vec<(String, Vec<String>)>,
+    ) -> Result<u32, TargetError> {
+        let what = format!("add {dn}");
+        let t = self.settings.timeout;
+        let attrs: Vec<(String, HashSet<String>)> = attrs
+            .into_iter()
+            .map(|(k, v)| (k, v.into_iter().collect()))
+            .collect();
+        let dn = dn.to_owned();
+        let res = self
+            .run(&what, |mut l| async move {
+                l.with_timeout(t).add(&dn, attrs).await
+            })
+            .await?;
+        expect(res, &[codes::ENTRY_ALREADY_EXISTS], &what)
+    }
+
+    /// Modify an entry; `ok` lists result codes that count as success.
+    pub(super) async fn modify(
+        &self,
+        dn: &str,
+        mods: Vec<ldap3::Mod<String>>,
+        ok: &[u32],
+    ) -> Result<u32, TargetError> {
+        let what = format!("modify {dn}");
+        let t = self.settings.timeout;
+        let dn = dn.to_owned();
+        let res = self
+            .run(&what, |mut l| async move {
+                l.with_timeout(t).modify(&dn, mods).await
+            })
+            .await?;
+        expect(res, ok, &what)
+    }
+
+    /// Rename/move an entry; returns 0, or 32 when the entry is gone.
+    pub(super) async fn modrdn(
+        &self,
+        dn: &str,
+        rdn: &str,
+        new_sup: Option<&str>,
+    ) -> Result<u32, TargetError> {
+        let what = format!("modrdn {dn}");
+        let t = self.settings.timeout;
+        let (dn, rdn, sup) = (dn.to_owned(), rdn.to_owned(), new_sup.map(str::to_owned));
+        let res = self
+            .run(&what, |mut l| async move {
+                l.with_timeout(t)
+                    .modifydn(&dn, &rdn, true, sup.as_deref())
+                    .await
+            })
+            .await?;
+        expect(res, &[codes::NO_SUCH_OBJECT], &what)
+    }
+
+    /// Delete an entry; "no such object" counts as done.
+    pub(super) async fn delete(&self, dn: &str) -> Result<u32, TargetError> {
+        let what = format!("delete {dn}");
+        let t = self.settings.timeout;
+        let dn = dn.to_owned();
+        let res = self
+            .run(
+                &what,
+                |mut l| async move { l.with_timeout(t).delete(&dn).await },
+            )
+            .await?;
+        expect(res, &[codes::NO_SUCH_OBJECT], &what)
+    }
+
+    /// Connect, bind and read the users' base (or the root DSE).
+    pub(super) async fn check(&self) -> Result<(), TargetError> {
+        let base = self.settings.users.base.clone().unwrap_or_default();
+        match self.read(&base, &[]).await? {
+            Some(_) => Ok(()),
+            None => Err(TargetError {
+                class: ErrorClass::Permanent,
+                code: Some(codes::NO_SUCH_OBJECT.to_string()),
+                message: format!("healthcheck: the users' base {base:?} does not exist"),
+            }),
+        }
+    }
+}
+
+fn expect(res: LdapResult, ok: &[u32], what: &str) -> Result<u32, TargetError> {
+    if res.rc == 0 || ok.contains(&res.rc) {
+        Ok(res.rc)
+    } else {
+        Err(codes::from_result(res.rc, &res.text, what))
+    }
+}
+
+fn load_ca(path: &std::path::Path) -> Result<rustls::ClientConfig, String> {
+    let pem = std::fs::read(path).map_err(|e| e.to_string())?;
+    let mut roots = rustls::RootCertStore::empty();
+    let mut count = 0;
+    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+        let cert = cert.map_err(|e| e.to_string())?;
+        roots.add(cert).map_err(|e| e.to_string())?;
+        count += 1;
+    }
+    if count == 0 {
+        return Err("no PEM certificate found".into());
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// Drive the connection in the background. The daemon's `TaskTracker` does not exist yet;
+/// when it does, this is the one place to route the spawn through it. The task ends when
+/// the connection closes (every `Ldap` handle dropped, or the socket lost).
+#[allow(clippy::disallowed_methods)]
+fn spawn_driver(conn: LdapConnAsync) {
+    tokio::spawn(async move {
+        if let Err(error) = conn.drive().await {
+            tracing::debug!(error = %error, "LDAP connection closed.");
+        }
+    });
+}

@@ -1,0 +1,35 @@
+//! The LDAP target: `settings` (validated config, pure), `conn` (connection, bind, timeouts,
+//! reconnect), `apply` (make one entry match), `codes` (result-code classification).
+//! Never sees SCIM types or the store: it gets a rendered [`Desired`] and a [`Prior`].
+//!
+//! Bookkeeping kept in `Outcome.extra` (a JSON object) for the next sync:
+//! `kind` (`"user"`/`"group"`, so a delete knows what it removes), `uid` (the user's `uid`,
+//! what `memberUid` groups hold; see `mapping::CompiledTarget::member_key`), `disabled`
+//! (attributes set by deactivation, removed exactly on reactivation), `member` and
+//! `role_groups` (role-group memberships written), `password_sha256` (of the last written
+//! password hash, to write only changes), `deleted_inactive`.
+
+pub mod apply;
+pub mod codes;
+pub mod conn;
+pub mod settings;
+
+pub use conn::LdapTarget;
+pub use settings::{PasswordSource, Settings};
+
+use crate::targets::{Desired, Outcome, Prior, Target, TargetError};
+
+impl Target for LdapTarget {
+    async fn healthcheck(&self) -> Result<(), TargetError> {
+        self.check().await
+    }
+
+    async fn sync(
+        &self,
+        desired: Option<&Desired>,
+        prior: &Prior,
+        dry_run: bool,
+    ) -> Result<Outcome, TargetError> {
+        apply::sync(self, desired, prior, dry_run).await
+    }
+}

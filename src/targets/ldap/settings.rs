@@ -1,0 +1,386 @@
+//! The validated runtime settings of an LDAP target, built from `config::target` by a pure
+//! function that reports every problem with its key. Must not read files or the environment
+//! (the password and CA file are read when the target is built, in `conn.rs`).
+
+use crate::config::target::{
+    DeactivatePolicy, MemberValue, OnDelete, OnExisting, PasswordMode, RawLdapTarget,
+};
+use crate::mapping::dn::{parse_dn, split_rdn};
+use crate::mapping::ConfigError;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Where the bind password comes from.
+#[derive(Clone, PartialEq, Eq)]
+pub enum PasswordSource {
+    /// No password (anonymous or no bind).
+    None,
+    /// Read from this file (trailing newline stripped).
+    File(PathBuf),
+    /// Read from this environment variable.
+    Env(String),
+    /// Given directly (tests, or a caller that resolved the secret itself).
+    Value(String),
+}
+
+impl std::fmt::Debug for PasswordSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PasswordSource::None => f.write_str("None"),
+            PasswordSource::File(p) => write!(f, "File({})", p.display()),
+            PasswordSource::Env(v) => write!(f, "Env({v})"),
+            PasswordSource::Value(_) => f.write_str("Value([redacted])"),
+        }
+    }
+}
+
+/// Deactivation settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deactivate {
+    /// What `active = false` does.
+    pub policy: DeactivatePolicy,
+    /// Lower-cased attribute -> values set while disabled.
+    pub set: BTreeMap<String, Vec<String>>,
+    /// Parent DN for the `move` policy.
+    pub move_to: Option<String>,
+    /// Inactive users leave their role groups (SCIM groups: the reconciler leaves them out).
+    pub remove_from_groups: bool,
+}
+
+/// User settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserSettings {
+    /// Lower-cased mapped attribute names (the only ones read and written).
+    pub attributes: Vec<String>,
+    /// `None`: inactive users only get their attributes updated.
+    pub deactivate: Option<Deactivate>,
+    /// What a SCIM DELETE does.
+    pub on_delete: OnDelete,
+    /// Password sync.
+    pub password: PasswordMode,
+    /// The static parent of the DN template, if it has no variables (healthcheck reads it).
+    pub base: Option<String>,
+}
+
+/// Group settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupSettings {
+    /// Lower-cased mapped attribute names.
+    pub attributes: Vec<String>,
+    /// Lower-cased member attribute.
+    pub member_attribute: String,
+    /// How members are identified.
+    pub member_value: MemberValue,
+    /// Written when the group would be empty.
+    pub placeholder_member: Option<String>,
+}
+
+/// Validated LDAP target settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// Target name.
+    pub name: String,
+    /// `ldap://` or `ldaps://` URL.
+    pub url: String,
+    /// StartTLS on an `ldap://` URL.
+    pub starttls: bool,
+    /// CA certificates (PEM) to trust.
+    pub ca_file: Option<PathBuf>,
+    /// Bind DN.
+    pub bind_dn: Option<String>,
+    /// Bind password source.
+    pub bind_password: PasswordSource,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Per-operation timeout.
+    pub timeout: Duration,
+    /// Unmanaged entry at the desired DN.
+    pub on_existing: OnExisting,
+    /// Users.
+    pub users: UserSettings,
+    /// Groups (`None`: not provisioned).
+    pub groups: Option<GroupSettings>,
+}
+
+impl Settings {
+    /// Validate the `index`th `[[targets]]` entry. Pure; returns every problem at once.
+    ///
+    /// # Errors
+    /// Every problem, each naming its full key.
+    pub fn from_raw(raw: &RawLdapTarget, index: usize) -> Result<Settings, Vec<ConfigError>> {
+        let base = format!("targets[{index}]");
+        let mut errors = Vec::new();
+        let mut err = |k: &str, m: String| errors.push(ConfigError::new(format!("{base}.{k}"), m));
+        let lower_url = raw.url.to_ascii_lowercase();
+        let ldaps = lower_url.starts_with("ldaps://");
+        if !(ldaps || lower_url.starts_with("ldap://")) || raw.url.len() <= "ldaps://".len() {
+            err(
+                "url",
+                format!(
+                    "{:?} must be ldap://host[:port] or ldaps://host[:port]",
+                    raw.url
+                ),
+            );
+        }
+        if ldaps && raw.starttls {
+            err("starttls", "StartTLS cannot be used with ldaps://".into());
+        }
+        if raw.ca_file.is_some() && !ldaps && !raw.starttls {
+            err(
+                "ca_file",
+                "is only used with ldaps:// or starttls = true".into(),
+            );
+        }
+        if raw.connect_timeout_secs == 0 || raw.connect_timeout_secs > 600 {
+            err("connect_timeout_secs", "must be between 1 and 600".into());
+        }
+        if raw.timeout_secs == 0 || raw.timeout_secs > 3600 {
+            err("timeout_secs", "must be between 1 and 3600".into());
+        }
+        if let Some(dn) = &raw.bind_dn {
+            if let Err(e) = parse_dn(dn) {
+                err("bind_dn", e);
+            }
+        }
+        let bind_password = match (&raw.bind_password_file, &raw.bind_password_env) {
+            (Some(_), Some(_)) => {
+                err(
+                    "bind_password_env",
+                    "set only one of bind_password_file and bind_password_env".into(),
+                );
+                PasswordSource::None
+            }
+            (Some(f), None) => PasswordSource::File(f.clone()),
+            (None, Some(v)) => PasswordSource::Env(v.clone()),
+            (None, None) => PasswordSource::None,
+        };
+        if bind_password != PasswordSource::None && raw.bind_dn.is_none() {
+            err(
+                "bind_dn",
+                "a bind password is configured but no bind_dn".into(),
+            );
+        }
+        if raw.bind_dn.is_some() && bind_password == PasswordSource::None {
+            err(
+                "bind_password_file",
+                "bind_dn needs bind_password_file or bind_password_env".into(),
+            );
+        }
+        let deactivate = raw.users.deactivate.as_ref().map(|d| {
+            let set: BTreeMap<String, Vec<String>> = d
+                .set
+                .iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v.to_vec()))
+                .collect();
+            for (k, v) in &set {
+                if v.is_empty() || v.iter().any(String::is_empty) {
+                    err(
+                        &format!("users.deactivate.set.{k}"),
+                        "needs non-empty values".into(),
+                    );
+                }
+                if raw
+                    .users
+                    .attributes
+                    .keys()
+                    .any(|a| a.eq_ignore_ascii_case(k))
+                {
+                    err(
+                        &format!("users.deactivate.set.{k}"),
+                        "is also a mapped attribute".into(),
+                    );
+                }
+            }
+            match d.policy {
+                DeactivatePolicy::Disable if set.is_empty() => {
+                    err(
+                        "users.deactivate.set",
+                        "policy \"disable\" needs attributes to set".into(),
+                    );
+                }
+                DeactivatePolicy::Move => match &d.move_to {
+                    None => err(
+                        "users.deactivate.move_to",
+                        "policy \"move\" needs move_to".into(),
+                    ),
+                    Some(m) => match parse_dn(m) {
+                        Ok(r) if !r.is_empty() => {}
+                        Ok(_) => err("users.deactivate.move_to", "must not be empty".into()),
+                        Err(e) => err("users.deactivate.move_to", e),
+                    },
+                },
+                _ => {}
+            }
+            Deactivate {
+                policy: d.policy,
+                set,
+                move_to: d.move_to.clone(),
+                remove_from_groups: d.remove_from_groups,
+            }
+        });
+        if raw.users.on_delete == OnDelete::Disable
+            && deactivate.as_ref().is_none_or(|d| d.set.is_empty())
+        {
+            err(
+                "users.on_delete",
+                "\"disable\" needs users.deactivate.set".into(),
+            );
+        }
+        let users_base = {
+            let (_, parent) = split_rdn(&raw.users.dn);
+            (!parent.contains('{') && parse_dn(&parent).is_ok()).then_some(parent)
+        };
+        let groups = raw.groups.as_ref().map(|g| {
+            let member_attribute = g.member_attribute.to_ascii_lowercase();
+            if !["member", "uniquemember", "memberuid"].contains(&member_attribute.as_str()) {
+                err(
+                    "groups.member_attribute",
+                    "must be member, uniqueMember or memberUid".into(),
+                );
+            }
+            if (member_attribute == "memberuid") != (g.member_value == MemberValue::Uid) {
+                err(
+                    "groups.member_value",
+                    "memberUid takes \"uid\"; member and uniqueMember take \"dn\"".into(),
+                );
+            }
+            if g.attributes
+                .keys()
+                .any(|a| a.eq_ignore_ascii_case(&member_attribute))
+            {
+                err(
+                    "groups.attributes",
+                    format!("{} is the member attribute", g.member_attribute),
+                );
+            }
+            if let Some(p) = &g.placeholder_member {
+                if g.member_value == MemberValue::Dn {
+                    if let Err(e) = parse_dn(p) {
+                        err("groups.placeholder_member", e);
+                    }
+                }
+            }
+            GroupSettings {
+                attributes: g
+                    .attributes
+                    .keys()
+                    .map(|k| k.to_ascii_lowercase())
+                    .collect(),
+                member_attribute,
+                member_value: g.member_value,
+                placeholder_member: g.placeholder_member.clone(),
+            }
+        });
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(Settings {
+            name: raw.name.clone(),
+            url: raw.url.clone(),
+            starttls: raw.starttls,
+            ca_file: raw.ca_file.clone(),
+            bind_dn: raw.bind_dn.clone(),
+            bind_password,
+            connect_timeout: Duration::from_secs(raw.connect_timeout_secs),
+            timeout: Duration::from_secs(raw.timeout_secs),
+            on_existing: raw.on_existing,
+            users: UserSettings {
+                attributes: raw
+                    .users
+                    .attributes
+                    .keys()
+                    .map(|k| k.to_ascii_lowercase())
+                    .collect(),
+                deactivate,
+                on_delete: raw.users.on_delete,
+                password: raw.users.password,
+                base: users_base,
+            },
+            groups,
+        })
+    }
+
+    /// The member attribute used for role groups and groups (`member` by default).
+    #[must_use]
+    pub fn member_attribute(&self) -> &str {
+        self.groups
+            .as_ref()
+            .map_or("member", |g| g.member_attribute.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::target::RawTarget;
+
+    fn raw(extra: &str, users_extra: &str) -> RawLdapTarget {
+        let text = format!(
+            r#"
+name = "corp"
+type = "ldap"
+url = "ldap://127.0.0.1:389"
+{extra}
+[users]
+dn = "uid={{userName}},ou=People,dc=example,dc=com"
+object_classes = ["inetOrgPerson"]
+{users_extra}
+"#
+        );
+        let RawTarget::Ldap(t) = toml::from_str::<RawTarget>(&text).unwrap();
+        t
+    }
+
+    fn errs(extra: &str, users_extra: &str) -> Vec<String> {
+        Settings::from_raw(&raw(extra, users_extra), 1)
+            .err()
+            .unwrap_or_default()
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn minimal_is_valid_and_has_defaults() {
+        let s = Settings::from_raw(&raw("", ""), 0).unwrap();
+        assert_eq!(s.timeout, Duration::from_secs(30));
+        assert_eq!(s.users.base.as_deref(), Some("ou=People,dc=example,dc=com"));
+        assert_eq!(s.member_attribute(), "member");
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key() {
+        let e = errs(
+            "starttls = true\ntimeout_secs = 0\nbind_dn = \"cn=admin\"\nbind_password_file = \"/x\"\nbind_password_env = \"Y\"",
+            "on_delete = \"disable\"\n[users.deactivate]\npolicy = \"move\"",
+        );
+        let want = [
+            "targets[1].timeout_secs",
+            "targets[1].bind_password_env",
+            "targets[1].users.deactivate.move_to",
+            "targets[1].users.on_delete",
+        ];
+        for w in want {
+            assert!(e.iter().any(|m| m.starts_with(w)), "{w} missing in {e:?}");
+        }
+        let e = errs("", "").len();
+        assert_eq!(e, 0);
+        let bad_url = Settings::from_raw(
+            &RawLdapTarget {
+                url: "http://x".into(),
+                ..raw("", "")
+            },
+            0,
+        );
+        assert!(bad_url.is_err());
+    }
+
+    #[test]
+    fn password_debug_is_redacted() {
+        assert_eq!(
+            format!("{:?}", PasswordSource::Value("s3cret".into())),
+            "Value([redacted])"
+        );
+    }
+}
