@@ -100,7 +100,7 @@ pub(crate) async fn open_store(
             .raw
             .targets
             .iter()
-            .map(|t| t.name.clone())
+            .map(|t| t.name().to_owned())
             .collect(),
     );
     Ok(store)

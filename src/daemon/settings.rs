@@ -192,15 +192,15 @@ pub fn from_raw(raw: &RawConfig) -> Result<Settings, Vec<ConfigError>> {
     }
     let mut names = std::collections::BTreeSet::new();
     for (i, t) in raw.targets.iter().enumerate() {
-        if !names.insert(t.name.clone()) {
+        if !names.insert(t.name().to_owned()) {
             errors.push(ConfigError::invalid(
                 format!("targets[{i}].name"),
-                format!("duplicate target name `{}`", t.name),
+                format!("duplicate target name `{}`", t.name()),
             ));
         }
-        if t.name.is_empty()
+        if t.name().is_empty()
             || !t
-                .name
+                .name()
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         {
