@@ -9,4 +9,5 @@
 
 #[allow(dead_code)]
 mod harness;
+mod process;
 mod scim_api;
