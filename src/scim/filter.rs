@@ -27,17 +27,30 @@ impl Default for FilterLimits {
     }
 }
 
+/// Highest filter tree accepted (a chain of `n` terms is `n` high): above any filter that
+/// fits the default 4096-byte limit, low enough for recursive evaluation on any thread.
+pub const MAX_TREE_HEIGHT: usize = 1024;
+
 /// Comparison operators.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CompareOp {
+    /// equal
     Eq,
+    /// not equal (true when the attribute is missing)
     Ne,
+    /// contains (strings)
     Co,
+    /// starts with (strings)
     Sw,
+    /// ends with (strings)
     Ew,
+    /// greater than (numbers; strings and RFC 3339 dates lexicographically)
     Gt,
+    /// greater than or equal
     Ge,
+    /// less than
     Lt,
+    /// less than or equal
     Le,
 }
 
@@ -52,14 +65,14 @@ pub enum Filter {
     },
     /// `attr pr`
     Present(AttrPath),
+    /// `a and b` (binds tighter than `or`)
     And(Box<Filter>, Box<Filter>),
+    /// `a or b`
     Or(Box<Filter>, Box<Filter>),
+    /// `not (a)`
     Not(Box<Filter>),
     /// `emails[type eq "work" and value co "@x"]` (with the path naming the multi-valued attribute)
-    ValuePath {
-        path: AttrPath,
-        filter: Box<Filter>,
-    },
+    ValuePath { path: AttrPath, filter: Box<Filter> },
 }
 
 /// Parse a filter.
@@ -211,7 +224,8 @@ struct Parser {
     toks: std::vec::IntoIter<Tok>,
     peeked: Option<Tok>,
     ops: Vec<Frame>,
-    vals: Vec<Filter>,
+    /// Operands with their tree height (bounded by [`MAX_TREE_HEIGHT`]).
+    vals: Vec<(Filter, usize)>,
     depth: usize,
     max_depth: usize,
     allow_value_paths: bool,
@@ -273,7 +287,7 @@ impl Parser {
             return Err(bad("unbalanced parentheses or brackets"));
         }
         match (self.vals.pop(), self.vals.is_empty()) {
-            (Some(f), true) => Ok(f),
+            (Some((f, _)), true) => Ok(f),
             _ => Err(bad("malformed filter")),
         }
     }
@@ -305,7 +319,7 @@ impl Parser {
                     return Ok(true);
                 }
                 let term = self.term(path)?;
-                self.vals.push(term);
+                self.push_val(term, 1)?;
                 Ok(false)
             }
             _ => Err(bad("expected an attribute, 'not' or '('")),
@@ -349,8 +363,8 @@ impl Parser {
                 self.depth = self.depth.saturating_sub(1);
                 if matches!(self.ops.last(), Some(Frame::Not)) {
                     self.ops.pop();
-                    let inner = self.pop_val()?;
-                    self.vals.push(Filter::Not(Box::new(inner)));
+                    let (inner, height) = self.pop_val()?;
+                    self.push_val(Filter::Not(Box::new(inner)), height + 1)?;
                 }
                 Ok(false)
             }
@@ -371,15 +385,15 @@ impl Parser {
         };
         self.depth = self.depth.saturating_sub(1);
         self.in_bracket = false;
-        let inner = self.pop_val()?;
+        let (inner, height) = self.pop_val()?;
         let sub = match self.peek() {
             Some(Tok::Word(w)) if w.starts_with('.') => w.clone(),
             _ => {
-                self.vals.push(Filter::ValuePath {
+                let value_path = Filter::ValuePath {
                     path,
                     filter: Box::new(inner),
-                });
-                return Ok(());
+                };
+                return self.push_val(value_path, height + 1);
             }
         };
         self.next();
@@ -391,25 +405,34 @@ impl Parser {
         path.value_filter = Some(Box::new(inner));
         path.sub_attr = Some(sub_path.attr);
         let term = self.term(path)?;
-        self.vals.push(term);
-        Ok(())
+        self.push_val(term, height + 1)
     }
 
-    fn pop_val(&mut self) -> Result<Filter, ScimError> {
+    fn pop_val(&mut self) -> Result<(Filter, usize), ScimError> {
         self.vals.pop().ok_or_else(|| bad("malformed filter"))
+    }
+
+    /// Long `and`/`or` chains nest without parentheses; their height is bounded too, so that
+    /// evaluating and dropping a filter never recurses deeply whatever `max_len` is configured.
+    fn push_val(&mut self, filter: Filter, height: usize) -> Result<(), ScimError> {
+        if height > MAX_TREE_HEIGHT {
+            return Err(bad("filter has too many terms"));
+        }
+        self.vals.push((filter, height));
+        Ok(())
     }
 
     fn reduce_while(&mut self, pred: impl Fn(&Frame) -> bool) -> Result<(), ScimError> {
         while self.ops.last().is_some_and(&pred) {
             let frame = self.ops.pop();
-            let right = self.pop_val()?;
-            let left = self.pop_val()?;
+            let (right, right_height) = self.pop_val()?;
+            let (left, left_height) = self.pop_val()?;
             let combined = match frame {
                 Some(Frame::And) => Filter::And(Box::new(left), Box::new(right)),
                 Some(Frame::Or) => Filter::Or(Box::new(left), Box::new(right)),
                 _ => return Err(bad("malformed filter")),
             };
-            self.vals.push(combined);
+            self.push_val(combined, left_height.max(right_height) + 1)?;
         }
         Ok(())
     }
@@ -861,6 +884,17 @@ mod tests {
     }
 
     #[test]
+    fn very_long_chains_are_refused() {
+        let text = vec!["a pr"; 2000].join(" or ");
+        let limits = FilterLimits {
+            max_len: 100_000,
+            max_depth: 4,
+        };
+        let err = parse_filter(&text, limits).unwrap_err();
+        assert_eq!(err.scim_type, Some(ScimType::InvalidFilter));
+    }
+
+    #[test]
     fn long_and_chain_within_limits_evaluates() {
         let text = vec!["a eq 1"; 500].join(" and ");
         let f = parse_filter(
@@ -902,6 +936,103 @@ mod tests {
             }
         }
         assert!(parse_filter(&inputs[0], FilterLimits::default()).is_err());
+    }
+
+    /// A reference AST for the property test below.
+    enum Ref {
+        Term(usize),
+        And(Box<Ref>, Box<Ref>),
+        Or(Box<Ref>, Box<Ref>),
+        Not(Box<Ref>),
+    }
+
+    /// (filter text, reference evaluation on the resource)
+    type Term = (&'static str, fn(&Value) -> bool);
+
+    const TERMS: &[Term] = &[
+        ("userName eq \"BOB\"", |r| {
+            r["userName"]
+                .as_str()
+                .is_some_and(|s| s.eq_ignore_ascii_case("bob"))
+        }),
+        ("title pr", |r| {
+            r["title"].as_str().is_some_and(|s| !s.is_empty())
+        }),
+        ("active eq true", |r| r["active"] == json!(true)),
+        ("loginCount gt 5", |r| {
+            r["loginCount"].as_i64().is_some_and(|n| n > 5)
+        }),
+        ("emails[type eq \"work\"]", |r| {
+            r["emails"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|e| e["type"] == "work"))
+        }),
+        ("title ne \"boss\"", |r| {
+            r["title"]
+                .as_str()
+                .is_none_or(|s| !s.eq_ignore_ascii_case("boss"))
+        }),
+    ];
+
+    fn gen(rng: &mut u64, depth: u32) -> Ref {
+        *rng ^= *rng << 13;
+        *rng ^= *rng >> 7;
+        *rng ^= *rng << 17;
+        let pick = *rng % 10;
+        let term = (*rng / 10) as usize % TERMS.len();
+        if depth == 0 || pick < 3 {
+            return Ref::Term(term);
+        }
+        match pick {
+            3..=5 => Ref::And(Box::new(gen(rng, depth - 1)), Box::new(gen(rng, depth - 1))),
+            6..=8 => Ref::Or(Box::new(gen(rng, depth - 1)), Box::new(gen(rng, depth - 1))),
+            _ => Ref::Not(Box::new(gen(rng, depth - 1))),
+        }
+    }
+
+    /// Text with as few parentheses as precedence allows (`and` binds tighter than `or`).
+    fn render(r: &Ref) -> String {
+        match r {
+            Ref::Term(i) => TERMS[*i].0.to_string(),
+            Ref::Not(x) => format!("not ({})", render(x)),
+            Ref::Or(a, b) => format!("{} or ({})", render(a), render(b)),
+            Ref::And(a, b) => {
+                let side = |x: &Ref| match x {
+                    Ref::Or(_, _) => format!("({})", render(x)),
+                    _ => render(x),
+                };
+                format!("{} AND {}", side(a), side(b))
+            }
+        }
+    }
+
+    fn reference(r: &Ref, res: &Value) -> bool {
+        match r {
+            Ref::Term(i) => (TERMS[*i].1)(res),
+            Ref::And(a, b) => reference(a, res) && reference(b, res),
+            Ref::Or(a, b) => reference(a, res) || reference(b, res),
+            Ref::Not(x) => !reference(x, res),
+        }
+    }
+
+    #[test]
+    fn random_filters_match_reference_evaluator() {
+        let resources = [
+            json!({"userName": "bob", "title": "Boss", "active": true, "loginCount": 9,
+                   "emails": [{"type": "work", "value": "b@x"}]}),
+            json!({"userName": "alice", "title": "", "active": false, "loginCount": 5}),
+            json!({"userName": "BOB", "active": "true", "emails": [{"type": "home"}]}),
+            json!({}),
+        ];
+        let mut rng = 0x2545_F491_4F6C_DD1D_u64;
+        for _ in 0..10_000 {
+            let ast = gen(&mut rng, 4);
+            let text = render(&ast);
+            let f = p(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            for res in &resources {
+                assert_eq!(f.matches(res), reference(&ast, res), "{text} on {res}");
+            }
+        }
     }
 
     #[test]

@@ -1,18 +1,25 @@
 //! List and query parameters (RFC 7644 §3.4.2): `filter`, `startIndex`, `count`, `attributes`,
 //! `excludedAttributes`, the `ListResponse` envelope and attribute projection.
+//!
+//! Owns query parsing and projection of rendered resources; sorting is not offered (the
+//! ServiceProviderConfig says so) and paging is done by the store. No I/O.
 
 use crate::scim::error::ScimError;
-use crate::scim::filter::{Filter, FilterLimits};
-use serde_json::Value;
+use crate::scim::filter::{parse_filter, Filter, FilterLimits};
+use crate::scim::resource::is_urn;
+use crate::scim::schema::{GROUP_SCHEMA, USER_SCHEMA};
+use serde_json::{Map, Value};
 
 /// A validated list query.
 #[derive(Debug, Clone)]
 pub struct ListQuery {
+    /// The parsed `filter`, if any.
     pub filter: Option<Filter>,
     /// 1-based, at least 1 (RFC 7644: values below 1 are read as 1).
     pub start_index: u64,
     /// Page size, capped at `max_count`; 0 means totals only.
     pub count: u64,
+    /// `attributes` / `excludedAttributes`.
     pub attributes: AttrSelection,
 }
 
@@ -21,35 +28,265 @@ pub struct ListQuery {
 pub struct AttrSelection {
     /// Lower-cased attribute paths (URN-qualified or not).
     pub attributes: Vec<String>,
+    /// Lower-cased `excludedAttributes` paths.
     pub excluded: Vec<String>,
 }
 
 impl AttrSelection {
     /// Whether `members` (on groups) or `groups` (on users) must be loaded at all.
+    /// `attr` is a top-level core attribute name, compared case-insensitively.
     pub fn wants(&self, attr: &str) -> bool {
-        let _ = attr;
-        unimplemented!("scim::list::AttrSelection::wants")
+        let attr = attr.to_ascii_lowercase();
+        let selected = |e: &String| {
+            let lowered = e.to_ascii_lowercase();
+            let e = strip_core(&lowered);
+            e == attr
+                || e.strip_prefix(attr.as_str())
+                    .is_some_and(|r| r.starts_with(['.', '[']))
+        };
+        if !self.attributes.is_empty() && !self.attributes.iter().any(selected) {
+            return false;
+        }
+        !self
+            .excluded
+            .iter()
+            .any(|e| strip_core(&e.to_ascii_lowercase()) == attr)
     }
 }
 
 /// Parse list parameters from decoded query pairs (`filter`, `startIndex`, `count`,
 /// `attributes`, `excludedAttributes`, `sortBy`, `sortOrder`); unknown parameters are ignored.
+/// `sortBy`/`sortOrder` are ignored too: sorting is advertised as unsupported and the order is
+/// always the stable creation order. An empty `filter` means no filter; a missing `count` means
+/// `max_count`.
 ///
 /// # Errors
-/// 400 `invalidFilter` / `invalidValue` for bad values; `sortBy` is not supported (400 invalidValue
-/// only if it names an unknown attribute: ordering is always the stable creation order).
+/// 400 `invalidFilter` for a bad filter, 400 `invalidValue` for a non-integer `startIndex` or
+/// `count`.
 pub fn parse_list_query(
-    _pairs: &[(String, String)],
-    _limits: FilterLimits,
-    _max_count: u64,
+    pairs: &[(String, String)],
+    limits: FilterLimits,
+    max_count: u64,
 ) -> Result<ListQuery, ScimError> {
-    unimplemented!("scim::list::parse_list_query")
+    let mut query = ListQuery {
+        filter: None,
+        start_index: 1,
+        count: max_count,
+        attributes: AttrSelection::default(),
+    };
+    for (key, value) in pairs {
+        match key.to_ascii_lowercase().as_str() {
+            "filter" if value.trim().is_empty() => query.filter = None,
+            "filter" => query.filter = Some(parse_filter(value, limits)?),
+            // RFC 7644 §3.4.2.4: startIndex < 1 is read as 1; a negative count as 0.
+            "startindex" => {
+                query.start_index = u64::try_from(parse_int(value, "startIndex")?)
+                    .unwrap_or(1)
+                    .max(1)
+            }
+            "count" => {
+                query.count = u64::try_from(parse_int(value, "count")?)
+                    .unwrap_or(0)
+                    .min(max_count)
+            }
+            "attributes" => query.attributes.attributes = split_list(value),
+            "excludedattributes" => query.attributes.excluded = split_list(value),
+            _ => {}
+        }
+    }
+    Ok(query)
+}
+
+/// An integer parameter; out-of-range integers saturate.
+fn parse_int(value: &str, name: &str) -> Result<i64, ScimError> {
+    let v = value.trim();
+    if let Ok(n) = v.parse::<i64>() {
+        return Ok(n);
+    }
+    let digits = v.strip_prefix(['-', '+']).unwrap_or(v);
+    if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Ok(if v.starts_with('-') {
+            i64::MIN
+        } else {
+            i64::MAX
+        });
+    }
+    Err(ScimError::invalid_value(format!(
+        "{name} must be an integer"
+    )))
+}
+
+fn split_list(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(|s| s.trim().to_ascii_lowercase())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// Drop a core schema URN prefix: `urn:...:core:2.0:user:username` is `username`.
+fn strip_core(entry: &str) -> &str {
+    for core in [USER_SCHEMA, GROUP_SCHEMA] {
+        let stripped = entry
+            .get(..core.len())
+            .filter(|p| p.eq_ignore_ascii_case(core))
+            .and_then(|_| entry.get(core.len()..))
+            .and_then(|r| r.strip_prefix(':'));
+        if let Some(rest) = stripped {
+            return rest;
+        }
+    }
+    entry
+}
+
+/// Which key of `obj` an entry names, and which of its sub-attributes (None: all of it).
+/// Extension attributes are `urn:...:attr[.sub]`; within an extension only `attr` counts.
+fn resolve_entry(entry: &str, obj: &Map<String, Value>) -> Option<(String, Option<String>)> {
+    let lowered = entry.to_ascii_lowercase();
+    let entry = strip_core(&lowered);
+    if is_urn(entry) {
+        for key in obj.keys().filter(|k| is_urn(k)) {
+            let lower = key.to_ascii_lowercase();
+            if entry == lower {
+                return Some((key.clone(), None));
+            }
+            if let Some(rest) = entry
+                .strip_prefix(lower.as_str())
+                .and_then(|r| r.strip_prefix(':'))
+            {
+                let attr = rest.split(['.', '[']).next().unwrap_or(rest);
+                return Some((key.clone(), Some(attr.to_string())));
+            }
+        }
+        return None;
+    }
+    let (top, sub) = match entry.split_once('.') {
+        Some((t, s)) => (t, Some(s.to_string())),
+        None => (entry, None),
+    };
+    let top = top.split('[').next().unwrap_or(top);
+    let key = obj.keys().find(|k| k.eq_ignore_ascii_case(top))?.clone();
+    Some((key, sub))
+}
+
+/// Always returned (RFC 7643 §7 `returned: always`), whatever the selection says.
+fn is_always(key: &str) -> bool {
+    key.eq_ignore_ascii_case("id") || key.eq_ignore_ascii_case("schemas")
+}
+
+/// Keep only the named sub-attributes (case-insensitive) of an object or of each element.
+fn keep_subs(value: Value, subs: &[String], keep_resource_type: bool) -> Value {
+    let keep = |k: &String| {
+        subs.iter().any(|s| s.eq_ignore_ascii_case(k))
+            || (keep_resource_type && k.eq_ignore_ascii_case("resourceType"))
+    };
+    match value {
+        Value::Object(o) => Value::Object(o.into_iter().filter(|(k, _)| keep(k)).collect()),
+        Value::Array(items) => Value::Array(
+            items
+                .into_iter()
+                .map(|v| match v {
+                    Value::Object(o) => {
+                        Value::Object(o.into_iter().filter(|(k, _)| keep(k)).collect())
+                    }
+                    other => other,
+                })
+                .collect(),
+        ),
+        other => other,
+    }
 }
 
 /// Apply `attributes`/`excludedAttributes` to a rendered resource (RFC 7643 §7 `returned`:
 /// `id`, `schemas` and `meta.resourceType` always stay).
-pub fn project(_resource: Value, _selection: &AttrSelection) -> Value {
-    unimplemented!("scim::list::project")
+pub fn project(resource: Value, selection: &AttrSelection) -> Value {
+    let Value::Object(mut obj) = resource else {
+        return resource;
+    };
+    if !selection.attributes.is_empty() {
+        obj = keep_only(obj, &selection.attributes);
+    }
+    for entry in &selection.excluded {
+        exclude(&mut obj, entry);
+    }
+    Value::Object(obj)
+}
+
+fn keep_only(obj: Map<String, Value>, entries: &[String]) -> Map<String, Value> {
+    // key -> None (whole) or the sub-attributes asked for
+    let mut wanted: Map<String, Value> = Map::new();
+    for (key, sub) in entries.iter().filter_map(|e| resolve_entry(e, &obj)) {
+        match (wanted.get_mut(&key), sub) {
+            (Some(Value::Null), _) => {}
+            (_, None) => {
+                wanted.insert(key, Value::Null);
+            }
+            (Some(Value::Array(subs)), Some(s)) => subs.push(Value::String(s)),
+            (_, Some(s)) => {
+                wanted.insert(key, Value::Array(vec![Value::String(s)]));
+            }
+        }
+    }
+    let is_meta = |k: &str| k.eq_ignore_ascii_case("meta");
+    let mut out = Map::new();
+    for (k, v) in obj {
+        let subs: Option<Vec<String>> = match wanted.get(&k) {
+            _ if is_always(&k) => None,
+            Some(Value::Null) => None,
+            Some(Value::Array(s)) => Some(
+                s.iter()
+                    .filter_map(|x| x.as_str().map(str::to_string))
+                    .collect(),
+            ),
+            _ if is_meta(&k) => Some(Vec::new()),
+            _ => continue,
+        };
+        let v = match subs {
+            None => v,
+            Some(subs) => keep_subs(v, &subs, is_meta(&k)),
+        };
+        out.insert(k, v);
+    }
+    out
+}
+
+fn exclude(obj: &mut Map<String, Value>, entry: &str) {
+    let Some((key, sub)) = resolve_entry(entry, obj) else {
+        return;
+    };
+    if is_always(&key) {
+        return;
+    }
+    let is_meta = key.eq_ignore_ascii_case("meta");
+    let Some(value) = obj.get_mut(&key) else {
+        return;
+    };
+    let remove_in = |o: &mut Map<String, Value>, sub: &str| {
+        let keys: Vec<String> = o
+            .keys()
+            .filter(|k| {
+                k.eq_ignore_ascii_case(sub) && !(is_meta && k.eq_ignore_ascii_case("resourceType"))
+            })
+            .cloned()
+            .collect();
+        keys.iter().for_each(|k| {
+            o.remove(k);
+        });
+    };
+    match (sub, value) {
+        (None, Value::Object(o)) if is_meta => {
+            o.retain(|k, _| k.eq_ignore_ascii_case("resourceType"))
+        }
+        (None, _) => {
+            obj.remove(&key);
+        }
+        (Some(s), Value::Object(o)) => remove_in(o, &s),
+        (Some(s), Value::Array(items)) => items
+            .iter_mut()
+            .filter_map(Value::as_object_mut)
+            .for_each(|o| remove_in(o, &s)),
+        (Some(_), _) => {}
+    }
 }
 
 /// The ListResponse envelope; `totalResults`, `startIndex`, `itemsPerPage` are integers.
@@ -61,4 +298,150 @@ pub fn list_response(resources: Vec<Value>, total: u64, start_index: u64) -> Val
         "itemsPerPage": resources.len(),
         "Resources": resources,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scim::error::ScimType;
+    use crate::scim::schema::ENTERPRISE_USER;
+    use serde_json::json;
+
+    fn q(pairs: &[(&str, &str)]) -> Result<ListQuery, ScimError> {
+        let pairs: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        parse_list_query(&pairs, FilterLimits::default(), 100)
+    }
+
+    #[test]
+    fn okta_and_entra_queries() {
+        let query = q(&[("startIndex", "1"), ("count", "2")]).unwrap();
+        assert_eq!((query.start_index, query.count), (1, 2));
+        assert!(query.filter.is_none());
+        let query = q(&[
+            ("filter", "userName eq \"test.user@okta.local\""),
+            ("startIndex", "1"),
+            ("count", "100"),
+        ])
+        .unwrap();
+        assert!(query.filter.is_some());
+        let query = q(&[
+            ("excludedAttributes", "members"),
+            ("filter", "displayName eq \"G\""),
+        ])
+        .unwrap();
+        assert!(!query.attributes.wants("members"));
+        assert!(query.attributes.wants("displayName"));
+        assert_eq!(query.count, 100);
+    }
+
+    #[test]
+    fn numbers_are_clamped_or_refused() {
+        assert_eq!(q(&[("startIndex", "0")]).unwrap().start_index, 1);
+        assert_eq!(q(&[("startIndex", "-5")]).unwrap().start_index, 1);
+        assert_eq!(q(&[("count", "-1")]).unwrap().count, 0);
+        assert_eq!(q(&[("count", "1000")]).unwrap().count, 100);
+        assert_eq!(
+            q(&[("count", "99999999999999999999999")]).unwrap().count,
+            100
+        );
+        assert_eq!(
+            q(&[("startIndex", "99999999999999999999999")])
+                .unwrap()
+                .start_index,
+            i64::MAX as u64
+        );
+        for (k, v) in [
+            ("startIndex", "x"),
+            ("count", "1.5"),
+            ("count", ""),
+            ("startIndex", "--1"),
+        ] {
+            assert_eq!(
+                q(&[(k, v)]).unwrap_err().scim_type,
+                Some(ScimType::InvalidValue),
+                "{k}={v}"
+            );
+        }
+        let err = q(&[("filter", "TEST@EXAMPLE.COM")]).unwrap_err();
+        assert_eq!(err.scim_type, Some(ScimType::InvalidFilter));
+        assert!(q(&[
+            ("sortBy", "userName"),
+            ("sortOrder", "descending"),
+            ("unknown", "x")
+        ])
+        .is_ok());
+    }
+
+    #[test]
+    fn wants() {
+        let sel = AttrSelection {
+            attributes: vec!["username".into(), "members.value".into()],
+            excluded: vec![],
+        };
+        assert!(sel.wants("members"));
+        assert!(sel.wants("userName"));
+        assert!(!sel.wants("groups"));
+        let sel = AttrSelection {
+            attributes: vec![],
+            excluded: vec!["urn:ietf:params:scim:schemas:core:2.0:user:groups".into()],
+        };
+        assert!(!sel.wants("groups"));
+        assert!(AttrSelection::default().wants("members"));
+    }
+
+    fn user() -> Value {
+        json!({"schemas": ["s"], "id": "1", "userName": "u", "name": {"givenName": "g", "familyName": "f"},
+            "emails": [{"value": "a@x", "type": "work"}], "active": true,
+            ENTERPRISE_USER: {"department": "D", "manager": {"value": "m"}},
+            "meta": {"resourceType": "User", "version": "W/\"1\""}})
+    }
+
+    #[test]
+    fn project_attributes() {
+        let sel = AttrSelection {
+            attributes: split_list(&format!(
+                "userName,name.givenName,emails.value,{}:manager.value",
+                ENTERPRISE_USER
+            )),
+            excluded: vec![],
+        };
+        let out = project(user(), &sel);
+        assert_eq!(
+            out,
+            json!({"schemas": ["s"], "id": "1", "userName": "u", "name": {"givenName": "g"},
+                "emails": [{"value": "a@x"}], ENTERPRISE_USER: {"manager": {"value": "m"}},
+                "meta": {"resourceType": "User"}})
+        );
+        let sel = AttrSelection {
+            attributes: vec![ENTERPRISE_USER.to_ascii_lowercase()],
+            excluded: vec![],
+        };
+        assert_eq!(project(user(), &sel)[ENTERPRISE_USER]["department"], "D");
+        let sel = AttrSelection {
+            attributes: vec!["urn:ietf:params:scim:schemas:core:2.0:user:active".into()],
+            excluded: vec![],
+        };
+        let out = project(user(), &sel);
+        assert_eq!(out["active"], true);
+        assert!(out.get("userName").is_none());
+    }
+
+    #[test]
+    fn project_excluded() {
+        let sel = AttrSelection {
+            attributes: vec![],
+            excluded: split_list("emails, name.familyName, id, meta, schemas, nosuch, urn:ietf:params:scim:schemas:extension:enterprise:2.0:user:department"),
+        };
+        let out = project(user(), &sel);
+        assert!(out.get("emails").is_none());
+        assert_eq!(out["name"], json!({"givenName": "g"}));
+        assert_eq!(out["id"], "1");
+        assert_eq!(out["schemas"], json!(["s"]));
+        assert_eq!(out["meta"], json!({"resourceType": "User"}));
+        assert_eq!(out[ENTERPRISE_USER], json!({"manager": {"value": "m"}}));
+        assert_eq!(project(json!("x"), &sel), json!("x"));
+    }
 }

@@ -15,9 +15,12 @@
 //! - removing (or replacing with null) `userName` on a user or `displayName` on a group is
 //!   400 `mutability`: both are required, and RFC 7644 §3.5.2 says an operation must be
 //!   compatible with the attribute's schema;
-//! - attributes outside the core schema (Okta custom attributes in the core namespace) may be
-//!   patched like any attribute; a known simple attribute with a sub-attribute
-//!   (`userName.foo`) is 400 `invalidPath`;
+//! - a path to an attribute outside the core, Group or enterprise schema is 400 `invalidPath`
+//!   `objectClass`, `memberOf`, `userPassword` ...) unless the resource already has that
+//!   attribute (an Okta custom attribute sent in the core namespace by POST/PUT, which stores
+//!   it as sent); attributes of other extension URNs (declared or, like Entra's custom one,
+//!   not) are accepted, the mapping's allowlist decides what reaches a target; a known simple
+//!   attribute with a sub-attribute (`userName.foo`) is 400 `invalidPath`;
 //! - `replace` with `"value": null` removes the attribute (RFC 7643 §2.5: null is unassigned),
 //!   `add` with null is a no-op; member payloads are never silently ignored.
 //!
@@ -36,16 +39,22 @@ use serde_json::{json, Map, Value};
 /// The three PATCH operations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OpKind {
+    /// RFC 7644 §3.5.2.1
     Add,
+    /// RFC 7644 §3.5.2.2
     Remove,
+    /// RFC 7644 §3.5.2.3
     Replace,
 }
 
 /// One parsed operation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PatchOp {
+    /// The operation, whatever case the client used.
     pub op: OpKind,
+    /// The target; `None` for a path-less add/replace with a value object.
     pub path: Option<AttrPath>,
+    /// The value as sent (may be JSON null).
     pub value: Option<Value>,
 }
 
@@ -53,12 +62,17 @@ pub struct PatchOp {
 /// and deletes, so one added member costs O(1) rows whatever the group's size.
 #[derive(Debug, Clone, PartialEq)]
 pub enum MemberOp {
+    /// Add these members (already a member: no-op).
     Add(Vec<MemberRef>),
+    /// Remove the members with these ids (not a member: no-op).
     Remove(Vec<String>),
     /// Remove the members matching a filter other than `value eq` (evaluated against
-    /// `{"value", "display", "type"}` member objects).
+    /// `{"value", "display", "type"}` member objects, with
+    /// [`Filter::matches_element`]`(obj, "members")` so that `value` compares case-exactly).
     RemoveMatching(Filter),
+    /// Remove every member.
     RemoveAll,
+    /// Make the membership exactly this set.
     Replace(Vec<MemberRef>),
 }
 
@@ -157,6 +171,8 @@ fn drop_empty_extensions(data: &mut Map<String, Value>) {
 
 /// Apply operations to a user's canonical body (`UserInput::data` shape). The result is
 /// re-validated by the caller with `resource::parse_user`. Returns a password set by the patch.
+/// On error `data` may hold part of the changes: discard it (RFC 7644 §3.5.2: a PATCH is
+/// atomic, so the caller applies to a copy).
 ///
 /// # Errors
 /// 400 `mutability` for `id`, `meta`, `groups` (a path-less replace that repeats the current `id`
@@ -230,6 +246,10 @@ impl UserCtx<'_> {
         if !is_urn(key) {
             return None;
         }
+        if key.eq_ignore_ascii_case(USER_SCHEMA) {
+            // `{"urn:...:core:2.0:User": {"userName": ..}}`: core attributes, URN-qualified.
+            return Some(USER_SCHEMA.to_string());
+        }
         let known = key.eq_ignore_ascii_case(ENTERPRISE_USER)
             || self
                 .schemas
@@ -253,6 +273,9 @@ impl UserCtx<'_> {
         v: &Value,
     ) -> Result<(), ScimError> {
         match (op, v) {
+            (OpKind::Remove, _) | (OpKind::Replace, Value::Null) if urn == USER_SCHEMA => {
+                Err(ScimError::invalid_path("the core schema cannot be removed"))
+            }
             (OpKind::Remove, _) | (OpKind::Replace, Value::Null) => {
                 self.data.remove(urn);
                 Ok(())
@@ -329,6 +352,10 @@ impl UserCtx<'_> {
             let ext = self.ext_spelling(urn);
             let (attr, kind) = match lookup(ENTERPRISE_ATTRS, &path.attr) {
                 Some((n, k)) if ext == ENTERPRISE_USER => (n.to_string(), Some(k)),
+                None if ext == ENTERPRISE_USER => {
+                    let current = self.data.get(ENTERPRISE_USER).and_then(Value::as_object);
+                    (known_or_existing(current, &path.attr)?, None)
+                }
                 _ => (path.attr.clone(), None),
             };
             return Ok(Target::Attr {
@@ -353,7 +380,7 @@ impl UserCtx<'_> {
             }),
             None => Ok(Target::Attr {
                 container: None,
-                attr: path.attr.clone(),
+                attr: known_or_existing(Some(self.data), &path.attr)?,
                 kind: None,
             }),
         }
@@ -378,6 +405,14 @@ impl UserCtx<'_> {
             _ => Err(ScimError::invalid_value("password must be a string")),
         }
     }
+}
+
+/// An attribute outside the schema may be patched only when the resource already has it (it
+/// came in a POST/PUT, e.g. an Okta custom attribute); anything else is 400 invalidPath, so a
+/// PATCH can never invent `objectClass`, `memberOf` or `userPassword`.
+fn known_or_existing(map: Option<&Map<String, Value>>, attr: &str) -> Result<String, ScimError> {
+    map.and_then(|m| existing_key(m, attr))
+        .ok_or_else(|| ScimError::invalid_path("unknown attribute"))
 }
 
 /// The canonical sub-attribute for a path on an attribute of `kind`.
@@ -590,6 +625,9 @@ impl AttrOp<'_> {
     ) -> Result<(), ScimError> {
         let arr = array_mut(map, self.attr)?;
         match op {
+            // A multi-valued element is identified by its `value` (RFC 7643 §2.4): without it,
+            // it is gone.
+            OpKind::Remove if sub.eq_ignore_ascii_case("value") => arr.clear(),
             OpKind::Remove => {
                 arr.iter_mut()
                     .filter_map(Value::as_object_mut)
@@ -631,6 +669,9 @@ impl AttrOp<'_> {
         let hit = |el: &Value| f.matches_element(el, parent);
         match (op, sub) {
             (OpKind::Remove, None) => arr.retain(|el| !hit(el)),
+            (OpKind::Remove, Some(s)) if s.eq_ignore_ascii_case("value") => {
+                arr.retain(|el| !hit(el))
+            }
             (OpKind::Remove, Some(s)) => {
                 for el in arr.iter_mut().filter(|el| hit(el)) {
                     if let Some(o) = el.as_object_mut() {
@@ -721,6 +762,7 @@ fn remove_ci(o: &mut Map<String, Value>, key: &str) {
 }
 
 /// Apply operations to a group's canonical body; membership changes come back as [`MemberOp`]s.
+/// As for users, on error `data` may hold part of the changes and must be discarded.
 ///
 /// # Errors
 /// As [`apply_user_patch`]; a malformed member payload is 400, never a silent no-op.
@@ -805,10 +847,7 @@ fn group_attr(
             return Err(ScimError::mutability(format!("{n} is read-only")))
         }
         Some((n, k)) => (n.to_string(), Some(k)),
-        None => (
-            existing_key(data, &path.attr).unwrap_or_else(|| path.attr.clone()),
-            None,
-        ),
+        None => (known_or_existing(Some(data), &path.attr)?, None),
     };
     if kind.is_some() && (path.sub_attr.is_some() || path.value_filter.is_some()) {
         return Err(ScimError::invalid_path(format!(
@@ -1159,6 +1198,14 @@ mod tests {
                 json!([{"op": "move", "path": "members"}]),
                 ScimType::InvalidSyntax,
             ),
+            (
+                json!([{"op": "add", "path": "objectClass", "value": "x"}]),
+                ScimType::InvalidPath,
+            ),
+            (
+                json!([{"op": "replace", "value": {"memberOf": "x"}}]),
+                ScimType::InvalidPath,
+            ),
         ];
         for (ops, want) in bad {
             let err = group_ops(ops.clone()).unwrap_err();
@@ -1366,6 +1413,14 @@ mod tests {
             d[ENT],
             json!({"employeeNumber": "1", "department": "D", "manager": {"value": "m"}})
         );
+        let ops = json!([{"op": "replace", "value": {USER_SCHEMA: {"title": "T"}}}]);
+        let (d, _) = user_patch(ops).unwrap();
+        assert_eq!(d["title"], "T");
+        assert!(d.get(USER_SCHEMA).is_none());
+        let ops = json!([{"op": "add", "path": format!("{USER_SCHEMA}:nickName"), "value": "N"}]);
+        assert_eq!(user_patch(ops).unwrap().0["nickName"], "N");
+        let err = user_patch(json!([{"op": "remove", "path": USER_SCHEMA}])).unwrap_err();
+        assert_eq!(err.scim_type, Some(ScimType::InvalidPath));
         let (d, _) = user_patch(json!([{"op": "remove", "path": ENT}])).unwrap();
         assert!(d.get(ENT).is_none());
         let (d, _) =
@@ -1394,6 +1449,14 @@ mod tests {
             d["name"],
             json!({"givenName": "Rob", "familyName": "Builder"})
         );
+        let ops = json!([{"op": "Remove", "path": "emails[type eq \"work\"].value"}]);
+        let (d, _) = user_patch(ops).unwrap();
+        assert!(d.get("emails").is_none());
+        let ops = json!([{"op": "remove", "path": "emails[type eq \"work\"].primary"}]);
+        let (d, _) = user_patch(ops).unwrap();
+        assert_eq!(d["emails"], json!([{"value": "bob@x", "type": "work"}]));
+        let (d, _) = user_patch(json!([{"op": "remove", "path": "emails.value"}])).unwrap();
+        assert!(d.get("emails").is_none());
         let (d, _) = user_patch(json!([{"op": "remove", "path": "name.givenName"}])).unwrap();
         assert_eq!(d["name"], json!({"familyName": "Builder"}));
         let (d, _) = user_patch(json!([{"op": "replace", "path": "title", "value": null}, {"op": "replace", "path": "externalId", "value": null}])).unwrap();
@@ -1404,9 +1467,12 @@ mod tests {
             user_patch(json!([{"op": "replace", "path": "emails.primary", "value": "false"}]))
                 .unwrap();
         assert_eq!(d["emails"][0]["primary"], false);
-        let (d, _) =
-            user_patch(json!([{"op": "add", "path": "customAttr", "value": "x"}])).unwrap();
-        assert_eq!(d["customAttr"], "x");
+        let mut data = base_user();
+        data.insert("customAttr".into(), json!("old"));
+        let ops = json!([{"op": "replace", "path": "CUSTOMATTR", "value": "x"}]);
+        let ops = parse_patch(patch(ops), 10).unwrap();
+        apply_user_patch(&mut data, &ops, &SchemaSet::default()).unwrap();
+        assert_eq!(data["customAttr"], "x");
         let (d, _) =
             user_patch(json!([{"op": "add", "path": "USERNAME", "value": "upper@x"}])).unwrap();
         assert_eq!(d["userName"], "upper@x");
@@ -1450,6 +1516,34 @@ mod tests {
             (
                 json!([{"op": "replace", "path": "__proto__", "value": "x"}]),
                 ScimType::InvalidPath,
+            ),
+            (
+                json!([{"op": "add", "path": "customAttr", "value": "x"}]),
+                ScimType::InvalidPath,
+            ),
+            (
+                json!([{"op": "add", "path": "objectClass", "value": "top"}]),
+                ScimType::InvalidPath,
+            ),
+            (
+                json!([{"op": "add", "path": "memberOf", "value": "cn=admins"}]),
+                ScimType::InvalidPath,
+            ),
+            (
+                json!([{"op": "replace", "path": "userPassword", "value": "x"}]),
+                ScimType::InvalidPath,
+            ),
+            (
+                json!([{"op": "replace", "value": {"uidNumber": 0}}]),
+                ScimType::InvalidPath,
+            ),
+            (
+                json!([{"op": "replace", "path": format!("{ENT}:uidNumber"), "value": 0}]),
+                ScimType::InvalidPath,
+            ),
+            (
+                json!([{"op": "replace", "path": "meta.created", "value": "x"}]),
+                ScimType::Mutability,
             ),
             (
                 json!([{"op": "replace", "path": "emails[type eq \"work\"].value.foo", "value": "x"}]),

@@ -14,7 +14,9 @@ use serde_json::{json, Map, Value};
 /// The two resource types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ResourceType {
+    /// `/Users`
     User,
+    /// `/Groups`
     Group,
 }
 
@@ -77,7 +79,9 @@ pub struct MemberRef {
 /// An entry of a user's derived `groups` attribute.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupRef {
+    /// The group's SCIM `id`.
     pub value: String,
+    /// The group's `displayName`.
     pub display: String,
 }
 
@@ -88,12 +92,15 @@ pub struct UserInput {
     /// their URN keys; explicit nulls removed; `active` a boolean; a string `manager` turned
     /// into `{"value": ...}`); without `id`, `meta`, `schemas`, `groups`, `password`.
     pub data: Map<String, Value>,
+    /// `userName` (required, non-empty).
     pub user_name: String,
+    /// `externalId`, if sent.
     pub external_id: Option<String>,
     /// `None` when the body has no `active` (the caller keeps the current value, or `true` on create).
     pub active: Option<bool>,
     /// Every `emails[].value`, for the store's lookup index.
     pub emails: Vec<String>,
+    /// A `password` the client sent; never part of `data`.
     pub password: Option<Password>,
 }
 
@@ -102,7 +109,9 @@ pub struct UserInput {
 pub struct GroupInput {
     /// Canonical body without `id`, `meta`, `schemas`, `members`.
     pub data: Map<String, Value>,
+    /// `displayName` (required, non-empty).
     pub display_name: String,
+    /// `externalId`, if sent.
     pub external_id: Option<String>,
     /// `None` when the body has no `members` (or `members: null`): membership is left as it is.
     pub members: Option<Vec<MemberRef>>,
@@ -369,7 +378,9 @@ fn check_schemas(v: Option<&Value>) -> Result<(), ScimError> {
 }
 
 /// The body as an object, shape-checked, `schemas` checked, nulls removed.
-fn prepare(body: Value) -> Result<Map<String, Value>, ScimError> {
+/// A core attribute may also arrive URN-qualified as a member of a `"urn:...:core:2.0:User"`
+/// object; it is lifted to the top level (a top-level spelling wins).
+fn prepare(body: Value, core: &str) -> Result<Map<String, Value>, ScimError> {
     check_shape(&body)?;
     let Value::Object(obj) = body else {
         return Err(ScimError::invalid_syntax("body must be a JSON object"));
@@ -379,10 +390,27 @@ fn prepare(body: Value) -> Result<Map<String, Value>, ScimError> {
         .find(|(k, _)| k.eq_ignore_ascii_case("schemas"))
         .map(|(_, v)| v);
     check_schemas(schemas)?;
-    match strip_nulls(Value::Object(obj)) {
-        Value::Object(o) => Ok(o),
-        _ => Err(ScimError::invalid_syntax("body must be a JSON object")),
+    let Value::Object(mut obj) = strip_nulls(Value::Object(obj)) else {
+        return Err(ScimError::invalid_syntax("body must be a JSON object"));
+    };
+    let core_key = obj.keys().find(|k| k.eq_ignore_ascii_case(core)).cloned();
+    if let Some(key) = core_key {
+        match obj.remove(&key) {
+            Some(Value::Object(inner)) => {
+                for (k, v) in inner {
+                    if !obj.keys().any(|o| o.eq_ignore_ascii_case(&k)) {
+                        obj.insert(k, v);
+                    }
+                }
+            }
+            _ => {
+                return Err(ScimError::invalid_syntax(
+                    "a core schema key must hold an object",
+                ))
+            }
+        }
     }
+    Ok(obj)
 }
 
 fn required_string(data: &Map<String, Value>, name: &str) -> Result<String, ScimError> {
@@ -403,7 +431,7 @@ fn required_string(data: &Map<String, Value>, name: &str) -> Result<String, Scim
 pub fn parse_user(body: Value, schemas: &SchemaSet) -> Result<UserInput, ScimError> {
     let mut data = Map::new();
     let mut password = None;
-    for (k, v) in prepare(body)? {
+    for (k, v) in prepare(body, USER_SCHEMA)? {
         if is_urn(&k) {
             let urn = canonical_urn(&k, schemas);
             let ext = normalize_extension(&urn, v)?;
@@ -459,7 +487,7 @@ pub fn parse_user(body: Value, schemas: &SchemaSet) -> Result<UserInput, ScimErr
 pub fn parse_group(body: Value, schemas: &SchemaSet) -> Result<GroupInput, ScimError> {
     let mut data = Map::new();
     let mut members = None;
-    for (k, v) in prepare(body)? {
+    for (k, v) in prepare(body, GROUP_SCHEMA)? {
         if is_urn(&k) {
             let urn = canonical_urn(&k, schemas);
             let ext = normalize_extension(&urn, v)?;
@@ -867,6 +895,18 @@ mod tests {
     }
 
     #[test]
+    fn urn_qualified_core_object_is_lifted() {
+        let body = json!({"userName": "u", USER_SCHEMA: {"userName": "ignored", "title": "T"}});
+        let u = parse_user(body, &set()).unwrap();
+        assert_eq!(u.user_name, "u");
+        assert_eq!(u.data["title"], "T");
+        assert!(u.data.get(USER_SCHEMA).is_none());
+        let body = json!({GROUP_SCHEMA: {"displayName": "G"}});
+        assert_eq!(parse_group(body, &set()).unwrap().display_name, "G");
+        assert!(parse_user(json!({"userName": "u", USER_SCHEMA: 1}), &set()).is_err());
+    }
+
+    #[test]
     fn hostile_strings_are_kept_not_panicking() {
         let long = "é".repeat(50_000);
         let body = json!({"userName": format!("\u{0}\u{202e}{long}"), "displayName": "🦀\u{7f}"});
@@ -930,7 +970,8 @@ mod tests {
             "2000-02-29T00:00:00.000Z"
         );
         assert_eq!(format_timestamp(-1), "1969-12-31T23:59:59.999Z");
-        let _ = format_timestamp(i64::MAX / 2);
+        let _ = format_timestamp(i64::MAX);
+        let _ = format_timestamp(i64::MIN);
     }
 
     #[test]
