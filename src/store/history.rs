@@ -37,7 +37,10 @@ pub(crate) fn audit(
 }
 
 /// History of one resource, oldest first.
-pub(crate) fn of_resource(conn: &mut DbConnection, resource_id: &str) -> Result<Vec<HistoryEntry>, StoreError> {
+pub(crate) fn of_resource(
+    conn: &mut DbConnection,
+    resource_id: &str,
+) -> Result<Vec<HistoryEntry>, StoreError> {
     audit_table::table
         .filter(audit_table::resource_id.eq(resource_id))
         .order(audit_table::id)

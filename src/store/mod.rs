@@ -182,9 +182,14 @@ pub(crate) enum DbConnection {
 /// Where the pool connects: parsed from [`StoreSettings`] once.
 #[derive(Clone)]
 enum ConnTarget {
-    Sqlite { path: String, busy_timeout_ms: u64 },
+    Sqlite {
+        path: String,
+        busy_timeout_ms: u64,
+    },
     /// The full libpq URL, password included: never logged (no `Debug`).
-    Pg { url: String },
+    Pg {
+        url: String,
+    },
 }
 
 /// The r2d2 connection manager: establishes the right variant and applies the SQLite pragmas
@@ -200,8 +205,12 @@ impl diesel::r2d2::ManageConnection for Manager {
     fn connect(&self) -> Result<DbConnection, diesel::r2d2::Error> {
         use diesel::Connection;
         match &self.target {
-            ConnTarget::Sqlite { path, busy_timeout_ms } => {
-                let mut conn = diesel::SqliteConnection::establish(path).map_err(diesel::r2d2::Error::ConnectionError)?;
+            ConnTarget::Sqlite {
+                path,
+                busy_timeout_ms,
+            } => {
+                let mut conn = diesel::SqliteConnection::establish(path)
+                    .map_err(diesel::r2d2::Error::ConnectionError)?;
                 // busy_timeout first: switching to WAL needs a lock another connection may hold.
                 diesel::connection::SimpleConnection::batch_execute(
                     &mut conn,
@@ -214,7 +223,8 @@ impl diesel::r2d2::ManageConnection for Manager {
                 Ok(DbConnection::Sqlite(conn))
             }
             ConnTarget::Pg { url } => {
-                let conn = diesel::PgConnection::establish(url).map_err(diesel::r2d2::Error::ConnectionError)?;
+                let conn = diesel::PgConnection::establish(url)
+                    .map_err(diesel::r2d2::Error::ConnectionError)?;
                 Ok(DbConnection::Pg(conn))
             }
         }
@@ -236,6 +246,8 @@ type Pool = diesel::r2d2::Pool<Manager>;
 /// Migrations for each backend, embedded in the binary.
 const SQLITE_MIGRATIONS: diesel_migrations::EmbeddedMigrations =
     diesel_migrations::embed_migrations!("migrations/sqlite");
+/// `pg_advisory_lock` key serialising migrations across instances ("scimsync" in ASCII).
+const MIGRATION_LOCK_KEY: i64 = 0x7363_696d_7379_6e63;
 const POSTGRES_MIGRATIONS: diesel_migrations::EmbeddedMigrations =
     diesel_migrations::embed_migrations!("migrations/postgres");
 
@@ -286,7 +298,10 @@ fn parse_url(url: &str, password: Option<&str>) -> Result<ParsedUrl, StoreError>
     if url == "sqlite::memory:" || url == "sqlite://:memory:" {
         return Ok(ParsedUrl::SqliteMemory);
     }
-    if let Some(rest) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+    if let Some(rest) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    {
         if rest.is_empty() || rest.contains('?') || rest.contains('\0') {
             return Err(StoreError::Other(format!("bad sqlite URL {url:?}: expected sqlite:///absolute/path.db, sqlite://relative.db or sqlite::memory:")));
         }
@@ -318,7 +333,8 @@ fn with_password(scheme: &str, rest: &str, password: Option<&str>) -> String {
         }
         None => ("", authority),
     };
-    let encoded = percent_encoding::utf8_percent_encode(password, percent_encoding::NON_ALPHANUMERIC);
+    let encoded =
+        percent_encoding::utf8_percent_encode(password, percent_encoding::NON_ALPHANUMERIC);
     format!("{scheme}{user}:{encoded}@{host}{tail}")
 }
 
@@ -353,17 +369,26 @@ fn take_instance_lock(db: &Path) -> Result<std::fs::File, StoreError> {
         .truncate(false)
         .write(true)
         .open(&lock_path)
-        .map_err(|e| StoreError::Other(format!("cannot open instance lock {}: {e}", lock_path.display())))?;
-    match file.try_lock() {
+        .map_err(|e| {
+            StoreError::Other(format!(
+                "cannot open instance lock {}: {e}",
+                lock_path.display()
+            ))
+        })?;
+    // `File::try_lock` is std since Rust 1.89: the crate's `rust-version` must be at least that.
+    #[allow(clippy::incompatible_msrv)]
+    let locked = file.try_lock();
+    match locked {
         Ok(()) => Ok(file),
         Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Other(format!(
             "database {} is in use by another scim-sync process (instance lock {} is held)",
             db.display(),
             lock_path.display()
         ))),
-        Err(std::fs::TryLockError::Error(e)) => {
-            Err(StoreError::Other(format!("cannot lock {}: {e}", lock_path.display())))
-        }
+        Err(std::fs::TryLockError::Error(e)) => Err(StoreError::Other(format!(
+            "cannot lock {}: {e}",
+            lock_path.display()
+        ))),
     }
 }
 
@@ -393,7 +418,9 @@ pub(crate) fn write_tx<T>(
     use diesel::connection::{AnsiTransactionManager, TransactionManager};
     type Tm = <DbConnection as diesel::Connection>::TransactionManager;
     match conn {
-        DbConnection::Sqlite(c) => AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE")?,
+        DbConnection::Sqlite(c) => {
+            AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE")?
+        }
         DbConnection::Pg(_) => Tm::begin_transaction(conn)?,
     }
     match f(conn) {
@@ -428,7 +455,10 @@ impl Store {
     {
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || {
-            let mut conn = inner.pool.get().map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            let mut conn = inner
+                .pool
+                .get()
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
             f(&mut conn)
         })
         .await
@@ -457,18 +487,37 @@ impl Store {
             let builder = diesel::r2d2::Pool::builder().connection_timeout(Duration::from_secs(10));
             let (target, builder, lock) = match parsed {
                 ParsedUrl::SqliteMemory => (
-                    ConnTarget::Sqlite { path: ":memory:".to_owned(), busy_timeout_ms },
+                    ConnTarget::Sqlite {
+                        path: ":memory:".to_owned(),
+                        busy_timeout_ms,
+                    },
                     // One connection that never expires: the database lives in it.
-                    builder.max_size(1).min_idle(Some(1)).idle_timeout(None).max_lifetime(None),
+                    builder
+                        .max_size(1)
+                        .min_idle(Some(1))
+                        .idle_timeout(None)
+                        .max_lifetime(None),
                     None,
                 ),
                 ParsedUrl::SqliteFile(path) => {
                     let lock = take_instance_lock(&path)?;
                     let path_str = path
                         .to_str()
-                        .ok_or_else(|| StoreError::Other(format!("database path {} is not UTF-8", path.display())))?
+                        .ok_or_else(|| {
+                            StoreError::Other(format!(
+                                "database path {} is not UTF-8",
+                                path.display()
+                            ))
+                        })?
                         .to_owned();
-                    (ConnTarget::Sqlite { path: path_str, busy_timeout_ms }, builder.max_size(pool_size), Some(lock))
+                    (
+                        ConnTarget::Sqlite {
+                            path: path_str,
+                            busy_timeout_ms,
+                        },
+                        builder.max_size(pool_size),
+                        Some(lock),
+                    )
                 }
                 ParsedUrl::Pg(url) => (ConnTarget::Pg { url }, builder.max_size(pool_size), None),
             };
@@ -476,7 +525,11 @@ impl Store {
                 .build(Manager { target })
                 .map_err(|e| StoreError::Unavailable(format!("cannot open the store: {e}")))?;
             Ok(Store {
-                inner: Arc::new(Inner { pool, targets: RwLock::new(Arc::new(Vec::new())), _instance_lock: lock }),
+                inner: Arc::new(Inner {
+                    pool,
+                    targets: RwLock::new(Arc::new(Vec::new())),
+                    _instance_lock: lock,
+                }),
             })
         })
         .await
@@ -488,14 +541,34 @@ impl Store {
     /// # Errors
     /// On a failed migration.
     pub async fn migrate(&self) -> Result<Vec<String>, StoreError> {
+        use diesel::RunQueryDsl;
         use diesel_migrations::MigrationHarness;
         self.run(|conn| {
-            let applied = match conn {
-                DbConnection::Sqlite(c) => c.run_pending_migrations(SQLITE_MIGRATIONS),
-                DbConnection::Pg(c) => c.run_pending_migrations(POSTGRES_MIGRATIONS),
+            let failed = |e: Box<dyn std::error::Error + Send + Sync>| {
+                StoreError::Other(format!("migration failed: {e}"))
+            };
+            let names = |v: Vec<diesel::migration::MigrationVersion<'_>>| {
+                v.iter().map(ToString::to_string).collect()
+            };
+            match conn {
+                DbConnection::Sqlite(c) => c
+                    .run_pending_migrations(SQLITE_MIGRATIONS)
+                    .map(names)
+                    .map_err(failed),
+                DbConnection::Pg(c) => {
+                    // Several instances may start at once on one PostgreSQL database: one
+                    // migrates, the others wait on the advisory lock and then find nothing to do.
+                    diesel::sql_query(format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})"))
+                        .execute(c)?;
+                    let result = c
+                        .run_pending_migrations(POSTGRES_MIGRATIONS)
+                        .map(names)
+                        .map_err(failed);
+                    diesel::sql_query(format!("SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})"))
+                        .execute(c)?;
+                    result
+                }
             }
-            .map_err(|e| StoreError::Other(format!("migration failed: {e}")))?;
-            Ok(applied.iter().map(ToString::to_string).collect())
         })
         .await
     }
@@ -535,7 +608,8 @@ impl Store {
         ctx: &AuditCtx,
     ) -> Result<StoredUser, StoreError> {
         let (targets, ctx) = (self.targets(), ctx.clone());
-        self.run(move |conn| resources::create_user(conn, &targets, input, password_hash, &ctx)).await
+        self.run(move |conn| resources::create_user(conn, &targets, input, password_hash, &ctx))
+            .await
     }
 
     /// A live user by id.
@@ -544,8 +618,12 @@ impl Store {
     /// `Unavailable`.
     pub async fn get_user(&self, id: &str) -> Result<Option<StoredUser>, StoreError> {
         let id = id.to_owned();
-        self.run(move |conn| resources::get(conn, ResourceType::User, &id, false)?.map(ResourceRow::into_user).transpose())
-            .await
+        self.run(move |conn| {
+            resources::get(conn, ResourceType::User, &id, false)?
+                .map(ResourceRow::into_user)
+                .transpose()
+        })
+        .await
     }
 
     /// A user by id, tombstones included (for the reconciler).
@@ -554,8 +632,12 @@ impl Store {
     /// `Unavailable`.
     pub async fn get_user_any(&self, id: &str) -> Result<Option<StoredUser>, StoreError> {
         let id = id.to_owned();
-        self.run(move |conn| resources::get(conn, ResourceType::User, &id, true)?.map(ResourceRow::into_user).transpose())
-            .await
+        self.run(move |conn| {
+            resources::get(conn, ResourceType::User, &id, true)?
+                .map(ResourceRow::into_user)
+                .transpose()
+        })
+        .await
     }
 
     /// Read-modify-write in one write transaction: `f` sees the current user and returns the
@@ -564,12 +646,24 @@ impl Store {
     ///
     /// # Errors
     /// 404 when there is no live user; whatever `f` returns; 409 on a `userName` collision.
-    pub async fn update_user<F>(&self, id: &str, operation: &str, ctx: &AuditCtx, f: F) -> Result<StoredUser, StoreError>
+    pub async fn update_user<F>(
+        &self,
+        id: &str,
+        operation: &str,
+        ctx: &AuditCtx,
+        f: F,
+    ) -> Result<StoredUser, StoreError>
     where
         F: FnOnce(&StoredUser) -> Result<UserUpdate, ScimError> + Send + 'static,
     {
-        let (targets, ctx, id, operation) = (self.targets(), ctx.clone(), id.to_owned(), operation.to_owned());
-        self.run(move |conn| resources::update_user(conn, &targets, &id, &operation, &ctx, f)).await
+        let (targets, ctx, id, operation) = (
+            self.targets(),
+            ctx.clone(),
+            id.to_owned(),
+            operation.to_owned(),
+        );
+        self.run(move |conn| resources::update_user(conn, &targets, &id, &operation, &ctx, f))
+            .await
     }
 
     /// Delete: the row becomes a tombstone (kept for the reconciler), memberships are removed in
@@ -577,9 +671,17 @@ impl Store {
     ///
     /// # Errors
     /// 404 when there is no live user; 412 when `if_match` names another version.
-    pub async fn delete_user(&self, id: &str, if_match: Option<i64>, ctx: &AuditCtx) -> Result<(), StoreError> {
+    pub async fn delete_user(
+        &self,
+        id: &str,
+        if_match: Option<i64>,
+        ctx: &AuditCtx,
+    ) -> Result<(), StoreError> {
         let (targets, ctx, id) = (self.targets(), ctx.clone(), id.to_owned());
-        self.run(move |conn| resources::delete(conn, &targets, ResourceType::User, &id, if_match, &ctx)).await
+        self.run(move |conn| {
+            resources::delete(conn, &targets, ResourceType::User, &id, if_match, &ctx)
+        })
+        .await
     }
 
     /// List live users in stable creation order. The filter is evaluated with
@@ -596,9 +698,23 @@ impl Store {
         base_url: String,
     ) -> Result<Page<StoredUser>, StoreError> {
         self.run(move |conn| {
-            let page = resources::list(conn, ResourceType::User, filter.as_ref(), start_index, count, &base_url)?;
-            let items = page.items.into_iter().map(ResourceRow::into_user).collect::<Result<Vec<_>, _>>()?;
-            Ok(Page { items, total: page.total })
+            let page = resources::list(
+                conn,
+                ResourceType::User,
+                filter.as_ref(),
+                start_index,
+                count,
+                &base_url,
+            )?;
+            let items = page
+                .items
+                .into_iter()
+                .map(ResourceRow::into_user)
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Page {
+                items,
+                total: page.total,
+            })
         })
         .await
     }
@@ -609,7 +725,8 @@ impl Store {
     /// `Unavailable`.
     pub async fn groups_of_user(&self, user_id: &str) -> Result<Vec<GroupRef>, StoreError> {
         let id = user_id.to_owned();
-        self.run(move |conn| resources::groups_of_user(conn, &id)).await
+        self.run(move |conn| resources::groups_of_user(conn, &id))
+            .await
     }
 
     /// A live user by `userName` (case-insensitive), `externalId` (exact) or id; `by` is
@@ -620,7 +737,12 @@ impl Store {
     /// `Unavailable`.
     pub async fn find_user(&self, by: &str, value: &str) -> Result<Option<StoredUser>, StoreError> {
         let (by, value) = (by.to_ascii_lowercase(), value.to_owned());
-        self.run(move |conn| resources::find_user(conn, &by, &value)?.map(ResourceRow::into_user).transpose()).await
+        self.run(move |conn| {
+            resources::find_user(conn, &by, &value)?
+                .map(ResourceRow::into_user)
+                .transpose()
+        })
+        .await
     }
 
     // ---- groups ----
@@ -629,9 +751,14 @@ impl Store {
     ///
     /// # Errors
     /// 409 uniqueness on the normalised `displayName`.
-    pub async fn create_group(&self, input: GroupInput, ctx: &AuditCtx) -> Result<StoredGroup, StoreError> {
+    pub async fn create_group(
+        &self,
+        input: GroupInput,
+        ctx: &AuditCtx,
+    ) -> Result<StoredGroup, StoreError> {
         let (targets, ctx) = (self.targets(), ctx.clone());
-        self.run(move |conn| resources::create_group(conn, &targets, input, &ctx)).await
+        self.run(move |conn| resources::create_group(conn, &targets, input, &ctx))
+            .await
     }
 
     /// A live group by id.
@@ -640,8 +767,12 @@ impl Store {
     /// `Unavailable`.
     pub async fn get_group(&self, id: &str) -> Result<Option<StoredGroup>, StoreError> {
         let id = id.to_owned();
-        self.run(move |conn| resources::get(conn, ResourceType::Group, &id, false)?.map(ResourceRow::into_group).transpose())
-            .await
+        self.run(move |conn| {
+            resources::get(conn, ResourceType::Group, &id, false)?
+                .map(ResourceRow::into_group)
+                .transpose()
+        })
+        .await
     }
 
     /// A group by id, tombstones included.
@@ -650,8 +781,12 @@ impl Store {
     /// `Unavailable`.
     pub async fn get_group_any(&self, id: &str) -> Result<Option<StoredGroup>, StoreError> {
         let id = id.to_owned();
-        self.run(move |conn| resources::get(conn, ResourceType::Group, &id, true)?.map(ResourceRow::into_group).transpose())
-            .await
+        self.run(move |conn| {
+            resources::get(conn, ResourceType::Group, &id, true)?
+                .map(ResourceRow::into_group)
+                .transpose()
+        })
+        .await
     }
 
     /// The members of a group, in insertion order, with `display` = the member's current userName.
@@ -660,7 +795,8 @@ impl Store {
     /// `Unavailable`.
     pub async fn group_members(&self, group_id: &str) -> Result<Vec<MemberRef>, StoreError> {
         let id = group_id.to_owned();
-        self.run(move |conn| resources::group_members(conn, &id)).await
+        self.run(move |conn| resources::group_members(conn, &id))
+            .await
     }
 
     /// Read-modify-write of a group in one transaction; member ops become row inserts/deletes
@@ -668,21 +804,41 @@ impl Store {
     ///
     /// # Errors
     /// 404, whatever `f` returns, 409 on a displayName collision, 400 for unknown members.
-    pub async fn update_group<F>(&self, id: &str, operation: &str, ctx: &AuditCtx, f: F) -> Result<StoredGroup, StoreError>
+    pub async fn update_group<F>(
+        &self,
+        id: &str,
+        operation: &str,
+        ctx: &AuditCtx,
+        f: F,
+    ) -> Result<StoredGroup, StoreError>
     where
         F: FnOnce(&StoredGroup) -> Result<GroupUpdate, ScimError> + Send + 'static,
     {
-        let (targets, ctx, id, operation) = (self.targets(), ctx.clone(), id.to_owned(), operation.to_owned());
-        self.run(move |conn| resources::update_group(conn, &targets, &id, &operation, &ctx, f)).await
+        let (targets, ctx, id, operation) = (
+            self.targets(),
+            ctx.clone(),
+            id.to_owned(),
+            operation.to_owned(),
+        );
+        self.run(move |conn| resources::update_group(conn, &targets, &id, &operation, &ctx, f))
+            .await
     }
 
     /// Delete a group (tombstone, membership rows removed); never touches its users.
     ///
     /// # Errors
     /// 404; 412 on an `if_match` mismatch.
-    pub async fn delete_group(&self, id: &str, if_match: Option<i64>, ctx: &AuditCtx) -> Result<(), StoreError> {
+    pub async fn delete_group(
+        &self,
+        id: &str,
+        if_match: Option<i64>,
+        ctx: &AuditCtx,
+    ) -> Result<(), StoreError> {
         let (targets, ctx, id) = (self.targets(), ctx.clone(), id.to_owned());
-        self.run(move |conn| resources::delete(conn, &targets, ResourceType::Group, &id, if_match, &ctx)).await
+        self.run(move |conn| {
+            resources::delete(conn, &targets, ResourceType::Group, &id, if_match, &ctx)
+        })
+        .await
     }
 
     /// List live groups in creation order; members are never loaded here (the caller asks
@@ -699,9 +855,23 @@ impl Store {
         base_url: String,
     ) -> Result<Page<StoredGroup>, StoreError> {
         self.run(move |conn| {
-            let page = resources::list(conn, ResourceType::Group, filter.as_ref(), start_index, count, &base_url)?;
-            let items = page.items.into_iter().map(ResourceRow::into_group).collect::<Result<Vec<_>, _>>()?;
-            Ok(Page { items, total: page.total })
+            let page = resources::list(
+                conn,
+                ResourceType::Group,
+                filter.as_ref(),
+                start_index,
+                count,
+                &base_url,
+            )?;
+            let items = page
+                .items
+                .into_iter()
+                .map(ResourceRow::into_group)
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Page {
+                items,
+                total: page.total,
+            })
         })
         .await
     }
@@ -712,9 +882,15 @@ impl Store {
     ///
     /// # Errors
     /// 409-style `Scim` uniqueness error when the name is taken by a live token.
-    pub async fn create_token(&self, name: &str, sha256: [u8; 32], now_ms: i64) -> Result<TokenInfo, StoreError> {
+    pub async fn create_token(
+        &self,
+        name: &str,
+        sha256: [u8; 32],
+        now_ms: i64,
+    ) -> Result<TokenInfo, StoreError> {
         let name = name.to_owned();
-        self.run(move |conn| tokens::create(conn, &name, &sha256, now_ms)).await
+        self.run(move |conn| tokens::create(conn, &name, &sha256, now_ms))
+            .await
     }
 
     /// All tokens, revoked ones included.
@@ -731,7 +907,8 @@ impl Store {
     /// `Unavailable`.
     pub async fn revoke_token(&self, name_or_id: &str, now_ms: i64) -> Result<bool, StoreError> {
         let key = name_or_id.to_owned();
-        self.run(move |conn| tokens::revoke(conn, &key, now_ms)).await
+        self.run(move |conn| tokens::revoke(conn, &key, now_ms))
+            .await
     }
 
     /// (name, digest) of every live token, for the in-memory auth table.
@@ -750,9 +927,16 @@ impl Store {
     ///
     /// # Errors
     /// `Unavailable`.
-    pub async fn claim(&self, target: &str, now_ms: i64, lease_ms: i64, limit: i64) -> Result<Vec<OutboxItem>, StoreError> {
+    pub async fn claim(
+        &self,
+        target: &str,
+        now_ms: i64,
+        lease_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<OutboxItem>, StoreError> {
         let target = target.to_owned();
-        self.run(move |conn| outbox::claim(conn, &target, now_ms, lease_ms, limit)).await
+        self.run(move |conn| outbox::claim(conn, &target, now_ms, lease_ms, limit))
+            .await
     }
 
     /// Record success: upsert `state` (never lowering `applied_version`), then delete the outbox
@@ -762,9 +946,15 @@ impl Store {
     ///
     /// # Errors
     /// `Unavailable`.
-    pub async fn settle_applied(&self, item: &OutboxItem, state: TargetState, now_ms: i64) -> Result<(), StoreError> {
+    pub async fn settle_applied(
+        &self,
+        item: &OutboxItem,
+        state: TargetState,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
         let item = item.clone();
-        self.run(move |conn| outbox::settle_applied(conn, &item, &state, now_ms)).await
+        self.run(move |conn| outbox::settle_applied(conn, &item, &state, now_ms))
+            .await
     }
 
     /// Record a failure: bump attempts, set `next_attempt_ms` and `last_error`, release the claim;
@@ -783,7 +973,10 @@ impl Store {
         now_ms: i64,
     ) -> Result<(), StoreError> {
         let (item, error) = (item.clone(), error.to_owned());
-        self.run(move |conn| outbox::settle_failed(conn, &item, &error, next_attempt_ms, dead, now_ms)).await
+        self.run(move |conn| {
+            outbox::settle_failed(conn, &item, &error, next_attempt_ms, dead, now_ms)
+        })
+        .await
     }
 
     /// Queue a resource for one target (coalescing with an existing row; a dead row becomes
@@ -799,17 +992,27 @@ impl Store {
         operation: &str,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        let (target, id, operation) = (target.to_owned(), resource_id.to_owned(), operation.to_owned());
-        self.run(move |conn| outbox::enqueue(conn, &target, resource_type, &id, &operation, now_ms)).await
+        let (target, id, operation) = (
+            target.to_owned(),
+            resource_id.to_owned(),
+            operation.to_owned(),
+        );
+        self.run(move |conn| outbox::enqueue(conn, &target, resource_type, &id, &operation, now_ms))
+            .await
     }
 
     /// The recorded state of one resource in one target.
     ///
     /// # Errors
     /// `Unavailable`.
-    pub async fn target_state(&self, target: &str, resource_id: &str) -> Result<Option<TargetState>, StoreError> {
+    pub async fn target_state(
+        &self,
+        target: &str,
+        resource_id: &str,
+    ) -> Result<Option<TargetState>, StoreError> {
         let (target, id) = (target.to_owned(), resource_id.to_owned());
-        self.run(move |conn| outbox::target_state(conn, &target, &id)).await
+        self.run(move |conn| outbox::target_state(conn, &target, &id))
+            .await
     }
 
     /// Every target state of a target (drift repair walks these), in resource id order.
@@ -818,15 +1021,21 @@ impl Store {
     /// `Unavailable`.
     pub async fn target_states(&self, target: &str) -> Result<Vec<TargetState>, StoreError> {
         let target = target.to_owned();
-        self.run(move |conn| outbox::target_states(conn, &target)).await
+        self.run(move |conn| outbox::target_states(conn, &target))
+            .await
     }
 
     /// Ids of every resource of a type, tombstones included when asked, in creation order.
     ///
     /// # Errors
     /// `Unavailable`.
-    pub async fn all_resource_ids(&self, resource_type: ResourceType, include_deleted: bool) -> Result<Vec<String>, StoreError> {
-        self.run(move |conn| resources::all_ids(conn, resource_type, include_deleted)).await
+    pub async fn all_resource_ids(
+        &self,
+        resource_type: ResourceType,
+        include_deleted: bool,
+    ) -> Result<Vec<String>, StoreError> {
+        self.run(move |conn| resources::all_ids(conn, resource_type, include_deleted))
+            .await
     }
 
     /// Ids of the groups a user is a member of (live groups only).
@@ -835,7 +1044,13 @@ impl Store {
     /// `Unavailable`.
     pub async fn group_ids_of_user(&self, user_id: &str) -> Result<Vec<String>, StoreError> {
         let id = user_id.to_owned();
-        self.run(move |conn| Ok(resources::groups_of_user(conn, &id)?.into_iter().map(|g| g.value).collect())).await
+        self.run(move |conn| {
+            Ok(resources::groups_of_user(conn, &id)?
+                .into_iter()
+                .map(|g| g.value)
+                .collect())
+        })
+        .await
     }
 
     /// Dead letters, optionally of one target.
@@ -844,7 +1059,8 @@ impl Store {
     /// `Unavailable`.
     pub async fn dead_letters(&self, target: Option<&str>) -> Result<Vec<OutboxItem>, StoreError> {
         let target = target.map(str::to_owned);
-        self.run(move |conn| outbox::dead_letters(conn, target.as_deref())).await
+        self.run(move |conn| outbox::dead_letters(conn, target.as_deref()))
+            .await
     }
 
     /// Make dead letters pending again (all of a target, or all, when `id` is `None`); returns
@@ -852,18 +1068,29 @@ impl Store {
     ///
     /// # Errors
     /// `Unavailable`.
-    pub async fn retry_dead(&self, id: Option<i64>, target: Option<&str>, now_ms: i64) -> Result<u64, StoreError> {
+    pub async fn retry_dead(
+        &self,
+        id: Option<i64>,
+        target: Option<&str>,
+        now_ms: i64,
+    ) -> Result<u64, StoreError> {
         let target = target.map(str::to_owned);
-        self.run(move |conn| outbox::retry_dead(conn, id, target.as_deref(), now_ms)).await
+        self.run(move |conn| outbox::retry_dead(conn, id, target.as_deref(), now_ms))
+            .await
     }
 
     /// Drop dead letters; returns how many.
     ///
     /// # Errors
     /// `Unavailable`.
-    pub async fn discard_dead(&self, id: Option<i64>, target: Option<&str>) -> Result<u64, StoreError> {
+    pub async fn discard_dead(
+        &self,
+        id: Option<i64>,
+        target: Option<&str>,
+    ) -> Result<u64, StoreError> {
         let target = target.map(str::to_owned);
-        self.run(move |conn| outbox::discard_dead(conn, id, target.as_deref())).await
+        self.run(move |conn| outbox::discard_dead(conn, id, target.as_deref()))
+            .await
     }
 
     /// Per-target counters for the given targets.
@@ -889,9 +1116,13 @@ impl Store {
     ///
     /// # Errors
     /// `Unavailable`.
-    pub async fn resolve_name(&self, name: &str) -> Result<Option<(ResourceType, String)>, StoreError> {
+    pub async fn resolve_name(
+        &self,
+        name: &str,
+    ) -> Result<Option<(ResourceType, String)>, StoreError> {
         let name = name.to_owned();
-        self.run(move |conn| resources::resolve_name(conn, &name)).await
+        self.run(move |conn| resources::resolve_name(conn, &name))
+            .await
     }
 }
 

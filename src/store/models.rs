@@ -1,8 +1,12 @@
 //! Row types of the store tables (`Queryable + Selectable` reads, borrowed `New*` inserts) and
 //! their conversion into the public store types. No queries live here.
 
-use super::schema::{audit, group_members, outbox, resource_emails, resources, target_state, tokens};
-use super::{HistoryEntry, OutboxItem, StoreError, StoredGroup, StoredUser, TargetState, TokenInfo};
+use super::schema::{
+    audit, group_members, outbox, resource_emails, resources, target_state, tokens,
+};
+use super::{
+    HistoryEntry, OutboxItem, StoreError, StoredGroup, StoredUser, TargetState, TokenInfo,
+};
 use crate::scim::resource::{Meta, ResourceType};
 use diesel::prelude::*;
 use serde_json::{Map, Value};
@@ -33,13 +37,20 @@ pub(crate) struct ResourceRow {
 
 impl ResourceRow {
     pub(crate) fn meta(&self) -> Meta {
-        Meta { created_ms: self.created_ms, last_modified_ms: self.modified_ms, version: self.version }
+        Meta {
+            created_ms: self.created_ms,
+            last_modified_ms: self.modified_ms,
+            version: self.version,
+        }
     }
 
     pub(crate) fn data_map(&self) -> Result<Map<String, Value>, StoreError> {
         match serde_json::from_str::<Value>(&self.data) {
             Ok(Value::Object(map)) => Ok(map),
-            Ok(_) | Err(_) => Err(StoreError::Other(format!("resource {}: stored body is not a JSON object", self.id))),
+            Ok(_) | Err(_) => Err(StoreError::Other(format!(
+                "resource {}: stored body is not a JSON object",
+                self.id
+            ))),
         }
     }
 
@@ -201,7 +212,10 @@ impl TargetStateRow {
         let extra = match self.extra {
             None => None,
             Some(text) => Some(serde_json::from_str(&text).map_err(|e| {
-                StoreError::Other(format!("target_state {}/{}: bad extra JSON: {e}", self.target, self.resource_id))
+                StoreError::Other(format!(
+                    "target_state {}/{}: bad extra JSON: {e}",
+                    self.target, self.resource_id
+                ))
             })?),
         };
         Ok(TargetState {
@@ -301,5 +315,6 @@ pub(crate) struct NewAudit<'a> {
 
 /// `"User"`/`"Group"` from a row; anything else means the table was edited by hand.
 pub(crate) fn parse_type(s: &str) -> Result<ResourceType, StoreError> {
-    ResourceType::parse(s).ok_or_else(|| StoreError::Other(format!("unknown resource_type {s:?} in the store")))
+    ResourceType::parse(s)
+        .ok_or_else(|| StoreError::Other(format!("unknown resource_type {s:?} in the store")))
 }

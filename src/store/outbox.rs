@@ -6,7 +6,9 @@ use super::history::audit;
 use super::models::{NewOutbox, OutboxRow, TargetStateRow};
 use super::resources::lock_by_id;
 use super::schema::{outbox, target_state};
-use super::{read_tx, write_tx, AuditCtx, DbConnection, OutboxItem, StoreError, TargetState, TargetStatus};
+use super::{
+    read_tx, write_tx, AuditCtx, DbConnection, OutboxItem, StoreError, TargetState, TargetStatus,
+};
 use crate::scim::resource::ResourceType;
 use crate::scim::ScimError;
 use diesel::prelude::*;
@@ -28,7 +30,16 @@ pub(crate) fn enqueue_all(
 ) -> Result<(), StoreError> {
     let request_id = (!ctx.request_id.is_empty()).then_some(ctx.request_id.as_str());
     for target in targets {
-        upsert(conn, target, resource_type, resource_id, version, operation, request_id, ctx.now_ms)?;
+        upsert(
+            conn,
+            target,
+            resource_type,
+            resource_id,
+            version,
+            operation,
+            request_id,
+            ctx.now_ms,
+        )?;
     }
     Ok(())
 }
@@ -70,7 +81,10 @@ fn upsert(
                 .execute(conn)?;
             if state == DEAD {
                 diesel::update(outbox::table.find(id))
-                    .set((outbox::enqueued_ms.eq(now_ms), outbox::claimed_until_ms.eq(None::<i64>)))
+                    .set((
+                        outbox::enqueued_ms.eq(now_ms),
+                        outbox::claimed_until_ms.eq(None::<i64>),
+                    ))
                     .execute(conn)?;
             }
         }
@@ -110,10 +124,22 @@ pub(crate) fn enqueue(
         let (stored_type, _seq, version) = lock_by_id(conn, resource_id)?
             .filter(|(t, _, _)| t == resource_type.as_str())
             .ok_or_else(|| {
-                StoreError::Scim(ScimError::not_found(format!("{} not found", resource_type.as_str())))
+                StoreError::Scim(ScimError::not_found(format!(
+                    "{} not found",
+                    resource_type.as_str()
+                )))
             })?;
         debug_assert_eq!(stored_type, resource_type.as_str());
-        upsert(conn, target, resource_type, resource_id, version, operation, None, now_ms)
+        upsert(
+            conn,
+            target,
+            resource_type,
+            resource_id,
+            version,
+            operation,
+            None,
+            now_ms,
+        )
     })
 }
 
@@ -133,7 +159,11 @@ pub(crate) fn claim(
             .filter(outbox::target.eq(target))
             .filter(outbox::state.eq(PENDING))
             .filter(outbox::next_attempt_ms.le(now_ms))
-            .filter(outbox::claimed_until_ms.is_null().or(outbox::claimed_until_ms.lt(now_ms)))
+            .filter(
+                outbox::claimed_until_ms
+                    .is_null()
+                    .or(outbox::claimed_until_ms.lt(now_ms)),
+            )
             .order((outbox::next_attempt_ms, outbox::id))
             .limit(limit)
             .select(outbox::id);
@@ -164,26 +194,52 @@ pub(crate) fn claim(
 
 fn lock_outbox_row(conn: &mut DbConnection, id: i64) -> Result<Option<OutboxRow>, StoreError> {
     if let DbConnection::Pg(c) = conn {
-        outbox::table.find(id).select(outbox::id).for_update().first::<i64>(c).optional()?;
+        outbox::table
+            .find(id)
+            .select(outbox::id)
+            .for_update()
+            .first::<i64>(c)
+            .optional()?;
     }
-    Ok(outbox::table.find(id).select(OutboxRow::as_select()).first(conn).optional()?)
+    Ok(outbox::table
+        .find(id)
+        .select(OutboxRow::as_select())
+        .first(conn)
+        .optional()?)
 }
 
 /// Write `state` unless the stored applied_version is higher (or, when `strictly_higher`, not
 /// lower than it).
-fn upsert_target_state(conn: &mut DbConnection, state: &TargetState, strictly_higher: bool) -> Result<(), StoreError> {
+fn upsert_target_state(
+    conn: &mut DbConnection,
+    state: &TargetState,
+    strictly_higher: bool,
+) -> Result<(), StoreError> {
     let key = target_state::table.find((state.target.as_str(), state.resource_id.as_str()));
     let current: Option<i64> = match conn {
-        DbConnection::Pg(c) => key.select(target_state::applied_version).for_update().first(c).optional()?,
-        DbConnection::Sqlite(c) => key.select(target_state::applied_version).first(c).optional()?,
+        DbConnection::Pg(c) => key
+            .select(target_state::applied_version)
+            .for_update()
+            .first(c)
+            .optional()?,
+        DbConnection::Sqlite(c) => key
+            .select(target_state::applied_version)
+            .first(c)
+            .optional()?,
     };
     let row = TargetStateRow::from_state(state);
     match current {
         None => {
-            diesel::insert_into(target_state::table).values(&row).execute(conn)?;
+            diesel::insert_into(target_state::table)
+                .values(&row)
+                .execute(conn)?;
         }
         Some(applied) => {
-            let newer = if strictly_higher { state.applied_version > applied } else { state.applied_version >= applied };
+            let newer = if strictly_higher {
+                state.applied_version > applied
+            } else {
+                state.applied_version >= applied
+            };
             if newer {
                 diesel::update(key).set(&row).execute(conn)?;
             }
@@ -193,7 +249,11 @@ fn upsert_target_state(conn: &mut DbConnection, state: &TargetState, strictly_hi
 }
 
 fn settle_ctx(item: &OutboxItem, now_ms: i64) -> AuditCtx {
-    AuditCtx { token_name: String::new(), request_id: item.request_id.clone().unwrap_or_default(), now_ms }
+    AuditCtx {
+        token_name: String::new(),
+        request_id: item.request_id.clone().unwrap_or_default(),
+        now_ms,
+    }
 }
 
 /// Record success; see [`super::Store::settle_applied`].
@@ -205,7 +265,9 @@ pub(crate) fn settle_applied(
 ) -> Result<(), StoreError> {
     write_tx(conn, |conn| {
         let row = lock_outbox_row(conn, item.id)?;
-        let ours = row.as_ref().is_some_and(|r| r.claim_epoch == item.claim_epoch && r.target == item.target);
+        let ours = row
+            .as_ref()
+            .is_some_and(|r| r.claim_epoch == item.claim_epoch && r.target == item.target);
         upsert_target_state(conn, state, !ours)?;
         if let (true, Some(row)) = (ours, row) {
             if row.version == item.version {
@@ -272,14 +334,26 @@ pub(crate) fn settle_failed(
             .execute(conn)?;
         if dead {
             let operation = format!("dead:{}", item.target);
-            audit(conn, &settle_ctx(item, now_ms), item.resource_type, &item.resource_id, &operation, row.version, Some(error))?;
+            audit(
+                conn,
+                &settle_ctx(item, now_ms),
+                item.resource_type,
+                &item.resource_id,
+                &operation,
+                row.version,
+                Some(error),
+            )?;
         }
         Ok(())
     })
 }
 
 /// One resource's state in one target.
-pub(crate) fn target_state(conn: &mut DbConnection, target: &str, resource_id: &str) -> Result<Option<TargetState>, StoreError> {
+pub(crate) fn target_state(
+    conn: &mut DbConnection,
+    target: &str,
+    resource_id: &str,
+) -> Result<Option<TargetState>, StoreError> {
     target_state::table
         .find((target, resource_id))
         .select(TargetStateRow::as_select())
@@ -290,7 +364,10 @@ pub(crate) fn target_state(conn: &mut DbConnection, target: &str, resource_id: &
 }
 
 /// Every state of a target, by resource id.
-pub(crate) fn target_states(conn: &mut DbConnection, target: &str) -> Result<Vec<TargetState>, StoreError> {
+pub(crate) fn target_states(
+    conn: &mut DbConnection,
+    target: &str,
+) -> Result<Vec<TargetState>, StoreError> {
     target_state::table
         .filter(target_state::target.eq(target))
         .order(target_state::resource_id)
@@ -302,18 +379,37 @@ pub(crate) fn target_states(conn: &mut DbConnection, target: &str) -> Result<Vec
 }
 
 /// Dead letters, oldest first.
-pub(crate) fn dead_letters(conn: &mut DbConnection, target: Option<&str>) -> Result<Vec<OutboxItem>, StoreError> {
-    let mut query = outbox::table.filter(outbox::state.eq(DEAD)).order(outbox::id).select(OutboxRow::as_select()).into_boxed();
+pub(crate) fn dead_letters(
+    conn: &mut DbConnection,
+    target: Option<&str>,
+) -> Result<Vec<OutboxItem>, StoreError> {
+    let mut query = outbox::table
+        .filter(outbox::state.eq(DEAD))
+        .order(outbox::id)
+        .select(OutboxRow::as_select())
+        .into_boxed();
     if let Some(target) = target {
         query = query.filter(outbox::target.eq(target.to_owned()));
     }
-    query.load(conn)?.into_iter().map(OutboxRow::into_item).collect()
+    query
+        .load(conn)?
+        .into_iter()
+        .map(OutboxRow::into_item)
+        .collect()
 }
 
 /// Dead letters back to pending.
-pub(crate) fn retry_dead(conn: &mut DbConnection, id: Option<i64>, target: Option<&str>, now_ms: i64) -> Result<u64, StoreError> {
+pub(crate) fn retry_dead(
+    conn: &mut DbConnection,
+    id: Option<i64>,
+    target: Option<&str>,
+    now_ms: i64,
+) -> Result<u64, StoreError> {
     write_tx(conn, |conn| {
-        let mut query = outbox::table.filter(outbox::state.eq(DEAD)).select(outbox::id).into_boxed();
+        let mut query = outbox::table
+            .filter(outbox::state.eq(DEAD))
+            .select(outbox::id)
+            .into_boxed();
         if let Some(id) = id {
             query = query.filter(outbox::id.eq(id));
         }
@@ -339,9 +435,16 @@ pub(crate) fn retry_dead(conn: &mut DbConnection, id: Option<i64>, target: Optio
 }
 
 /// Drop dead letters.
-pub(crate) fn discard_dead(conn: &mut DbConnection, id: Option<i64>, target: Option<&str>) -> Result<u64, StoreError> {
+pub(crate) fn discard_dead(
+    conn: &mut DbConnection,
+    id: Option<i64>,
+    target: Option<&str>,
+) -> Result<u64, StoreError> {
     write_tx(conn, |conn| {
-        let mut query = outbox::table.filter(outbox::state.eq(DEAD)).select(outbox::id).into_boxed();
+        let mut query = outbox::table
+            .filter(outbox::state.eq(DEAD))
+            .select(outbox::id)
+            .into_boxed();
         if let Some(id) = id {
             query = query.filter(outbox::id.eq(id));
         }
@@ -351,14 +454,18 @@ pub(crate) fn discard_dead(conn: &mut DbConnection, id: Option<i64>, target: Opt
         let ids: Vec<i64> = query.load(conn)?;
         let mut removed = 0u64;
         for chunk in ids.chunks(500) {
-            removed += diesel::delete(outbox::table.filter(outbox::id.eq_any(chunk))).execute(conn)? as u64;
+            removed += diesel::delete(outbox::table.filter(outbox::id.eq_any(chunk)))
+                .execute(conn)? as u64;
         }
         Ok(removed)
     })
 }
 
 /// Counters per target.
-pub(crate) fn status(conn: &mut DbConnection, targets: &[String]) -> Result<Vec<TargetStatus>, StoreError> {
+pub(crate) fn status(
+    conn: &mut DbConnection,
+    targets: &[String],
+) -> Result<Vec<TargetStatus>, StoreError> {
     read_tx(conn, |conn| {
         let mut out = Vec::with_capacity(targets.len());
         for target in targets {
@@ -377,7 +484,10 @@ pub(crate) fn status(conn: &mut DbConnection, targets: &[String]) -> Result<Vec<
                 .filter(outbox::state.eq(DEAD))
                 .count()
                 .get_result(conn)?;
-            let applied: i64 = target_state::table.filter(target_state::target.eq(target)).count().get_result(conn)?;
+            let applied: i64 = target_state::table
+                .filter(target_state::target.eq(target))
+                .count()
+                .get_result(conn)?;
             out.push(TargetStatus {
                 target: target.clone(),
                 pending: u64::try_from(pending).unwrap_or(0),

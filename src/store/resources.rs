@@ -8,11 +8,14 @@ use super::models::{NewEmail, NewMember, NewResource, ResourceRow};
 use super::outbox::enqueue_all;
 use super::schema::{group_members, resource_emails, resources};
 use super::{
-    normalise, read_tx, write_tx, AuditCtx, DbConnection, GroupUpdate, StoreError, StoredGroup, StoredUser, UserUpdate,
+    normalise, read_tx, write_tx, AuditCtx, DbConnection, GroupUpdate, StoreError, StoredGroup,
+    StoredUser, UserUpdate,
 };
 use crate::scim::filter::Filter;
 use crate::scim::patch::MemberOp;
-use crate::scim::resource::{render_group, render_user, GroupInput, GroupRef, MemberRef, Meta, ResourceType, UserInput};
+use crate::scim::resource::{
+    render_group, render_user, GroupInput, GroupRef, MemberRef, Meta, ResourceType, UserInput,
+};
 use crate::scim::ScimError;
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
@@ -32,7 +35,10 @@ pub(crate) struct RowPage {
 }
 
 fn not_found(resource_type: ResourceType) -> StoreError {
-    StoreError::Scim(ScimError::not_found(format!("{} not found", resource_type.as_str())))
+    StoreError::Scim(ScimError::not_found(format!(
+        "{} not found",
+        resource_type.as_str()
+    )))
 }
 
 /// A unique violation on a resource write is the 409; anything else is the database's.
@@ -50,7 +56,8 @@ fn map_unique(e: DieselError, resource_type: ResourceType) -> StoreError {
 }
 
 fn body_text(data: &Map<String, Value>) -> Result<String, StoreError> {
-    serde_json::to_string(data).map_err(|e| StoreError::Other(format!("cannot serialise resource body: {e}")))
+    serde_json::to_string(data)
+        .map_err(|e| StoreError::Other(format!("cannot serialise resource body: {e}")))
 }
 
 /// A resource by id, live only unless `include_deleted`.
@@ -90,10 +97,15 @@ fn get_for_update(
 }
 
 /// Lock a resource row by id (any state) on PostgreSQL; returns its type, sequence and version.
-pub(crate) fn lock_by_id(conn: &mut DbConnection, id: &str) -> Result<Option<(String, i64, i64)>, StoreError> {
-    let query = resources::table
-        .filter(resources::id.eq(id))
-        .select((resources::resource_type, resources::seq, resources::version));
+pub(crate) fn lock_by_id(
+    conn: &mut DbConnection,
+    id: &str,
+) -> Result<Option<(String, i64, i64)>, StoreError> {
+    let query = resources::table.filter(resources::id.eq(id)).select((
+        resources::resource_type,
+        resources::seq,
+        resources::version,
+    ));
     let row = match conn {
         DbConnection::Pg(c) => query.for_update().first(c).optional()?,
         DbConnection::Sqlite(c) => query.first(c).optional()?,
@@ -103,22 +115,38 @@ pub(crate) fn lock_by_id(conn: &mut DbConnection, id: &str) -> Result<Option<(St
 
 fn lock_seq(conn: &mut DbConnection, seq: i64) -> Result<(), StoreError> {
     if let DbConnection::Pg(c) = conn {
-        resources::table.find(seq).select(resources::seq).for_update().first::<i64>(c).optional()?;
+        resources::table
+            .find(seq)
+            .select(resources::seq)
+            .for_update()
+            .first::<i64>(c)
+            .optional()?;
     }
     Ok(())
 }
 
 fn seq_of(conn: &mut DbConnection, id: &str) -> Result<i64, StoreError> {
-    Ok(resources::table.filter(resources::id.eq(id)).select(resources::seq).first(conn)?)
+    Ok(resources::table
+        .filter(resources::id.eq(id))
+        .select(resources::seq)
+        .first(conn)?)
 }
 
 /// Replace the `emails.value` lookup rows of a resource.
 fn write_emails(conn: &mut DbConnection, seq: i64, emails: &[String]) -> Result<(), StoreError> {
-    diesel::delete(resource_emails::table.filter(resource_emails::resource_seq.eq(seq))).execute(conn)?;
-    let values: BTreeSet<String> = emails.iter().filter(|e| !e.is_empty()).map(|e| normalise(e)).collect();
+    diesel::delete(resource_emails::table.filter(resource_emails::resource_seq.eq(seq)))
+        .execute(conn)?;
+    let values: BTreeSet<String> = emails
+        .iter()
+        .filter(|e| !e.is_empty())
+        .map(|e| normalise(e))
+        .collect();
     for value in &values {
         diesel::insert_into(resource_emails::table)
-            .values(NewEmail { resource_seq: seq, value_norm: value })
+            .values(NewEmail {
+                resource_seq: seq,
+                value_norm: value,
+            })
             .execute(conn)?;
     }
     Ok(())
@@ -132,7 +160,14 @@ pub(crate) fn create_user(
     password_hash: Option<String>,
     ctx: &AuditCtx,
 ) -> Result<StoredUser, StoreError> {
-    let UserInput { mut data, user_name, external_id, active, emails, password: _ } = input;
+    let UserInput {
+        mut data,
+        user_name,
+        external_id,
+        active,
+        emails,
+        password: _,
+    } = input;
     // Defence in depth: a clear password never reaches a table.
     data.remove("password");
     let id = uuid::Uuid::new_v4().to_string();
@@ -165,7 +200,11 @@ pub(crate) fn create_user(
     })?;
     Ok(StoredUser {
         id,
-        meta: Meta { created_ms: ctx.now_ms, last_modified_ms: ctx.now_ms, version: 1 },
+        meta: Meta {
+            created_ms: ctx.now_ms,
+            last_modified_ms: ctx.now_ms,
+            version: 1,
+        },
         data,
         user_name,
         external_id,
@@ -188,11 +227,22 @@ where
     F: FnOnce(&StoredUser) -> Result<UserUpdate, ScimError>,
 {
     write_tx(conn, |conn| {
-        let row = get_for_update(conn, ResourceType::User, id)?.ok_or_else(|| not_found(ResourceType::User))?;
+        let row = get_for_update(conn, ResourceType::User, id)?
+            .ok_or_else(|| not_found(ResourceType::User))?;
         let (seq, created_ms, version) = (row.seq, row.created_ms, row.version + 1);
         let current = row.into_user()?;
-        let UserUpdate { input, password_hash } = f(&current)?;
-        let UserInput { mut data, user_name, external_id, active, emails, password: _ } = input;
+        let UserUpdate {
+            input,
+            password_hash,
+        } = f(&current)?;
+        let UserInput {
+            mut data,
+            user_name,
+            external_id,
+            active,
+            emails,
+            password: _,
+        } = input;
         data.remove("password");
         let active = active.unwrap_or(current.active);
         let password_hash = password_hash.or(current.password_hash);
@@ -211,11 +261,23 @@ where
             .execute(conn)
             .map_err(|e| map_unique(e, ResourceType::User))?;
         write_emails(conn, seq, &emails)?;
-        enqueue_all(conn, targets, ResourceType::User, id, version, "update", ctx)?;
+        enqueue_all(
+            conn,
+            targets,
+            ResourceType::User,
+            id,
+            version,
+            "update",
+            ctx,
+        )?;
         audit(conn, ctx, ResourceType::User, id, operation, version, None)?;
         Ok(StoredUser {
             id: id.to_owned(),
-            meta: Meta { created_ms, last_modified_ms: ctx.now_ms, version },
+            meta: Meta {
+                created_ms,
+                last_modified_ms: ctx.now_ms,
+                version,
+            },
             data,
             user_name,
             external_id,
@@ -236,10 +298,13 @@ pub(crate) fn delete(
     ctx: &AuditCtx,
 ) -> Result<(), StoreError> {
     write_tx(conn, |conn| {
-        let row = get_for_update(conn, resource_type, id)?.ok_or_else(|| not_found(resource_type))?;
+        let row =
+            get_for_update(conn, resource_type, id)?.ok_or_else(|| not_found(resource_type))?;
         if let Some(expected) = if_match {
             if expected != row.version {
-                return Err(StoreError::Scim(ScimError::precondition_failed("version mismatch (If-Match)")));
+                return Err(StoreError::Scim(ScimError::precondition_failed(
+                    "version mismatch (If-Match)",
+                )));
             }
         }
         let (seq, version) = (row.seq, row.version + 1);
@@ -251,7 +316,8 @@ pub(crate) fn delete(
                 resources::modified_ms.eq(ctx.now_ms),
             ))
             .execute(conn)?;
-        diesel::delete(resource_emails::table.filter(resource_emails::resource_seq.eq(seq))).execute(conn)?;
+        diesel::delete(resource_emails::table.filter(resource_emails::resource_seq.eq(seq)))
+            .execute(conn)?;
         match resource_type {
             ResourceType::User => {
                 // the user leaves every group in this transaction; each group is queued.
@@ -260,27 +326,49 @@ pub(crate) fn delete(
                     .select(group_members::group_seq)
                     .order(group_members::group_seq)
                     .load(conn)?;
-                diesel::delete(group_members::table.filter(group_members::member_seq.eq(seq))).execute(conn)?;
+                diesel::delete(group_members::table.filter(group_members::member_seq.eq(seq)))
+                    .execute(conn)?;
                 let detail = format!("member {id} removed: user deleted");
                 for group_seq in groups {
                     lock_seq(conn, group_seq)?;
-                    let (group_id, group_version, group_deleted): (String, i64, bool) = resources::table
-                        .find(group_seq)
-                        .select((resources::id, resources::version, resources::deleted))
-                        .first(conn)?;
+                    let (group_id, group_version, group_deleted): (String, i64, bool) =
+                        resources::table
+                            .find(group_seq)
+                            .select((resources::id, resources::version, resources::deleted))
+                            .first(conn)?;
                     if group_deleted {
                         continue;
                     }
                     let group_version = group_version + 1;
                     diesel::update(resources::table.find(group_seq))
-                        .set((resources::version.eq(group_version), resources::modified_ms.eq(ctx.now_ms)))
+                        .set((
+                            resources::version.eq(group_version),
+                            resources::modified_ms.eq(ctx.now_ms),
+                        ))
                         .execute(conn)?;
-                    enqueue_all(conn, targets, ResourceType::Group, &group_id, group_version, "membership", ctx)?;
-                    audit(conn, ctx, ResourceType::Group, &group_id, "membership", group_version, Some(&detail))?;
+                    enqueue_all(
+                        conn,
+                        targets,
+                        ResourceType::Group,
+                        &group_id,
+                        group_version,
+                        "membership",
+                        ctx,
+                    )?;
+                    audit(
+                        conn,
+                        ctx,
+                        ResourceType::Group,
+                        &group_id,
+                        "membership",
+                        group_version,
+                        Some(&detail),
+                    )?;
                 }
             }
             ResourceType::Group => {
-                diesel::delete(group_members::table.filter(group_members::group_seq.eq(seq))).execute(conn)?;
+                diesel::delete(group_members::table.filter(group_members::group_seq.eq(seq)))
+                    .execute(conn)?;
             }
         }
         enqueue_all(conn, targets, resource_type, id, version, "delete", ctx)?;
@@ -295,7 +383,12 @@ pub(crate) fn create_group(
     input: GroupInput,
     ctx: &AuditCtx,
 ) -> Result<StoredGroup, StoreError> {
-    let GroupInput { mut data, display_name, external_id, members } = input;
+    let GroupInput {
+        mut data,
+        display_name,
+        external_id,
+        members,
+    } = input;
     data.remove("members");
     let id = uuid::Uuid::new_v4().to_string();
     let body = body_text(&data)?;
@@ -328,7 +421,11 @@ pub(crate) fn create_group(
     })?;
     Ok(StoredGroup {
         id,
-        meta: Meta { created_ms: ctx.now_ms, last_modified_ms: ctx.now_ms, version: 1 },
+        meta: Meta {
+            created_ms: ctx.now_ms,
+            last_modified_ms: ctx.now_ms,
+            version: 1,
+        },
         data,
         display_name,
         external_id,
@@ -349,10 +446,16 @@ where
     F: FnOnce(&StoredGroup) -> Result<GroupUpdate, ScimError>,
 {
     write_tx(conn, |conn| {
-        let row = get_for_update(conn, ResourceType::Group, id)?.ok_or_else(|| not_found(ResourceType::Group))?;
+        let row = get_for_update(conn, ResourceType::Group, id)?
+            .ok_or_else(|| not_found(ResourceType::Group))?;
         let (seq, created_ms, version) = (row.seq, row.created_ms, row.version + 1);
         let current = row.into_group()?;
-        let GroupUpdate { mut data, display_name, external_id, members } = f(&current)?;
+        let GroupUpdate {
+            mut data,
+            display_name,
+            external_id,
+            members,
+        } = f(&current)?;
         data.remove("members");
         let body = body_text(&data)?;
         diesel::update(resources::table.find(seq))
@@ -369,11 +472,23 @@ where
         for op in &members {
             apply_member_op(conn, seq, op)?;
         }
-        enqueue_all(conn, targets, ResourceType::Group, id, version, "update", ctx)?;
+        enqueue_all(
+            conn,
+            targets,
+            ResourceType::Group,
+            id,
+            version,
+            "update",
+            ctx,
+        )?;
         audit(conn, ctx, ResourceType::Group, id, operation, version, None)?;
         Ok(StoredGroup {
             id: id.to_owned(),
-            meta: Meta { created_ms, last_modified_ms: ctx.now_ms, version },
+            meta: Meta {
+                created_ms,
+                last_modified_ms: ctx.now_ms,
+                version,
+            },
             data,
             display_name,
             external_id,
@@ -384,7 +499,11 @@ where
 
 /// One membership change as row inserts/deletes (RFC 7644 §3.5.2; R-29: the table of forms
 /// lives in `scim::patch`, this only executes it).
-fn apply_member_op(conn: &mut DbConnection, group_seq: i64, op: &MemberOp) -> Result<(), StoreError> {
+fn apply_member_op(
+    conn: &mut DbConnection,
+    group_seq: i64,
+    op: &MemberOp,
+) -> Result<(), StoreError> {
     match op {
         MemberOp::Add(members) => add_members(conn, group_seq, members),
         MemberOp::Remove(ids) => {
@@ -399,13 +518,16 @@ fn apply_member_op(conn: &mut DbConnection, group_seq: i64, op: &MemberOp) -> Re
                 .load(conn)?;
             let matching: Vec<i64> = current
                 .into_iter()
-                .filter(|(_, id, name)| filter.matches(&json!({"value": id, "display": name, "type": "User"})))
+                .filter(|(_, id, name)| {
+                    filter.matches(&json!({"value": id, "display": name, "type": "User"}))
+                })
                 .map(|(seq, _, _)| seq)
                 .collect();
             delete_members(conn, group_seq, &matching)
         }
         MemberOp::RemoveAll => {
-            diesel::delete(group_members::table.filter(group_members::group_seq.eq(group_seq))).execute(conn)?;
+            diesel::delete(group_members::table.filter(group_members::group_seq.eq(group_seq)))
+                .execute(conn)?;
             Ok(())
         }
         MemberOp::Replace(members) => {
@@ -417,9 +539,16 @@ fn apply_member_op(conn: &mut DbConnection, group_seq: i64, op: &MemberOp) -> Re
                 .into_iter()
                 .collect();
             let wanted_set: HashSet<i64> = wanted.iter().copied().collect();
-            let gone: Vec<i64> = current.iter().filter(|s| !wanted_set.contains(s)).copied().collect();
+            let gone: Vec<i64> = current
+                .iter()
+                .filter(|s| !wanted_set.contains(s))
+                .copied()
+                .collect();
             delete_members(conn, group_seq, &gone)?;
-            let new: Vec<i64> = wanted.into_iter().filter(|s| !current.contains(s)).collect();
+            let new: Vec<i64> = wanted
+                .into_iter()
+                .filter(|s| !current.contains(s))
+                .collect();
             insert_members(conn, group_seq, &new)
         }
     }
@@ -438,9 +567,16 @@ fn unknown_member(id: &str) -> StoreError {
 
 /// The sequences of `members` (deduplicated, in request order); every one must be a live user
 /// . On PostgreSQL the user rows are share-locked so a concurrent delete cannot slip in.
-fn live_member_seqs(conn: &mut DbConnection, members: &[MemberRef]) -> Result<Vec<i64>, StoreError> {
+fn live_member_seqs(
+    conn: &mut DbConnection,
+    members: &[MemberRef],
+) -> Result<Vec<i64>, StoreError> {
     let mut seen = HashSet::new();
-    let ids: Vec<String> = members.iter().filter(|m| seen.insert(m.value.as_str())).map(|m| m.value.clone()).collect();
+    let ids: Vec<String> = members
+        .iter()
+        .filter(|m| seen.insert(m.value.as_str()))
+        .map(|m| m.value.clone())
+        .collect();
     let mut live: HashMap<String, i64> = HashMap::with_capacity(ids.len());
     for chunk in ids.chunks(ID_CHUNK) {
         let query = resources::table
@@ -454,11 +590,16 @@ fn live_member_seqs(conn: &mut DbConnection, members: &[MemberRef]) -> Result<Ve
         };
         live.extend(rows);
     }
-    ids.iter().map(|id| live.get(id).copied().ok_or_else(|| unknown_member(id))).collect()
+    ids.iter()
+        .map(|id| live.get(id).copied().ok_or_else(|| unknown_member(id)))
+        .collect()
 }
 
 /// Sequences of any resources with these ids (unknown ids are skipped).
-fn resolve_seqs(conn: &mut DbConnection, ids: &[String]) -> Result<HashMap<String, i64>, StoreError> {
+fn resolve_seqs(
+    conn: &mut DbConnection,
+    ids: &[String],
+) -> Result<HashMap<String, i64>, StoreError> {
     let mut out = HashMap::with_capacity(ids.len());
     for chunk in ids.chunks(ID_CHUNK) {
         let rows: Vec<(String, i64)> = resources::table
@@ -471,7 +612,11 @@ fn resolve_seqs(conn: &mut DbConnection, ids: &[String]) -> Result<HashMap<Strin
 }
 
 /// Add members, skipping existing ones: reads and writes O(added) rows whatever the group size.
-fn add_members(conn: &mut DbConnection, group_seq: i64, members: &[MemberRef]) -> Result<(), StoreError> {
+fn add_members(
+    conn: &mut DbConnection,
+    group_seq: i64,
+    members: &[MemberRef],
+) -> Result<(), StoreError> {
     let seqs = live_member_seqs(conn, members)?;
     let mut existing = HashSet::new();
     for chunk in seqs.chunks(ID_CHUNK) {
@@ -487,7 +632,11 @@ fn add_members(conn: &mut DbConnection, group_seq: i64, members: &[MemberRef]) -
 }
 
 /// Insert membership rows (none of them present yet), numbered after the group's last member.
-fn insert_members(conn: &mut DbConnection, group_seq: i64, member_seqs: &[i64]) -> Result<(), StoreError> {
+fn insert_members(
+    conn: &mut DbConnection,
+    group_seq: i64,
+    member_seqs: &[i64],
+) -> Result<(), StoreError> {
     if member_seqs.is_empty() {
         return Ok(());
     }
@@ -501,7 +650,11 @@ fn insert_members(conn: &mut DbConnection, group_seq: i64, member_seqs: &[i64]) 
             .iter()
             .map(|&member_seq| {
                 next += 1;
-                NewMember { group_seq, member_seq, added_seq: next }
+                NewMember {
+                    group_seq,
+                    member_seq,
+                    added_seq: next,
+                }
             })
             .collect();
         let insert = diesel::insert_into(group_members::table).values(&rows);
@@ -513,7 +666,11 @@ fn insert_members(conn: &mut DbConnection, group_seq: i64, member_seqs: &[i64]) 
     Ok(())
 }
 
-fn delete_members(conn: &mut DbConnection, group_seq: i64, member_seqs: &[i64]) -> Result<(), StoreError> {
+fn delete_members(
+    conn: &mut DbConnection,
+    group_seq: i64,
+    member_seqs: &[i64],
+) -> Result<(), StoreError> {
     for chunk in member_seqs.chunks(ID_CHUNK) {
         diesel::delete(
             group_members::table
@@ -526,7 +683,10 @@ fn delete_members(conn: &mut DbConnection, group_seq: i64, member_seqs: &[i64]) 
 }
 
 /// Members of a group in insertion order, `display` = current userName.
-pub(crate) fn group_members(conn: &mut DbConnection, group_id: &str) -> Result<Vec<MemberRef>, StoreError> {
+pub(crate) fn group_members(
+    conn: &mut DbConnection,
+    group_id: &str,
+) -> Result<Vec<MemberRef>, StoreError> {
     read_tx(conn, |conn| {
         let Some(group_seq) = resources::table
             .filter(resources::id.eq(group_id))
@@ -548,11 +708,20 @@ fn members_of_seq(conn: &mut DbConnection, group_seq: i64) -> Result<Vec<MemberR
         .order(group_members::added_seq)
         .select((resources::id, resources::name))
         .load(conn)?;
-    Ok(rows.into_iter().map(|(value, display)| MemberRef { value, display: Some(display) }).collect())
+    Ok(rows
+        .into_iter()
+        .map(|(value, display)| MemberRef {
+            value,
+            display: Some(display),
+        })
+        .collect())
 }
 
 /// Live groups of a user, in group creation order.
-pub(crate) fn groups_of_user(conn: &mut DbConnection, user_id: &str) -> Result<Vec<GroupRef>, StoreError> {
+pub(crate) fn groups_of_user(
+    conn: &mut DbConnection,
+    user_id: &str,
+) -> Result<Vec<GroupRef>, StoreError> {
     read_tx(conn, |conn| {
         let Some(user_seq) = resources::table
             .filter(resources::id.eq(user_id))
@@ -575,11 +744,18 @@ fn groups_of_seq(conn: &mut DbConnection, user_seq: i64) -> Result<Vec<GroupRef>
         .order(resources::seq)
         .select((resources::id, resources::name))
         .load(conn)?;
-    Ok(rows.into_iter().map(|(value, display)| GroupRef { value, display }).collect())
+    Ok(rows
+        .into_iter()
+        .map(|(value, display)| GroupRef { value, display })
+        .collect())
 }
 
 /// A live user by `id`, `username` or `externalid` (`by` already lower-cased).
-pub(crate) fn find_user(conn: &mut DbConnection, by: &str, value: &str) -> Result<Option<ResourceRow>, StoreError> {
+pub(crate) fn find_user(
+    conn: &mut DbConnection,
+    by: &str,
+    value: &str,
+) -> Result<Option<ResourceRow>, StoreError> {
     let query = resources::table
         .filter(resources::resource_type.eq(ResourceType::User.as_str()))
         .filter(resources::deleted.eq(false))
@@ -613,15 +789,23 @@ pub(crate) fn all_ids(
 }
 
 /// A resource by normalised name: live users, then live groups, then the latest tombstone.
-pub(crate) fn resolve_name(conn: &mut DbConnection, name: &str) -> Result<Option<(ResourceType, String)>, StoreError> {
+pub(crate) fn resolve_name(
+    conn: &mut DbConnection,
+    name: &str,
+) -> Result<Option<(ResourceType, String)>, StoreError> {
     let norm = normalise(name);
     let row: Option<(String, String)> = resources::table
         .filter(resources::name_norm.eq(&norm))
-        .order((resources::deleted.asc(), resources::resource_type.desc(), resources::seq.desc()))
+        .order((
+            resources::deleted.asc(),
+            resources::resource_type.desc(),
+            resources::seq.desc(),
+        ))
         .select((resources::resource_type, resources::id))
         .first(conn)
         .optional()?;
-    row.map(|(t, id)| Ok((super::models::parse_type(&t)?, id))).transpose()
+    row.map(|(t, id)| Ok((super::models::parse_type(&t)?, id)))
+        .transpose()
 }
 
 /// Does the filter name `attr` anywhere (so the list must load it before matching)?
@@ -680,11 +864,19 @@ fn row_matches(
     let meta = row.meta();
     let rendered = match resource_type {
         ResourceType::User => {
-            let groups = if mentions(filter, "groups") { Some(groups_of_seq(conn, row.seq)?) } else { None };
+            let groups = if mentions(filter, "groups") {
+                Some(groups_of_seq(conn, row.seq)?)
+            } else {
+                None
+            };
             render_user(&row.id, &data, &meta, groups.as_deref(), base_url)
         }
         ResourceType::Group => {
-            let members = if mentions(filter, "members") { Some(members_of_seq(conn, row.seq)?) } else { None };
+            let members = if mentions(filter, "members") {
+                Some(members_of_seq(conn, row.seq)?)
+            } else {
+                None
+            };
             render_group(&row.id, &data, &meta, members.as_deref(), base_url)
         }
     };
@@ -721,10 +913,16 @@ pub(crate) fn list(
                     .select(ResourceRow::as_select())
                     .load(conn)?
             };
-            return Ok(RowPage { items, total: u64::try_from(total).unwrap_or(0) });
+            return Ok(RowPage {
+                items,
+                total: u64::try_from(total).unwrap_or(0),
+            });
         };
         let mut page = RowPage::default();
-        let take = |conn: &mut DbConnection, row: ResourceRow, page: &mut RowPage| -> Result<(), StoreError> {
+        let take = |conn: &mut DbConnection,
+                    row: ResourceRow,
+                    page: &mut RowPage|
+         -> Result<(), StoreError> {
             if row_matches(conn, resource_type, filter, &row, base_url)? {
                 page.total += 1;
                 if page.total > skip && (page.items.len() as u64) < count {

@@ -32,15 +32,28 @@ fn from_hex(text: &str) -> Option<[u8; 32]> {
 }
 
 /// Insert a token digest under a name unique among live tokens.
-pub(crate) fn create(conn: &mut DbConnection, name: &str, sha256: &[u8; 32], now_ms: i64) -> Result<TokenInfo, StoreError> {
+pub(crate) fn create(
+    conn: &mut DbConnection,
+    name: &str,
+    sha256: &[u8; 32],
+    now_ms: i64,
+) -> Result<TokenInfo, StoreError> {
     let digest = to_hex(sha256);
     write_tx(conn, |conn| {
         diesel::insert_into(tokens::table)
-            .values(NewToken { name, sha256: &digest, created_ms: now_ms, last_used_ms: None, revoked_ms: None })
+            .values(NewToken {
+                name,
+                sha256: &digest,
+                created_ms: now_ms,
+                last_used_ms: None,
+                revoked_ms: None,
+            })
             .execute(conn)
             .map_err(|e| match e {
                 DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _) => {
-                    StoreError::Scim(ScimError::uniqueness("a live token with this name already exists"))
+                    StoreError::Scim(ScimError::uniqueness(
+                        "a live token with this name already exists",
+                    ))
                 }
                 other => other.into(),
             })?;
@@ -67,13 +80,19 @@ pub(crate) fn list(conn: &mut DbConnection) -> Result<Vec<TokenInfo>, StoreError
 /// Revoke live tokens by name, or by id when `key` is a number.
 pub(crate) fn revoke(conn: &mut DbConnection, key: &str, now_ms: i64) -> Result<bool, StoreError> {
     write_tx(conn, |conn| {
-        let by_name = diesel::update(tokens::table.filter(tokens::revoked_ms.is_null()).filter(tokens::name.eq(key)))
-            .set(tokens::revoked_ms.eq(Some(now_ms)))
-            .execute(conn)?;
+        let by_name = diesel::update(
+            tokens::table
+                .filter(tokens::revoked_ms.is_null())
+                .filter(tokens::name.eq(key)),
+        )
+        .set(tokens::revoked_ms.eq(Some(now_ms)))
+        .execute(conn)?;
         let by_id = match key.parse::<i64>() {
-            Ok(id) if by_name == 0 => diesel::update(tokens::table.filter(tokens::revoked_ms.is_null()).find(id))
-                .set(tokens::revoked_ms.eq(Some(now_ms)))
-                .execute(conn)?,
+            Ok(id) if by_name == 0 => {
+                diesel::update(tokens::table.filter(tokens::revoked_ms.is_null()).find(id))
+                    .set(tokens::revoked_ms.eq(Some(now_ms)))
+                    .execute(conn)?
+            }
             _ => 0,
         };
         Ok(by_name + by_id > 0)
@@ -87,7 +106,10 @@ pub(crate) fn live_digests(conn: &mut DbConnection) -> Result<Vec<(String, [u8; 
         .order(tokens::id)
         .select((tokens::name, tokens::sha256))
         .load(conn)?;
-    Ok(rows.into_iter().filter_map(|(name, hex)| from_hex(&hex).map(|d| (name, d))).collect())
+    Ok(rows
+        .into_iter()
+        .filter_map(|(name, hex)| from_hex(&hex).map(|d| (name, d)))
+        .collect())
 }
 
 #[cfg(test)]
