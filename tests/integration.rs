@@ -9,5 +9,6 @@
 
 #[allow(dead_code)]
 mod harness;
+mod ldap_target;
 mod process;
 mod scim_api;

@@ -325,6 +325,7 @@ async fn sync_user(
     };
     let prev_disabled = str_map(prev.get("disabled"));
     let mut read_attrs: Vec<String> = us.attributes.clone();
+    read_attrs.extend(d.entry.attrs.keys().cloned());
     read_attrs.extend(disable_set.keys().cloned());
     read_attrs.extend(prev_disabled.keys().cloned());
     if !read_attrs.iter().any(|a| a == "uid") {
@@ -508,6 +509,7 @@ async fn sync_group(
         }
     }
     let mut read_attrs = gs.attributes.clone();
+    read_attrs.extend(d.entry.attrs.keys().cloned());
     read_attrs.push(attr.clone());
 
     let mut current = locate(ex, prior, &desired_dn, &read_attrs).await?;

@@ -1,0 +1,337 @@
+//! A throwaway OpenLDAP server: cn=config built with `slapadd -n0` from LDIF in a temp dir
+//! (modules back_mdb + ppolicy; schemas core, cosine, inetorgperson, nis; an mdb database for
+//! dc=example,dc=com; a default password policy with `pwdLockout: TRUE`, without which
+//! OpenLDAP 2.5 ignores `pwdAccountLockedTime`), seeded with ou=People, ou=Groups and
+//! ou=Disabled, served on a free loopback port. `stop()`/`start_again()` keep port and data
+//! (outage tests). Killed on `Drop`. Fails loudly when slapd is not installed.
+
+use ldap3::{Ldap, LdapConnAsync, Scope, SearchEntry};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const SLAPD: &str = "/usr/sbin/slapd";
+const SLAPADD: &str = "/usr/sbin/slapadd";
+const BASE: &str = "dc=example,dc=com";
+const ADMIN: &str = "cn=admin,dc=example,dc=com";
+const PASSWORD: &str = "harness-secret";
+
+/// A running (or stopped) slapd.
+pub struct Slapd {
+    dir: tempfile::TempDir,
+    port: u16,
+    child: Option<Child>,
+}
+
+fn find(path: &str) -> PathBuf {
+    let p = PathBuf::from(path);
+    assert!(
+        p.exists(),
+        "{path} not found: the LDAP tests need OpenLDAP: `apt-get install slapd ldap-utils`"
+    );
+    p
+}
+
+fn config_ldif(dir: &Path) -> String {
+    let data = dir.join("data");
+    format!(
+        "dn: cn=config
+objectClass: olcGlobal
+cn: config
+olcPidFile: {pid}
+
+dn: cn=module{{0}},cn=config
+objectClass: olcModuleList
+cn: module{{0}}
+olcModulePath: /usr/lib/ldap
+olcModuleLoad: back_mdb
+olcModuleLoad: ppolicy
+
+dn: cn=schema,cn=config
+objectClass: olcSchemaConfig
+cn: schema
+
+include: file:///etc/ldap/schema/core.ldif
+
+include: file:///etc/ldap/schema/cosine.ldif
+
+include: file:///etc/ldap/schema/inetorgperson.ldif
+
+include: file:///etc/ldap/schema/nis.ldif
+
+dn: olcDatabase={{-1}}frontend,cn=config
+objectClass: olcDatabaseConfig
+objectClass: olcFrontendConfig
+olcDatabase: {{-1}}frontend
+
+dn: olcDatabase={{0}}config,cn=config
+objectClass: olcDatabaseConfig
+olcDatabase: {{0}}config
+olcAccess: {{0}}to * by * none
+
+dn: olcDatabase={{1}}mdb,cn=config
+objectClass: olcDatabaseConfig
+objectClass: olcMdbConfig
+olcDatabase: {{1}}mdb
+olcSuffix: {BASE}
+olcRootDN: {ADMIN}
+olcRootPW: {PASSWORD}
+olcDbDirectory: {data}
+olcDbMaxSize: 33554432
+olcAccess: {{0}}to attrs=userPassword by self write by anonymous auth by * none
+olcAccess: {{1}}to * by * read
+
+dn: olcOverlay={{0}}ppolicy,olcDatabase={{1}}mdb,cn=config
+objectClass: olcOverlayConfig
+objectClass: olcPPolicyConfig
+olcOverlay: {{0}}ppolicy
+olcPPolicyDefault: cn=default,ou=Policies,{BASE}
+",
+        pid = dir.join("slapd.pid").display(),
+        data = data.display(),
+    )
+}
+
+fn data_ldif() -> String {
+    let mut out = format!(
+        "dn: {BASE}\nobjectClass: dcObject\nobjectClass: organization\ndc: example\no: Example\n\n"
+    );
+    for ou in ["Policies", "People", "Groups", "Disabled"] {
+        out.push_str(&format!(
+            "dn: ou={ou},{BASE}\nobjectClass: organizationalUnit\nou: {ou}\n\n"
+        ));
+    }
+    out.push_str(&format!(
+        "dn: cn=default,ou=Policies,{BASE}\nobjectClass: organizationalRole\n\
+         objectClass: pwdPolicy\ncn: default\npwdAttribute: userPassword\npwdLockout: TRUE\n\n"
+    ));
+    out
+}
+
+fn run(cmd: &Path, args: &[&str]) {
+    let out = std::process::Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", cmd.display()));
+    assert!(
+        out.status.success(),
+        "{} {args:?} failed: {}",
+        cmd.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    l.local_addr().expect("local addr").port()
+}
+
+impl Slapd {
+    /// Build a fresh directory and start slapd on a free loopback port.
+    pub async fn start() -> Slapd {
+        let slapadd = find(SLAPADD);
+        find(SLAPD);
+        let dir = tempfile::tempdir().expect("temp dir");
+        let conf = dir.path().join("slapd.d");
+        std::fs::create_dir_all(&conf).unwrap();
+        std::fs::create_dir_all(dir.path().join("data")).unwrap();
+        let config = dir.path().join("config.ldif");
+        std::fs::write(&config, config_ldif(dir.path())).unwrap();
+        let data = dir.path().join("data.ldif");
+        std::fs::write(&data, data_ldif()).unwrap();
+        let confs = conf.to_str().unwrap();
+        run(
+            &slapadd,
+            &["-n0", "-F", confs, "-l", config.to_str().unwrap()],
+        );
+        run(
+            &slapadd,
+            &["-F", confs, "-b", BASE, "-l", data.to_str().unwrap()],
+        );
+        let mut s = Slapd {
+            dir,
+            port: free_port(),
+            child: None,
+        };
+        s.start_again().await;
+        s
+    }
+
+    /// Start slapd again on the same port and data (after [`Slapd::stop`]).
+    pub async fn start_again(&mut self) {
+        assert!(self.child.is_none(), "slapd is already running");
+        let conf = self.dir.path().join("slapd.d");
+        let url = format!("ldap://127.0.0.1:{}/", self.port);
+        let mut child = Command::new(SLAPD)
+            .args(["-h", &url, "-F", conf.to_str().unwrap(), "-d", "16384"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn slapd");
+        let stderr = child.stderr.take().unwrap();
+        let mut lines = BufReader::new(stderr).lines();
+        let mut log = Vec::new();
+        // slapd prints "slapd starting" once it listens (any non-zero debug level; 16384 = sync, silent here).
+        let ready = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+            while let Some(line) = lines.next_line().await.unwrap_or(None) {
+                let done = line.contains("slapd starting");
+                log.push(line);
+                if done {
+                    return true;
+                }
+            }
+            false
+        })
+        .await
+        .unwrap_or(false);
+        assert!(ready, "slapd did not start:\n{}", log.join("\n"));
+        drain(lines);
+        self.child = Some(child);
+        // slapd logs "starting" just before it calls listen(): poll until a bind succeeds
+        // (bounded readiness wait, not a timing assumption).
+        for _ in 0..500 {
+            if self.can_bind(ADMIN, PASSWORD).await {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("slapd on port {} does not accept binds", self.port);
+    }
+
+    /// Stop slapd (SIGKILL, as a crash or outage would); data and port are kept.
+    pub async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.expect("kill slapd");
+        }
+    }
+
+    /// `ldap://127.0.0.1:PORT`.
+    pub fn uri(&self) -> String {
+        format!("ldap://127.0.0.1:{}", self.port)
+    }
+
+    /// The root DN.
+    pub fn bind_dn(&self) -> &'static str {
+        ADMIN
+    }
+
+    /// The root DN's password.
+    pub fn password(&self) -> &'static str {
+        PASSWORD
+    }
+
+    /// The suffix, `dc=example,dc=com`.
+    pub fn base(&self) -> &'static str {
+        BASE
+    }
+
+    /// A connection bound as the root DN.
+    pub async fn admin(&self) -> Ldap {
+        let (conn, mut ldap) = LdapConnAsync::new(&self.uri()).await.expect("connect");
+        spawn_conn(conn);
+        ldap.simple_bind(ADMIN, PASSWORD)
+            .await
+            .unwrap()
+            .success()
+            .unwrap();
+        ldap
+    }
+
+    /// Whether a simple bind with these credentials succeeds.
+    pub async fn can_bind(&self, dn: &str, password: &str) -> bool {
+        let Ok((conn, mut ldap)) = LdapConnAsync::new(&self.uri()).await else {
+            return false;
+        };
+        spawn_conn(conn);
+        let ok = ldap
+            .simple_bind(dn, password)
+            .await
+            .map(|r| r.rc == 0)
+            .unwrap_or(false);
+        let _ = ldap.unbind().await;
+        ok
+    }
+
+    /// One entry's attributes (lower-cased names, sorted values; `attrs` as for a search,
+    /// e.g. `["*", "pwdAccountLockedTime"]`), or `None`.
+    pub async fn entry(&self, dn: &str, attrs: &[&str]) -> Option<Vec<(String, Vec<String>)>> {
+        let mut ldap = self.admin().await;
+        let res = ldap
+            .search(dn, Scope::Base, "(objectClass=*)", attrs.to_vec())
+            .await
+            .unwrap();
+        if res.1.rc == 32 {
+            return None;
+        }
+        let (entries, _) = res.success().unwrap();
+        entries
+            .into_iter()
+            .next()
+            .map(|e| normalise(SearchEntry::construct(e)).1)
+    }
+
+    /// Every entry below `base` as sorted, normalised LDIF (DNs sorted, attribute names
+    /// lower-cased and sorted, values sorted); operational attributes left out.
+    pub async fn dump(&self, base: &str) -> String {
+        let mut ldap = self.admin().await;
+        let (entries, _) = ldap
+            .search(base, Scope::Subtree, "(objectClass=*)", vec!["*"])
+            .await
+            .unwrap()
+            .success()
+            .unwrap();
+        let mut all: Vec<(String, Vec<(String, Vec<String>)>)> = entries
+            .into_iter()
+            .map(|e| normalise(SearchEntry::construct(e)))
+            .collect();
+        all.sort();
+        let mut out = String::new();
+        for (dn, attrs) in all {
+            out.push_str(&format!("dn: {dn}\n"));
+            for (a, vs) in attrs {
+                for v in vs {
+                    out.push_str(&format!("{a}: {v}\n"));
+                }
+            }
+            out.push('\n');
+        }
+        out
+    }
+}
+
+fn normalise(e: SearchEntry) -> (String, Vec<(String, Vec<String>)>) {
+    let mut attrs: Vec<(String, Vec<String>)> = e
+        .attrs
+        .into_iter()
+        .map(|(k, mut v)| {
+            v.sort();
+            (k.to_ascii_lowercase(), v)
+        })
+        .collect();
+    attrs.sort();
+    (e.dn, attrs)
+}
+
+/// Test-only background tasks (the daemon's TaskTracker is not involved here).
+#[allow(clippy::disallowed_methods)]
+fn spawn_conn(conn: LdapConnAsync) {
+    tokio::spawn(async move {
+        let _ = conn.drive().await;
+    });
+}
+
+#[allow(clippy::disallowed_methods)]
+fn drain(mut lines: tokio::io::Lines<BufReader<tokio::process::ChildStderr>>) {
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+}
+
+impl Drop for Slapd {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.start_kill();
+        }
+    }
+}
