@@ -1,4 +1,5 @@
-//! The one integration-test binary (every extra `tests/*.rs` is another link): a module per area.
+//! The one integration-test binary (every extra `tests/*.rs` is another link): a `mod` per area
+//! (STYLE.md §8). Areas share `harness`.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -12,3 +13,4 @@ mod harness;
 mod ldap_target;
 mod process;
 mod scim_api;
+mod tidy;

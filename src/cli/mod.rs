@@ -100,7 +100,7 @@ pub(crate) async fn open_store(
             .raw
             .targets
             .iter()
-            .map(|t| t.name().to_owned())
+            .map(|t| t.name().to_string())
             .collect(),
     );
     Ok(store)

@@ -98,7 +98,7 @@ impl Daemon {
             .raw
             .targets
             .iter()
-            .map(|t| t.name().to_owned())
+            .map(|t| t.name().to_string())
             .collect();
         store.set_targets(target_names.clone());
         match store.live_token_digests().await {

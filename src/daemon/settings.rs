@@ -192,7 +192,7 @@ pub fn from_raw(raw: &RawConfig) -> Result<Settings, Vec<ConfigError>> {
     }
     let mut names = std::collections::BTreeSet::new();
     for (i, t) in raw.targets.iter().enumerate() {
-        if !names.insert(t.name().to_owned()) {
+        if !names.insert(t.name().to_string()) {
             errors.push(ConfigError::invalid(
                 format!("targets[{i}].name"),
                 format!("duplicate target name `{}`", t.name()),

@@ -19,12 +19,18 @@
 //!    repair do it): the reference stays absent until then.
 //! 3. Groups: `t.render_group(&json)`; `Desired::members` is, for each member user that has a
 //!    `target_state` in `t`, `t.member_key(key, extra)` (the DN, or for `memberUid` the `uid`
-//!    the LDAP target recorded in `extra`). When [`CompiledTarget::remove_inactive_from_groups`]
+//!    the LDAP target recorded in `extra`; a user without a `uid` attribute is then left out). When [`CompiledTarget::remove_inactive_from_groups`]
 //!    is true, leave inactive users out, and re-sync a user's groups when `active` flips.
 //!    When a user's key changes (rename, move), re-sync the groups it belongs to.
-//! 4. `target.sync(Some(&desired), &prior, dry_run)` and store `Outcome.key/extra`.
+//! 4. `target.sync(Some(&desired), &prior, dry_run)` and store `Outcome.key/extra` (a user
+//!    deleted by the `delete` deactivation policy comes back with `key = None` and must be
+//!    re-created on reactivation: keep its `extra`). A store DELETE is `sync(None, &prior, ..)`.
 //!
-//! Targets use [`diff`] (over mapped attributes only) to compute the change.
+//! Validation: the daemon's settings step calls both `CompiledTarget::compile` (rules, DN
+//! templates, role groups) and the target's own `Settings::from_raw` (URL, timeouts,
+//! credentials, deactivation, membership options) and reports the union of their errors.
+//!
+//! Targets use [`diff()`] (over mapped attributes only) to compute the change.
 //!
 //! The rule language is documented in `docs/mapping.md`: paths (`name.familyName`,
 //! `emails[type eq "work"].value`, URN-prefixed extension attributes), templates

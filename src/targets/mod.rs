@@ -92,3 +92,29 @@ pub trait Target {
         dry_run: bool,
     ) -> Result<Outcome, TargetError>;
 }
+
+/// The closed set of targets, dispatched by `match` (no `dyn`: the trait has `async fn`).
+#[derive(Debug)]
+pub enum AnyTarget {
+    /// An LDAP directory.
+    Ldap(ldap::LdapTarget),
+}
+
+impl Target for AnyTarget {
+    async fn healthcheck(&self) -> Result<(), TargetError> {
+        match self {
+            AnyTarget::Ldap(t) => t.healthcheck().await,
+        }
+    }
+
+    async fn sync(
+        &self,
+        desired: Option<&Desired>,
+        prior: &Prior,
+        dry_run: bool,
+    ) -> Result<Outcome, TargetError> {
+        match self {
+            AnyTarget::Ldap(t) => t.sync(desired, prior, dry_run).await,
+        }
+    }
+}

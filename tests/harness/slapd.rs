@@ -17,10 +17,15 @@ const BASE: &str = "dc=example,dc=com";
 const ADMIN: &str = "cn=admin,dc=example,dc=com";
 const PASSWORD: &str = "harness-secret";
 
+/// An entry's attributes: (lower-cased name, sorted values), sorted by name.
+pub type Attrs = Vec<(String, Vec<String>)>;
+
 /// A running (or stopped) slapd.
 pub struct Slapd {
     dir: tempfile::TempDir,
     port: u16,
+    /// The ldaps:// port when started with TLS.
+    tls_port: Option<u16>,
     child: Option<Child>,
 }
 
@@ -33,14 +38,23 @@ fn find(path: &str) -> PathBuf {
     p
 }
 
-fn config_ldif(dir: &Path) -> String {
+fn config_ldif(dir: &Path, tls: bool) -> String {
     let data = dir.join("data");
+    let tls = if tls {
+        format!(
+            "olcTLSCACertificateFile: {d}/ca.pem\nolcTLSCertificateFile: {d}/server.pem\n\
+             olcTLSCertificateKeyFile: {d}/server.key\n",
+            d = dir.display()
+        )
+    } else {
+        String::new()
+    };
     format!(
         "dn: cn=config
 objectClass: olcGlobal
 cn: config
 olcPidFile: {pid}
-
+{tls}
 dn: cn=module{{0}},cn=config
 objectClass: olcModuleList
 cn: module{{0}}
@@ -122,6 +136,91 @@ fn run(cmd: &Path, args: &[&str]) {
     );
 }
 
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("the TLS tests need the openssl command: `apt-get install openssl`");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn make_ca(dir: &Path, name: &str) {
+    let key = format!("{name}.key");
+    let pem = format!("{name}.pem");
+    let subj = format!("/CN=scim-sync test {name}");
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &pem,
+            "-days",
+            "2",
+            "-subj",
+            &subj,
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+    );
+}
+
+fn make_server_cert(dir: &Path) {
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
+         keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+        ],
+    );
+}
+
 fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
     l.local_addr().expect("local addr").port()
@@ -130,6 +229,16 @@ fn free_port() -> u16 {
 impl Slapd {
     /// Build a fresh directory and start slapd on a free loopback port.
     pub async fn start() -> Slapd {
+        Slapd::build(false).await
+    }
+
+    /// Like [`Slapd::start`], with TLS: a fresh CA (`ca_file()`) and a server certificate for
+    /// 127.0.0.1; StartTLS on `uri()` and TLS on `ldaps_uri()`.
+    pub async fn start_tls() -> Slapd {
+        Slapd::build(true).await
+    }
+
+    async fn build(tls: bool) -> Slapd {
         let slapadd = find(SLAPADD);
         find(SLAPD);
         let dir = tempfile::tempdir().expect("temp dir");
@@ -137,7 +246,11 @@ impl Slapd {
         std::fs::create_dir_all(&conf).unwrap();
         std::fs::create_dir_all(dir.path().join("data")).unwrap();
         let config = dir.path().join("config.ldif");
-        std::fs::write(&config, config_ldif(dir.path())).unwrap();
+        if tls {
+            make_ca(dir.path(), "ca");
+            make_server_cert(dir.path());
+        }
+        std::fs::write(&config, config_ldif(dir.path(), tls)).unwrap();
         let data = dir.path().join("data.ldif");
         std::fs::write(&data, data_ldif()).unwrap();
         let confs = conf.to_str().unwrap();
@@ -152,17 +265,38 @@ impl Slapd {
         let mut s = Slapd {
             dir,
             port: free_port(),
+            tls_port: tls.then(free_port),
             child: None,
         };
-        s.start_again().await;
-        s
+        // Another process may take the free port between the probe and slapd's bind: retry
+        // on fresh ports.
+        let mut last = String::new();
+        for _ in 0..5 {
+            match s.try_start().await {
+                Ok(()) => return s,
+                Err(log) => last = log,
+            }
+            s.port = free_port();
+            s.tls_port = tls.then(free_port);
+        }
+        panic!("slapd did not start:\n{last}");
     }
 
     /// Start slapd again on the same port and data (after [`Slapd::stop`]).
     pub async fn start_again(&mut self) {
+        if let Err(log) = self.try_start().await {
+            panic!("slapd did not start:\n{log}");
+        }
+    }
+
+    /// Start slapd; on failure, its log.
+    async fn try_start(&mut self) -> Result<(), String> {
         assert!(self.child.is_none(), "slapd is already running");
         let conf = self.dir.path().join("slapd.d");
-        let url = format!("ldap://127.0.0.1:{}/", self.port);
+        let mut url = format!("ldap://127.0.0.1:{}/", self.port);
+        if let Some(p) = self.tls_port {
+            url.push_str(&format!(" ldaps://127.0.0.1:{p}/"));
+        }
         let mut child = Command::new(SLAPD)
             .args(["-h", &url, "-F", conf.to_str().unwrap(), "-d", "16384"])
             .stdin(Stdio::null())
@@ -174,7 +308,8 @@ impl Slapd {
         let stderr = child.stderr.take().unwrap();
         let mut lines = BufReader::new(stderr).lines();
         let mut log = Vec::new();
-        // slapd prints "slapd starting" once it listens (any non-zero debug level; 16384 = sync, silent here).
+        // slapd prints "slapd starting" at any non-zero debug level (16384 = sync: silent
+        // here); it exits with a message when it cannot listen.
         let ready = tokio::time::timeout(std::time::Duration::from_secs(20), async {
             while let Some(line) = lines.next_line().await.unwrap_or(None) {
                 let done = line.contains("slapd starting");
@@ -187,18 +322,22 @@ impl Slapd {
         })
         .await
         .unwrap_or(false);
-        assert!(ready, "slapd did not start:\n{}", log.join("\n"));
+        if !ready {
+            let _ = child.kill().await;
+            return Err(log.join("\n"));
+        }
         drain(lines);
         self.child = Some(child);
-        // slapd logs "starting" just before it calls listen(): poll until a bind succeeds
-        // (bounded readiness wait, not a timing assumption).
+        // "starting" is logged just before listen(): poll until a bind succeeds (a bounded
+        // readiness wait, not a timing assumption).
         for _ in 0..500 {
             if self.can_bind(ADMIN, PASSWORD).await {
-                return;
+                return Ok(());
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
-        panic!("slapd on port {} does not accept binds", self.port);
+        self.stop().await;
+        Err(format!("slapd on port {} does not accept binds", self.port))
     }
 
     /// Stop slapd (SIGKILL, as a crash or outage would); data and port are kept.
@@ -208,9 +347,53 @@ impl Slapd {
         }
     }
 
+    /// Freeze slapd (SIGSTOP): connections are accepted by the kernel but never answered,
+    /// like a hung server. [`Slapd::resume`] undoes it.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Resume a paused slapd (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self
+            .child
+            .as_ref()
+            .and_then(Child::id)
+            .expect("slapd is not running");
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .expect("run kill")
+            .success();
+        assert!(ok, "kill {sig} {pid} failed");
+    }
+
     /// `ldap://127.0.0.1:PORT`.
     pub fn uri(&self) -> String {
         format!("ldap://127.0.0.1:{}", self.port)
+    }
+
+    /// `ldaps://127.0.0.1:PORT` (only after [`Slapd::start_tls`]).
+    pub fn ldaps_uri(&self) -> String {
+        format!(
+            "ldaps://127.0.0.1:{}",
+            self.tls_port.expect("started without TLS")
+        )
+    }
+
+    /// The CA certificate (PEM) that signed the server certificate.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    /// A CA that did not sign the server certificate (for negative tests).
+    pub fn other_ca_file(&self) -> PathBuf {
+        make_ca(self.dir.path(), "other-ca");
+        self.dir.path().join("other-ca.pem")
     }
 
     /// The root DN.
@@ -257,7 +440,7 @@ impl Slapd {
 
     /// One entry's attributes (lower-cased names, sorted values; `attrs` as for a search,
     /// e.g. `["*", "pwdAccountLockedTime"]`), or `None`.
-    pub async fn entry(&self, dn: &str, attrs: &[&str]) -> Option<Vec<(String, Vec<String>)>> {
+    pub async fn entry(&self, dn: &str, attrs: &[&str]) -> Option<Attrs> {
         let mut ldap = self.admin().await;
         let res = ldap
             .search(dn, Scope::Base, "(objectClass=*)", attrs.to_vec())
@@ -283,7 +466,7 @@ impl Slapd {
             .unwrap()
             .success()
             .unwrap();
-        let mut all: Vec<(String, Vec<(String, Vec<String>)>)> = entries
+        let mut all: Vec<(String, Attrs)> = entries
             .into_iter()
             .map(|e| normalise(SearchEntry::construct(e)))
             .collect();
@@ -302,8 +485,8 @@ impl Slapd {
     }
 }
 
-fn normalise(e: SearchEntry) -> (String, Vec<(String, Vec<String>)>) {
-    let mut attrs: Vec<(String, Vec<String>)> = e
+fn normalise(e: SearchEntry) -> (String, Attrs) {
+    let mut attrs: Attrs = e
         .attrs
         .into_iter()
         .map(|(k, mut v)| {

@@ -33,9 +33,13 @@ manager = { reference = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:U
 
 /// A target over `slapd` from TOML fragments (`head` = top-level keys, `tail` = extra tables).
 fn build(slapd: &Slapd, head: &str, users: &str, tail: &str) -> (CompiledTarget, LdapTarget) {
+    let head = if head.contains("url =") {
+        head.to_owned()
+    } else {
+        format!("url = \"{}\"\n{head}", slapd.uri())
+    };
     let text = format!(
-        "name = \"test\"\ntype = \"ldap\"\nurl = \"{}\"\nbind_dn = \"{}\"\nbind_password_env = \"UNUSED\"\n{head}\n{users}\n{tail}\n",
-        slapd.uri(),
+        "name = \"test\"\ntype = \"ldap\"\nbind_dn = \"{}\"\nbind_password_env = \"UNUSED\"\n{head}\n{users}\n{tail}\n",
         slapd.bind_dn()
     );
     let raw: RawTarget = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
@@ -625,6 +629,32 @@ group = "cn=app-admins,ou=Groups,dc=example,dc=com"
         "{:?}",
         o2.changes
     );
+
+    // remove_from_groups: deactivation leaves role groups, reactivation rejoins.
+    let deact = format!("{roles}\n[users.deactivate]\npolicy = \"disable\"\nset = {{ description = \"disabled\" }}\nremove_from_groups = true\n");
+    let (map, t) = build(&slapd, "", USERS, &deact);
+    assert!(map.remove_inactive_from_groups());
+    u["roles"] = json!([{"value": "admin"}]);
+    let o3 = dir.sync(&map, &t, &u, &prior(&o2)).await;
+    assert_eq!(g().await.len(), 2);
+    u["active"] = json!(false);
+    let o4 = dir.sync(&map, &t, &u, &prior(&o3)).await;
+    assert_eq!(
+        g().await,
+        ["cn=nobody,dc=example,dc=com"],
+        "{:?}",
+        o4.changes
+    );
+    u["active"] = json!(true);
+    let o5 = dir.sync(&map, &t, &u, &prior(&o4)).await;
+    assert!(
+        g().await.contains(&o5.key.clone().unwrap()),
+        "{:?}",
+        o5.changes
+    );
+    // A SCIM delete removes the user from its role groups too.
+    t.sync(None, &prior(&o5), false).await.unwrap();
+    assert_eq!(g().await, ["cn=nobody,dc=example,dc=com"]);
 }
 
 #[tokio::test]
@@ -678,6 +708,7 @@ async fn hostile_names_round_trip_exactly() {
     let slapd = Slapd::start().await;
     let (map, t) = build(&slapd, "", USERS, "");
     let mut dir = Dir::default();
+    let mut previous: Option<String> = None;
     for name in [
         r#",+="\<>;#"#,
         " lead and trail ",
@@ -687,7 +718,14 @@ async fn hostile_names_round_trip_exactly() {
         "a,b=c+d",
     ] {
         let mut u = user(name);
+        u["id"] = json!(format!("hostile-{name}"));
         u["name"]["givenName"] = json!(name);
+        // Each hostile user's manager is the previous hostile user (a DN-valued attribute).
+        if let Some(prev) = &previous {
+            u["urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"]["manager"] =
+                json!({ "value": prev });
+        }
+        previous = Some(format!("hostile-{name}"));
         let o1 = dir.sync(&map, &t, &u, &Prior::default()).await;
         let dn = o1.key.clone().unwrap();
         let e = slapd
@@ -718,7 +756,7 @@ async fn dry_run_changes_nothing_and_reports_the_plan() {
     let slapd = Slapd::start().await;
     let (map, t) = build(&slapd, "", USERS, DISABLE);
     let dir = Dir::default();
-    let before = slapd.dump("dc=example,dc=com").await;
+    let before = slapd.dump(slapd.base()).await;
     let mut u = user("dry");
     let d = dir.desired(&map, &u);
     let plan = t.sync(Some(&d), &Prior::default(), true).await.unwrap();
@@ -812,4 +850,131 @@ async fn missing_parent_is_permanent() {
         .unwrap_err();
     assert_eq!(err.class, ErrorClass::Permanent, "{err:?}");
     assert_eq!(err.code.as_deref(), Some("32"));
+}
+
+#[tokio::test]
+async fn starttls_and_ldaps_verify_the_server_certificate() {
+    let slapd = Slapd::start_tls().await;
+    let ca = slapd.ca_file();
+    let head = format!("starttls = true\nca_file = \"{}\"", ca.display());
+    let (map, t) = build(&slapd, &head, USERS, "");
+    t.healthcheck().await.unwrap();
+    let mut dir = Dir::default();
+    let o = dir.sync(&map, &t, &user("tls"), &Prior::default()).await;
+    assert_eq!(o.changes.len(), 1);
+    let head = format!(
+        "url = \"{}\"\nca_file = \"{}\"",
+        slapd.ldaps_uri(),
+        ca.display()
+    );
+    let (_, t) = build(&slapd, &head, USERS, "");
+    t.healthcheck().await.unwrap();
+    // A server certificate from another CA is refused, for StartTLS and ldaps alike.
+    let other = slapd.other_ca_file();
+    for head in [
+        format!("starttls = true\nca_file = \"{}\"", other.display()),
+        format!(
+            "url = \"{}\"\nca_file = \"{}\"",
+            slapd.ldaps_uri(),
+            other.display()
+        ),
+    ] {
+        let (map, t) = build(&slapd, &head, USERS, "");
+        let err = t.healthcheck().await.unwrap_err();
+        assert_eq!(err.class, ErrorClass::Transient, "{err:?}");
+        let d = Dir::default().desired(&map, &user("never"));
+        assert!(t.sync(Some(&d), &Prior::default(), false).await.is_err());
+    }
+    assert!(slapd
+        .entry("uid=never,ou=People,dc=example,dc=com", &["*"])
+        .await
+        .is_none());
+}
+
+#[tokio::test]
+async fn large_groups_change_in_chunks() {
+    let slapd = Slapd::start().await;
+    let groups = r#"
+[groups]
+dn = "cn={displayName},ou=Groups,dc=example,dc=com"
+object_classes = ["groupOfNames"]
+"#;
+    let (map, t) = build(&slapd, "", USERS, groups);
+    let members: Vec<String> = (0..1201)
+        .map(|i| format!("uid=u{i},ou=People,dc=example,dc=com"))
+        .collect();
+    let g = json!({"displayName": "Big"});
+    let g1 = t
+        .sync(
+            Some(&group_desired(&map, &g, members.clone())),
+            &Prior::default(),
+            false,
+        )
+        .await
+        .unwrap();
+    // add (500) + 2 modifies (500, 201)
+    assert_eq!(
+        g1.changes.len(),
+        3,
+        "{:?}",
+        g1.changes.iter().map(|c| c.len()).collect::<Vec<_>>()
+    );
+    let e = slapd
+        .entry("cn=Big,ou=Groups,dc=example,dc=com", &["member"])
+        .await
+        .unwrap();
+    assert_eq!(attr(&e, "member").len(), 1201);
+    let g2 = t
+        .sync(
+            Some(&group_desired(&map, &g, members[600..].to_vec())),
+            &prior(&g1),
+            false,
+        )
+        .await
+        .unwrap();
+    assert_eq!(g2.changes.len(), 2, "600 deletions in two chunks");
+    let e = slapd
+        .entry("cn=Big,ou=Groups,dc=example,dc=com", &["member"])
+        .await
+        .unwrap();
+    assert_eq!(attr(&e, "member").len(), 601);
+    let g3 = t
+        .sync(
+            Some(&group_desired(&map, &g, members[600..].to_vec())),
+            &prior(&g2),
+            false,
+        )
+        .await
+        .unwrap();
+    assert!(g3.changes.is_empty());
+}
+
+#[tokio::test]
+async fn hung_server_times_out_as_transient_and_recovers() {
+    let slapd = Slapd::start().await;
+    let (map, t) = build(
+        &slapd,
+        "connect_timeout_secs = 1\ntimeout_secs = 1",
+        USERS,
+        "",
+    );
+    let mut dir = Dir::default();
+    dir.sync(&map, &t, &user("first"), &Prior::default()).await;
+    slapd.pause();
+    let d = dir.desired(&map, &user("second"));
+    let started = std::time::Instant::now();
+    let err = t
+        .sync(Some(&d), &Prior::default(), false)
+        .await
+        .unwrap_err();
+    let waited = started.elapsed();
+    slapd.resume();
+    assert_eq!(err.class, ErrorClass::Transient, "{err:?}");
+    assert_eq!(err.code.as_deref(), Some("timeout"), "{err:?}");
+    assert!(
+        waited < std::time::Duration::from_secs(10),
+        "waited {waited:?}"
+    );
+    let o = t.sync(Some(&d), &Prior::default(), false).await.unwrap();
+    assert_eq!(o.changes.len(), 1);
 }

@@ -275,6 +275,34 @@ fn add_attrs(entry: &Entry, extra: &BTreeMap<String, Vec<String>>) -> Vec<(Strin
     attrs
 }
 
+/// The server returns DN-valued attributes (`manager`, `secretary`, ...) in its own spelling
+/// (`\,` for `\2c`, type case). Before diffing, a current value that names the same DN as a
+/// desired value is replaced by the desired spelling, so equal DNs never look changed.
+fn align_dn_values(desired: &Entry, current: &Entry) -> Entry {
+    let mut out = current.clone();
+    for (name, want) in &desired.attrs {
+        let dn_like: Vec<&String> = want.iter().filter(|w| looks_like_dn(w)).collect();
+        if dn_like.is_empty() {
+            continue;
+        }
+        if let Some(have) = out.attrs.get_mut(name) {
+            for v in have.iter_mut() {
+                if want.contains(v) || !looks_like_dn(v) {
+                    continue;
+                }
+                if let Some(w) = dn_like.iter().find(|w| dn_eq(w, v)) {
+                    v.clone_from(w);
+                }
+            }
+        }
+    }
+    out
+}
+
+fn looks_like_dn(v: &str) -> bool {
+    v.contains('=') && crate::mapping::dn::parse_dn(v).is_ok_and(|r| !r.is_empty())
+}
+
 fn sha256_hex(s: &str) -> String {
     Sha256::digest(s.as_bytes())
         .iter()
@@ -364,7 +392,7 @@ async fn sync_user(
             &entry.object_classes,
             &cur.object_classes,
         ));
-        mods.extend(diff(&entry, cur));
+        mods.extend(diff(&entry, &align_dn_values(&entry, cur)));
         for (attr, vals) in &disable_set {
             let have = cur.attrs.get(attr).cloned().unwrap_or_default();
             if !same_set(&have, vals) {
@@ -552,7 +580,7 @@ async fn sync_group(
             &d.entry.object_classes,
             &cur.object_classes,
         ));
-        mods.extend(diff(&d.entry, cur));
+        mods.extend(diff(&d.entry, &align_dn_values(&d.entry, cur)));
         ex.modify(&desired_dn, mods, false).await?;
 
         let have: Vec<String> = cur.attrs.get(&attr).cloned().unwrap_or_default();
@@ -628,4 +656,27 @@ async fn remove(
     }
     ex.delete(key).await?;
     Ok((None, None))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dn_values_in_server_spelling_are_not_changes() {
+        let mk = |v: &str| Entry {
+            key: "uid=x".into(),
+            object_classes: vec![],
+            attrs: [("manager".to_owned(), vec![v.to_owned()])]
+                .into_iter()
+                .collect(),
+        };
+        let desired = mk(r"uid=a\2cb,ou=People,dc=x");
+        let current = mk(r"UID=a\,b,ou=people,dc=x");
+        assert!(diff(&desired, &align_dn_values(&desired, &current)).is_empty());
+        let other = mk(r"uid=c,ou=People,dc=x");
+        assert_eq!(diff(&desired, &align_dn_values(&desired, &other)).len(), 1);
+        let plain = mk("not a dn");
+        assert_eq!(align_dn_values(&desired, &plain), plain);
+    }
 }

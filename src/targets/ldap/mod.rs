@@ -33,3 +33,28 @@ impl Target for LdapTarget {
         apply::sync(self, desired, prior, dry_run).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send<T: Send>(_: &T) {}
+
+    #[test]
+    fn futures_are_send_so_workers_can_spawn_them() {
+        let raw: crate::config::target::RawTarget = toml::from_str(
+            "name = \"t\"\ntype = \"ldap\"\nurl = \"ldap://127.0.0.1:1\"\n[users]\ndn = \"uid={userName},dc=x\"\nobject_classes = [\"person\"]\n",
+        )
+        .unwrap();
+        let crate::config::target::RawTarget::Ldap(l) = &raw;
+        let t = LdapTarget::new(Settings::from_raw(l, 0).unwrap()).unwrap();
+        let prior = Prior::default();
+        {
+            let fut = t.sync(None, &prior, true);
+            assert_send(&fut);
+            assert_send(&t.healthcheck());
+        }
+        let any = crate::targets::AnyTarget::Ldap(t);
+        assert_send(&any.sync(None, &prior, true));
+    }
+}

@@ -1,0 +1,153 @@
+//! Tidy checks on the source tree (as rust-analyzer's `xtask/src/tidy.rs`): the pure modules
+//! stay pure, targets stay apart from SCIM and the store, every file has a `//!` header, and
+//! no code builds DNs or LDAP filters outside the mapping's escaping helpers.
+
+use std::path::{Path, PathBuf};
+
+fn rust_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let p = entry.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|e| e == "rs") {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn src() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
+}
+
+/// Code lines only (comments dropped), so docs may mention what code must not use.
+fn code(text: &str) -> String {
+    text.lines()
+        .filter(|l| {
+            let t = l.trim_start();
+            !(t.starts_with("//") || t.starts_with("///") || t.starts_with("//!"))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn pure_modules_do_no_io() {
+    let forbidden = [
+        "tokio",
+        "diesel",
+        "hyper",
+        "crate::store",
+        "std::fs",
+        "std::net",
+        "reqwest",
+        "crate::targets",
+    ];
+    for dir in ["scim", "mapping"] {
+        for file in rust_files(&src().join(dir)) {
+            let text = code(&std::fs::read_to_string(&file).unwrap());
+            for word in forbidden {
+                assert!(
+                    !text.contains(word),
+                    "{} uses `{word}`: {dir}/ must stay pure",
+                    file.display()
+                );
+            }
+            for line in text.lines().filter(|l| l.contains("ldap3::")) {
+                assert!(
+                    line.contains("dn_escape") || line.contains("ldap_escape"),
+                    "{}: only ldap3's escaping helpers are allowed in {dir}/: {line}",
+                    file.display()
+                );
+            }
+        }
+    }
+    for file in rust_files(&src().join("scim")) {
+        let text = code(&std::fs::read_to_string(&file).unwrap());
+        assert!(
+            !text.contains("crate::mapping"),
+            "{}: scim/ must not use mapping/",
+            file.display()
+        );
+    }
+}
+
+#[test]
+fn targets_never_see_scim_or_the_store() {
+    for file in rust_files(&src().join("targets")) {
+        let text = code(&std::fs::read_to_string(&file).unwrap());
+        for word in ["crate::scim", "crate::store", "crate::http"] {
+            assert!(!text.contains(word), "{} uses `{word}`", file.display());
+        }
+    }
+}
+
+#[test]
+fn http_never_calls_a_target() {
+    for file in rust_files(&src().join("http")) {
+        let text = code(&std::fs::read_to_string(&file).unwrap());
+        for word in ["crate::targets", "crate::reconcile", "ldap3"] {
+            assert!(!text.contains(word), "{} uses `{word}`", file.display());
+        }
+    }
+}
+
+#[test]
+fn only_the_store_uses_diesel() {
+    for file in rust_files(&src()) {
+        if file.starts_with(src().join("store"))
+            || file.starts_with(src().join("targets").join("sql"))
+        {
+            continue;
+        }
+        let text = code(&std::fs::read_to_string(&file).unwrap());
+        assert!(
+            !text.contains("diesel::"),
+            "{} uses diesel outside store/ (and the SQL target)",
+            file.display()
+        );
+    }
+}
+
+#[test]
+fn every_file_opens_with_a_module_doc() {
+    let mut files = rust_files(&src());
+    files.extend(rust_files(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests"),
+    ));
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+        assert!(
+            first.starts_with("//!"),
+            "{} does not open with a //! header",
+            file.display()
+        );
+    }
+}
+
+#[test]
+fn no_replace_of_membership_attributes() {
+    // membership is written as value adds and deletes, never a Replace of member lists.
+    for file in rust_files(&src().join("targets")) {
+        let text = code(&std::fs::read_to_string(&file).unwrap());
+        for (n, line) in text.lines().enumerate() {
+            let l = line.to_ascii_lowercase();
+            if l.contains("mod::replace") {
+                assert!(
+                    !(l.contains("member")
+                        || l.contains("uniquemember")
+                        || l.contains("memberuid")),
+                    "{}:{}: Mod::Replace on a membership attribute",
+                    file.display(),
+                    n + 1
+                );
+            }
+        }
+    }
+}
