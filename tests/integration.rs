@@ -10,6 +10,7 @@
 #[allow(dead_code)]
 mod harness;
 mod ldap_target;
+mod process;
 mod reconcile;
 mod scim_api;
 mod tidy;

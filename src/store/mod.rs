@@ -261,6 +261,9 @@ struct Inner {
     targets: RwLock<Arc<Vec<String>>>,
     /// The instance lock on `<db>.lock`, held for the life of the store (file databases only).
     _instance_lock: Option<std::fs::File>,
+    /// The SQLite file, checked by [`Store::ping`] (an open connection keeps working on a
+    /// deleted file, which a restart would then lose).
+    sqlite_path: Option<PathBuf>,
 }
 
 /// A cheap-to-clone handle on the database pool.
@@ -278,6 +281,10 @@ pub struct StoreSettings {
     pub password: Option<String>,
     pub pool_size: u32,
     pub busy_timeout_ms: u64,
+    /// Take the exclusive instance lock `<db>.lock` (SQLite files): `serve` does, so a second
+    /// daemon on the same file refuses to start; one-shot CLI commands (token, status...) do not,
+    /// so they work while the daemon runs.
+    pub instance_lock: bool,
 }
 
 impl std::fmt::Debug for StoreSettings {
@@ -380,8 +387,7 @@ fn take_instance_lock(db: &Path) -> Result<std::fs::File, StoreError> {
                 lock_path.display()
             ))
         })?;
-    // `File::try_lock` is std since Rust 1.89: the crate's `rust-version` must be at least that.
-    #[allow(clippy::incompatible_msrv)]
+    // `File::try_lock` is std since Rust 1.89 (the crate's `rust-version`).
     let locked = file.try_lock();
     match locked {
         Ok(()) => Ok(file),
@@ -562,6 +568,11 @@ impl Store {
         let parsed = parse_url(&settings.url, settings.password.as_deref())?;
         let pool_size = settings.pool_size.max(1);
         let busy_timeout_ms = settings.busy_timeout_ms;
+        let want_lock = settings.instance_lock;
+        let sqlite_path = match &parsed {
+            ParsedUrl::SqliteFile(path) => Some(path.clone()),
+            _ => None,
+        };
         tokio::task::spawn_blocking(move || {
             let builder = diesel::r2d2::Pool::builder().connection_timeout(Duration::from_secs(10));
             let (target, builder, lock) = match parsed {
@@ -579,7 +590,11 @@ impl Store {
                     None,
                 ),
                 ParsedUrl::SqliteFile(path) => {
-                    let lock = take_instance_lock(&path)?;
+                    let lock = if want_lock {
+                        Some(take_instance_lock(&path)?)
+                    } else {
+                        None
+                    };
                     let path_str = path
                         .to_str()
                         .ok_or_else(|| {
@@ -595,7 +610,7 @@ impl Store {
                             busy_timeout_ms,
                         },
                         builder.max_size(pool_size),
-                        Some(lock),
+                        lock,
                     )
                 }
                 ParsedUrl::Pg(url) => (ConnTarget::Pg { url }, builder.max_size(pool_size), None),
@@ -608,6 +623,7 @@ impl Store {
                     pool,
                     targets: RwLock::new(Arc::new(Vec::new())),
                     _instance_lock: lock,
+                    sqlite_path,
                 }),
             })
         })
@@ -666,6 +682,14 @@ impl Store {
     /// # Errors
     /// `Unavailable`.
     pub async fn ping(&self) -> Result<(), StoreError> {
+        if let Some(path) = &self.inner.sqlite_path {
+            if !path.exists() {
+                return Err(StoreError::Unavailable(format!(
+                    "the database file {} is gone",
+                    path.display()
+                )));
+            }
+        }
         self.run(|conn| {
             use diesel::RunQueryDsl;
             diesel::sql_query("SELECT 1").execute(conn)?;

@@ -49,6 +49,7 @@ fn settings(url: String) -> StoreSettings {
         password: None,
         pool_size: 8,
         busy_timeout_ms: 10_000,
+        instance_lock: true,
     }
 }
 
