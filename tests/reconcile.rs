@@ -800,3 +800,74 @@ async fn cli_status_history_dead_letters_and_full_reconcile() {
     let (code, _, err) = cli(&config, &["reconcile", "--full", "--target", "nope"]);
     assert_eq!(code, 2, "{err}");
 }
+
+#[tokio::test]
+async fn drift_repair_recreates_an_entry_deleted_by_hand_and_provisions_unmanaged_users() {
+    let env = Env::start().await;
+    env.create_user(&okta_user("gone", "Kept")).await;
+    env.run().await;
+    let dn = user_dn("gone");
+    let mut ldap = env.slapd.admin().await;
+    ldap.delete(&dn).await.unwrap().success().unwrap();
+    // A user whose row was dropped (discarded) is live but has no state: still managed.
+    let mut broken = okta_user("later", "X");
+    broken["name"] = json!({"givenName": "Later"});
+    let later = env.create_user(&broken).await;
+    for _ in 0..3 {
+        env.run().await;
+    }
+    let store = &env.t.d().store;
+    assert_eq!(store.discard_dead(None, None).await.unwrap(), 1);
+    // Fix the user while the workers are held off, so only drift repair can apply it.
+    let paused = env.t.d().pause_reconcilers().await.unwrap();
+    env.patch(
+        &format!("/Users/{later}"),
+        json!([{"op": "replace", "path": "name.familyName", "value": "Fixed"}]),
+    )
+    .await;
+    assert_eq!(env.status().await.pending, 1);
+    let report = env.t.d().reconcile_full(None, true, |_, _| {}).await;
+    assert_eq!(
+        (report.checked, report.changed, report.failed),
+        (2, 2, 0),
+        "{report:?}"
+    );
+    assert!(!env.exists(&dn).await);
+    let report = env.t.d().reconcile_full(None, false, |_, _| {}).await;
+    assert_eq!(
+        (report.checked, report.changed, report.failed),
+        (2, 2, 0),
+        "{report:?}"
+    );
+    assert_eq!(env.attr(&dn, "title").await.unwrap(), ["Kept"]);
+    assert!(env.exists(&user_dn("later")).await);
+    drop(paused);
+    // The queued row then applies as a no-op.
+    env.run().await;
+    assert_eq!(env.status().await.pending, 0);
+}
+
+#[tokio::test]
+async fn hostile_user_names_round_trip_through_dns_and_renames() {
+    let env = Env::start().await;
+    let name = "o'brien+x, \"q\"=z;<a>#\\@okta.local";
+    let id = env.create_user(&okta_user(name, "Odd")).await;
+    let gid = env.create_group("Odd, Group+1", &[&id]).await;
+    env.run().await;
+    let dn = format!("uid={},{PEOPLE}", ldap3::dn_escape(name));
+    assert_eq!(env.attr(&dn, "uid").await.unwrap(), [name]);
+    let gdn = format!("cn={},{GROUPS}", ldap3::dn_escape("Odd, Group+1"));
+    let members = env.attr(&gdn, "member").await.unwrap();
+    assert_eq!(members.len(), 1, "{members:?}");
+    let renamed = "plain";
+    env.patch(
+        &format!("/Users/{id}"),
+        json!([{"op": "replace", "value": {"userName": renamed}}]),
+    )
+    .await;
+    env.run().await;
+    assert!(!env.exists(&dn).await);
+    assert_eq!(env.attr(&gdn, "member").await.unwrap(), [user_dn(renamed)]);
+    assert!(env.dead().await.is_empty());
+    let _ = gid;
+}
