@@ -1,5 +1,5 @@
 //! Configuration: the file as strict serde types ([`raw`], [`target`]), loaded from TOML plus
-//! `SCIM_SYNC__SECTION__KEY` environment overrides ([`load`]), with secrets read from files or
+//! `SCIM_SYNC__SECTION__KEY` environment overrides ([`mod@load`]), with secrets read from files or
 //! the environment ([`secret`]). Validation into runtime types happens in `daemon::settings`.
 
 pub mod load;

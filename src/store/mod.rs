@@ -1118,6 +1118,18 @@ impl Store {
             .await
     }
 
+    /// Before a target first creates a resource's entry, remember the intent (`state.extra`,
+    /// e.g. `{"creating": DN, "since_ms": t}`, with no key), so that an entry left by an apply
+    /// interrupted before [`Store::settle_applied`] is recognised as ours. Does nothing when the
+    /// resource already has a key in that target; keeps an earlier intent for the same entry.
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    pub async fn record_intent(&self, state: TargetState) -> Result<(), StoreError> {
+        self.run(move |conn| outbox::record_intent(conn, &state))
+            .await
+    }
+
     /// Every target state of a target (drift repair walks these), in resource id order.
     ///
     /// # Errors
