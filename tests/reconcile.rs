@@ -871,3 +871,41 @@ async fn hostile_user_names_round_trip_through_dns_and_renames() {
     assert!(env.dead().await.is_empty());
     let _ = gid;
 }
+
+#[tokio::test]
+async fn an_entry_left_by_an_interrupted_create_is_resumed_not_refused() {
+    let env = Env::start().await;
+    let paused = env.t.d().pause_reconcilers().await.unwrap();
+    let id = env.create_user(&okta_user("crashy", "Resumed")).await;
+    // The add reached the directory (as our bind DN) but its settle never did: the entry
+    // exists and the store has no key for it.
+    let dn = user_dn("crashy");
+    let mut ldap = env.slapd.admin().await;
+    ldap.add(
+        &dn,
+        vec![
+            ("objectClass", ["inetOrgPerson"].into()),
+            ("uid", ["crashy"].into()),
+            ("cn", ["Given Family-crashy"].into()),
+            ("sn", ["Family-crashy"].into()),
+        ],
+    )
+    .await
+    .unwrap()
+    .success()
+    .unwrap();
+    drop(paused);
+    env.run().await;
+    assert!(env.dead().await.is_empty());
+    assert_eq!(env.status().await.pending, 0);
+    assert_eq!(env.attr(&dn, "title").await.unwrap(), ["Resumed"]);
+    let state = env
+        .t
+        .d()
+        .store
+        .target_state("corp", &id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(state.target_key.as_deref(), Some(dn.as_str()));
+}

@@ -206,6 +206,45 @@ async fn desired_group(
     Ok((group.meta.version, Some(desired)))
 }
 
+/// Before a target first creates an entry, record the intent (`{"creating": key, "since_ms":
+/// now}` merged into the prior bookkeeping, which a `delete`-policy user must keep), so an
+/// entry left by an apply interrupted before its settle is recognised as ours
+/// ([`crate::store::Store::record_intent`]). Returns the prior with the intent the store kept
+/// (an earlier one for the same key keeps its time).
+async fn record_intent(
+    rec: &Reconciler,
+    t: &TargetRuntime,
+    resource_type: ResourceType,
+    id: &str,
+    key: &str,
+    prior: Prior,
+) -> Result<Prior, ApplyError> {
+    let store = &rec.inner.store;
+    let now = now_ms();
+    let mut extra = match &prior.extra {
+        Some(Value::Object(map)) => map.clone(),
+        Some(_) | None => serde_json::Map::new(),
+    };
+    extra.insert("creating".into(), Value::String(key.to_owned()));
+    extra.insert("since_ms".into(), Value::from(now));
+    store
+        .record_intent(TargetState {
+            target: t.name.clone(),
+            resource_type,
+            resource_id: id.to_owned(),
+            applied_version: 0,
+            target_key: None,
+            extra: Some(Value::Object(extra)),
+            updated_ms: now,
+        })
+        .await?;
+    let state = store.target_state(&t.name, id).await?;
+    Ok(Prior {
+        key: state.as_ref().and_then(|s| s.target_key.clone()),
+        extra: state.and_then(|s| s.extra),
+    })
+}
+
 /// Render one resource for one target and sync it (or, with `dry_run`, report what would
 /// change). Does not settle anything.
 pub(crate) async fn apply(
@@ -247,6 +286,12 @@ pub(crate) async fn apply(
             let (v, d) = desired_group(rec, t, id).await?;
             (v, d, None, false)
         }
+    };
+    let prior = match (&desired, &prior.key, dry_run) {
+        (Some(d), None, false) => {
+            record_intent(rec, t, resource_type, id, &d.entry.key, prior).await?
+        }
+        _ => prior,
     };
     let started = Instant::now();
     let result = t.target.sync(desired.as_ref(), &prior, dry_run).await;

@@ -489,8 +489,10 @@ pub(crate) fn status(
                 .filter(outbox::state.eq(DEAD))
                 .count()
                 .get_result(conn)?;
+            // Intent rows (`record_intent`, version 0) are not applies.
             let applied: i64 = target_state::table
                 .filter(target_state::target.eq(target))
+                .filter(target_state::applied_version.gt(0))
                 .count()
                 .get_result(conn)?;
             out.push(TargetStatus {
