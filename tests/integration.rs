@@ -11,5 +11,6 @@
 #[allow(dead_code)]
 mod harness;
 mod ldap_target;
+mod reconcile;
 mod scim_api;
 mod tidy;

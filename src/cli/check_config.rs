@@ -32,6 +32,29 @@ pub fn run(config: &Path, connect: bool) -> ExitCode {
                 return ExitCode::from(1);
             }
         }
-        ExitCode::SUCCESS
+        let mut failed = false;
+        for (i, raw) in settings.raw.targets.iter().enumerate() {
+            let target = match crate::targets::build(raw, i) {
+                Ok((_, t)) => t,
+                Err(errors) => {
+                    for e in errors {
+                        eprintln!("config error: {e}");
+                    }
+                    return ExitCode::from(2);
+                }
+            };
+            match crate::targets::Target::healthcheck(&target).await {
+                Ok(()) => println!("target {}: ok", raw.name()),
+                Err(e) => {
+                    eprintln!("target {}: {e}", raw.name());
+                    failed = true;
+                }
+            }
+        }
+        if failed {
+            ExitCode::from(1)
+        } else {
+            ExitCode::SUCCESS
+        }
     })
 }

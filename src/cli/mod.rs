@@ -1,8 +1,12 @@
 //! The command line: one file per subcommand over library calls. `main` calls [`run`].
 
 mod check_config;
+mod dead_letters;
+mod history;
 mod migrate;
+mod reconcile;
 mod serve;
+mod status;
 mod token;
 
 use clap::{Parser, Subcommand};
@@ -42,6 +46,28 @@ pub enum Command {
     /// Manage SCIM bearer tokens (shown once, stored as SHA-256 digests).
     #[command(subcommand)]
     Token(token::TokenCommand),
+    /// Per target: pending changes, age of the oldest, applied resources, dead letters.
+    Status,
+    /// List, retry or discard changes a target refused permanently.
+    #[command(subcommand)]
+    DeadLetters(dead_letters::DeadLettersCommand),
+    /// Drift repair: re-sync every managed resource against the live targets.
+    Reconcile {
+        /// Walk every managed resource (required).
+        #[arg(long)]
+        full: bool,
+        /// Change nothing; print the planned changes.
+        #[arg(long)]
+        dry_run: bool,
+        /// Only this target.
+        #[arg(long)]
+        target: Option<String>,
+    },
+    /// What the IdP pushed for a user or group and what each target applied.
+    History {
+        /// An id, userName or group displayName.
+        name: String,
+    },
 }
 
 /// Parse the command line and run the subcommand.
@@ -52,6 +78,14 @@ pub fn run() -> ExitCode {
         Command::CheckConfig { connect } => check_config::run(&cli.config, connect),
         Command::Migrate => migrate::run(&cli.config),
         Command::Token(cmd) => token::run(&cli.config, cmd),
+        Command::Status => status::run(&cli.config),
+        Command::DeadLetters(cmd) => dead_letters::run(&cli.config, cmd),
+        Command::Reconcile {
+            full,
+            dry_run,
+            target,
+        } => reconcile::run(&cli.config, full, dry_run, target),
+        Command::History { name } => history::run(&cli.config, &name),
     }
 }
 
@@ -100,7 +134,7 @@ pub(crate) async fn open_store(
             .raw
             .targets
             .iter()
-            .map(|t| t.name().to_string())
+            .map(|t| t.name().to_owned())
             .collect(),
     );
     Ok(store)

@@ -12,6 +12,7 @@ use crate::http::admin::{serve_admin, AdminContext, TargetHealth};
 use crate::http::auth::Auth;
 use crate::http::server::{load_tls, serve_scim};
 use crate::http::{HttpSettings, ScimContext};
+use crate::reconcile::{FullReport, Reconciler, TargetRuntime};
 use crate::store::Store;
 use settings::Settings;
 use std::collections::BTreeMap;
@@ -40,11 +41,41 @@ pub struct Daemon {
     auth: Arc<Auth>,
     settings: Mutex<Settings>,
     wake: Arc<Notify>,
-    progress: Vec<Arc<AtomicU64>>,
+    /// The counters the watchdog watches (accept loop + every reconciler worker).
+    progress: systemd::WatchList,
+    /// The running reconciler and the token that stops its workers (replaced on reload).
+    reconciler: Mutex<Option<Running>>,
     /// Set when a long-running task ended on its own: the daemon must stop, non-zero.
     failed: Arc<AtomicBool>,
     config_path: Option<PathBuf>,
     health: Arc<Mutex<BTreeMap<String, TargetHealth>>>,
+}
+
+/// One generation of reconciler workers.
+struct Running {
+    reconciler: Reconciler,
+    cancel: CancellationToken,
+    counters: Vec<Arc<AtomicU64>>,
+}
+
+/// Build every target of a config (pure validation, no connecting).
+fn build_targets(raw: &RawConfig) -> Result<Vec<TargetRuntime>, Vec<ConfigError>> {
+    let mut out = Vec::new();
+    let mut errors = Vec::new();
+    for (i, t) in raw.targets.iter().enumerate() {
+        match crate::targets::build(t, i) {
+            Ok((map, target)) => out.push(TargetRuntime::new(map, target)),
+            Err(errs) => errors.extend(
+                errs.into_iter()
+                    .map(|e| ConfigError::invalid(e.key, e.message)),
+            ),
+        }
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors)
+    }
 }
 
 /// Startup failures, each with the message the operator sees.
@@ -98,8 +129,9 @@ impl Daemon {
             .raw
             .targets
             .iter()
-            .map(|t| t.name().to_string())
+            .map(|t| t.name().to_owned())
             .collect();
+        let built = build_targets(&settings.raw).map_err(StartError::Config)?;
         store.set_targets(target_names.clone());
         match store.live_token_digests().await {
             Ok(t) if t.is_empty() => tracing::warn!(
@@ -186,7 +218,23 @@ impl Daemon {
             let (cancel, tracker2) = (cancel.clone(), tracker.clone());
             tracker.spawn(serve_admin(listener, admin, tracker2, cancel));
         }
-        let progress = vec![accept_progress];
+        let progress: systemd::WatchList = Arc::new(Mutex::new(vec![accept_progress]));
+        let reconciler = Reconciler::new(
+            store.clone(),
+            settings.reconcile.clone(),
+            built,
+            wake.clone(),
+            health.clone(),
+        );
+        let running = start_workers(
+            reconciler,
+            &settings,
+            &tracker,
+            &cancel,
+            &progress,
+            Boot::Healthcheck,
+            scim_addr,
+        );
         if let Some(interval) = systemd::watchdog_interval() {
             tracker.spawn(systemd::watchdog(
                 interval,
@@ -207,15 +255,61 @@ impl Daemon {
             settings: Mutex::new(settings),
             wake,
             progress,
+            reconciler: Mutex::new(Some(running)),
             failed,
             config_path,
             health,
         })
     }
 
+    /// The current reconciler (cheap clone).
+    fn current_reconciler(&self) -> Option<Reconciler> {
+        let guard = match self.reconciler.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        guard.as_ref().map(|r| r.reconciler.clone())
+    }
+
+    /// Apply everything pending in every target now and return how many rows were applied
+    /// (see [`Reconciler::run_pending`]); tests call it instead of sleeping.
+    pub async fn run_pending_reconciles(&self) -> usize {
+        match self.current_reconciler() {
+            Some(r) => r.run_pending().await,
+            None => 0,
+        }
+    }
+
+    /// Hold the reconciler's background workers off while the guard lives (see
+    /// [`Reconciler::pause`]); `None` when no reconciler runs.
+    pub async fn pause_reconcilers(&self) -> Option<tokio::sync::OwnedRwLockWriteGuard<()>> {
+        match self.current_reconciler() {
+            Some(r) => Some(r.pause().await),
+            None => None,
+        }
+    }
+
+    /// Full reconciliation (drift repair) of one target or all, with the daemon's targets
+    /// (see [`Reconciler::reconcile_full`]).
+    pub async fn reconcile_full(
+        &self,
+        target: Option<&str>,
+        dry_run: bool,
+        progress: impl Fn(u64, u64),
+    ) -> FullReport {
+        match self.current_reconciler() {
+            Some(r) => r.reconcile_full(target, dry_run, progress).await,
+            None => FullReport::default(),
+        }
+    }
+
     /// A one-line summary for systemd's `STATUS=`.
     pub fn status_line(&self) -> String {
-        format!("Serving SCIM on {}", self.scim_addr)
+        let health = match self.health.lock() {
+            Ok(h) => h.clone(),
+            Err(p) => p.into_inner().clone(),
+        };
+        status_line(self.scim_addr, &health)
     }
 
     /// Reload from the config file the daemon was started with: on any error, log them all and
@@ -264,8 +358,24 @@ impl Daemon {
             },
             None => None,
         };
+        let targets_changed = new.raw.targets != current.raw.targets;
+        let restart_workers = targets_changed || new.reconcile != current.reconcile;
+        let built = if restart_workers {
+            match build_targets(&new.raw) {
+                Ok(b) => Some(b),
+                Err(errs) => {
+                    errors.extend(errs);
+                    None
+                }
+            }
+        } else {
+            None
+        };
         if !errors.is_empty() {
             return Err(errors);
+        }
+        if let Some(built) = built {
+            self.restart_reconciler(&new, built, targets_changed);
         }
         let _ = self.http_tx.send(Arc::new(new.http.clone()));
         let _ = self.tls_tx.send(tls);
@@ -274,6 +384,57 @@ impl Daemon {
         *current = new;
         tracing::info!("Reloaded the configuration.");
         Ok(())
+    }
+
+    /// Stop the current workers and start new ones over `built`; when the targets changed,
+    /// queue every live resource for every target in the background (a changed attribute map
+    /// re-applies to every managed entry).
+    fn restart_reconciler(&self, new: &Settings, built: Vec<TargetRuntime>, targets_changed: bool) {
+        let names: Vec<String> = built.iter().map(|t| t.name.clone()).collect();
+        self.store.set_targets(names.clone());
+        {
+            let mut health = match self.health.lock() {
+                Ok(h) => h,
+                Err(p) => p.into_inner(),
+            };
+            health.retain(|k, _| names.contains(k));
+            for n in &names {
+                health.entry(n.clone()).or_default();
+            }
+        }
+        let mut slot = match self.reconciler.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if let Some(old) = slot.take() {
+            old.cancel.cancel();
+            let mut list = match self.progress.lock() {
+                Ok(l) => l,
+                Err(p) => p.into_inner(),
+            };
+            list.retain(|c| !old.counters.iter().any(|o| Arc::ptr_eq(o, c)));
+        }
+        let reconciler = Reconciler::new(
+            self.store.clone(),
+            new.reconcile.clone(),
+            built,
+            self.wake.clone(),
+            self.health.clone(),
+        );
+        let boot = if targets_changed {
+            Boot::HealthcheckAndRequeue
+        } else {
+            Boot::Plain
+        };
+        *slot = Some(start_workers(
+            reconciler,
+            new,
+            &self.tracker,
+            &self.cancel,
+            &self.progress,
+            boot,
+            self.scim_addr,
+        ));
     }
 
     /// A token that fires when the daemon must stop (shutdown requested or a task died).
@@ -306,8 +467,109 @@ impl Daemon {
         )
         .await
         .is_ok();
-        let _ = (&self.progress, &self.health);
         done
+    }
+}
+
+/// What a new generation of workers does first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Boot {
+    /// Nothing (reconcile settings changed, targets did not).
+    Plain,
+    /// Healthcheck every target once (startup).
+    Healthcheck,
+    /// Healthcheck, then queue every live resource for every target (targets reloaded).
+    HealthcheckAndRequeue,
+}
+
+/// The systemd status line: the SCIM address and each target's health.
+fn status_line(addr: SocketAddr, health: &BTreeMap<String, TargetHealth>) -> String {
+    let mut line = format!("Serving SCIM on {addr}");
+    if !health.is_empty() {
+        let parts: Vec<String> = health
+            .iter()
+            .map(|(name, h)| {
+                if h.healthy {
+                    format!("{name} ok")
+                } else if h.detail.is_empty() {
+                    format!("{name} unchecked")
+                } else {
+                    format!("{name} failing: {}", h.detail)
+                }
+            })
+            .collect();
+        line.push_str("; targets: ");
+        line.push_str(&parts.join(", "));
+    }
+    line
+}
+
+/// Spawn one generation of workers (with a child token of the daemon's), register their
+/// progress counters with the watchdog, and run the boot tasks in the background so a target
+/// that is down never delays startup.
+fn start_workers(
+    reconciler: Reconciler,
+    settings: &Settings,
+    tracker: &TaskTracker,
+    cancel: &CancellationToken,
+    progress: &systemd::WatchList,
+    boot: Boot,
+    scim_addr: SocketAddr,
+) -> Running {
+    let child = cancel.child_token();
+    let counters = reconciler.spawn_workers(tracker, &child);
+    {
+        let mut list = match progress.lock() {
+            Ok(l) => l,
+            Err(p) => p.into_inner(),
+        };
+        list.extend(counters.iter().cloned());
+    }
+    if boot != Boot::Plain {
+        let (rec, token) = (reconciler.clone(), child.clone());
+        tracker.spawn(async move {
+            let checks = tokio::select! {
+                () = token.cancelled() => return,
+                c = rec.healthcheck_all() => c,
+            };
+            if checks.iter().any(|(_, r)| r.is_err()) {
+                let health = match rec.health().lock() {
+                    Ok(h) => h.clone(),
+                    Err(p) => p.into_inner().clone(),
+                };
+                systemd::status(&status_line(scim_addr, &health));
+            }
+            if boot == Boot::HealthcheckAndRequeue {
+                let queued = tokio::select! {
+                    () = token.cancelled() => return,
+                    q = rec.enqueue_all_live("resync") => q,
+                };
+                match queued {
+                    Ok(n) => tracing::info!(queued = n, "Queued every resource for the reloaded targets."),
+                    Err(e) => tracing::error!(error = %e, "Cannot queue resources for the reloaded targets; run `scim-sync reconcile --full`."),
+                }
+            }
+        });
+    }
+    if let Some(interval) = settings.reconcile.full_interval {
+        let (rec, token) = (reconciler.clone(), child.clone());
+        tracker.spawn(async move {
+            loop {
+                tokio::select! {
+                    () = token.cancelled() => return,
+                    () = tokio::time::sleep(interval) => {}
+                }
+                tokio::select! {
+                    () = token.cancelled() => return,
+                    _ = rec.reconcile_full(None, false, |_, _| {}) => {}
+                }
+            }
+        });
+    }
+    Running {
+        reconciler,
+        cancel: child,
+        counters,
     }
 }
 

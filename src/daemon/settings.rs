@@ -192,7 +192,7 @@ pub fn from_raw(raw: &RawConfig) -> Result<Settings, Vec<ConfigError>> {
     }
     let mut names = std::collections::BTreeSet::new();
     for (i, t) in raw.targets.iter().enumerate() {
-        if !names.insert(t.name().to_string()) {
+        if !names.insert(t.name().to_owned()) {
             errors.push(ConfigError::invalid(
                 format!("targets[{i}].name"),
                 format!("duplicate target name `{}`", t.name()),
@@ -208,6 +208,16 @@ pub fn from_raw(raw: &RawConfig) -> Result<Settings, Vec<ConfigError>> {
                 format!("targets[{i}].name"),
                 "use letters, digits, - and _ only",
             ));
+        }
+    }
+    // The mapping and target settings are validated (and dropped) here so `check-config`
+    // reports every mapping error; `Daemon::start` builds them again for use.
+    for (i, t) in raw.targets.iter().enumerate() {
+        if let Err(errs) = crate::targets::build(t, i) {
+            errors.extend(
+                errs.into_iter()
+                    .map(|e| ConfigError::invalid(e.key, e.message)),
+            );
         }
     }
     let (Some(listen), true) = (listen, errors.is_empty()) else {

@@ -2,7 +2,7 @@
 //! an honest watchdog that pings only while the accept loop and every worker make progress.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -37,22 +37,37 @@ pub fn watchdog_interval() -> Option<Duration> {
     }
 }
 
+/// The counters the watchdog watches: the accept loop's and every reconciler worker's. Shared,
+/// because a reload replaces the workers (and their counters).
+pub type WatchList = Arc<Mutex<Vec<Arc<AtomicU64>>>>;
+
+fn snapshot(progress: &WatchList) -> Vec<(Arc<AtomicU64>, u64)> {
+    let list = match progress.lock() {
+        Ok(l) => l,
+        Err(p) => p.into_inner(),
+    };
+    list.iter()
+        .map(|p| (p.clone(), p.load(Ordering::Relaxed)))
+        .collect()
+}
+
 /// Ping the watchdog every half interval, but only when every counter in `progress` moved since
-/// the last ping: a wedged accept loop or worker stops the pings and systemd restarts us.
-pub async fn watchdog(
-    interval: Duration,
-    progress: Vec<Arc<AtomicU64>>,
-    cancel: CancellationToken,
-) {
-    let mut last: Vec<u64> = progress.iter().map(|p| p.load(Ordering::Relaxed)).collect();
+/// the last ping: a wedged accept loop or worker stops the pings and systemd restarts us. A
+/// counter added since the last tick (workers restarted by a reload) is not judged yet.
+pub async fn watchdog(interval: Duration, progress: WatchList, cancel: CancellationToken) {
+    let mut last = snapshot(&progress);
     let mut tick = tokio::time::interval(interval / 2);
     loop {
         tokio::select! {
             () = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let now: Vec<u64> = progress.iter().map(|p| p.load(Ordering::Relaxed)).collect();
-        let all_moved = now.iter().zip(&last).all(|(n, l)| n != l);
+        let now = snapshot(&progress);
+        let all_moved = now.iter().all(|(p, n)| {
+            last.iter()
+                .find(|(q, _)| Arc::ptr_eq(p, q))
+                .is_none_or(|(_, l)| l != n)
+        });
         if all_moved {
             let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
         } else {

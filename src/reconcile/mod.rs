@@ -1,2 +1,217 @@
 //! The reconciler: workers that claim outbox rows, read the desired state from the store, read
 //! the target, diff and apply, then settle the row. Level-triggered and idempotent.
+//!
+//! - [`worker`]: the per-target loops and the per-row apply (render, resolve references,
+//!   `Target::sync`, settle, enqueue dependants).
+//! - [`drift`]: full reconciliation (drift repair), also behind `scim-sync reconcile --full`.
+//! - [`backoff`]: the retry schedule (pure).
+//!
+//! A [`Reconciler`] is built from validated settings and built targets; it never reads the
+//! config file and never spawns outside the tracker it is given. Must not answer HTTP.
+
+pub mod backoff;
+pub mod drift;
+pub mod worker;
+
+pub use drift::{FullItem, FullReport};
+
+use crate::daemon::settings::ReconcileSettings;
+use crate::http::admin::TargetHealth;
+use crate::mapping::CompiledTarget;
+use crate::scim::resource::ResourceType;
+use crate::store::{Store, StoreError};
+use crate::targets::{AnyTarget, Target, TargetError};
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// The shared per-target health map (`/readyz`, `STATUS=`).
+pub type HealthMap = Arc<Mutex<BTreeMap<String, TargetHealth>>>;
+
+/// One target with its compiled mapping.
+pub struct TargetRuntime {
+    /// The target's name (outbox rows and `target_state` are keyed by it).
+    pub name: String,
+    /// The compiled attribute mapping.
+    pub map: CompiledTarget,
+    /// The target itself.
+    pub target: AnyTarget,
+    /// Ids of users whose last render left a reference (e.g. `manager`) unresolved, so they
+    /// are re-queued when a user is first created in this target. `None` until first needed:
+    /// after a start it is rebuilt lazily by one pass over the live users (the set is memory
+    /// only; drift repair covers anything a crash loses). Std mutex, never held across `.await`.
+    pub(crate) unresolved: Mutex<Option<HashSet<String>>>,
+}
+
+impl TargetRuntime {
+    /// Wrap a built target.
+    #[must_use]
+    pub fn new(map: CompiledTarget, target: AnyTarget) -> TargetRuntime {
+        TargetRuntime {
+            name: map.name.clone(),
+            map,
+            target,
+            unresolved: Mutex::new(None),
+        }
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) store: Store,
+    pub(crate) settings: ReconcileSettings,
+    pub(crate) targets: Vec<Arc<TargetRuntime>>,
+    pub(crate) wake: Arc<Notify>,
+    pub(crate) health: HealthMap,
+    /// Background workers hold it shared while they claim and apply a batch; `run_pending`
+    /// takes it exclusively, so it never returns while a background apply is in flight.
+    pub(crate) gate: Arc<tokio::sync::RwLock<()>>,
+}
+
+/// The reconciler for one set of targets (rebuilt when the targets section is reloaded).
+#[derive(Clone)]
+pub struct Reconciler {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl Reconciler {
+    /// A reconciler over these targets. Starts nothing.
+    #[must_use]
+    pub fn new(
+        store: Store,
+        settings: ReconcileSettings,
+        targets: Vec<TargetRuntime>,
+        wake: Arc<Notify>,
+        health: HealthMap,
+    ) -> Reconciler {
+        Reconciler {
+            inner: Arc::new(Inner {
+                store,
+                settings,
+                targets: targets.into_iter().map(Arc::new).collect(),
+                wake,
+                health,
+                gate: Arc::new(tokio::sync::RwLock::new(())),
+            }),
+        }
+    }
+
+    /// The target names, in config order.
+    #[must_use]
+    pub fn target_names(&self) -> Vec<String> {
+        self.inner.targets.iter().map(|t| t.name.clone()).collect()
+    }
+
+    /// Run every target's healthcheck once and record the results in the health map. Never
+    /// fails: the results are returned for logs and `STATUS=`.
+    pub async fn healthcheck_all(&self) -> Vec<(String, Result<(), TargetError>)> {
+        let mut out = Vec::new();
+        for t in &self.inner.targets {
+            let result = t.target.healthcheck().await;
+            match &result {
+                Ok(()) => {
+                    tracing::info!(target = %t.name, "Target healthcheck passed.");
+                    self.set_health(&t.name, true, "ok".into());
+                }
+                Err(e) => {
+                    tracing::warn!(target = %t.name, error = %e, "Target healthcheck failed; changes stay queued until it recovers.");
+                    self.set_health(&t.name, false, e.to_string());
+                }
+            }
+            out.push((t.name.clone(), result));
+        }
+        out
+    }
+
+    /// The shared health map this reconciler writes.
+    #[must_use]
+    pub fn health(&self) -> &HealthMap {
+        &self.inner.health
+    }
+
+    pub(crate) fn set_health(&self, target: &str, healthy: bool, detail: String) {
+        let mut map = match self.inner.health.lock() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        map.insert(target.to_owned(), TargetHealth { healthy, detail });
+    }
+
+    /// Spawn `reconcile.workers` loops per target through `tracker`; they stop when `cancel`
+    /// fires. Returns one progress counter per loop (bumped every turn, for the watchdog).
+    pub fn spawn_workers(
+        &self,
+        tracker: &TaskTracker,
+        cancel: &CancellationToken,
+    ) -> Vec<Arc<AtomicU64>> {
+        let mut counters = Vec::new();
+        for index in 0..self.inner.targets.len() {
+            for _ in 0..self.inner.settings.workers.max(1) {
+                let progress = Arc::new(AtomicU64::new(0));
+                counters.push(progress.clone());
+                tracker.spawn(worker::run(self.clone(), index, progress, cancel.clone()));
+            }
+        }
+        counters
+    }
+
+    /// Apply everything pending for every target now, synchronously, and return how many rows
+    /// were applied. Rows waiting out a backoff are made due first, so one call retries each
+    /// failed row once; a row that fails again is rescheduled with its backoff and left for the
+    /// next call (the call always ends). Dependants queued by the applies (a user's groups, the
+    /// users waiting for a manager) are applied in the same call. Background workers are held
+    /// off meanwhile, so nothing is in flight when this returns. Tests use it instead of sleeping.
+    pub async fn run_pending(&self) -> usize {
+        let _exclusive = self.inner.gate.write().await;
+        let mut applied = 0;
+        for index in 0..self.inner.targets.len() {
+            applied += worker::drain(self, index).await;
+        }
+        applied
+    }
+
+    /// Hold the background workers off until the guard is dropped: batches in flight finish
+    /// first, then no worker claims anything (pushes are still stored). For maintenance and
+    /// for tests that must see several pushes coalesce; do not call
+    /// [`Reconciler::run_pending`] while holding it (it would wait for the guard).
+    pub async fn pause(&self) -> tokio::sync::OwnedRwLockWriteGuard<()> {
+        self.inner.gate.clone().write_owned().await
+    }
+
+    /// Full reconciliation (drift repair) of one target or all: see [`drift`].
+    pub async fn reconcile_full(
+        &self,
+        target: Option<&str>,
+        dry_run: bool,
+        progress: impl Fn(u64, u64),
+    ) -> FullReport {
+        drift::reconcile_full(self, target, dry_run, &progress).await
+    }
+
+    /// Queue every live user, then every live group, for every target (a changed attribute
+    /// map re-applies to every managed entry). Returns how many rows were queued.
+    ///
+    /// # Errors
+    /// The store failing.
+    pub async fn enqueue_all_live(&self, operation: &str) -> Result<u64, StoreError> {
+        let store = &self.inner.store;
+        let users = store.all_resource_ids(ResourceType::User, false).await?;
+        let groups = store.all_resource_ids(ResourceType::Group, false).await?;
+        let now = crate::http::server::now_ms();
+        let mut queued = 0;
+        for t in &self.inner.targets {
+            queued += store
+                .enqueue_many(&t.name, ResourceType::User, &users, operation, now)
+                .await?;
+            if t.map.groups.is_some() {
+                queued += store
+                    .enqueue_many(&t.name, ResourceType::Group, &groups, operation, now)
+                    .await?;
+            }
+        }
+        self.inner.wake.notify_waiters();
+        Ok(queued)
+    }
+}

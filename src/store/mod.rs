@@ -8,10 +8,22 @@
 //! constraint on the normalised `userName` / group `displayName` of live resources decides
 //! conflicts (never a check-then-insert).
 
+mod batch;
+mod history;
+mod models;
+mod outbox;
+mod resources;
+mod schema;
+mod tokens;
+
 use crate::scim::patch::MemberOp;
 use crate::scim::resource::{GroupInput, GroupRef, MemberRef, Meta, ResourceType, UserInput};
 use crate::scim::ScimError;
+use models::ResourceRow;
 use serde_json::{Map, Value};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 /// Store failures. `Scim` carries a client error raised inside a transaction (uniqueness,
 /// precondition, invalid member, or an error returned by an update closure).
@@ -159,14 +171,102 @@ pub struct HistoryEntry {
     pub detail: Option<String>,
 }
 
+/// The pooled connection: SQLite or PostgreSQL behind one diesel connection type. Queries are
+/// written once against it; backend-specific SQL (row locks, `SKIP LOCKED`, `BEGIN IMMEDIATE`)
+/// matches on the variant.
+#[derive(diesel::MultiConnection)]
+pub(crate) enum DbConnection {
+    Sqlite(diesel::SqliteConnection),
+    Pg(diesel::PgConnection),
+}
+
+/// Where the pool connects: parsed from [`StoreSettings`] once.
+#[derive(Clone)]
+enum ConnTarget {
+    Sqlite {
+        path: String,
+        busy_timeout_ms: u64,
+    },
+    /// The full libpq URL, password included: never logged (no `Debug`).
+    Pg {
+        url: String,
+    },
+}
+
+/// The r2d2 connection manager: establishes the right variant and applies the SQLite pragmas
+/// to every new connection.
+struct Manager {
+    target: ConnTarget,
+}
+
+impl diesel::r2d2::ManageConnection for Manager {
+    type Connection = DbConnection;
+    type Error = diesel::r2d2::Error;
+
+    fn connect(&self) -> Result<DbConnection, diesel::r2d2::Error> {
+        use diesel::Connection;
+        match &self.target {
+            ConnTarget::Sqlite {
+                path,
+                busy_timeout_ms,
+            } => {
+                let mut conn = diesel::SqliteConnection::establish(path)
+                    .map_err(diesel::r2d2::Error::ConnectionError)?;
+                // busy_timeout first: switching to WAL needs a lock another connection may hold.
+                diesel::connection::SimpleConnection::batch_execute(
+                    &mut conn,
+                    &format!(
+                        "PRAGMA busy_timeout = {busy_timeout_ms}; PRAGMA journal_mode = WAL; \
+                         PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;"
+                    ),
+                )
+                .map_err(diesel::r2d2::Error::QueryError)?;
+                Ok(DbConnection::Sqlite(conn))
+            }
+            ConnTarget::Pg { url } => {
+                let conn = diesel::PgConnection::establish(url)
+                    .map_err(diesel::r2d2::Error::ConnectionError)?;
+                Ok(DbConnection::Pg(conn))
+            }
+        }
+    }
+
+    fn is_valid(&self, conn: &mut DbConnection) -> Result<(), diesel::r2d2::Error> {
+        use diesel::r2d2::R2D2Connection;
+        conn.ping().map_err(diesel::r2d2::Error::QueryError)
+    }
+
+    fn has_broken(&self, conn: &mut DbConnection) -> bool {
+        use diesel::r2d2::R2D2Connection;
+        conn.is_broken()
+    }
+}
+
+type Pool = diesel::r2d2::Pool<Manager>;
+
+/// Migrations for each backend, embedded in the binary.
+const SQLITE_MIGRATIONS: diesel_migrations::EmbeddedMigrations =
+    diesel_migrations::embed_migrations!("migrations/sqlite");
+/// `pg_advisory_lock` key serialising migrations across instances ("scimsync" in ASCII).
+const MIGRATION_LOCK_KEY: i64 = 0x7363_696d_7379_6e63;
+const POSTGRES_MIGRATIONS: diesel_migrations::EmbeddedMigrations =
+    diesel_migrations::embed_migrations!("migrations/postgres");
+
+struct Inner {
+    pool: Pool,
+    targets: RwLock<Arc<Vec<String>>>,
+    /// The instance lock on `<db>.lock`, held for the life of the store (file databases only).
+    _instance_lock: Option<std::fs::File>,
+}
+
 /// A cheap-to-clone handle on the database pool.
 #[derive(Clone)]
 pub struct Store {
-    _private: (),
+    inner: Arc<Inner>,
 }
 
 /// Connection settings for [`Store::open`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct StoreSettings {
     /// `sqlite:///path/to.db`, `sqlite://relative.db`, `sqlite::memory:` or `postgres://...`.
     pub url: String,
@@ -176,15 +276,265 @@ pub struct StoreSettings {
     pub busy_timeout_ms: u64,
 }
 
-#[allow(clippy::unused_async)]
+impl std::fmt::Debug for StoreSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreSettings")
+            .field("url", &redact_url(&self.url))
+            .field("password", &self.password.as_ref().map(|_| "[redacted]"))
+            .field("pool_size", &self.pool_size)
+            .field("busy_timeout_ms", &self.busy_timeout_ms)
+            .finish()
+    }
+}
+
+/// What [`parse_url`] found.
+enum ParsedUrl {
+    SqliteFile(PathBuf),
+    SqliteMemory,
+    Pg(String),
+}
+
+/// Parse a store URL.
+fn parse_url(url: &str, password: Option<&str>) -> Result<ParsedUrl, StoreError> {
+    if url == "sqlite::memory:" || url == "sqlite://:memory:" {
+        return Ok(ParsedUrl::SqliteMemory);
+    }
+    if let Some(rest) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    {
+        if rest.is_empty() || rest.contains('?') || rest.contains('\0') {
+            return Err(StoreError::Other(format!("bad sqlite URL {url:?}: expected sqlite:///absolute/path.db, sqlite://relative.db or sqlite::memory:")));
+        }
+        return Ok(ParsedUrl::SqliteFile(PathBuf::from(rest)));
+    }
+    for scheme in ["postgres://", "postgresql://"] {
+        if let Some(rest) = url.strip_prefix(scheme) {
+            return Ok(ParsedUrl::Pg(with_password(scheme, rest, password)));
+        }
+    }
+    Err(StoreError::Other(format!(
+        "unsupported store URL {:?}: use sqlite:///path.db, sqlite::memory: or postgres://...",
+        redact_url(url)
+    )))
+}
+
+/// Put `password` (percent-encoded) into the userinfo of a postgres URL, replacing any there.
+fn with_password(scheme: &str, rest: &str, password: Option<&str>) -> String {
+    let Some(password) = password else {
+        return format!("{scheme}{rest}");
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let (user, host) = match authority.rfind('@') {
+        Some(at) => {
+            let userinfo = authority.get(..at).unwrap_or("");
+            let user = userinfo.split(':').next().unwrap_or("");
+            (user, authority.get(at + 1..).unwrap_or(""))
+        }
+        None => ("", authority),
+    };
+    let encoded =
+        percent_encoding::utf8_percent_encode(password, percent_encoding::NON_ALPHANUMERIC);
+    format!("{scheme}{user}:{encoded}@{host}{tail}")
+}
+
+/// A URL fit for logs and errors: any userinfo password replaced.
+fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_owned();
+    };
+    let (scheme, rest) = url.split_at(scheme_end + 3);
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rfind('@') {
+        Some(at) => {
+            let userinfo = authority.get(..at).unwrap_or("");
+            let host = authority.get(at + 1..).unwrap_or("");
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{scheme}{user}:[redacted]@{host}{tail}"),
+                None => url.to_owned(),
+            }
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// Take the instance lock `<db>.lock` next to a database file.
+fn take_instance_lock(db: &Path) -> Result<std::fs::File, StoreError> {
+    let mut lock_path = db.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let lock_path = PathBuf::from(lock_path);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| {
+            StoreError::Other(format!(
+                "cannot open instance lock {}: {e}",
+                lock_path.display()
+            ))
+        })?;
+    // `File::try_lock` is std since Rust 1.89: the crate's `rust-version` must be at least that.
+    #[allow(clippy::incompatible_msrv)]
+    let locked = file.try_lock();
+    match locked {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Other(format!(
+            "database {} is in use by another scim-sync process (instance lock {} is held)",
+            db.display(),
+            lock_path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(StoreError::Other(format!(
+            "cannot lock {}: {e}",
+            lock_path.display()
+        ))),
+    }
+}
+
+impl From<diesel::result::Error> for StoreError {
+    /// Any database failure the caller did not turn into a client error: the HTTP layer answers
+    /// 503 and the IdP retries.
+    fn from(e: diesel::result::Error) -> Self {
+        StoreError::Unavailable(e.to_string())
+    }
+}
+
+/// Lower-case NFC, the key of `name_norm` and of `emails.value` lookups (RFC 7643: `userName`
+/// is `caseExact: false`; NFC makes composed and decomposed spellings one name).
+pub(crate) fn normalise(s: &str) -> String {
+    use unicode_normalization::UnicodeNormalization;
+    let composed: String = s.nfc().collect();
+    composed.to_lowercase().nfc().collect()
+}
+
+/// Run `f` in one write transaction: `BEGIN IMMEDIATE` on SQLite (the write lock is taken up
+/// front, so a read never has to upgrade and hit SQLITE_BUSY, R-25), a plain transaction on
+/// PostgreSQL (where callers lock rows with `FOR UPDATE`). Rolled back when `f` fails.
+pub(crate) fn write_tx<T>(
+    conn: &mut DbConnection,
+    f: impl FnOnce(&mut DbConnection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    use diesel::connection::{AnsiTransactionManager, TransactionManager};
+    type Tm = <DbConnection as diesel::Connection>::TransactionManager;
+    match conn {
+        DbConnection::Sqlite(c) => {
+            AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE")?
+        }
+        DbConnection::Pg(_) => Tm::begin_transaction(conn)?,
+    }
+    match f(conn) {
+        Ok(value) => {
+            Tm::commit_transaction(conn)?;
+            Ok(value)
+        }
+        Err(e) => {
+            // The caller's error is the one that matters; a failed rollback leaves the
+            // connection marked broken and r2d2 discards it.
+            let _ = Tm::rollback_transaction(conn);
+            Err(e)
+        }
+    }
+}
+
+/// Run `f` in a read transaction (one consistent snapshot for multi-query reads).
+pub(crate) fn read_tx<T>(
+    conn: &mut DbConnection,
+    f: impl FnOnce(&mut DbConnection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    use diesel::Connection;
+    conn.transaction(f)
+}
+
 impl Store {
+    /// Run blocking diesel work on the blocking pool with a pooled connection.
+    async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(&mut DbConnection) -> Result<T, StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || {
+            let mut conn = inner
+                .pool
+                .get()
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            f(&mut conn)
+        })
+        .await
+        .map_err(|e| StoreError::Other(format!("store task failed: {e}")))?
+    }
+
+    /// The configured targets, as a snapshot for one mutation.
+    fn targets(&self) -> Arc<Vec<String>> {
+        match self.inner.targets.read() {
+            Ok(guard) => Arc::clone(&guard),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
     /// Open the pool (SQLite: WAL, `synchronous=FULL`, busy timeout, foreign keys; refuses a second
     /// daemon on the same file via an instance lock). Does not migrate.
     ///
     /// # Errors
-    /// `Other` for a bad URL, `Unavailable` when the database cannot be reached.
-    pub async fn open(_settings: &StoreSettings) -> Result<Store, StoreError> {
-        unimplemented!()
+    /// `Other` for a bad URL or a database file held by another process, `Unavailable` when the
+    /// database cannot be reached.
+    pub async fn open(settings: &StoreSettings) -> Result<Store, StoreError> {
+        let parsed = parse_url(&settings.url, settings.password.as_deref())?;
+        let pool_size = settings.pool_size.max(1);
+        let busy_timeout_ms = settings.busy_timeout_ms;
+        tokio::task::spawn_blocking(move || {
+            let builder = diesel::r2d2::Pool::builder().connection_timeout(Duration::from_secs(10));
+            let (target, builder, lock) = match parsed {
+                ParsedUrl::SqliteMemory => (
+                    ConnTarget::Sqlite {
+                        path: ":memory:".to_owned(),
+                        busy_timeout_ms,
+                    },
+                    // One connection that never expires: the database lives in it.
+                    builder
+                        .max_size(1)
+                        .min_idle(Some(1))
+                        .idle_timeout(None)
+                        .max_lifetime(None),
+                    None,
+                ),
+                ParsedUrl::SqliteFile(path) => {
+                    let lock = take_instance_lock(&path)?;
+                    let path_str = path
+                        .to_str()
+                        .ok_or_else(|| {
+                            StoreError::Other(format!(
+                                "database path {} is not UTF-8",
+                                path.display()
+                            ))
+                        })?
+                        .to_owned();
+                    (
+                        ConnTarget::Sqlite {
+                            path: path_str,
+                            busy_timeout_ms,
+                        },
+                        builder.max_size(pool_size),
+                        Some(lock),
+                    )
+                }
+                ParsedUrl::Pg(url) => (ConnTarget::Pg { url }, builder.max_size(pool_size), None),
+            };
+            let pool = builder
+                .build(Manager { target })
+                .map_err(|e| StoreError::Unavailable(format!("cannot open the store: {e}")))?;
+            Ok(Store {
+                inner: Arc::new(Inner {
+                    pool,
+                    targets: RwLock::new(Arc::new(Vec::new())),
+                    _instance_lock: lock,
+                }),
+            })
+        })
+        .await
+        .map_err(|e| StoreError::Other(format!("store task failed: {e}")))?
     }
 
     /// Apply pending embedded migrations; returns the names applied.
@@ -192,12 +542,45 @@ impl Store {
     /// # Errors
     /// On a failed migration.
     pub async fn migrate(&self) -> Result<Vec<String>, StoreError> {
-        unimplemented!()
+        use diesel::RunQueryDsl;
+        use diesel_migrations::MigrationHarness;
+        self.run(|conn| {
+            let failed = |e: Box<dyn std::error::Error + Send + Sync>| {
+                StoreError::Other(format!("migration failed: {e}"))
+            };
+            let names = |v: Vec<diesel::migration::MigrationVersion<'_>>| {
+                v.iter().map(ToString::to_string).collect()
+            };
+            match conn {
+                DbConnection::Sqlite(c) => c
+                    .run_pending_migrations(SQLITE_MIGRATIONS)
+                    .map(names)
+                    .map_err(failed),
+                DbConnection::Pg(c) => {
+                    // Several instances may start at once on one PostgreSQL database: one
+                    // migrates, the others wait on the advisory lock and then find nothing to do.
+                    diesel::sql_query(format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})"))
+                        .execute(c)?;
+                    let result = c
+                        .run_pending_migrations(POSTGRES_MIGRATIONS)
+                        .map(names)
+                        .map_err(failed);
+                    diesel::sql_query(format!("SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})"))
+                        .execute(c)?;
+                    result
+                }
+            }
+        })
+        .await
     }
 
     /// The targets that receive outbox rows for each mutation (set at startup and on reload).
-    pub fn set_targets(&self, _names: Vec<String>) {
-        unimplemented!()
+    pub fn set_targets(&self, names: Vec<String>) {
+        let names = Arc::new(names);
+        match self.inner.targets.write() {
+            Ok(mut guard) => *guard = names,
+            Err(poisoned) => *poisoned.into_inner() = names,
+        }
     }
 
     /// A cheap liveness query (`SELECT 1`), for `/readyz`.
@@ -205,7 +588,12 @@ impl Store {
     /// # Errors
     /// `Unavailable`.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        unimplemented!()
+        self.run(|conn| {
+            use diesel::RunQueryDsl;
+            diesel::sql_query("SELECT 1").execute(conn)?;
+            Ok(())
+        })
+        .await
     }
 
     // ---- users ----
@@ -216,21 +604,41 @@ impl Store {
     /// 409 uniqueness on a live user with the same normalised `userName`.
     pub async fn create_user(
         &self,
-        _input: UserInput,
-        _password_hash: Option<String>,
-        _ctx: &AuditCtx,
+        input: UserInput,
+        password_hash: Option<String>,
+        ctx: &AuditCtx,
     ) -> Result<StoredUser, StoreError> {
-        unimplemented!()
+        let (targets, ctx) = (self.targets(), ctx.clone());
+        self.run(move |conn| resources::create_user(conn, &targets, input, password_hash, &ctx))
+            .await
     }
 
     /// A live user by id.
-    pub async fn get_user(&self, _id: &str) -> Result<Option<StoredUser>, StoreError> {
-        unimplemented!()
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    pub async fn get_user(&self, id: &str) -> Result<Option<StoredUser>, StoreError> {
+        let id = id.to_owned();
+        self.run(move |conn| {
+            resources::get(conn, ResourceType::User, &id, false)?
+                .map(ResourceRow::into_user)
+                .transpose()
+        })
+        .await
     }
 
     /// A user by id, tombstones included (for the reconciler).
-    pub async fn get_user_any(&self, _id: &str) -> Result<Option<StoredUser>, StoreError> {
-        unimplemented!()
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    pub async fn get_user_any(&self, id: &str) -> Result<Option<StoredUser>, StoreError> {
+        let id = id.to_owned();
+        self.run(move |conn| {
+            resources::get(conn, ResourceType::User, &id, true)?
+                .map(ResourceRow::into_user)
+                .transpose()
+        })
+        .await
     }
 
     /// Read-modify-write in one write transaction: `f` sees the current user and returns the
@@ -241,15 +649,22 @@ impl Store {
     /// 404 when there is no live user; whatever `f` returns; 409 on a `userName` collision.
     pub async fn update_user<F>(
         &self,
-        _id: &str,
-        _operation: &str,
-        _ctx: &AuditCtx,
-        _f: F,
+        id: &str,
+        operation: &str,
+        ctx: &AuditCtx,
+        f: F,
     ) -> Result<StoredUser, StoreError>
     where
         F: FnOnce(&StoredUser) -> Result<UserUpdate, ScimError> + Send + 'static,
     {
-        unimplemented!()
+        let (targets, ctx, id, operation) = (
+            self.targets(),
+            ctx.clone(),
+            id.to_owned(),
+            operation.to_owned(),
+        );
+        self.run(move |conn| resources::update_user(conn, &targets, &id, &operation, &ctx, f))
+            .await
     }
 
     /// Delete: the row becomes a tombstone (kept for the reconciler), memberships are removed in
@@ -259,11 +674,15 @@ impl Store {
     /// 404 when there is no live user; 412 when `if_match` names another version.
     pub async fn delete_user(
         &self,
-        _id: &str,
-        _if_match: Option<i64>,
-        _ctx: &AuditCtx,
+        id: &str,
+        if_match: Option<i64>,
+        ctx: &AuditCtx,
     ) -> Result<(), StoreError> {
-        unimplemented!()
+        let (targets, ctx, id) = (self.targets(), ctx.clone(), id.to_owned());
+        self.run(move |conn| {
+            resources::delete(conn, &targets, ResourceType::User, &id, if_match, &ctx)
+        })
+        .await
     }
 
     /// List live users in stable creation order. The filter is evaluated with
@@ -274,27 +693,57 @@ impl Store {
     /// `Unavailable`.
     pub async fn list_users(
         &self,
-        _filter: Option<crate::scim::filter::Filter>,
-        _start_index: u64,
-        _count: u64,
-        _base_url: String,
+        filter: Option<crate::scim::filter::Filter>,
+        start_index: u64,
+        count: u64,
+        base_url: String,
     ) -> Result<Page<StoredUser>, StoreError> {
-        unimplemented!()
+        self.run(move |conn| {
+            let page = resources::list(
+                conn,
+                ResourceType::User,
+                filter.as_ref(),
+                start_index,
+                count,
+                &base_url,
+            )?;
+            let items = page
+                .items
+                .into_iter()
+                .map(ResourceRow::into_user)
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Page {
+                items,
+                total: page.total,
+            })
+        })
+        .await
     }
 
     /// The groups a user belongs to (value + display), for the derived `groups` attribute.
-    pub async fn groups_of_user(&self, _user_id: &str) -> Result<Vec<GroupRef>, StoreError> {
-        unimplemented!()
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    pub async fn groups_of_user(&self, user_id: &str) -> Result<Vec<GroupRef>, StoreError> {
+        let id = user_id.to_owned();
+        self.run(move |conn| resources::groups_of_user(conn, &id))
+            .await
     }
 
     /// A live user by `userName` (case-insensitive), `externalId` (exact) or id; `by` is
-    /// `"id"`, `"userName"` or `"externalId"`. Used to resolve `manager.value`.
-    pub async fn find_user(
-        &self,
-        _by: &str,
-        _value: &str,
-    ) -> Result<Option<StoredUser>, StoreError> {
-        unimplemented!()
+    /// `"id"`, `"userName"` or `"externalId"` (any case). Used to resolve `manager.value`.
+    /// Any other `by` finds nothing.
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    pub async fn find_user(&self, by: &str, value: &str) -> Result<Option<StoredUser>, StoreError> {
+        let (by, value) = (by.to_ascii_lowercase(), value.to_owned());
+        self.run(move |conn| {
+            resources::find_user(conn, &by, &value)?
+                .map(ResourceRow::into_user)
+                .transpose()
+        })
+        .await
     }
 
     // ---- groups ----
@@ -305,25 +754,50 @@ impl Store {
     /// 409 uniqueness on the normalised `displayName`.
     pub async fn create_group(
         &self,
-        _input: GroupInput,
-        _ctx: &AuditCtx,
+        input: GroupInput,
+        ctx: &AuditCtx,
     ) -> Result<StoredGroup, StoreError> {
-        unimplemented!()
+        let (targets, ctx) = (self.targets(), ctx.clone());
+        self.run(move |conn| resources::create_group(conn, &targets, input, &ctx))
+            .await
     }
 
     /// A live group by id.
-    pub async fn get_group(&self, _id: &str) -> Result<Option<StoredGroup>, StoreError> {
-        unimplemented!()
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    pub async fn get_group(&self, id: &str) -> Result<Option<StoredGroup>, StoreError> {
+        let id = id.to_owned();
+        self.run(move |conn| {
+            resources::get(conn, ResourceType::Group, &id, false)?
+                .map(ResourceRow::into_group)
+                .transpose()
+        })
+        .await
     }
 
     /// A group by id, tombstones included.
-    pub async fn get_group_any(&self, _id: &str) -> Result<Option<StoredGroup>, StoreError> {
-        unimplemented!()
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    pub async fn get_group_any(&self, id: &str) -> Result<Option<StoredGroup>, StoreError> {
+        let id = id.to_owned();
+        self.run(move |conn| {
+            resources::get(conn, ResourceType::Group, &id, true)?
+                .map(ResourceRow::into_group)
+                .transpose()
+        })
+        .await
     }
 
     /// The members of a group, in insertion order, with `display` = the member's current userName.
-    pub async fn group_members(&self, _group_id: &str) -> Result<Vec<MemberRef>, StoreError> {
-        unimplemented!()
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    pub async fn group_members(&self, group_id: &str) -> Result<Vec<MemberRef>, StoreError> {
+        let id = group_id.to_owned();
+        self.run(move |conn| resources::group_members(conn, &id))
+            .await
     }
 
     /// Read-modify-write of a group in one transaction; member ops become row inserts/deletes
@@ -333,15 +807,22 @@ impl Store {
     /// 404, whatever `f` returns, 409 on a displayName collision, 400 for unknown members.
     pub async fn update_group<F>(
         &self,
-        _id: &str,
-        _operation: &str,
-        _ctx: &AuditCtx,
-        _f: F,
+        id: &str,
+        operation: &str,
+        ctx: &AuditCtx,
+        f: F,
     ) -> Result<StoredGroup, StoreError>
     where
         F: FnOnce(&StoredGroup) -> Result<GroupUpdate, ScimError> + Send + 'static,
     {
-        unimplemented!()
+        let (targets, ctx, id, operation) = (
+            self.targets(),
+            ctx.clone(),
+            id.to_owned(),
+            operation.to_owned(),
+        );
+        self.run(move |conn| resources::update_group(conn, &targets, &id, &operation, &ctx, f))
+            .await
     }
 
     /// Delete a group (tombstone, membership rows removed); never touches its users.
@@ -350,24 +831,50 @@ impl Store {
     /// 404; 412 on an `if_match` mismatch.
     pub async fn delete_group(
         &self,
-        _id: &str,
-        _if_match: Option<i64>,
-        _ctx: &AuditCtx,
+        id: &str,
+        if_match: Option<i64>,
+        ctx: &AuditCtx,
     ) -> Result<(), StoreError> {
-        unimplemented!()
+        let (targets, ctx, id) = (self.targets(), ctx.clone(), id.to_owned());
+        self.run(move |conn| {
+            resources::delete(conn, &targets, ResourceType::Group, &id, if_match, &ctx)
+        })
+        .await
     }
 
     /// List live groups in creation order; members are never loaded here (the caller asks
     /// [`Store::group_members`] per group only when `members` is wanted). A filter that names
     /// `members` is evaluated with members loaded.
+    ///
+    /// # Errors
+    /// `Unavailable`.
     pub async fn list_groups(
         &self,
-        _filter: Option<crate::scim::filter::Filter>,
-        _start_index: u64,
-        _count: u64,
-        _base_url: String,
+        filter: Option<crate::scim::filter::Filter>,
+        start_index: u64,
+        count: u64,
+        base_url: String,
     ) -> Result<Page<StoredGroup>, StoreError> {
-        unimplemented!()
+        self.run(move |conn| {
+            let page = resources::list(
+                conn,
+                ResourceType::Group,
+                filter.as_ref(),
+                start_index,
+                count,
+                &base_url,
+            )?;
+            let items = page
+                .items
+                .into_iter()
+                .map(ResourceRow::into_group)
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Page {
+                items,
+                total: page.total,
+            })
+        })
+        .await
     }
 
     // ---- tokens ----
@@ -378,26 +885,39 @@ impl Store {
     /// 409-style `Scim` uniqueness error when the name is taken by a live token.
     pub async fn create_token(
         &self,
-        _name: &str,
-        _sha256: [u8; 32],
-        _now_ms: i64,
+        name: &str,
+        sha256: [u8; 32],
+        now_ms: i64,
     ) -> Result<TokenInfo, StoreError> {
-        unimplemented!()
+        let name = name.to_owned();
+        self.run(move |conn| tokens::create(conn, &name, &sha256, now_ms))
+            .await
     }
 
     /// All tokens, revoked ones included.
+    ///
+    /// # Errors
+    /// `Unavailable`.
     pub async fn list_tokens(&self) -> Result<Vec<TokenInfo>, StoreError> {
-        unimplemented!()
+        self.run(tokens::list).await
     }
 
     /// Revoke by name or numeric id; returns false when nothing live matched.
-    pub async fn revoke_token(&self, _name_or_id: &str, _now_ms: i64) -> Result<bool, StoreError> {
-        unimplemented!()
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    pub async fn revoke_token(&self, name_or_id: &str, now_ms: i64) -> Result<bool, StoreError> {
+        let key = name_or_id.to_owned();
+        self.run(move |conn| tokens::revoke(conn, &key, now_ms))
+            .await
     }
 
     /// (name, digest) of every live token, for the in-memory auth table.
+    ///
+    /// # Errors
+    /// `Unavailable`.
     pub async fn live_token_digests(&self) -> Result<Vec<(String, [u8; 32])>, StoreError> {
-        unimplemented!()
+        self.run(tokens::live_digests).await
     }
 
     // ---- outbox and target state ----
@@ -405,121 +925,207 @@ impl Store {
     /// Claim up to `limit` due pending rows of `target` (not claimed, or whose lease expired),
     /// setting a lease until `now_ms + lease_ms` and a new fencing epoch. A row is exclusive while
     /// claimed, so one resource is never applied twice at once.
+    ///
+    /// # Errors
+    /// `Unavailable`.
     pub async fn claim(
         &self,
-        _target: &str,
-        _now_ms: i64,
-        _lease_ms: i64,
-        _limit: i64,
+        target: &str,
+        now_ms: i64,
+        lease_ms: i64,
+        limit: i64,
     ) -> Result<Vec<OutboxItem>, StoreError> {
-        unimplemented!()
+        let target = target.to_owned();
+        self.run(move |conn| outbox::claim(conn, &target, now_ms, lease_ms, limit))
+            .await
     }
 
     /// Record success: upsert `state` (never lowering `applied_version`), then delete the outbox
     /// row only if its version did not move since the claim (else release it for another round).
-    /// Writes an `applied:<target>` history row.
+    /// Writes an `applied:<target>` history row. When the claim was lost (another worker holds a
+    /// newer epoch), only a higher `applied_version` is recorded and the row is left alone.
+    ///
+    /// # Errors
+    /// `Unavailable`.
     pub async fn settle_applied(
         &self,
-        _item: &OutboxItem,
-        _state: TargetState,
-        _now_ms: i64,
+        item: &OutboxItem,
+        state: TargetState,
+        now_ms: i64,
     ) -> Result<(), StoreError> {
-        unimplemented!()
+        let item = item.clone();
+        self.run(move |conn| outbox::settle_applied(conn, &item, &state, now_ms))
+            .await
     }
 
     /// Record a failure: bump attempts, set `next_attempt_ms` and `last_error`, release the claim;
-    /// `dead` turns the row into a dead letter (kept until retried or discarded).
+    /// `dead` turns the row into a dead letter (kept until retried or discarded). A row whose
+    /// claim was lost is left alone; a row whose version moved since the claim stays pending
+    /// (the newer change deserves its own attempts) even when `dead` is asked.
+    ///
+    /// # Errors
+    /// `Unavailable`.
     pub async fn settle_failed(
         &self,
-        _item: &OutboxItem,
-        _error: &str,
-        _next_attempt_ms: i64,
-        _dead: bool,
-        _now_ms: i64,
+        item: &OutboxItem,
+        error: &str,
+        next_attempt_ms: i64,
+        dead: bool,
+        now_ms: i64,
     ) -> Result<(), StoreError> {
-        unimplemented!()
+        let (item, error) = (item.clone(), error.to_owned());
+        self.run(move |conn| {
+            outbox::settle_failed(conn, &item, &error, next_attempt_ms, dead, now_ms)
+        })
+        .await
     }
 
     /// Queue a resource for one target (coalescing with an existing row; a dead row becomes
     /// pending again). Used for dependants (a user's groups once it exists) and full reconciles.
+    ///
+    /// # Errors
+    /// 404 `Scim` when the resource does not exist (tombstones do); `Unavailable`.
     pub async fn enqueue(
         &self,
-        _target: &str,
-        _resource_type: ResourceType,
-        _resource_id: &str,
-        _operation: &str,
-        _now_ms: i64,
+        target: &str,
+        resource_type: ResourceType,
+        resource_id: &str,
+        operation: &str,
+        now_ms: i64,
     ) -> Result<(), StoreError> {
-        unimplemented!()
+        let (target, id, operation) = (
+            target.to_owned(),
+            resource_id.to_owned(),
+            operation.to_owned(),
+        );
+        self.run(move |conn| outbox::enqueue(conn, &target, resource_type, &id, &operation, now_ms))
+            .await
     }
 
     /// The recorded state of one resource in one target.
+    ///
+    /// # Errors
+    /// `Unavailable`.
     pub async fn target_state(
         &self,
-        _target: &str,
-        _resource_id: &str,
+        target: &str,
+        resource_id: &str,
     ) -> Result<Option<TargetState>, StoreError> {
-        unimplemented!()
+        let (target, id) = (target.to_owned(), resource_id.to_owned());
+        self.run(move |conn| outbox::target_state(conn, &target, &id))
+            .await
     }
 
-    /// Every target state of a target (drift repair walks these), in resource order.
-    pub async fn target_states(&self, _target: &str) -> Result<Vec<TargetState>, StoreError> {
-        unimplemented!()
+    /// Every target state of a target (drift repair walks these), in resource id order.
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    pub async fn target_states(&self, target: &str) -> Result<Vec<TargetState>, StoreError> {
+        let target = target.to_owned();
+        self.run(move |conn| outbox::target_states(conn, &target))
+            .await
     }
 
-    /// Ids of every resource of a type, tombstones included, in creation order.
+    /// Ids of every resource of a type, tombstones included when asked, in creation order.
+    ///
+    /// # Errors
+    /// `Unavailable`.
     pub async fn all_resource_ids(
         &self,
-        _resource_type: ResourceType,
-        _include_deleted: bool,
+        resource_type: ResourceType,
+        include_deleted: bool,
     ) -> Result<Vec<String>, StoreError> {
-        unimplemented!()
+        self.run(move |conn| resources::all_ids(conn, resource_type, include_deleted))
+            .await
     }
 
     /// Ids of the groups a user is a member of (live groups only).
-    pub async fn group_ids_of_user(&self, _user_id: &str) -> Result<Vec<String>, StoreError> {
-        unimplemented!()
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    pub async fn group_ids_of_user(&self, user_id: &str) -> Result<Vec<String>, StoreError> {
+        let id = user_id.to_owned();
+        self.run(move |conn| {
+            Ok(resources::groups_of_user(conn, &id)?
+                .into_iter()
+                .map(|g| g.value)
+                .collect())
+        })
+        .await
     }
 
     /// Dead letters, optionally of one target.
-    pub async fn dead_letters(&self, _target: Option<&str>) -> Result<Vec<OutboxItem>, StoreError> {
-        unimplemented!()
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    pub async fn dead_letters(&self, target: Option<&str>) -> Result<Vec<OutboxItem>, StoreError> {
+        let target = target.map(str::to_owned);
+        self.run(move |conn| outbox::dead_letters(conn, target.as_deref()))
+            .await
     }
 
-    /// Make dead letters pending again (all of a target when `id` is `None`); returns how many.
+    /// Make dead letters pending again (all of a target, or all, when `id` is `None`); returns
+    /// how many.
+    ///
+    /// # Errors
+    /// `Unavailable`.
     pub async fn retry_dead(
         &self,
-        _id: Option<i64>,
-        _target: Option<&str>,
-        _now_ms: i64,
+        id: Option<i64>,
+        target: Option<&str>,
+        now_ms: i64,
     ) -> Result<u64, StoreError> {
-        unimplemented!()
+        let target = target.map(str::to_owned);
+        self.run(move |conn| outbox::retry_dead(conn, id, target.as_deref(), now_ms))
+            .await
     }
 
     /// Drop dead letters; returns how many.
+    ///
+    /// # Errors
+    /// `Unavailable`.
     pub async fn discard_dead(
         &self,
-        _id: Option<i64>,
-        _target: Option<&str>,
+        id: Option<i64>,
+        target: Option<&str>,
     ) -> Result<u64, StoreError> {
-        unimplemented!()
+        let target = target.map(str::to_owned);
+        self.run(move |conn| outbox::discard_dead(conn, id, target.as_deref()))
+            .await
     }
 
     /// Per-target counters for the given targets.
-    pub async fn status(&self, _targets: &[String]) -> Result<Vec<TargetStatus>, StoreError> {
-        unimplemented!()
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    pub async fn status(&self, targets: &[String]) -> Result<Vec<TargetStatus>, StoreError> {
+        let targets = targets.to_vec();
+        self.run(move |conn| outbox::status(conn, &targets)).await
     }
 
     /// Audit history of one resource, oldest first.
-    pub async fn history(&self, _resource_id: &str) -> Result<Vec<HistoryEntry>, StoreError> {
-        unimplemented!()
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    pub async fn history(&self, resource_id: &str) -> Result<Vec<HistoryEntry>, StoreError> {
+        let id = resource_id.to_owned();
+        self.run(move |conn| history::of_resource(conn, &id)).await
     }
 
-    /// Find a resource id by userName or group displayName (for `scim-sync history NAME`).
+    /// Find a resource id by userName or group displayName (for `scim-sync history NAME`):
+    /// live users first, then live groups, then the most recent tombstone.
+    ///
+    /// # Errors
+    /// `Unavailable`.
     pub async fn resolve_name(
         &self,
-        _name: &str,
+        name: &str,
     ) -> Result<Option<(ResourceType, String)>, StoreError> {
-        unimplemented!()
+        let name = name.to_owned();
+        self.run(move |conn| resources::resolve_name(conn, &name))
+            .await
     }
 }
+
+#[cfg(test)]
+mod tests;

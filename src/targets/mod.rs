@@ -4,7 +4,8 @@
 
 pub mod ldap;
 
-use crate::mapping::Entry;
+use crate::config::target::RawTarget;
+use crate::mapping::{CompiledTarget, ConfigError, Entry};
 use serde_json::Value;
 
 /// Users or groups.
@@ -93,11 +94,21 @@ pub trait Target {
     ) -> Result<Outcome, TargetError>;
 }
 
-/// The closed set of targets, dispatched by `match` (no `dyn`: the trait has `async fn`).
+/// Every target implementation, dispatched by `match` (a closed set, no `dyn`).
 #[derive(Debug)]
 pub enum AnyTarget {
     /// An LDAP directory.
     Ldap(ldap::LdapTarget),
+}
+
+impl AnyTarget {
+    /// The configured name of the target.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        match self {
+            AnyTarget::Ldap(t) => &t.settings().name,
+        }
+    }
 }
 
 impl Target for AnyTarget {
@@ -115,6 +126,49 @@ impl Target for AnyTarget {
     ) -> Result<Outcome, TargetError> {
         match self {
             AnyTarget::Ldap(t) => t.sync(desired, prior, dry_run).await,
+        }
+    }
+}
+
+/// Validate the `index`th `[[targets]]` entry and build its mapping and target. Does not
+/// connect (the healthcheck does); the bind password file or variable is resolved here, so a
+/// missing one is reported as a config error naming its key.
+///
+/// # Errors
+/// Every problem found (mapping and target settings together), each naming its full key.
+pub fn build(
+    raw: &RawTarget,
+    index: usize,
+) -> Result<(CompiledTarget, AnyTarget), Vec<ConfigError>> {
+    match raw {
+        RawTarget::Ldap(t) => {
+            let map = CompiledTarget::compile(raw, index);
+            let settings = ldap::Settings::from_raw(t, index);
+            match (map, settings) {
+                (Ok(map), Ok(settings)) => {
+                    let password_key = match &settings.bind_password {
+                        ldap::PasswordSource::Env(_) => "bind_password_env",
+                        _ => "bind_password_file",
+                    };
+                    let target = ldap::LdapTarget::new(settings).map_err(|e| {
+                        let key = if e.message.contains("ca_file") {
+                            "ca_file"
+                        } else {
+                            password_key
+                        };
+                        vec![ConfigError {
+                            key: format!("targets[{index}].{key}"),
+                            message: e.message,
+                        }]
+                    })?;
+                    Ok((map, AnyTarget::Ldap(target)))
+                }
+                (map, settings) => {
+                    let mut errors = map.err().unwrap_or_default();
+                    errors.extend(settings.err().unwrap_or_default());
+                    Err(errors)
+                }
+            }
         }
     }
 }

@@ -1,0 +1,594 @@
+//! The worker loops and the per-row apply. A loop registers for the wake-up *before* claiming
+//! (so a push committed between the claim and the sleep is never missed), claims a batch with
+//! a lease, applies each row, settles it, then sleeps until woken or `poll_interval`. The apply
+//! is level-triggered: it renders the resource as stored *now*, so three quick PUTs coalesce
+//! into one apply of the last state.
+//!
+//! Dependants, in the same target, are queued after a successful apply: a user whose key
+//! appeared, changed or vanished, or whose `active` flag flipped while inactive users are left
+//! out of groups, queues its groups (how a membership naming a not-yet-provisioned user waits
+//! for it); a user created in the target re-queues the users whose references were unresolved.
+//!
+//! Must not answer HTTP, hold a std lock across `.await`, or spawn outside the daemon's tracker.
+
+use super::{backoff, Reconciler, TargetRuntime};
+use crate::config::target::RefBy;
+use crate::http::server::now_ms;
+use crate::mapping::MapError;
+use crate::scim::resource::{render_group, render_user, ResourceType};
+use crate::store::{OutboxItem, StoreError, TargetState};
+use crate::targets::{Desired, ErrorClass, Kind, Outcome, Prior, Target, TargetError};
+use crate::telemetry::{metrics, TargetLabels, TargetResultLabels};
+use serde_json::Value;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+/// Rows claimed per turn.
+const BATCH: i64 = 16;
+/// Upper bound of claim rounds in one `run_pending` drain of one target.
+const MAX_DRAIN_ROUNDS: usize = 100_000;
+/// Key of the reconciler's own bookkeeping in `target_state.extra` (a user's SCIM `active`
+/// at the last apply, to notice a flip). Targets ignore keys they do not know.
+pub(crate) const ACTIVE_KEY: &str = "scim_active";
+
+/// Why an apply failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ApplyError {
+    /// The store could not be read: not the target's fault, the row is left to its lease.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// The resource cannot be rendered with this mapping (permanent).
+    #[error("mapping: {0}")]
+    Map(#[from] MapError),
+    /// The target refused or failed.
+    #[error("{0}")]
+    Target(#[from] TargetError),
+}
+
+impl ApplyError {
+    /// The text recorded as `last_error` (with the target's code when there is one).
+    pub(crate) fn text(&self) -> String {
+        match self {
+            ApplyError::Target(e) => match &e.code {
+                Some(code) => format!("{code}: {}", e.message),
+                None => e.message.clone(),
+            },
+            other => other.to_string(),
+        }
+    }
+}
+
+/// The result of one successful sync.
+pub(crate) struct Applied {
+    /// The resource version that was rendered (0 when the resource is gone from the store).
+    pub(crate) version: i64,
+    pub(crate) prior: Prior,
+    pub(crate) outcome: Outcome,
+    /// Users: the SCIM `active` flag rendered (`None` for deleted users and groups).
+    pub(crate) active: Option<bool>,
+    /// Users: whether a reference (e.g. `manager`) could not be resolved yet.
+    pub(crate) unresolved: bool,
+}
+
+impl Applied {
+    /// `Outcome.extra` plus the reconciler's own bookkeeping, as stored in `target_state`.
+    pub(crate) fn extra_to_store(&self) -> Option<Value> {
+        let Some(active) = self.active else {
+            return self.outcome.extra.clone();
+        };
+        let mut extra = match &self.outcome.extra {
+            Some(Value::Object(map)) => map.clone(),
+            Some(_) | None => serde_json::Map::new(),
+        };
+        extra.insert(ACTIVE_KEY.into(), Value::Bool(active));
+        Some(Value::Object(extra))
+    }
+}
+
+fn store_by(by: RefBy) -> &'static str {
+    match by {
+        RefBy::Id => "id",
+        RefBy::UserName => "userName",
+        RefBy::ExternalId => "externalId",
+    }
+}
+
+/// Desired state of a user: `(version, desired, active, unresolved)`; `desired` is `None` for
+/// a deleted (or purged) user.
+async fn desired_user(
+    rec: &Reconciler,
+    t: &TargetRuntime,
+    id: &str,
+) -> Result<(i64, Option<Desired>, Option<bool>, bool), ApplyError> {
+    let store = &rec.inner.store;
+    let Some(user) = store.get_user_any(id).await? else {
+        return Ok((0, None, None, false));
+    };
+    if user.deleted {
+        return Ok((user.meta.version, None, None, false));
+    }
+    let groups = store.groups_of_user(id).await?;
+    let mut json = render_user(&user.id, &user.data, &user.meta, Some(&groups), "");
+    if let Some(o) = json.as_object_mut() {
+        o.insert("active".into(), Value::Bool(user.active));
+    }
+    let mut resolved: HashMap<(RefBy, String), String> = HashMap::new();
+    let mut unresolved = false;
+    for (by, value) in t.map.references(&json) {
+        let key = match store.find_user(store_by(by), &value).await? {
+            Some(other) => store
+                .target_state(&t.name, &other.id)
+                .await?
+                .and_then(|s| s.target_key),
+            None => None,
+        };
+        match key {
+            Some(k) => {
+                resolved.insert((by, value), k);
+            }
+            None => unresolved = true,
+        }
+    }
+    let entry = t
+        .map
+        .render_user(&json, &|by, v| resolved.get(&(by, v.to_owned())).cloned())?;
+    let desired = Desired {
+        kind: Kind::User,
+        entry,
+        active: user.active,
+        members: Vec::new(),
+        password_hash: user.password_hash.clone(),
+        role_groups: t.map.role_groups(&json),
+    };
+    Ok((
+        user.meta.version,
+        Some(desired),
+        Some(user.active),
+        unresolved,
+    ))
+}
+
+/// Desired state of a group; members are the member keys of the member users provisioned in
+/// this target (two batch queries, whatever the group size).
+async fn desired_group(
+    rec: &Reconciler,
+    t: &TargetRuntime,
+    id: &str,
+) -> Result<(i64, Option<Desired>), ApplyError> {
+    let store = &rec.inner.store;
+    let Some(group) = store.get_group_any(id).await? else {
+        return Ok((0, None));
+    };
+    if group.deleted {
+        return Ok((group.meta.version, None));
+    }
+    let members = store.group_members(id).await?;
+    let ids: Vec<String> = members.iter().map(|m| m.value.clone()).collect();
+    let states = store.target_states_of(&t.name, &ids).await?;
+    let active = if t.map.remove_inactive_from_groups() {
+        Some(store.active_flags(&ids).await?)
+    } else {
+        None
+    };
+    let mut keys = Vec::with_capacity(ids.len());
+    for member in &ids {
+        if let Some(active) = &active {
+            if !active.get(member).copied().unwrap_or(false) {
+                continue;
+            }
+        }
+        let Some(state) = states.get(member) else {
+            continue;
+        };
+        let Some(key) = &state.target_key else {
+            continue;
+        };
+        if let Some(k) = t.map.member_key(key, state.extra.as_ref()) {
+            keys.push(k);
+        }
+    }
+    let json = render_group(&group.id, &group.data, &group.meta, Some(&members), "");
+    let entry = t.map.render_group(&json)?;
+    let desired = Desired {
+        kind: Kind::Group,
+        entry,
+        active: true,
+        members: keys,
+        password_hash: None,
+        role_groups: Vec::new(),
+    };
+    Ok((group.meta.version, Some(desired)))
+}
+
+/// Render one resource for one target and sync it (or, with `dry_run`, report what would
+/// change). Does not settle anything.
+pub(crate) async fn apply(
+    rec: &Reconciler,
+    t: &TargetRuntime,
+    resource_type: ResourceType,
+    id: &str,
+    dry_run: bool,
+) -> Result<Applied, ApplyError> {
+    let state = rec.inner.store.target_state(&t.name, id).await?;
+    let prior = Prior {
+        key: state.as_ref().and_then(|s| s.target_key.clone()),
+        extra: state.and_then(|s| s.extra),
+    };
+    let (version, desired, active, unresolved) = match resource_type {
+        ResourceType::User => desired_user(rec, t, id).await?,
+        ResourceType::Group if t.map.groups.is_none() => {
+            // Groups are not provisioned in this target: nothing to do, nothing to change.
+            let version = rec
+                .inner
+                .store
+                .get_group_any(id)
+                .await?
+                .map_or(0, |g| g.meta.version);
+            let outcome = Outcome {
+                key: prior.key.clone(),
+                extra: prior.extra.clone(),
+                changes: Vec::new(),
+            };
+            return Ok(Applied {
+                version,
+                prior,
+                outcome,
+                active: None,
+                unresolved: false,
+            });
+        }
+        ResourceType::Group => {
+            let (v, d) = desired_group(rec, t, id).await?;
+            (v, d, None, false)
+        }
+    };
+    let started = Instant::now();
+    let result = t.target.sync(desired.as_ref(), &prior, dry_run).await;
+    metrics()
+        .target_op_duration
+        .get_or_create(&TargetLabels {
+            target: t.name.clone(),
+        })
+        .observe(started.elapsed().as_secs_f64());
+    let outcome = result?;
+    Ok(Applied {
+        version,
+        prior,
+        outcome,
+        active,
+        unresolved,
+    })
+}
+
+fn count(target: &str, result: &str) {
+    metrics()
+        .applies
+        .get_or_create(&TargetResultLabels {
+            target: target.to_owned(),
+            result: result.to_owned(),
+        })
+        .inc();
+}
+
+/// Apply and settle one claimed row. Returns true when it was applied.
+async fn process(rec: &Reconciler, t: &TargetRuntime, item: &OutboxItem) -> bool {
+    let attempt = item.attempts.saturating_add(1);
+    let span = tracing::debug_span!(
+        "apply",
+        resource_id = %item.resource_id,
+        target = %t.name,
+        attempt,
+        request_id = item.request_id.as_deref().unwrap_or(""),
+    );
+    async move {
+        let result = apply(rec, t, item.resource_type, &item.resource_id, false).await;
+        let now = now_ms();
+        match result {
+            Ok(done) => {
+                let state = TargetState {
+                    target: t.name.clone(),
+                    resource_type: item.resource_type,
+                    resource_id: item.resource_id.clone(),
+                    applied_version: done.version,
+                    target_key: done.outcome.key.clone(),
+                    extra: done.extra_to_store(),
+                    updated_ms: now,
+                };
+                if let Err(e) = rec.inner.store.settle_applied(item, state, now).await {
+                    tracing::error!(target = %t.name, resource_id = %item.resource_id, outbox_id = item.id, error = %e, "Applied, but cannot record it in the store; it re-applies when the lease expires.");
+                    return false;
+                }
+                count(&t.name, "applied");
+                tracing::debug!(target = %t.name, resource_id = %item.resource_id, changes = done.outcome.changes.len(), "Applied.");
+                rec.set_health(&t.name, true, "ok".into());
+                enqueue_dependants(rec, t, item.resource_type, &item.resource_id, &done).await;
+                true
+            }
+            Err(ApplyError::Store(e)) => {
+                tracing::error!(target = %t.name, resource_id = %item.resource_id, outbox_id = item.id, error = %e, "Cannot read the resource from the store; it re-applies when the lease expires.");
+                false
+            }
+            Err(e) => {
+                let class = match &e {
+                    ApplyError::Target(te) => te.class,
+                    ApplyError::Map(_) | ApplyError::Store(_) => ErrorClass::Permanent,
+                };
+                fail(rec, t, item, class, &e.text(), now).await;
+                false
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Record a failure: transient ones retry forever with backoff, permanent ones become a dead
+/// letter once `max_attempts` is reached.
+async fn fail(
+    rec: &Reconciler,
+    t: &TargetRuntime,
+    item: &OutboxItem,
+    class: ErrorClass,
+    text: &str,
+    now: i64,
+) {
+    let settings = &rec.inner.settings;
+    let attempt = u32::try_from(item.attempts.saturating_add(1)).unwrap_or(1);
+    let delay = backoff::delay(
+        attempt,
+        settings.backoff_base,
+        settings.backoff_max,
+        rand::random::<f64>(),
+    );
+    let next = now.saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
+    let dead = class == ErrorClass::Permanent && attempt >= settings.max_attempts;
+    let resource_type = item.resource_type.as_str();
+    if let Err(e) = rec
+        .inner
+        .store
+        .settle_failed(item, text, next, dead, now)
+        .await
+    {
+        tracing::error!(target = %t.name, resource_id = %item.resource_id, outbox_id = item.id, error = %e, "Cannot record a failed apply in the store; it re-applies when the lease expires.");
+        return;
+    }
+    let labels = TargetLabels {
+        target: t.name.clone(),
+    };
+    if dead {
+        count(&t.name, "dead");
+        metrics().dead_letters.get_or_create(&labels).inc();
+        tracing::error!(target = %t.name, resource_type, resource_id = %item.resource_id, outbox_id = item.id, attempt, error = %text, "Apply failed permanently; the change is now a dead letter (see `scim-sync dead-letters list`).");
+    } else {
+        count(&t.name, "failed");
+        metrics().retries.get_or_create(&labels).inc();
+        if class == ErrorClass::Transient {
+            rec.set_health(&t.name, false, text.to_owned());
+            tracing::warn!(target = %t.name, resource_type, resource_id = %item.resource_id, outbox_id = item.id, attempt, retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), error = %text, "Apply failed; will retry.");
+        } else {
+            tracing::warn!(target = %t.name, resource_type, resource_id = %item.resource_id, outbox_id = item.id, attempt, max_attempts = settings.max_attempts, error = %text, "Apply refused by the target; will retry before making it a dead letter.");
+        }
+    }
+}
+
+/// Queue what depends on a user just applied (see the module docs).
+pub(crate) async fn enqueue_dependants(
+    rec: &Reconciler,
+    t: &TargetRuntime,
+    resource_type: ResourceType,
+    id: &str,
+    done: &Applied,
+) {
+    if resource_type != ResourceType::User {
+        return;
+    }
+    let store = &rec.inner.store;
+    let now = now_ms();
+    let key_changed = done.prior.key != done.outcome.key;
+    let was_active = done
+        .prior
+        .extra
+        .as_ref()
+        .and_then(|e| e.get(ACTIVE_KEY))
+        .and_then(Value::as_bool);
+    let active_flipped = matches!((was_active, done.active), (Some(a), Some(b)) if a != b);
+    if t.map.groups.is_some()
+        && (key_changed || (active_flipped && t.map.remove_inactive_from_groups()))
+    {
+        let queued = match store.group_ids_of_user(id).await {
+            Ok(groups) => {
+                store
+                    .enqueue_many(&t.name, ResourceType::Group, &groups, "membership", now)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = queued {
+            tracing::error!(target = %t.name, resource_id = %id, error = %e, "Cannot queue the user's groups; drift repair will fix their membership.");
+        }
+    }
+    note_unresolved(t, id, done.active.is_some() && done.unresolved);
+    let created = done.prior.key.is_none() && done.outcome.key.is_some();
+    if created {
+        let waiting = match waiting_users(rec, t, id).await {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::error!(target = %t.name, error = %e, "Cannot find users waiting for a reference; drift repair will fill them in.");
+                return;
+            }
+        };
+        if !waiting.is_empty() {
+            if let Err(e) = store
+                .enqueue_many(&t.name, ResourceType::User, &waiting, "reference", now)
+                .await
+            {
+                tracing::error!(target = %t.name, error = %e, "Cannot queue users waiting for a reference; drift repair will fill them in.");
+            }
+        }
+    }
+}
+
+fn note_unresolved(t: &TargetRuntime, id: &str, unresolved: bool) {
+    let mut guard = match t.unresolved.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    };
+    if let Some(set) = guard.as_mut() {
+        if unresolved {
+            set.insert(id.to_owned());
+        } else {
+            set.remove(id);
+        }
+    }
+}
+
+/// The users whose last render had an unresolved reference, rebuilding the set on first use
+/// (one pass over the live users with reference rules). The rebuild runs after `created` was
+/// recorded, so a reference to `created` counts as unresolved: its holder was rendered
+/// without it.
+async fn waiting_users(
+    rec: &Reconciler,
+    t: &TargetRuntime,
+    created: &str,
+) -> Result<Vec<String>, StoreError> {
+    let known = {
+        let guard = match t.unresolved.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        guard
+            .as_ref()
+            .map(|s| s.iter().cloned().collect::<Vec<_>>())
+    };
+    if let Some(ids) = known {
+        return Ok(ids);
+    }
+    let store = &rec.inner.store;
+    let mut set = HashSet::new();
+    for id in store.all_resource_ids(ResourceType::User, false).await? {
+        let Some(user) = store.get_user_any(&id).await? else {
+            continue;
+        };
+        let json = render_user(&user.id, &user.data, &user.meta, None, "");
+        for (by, value) in t.map.references(&json) {
+            let key = match store.find_user(store_by(by), &value).await? {
+                Some(other) if other.id != created => store
+                    .target_state(&t.name, &other.id)
+                    .await?
+                    .and_then(|s| s.target_key),
+                Some(_) | None => None,
+            };
+            if key.is_none() {
+                set.insert(id.clone());
+                break;
+            }
+        }
+    }
+    let ids = set.iter().cloned().collect();
+    let mut guard = match t.unresolved.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    };
+    *guard = Some(set);
+    Ok(ids)
+}
+
+/// Claim one batch and process it; returns how many rows were claimed.
+async fn turn(rec: &Reconciler, t: &TargetRuntime) -> usize {
+    let lease = i64::try_from(rec.inner.settings.lease.as_millis()).unwrap_or(i64::MAX);
+    let items = match rec.inner.store.claim(&t.name, now_ms(), lease, BATCH).await {
+        Ok(items) => items,
+        Err(e) => {
+            tracing::error!(target = %t.name, error = %e, "Cannot claim outbox rows; the store is unavailable.");
+            return 0;
+        }
+    };
+    for item in &items {
+        process(rec, t, item).await;
+    }
+    items.len()
+}
+
+/// One worker loop of target `index` (see the module docs). Abandoning a claimed row on
+/// shutdown is fine: its lease expires and it re-applies idempotently.
+pub(crate) async fn run(
+    rec: Reconciler,
+    index: usize,
+    progress: Arc<AtomicU64>,
+    cancel: CancellationToken,
+) {
+    let Some(t) = rec.inner.targets.get(index).cloned() else {
+        return;
+    };
+    let poll = rec.inner.settings.poll_interval;
+    loop {
+        progress.fetch_add(1, Ordering::Relaxed);
+        // Register for the wake-up before claiming: a push committed after the claim's query
+        // still wakes this loop.
+        let notified = rec.inner.wake.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let work = async {
+            let _shared = rec.inner.gate.read().await;
+            turn(&rec, &t).await
+        };
+        let claimed = tokio::select! {
+            () = cancel.cancelled() => return,
+            n = work => n,
+        };
+        if i64::try_from(claimed).unwrap_or(0) >= BATCH {
+            continue;
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = &mut notified => {}
+            () = tokio::time::sleep(poll) => {}
+        }
+    }
+}
+
+/// Apply everything pending for target `index` now (see [`Reconciler::run_pending`]); the
+/// caller holds the gate exclusively. Returns how many rows were applied.
+pub(crate) async fn drain(rec: &Reconciler, index: usize) -> usize {
+    let Some(t) = rec.inner.targets.get(index).cloned() else {
+        return 0;
+    };
+    let store = &rec.inner.store;
+    if let Err(e) = store.expedite(&t.name, now_ms()).await {
+        tracing::error!(target = %t.name, error = %e, "Cannot read the outbox; the store is unavailable.");
+        return 0;
+    }
+    let lease = i64::try_from(rec.inner.settings.lease.as_millis()).unwrap_or(i64::MAX);
+    let mut applied = 0;
+    let mut failed: HashSet<i64> = HashSet::new();
+    for _ in 0..MAX_DRAIN_ROUNDS {
+        let items = match store.claim(&t.name, now_ms(), lease, BATCH).await {
+            Ok(items) => items,
+            Err(e) => {
+                tracing::error!(target = %t.name, error = %e, "Cannot claim outbox rows; the store is unavailable.");
+                break;
+            }
+        };
+        if items.is_empty() {
+            break;
+        }
+        // A row that failed in this drain and came due again (a short backoff) gets this one
+        // more attempt, and then the drain ends: it must not spin on a target that is down.
+        let only_repeats = items.iter().all(|i| failed.contains(&i.id));
+        for item in &items {
+            if process(rec, &t, item).await {
+                applied += 1;
+            } else {
+                failed.insert(item.id);
+            }
+        }
+        if only_repeats {
+            break;
+        }
+    }
+    applied
+}

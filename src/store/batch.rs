@@ -1,0 +1,141 @@
+//! Batch queries for the reconciler: the target states of many resources, the `active` flags of
+//! many users, enqueueing many resources, and expediting rows waiting out a backoff. A group of
+//! 50,000 members costs a handful of queries instead of one per member. Chunked so a query never
+//! exceeds SQLite's bound-parameter limit. Must not decide retry policy or what to apply.
+
+use super::models::TargetStateRow;
+use super::schema::{outbox, resources, target_state};
+use super::{outbox as outbox_queries, read_tx, DbConnection, Store, StoreError, TargetState};
+use crate::scim::resource::ResourceType;
+use diesel::prelude::*;
+use std::collections::HashMap;
+
+/// Ids per query: well under SQLite's default limit of 32,766 bound parameters.
+const CHUNK: usize = 500;
+
+fn states_of(
+    conn: &mut DbConnection,
+    target: &str,
+    ids: &[String],
+) -> Result<HashMap<String, TargetState>, StoreError> {
+    read_tx(conn, |conn| {
+        let mut out = HashMap::with_capacity(ids.len());
+        for chunk in ids.chunks(CHUNK) {
+            let rows: Vec<TargetStateRow> = target_state::table
+                .filter(target_state::target.eq(target))
+                .filter(target_state::resource_id.eq_any(chunk))
+                .select(TargetStateRow::as_select())
+                .load(conn)?;
+            for row in rows {
+                let state = row.into_state()?;
+                out.insert(state.resource_id.clone(), state);
+            }
+        }
+        Ok(out)
+    })
+}
+
+fn active_of(conn: &mut DbConnection, ids: &[String]) -> Result<HashMap<String, bool>, StoreError> {
+    read_tx(conn, |conn| {
+        let mut out = HashMap::with_capacity(ids.len());
+        for chunk in ids.chunks(CHUNK) {
+            let rows: Vec<(String, bool)> = resources::table
+                .filter(resources::resource_type.eq(ResourceType::User.as_str()))
+                .filter(resources::deleted.eq(false))
+                .filter(resources::id.eq_any(chunk))
+                .select((resources::id, resources::active))
+                .load(conn)?;
+            out.extend(rows);
+        }
+        Ok(out)
+    })
+}
+
+impl Store {
+    /// The recorded states in `target` of the given resources, by resource id (resources
+    /// without a state are absent from the map).
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    pub async fn target_states_of(
+        &self,
+        target: &str,
+        resource_ids: &[String],
+    ) -> Result<HashMap<String, TargetState>, StoreError> {
+        let (target, ids) = (target.to_owned(), resource_ids.to_vec());
+        self.run(move |conn| states_of(conn, &target, &ids)).await
+    }
+
+    /// The `active` flag of the given live users, by id (unknown or deleted ids are absent).
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    pub async fn active_flags(
+        &self,
+        user_ids: &[String],
+    ) -> Result<HashMap<String, bool>, StoreError> {
+        let ids = user_ids.to_vec();
+        self.run(move |conn| active_of(conn, &ids)).await
+    }
+
+    /// Queue many resources of one type for one target (each coalescing like
+    /// [`Store::enqueue`]; resources that vanished meanwhile are skipped). Returns how many
+    /// were queued.
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    pub async fn enqueue_many(
+        &self,
+        target: &str,
+        resource_type: ResourceType,
+        resource_ids: &[String],
+        operation: &str,
+        now_ms: i64,
+    ) -> Result<u64, StoreError> {
+        let (target, ids, operation) = (
+            target.to_owned(),
+            resource_ids.to_vec(),
+            operation.to_owned(),
+        );
+        self.run(move |conn| {
+            let mut queued = 0u64;
+            for id in &ids {
+                match outbox_queries::enqueue(conn, &target, resource_type, id, &operation, now_ms)
+                {
+                    Ok(()) => queued += 1,
+                    Err(StoreError::Scim(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(queued)
+        })
+        .await
+    }
+
+    /// Make every pending row of `target` that waits out a backoff due at `now_ms` (claimed
+    /// rows are left alone). Returns how many rows moved. Used by `run_pending` and the
+    /// operator's "retry now".
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    pub async fn expedite(&self, target: &str, now_ms: i64) -> Result<u64, StoreError> {
+        let target = target.to_owned();
+        self.run(move |conn| {
+            let n = diesel::update(
+                outbox::table
+                    .filter(outbox::target.eq(&target))
+                    .filter(outbox::state.eq("pending"))
+                    .filter(outbox::next_attempt_ms.gt(now_ms))
+                    .filter(
+                        outbox::claimed_until_ms
+                            .is_null()
+                            .or(outbox::claimed_until_ms.lt(now_ms)),
+                    ),
+            )
+            .set(outbox::next_attempt_ms.eq(now_ms))
+            .execute(conn)?;
+            Ok(u64::try_from(n).unwrap_or(0))
+        })
+        .await
+    }
+}

@@ -1,0 +1,961 @@
+//! Users, groups and membership rows: every mutation is one write transaction that writes the
+//! resource (version + 1), its outbox rows and its audit row. Must not decide SCIM semantics
+//! (the closures and `MemberOp`s come from the SCIM layer) and must not load a group's members
+//! unless the operation needs them.
+
+use super::history::audit;
+use super::models::{NewEmail, NewMember, NewResource, ResourceRow};
+use super::outbox::enqueue_all;
+use super::schema::{group_members, resource_emails, resources};
+use super::{
+    normalise, read_tx, write_tx, AuditCtx, DbConnection, GroupUpdate, StoreError, StoredGroup,
+    StoredUser, UserUpdate,
+};
+use crate::scim::filter::Filter;
+use crate::scim::patch::MemberOp;
+use crate::scim::resource::{
+    render_group, render_user, GroupInput, GroupRef, MemberRef, Meta, ResourceType, UserInput,
+};
+use crate::scim::ScimError;
+use diesel::prelude::*;
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use serde_json::{json, Map, Value};
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+/// Rows read per step when a list has to scan (never every row in memory at once).
+const SCAN_CHUNK: i64 = 500;
+/// Ids per `IN (...)` list.
+const ID_CHUNK: usize = 500;
+
+/// A page of rows, before conversion into public types.
+#[derive(Default)]
+pub(crate) struct RowPage {
+    pub items: Vec<ResourceRow>,
+    pub total: u64,
+}
+
+fn not_found(resource_type: ResourceType) -> StoreError {
+    StoreError::Scim(ScimError::not_found(format!(
+        "{} not found",
+        resource_type.as_str()
+    )))
+}
+
+/// A unique violation on a resource write is the 409; anything else is the database's.
+fn map_unique(e: DieselError, resource_type: ResourceType) -> StoreError {
+    match e {
+        DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _) => {
+            let what = match resource_type {
+                ResourceType::User => "a User with this userName already exists",
+                ResourceType::Group => "a Group with this displayName already exists",
+            };
+            StoreError::Scim(ScimError::uniqueness(what))
+        }
+        other => other.into(),
+    }
+}
+
+fn body_text(data: &Map<String, Value>) -> Result<String, StoreError> {
+    serde_json::to_string(data)
+        .map_err(|e| StoreError::Other(format!("cannot serialise resource body: {e}")))
+}
+
+/// A resource by id, live only unless `include_deleted`.
+pub(crate) fn get(
+    conn: &mut DbConnection,
+    resource_type: ResourceType,
+    id: &str,
+    include_deleted: bool,
+) -> Result<Option<ResourceRow>, StoreError> {
+    let mut query = resources::table
+        .filter(resources::id.eq(id))
+        .filter(resources::resource_type.eq(resource_type.as_str()))
+        .select(ResourceRow::as_select())
+        .into_boxed();
+    if !include_deleted {
+        query = query.filter(resources::deleted.eq(false));
+    }
+    Ok(query.first(conn).optional()?)
+}
+
+/// A live resource by id, row-locked on PostgreSQL for a read-modify-write (R-28; SQLite's
+/// `BEGIN IMMEDIATE` already serialises writers).
+fn get_for_update(
+    conn: &mut DbConnection,
+    resource_type: ResourceType,
+    id: &str,
+) -> Result<Option<ResourceRow>, StoreError> {
+    if let DbConnection::Pg(c) = conn {
+        resources::table
+            .filter(resources::id.eq(id))
+            .select(resources::seq)
+            .for_update()
+            .first::<i64>(c)
+            .optional()?;
+    }
+    get(conn, resource_type, id, false)
+}
+
+/// Lock a resource row by id (any state) on PostgreSQL; returns its type, sequence and version.
+pub(crate) fn lock_by_id(
+    conn: &mut DbConnection,
+    id: &str,
+) -> Result<Option<(String, i64, i64)>, StoreError> {
+    let query = resources::table.filter(resources::id.eq(id)).select((
+        resources::resource_type,
+        resources::seq,
+        resources::version,
+    ));
+    let row = match conn {
+        DbConnection::Pg(c) => query.for_update().first(c).optional()?,
+        DbConnection::Sqlite(c) => query.first(c).optional()?,
+    };
+    Ok(row)
+}
+
+fn lock_seq(conn: &mut DbConnection, seq: i64) -> Result<(), StoreError> {
+    if let DbConnection::Pg(c) = conn {
+        resources::table
+            .find(seq)
+            .select(resources::seq)
+            .for_update()
+            .first::<i64>(c)
+            .optional()?;
+    }
+    Ok(())
+}
+
+fn seq_of(conn: &mut DbConnection, id: &str) -> Result<i64, StoreError> {
+    Ok(resources::table
+        .filter(resources::id.eq(id))
+        .select(resources::seq)
+        .first(conn)?)
+}
+
+/// Replace the `emails.value` lookup rows of a resource.
+fn write_emails(conn: &mut DbConnection, seq: i64, emails: &[String]) -> Result<(), StoreError> {
+    diesel::delete(resource_emails::table.filter(resource_emails::resource_seq.eq(seq)))
+        .execute(conn)?;
+    let values: BTreeSet<String> = emails
+        .iter()
+        .filter(|e| !e.is_empty())
+        .map(|e| normalise(e))
+        .collect();
+    for value in &values {
+        diesel::insert_into(resource_emails::table)
+            .values(NewEmail {
+                resource_seq: seq,
+                value_norm: value,
+            })
+            .execute(conn)?;
+    }
+    Ok(())
+}
+
+/// Insert a user; see [`super::Store::create_user`].
+pub(crate) fn create_user(
+    conn: &mut DbConnection,
+    targets: &[String],
+    input: UserInput,
+    password_hash: Option<String>,
+    ctx: &AuditCtx,
+) -> Result<StoredUser, StoreError> {
+    let UserInput {
+        mut data,
+        user_name,
+        external_id,
+        active,
+        emails,
+        password: _,
+    } = input;
+    // Defence in depth: a clear password never reaches a table.
+    data.remove("password");
+    let id = uuid::Uuid::new_v4().to_string();
+    let body = body_text(&data)?;
+    let name_norm = normalise(&user_name);
+    let active = active.unwrap_or(true);
+    write_tx(conn, |conn| {
+        diesel::insert_into(resources::table)
+            .values(NewResource {
+                id: &id,
+                resource_type: ResourceType::User.as_str(),
+                version: 1,
+                created_ms: ctx.now_ms,
+                modified_ms: ctx.now_ms,
+                data: &body,
+                name: &user_name,
+                name_norm: &name_norm,
+                external_id: external_id.as_deref(),
+                active,
+                password_hash: password_hash.as_deref(),
+                deleted: false,
+                deleted_ms: None,
+            })
+            .execute(conn)
+            .map_err(|e| map_unique(e, ResourceType::User))?;
+        let seq = seq_of(conn, &id)?;
+        write_emails(conn, seq, &emails)?;
+        enqueue_all(conn, targets, ResourceType::User, &id, 1, "create", ctx)?;
+        audit(conn, ctx, ResourceType::User, &id, "create", 1, None)
+    })?;
+    Ok(StoredUser {
+        id,
+        meta: Meta {
+            created_ms: ctx.now_ms,
+            last_modified_ms: ctx.now_ms,
+            version: 1,
+        },
+        data,
+        user_name,
+        external_id,
+        active,
+        password_hash,
+        deleted: false,
+    })
+}
+
+/// Read-modify-write of a user; see [`super::Store::update_user`].
+pub(crate) fn update_user<F>(
+    conn: &mut DbConnection,
+    targets: &[String],
+    id: &str,
+    operation: &str,
+    ctx: &AuditCtx,
+    f: F,
+) -> Result<StoredUser, StoreError>
+where
+    F: FnOnce(&StoredUser) -> Result<UserUpdate, ScimError>,
+{
+    write_tx(conn, |conn| {
+        let row = get_for_update(conn, ResourceType::User, id)?
+            .ok_or_else(|| not_found(ResourceType::User))?;
+        let (seq, created_ms, version) = (row.seq, row.created_ms, row.version + 1);
+        let current = row.into_user()?;
+        let UserUpdate {
+            input,
+            password_hash,
+        } = f(&current)?;
+        let UserInput {
+            mut data,
+            user_name,
+            external_id,
+            active,
+            emails,
+            password: _,
+        } = input;
+        data.remove("password");
+        let active = active.unwrap_or(current.active);
+        let password_hash = password_hash.or(current.password_hash);
+        let body = body_text(&data)?;
+        diesel::update(resources::table.find(seq))
+            .set((
+                resources::data.eq(&body),
+                resources::name.eq(&user_name),
+                resources::name_norm.eq(normalise(&user_name)),
+                resources::external_id.eq(external_id.as_deref()),
+                resources::active.eq(active),
+                resources::password_hash.eq(password_hash.as_deref()),
+                resources::version.eq(version),
+                resources::modified_ms.eq(ctx.now_ms),
+            ))
+            .execute(conn)
+            .map_err(|e| map_unique(e, ResourceType::User))?;
+        write_emails(conn, seq, &emails)?;
+        enqueue_all(
+            conn,
+            targets,
+            ResourceType::User,
+            id,
+            version,
+            "update",
+            ctx,
+        )?;
+        audit(conn, ctx, ResourceType::User, id, operation, version, None)?;
+        Ok(StoredUser {
+            id: id.to_owned(),
+            meta: Meta {
+                created_ms,
+                last_modified_ms: ctx.now_ms,
+                version,
+            },
+            data,
+            user_name,
+            external_id,
+            active,
+            password_hash,
+            deleted: false,
+        })
+    })
+}
+
+/// Tombstone a user or group; see [`super::Store::delete_user`] / [`super::Store::delete_group`].
+pub(crate) fn delete(
+    conn: &mut DbConnection,
+    targets: &[String],
+    resource_type: ResourceType,
+    id: &str,
+    if_match: Option<i64>,
+    ctx: &AuditCtx,
+) -> Result<(), StoreError> {
+    write_tx(conn, |conn| {
+        let row =
+            get_for_update(conn, resource_type, id)?.ok_or_else(|| not_found(resource_type))?;
+        if let Some(expected) = if_match {
+            if expected != row.version {
+                return Err(StoreError::Scim(ScimError::precondition_failed(
+                    "version mismatch (If-Match)",
+                )));
+            }
+        }
+        let (seq, version) = (row.seq, row.version + 1);
+        diesel::update(resources::table.find(seq))
+            .set((
+                resources::deleted.eq(true),
+                resources::deleted_ms.eq(Some(ctx.now_ms)),
+                resources::version.eq(version),
+                resources::modified_ms.eq(ctx.now_ms),
+            ))
+            .execute(conn)?;
+        diesel::delete(resource_emails::table.filter(resource_emails::resource_seq.eq(seq)))
+            .execute(conn)?;
+        match resource_type {
+            ResourceType::User => {
+                // the user leaves every group in this transaction; each group is queued.
+                let groups: Vec<i64> = group_members::table
+                    .filter(group_members::member_seq.eq(seq))
+                    .select(group_members::group_seq)
+                    .order(group_members::group_seq)
+                    .load(conn)?;
+                diesel::delete(group_members::table.filter(group_members::member_seq.eq(seq)))
+                    .execute(conn)?;
+                let detail = format!("member {id} removed: user deleted");
+                for group_seq in groups {
+                    lock_seq(conn, group_seq)?;
+                    let (group_id, group_version, group_deleted): (String, i64, bool) =
+                        resources::table
+                            .find(group_seq)
+                            .select((resources::id, resources::version, resources::deleted))
+                            .first(conn)?;
+                    if group_deleted {
+                        continue;
+                    }
+                    let group_version = group_version + 1;
+                    diesel::update(resources::table.find(group_seq))
+                        .set((
+                            resources::version.eq(group_version),
+                            resources::modified_ms.eq(ctx.now_ms),
+                        ))
+                        .execute(conn)?;
+                    enqueue_all(
+                        conn,
+                        targets,
+                        ResourceType::Group,
+                        &group_id,
+                        group_version,
+                        "membership",
+                        ctx,
+                    )?;
+                    audit(
+                        conn,
+                        ctx,
+                        ResourceType::Group,
+                        &group_id,
+                        "membership",
+                        group_version,
+                        Some(&detail),
+                    )?;
+                }
+            }
+            ResourceType::Group => {
+                diesel::delete(group_members::table.filter(group_members::group_seq.eq(seq)))
+                    .execute(conn)?;
+            }
+        }
+        enqueue_all(conn, targets, resource_type, id, version, "delete", ctx)?;
+        audit(conn, ctx, resource_type, id, "delete", version, None)
+    })
+}
+
+/// Insert a group with its members; see [`super::Store::create_group`].
+pub(crate) fn create_group(
+    conn: &mut DbConnection,
+    targets: &[String],
+    input: GroupInput,
+    ctx: &AuditCtx,
+) -> Result<StoredGroup, StoreError> {
+    let GroupInput {
+        mut data,
+        display_name,
+        external_id,
+        members,
+    } = input;
+    data.remove("members");
+    let id = uuid::Uuid::new_v4().to_string();
+    let body = body_text(&data)?;
+    let name_norm = normalise(&display_name);
+    write_tx(conn, |conn| {
+        diesel::insert_into(resources::table)
+            .values(NewResource {
+                id: &id,
+                resource_type: ResourceType::Group.as_str(),
+                version: 1,
+                created_ms: ctx.now_ms,
+                modified_ms: ctx.now_ms,
+                data: &body,
+                name: &display_name,
+                name_norm: &name_norm,
+                external_id: external_id.as_deref(),
+                active: true,
+                password_hash: None,
+                deleted: false,
+                deleted_ms: None,
+            })
+            .execute(conn)
+            .map_err(|e| map_unique(e, ResourceType::Group))?;
+        let seq = seq_of(conn, &id)?;
+        if let Some(members) = &members {
+            add_members(conn, seq, members)?;
+        }
+        enqueue_all(conn, targets, ResourceType::Group, &id, 1, "create", ctx)?;
+        audit(conn, ctx, ResourceType::Group, &id, "create", 1, None)
+    })?;
+    Ok(StoredGroup {
+        id,
+        meta: Meta {
+            created_ms: ctx.now_ms,
+            last_modified_ms: ctx.now_ms,
+            version: 1,
+        },
+        data,
+        display_name,
+        external_id,
+        deleted: false,
+    })
+}
+
+/// Read-modify-write of a group; see [`super::Store::update_group`].
+pub(crate) fn update_group<F>(
+    conn: &mut DbConnection,
+    targets: &[String],
+    id: &str,
+    operation: &str,
+    ctx: &AuditCtx,
+    f: F,
+) -> Result<StoredGroup, StoreError>
+where
+    F: FnOnce(&StoredGroup) -> Result<GroupUpdate, ScimError>,
+{
+    write_tx(conn, |conn| {
+        let row = get_for_update(conn, ResourceType::Group, id)?
+            .ok_or_else(|| not_found(ResourceType::Group))?;
+        let (seq, created_ms, version) = (row.seq, row.created_ms, row.version + 1);
+        let current = row.into_group()?;
+        let GroupUpdate {
+            mut data,
+            display_name,
+            external_id,
+            members,
+        } = f(&current)?;
+        data.remove("members");
+        let body = body_text(&data)?;
+        diesel::update(resources::table.find(seq))
+            .set((
+                resources::data.eq(&body),
+                resources::name.eq(&display_name),
+                resources::name_norm.eq(normalise(&display_name)),
+                resources::external_id.eq(external_id.as_deref()),
+                resources::version.eq(version),
+                resources::modified_ms.eq(ctx.now_ms),
+            ))
+            .execute(conn)
+            .map_err(|e| map_unique(e, ResourceType::Group))?;
+        for op in &members {
+            apply_member_op(conn, seq, op)?;
+        }
+        enqueue_all(
+            conn,
+            targets,
+            ResourceType::Group,
+            id,
+            version,
+            "update",
+            ctx,
+        )?;
+        audit(conn, ctx, ResourceType::Group, id, operation, version, None)?;
+        Ok(StoredGroup {
+            id: id.to_owned(),
+            meta: Meta {
+                created_ms,
+                last_modified_ms: ctx.now_ms,
+                version,
+            },
+            data,
+            display_name,
+            external_id,
+            deleted: false,
+        })
+    })
+}
+
+/// One membership change as row inserts/deletes (RFC 7644 §3.5.2; R-29: the table of forms
+/// lives in `scim::patch`, this only executes it).
+fn apply_member_op(
+    conn: &mut DbConnection,
+    group_seq: i64,
+    op: &MemberOp,
+) -> Result<(), StoreError> {
+    match op {
+        MemberOp::Add(members) => add_members(conn, group_seq, members),
+        MemberOp::Remove(ids) => {
+            let seqs: Vec<i64> = resolve_seqs(conn, ids)?.into_values().collect();
+            delete_members(conn, group_seq, &seqs)
+        }
+        MemberOp::RemoveMatching(filter) => {
+            let current: Vec<(i64, String, String)> = group_members::table
+                .inner_join(resources::table.on(resources::seq.eq(group_members::member_seq)))
+                .filter(group_members::group_seq.eq(group_seq))
+                .select((resources::seq, resources::id, resources::name))
+                .load(conn)?;
+            let matching: Vec<i64> = current
+                .into_iter()
+                .filter(|(_, id, name)| {
+                    filter.matches(&json!({"value": id, "display": name, "type": "User"}))
+                })
+                .map(|(seq, _, _)| seq)
+                .collect();
+            delete_members(conn, group_seq, &matching)
+        }
+        MemberOp::RemoveAll => {
+            diesel::delete(group_members::table.filter(group_members::group_seq.eq(group_seq)))
+                .execute(conn)?;
+            Ok(())
+        }
+        MemberOp::Replace(members) => {
+            let wanted = live_member_seqs(conn, members)?;
+            let current: HashSet<i64> = group_members::table
+                .filter(group_members::group_seq.eq(group_seq))
+                .select(group_members::member_seq)
+                .load::<i64>(conn)?
+                .into_iter()
+                .collect();
+            let wanted_set: HashSet<i64> = wanted.iter().copied().collect();
+            let gone: Vec<i64> = current
+                .iter()
+                .filter(|s| !wanted_set.contains(s))
+                .copied()
+                .collect();
+            delete_members(conn, group_seq, &gone)?;
+            let new: Vec<i64> = wanted
+                .into_iter()
+                .filter(|s| !current.contains(s))
+                .collect();
+            insert_members(conn, group_seq, &new)
+        }
+    }
+}
+
+/// The id is shown back only when it looks like one of ours (never arbitrary client text).
+fn unknown_member(id: &str) -> StoreError {
+    let ours = id.len() == 36 && id.chars().all(|c| c.is_ascii_hexdigit() || c == '-');
+    let detail = if ours {
+        format!("member {id} is not an existing User")
+    } else {
+        "a member value is not the id of an existing User".to_owned()
+    };
+    StoreError::Scim(ScimError::invalid_value(detail))
+}
+
+/// The sequences of `members` (deduplicated, in request order); every one must be a live user
+/// . On PostgreSQL the user rows are share-locked so a concurrent delete cannot slip in.
+fn live_member_seqs(
+    conn: &mut DbConnection,
+    members: &[MemberRef],
+) -> Result<Vec<i64>, StoreError> {
+    let mut seen = HashSet::new();
+    let ids: Vec<String> = members
+        .iter()
+        .filter(|m| seen.insert(m.value.as_str()))
+        .map(|m| m.value.clone())
+        .collect();
+    let mut live: HashMap<String, i64> = HashMap::with_capacity(ids.len());
+    for chunk in ids.chunks(ID_CHUNK) {
+        let query = resources::table
+            .filter(resources::resource_type.eq(ResourceType::User.as_str()))
+            .filter(resources::deleted.eq(false))
+            .filter(resources::id.eq_any(chunk))
+            .select((resources::id, resources::seq));
+        let rows: Vec<(String, i64)> = match conn {
+            DbConnection::Pg(c) => query.for_share().load(c)?,
+            DbConnection::Sqlite(c) => query.load(c)?,
+        };
+        live.extend(rows);
+    }
+    ids.iter()
+        .map(|id| live.get(id).copied().ok_or_else(|| unknown_member(id)))
+        .collect()
+}
+
+/// Sequences of any resources with these ids (unknown ids are skipped).
+fn resolve_seqs(
+    conn: &mut DbConnection,
+    ids: &[String],
+) -> Result<HashMap<String, i64>, StoreError> {
+    let mut out = HashMap::with_capacity(ids.len());
+    for chunk in ids.chunks(ID_CHUNK) {
+        let rows: Vec<(String, i64)> = resources::table
+            .filter(resources::id.eq_any(chunk))
+            .select((resources::id, resources::seq))
+            .load(conn)?;
+        out.extend(rows);
+    }
+    Ok(out)
+}
+
+/// Add members, skipping existing ones: reads and writes O(added) rows whatever the group size.
+fn add_members(
+    conn: &mut DbConnection,
+    group_seq: i64,
+    members: &[MemberRef],
+) -> Result<(), StoreError> {
+    let seqs = live_member_seqs(conn, members)?;
+    let mut existing = HashSet::new();
+    for chunk in seqs.chunks(ID_CHUNK) {
+        let rows: Vec<i64> = group_members::table
+            .filter(group_members::group_seq.eq(group_seq))
+            .filter(group_members::member_seq.eq_any(chunk))
+            .select(group_members::member_seq)
+            .load(conn)?;
+        existing.extend(rows);
+    }
+    let new: Vec<i64> = seqs.into_iter().filter(|s| !existing.contains(s)).collect();
+    insert_members(conn, group_seq, &new)
+}
+
+/// Insert membership rows (none of them present yet), numbered after the group's last member.
+fn insert_members(
+    conn: &mut DbConnection,
+    group_seq: i64,
+    member_seqs: &[i64],
+) -> Result<(), StoreError> {
+    if member_seqs.is_empty() {
+        return Ok(());
+    }
+    let last: Option<i64> = group_members::table
+        .filter(group_members::group_seq.eq(group_seq))
+        .select(diesel::dsl::max(group_members::added_seq))
+        .first(conn)?;
+    let mut next = last.unwrap_or(0);
+    for chunk in member_seqs.chunks(ID_CHUNK) {
+        let rows: Vec<NewMember> = chunk
+            .iter()
+            .map(|&member_seq| {
+                next += 1;
+                NewMember {
+                    group_seq,
+                    member_seq,
+                    added_seq: next,
+                }
+            })
+            .collect();
+        let insert = diesel::insert_into(group_members::table).values(&rows);
+        match conn {
+            DbConnection::Pg(c) => insert.execute(c)?,
+            DbConnection::Sqlite(c) => insert.execute(c)?,
+        };
+    }
+    Ok(())
+}
+
+fn delete_members(
+    conn: &mut DbConnection,
+    group_seq: i64,
+    member_seqs: &[i64],
+) -> Result<(), StoreError> {
+    for chunk in member_seqs.chunks(ID_CHUNK) {
+        diesel::delete(
+            group_members::table
+                .filter(group_members::group_seq.eq(group_seq))
+                .filter(group_members::member_seq.eq_any(chunk)),
+        )
+        .execute(conn)?;
+    }
+    Ok(())
+}
+
+/// Members of a group in insertion order, `display` = current userName.
+pub(crate) fn group_members(
+    conn: &mut DbConnection,
+    group_id: &str,
+) -> Result<Vec<MemberRef>, StoreError> {
+    read_tx(conn, |conn| {
+        let Some(group_seq) = resources::table
+            .filter(resources::id.eq(group_id))
+            .filter(resources::resource_type.eq(ResourceType::Group.as_str()))
+            .select(resources::seq)
+            .first::<i64>(conn)
+            .optional()?
+        else {
+            return Ok(Vec::new());
+        };
+        members_of_seq(conn, group_seq)
+    })
+}
+
+fn members_of_seq(conn: &mut DbConnection, group_seq: i64) -> Result<Vec<MemberRef>, StoreError> {
+    let rows: Vec<(String, String)> = group_members::table
+        .inner_join(resources::table.on(resources::seq.eq(group_members::member_seq)))
+        .filter(group_members::group_seq.eq(group_seq))
+        .order(group_members::added_seq)
+        .select((resources::id, resources::name))
+        .load(conn)?;
+    Ok(rows
+        .into_iter()
+        .map(|(value, display)| MemberRef {
+            value,
+            display: Some(display),
+        })
+        .collect())
+}
+
+/// Live groups of a user, in group creation order.
+pub(crate) fn groups_of_user(
+    conn: &mut DbConnection,
+    user_id: &str,
+) -> Result<Vec<GroupRef>, StoreError> {
+    read_tx(conn, |conn| {
+        let Some(user_seq) = resources::table
+            .filter(resources::id.eq(user_id))
+            .filter(resources::resource_type.eq(ResourceType::User.as_str()))
+            .select(resources::seq)
+            .first::<i64>(conn)
+            .optional()?
+        else {
+            return Ok(Vec::new());
+        };
+        groups_of_seq(conn, user_seq)
+    })
+}
+
+fn groups_of_seq(conn: &mut DbConnection, user_seq: i64) -> Result<Vec<GroupRef>, StoreError> {
+    let rows: Vec<(String, String)> = group_members::table
+        .inner_join(resources::table.on(resources::seq.eq(group_members::group_seq)))
+        .filter(group_members::member_seq.eq(user_seq))
+        .filter(resources::deleted.eq(false))
+        .order(resources::seq)
+        .select((resources::id, resources::name))
+        .load(conn)?;
+    Ok(rows
+        .into_iter()
+        .map(|(value, display)| GroupRef { value, display })
+        .collect())
+}
+
+/// A live user by `id`, `username` or `externalid` (`by` already lower-cased).
+pub(crate) fn find_user(
+    conn: &mut DbConnection,
+    by: &str,
+    value: &str,
+) -> Result<Option<ResourceRow>, StoreError> {
+    let query = resources::table
+        .filter(resources::resource_type.eq(ResourceType::User.as_str()))
+        .filter(resources::deleted.eq(false))
+        .order(resources::seq)
+        .select(ResourceRow::as_select())
+        .into_boxed();
+    let query = match by {
+        "id" => query.filter(resources::id.eq(value.to_owned())),
+        "username" => query.filter(resources::name_norm.eq(normalise(value))),
+        "externalid" => query.filter(resources::external_id.eq(value.to_owned())),
+        _ => return Ok(None),
+    };
+    Ok(query.first(conn).optional()?)
+}
+
+/// Ids of one type in creation order.
+pub(crate) fn all_ids(
+    conn: &mut DbConnection,
+    resource_type: ResourceType,
+    include_deleted: bool,
+) -> Result<Vec<String>, StoreError> {
+    let mut query = resources::table
+        .filter(resources::resource_type.eq(resource_type.as_str()))
+        .order(resources::seq)
+        .select(resources::id)
+        .into_boxed();
+    if !include_deleted {
+        query = query.filter(resources::deleted.eq(false));
+    }
+    Ok(query.load(conn)?)
+}
+
+/// A resource by normalised name: live users, then live groups, then the latest tombstone.
+pub(crate) fn resolve_name(
+    conn: &mut DbConnection,
+    name: &str,
+) -> Result<Option<(ResourceType, String)>, StoreError> {
+    let norm = normalise(name);
+    let row: Option<(String, String)> = resources::table
+        .filter(resources::name_norm.eq(&norm))
+        .order((
+            resources::deleted.asc(),
+            resources::resource_type.desc(),
+            resources::seq.desc(),
+        ))
+        .select((resources::resource_type, resources::id))
+        .first(conn)
+        .optional()?;
+    row.map(|(t, id)| Ok((super::models::parse_type(&t)?, id)))
+        .transpose()
+}
+
+/// Does the filter name `attr` anywhere (so the list must load it before matching)?
+fn mentions(filter: &Filter, attr: &str) -> bool {
+    let path_is = |p: &crate::scim::path::AttrPath| p.attr.eq_ignore_ascii_case(attr);
+    match filter {
+        Filter::Compare { path, .. } | Filter::Present(path) => path_is(path),
+        Filter::ValuePath { path, filter } => path_is(path) || mentions(filter, attr),
+        Filter::And(a, b) | Filter::Or(a, b) => mentions(a, attr) || mentions(b, attr),
+        Filter::Not(inner) => mentions(inner, attr),
+    }
+}
+
+/// Candidates from an index for the first usable equality lookup, or `None` to scan.
+fn lookup_candidates(
+    conn: &mut DbConnection,
+    resource_type: ResourceType,
+    filter: &Filter,
+) -> Result<Option<Vec<ResourceRow>>, StoreError> {
+    for (attr, value) in filter.equality_lookups() {
+        let query = resources::table
+            .filter(resources::resource_type.eq(resource_type.as_str()))
+            .filter(resources::deleted.eq(false))
+            .order(resources::seq)
+            .select(ResourceRow::as_select())
+            .into_boxed();
+        let query = match (resource_type, attr.as_str()) {
+            (_, "id") => query.filter(resources::id.eq(value)),
+            (ResourceType::User, "username") | (ResourceType::Group, "displayname") => {
+                query.filter(resources::name_norm.eq(normalise(&value)))
+            }
+            (_, "externalid") => query.filter(resources::external_id.eq(value)),
+            (ResourceType::User, "emails.value") => query.filter(
+                resources::seq.eq_any(
+                    resource_emails::table
+                        .filter(resource_emails::value_norm.eq(normalise(&value)))
+                        .select(resource_emails::resource_seq),
+                ),
+            ),
+            _ => continue,
+        };
+        return Ok(Some(query.load(conn)?));
+    }
+    Ok(None)
+}
+
+/// Render a row as GET would and evaluate the filter on it.
+fn row_matches(
+    conn: &mut DbConnection,
+    resource_type: ResourceType,
+    filter: &Filter,
+    row: &ResourceRow,
+    base_url: &str,
+) -> Result<bool, StoreError> {
+    let data = row.data_map()?;
+    let meta = row.meta();
+    let rendered = match resource_type {
+        ResourceType::User => {
+            let groups = if mentions(filter, "groups") {
+                Some(groups_of_seq(conn, row.seq)?)
+            } else {
+                None
+            };
+            render_user(&row.id, &data, &meta, groups.as_deref(), base_url)
+        }
+        ResourceType::Group => {
+            let members = if mentions(filter, "members") {
+                Some(members_of_seq(conn, row.seq)?)
+            } else {
+                None
+            };
+            render_group(&row.id, &data, &meta, members.as_deref(), base_url)
+        }
+    };
+    Ok(filter.matches(&rendered))
+}
+
+/// A page of live resources in creation order; see [`super::Store::list_users`].
+pub(crate) fn list(
+    conn: &mut DbConnection,
+    resource_type: ResourceType,
+    filter: Option<&Filter>,
+    start_index: u64,
+    count: u64,
+    base_url: &str,
+) -> Result<RowPage, StoreError> {
+    // RFC 7644 §3.4.2.4: startIndex is 1-based; values below 1 mean 1.
+    let skip = start_index.max(1) - 1;
+    read_tx(conn, |conn| {
+        let Some(filter) = filter else {
+            let total: i64 = resources::table
+                .filter(resources::resource_type.eq(resource_type.as_str()))
+                .filter(resources::deleted.eq(false))
+                .count()
+                .get_result(conn)?;
+            let items = if count == 0 {
+                Vec::new()
+            } else {
+                resources::table
+                    .filter(resources::resource_type.eq(resource_type.as_str()))
+                    .filter(resources::deleted.eq(false))
+                    .order(resources::seq)
+                    .offset(i64::try_from(skip).unwrap_or(i64::MAX))
+                    .limit(i64::try_from(count).unwrap_or(i64::MAX))
+                    .select(ResourceRow::as_select())
+                    .load(conn)?
+            };
+            return Ok(RowPage {
+                items,
+                total: u64::try_from(total).unwrap_or(0),
+            });
+        };
+        let mut page = RowPage::default();
+        let take = |conn: &mut DbConnection,
+                    row: ResourceRow,
+                    page: &mut RowPage|
+         -> Result<(), StoreError> {
+            if row_matches(conn, resource_type, filter, &row, base_url)? {
+                page.total += 1;
+                if page.total > skip && (page.items.len() as u64) < count {
+                    page.items.push(row);
+                }
+            }
+            Ok(())
+        };
+        if let Some(candidates) = lookup_candidates(conn, resource_type, filter)? {
+            for row in candidates {
+                take(conn, row, &mut page)?;
+            }
+            return Ok(page);
+        }
+        let mut after = i64::MIN;
+        loop {
+            let chunk: Vec<ResourceRow> = resources::table
+                .filter(resources::resource_type.eq(resource_type.as_str()))
+                .filter(resources::deleted.eq(false))
+                .filter(resources::seq.gt(after))
+                .order(resources::seq)
+                .limit(SCAN_CHUNK)
+                .select(ResourceRow::as_select())
+                .load(conn)?;
+            let full = chunk.len() as i64 == SCAN_CHUNK;
+            for row in chunk {
+                after = row.seq;
+                take(conn, row, &mut page)?;
+            }
+            if !full {
+                break;
+            }
+        }
+        Ok(page)
+    })
+}

@@ -1,0 +1,105 @@
+//! Diesel table definitions for the store (what `diesel print-schema` emits for
+//! `migrations/postgres`; the SQLite tree has the same columns). Owned by the store alone: no
+//! other module names a table. Change it only together with a new migration in both trees.
+
+diesel::table! {
+    audit (id) {
+        id -> BigInt,
+        at_ms -> BigInt,
+        resource_type -> Text,
+        resource_id -> Text,
+        operation -> Text,
+        token_name -> Nullable<Text>,
+        request_id -> Nullable<Text>,
+        version -> BigInt,
+        detail -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    group_members (group_seq, member_seq) {
+        group_seq -> BigInt,
+        member_seq -> BigInt,
+        added_seq -> BigInt,
+    }
+}
+
+diesel::table! {
+    outbox (id) {
+        id -> BigInt,
+        target -> Text,
+        resource_type -> Text,
+        resource_id -> Text,
+        version -> BigInt,
+        operation -> Text,
+        request_id -> Nullable<Text>,
+        attempts -> Integer,
+        next_attempt_ms -> BigInt,
+        last_error -> Nullable<Text>,
+        state -> Text,
+        enqueued_ms -> BigInt,
+        claimed_until_ms -> Nullable<BigInt>,
+        claim_epoch -> BigInt,
+    }
+}
+
+diesel::table! {
+    resource_emails (resource_seq, value_norm) {
+        resource_seq -> BigInt,
+        value_norm -> Text,
+    }
+}
+
+diesel::table! {
+    resources (seq) {
+        seq -> BigInt,
+        id -> Text,
+        resource_type -> Text,
+        version -> BigInt,
+        created_ms -> BigInt,
+        modified_ms -> BigInt,
+        data -> Text,
+        name -> Text,
+        name_norm -> Text,
+        external_id -> Nullable<Text>,
+        active -> Bool,
+        password_hash -> Nullable<Text>,
+        deleted -> Bool,
+        deleted_ms -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    target_state (target, resource_id) {
+        target -> Text,
+        resource_id -> Text,
+        resource_type -> Text,
+        applied_version -> BigInt,
+        target_key -> Nullable<Text>,
+        extra -> Nullable<Text>,
+        updated_ms -> BigInt,
+    }
+}
+
+diesel::table! {
+    tokens (id) {
+        id -> BigInt,
+        name -> Text,
+        sha256 -> Text,
+        created_ms -> BigInt,
+        last_used_ms -> Nullable<BigInt>,
+        revoked_ms -> Nullable<BigInt>,
+    }
+}
+
+diesel::joinable!(resource_emails -> resources (resource_seq));
+
+diesel::allow_tables_to_appear_in_same_query!(
+    audit,
+    group_members,
+    outbox,
+    resource_emails,
+    resources,
+    target_state,
+    tokens,
+);

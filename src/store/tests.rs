@@ -1,0 +1,1480 @@
+//! Store behaviour tests, each run against SQLite (a temp file) and PostgreSQL (a fresh
+//! database per test on 127.0.0.1:5432, dropped at the end).
+
+use super::models::NewResource;
+use super::schema::{audit, group_members, outbox, resources};
+use super::*;
+use crate::scim::resource::Password;
+use diesel::prelude::*;
+use futures_util::future::join_all;
+use serde_json::json;
+use std::time::Instant;
+
+const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1/postgres";
+const TARGET: &str = "ldap";
+
+struct TestDb {
+    store: Store,
+    backend: &'static str,
+    _dir: Option<tempfile::TempDir>,
+    pg_name: Option<String>,
+}
+
+impl TestDb {
+    async fn finish(self) {
+        let TestDb {
+            store,
+            pg_name,
+            _dir,
+            ..
+        } = self;
+        drop(store);
+        if let Some(name) = pg_name {
+            tokio::task::spawn_blocking(move || {
+                let mut admin =
+                    diesel::PgConnection::establish(PG_ADMIN_URL).expect("connect to postgres");
+                diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(&mut admin)
+                    .expect("drop test database");
+            })
+            .await
+            .expect("join");
+        }
+    }
+}
+
+fn settings(url: String) -> StoreSettings {
+    StoreSettings {
+        url,
+        password: None,
+        pool_size: 8,
+        busy_timeout_ms: 10_000,
+    }
+}
+
+async fn sqlite_db() -> TestDb {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}", dir.path().join("store.db").display());
+    let store = Store::open(&settings(url)).await.expect("open sqlite");
+    store.migrate().await.expect("migrate sqlite");
+    store.set_targets(vec![TARGET.to_owned()]);
+    TestDb {
+        store,
+        backend: "sqlite",
+        _dir: Some(dir),
+        pg_name: None,
+    }
+}
+
+async fn pg_db() -> TestDb {
+    let name = format!("scim_store_{:016x}", rand::random::<u64>());
+    let create = name.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut admin = diesel::PgConnection::establish(PG_ADMIN_URL)
+            .expect("PostgreSQL must run on 127.0.0.1:5432 (pg_ctlcluster --skip-systemctl-redirect 15 main start)");
+        diesel::sql_query(format!("CREATE DATABASE {create}")).execute(&mut admin).expect("create test database");
+    })
+    .await
+    .expect("join");
+    let store = Store::open(&settings(format!("postgres://postgres@127.0.0.1/{name}")))
+        .await
+        .expect("open pg");
+    store.migrate().await.expect("migrate pg");
+    store.set_targets(vec![TARGET.to_owned()]);
+    TestDb {
+        store,
+        backend: "postgres",
+        _dir: None,
+        pg_name: Some(name),
+    }
+}
+
+/// Run `test` on both backends.
+async fn on_both<F, Fut>(test: F)
+where
+    F: Fn(Store, &'static str) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    for db in [sqlite_db().await, pg_db().await] {
+        test(db.store.clone(), db.backend).await;
+        db.finish().await;
+    }
+}
+
+fn ctx(now_ms: i64) -> AuditCtx {
+    AuditCtx {
+        token_name: "okta".into(),
+        request_id: format!("req-{now_ms}"),
+        now_ms,
+    }
+}
+
+fn user(name: &str) -> UserInput {
+    UserInput {
+        data: json!({"userName": name}).as_object().cloned().unwrap(),
+        user_name: name.to_owned(),
+        external_id: None,
+        active: None,
+        emails: Vec::new(),
+        password: None,
+    }
+}
+
+fn group(name: &str, members: Option<Vec<String>>) -> GroupInput {
+    GroupInput {
+        data: json!({"displayName": name}).as_object().cloned().unwrap(),
+        display_name: name.to_owned(),
+        external_id: None,
+        members: members.map(|ids| ids.into_iter().map(member).collect()),
+    }
+}
+
+fn member(id: String) -> MemberRef {
+    MemberRef {
+        value: id,
+        display: None,
+    }
+}
+
+fn is_uniqueness(e: &StoreError) -> bool {
+    matches!(e, StoreError::Scim(s) if s.status == 409)
+}
+
+fn scim_status(e: &StoreError) -> Option<u16> {
+    match e {
+        StoreError::Scim(s) => Some(s.status),
+        _ => None,
+    }
+}
+
+/// A group update that keeps the body and applies `ops`.
+fn members_update(
+    ops: Vec<MemberOp>,
+) -> impl FnOnce(&StoredGroup) -> Result<GroupUpdate, ScimError> + Send + 'static {
+    move |g: &StoredGroup| {
+        Ok(GroupUpdate {
+            data: g.data.clone(),
+            display_name: g.display_name.clone(),
+            external_id: g.external_id.clone(),
+            members: ops,
+        })
+    }
+}
+
+async fn member_ids(store: &Store, group_id: &str) -> Vec<String> {
+    store
+        .group_members(group_id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.value)
+        .collect()
+}
+
+async fn outbox_rows(store: &Store) -> Vec<(String, i64, String)> {
+    store
+        .run(|conn| {
+            Ok(outbox::table
+                .order(outbox::id)
+                .select((outbox::resource_id, outbox::version, outbox::operation))
+                .load::<(String, i64, String)>(conn)?)
+        })
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn user_create_get_update_delete() {
+    on_both(|store, backend| async move {
+        let mut input = user("Alice");
+        input.external_id = Some("ext-1".into());
+        input.emails = vec!["Alice@Example.COM".into()];
+        let created = store.create_user(input, None, &ctx(1000)).await.unwrap();
+        assert_eq!(created.meta.version, 1, "{backend}");
+        assert!(created.active);
+        let got = store.get_user(&created.id).await.unwrap().unwrap();
+        assert_eq!(got.user_name, "Alice");
+        assert_eq!(got.external_id.as_deref(), Some("ext-1"));
+        assert_eq!(
+            got.meta,
+            Meta {
+                created_ms: 1000,
+                last_modified_ms: 1000,
+                version: 1
+            }
+        );
+        assert!(
+            store.get_group(&created.id).await.unwrap().is_none(),
+            "a user is not a group"
+        );
+        assert_eq!(
+            store
+                .find_user("userName", "ALICE")
+                .await
+                .unwrap()
+                .unwrap()
+                .id,
+            created.id
+        );
+        assert_eq!(
+            store
+                .find_user("externalId", "ext-1")
+                .await
+                .unwrap()
+                .unwrap()
+                .id,
+            created.id
+        );
+        assert!(
+            store
+                .find_user("externalId", "EXT-1")
+                .await
+                .unwrap()
+                .is_none(),
+            "externalId is case-exact"
+        );
+        assert!(store
+            .find_user("nickName", "Alice")
+            .await
+            .unwrap()
+            .is_none());
+
+        let updated = store
+            .update_user(&created.id, "replace", &ctx(2000), |u| {
+                assert_eq!(u.meta.version, 1);
+                let mut input = user("alice.smith");
+                input.active = Some(false);
+                input.data.insert("title".into(), json!("Engineer"));
+                Ok(UserUpdate {
+                    input,
+                    password_hash: None,
+                })
+            })
+            .await
+            .unwrap();
+        assert_eq!(updated.meta.version, 2);
+        assert!(!updated.active);
+        let got = store.get_user(&created.id).await.unwrap().unwrap();
+        assert_eq!(got.user_name, "alice.smith");
+        assert_eq!(got.data.get("title"), Some(&json!("Engineer")));
+        assert_eq!(got.meta.last_modified_ms, 2000);
+        assert!(!got.active);
+
+        // PUT without `active` keeps the current value.
+        store
+            .update_user(&created.id, "replace", &ctx(2500), |_| {
+                Ok(UserUpdate {
+                    input: user("alice.smith"),
+                    password_hash: None,
+                })
+            })
+            .await
+            .unwrap();
+        assert!(!store.get_user(&created.id).await.unwrap().unwrap().active);
+
+        // The closure's error propagates and nothing changes.
+        let err = store
+            .update_user(&created.id, "patch", &ctx(3000), |_| {
+                Err(ScimError::precondition_failed("etag"))
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(scim_status(&err), Some(412));
+        assert_eq!(
+            store
+                .get_user(&created.id)
+                .await
+                .unwrap()
+                .unwrap()
+                .meta
+                .version,
+            3
+        );
+
+        let err = store
+            .delete_user(&created.id, Some(1), &ctx(4000))
+            .await
+            .unwrap_err();
+        assert_eq!(scim_status(&err), Some(412));
+        store
+            .delete_user(&created.id, Some(3), &ctx(4000))
+            .await
+            .unwrap();
+        assert!(store.get_user(&created.id).await.unwrap().is_none());
+        let tomb = store.get_user_any(&created.id).await.unwrap().unwrap();
+        assert!(tomb.deleted);
+        assert_eq!(tomb.meta.version, 4);
+        let err = store
+            .delete_user(&created.id, None, &ctx(5000))
+            .await
+            .unwrap_err();
+        assert_eq!(scim_status(&err), Some(404));
+        let err = store
+            .update_user(&created.id, "patch", &ctx(5000), |_| {
+                Ok(UserUpdate {
+                    input: user("x"),
+                    password_hash: None,
+                })
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(scim_status(&err), Some(404));
+        assert!(store.get_user("not-an-id").await.unwrap().is_none());
+
+        let ops: Vec<String> = store
+            .history(&created.id)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|h| h.operation)
+            .collect();
+        assert_eq!(ops, ["create", "replace", "replace", "delete"]);
+        let history = store.history(&created.id).await.unwrap();
+        assert_eq!(history[0].token_name.as_deref(), Some("okta"));
+        assert_eq!(history[0].request_id.as_deref(), Some("req-1000"));
+        assert_eq!(
+            store.resolve_name("ALICE.SMITH").await.unwrap(),
+            Some((ResourceType::User, created.id.clone()))
+        );
+        assert_eq!(
+            store
+                .all_resource_ids(ResourceType::User, false)
+                .await
+                .unwrap()
+                .len(),
+            0
+        );
+        assert_eq!(
+            store
+                .all_resource_ids(ResourceType::User, true)
+                .await
+                .unwrap(),
+            std::slice::from_ref(&created.id)
+        );
+        store.ping().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn duplicate_names_conflict_case_and_unicode_insensitively() {
+    on_both(|store, backend| async move {
+        store
+            .create_user(user("Alice"), None, &ctx(1))
+            .await
+            .unwrap();
+        let err = store
+            .create_user(user("ALICE"), None, &ctx(2))
+            .await
+            .unwrap_err();
+        assert!(is_uniqueness(&err), "{backend}: {err:?}");
+        // NFC (U+00E9) and NFD (e + U+0301) spellings are one userName.
+        store
+            .create_user(user("Jos\u{e9}"), None, &ctx(3))
+            .await
+            .unwrap();
+        let err = store
+            .create_user(user("JOSE\u{301}"), None, &ctx(4))
+            .await
+            .unwrap_err();
+        assert!(is_uniqueness(&err), "{backend}: {err:?}");
+        // A rename onto a taken name is a 409 too, and leaves the user unchanged.
+        let bob = store.create_user(user("bob"), None, &ctx(5)).await.unwrap();
+        let err = store
+            .update_user(&bob.id, "replace", &ctx(6), |_| {
+                Ok(UserUpdate {
+                    input: user("alice"),
+                    password_hash: None,
+                })
+            })
+            .await
+            .unwrap_err();
+        assert!(is_uniqueness(&err), "{backend}: {err:?}");
+        assert_eq!(
+            store.get_user(&bob.id).await.unwrap().unwrap().meta.version,
+            1
+        );
+        // Users and groups have separate namespaces; groups conflict among themselves.
+        store
+            .create_group(group("alice", None), &ctx(7))
+            .await
+            .unwrap();
+        let err = store
+            .create_group(group("Alice", None), &ctx(8))
+            .await
+            .unwrap_err();
+        assert!(is_uniqueness(&err), "{backend}: {err:?}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_concurrent_creates_of_one_name_give_one_winner() {
+    on_both(|store, backend| async move {
+        let names = ["Alice", "ALICE", "alice", "Alic\u{e9}", "ALICE\u{301}"];
+        for round in 0..2 {
+            let calls = (0..50).map(|i| {
+                let store = store.clone();
+                let name = names[i % 3].to_owned();
+                async move {
+                    store
+                        .create_user(user(&format!("{name}{round}")), None, &ctx(i as i64))
+                        .await
+                }
+            });
+            let results = join_all(calls).await;
+            let ok = results.iter().filter(|r| r.is_ok()).count();
+            let conflicts = results
+                .iter()
+                .filter(|r| r.as_ref().is_err_and(is_uniqueness))
+                .count();
+            assert_eq!(
+                (ok, conflicts),
+                (1, 49),
+                "{backend} round {round}: {:?}",
+                results
+                    .iter()
+                    .find(|r| r.as_ref().is_err_and(|e| !is_uniqueness(e)))
+            );
+        }
+        // And the accented pair: NFC and NFD race on one key.
+        let calls = (0..50).map(|i| {
+            let store = store.clone();
+            let name = names[3 + i % 2].to_owned();
+            async move { store.create_user(user(&name), None, &ctx(i as i64)).await }
+        });
+        let results = join_all(calls).await;
+        let ok = results.iter().filter(|r| r.is_ok()).count();
+        let conflicts = results
+            .iter()
+            .filter(|r| r.as_ref().is_err_and(is_uniqueness))
+            .count();
+        assert_eq!((ok, conflicts), (1, 49), "{backend} NFC/NFD");
+        assert_eq!(
+            store
+                .list_users(None, 1, 100, String::new())
+                .await
+                .unwrap()
+                .total,
+            3
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tombstone_then_recreate_same_user_name() {
+    on_both(|store, backend| async move {
+        let first = store
+            .create_user(user("carol"), None, &ctx(1))
+            .await
+            .unwrap();
+        store.delete_user(&first.id, None, &ctx(2)).await.unwrap();
+        let second = store
+            .create_user(user("Carol"), None, &ctx(3))
+            .await
+            .unwrap();
+        assert_ne!(first.id, second.id, "{backend}");
+        assert!(
+            store
+                .get_user_any(&first.id)
+                .await
+                .unwrap()
+                .unwrap()
+                .deleted
+        );
+        assert_eq!(
+            store
+                .find_user("username", "carol")
+                .await
+                .unwrap()
+                .unwrap()
+                .id,
+            second.id
+        );
+        let err = store
+            .create_user(user("CAROL"), None, &ctx(4))
+            .await
+            .unwrap_err();
+        assert!(is_uniqueness(&err));
+        assert_eq!(
+            store.resolve_name("carol").await.unwrap(),
+            Some((ResourceType::User, second.id))
+        );
+        // A group too.
+        let g = store
+            .create_group(group("admins", None), &ctx(5))
+            .await
+            .unwrap();
+        store.delete_group(&g.id, Some(1), &ctx(6)).await.unwrap();
+        assert!(store.get_group(&g.id).await.unwrap().is_none());
+        assert!(store.get_group_any(&g.id).await.unwrap().unwrap().deleted);
+        store
+            .create_group(group("Admins", None), &ctx(7))
+            .await
+            .unwrap();
+    })
+    .await;
+}
+
+/// Insert `n` live users in one transaction (test seeding; the API's one-at-a-time path is
+/// covered elsewhere). Returns their ids in order.
+async fn seed_users(store: &Store, prefix: &str, n: usize) -> Vec<String> {
+    let prefix = prefix.to_owned();
+    store
+        .run(move |conn| {
+            let ids: Vec<String> = (0..n).map(|_| uuid::Uuid::new_v4().to_string()).collect();
+            let names: Vec<String> = (0..n).map(|i| format!("{prefix}{i}")).collect();
+            write_tx(conn, |conn| {
+                for (ids, names) in ids.chunks(1000).zip(names.chunks(1000)) {
+                    let rows: Vec<NewResource<'_>> = ids
+                        .iter()
+                        .zip(names)
+                        .map(|(id, name)| NewResource {
+                            id,
+                            resource_type: "User",
+                            version: 1,
+                            created_ms: 1,
+                            modified_ms: 1,
+                            data: "{}",
+                            name,
+                            name_norm: name,
+                            external_id: None,
+                            active: true,
+                            password_hash: None,
+                            deleted: false,
+                            deleted_ms: None,
+                        })
+                        .collect();
+                    let insert = diesel::insert_into(resources::table).values(&rows);
+                    match conn {
+                        DbConnection::Pg(c) => insert.execute(c)?,
+                        DbConnection::Sqlite(c) => insert.execute(c)?,
+                    };
+                }
+                Ok(())
+            })?;
+            Ok(ids)
+        })
+        .await
+        .unwrap()
+}
+
+async fn member_count(store: &Store) -> i64 {
+    store
+        .run(|conn| Ok(group_members::table.count().get_result::<i64>(conn)?))
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn group_with_fifty_thousand_members_adds_and_removes_one() {
+    on_both(|store, backend| async move {
+        let ids = seed_users(&store, "bulk", 50_001).await;
+        let (extra, ids) = ids.split_last().unwrap();
+        let g = store
+            .create_group(group("everyone", Some(ids[..5_000].to_vec())), &ctx(1))
+            .await
+            .unwrap();
+        let started = Instant::now();
+        for batch in ids[5_000..].chunks(5_000) {
+            let ops = vec![MemberOp::Add(batch.iter().cloned().map(member).collect())];
+            store
+                .update_group(&g.id, "patch", &ctx(2), members_update(ops))
+                .await
+                .unwrap();
+        }
+        println!(
+            "{backend}: built a 50,000-member group in batches in {:?}",
+            started.elapsed()
+        );
+        assert_eq!(member_count(&store).await, 50_000);
+
+        let started = Instant::now();
+        let ops = vec![MemberOp::Add(vec![member(extra.clone())])];
+        let after_add = store
+            .update_group(&g.id, "patch", &ctx(3), members_update(ops))
+            .await
+            .unwrap();
+        println!("{backend}: add 1 member to 50,000: {:?}", started.elapsed());
+        let started = Instant::now();
+        let ops = vec![MemberOp::Remove(vec![ids[123].clone()])];
+        store
+            .update_group(&g.id, "patch", &ctx(4), members_update(ops))
+            .await
+            .unwrap();
+        println!(
+            "{backend}: remove 1 member of 50,001: {:?}",
+            started.elapsed()
+        );
+        assert_eq!(after_add.meta.version, 11, "create + 9 batches + 1");
+
+        let members = member_ids(&store, &g.id).await;
+        assert_eq!(members.len(), 50_000);
+        assert_eq!(members.first(), Some(&ids[0]), "insertion order");
+        assert_eq!(members.last(), Some(extra), "the new member comes last");
+        assert!(!members.contains(&ids[123]));
+        let started = Instant::now();
+        let page = store.list_groups(None, 1, 10, String::new()).await.unwrap();
+        println!(
+            "{backend}: list groups (no members loaded): {:?}",
+            started.elapsed()
+        );
+        assert_eq!(page.total, 1);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn twenty_concurrent_member_adds_all_land() {
+    on_both(|store, backend| async move {
+        let mut users = Vec::new();
+        for i in 0..20 {
+            users.push(
+                store
+                    .create_user(user(&format!("u{i}")), None, &ctx(1))
+                    .await
+                    .unwrap()
+                    .id,
+            );
+        }
+        let g = store
+            .create_group(group("g", Some(Vec::new())), &ctx(1))
+            .await
+            .unwrap();
+        let calls = users.iter().map(|id| {
+            let store = store.clone();
+            let (gid, ops) = (g.id.clone(), vec![MemberOp::Add(vec![member(id.clone())])]);
+            async move {
+                store
+                    .update_group(&gid, "patch", &ctx(2), members_update(ops))
+                    .await
+            }
+        });
+        for result in join_all(calls).await {
+            result.unwrap_or_else(|e| panic!("{backend}: {e:?}"));
+        }
+        let mut members = member_ids(&store, &g.id).await;
+        members.sort();
+        users.sort();
+        assert_eq!(members, users, "{backend}");
+        assert_eq!(
+            store.get_group(&g.id).await.unwrap().unwrap().meta.version,
+            21
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn member_operations_follow_their_contract() {
+    on_both(|store, backend| async move {
+        let mut u = Vec::new();
+        for i in 0..5 {
+            u.push(
+                store
+                    .create_user(user(&format!("m{i}")), None, &ctx(1))
+                    .await
+                    .unwrap()
+                    .id,
+            );
+        }
+        let g = store
+            .create_group(
+                group("team", Some(vec![u[0].clone(), u[1].clone(), u[0].clone()])),
+                &ctx(1),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            member_ids(&store, &g.id).await,
+            [u[0].clone(), u[1].clone()],
+            "{backend}"
+        );
+        let members = store.group_members(&g.id).await.unwrap();
+        assert_eq!(members[0].display.as_deref(), Some("m0"));
+
+        // Add skips existing members; Remove ignores non-members; applied in order.
+        let ops = vec![
+            MemberOp::Add(vec![member(u[1].clone()), member(u[2].clone())]),
+            MemberOp::Remove(vec![u[3].clone(), u[0].clone(), "nobody".into()]),
+        ];
+        store
+            .update_group(&g.id, "patch", &ctx(2), members_update(ops))
+            .await
+            .unwrap();
+        assert_eq!(
+            member_ids(&store, &g.id).await,
+            [u[1].clone(), u[2].clone()]
+        );
+
+        // Replace writes the difference and keeps the survivors' order.
+        let ops = vec![MemberOp::Replace(vec![
+            member(u[4].clone()),
+            member(u[2].clone()),
+        ])];
+        store
+            .update_group(&g.id, "replace", &ctx(3), members_update(ops))
+            .await
+            .unwrap();
+        assert_eq!(
+            member_ids(&store, &g.id).await,
+            [u[2].clone(), u[4].clone()]
+        );
+
+        // Unknown and deleted users are refused with 400 and nothing changes.
+        store.delete_user(&u[3], None, &ctx(4)).await.unwrap();
+        for bad in [
+            u[3].clone(),
+            uuid::Uuid::new_v4().to_string(),
+            "<script>".to_owned(),
+            g.id.clone(),
+        ] {
+            let ops = vec![
+                MemberOp::RemoveAll,
+                MemberOp::Add(vec![member(bad.clone())]),
+            ];
+            let err = store
+                .update_group(&g.id, "patch", &ctx(5), members_update(ops))
+                .await
+                .unwrap_err();
+            match &err {
+                StoreError::Scim(s) => {
+                    assert_eq!(
+                        (s.status, s.scim_type),
+                        (400, Some(crate::scim::ScimType::InvalidValue))
+                    );
+                    assert!(!s.detail.contains("<script>"), "no raw input echoed");
+                }
+                other => panic!("{backend}: {other:?}"),
+            }
+        }
+        assert_eq!(
+            member_ids(&store, &g.id).await,
+            [u[2].clone(), u[4].clone()]
+        );
+        let err = store
+            .create_group(group("bad", Some(vec!["nope".into()])), &ctx(6))
+            .await
+            .unwrap_err();
+        assert_eq!(scim_status(&err), Some(400));
+        assert!(
+            store.resolve_name("bad").await.unwrap().is_none(),
+            "the failed create left nothing"
+        );
+
+        let ops = vec![MemberOp::RemoveAll];
+        store
+            .update_group(&g.id, "patch", &ctx(7), members_update(ops))
+            .await
+            .unwrap();
+        assert!(member_ids(&store, &g.id).await.is_empty());
+
+        // A PATCH that sends no member ops leaves membership alone.
+        let ops = vec![MemberOp::Add(vec![member(u[0].clone())])];
+        store
+            .update_group(&g.id, "patch", &ctx(8), members_update(ops))
+            .await
+            .unwrap();
+        store
+            .update_group(&g.id, "patch", &ctx(9), members_update(Vec::new()))
+            .await
+            .unwrap();
+        assert_eq!(member_ids(&store, &g.id).await, [u[0].clone()]);
+        assert_eq!(
+            store.groups_of_user(&u[0]).await.unwrap(),
+            [GroupRef {
+                value: g.id.clone(),
+                display: "team".into()
+            }]
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deleting_a_user_removes_memberships_and_queues_groups() {
+    on_both(|store, backend| async move {
+        let a = store
+            .create_user(user("a"), None, &ctx(1))
+            .await
+            .unwrap()
+            .id;
+        let b = store
+            .create_user(user("b"), None, &ctx(1))
+            .await
+            .unwrap()
+            .id;
+        let g1 = store
+            .create_group(group("g1", Some(vec![a.clone(), b.clone()])), &ctx(1))
+            .await
+            .unwrap()
+            .id;
+        let g2 = store
+            .create_group(group("g2", Some(vec![a.clone()])), &ctx(1))
+            .await
+            .unwrap()
+            .id;
+        let g3 = store
+            .create_group(group("g3", Some(vec![b.clone()])), &ctx(1))
+            .await
+            .unwrap()
+            .id;
+        assert_eq!(
+            store.group_ids_of_user(&a).await.unwrap(),
+            [g1.clone(), g2.clone()],
+            "{backend}"
+        );
+        store.delete_user(&a, None, &ctx(2)).await.unwrap();
+        assert_eq!(member_ids(&store, &g1).await, std::slice::from_ref(&b));
+        assert!(member_ids(&store, &g2).await.is_empty());
+        assert!(store.groups_of_user(&a).await.unwrap().is_empty());
+        assert_eq!(store.get_group(&g1).await.unwrap().unwrap().meta.version, 2);
+        assert_eq!(store.get_group(&g2).await.unwrap().unwrap().meta.version, 2);
+        assert_eq!(store.get_group(&g3).await.unwrap().unwrap().meta.version, 1);
+        let rows = outbox_rows(&store).await;
+        assert!(rows.contains(&(g1.clone(), 2, "membership".into())));
+        assert!(rows.contains(&(g2.clone(), 2, "membership".into())));
+        assert!(rows.contains(&(a.clone(), 2, "delete".into())));
+        assert!(store
+            .history(&g1)
+            .await
+            .unwrap()
+            .iter()
+            .any(|h| h.operation == "membership"));
+
+        // Deleting a group never touches its users.
+        store.delete_group(&g1, None, &ctx(3)).await.unwrap();
+        assert!(member_ids(&store, &g1).await.is_empty());
+        assert_eq!(store.get_user(&b).await.unwrap().unwrap().meta.version, 1);
+        assert_eq!(
+            store.group_ids_of_user(&b).await.unwrap(),
+            std::slice::from_ref(&g3)
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn outbox_coalesces_changes_per_target_and_resource() {
+    on_both(|store, backend| async move {
+        store.set_targets(vec!["t1".into(), "t2".into()]);
+        let id = store
+            .create_user(user("dora"), None, &ctx(100))
+            .await
+            .unwrap()
+            .id;
+        for now in [200, 300] {
+            store
+                .update_user(&id, "patch", &ctx(now), |u| {
+                    Ok(UserUpdate {
+                        input: user(&u.user_name),
+                        password_hash: None,
+                    })
+                })
+                .await
+                .unwrap();
+        }
+        let rows = outbox_rows(&store).await;
+        assert_eq!(
+            rows,
+            [
+                (id.clone(), 3, "update".into()),
+                (id.clone(), 3, "update".into())
+            ],
+            "{backend}"
+        );
+        let status = store
+            .status(&["t1".into(), "t2".into(), "t3".into()])
+            .await
+            .unwrap();
+        assert_eq!(
+            (status[0].pending, status[0].oldest_pending_ms),
+            (1, Some(100)),
+            "enqueued_ms kept"
+        );
+        assert_eq!((status[2].pending, status[2].oldest_pending_ms), (0, None));
+        let items = store.claim("t1", 1000, 30_000, 10).await.unwrap();
+        assert_eq!(items.len(), 1);
+        assert_eq!(items[0].version, 3);
+        assert_eq!(items[0].request_id.as_deref(), Some("req-300"));
+        assert_eq!(items[0].resource_type, ResourceType::User);
+
+        // No targets: no outbox rows.
+        store.set_targets(Vec::new());
+        store
+            .create_user(user("eve"), None, &ctx(400))
+            .await
+            .unwrap();
+        assert_eq!(outbox_rows(&store).await.len(), 2);
+
+        // enqueue coalesces too, and refuses unknown ids.
+        store
+            .enqueue("t1", ResourceType::User, &id, "resync", 2000)
+            .await
+            .unwrap();
+        assert_eq!(outbox_rows(&store).await.len(), 2);
+        let err = store
+            .enqueue("t1", ResourceType::User, "missing", "resync", 2000)
+            .await
+            .unwrap_err();
+        assert_eq!(scim_status(&err), Some(404));
+        let err = store
+            .enqueue("t1", ResourceType::Group, &id, "resync", 2000)
+            .await
+            .unwrap_err();
+        assert_eq!(scim_status(&err), Some(404), "wrong type");
+    })
+    .await;
+}
+
+fn applied(item: &OutboxItem, version: i64, now: i64) -> TargetState {
+    TargetState {
+        target: item.target.clone(),
+        resource_type: item.resource_type,
+        resource_id: item.resource_id.clone(),
+        applied_version: version,
+        target_key: Some(format!("uid={},ou=people", item.resource_id)),
+        extra: Some(json!({"deactivated": false})),
+        updated_ms: now,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn claims_are_exclusive_and_fenced() {
+    on_both(|store, backend| async move {
+        let id = store
+            .create_user(user("fay"), None, &ctx(100))
+            .await
+            .unwrap()
+            .id;
+        assert!(
+            store.claim(TARGET, 50, 1000, 10).await.unwrap().is_empty(),
+            "{backend}: not due yet"
+        );
+        assert!(
+            store.claim(TARGET, 100, 1000, 0).await.unwrap().is_empty(),
+            "limit 0"
+        );
+        let first = store.claim(TARGET, 100, 1000, 10).await.unwrap();
+        assert_eq!(first.len(), 1);
+        assert!(
+            store.claim(TARGET, 500, 1000, 10).await.unwrap().is_empty(),
+            "leased"
+        );
+        // Concurrent claimers never get the same row.
+        let id2 = store
+            .create_user(user("gil"), None, &ctx(100))
+            .await
+            .unwrap()
+            .id;
+        let claims = join_all((0..8).map(|_| store.claim(TARGET, 600, 1000, 10))).await;
+        let got: Vec<String> = claims
+            .into_iter()
+            .flat_map(|c| c.unwrap())
+            .map(|i| i.resource_id)
+            .collect();
+        assert_eq!(got, std::slice::from_ref(&id2));
+
+        // The lease expires: another worker takes over with a new epoch.
+        let second = store.claim(TARGET, 1200, 1000, 10).await.unwrap();
+        assert_eq!(second.len(), 1);
+        assert!(second[0].claim_epoch > first[0].claim_epoch);
+        // The stale worker settles: its state is recorded only if newer, the row stays.
+        store
+            .settle_applied(&first[0], applied(&first[0], 1, 1300), 1300)
+            .await
+            .unwrap();
+        assert_eq!(
+            outbox_rows(&store).await.len(),
+            2,
+            "stale settle keeps the row"
+        );
+        store
+            .settle_failed(&first[0], "late failure", 9999, true, 1300)
+            .await
+            .unwrap();
+        assert!(
+            store.dead_letters(None).await.unwrap().is_empty(),
+            "stale failure ignored"
+        );
+        // The current worker settles it.
+        store
+            .settle_applied(&second[0], applied(&second[0], 1, 1400), 1400)
+            .await
+            .unwrap();
+        assert_eq!(outbox_rows(&store).await.len(), 1);
+        let state = store.target_state(TARGET, &id).await.unwrap().unwrap();
+        assert_eq!(
+            (state.applied_version, state.updated_ms),
+            (1, 1400),
+            "equal version rewritten by the owner"
+        );
+        assert_eq!(state.extra, Some(json!({"deactivated": false})));
+        assert!(store
+            .history(&id)
+            .await
+            .unwrap()
+            .iter()
+            .any(|h| h.operation == "applied:ldap"));
+        assert_eq!(store.target_states(TARGET).await.unwrap().len(), 1);
+        // applied_version never goes down.
+        let old = TargetState {
+            applied_version: 0,
+            ..state.clone()
+        };
+        store.settle_applied(&second[0], old, 1500).await.unwrap();
+        assert_eq!(
+            store
+                .target_state(TARGET, &id)
+                .await
+                .unwrap()
+                .unwrap()
+                .applied_version,
+            1
+        );
+        assert!(store.target_state(TARGET, "nope").await.unwrap().is_none());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn settle_with_a_moved_version_keeps_the_row_pending() {
+    on_both(|store, backend| async move {
+        let id = store
+            .create_user(user("hal"), None, &ctx(100))
+            .await
+            .unwrap()
+            .id;
+        let item = store
+            .claim(TARGET, 100, 10_000, 10)
+            .await
+            .unwrap()
+            .remove(0);
+        assert_eq!(item.version, 1);
+        store
+            .update_user(&id, "patch", &ctx(200), |u| {
+                Ok(UserUpdate {
+                    input: user(&u.user_name),
+                    password_hash: None,
+                })
+            })
+            .await
+            .unwrap();
+        assert!(
+            store
+                .claim(TARGET, 300, 10_000, 10)
+                .await
+                .unwrap()
+                .is_empty(),
+            "{backend}: still leased"
+        );
+        store
+            .settle_applied(&item, applied(&item, 1, 300), 300)
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .target_state(TARGET, &id)
+                .await
+                .unwrap()
+                .unwrap()
+                .applied_version,
+            1
+        );
+        let again = store.claim(TARGET, 300, 10_000, 10).await.unwrap();
+        assert_eq!(again.len(), 1, "released for another round");
+        assert_eq!(again[0].version, 2);
+        store
+            .settle_applied(&again[0], applied(&again[0], 2, 400), 400)
+            .await
+            .unwrap();
+        let status = store.status(&[TARGET.into()]).await.unwrap();
+        assert_eq!(
+            (status[0].pending, status[0].applied, status[0].dead),
+            (0, 1, 0)
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dead_letters_can_be_listed_retried_and_discarded() {
+    on_both(|store, backend| async move {
+        let id = store
+            .create_user(user("ivy"), None, &ctx(100))
+            .await
+            .unwrap()
+            .id;
+        let item = store.claim(TARGET, 100, 1000, 10).await.unwrap().remove(0);
+        store
+            .settle_failed(&item, "busy", 5000, false, 150)
+            .await
+            .unwrap();
+        assert!(
+            store
+                .claim(TARGET, 4000, 1000, 10)
+                .await
+                .unwrap()
+                .is_empty(),
+            "{backend}: backoff respected"
+        );
+        let item = store.claim(TARGET, 5000, 1000, 10).await.unwrap().remove(0);
+        assert_eq!(item.attempts, 1);
+        assert_eq!(item.last_error.as_deref(), Some("busy"));
+        let long_error = "é".repeat(5000);
+        store
+            .settle_failed(&item, &long_error, 6000, true, 5100)
+            .await
+            .unwrap();
+        let dead = store.dead_letters(Some(TARGET)).await.unwrap();
+        assert_eq!(dead.len(), 1);
+        assert_eq!((dead[0].state.as_str(), dead[0].attempts), ("dead", 2));
+        assert!(dead[0].last_error.as_ref().unwrap().len() <= 2000);
+        assert!(store.dead_letters(Some("other")).await.unwrap().is_empty());
+        assert!(
+            store
+                .claim(TARGET, 99_999, 1000, 10)
+                .await
+                .unwrap()
+                .is_empty(),
+            "dead rows are not claimed"
+        );
+        let status = store.status(&[TARGET.into()]).await.unwrap();
+        assert_eq!((status[0].pending, status[0].dead), (0, 1));
+        assert!(store
+            .history(&id)
+            .await
+            .unwrap()
+            .iter()
+            .any(|h| h.operation == "dead:ldap"));
+
+        assert_eq!(
+            store.retry_dead(None, Some("other"), 7000).await.unwrap(),
+            0
+        );
+        assert_eq!(
+            store
+                .retry_dead(Some(dead[0].id), None, 7000)
+                .await
+                .unwrap(),
+            1
+        );
+        let item = store.claim(TARGET, 7000, 1000, 10).await.unwrap().remove(0);
+        assert_eq!(item.attempts, 0);
+        store
+            .settle_failed(&item, "schema violation", 0, true, 7100)
+            .await
+            .unwrap();
+        // A new change to a dead resource makes it pending again, with a fresh enqueue time.
+        store
+            .update_user(&id, "patch", &ctx(8000), |u| {
+                Ok(UserUpdate {
+                    input: user(&u.user_name),
+                    password_hash: None,
+                })
+            })
+            .await
+            .unwrap();
+        let status = store.status(&[TARGET.into()]).await.unwrap();
+        assert_eq!(
+            (
+                status[0].pending,
+                status[0].dead,
+                status[0].oldest_pending_ms
+            ),
+            (1, 0, Some(8000))
+        );
+        let item = store.claim(TARGET, 8000, 1000, 10).await.unwrap().remove(0);
+        store
+            .settle_failed(&item, "schema violation", 0, true, 8100)
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .discard_dead(Some(item.id + 1000), None)
+                .await
+                .unwrap(),
+            0
+        );
+        assert_eq!(store.discard_dead(None, Some(TARGET)).await.unwrap(), 1);
+        assert!(store.dead_letters(None).await.unwrap().is_empty());
+        assert!(outbox_rows(&store).await.is_empty());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tokens_are_created_listed_revoked_and_digested() {
+    on_both(|store, backend| async move {
+        let a = store.create_token("okta", [1u8; 32], 10).await.unwrap();
+        let err = store.create_token("okta", [2u8; 32], 11).await.unwrap_err();
+        assert!(is_uniqueness(&err), "{backend}");
+        let b = store.create_token("entra", [2u8; 32], 12).await.unwrap();
+        assert_eq!(
+            store.live_token_digests().await.unwrap(),
+            [("okta".into(), [1u8; 32]), ("entra".into(), [2u8; 32])]
+        );
+        assert!(store.revoke_token("okta", 20).await.unwrap());
+        assert!(!store.revoke_token("okta", 21).await.unwrap());
+        assert!(!store.revoke_token("nobody", 21).await.unwrap());
+        assert!(store.revoke_token(&b.id.to_string(), 22).await.unwrap());
+        assert!(store.live_token_digests().await.unwrap().is_empty());
+        // The name is free again once revoked.
+        store.create_token("okta", [3u8; 32], 30).await.unwrap();
+        let list = store.list_tokens().await.unwrap();
+        assert_eq!(list.len(), 3);
+        assert_eq!((list[0].id, list[0].revoked_ms), (a.id, Some(20)));
+        assert_eq!(list[2].revoked_ms, None);
+        assert_eq!(
+            store.live_token_digests().await.unwrap(),
+            [("okta".into(), [3u8; 32])]
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_password_or_hash_leaks_into_tables() {
+    const SENTINEL: &str = "S3ntinel-Pa55word";
+    on_both(|store, backend| async move {
+        let mut input = user("jan");
+        input.password = Some(Password(SENTINEL.into()));
+        input.data.insert("password".into(), json!(SENTINEL));
+        let hash = "{SSHA512}c2VjcmV0aGFzaA==".to_owned();
+        let created = store
+            .create_user(input, Some(hash.clone()), &ctx(1))
+            .await
+            .unwrap();
+        assert_eq!(created.password_hash.as_deref(), Some(hash.as_str()));
+        let got = store.get_user(&created.id).await.unwrap().unwrap();
+        assert_eq!(
+            got.password_hash.as_deref(),
+            Some(hash.as_str()),
+            "{backend}"
+        );
+        assert!(!got.data.contains_key("password"));
+        // An update without a new hash keeps it.
+        store
+            .update_user(&created.id, "patch", &ctx(2), |_| {
+                Ok(UserUpdate {
+                    input: user("jan"),
+                    password_hash: None,
+                })
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .get_user(&created.id)
+                .await
+                .unwrap()
+                .unwrap()
+                .password_hash
+                .as_deref(),
+            Some(hash.as_str())
+        );
+        let texts: Vec<String> = store
+            .run(|conn| {
+                let mut all: Vec<String> = resources::table.select(resources::data).load(conn)?;
+                let rows: Vec<(String, Option<String>)> = audit::table
+                    .select((audit::operation, audit::detail))
+                    .load(conn)?;
+                all.extend(
+                    rows.into_iter()
+                        .flat_map(|(op, detail)| [op, detail.unwrap_or_default()]),
+                );
+                Ok(all)
+            })
+            .await
+            .unwrap();
+        for text in texts {
+            assert!(
+                !text.contains(SENTINEL) && !text.contains("SSHA512"),
+                "{backend}: leaked into {text}"
+            );
+        }
+    })
+    .await;
+    // SQLite: not in the file or its WAL at all.
+    let db = sqlite_db().await;
+    let mut input = user("kim");
+    input.password = Some(Password(SENTINEL.into()));
+    input.data.insert("password".into(), json!(SENTINEL));
+    db.store.create_user(input, None, &ctx(1)).await.unwrap();
+    let dir = db._dir.as_ref().unwrap().path().to_owned();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        assert!(!bytes
+            .windows(SENTINEL.len())
+            .any(|w| w == SENTINEL.as_bytes()));
+    }
+    db.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unfiltered_lists_page_in_creation_order() {
+    on_both(|store, backend| async move {
+        let mut ids = Vec::new();
+        for i in 0..7 {
+            ids.push(
+                store
+                    .create_user(user(&format!("p{i}")), None, &ctx(i))
+                    .await
+                    .unwrap()
+                    .id,
+            );
+        }
+        store.delete_user(&ids[2], None, &ctx(10)).await.unwrap();
+        ids.remove(2);
+        let page = store.list_users(None, 1, 100, String::new()).await.unwrap();
+        assert_eq!(page.total, 6, "{backend}");
+        assert_eq!(
+            page.items.iter().map(|u| u.id.clone()).collect::<Vec<_>>(),
+            ids
+        );
+        let page = store.list_users(None, 3, 2, String::new()).await.unwrap();
+        assert_eq!((page.total, page.items.len()), (6, 2));
+        assert_eq!(page.items[0].id, ids[2]);
+        let page = store.list_users(None, 0, 1, String::new()).await.unwrap();
+        assert_eq!(page.items[0].id, ids[0], "startIndex below 1 means 1");
+        let page = store.list_users(None, 1, 0, String::new()).await.unwrap();
+        assert_eq!(
+            (page.total, page.items.len()),
+            (6, 0),
+            "count 0: total only"
+        );
+        let page = store
+            .list_users(None, 100, 10, String::new())
+            .await
+            .unwrap();
+        assert_eq!((page.total, page.items.len()), (6, 0));
+        let page = store
+            .list_users(None, u64::MAX, u64::MAX, String::new())
+            .await
+            .unwrap();
+        assert_eq!((page.total, page.items.len()), (6, 0));
+        assert_eq!(
+            store
+                .list_groups(None, 1, 10, String::new())
+                .await
+                .unwrap()
+                .total,
+            0
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_second_store_on_the_same_file_is_refused() {
+    let db = sqlite_db().await;
+    let path = db._dir.as_ref().unwrap().path().join("store.db");
+    let err = Store::open(&settings(format!("sqlite://{}", path.display())))
+        .await
+        .err()
+        .unwrap();
+    match err {
+        StoreError::Other(msg) => {
+            assert!(msg.contains("store.db") && msg.contains("in use"), "{msg}")
+        }
+        other => panic!("{other:?}"),
+    }
+    let store = db.store.clone();
+    db.finish().await;
+    drop(store);
+}
+
+#[tokio::test]
+async fn memory_database_keeps_its_data_in_one_connection() {
+    let store = Store::open(&settings("sqlite::memory:".into()))
+        .await
+        .unwrap();
+    let applied = store.migrate().await.unwrap();
+    assert_eq!(applied.len(), 1);
+    assert!(store.migrate().await.unwrap().is_empty(), "idempotent");
+    let id = store
+        .create_user(user("mem"), None, &ctx(1))
+        .await
+        .unwrap()
+        .id;
+    assert!(store.get_user(&id).await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn bad_urls_are_refused_without_echoing_passwords() {
+    for url in ["mysql://x", "", "sqlite://", "http://a", "postgres"] {
+        let err = Store::open(&settings(url.into())).await.err().unwrap();
+        assert!(matches!(err, StoreError::Other(_)), "{url}: {err:?}");
+    }
+    let err = Store::open(&settings("redis://u:hunter2@h/".into()))
+        .await
+        .err()
+        .unwrap();
+    assert!(!err.to_string().contains("hunter2"));
+    let mut s = settings("postgres://app@127.0.0.1:1/db".into());
+    s.password = Some("hunter2".into());
+    assert!(!format!("{s:?}").contains("hunter2"));
+    let err = Store::open(&s).await.err().unwrap();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    assert!(!err.to_string().contains("hunter2"));
+}
+
+#[test]
+fn passwords_are_percent_encoded_into_postgres_urls() {
+    assert_eq!(
+        with_password("postgres://", "app@db:5432/scim", Some("p@ss/w:rd")),
+        "postgres://app:p%40ss%2Fw%3Ard@db:5432/scim"
+    );
+    assert_eq!(
+        with_password("postgres://", "app:old@db/scim?sslmode=require", Some("n")),
+        "postgres://app:n@db/scim?sslmode=require"
+    );
+    assert_eq!(
+        with_password("postgres://", "db/scim", Some("n")),
+        "postgres://:n@db/scim"
+    );
+    assert_eq!(
+        with_password("postgres://", "app@db/scim", None),
+        "postgres://app@db/scim"
+    );
+    assert_eq!(
+        redact_url("postgres://app:secret@db/x"),
+        "postgres://app:[redacted]@db/x"
+    );
+    assert_eq!(normalise("JOSE\u{301}"), normalise("jos\u{e9}"));
+}
+
+/// Throughput figure for the report: creates/second at concurrency 8 on a SQLite file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn measure_sqlite_creates_per_second_at_concurrency_8() {
+    let db = sqlite_db().await;
+    let total = 800;
+    let started = Instant::now();
+    let workers = (0..8).map(|w| {
+        let store = db.store.clone();
+        async move {
+            for i in 0..total / 8 {
+                store
+                    .create_user(user(&format!("perf-{w}-{i}")), None, &ctx(i as i64))
+                    .await
+                    .unwrap();
+            }
+        }
+    });
+    join_all(workers).await;
+    let elapsed = started.elapsed();
+    println!(
+        "sqlite: {total} creates at concurrency 8 in {elapsed:?} = {:.0}/s",
+        total as f64 / elapsed.as_secs_f64()
+    );
+    assert_eq!(
+        db.store
+            .list_users(None, 1, 0, String::new())
+            .await
+            .unwrap()
+            .total,
+        total as u64
+    );
+    db.finish().await;
+}

@@ -1,0 +1,578 @@
+//! The reconciler end to end: SCIM pushes into the real daemon, `run_pending_reconciles()`
+//! (no sleeps), and a real slapd. Okta lifecycle, coalescing, dependants (group members and
+//! manager references waiting for their user), outages, dead letters, drift repair, status.
+
+use crate::harness::daemon::{Backend, TestDaemon};
+use crate::harness::slapd::Slapd;
+use serde_json::{json, Value};
+
+const CORE: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
+const ENT: &str = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User";
+const IRON: &str = "urn:ietf:params:scim:schemas:extension:ironclad:2.0:User";
+const PATCH: &str = "urn:ietf:params:scim:api:messages:2.0:PatchOp";
+const PEOPLE: &str = "ou=People,dc=example,dc=com";
+const GROUPS: &str = "ou=Groups,dc=example,dc=com";
+
+/// A daemon with one LDAP target `corp` over a fresh slapd.
+struct Env {
+    t: TestDaemon,
+    slapd: Slapd,
+    _secrets: tempfile::TempDir,
+}
+
+fn target_toml(slapd: &Slapd, password_file: &std::path::Path, groups_parent: &str) -> String {
+    format!(
+        r#"
+[scim]
+user_extensions = ["{IRON}"]
+[reconcile]
+workers = 2
+max_attempts = 3
+backoff_base_ms = 60000
+backoff_max_ms = 600000
+[[targets]]
+name = "corp"
+type = "ldap"
+url = "{url}"
+bind_dn = "{bind}"
+bind_password_file = "{pw}"
+[targets.users]
+dn = "uid={{userName}},{PEOPLE}"
+object_classes = ["top", "person", "organizationalPerson", "inetOrgPerson"]
+[targets.users.attributes]
+cn = "{{name.givenName}} {{name.familyName}}"
+sn = "name.familyName"
+givenName = "name.givenName"
+mail = {{ from = "emails[primary eq true].value", transform = ["lower"] }}
+title = "title"
+departmentNumber = "{ENT}:department"
+employeeType = "{IRON}:managementLevel"
+manager = {{ reference = "{ENT}:manager.value", by = "id" }}
+[targets.users.deactivate]
+policy = "disable"
+set = {{ pwdAccountLockedTime = "000001010000Z" }}
+remove_from_groups = true
+[targets.groups]
+dn = "cn={{displayName}},{groups_parent}"
+object_classes = ["groupOfNames"]
+placeholder_member = "cn=nobody,dc=example,dc=com"
+"#,
+        url = slapd.uri(),
+        bind = slapd.bind_dn(),
+        pw = password_file.display(),
+    )
+}
+
+impl Env {
+    async fn start() -> Env {
+        Self::start_with_groups_in(GROUPS).await
+    }
+
+    async fn start_with_groups_in(groups_parent: &str) -> Env {
+        let slapd = Slapd::start().await;
+        let secrets = tempfile::tempdir().unwrap();
+        let pw = secrets.path().join("ldap.pw");
+        std::fs::write(&pw, format!("{}\n", slapd.password())).unwrap();
+        let t =
+            TestDaemon::start_with(Backend::Sqlite, &target_toml(&slapd, &pw, groups_parent)).await;
+        Env {
+            t,
+            slapd,
+            _secrets: secrets,
+        }
+    }
+
+    async fn run(&self) -> usize {
+        self.t.d().run_pending_reconciles().await
+    }
+
+    async fn create_user(&self, body: &Value) -> String {
+        let r = self.t.post("/Users", body).await;
+        assert_eq!(r.status.as_u16(), 201, "{}", r.body);
+        r.body["id"].as_str().unwrap().to_owned()
+    }
+
+    async fn create_group(&self, name: &str, members: &[&str]) -> String {
+        let members: Vec<Value> = members.iter().map(|m| json!({"value": m})).collect();
+        let r = self
+            .t
+            .post(
+                "/Groups",
+                &json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"],
+                        "displayName": name, "members": members}),
+            )
+            .await;
+        assert_eq!(r.status.as_u16(), 201, "{}", r.body);
+        r.body["id"].as_str().unwrap().to_owned()
+    }
+
+    async fn patch(&self, path: &str, ops: Value) {
+        let r = self
+            .t
+            .patch(path, &json!({"schemas": [PATCH], "Operations": ops}))
+            .await;
+        assert!(r.status.is_success(), "{path}: {} {}", r.status, r.body);
+    }
+
+    async fn attr(&self, dn: &str, name: &str) -> Option<Vec<String>> {
+        let e = self.slapd.entry(dn, &["*", "pwdAccountLockedTime"]).await?;
+        Some(
+            e.into_iter()
+                .find(|(k, _)| k == &name.to_ascii_lowercase())
+                .map(|(_, v)| v)
+                .unwrap_or_default(),
+        )
+    }
+
+    async fn exists(&self, dn: &str) -> bool {
+        self.slapd.entry(dn, &["objectClass"]).await.is_some()
+    }
+
+    async fn dead(&self) -> Vec<scim_sync::store::OutboxItem> {
+        self.t.d().store.dead_letters(Some("corp")).await.unwrap()
+    }
+
+    async fn status(&self) -> scim_sync::store::TargetStatus {
+        self.t
+            .d()
+            .store
+            .status(&["corp".to_owned()])
+            .await
+            .unwrap()
+            .remove(0)
+    }
+}
+
+fn user_dn(user_name: &str) -> String {
+    format!("uid={user_name},{PEOPLE}")
+}
+
+fn group_dn(name: &str) -> String {
+    format!("cn={name},{GROUPS}")
+}
+
+fn okta_user(name: &str, title: &str) -> Value {
+    json!({
+        "schemas": [CORE, ENT, IRON],
+        "userName": name,
+        "name": {"givenName": "Given", "familyName": format!("Family-{name}")},
+        "emails": [{"primary": true, "value": format!("{name}@Example.com"), "type": "work"}],
+        "displayName": format!("Given {name}"),
+        "externalId": format!("00u-{name}"),
+        "active": true,
+        "title": title,
+        ENT: {"department": "R&D"},
+        IRON: {"managementLevel": "L2"},
+    })
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn okta_lifecycle_end_to_end_into_slapd() {
+    let env = Env::start().await;
+    let names = ["ann", "bob", "cat", "dan", "eve"];
+    let mut ids = Vec::new();
+    for n in names {
+        ids.push(env.create_user(&okta_user(n, "Engineer")).await);
+    }
+    // Background workers may apply some of these first: the count is not asserted.
+    env.run().await;
+    let ann = user_dn("ann");
+    assert_eq!(env.attr(&ann, "cn").await.unwrap(), ["Given Family-ann"]);
+    assert_eq!(env.attr(&ann, "mail").await.unwrap(), ["ann@example.com"]);
+    assert_eq!(env.attr(&ann, "title").await.unwrap(), ["Engineer"]);
+    assert_eq!(env.attr(&ann, "departmentNumber").await.unwrap(), ["R&D"]);
+    assert_eq!(env.attr(&ann, "employeeType").await.unwrap(), ["L2"]);
+
+    // PUT with a new title: only that attribute changes.
+    let before = env.slapd.dump(PEOPLE).await;
+    let r = env
+        .t
+        .put(&format!("/Users/{}", ids[0]), &okta_user("ann", "Manager"))
+        .await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.body);
+    env.run().await;
+    let after = env.slapd.dump(PEOPLE).await;
+    let blocks = |d: &str| -> Vec<String> { d.split("\n\n").map(str::to_owned).collect() };
+    let (before, after) = (blocks(&before), blocks(&after));
+    assert_eq!(before.len(), after.len());
+    let changed: Vec<(&String, &String)> =
+        before.iter().zip(&after).filter(|(b, a)| b != a).collect();
+    assert_eq!(changed.len(), 1, "{changed:?}");
+    let (b, a) = changed[0];
+    assert_eq!(b.replace("title: Engineer", "title: Manager"), *a);
+
+    // Group push with members, then membership add/remove via PATCH.
+    let gid = env
+        .create_group("Engineering", &[&ids[1], &ids[2], &ids[3]])
+        .await;
+    env.run().await;
+    let eng = group_dn("Engineering");
+    assert_eq!(
+        sorted(env.attr(&eng, "member").await.unwrap()),
+        sorted(vec![user_dn("bob"), user_dn("cat"), user_dn("dan")])
+    );
+    env.patch(
+        &format!("/Groups/{gid}"),
+        json!([
+            {"op": "add", "path": "members", "value": [{"value": ids[4]}]},
+            {"op": "remove", "path": format!("members[value eq \"{}\"]", ids[1])}
+        ]),
+    )
+    .await;
+    env.run().await;
+    assert_eq!(
+        sorted(env.attr(&eng, "member").await.unwrap()),
+        sorted(vec![user_dn("cat"), user_dn("dan"), user_dn("eve")])
+    );
+
+    // userName change: modrdn, and the group's member value follows.
+    env.patch(
+        &format!("/Users/{}", ids[2]),
+        json!([{"op": "replace", "value": {"userName": "catherine"}}]),
+    )
+    .await;
+    env.run().await;
+    assert!(!env.exists(&user_dn("cat")).await);
+    assert_eq!(
+        env.attr(&user_dn("catherine"), "title").await.unwrap(),
+        ["Engineer"]
+    );
+    assert_eq!(
+        sorted(env.attr(&eng, "member").await.unwrap()),
+        sorted(vec![user_dn("catherine"), user_dn("dan"), user_dn("eve")])
+    );
+
+    // Deactivate (disable policy): locked and out of its groups; reactivate restores both.
+    env.patch(
+        &format!("/Users/{}", ids[3]),
+        json!([{"op": "replace", "value": {"active": false}}]),
+    )
+    .await;
+    env.run().await;
+    let dan = user_dn("dan");
+    assert_eq!(
+        env.attr(&dan, "pwdAccountLockedTime").await.unwrap(),
+        ["000001010000Z"]
+    );
+    assert_eq!(
+        sorted(env.attr(&eng, "member").await.unwrap()),
+        sorted(vec![user_dn("catherine"), user_dn("eve")])
+    );
+    env.patch(
+        &format!("/Users/{}", ids[3]),
+        json!([{"op": "replace", "value": {"active": true}}]),
+    )
+    .await;
+    env.run().await;
+    assert!(env
+        .attr(&dan, "pwdAccountLockedTime")
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(env.attr(&eng, "member").await.unwrap().contains(&dan));
+
+    // Group rename: the entry moves, members kept.
+    env.patch(
+        &format!("/Groups/{gid}"),
+        json!([{"op": "replace", "value": {"id": gid, "displayName": "Platform"}}]),
+    )
+    .await;
+    env.run().await;
+    assert!(!env.exists(&eng).await);
+    let platform = group_dn("Platform");
+    assert_eq!(env.attr(&platform, "member").await.unwrap().len(), 3);
+
+    // Group delete leaves its users; user delete removes the entry.
+    assert_eq!(env.t.delete(&format!("/Groups/{gid}")).await.status, 204);
+    env.run().await;
+    assert!(!env.exists(&platform).await);
+    assert!(env.exists(&user_dn("eve")).await);
+    assert_eq!(
+        env.t.delete(&format!("/Users/{}", ids[0])).await.status,
+        204
+    );
+    env.run().await;
+    assert!(!env.exists(&ann).await);
+    assert!(env.exists(&user_dn("bob")).await);
+    assert!(env.dead().await.is_empty());
+    let st = env.status().await;
+    assert_eq!((st.pending, st.dead), (0, 0));
+}
+
+#[tokio::test]
+async fn three_quick_puts_coalesce_into_one_apply_of_the_last_state() {
+    let env = Env::start().await;
+    let id = env.create_user(&okta_user("quick", "One")).await;
+    env.run().await;
+    let history_before = env.t.d().store.history(&id).await.unwrap().len();
+    {
+        let _paused = env.t.d().pause_reconcilers().await.unwrap();
+        for title in ["Two", "Three", "Four"] {
+            let r = env
+                .t
+                .put(&format!("/Users/{id}"), &okta_user("quick", title))
+                .await;
+            assert_eq!(r.status.as_u16(), 200, "{}", r.body);
+        }
+    }
+    // Released workers may take the row before `run_pending` does; either way it is one apply.
+    env.run().await;
+    assert_eq!(
+        env.attr(&user_dn("quick"), "title").await.unwrap(),
+        ["Four"]
+    );
+    let history = env.t.d().store.history(&id).await.unwrap();
+    let applied: Vec<_> = history[history_before..]
+        .iter()
+        .filter(|h| h.operation == "applied:corp")
+        .collect();
+    assert_eq!(applied.len(), 1, "{history:?}");
+    assert_eq!(applied[0].version, 4);
+}
+
+#[tokio::test]
+async fn group_member_waits_for_its_user_then_completes() {
+    let env = Env::start().await;
+    let ok = env.create_user(&okta_user("ready", "X")).await;
+    // No familyName: `sn` is absent and inetOrgPerson refuses the entry (permanent, retried).
+    let mut body = okta_user("late", "X");
+    body["name"] = json!({"givenName": "Late"});
+    let late = env.create_user(&body).await;
+    let gid = env.create_group("Team", &[&ok, &late]).await;
+    env.run().await;
+    assert!(!env.exists(&user_dn("late")).await);
+    assert_eq!(
+        env.attr(&group_dn("Team"), "member").await.unwrap(),
+        [user_dn("ready")]
+    );
+    // The user is fixed: it is created, and its group is queued and follows.
+    env.patch(
+        &format!("/Users/{late}"),
+        json!([{"op": "replace", "path": "name.familyName", "value": "Comer"}]),
+    )
+    .await;
+    env.run().await;
+    assert!(env.exists(&user_dn("late")).await);
+    assert_eq!(
+        sorted(env.attr(&group_dn("Team"), "member").await.unwrap()),
+        sorted(vec![user_dn("late"), user_dn("ready")])
+    );
+    assert!(env.dead().await.is_empty());
+    let _ = gid;
+}
+
+#[tokio::test]
+async fn manager_reference_is_filled_in_once_the_manager_exists() {
+    let env = Env::start().await;
+    let mut boss = okta_user("boss", "CEO");
+    boss["name"] = json!({"givenName": "Big"});
+    let boss_id = env.create_user(&boss).await;
+    let mut worker = okta_user("worker", "Dev");
+    worker[ENT]["manager"] = json!({"value": boss_id});
+    env.create_user(&worker).await;
+    env.run().await;
+    assert!(!env.exists(&user_dn("boss")).await);
+    assert!(env
+        .attr(&user_dn("worker"), "manager")
+        .await
+        .unwrap()
+        .is_empty());
+    env.patch(
+        &format!("/Users/{boss_id}"),
+        json!([{"op": "replace", "path": "name.familyName", "value": "Boss"}]),
+    )
+    .await;
+    env.run().await;
+    assert_eq!(
+        env.attr(&user_dn("worker"), "manager").await.unwrap(),
+        [user_dn("boss")]
+    );
+}
+
+#[tokio::test]
+async fn outage_keeps_changes_pending_and_converges_after_restart() {
+    let mut env = Env::start().await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(
+            env.create_user(&okta_user(&format!("o{i}"), "Before"))
+                .await,
+        );
+    }
+    env.run().await;
+    env.slapd.stop().await;
+    for i in 0..10 {
+        let id = &ids[i % 3];
+        let r = env
+            .t
+            .put(
+                &format!("/Users/{id}"),
+                &okta_user(&format!("o{}", i % 3), &format!("During {i}")),
+            )
+            .await;
+        assert_eq!(r.status.as_u16(), 200, "{}", r.body);
+    }
+    let extra = env.create_user(&okta_user("newcomer", "New")).await;
+    assert_eq!(env.run().await, 0);
+    let st = env.status().await;
+    assert_eq!((st.pending, st.dead), (4, 0));
+    assert!(env.dead().await.is_empty());
+    env.slapd.start_again().await;
+    assert_eq!(env.run().await, 4);
+    assert_eq!(
+        env.attr(&user_dn("o0"), "title").await.unwrap(),
+        ["During 9"]
+    );
+    assert_eq!(
+        env.attr(&user_dn("o1"), "title").await.unwrap(),
+        ["During 7"]
+    );
+    assert_eq!(
+        env.attr(&user_dn("o2"), "title").await.unwrap(),
+        ["During 8"]
+    );
+    assert!(env.exists(&user_dn("newcomer")).await);
+    let st = env.status().await;
+    assert_eq!((st.pending, st.dead), (0, 0));
+    let _ = extra;
+}
+
+#[tokio::test]
+async fn permanent_failure_becomes_a_dead_letter_then_retry_and_discard() {
+    // Groups go below ou=Teams, which does not exist yet: noSuchObject, permanent.
+    let env = Env::start_with_groups_in("ou=Teams,dc=example,dc=com").await;
+    let uid = env.create_user(&okta_user("member", "X")).await;
+    let gid = env.create_group("Blue", &[&uid]).await;
+    for _ in 0..3 {
+        env.run().await;
+        if !env.dead().await.is_empty() {
+            break;
+        }
+    }
+    let dead = env.dead().await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].resource_id, gid);
+    assert_eq!(dead[0].attempts, 3);
+    assert!(
+        dead[0]
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("noSuchObject")
+            || dead[0].last_error.as_deref().unwrap().contains("32"),
+        "{:?}",
+        dead[0].last_error
+    );
+    assert_eq!(env.status().await.dead, 1);
+    // A dead letter is not retried on its own.
+    env.run().await;
+    assert_eq!(env.dead().await.len(), 1);
+
+    // Fix the cause, retry: applied.
+    let mut ldap = env.slapd.admin().await;
+    ldap.add(
+        "ou=Teams,dc=example,dc=com",
+        vec![
+            ("objectClass", ["organizationalUnit"].into()),
+            ("ou", ["Teams"].into()),
+        ],
+    )
+    .await
+    .unwrap()
+    .success()
+    .unwrap();
+    let store = &env.t.d().store;
+    assert_eq!(
+        store
+            .retry_dead(Some(dead[0].id), Some("corp"), 0)
+            .await
+            .unwrap(),
+        1
+    );
+    env.run().await;
+    assert!(env.dead().await.is_empty());
+    assert_eq!(
+        env.attr("cn=Blue,ou=Teams,dc=example,dc=com", "member")
+            .await
+            .unwrap(),
+        [user_dn("member")]
+    );
+
+    // Another permanent failure (no familyName: objectClass violation), discarded.
+    let mut body = okta_user("broken", "X");
+    body["name"] = json!({"givenName": "Broken"});
+    env.create_user(&body).await;
+    for _ in 0..3 {
+        env.run().await;
+    }
+    assert_eq!(env.dead().await.len(), 1);
+    assert_eq!(store.discard_dead(None, Some("corp")).await.unwrap(), 1);
+    assert!(env.dead().await.is_empty());
+    assert_eq!(env.status().await.dead, 0);
+    assert!(!env.exists(&user_dn("broken")).await);
+}
+
+#[tokio::test]
+async fn drift_repair_reports_in_dry_run_and_repairs_for_real() {
+    let env = Env::start().await;
+    let id = env.create_user(&okta_user("drifty", "Original")).await;
+    env.create_user(&okta_user("steady", "Original")).await;
+    env.run().await;
+    let dn = user_dn("drifty");
+    let mut ldap = env.slapd.admin().await;
+    ldap.modify(
+        &dn,
+        vec![ldap3::Mod::Replace("title", ["Edited by hand"].into())],
+    )
+    .await
+    .unwrap()
+    .success()
+    .unwrap();
+
+    let calls = std::sync::Mutex::new(Vec::new());
+    let report = env
+        .t
+        .d()
+        .reconcile_full(Some("corp"), true, |done, total| {
+            calls.lock().unwrap().push((done, total));
+        })
+        .await;
+    assert_eq!((report.checked, report.changed, report.failed), (2, 1, 0));
+    assert_eq!(report.items[0].resource_id, id);
+    assert!(
+        report.items[0].changes.iter().any(|c| c.contains("title")),
+        "{:?}",
+        report.items[0].changes
+    );
+    assert_eq!(calls.lock().unwrap().last(), Some(&(2, 2)));
+    assert_eq!(env.attr(&dn, "title").await.unwrap(), ["Edited by hand"]);
+
+    let report = env.t.d().reconcile_full(None, false, |_, _| {}).await;
+    assert_eq!((report.checked, report.changed, report.failed), (2, 1, 0));
+    assert_eq!(env.attr(&dn, "title").await.unwrap(), ["Original"]);
+    let report = env.t.d().reconcile_full(None, true, |_, _| {}).await;
+    assert_eq!((report.checked, report.changed), (2, 0));
+}
+
+#[tokio::test]
+async fn status_counts_pending_applied_and_dead() {
+    let env = Env::start().await;
+    let st = env.status().await;
+    assert_eq!((st.pending, st.applied, st.dead), (0, 0, 0));
+    let paused = env.t.d().pause_reconcilers().await.unwrap();
+    env.create_user(&okta_user("s1", "X")).await;
+    env.create_user(&okta_user("s2", "X")).await;
+    let st = env.status().await;
+    assert_eq!((st.pending, st.applied), (2, 0));
+    assert!(st.oldest_pending_ms.is_some());
+    drop(paused);
+    env.run().await;
+    let st = env.status().await;
+    assert_eq!((st.pending, st.applied, st.dead), (0, 2, 0));
+    assert_eq!(st.oldest_pending_ms, None);
+}
