@@ -3,7 +3,7 @@
 
 use super::models::{AuditRow, NewAudit};
 use super::schema::audit as audit_table;
-use super::{AuditCtx, DbConnection, HistoryEntry, StoreError};
+use super::{has_nul, sanitize_text, AuditCtx, DbConnection, HistoryEntry, StoreError};
 use crate::scim::resource::ResourceType;
 use diesel::prelude::*;
 
@@ -21,6 +21,7 @@ pub(crate) fn audit(
     version: i64,
     detail: Option<&str>,
 ) -> Result<(), StoreError> {
+    let detail = detail.map(sanitize_text);
     diesel::insert_into(audit_table::table)
         .values(NewAudit {
             at_ms: ctx.now_ms,
@@ -30,7 +31,7 @@ pub(crate) fn audit(
             token_name: non_empty(&ctx.token_name),
             request_id: non_empty(&ctx.request_id),
             version,
-            detail,
+            detail: detail.as_deref(),
         })
         .execute(conn)?;
     Ok(())
@@ -41,6 +42,9 @@ pub(crate) fn of_resource(
     conn: &mut DbConnection,
     resource_id: &str,
 ) -> Result<Vec<HistoryEntry>, StoreError> {
+    if has_nul(resource_id) {
+        return Ok(Vec::new());
+    }
     audit_table::table
         .filter(audit_table::resource_id.eq(resource_id))
         .order(audit_table::id)

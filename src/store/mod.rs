@@ -401,12 +401,86 @@ impl From<diesel::result::Error> for StoreError {
     }
 }
 
+/// Ids are UUIDs made here: an id with a NUL finds nothing (PostgreSQL text cannot hold it).
+pub(crate) fn has_nul(s: &str) -> bool {
+    s.contains('\0')
+}
+
+/// Refuse a NUL where the store does not escape it (token names).
+pub(crate) fn check_text(attribute: &str, value: &str) -> Result<(), StoreError> {
+    if has_nul(value) {
+        return Err(StoreError::Scim(ScimError::invalid_value(format!(
+            "{attribute} must not contain NUL"
+        ))));
+    }
+    Ok(())
+}
+
+/// Escape character of [`encode_text`]: a Unicode noncharacter no IdP sends.
+const TEXT_ESCAPE: char = '\u{10FFFF}';
+
+/// Client text stored in its own column (names, keys, externalId, target keys): PostgreSQL
+/// text cannot hold NUL, so NUL becomes `ESC 0` and ESC becomes `ESC ESC` (reversible and
+/// injective, so uniqueness and lookups are unchanged). The same on both backends.
+pub(crate) fn encode_text(s: &str) -> String {
+    if !s.contains(['\0', TEXT_ESCAPE]) {
+        return s.to_owned();
+    }
+    let mut out = String::with_capacity(s.len() + 4);
+    for c in s.chars() {
+        match c {
+            '\0' => {
+                out.push(TEXT_ESCAPE);
+                out.push('0');
+            }
+            TEXT_ESCAPE => {
+                out.push(TEXT_ESCAPE);
+                out.push(TEXT_ESCAPE);
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// The inverse of [`encode_text`].
+pub(crate) fn decode_text(s: String) -> String {
+    if !s.contains(TEXT_ESCAPE) {
+        return s;
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c != TEXT_ESCAPE {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('0') => out.push('\0'),
+            Some(TEXT_ESCAPE) => out.push(TEXT_ESCAPE),
+            Some(other) => {
+                out.push(c);
+                out.push(other);
+            }
+            None => out.push(c),
+        }
+    }
+    out
+}
+
+/// Free text for informational columns (errors, audit details): NUL shown as U+FFFD.
+pub(crate) fn sanitize_text(s: &str) -> String {
+    s.replace('\0', "\u{FFFD}")
+}
+
 /// Lower-case NFC, the key of `name_norm` and of `emails.value` lookups (RFC 7643: `userName`
-/// is `caseExact: false`; NFC makes composed and decomposed spellings one name).
+/// is `caseExact: false`; NFC makes composed and decomposed spellings one name), stored with
+/// [`encode_text`].
 pub(crate) fn normalise(s: &str) -> String {
     use unicode_normalization::UnicodeNormalization;
     let composed: String = s.nfc().collect();
-    composed.to_lowercase().nfc().collect()
+    let folded: String = composed.to_lowercase().nfc().collect();
+    encode_text(&folded)
 }
 
 /// Run `f` in one write transaction: `BEGIN IMMEDIATE` on SQLite (the write lock is taken up

@@ -5,7 +5,8 @@ use super::schema::{
     audit, group_members, outbox, resource_emails, resources, target_state, tokens,
 };
 use super::{
-    HistoryEntry, OutboxItem, StoreError, StoredGroup, StoredUser, TargetState, TokenInfo,
+    decode_text, encode_text, HistoryEntry, OutboxItem, StoreError, StoredGroup, StoredUser,
+    TargetState, TokenInfo,
 };
 use crate::scim::resource::{Meta, ResourceType};
 use diesel::prelude::*;
@@ -61,8 +62,8 @@ impl ResourceRow {
             id: self.id,
             meta,
             data,
-            user_name: self.name,
-            external_id: self.external_id,
+            user_name: decode_text(self.name),
+            external_id: self.external_id.map(decode_text),
             active: self.active,
             password_hash: self.password_hash,
             deleted: self.deleted,
@@ -76,8 +77,8 @@ impl ResourceRow {
             id: self.id,
             meta,
             data,
-            display_name: self.name,
-            external_id: self.external_id,
+            display_name: decode_text(self.name),
+            external_id: self.external_id.map(decode_text),
             deleted: self.deleted,
         })
     }
@@ -202,7 +203,7 @@ impl TargetStateRow {
             resource_id: state.resource_id.clone(),
             resource_type: state.resource_type.as_str().to_owned(),
             applied_version: state.applied_version,
-            target_key: state.target_key.clone(),
+            target_key: state.target_key.as_deref().map(encode_text),
             extra: state.extra.as_ref().map(Value::to_string),
             updated_ms: state.updated_ms,
         }
@@ -223,7 +224,7 @@ impl TargetStateRow {
             target: self.target,
             resource_id: self.resource_id,
             applied_version: self.applied_version,
-            target_key: self.target_key,
+            target_key: self.target_key.map(decode_text),
             extra,
             updated_ms: self.updated_ms,
         })

@@ -7,7 +7,8 @@ use super::models::{NewOutbox, OutboxRow, TargetStateRow};
 use super::resources::lock_by_id;
 use super::schema::{outbox, target_state};
 use super::{
-    read_tx, write_tx, AuditCtx, DbConnection, OutboxItem, StoreError, TargetState, TargetStatus,
+    has_nul, read_tx, sanitize_text, write_tx, AuditCtx, DbConnection, OutboxItem, StoreError,
+    TargetState, TargetStatus,
 };
 use crate::scim::resource::ResourceType;
 use crate::scim::ScimError;
@@ -312,7 +313,8 @@ pub(crate) fn settle_failed(
     dead: bool,
     now_ms: i64,
 ) -> Result<(), StoreError> {
-    let error = truncate(error, MAX_ERROR_LEN);
+    let error = sanitize_text(truncate(error, MAX_ERROR_LEN));
+    let error = error.as_str();
     write_tx(conn, |conn| {
         let Some(row) = lock_outbox_row(conn, item.id)? else {
             return Ok(());
@@ -354,6 +356,9 @@ pub(crate) fn target_state(
     target: &str,
     resource_id: &str,
 ) -> Result<Option<TargetState>, StoreError> {
+    if has_nul(target) || has_nul(resource_id) {
+        return Ok(None);
+    }
     target_state::table
         .find((target, resource_id))
         .select(TargetStateRow::as_select())

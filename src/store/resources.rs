@@ -8,8 +8,8 @@ use super::models::{NewEmail, NewMember, NewResource, ResourceRow};
 use super::outbox::enqueue_all;
 use super::schema::{group_members, resource_emails, resources};
 use super::{
-    normalise, read_tx, write_tx, AuditCtx, DbConnection, GroupUpdate, StoreError, StoredGroup,
-    StoredUser, UserUpdate,
+    decode_text, encode_text, has_nul, normalise, read_tx, write_tx, AuditCtx, DbConnection,
+    GroupUpdate, StoreError, StoredGroup, StoredUser, UserUpdate,
 };
 use crate::scim::filter::Filter;
 use crate::scim::patch::MemberOp;
@@ -67,6 +67,9 @@ pub(crate) fn get(
     id: &str,
     include_deleted: bool,
 ) -> Result<Option<ResourceRow>, StoreError> {
+    if has_nul(id) {
+        return Ok(None);
+    }
     let mut query = resources::table
         .filter(resources::id.eq(id))
         .filter(resources::resource_type.eq(resource_type.as_str()))
@@ -85,6 +88,9 @@ fn get_for_update(
     resource_type: ResourceType,
     id: &str,
 ) -> Result<Option<ResourceRow>, StoreError> {
+    if has_nul(id) {
+        return Ok(None);
+    }
     if let DbConnection::Pg(c) = conn {
         resources::table
             .filter(resources::id.eq(id))
@@ -101,6 +107,9 @@ pub(crate) fn lock_by_id(
     conn: &mut DbConnection,
     id: &str,
 ) -> Result<Option<(String, i64, i64)>, StoreError> {
+    if has_nul(id) {
+        return Ok(None);
+    }
     let query = resources::table.filter(resources::id.eq(id)).select((
         resources::resource_type,
         resources::seq,
@@ -183,9 +192,9 @@ pub(crate) fn create_user(
                 created_ms: ctx.now_ms,
                 modified_ms: ctx.now_ms,
                 data: &body,
-                name: &user_name,
+                name: &encode_text(&user_name),
                 name_norm: &name_norm,
-                external_id: external_id.as_deref(),
+                external_id: external_id.as_deref().map(encode_text).as_deref(),
                 active,
                 password_hash: password_hash.as_deref(),
                 deleted: false,
@@ -250,9 +259,9 @@ where
         diesel::update(resources::table.find(seq))
             .set((
                 resources::data.eq(&body),
-                resources::name.eq(&user_name),
+                resources::name.eq(encode_text(&user_name)),
                 resources::name_norm.eq(normalise(&user_name)),
-                resources::external_id.eq(external_id.as_deref()),
+                resources::external_id.eq(external_id.as_deref().map(encode_text)),
                 resources::active.eq(active),
                 resources::password_hash.eq(password_hash.as_deref()),
                 resources::version.eq(version),
@@ -402,9 +411,9 @@ pub(crate) fn create_group(
                 created_ms: ctx.now_ms,
                 modified_ms: ctx.now_ms,
                 data: &body,
-                name: &display_name,
+                name: &encode_text(&display_name),
                 name_norm: &name_norm,
-                external_id: external_id.as_deref(),
+                external_id: external_id.as_deref().map(encode_text).as_deref(),
                 active: true,
                 password_hash: None,
                 deleted: false,
@@ -461,9 +470,9 @@ where
         diesel::update(resources::table.find(seq))
             .set((
                 resources::data.eq(&body),
-                resources::name.eq(&display_name),
+                resources::name.eq(encode_text(&display_name)),
                 resources::name_norm.eq(normalise(&display_name)),
-                resources::external_id.eq(external_id.as_deref()),
+                resources::external_id.eq(external_id.as_deref().map(encode_text)),
                 resources::version.eq(version),
                 resources::modified_ms.eq(ctx.now_ms),
             ))
@@ -519,7 +528,8 @@ fn apply_member_op(
             let matching: Vec<i64> = current
                 .into_iter()
                 .filter(|(_, id, name)| {
-                    filter.matches(&json!({"value": id, "display": name, "type": "User"}))
+                    let display = decode_text(name.clone());
+                    filter.matches(&json!({"value": id, "display": display, "type": "User"}))
                 })
                 .map(|(seq, _, _)| seq)
                 .collect();
@@ -578,6 +588,9 @@ fn live_member_seqs(
         .map(|m| m.value.clone())
         .collect();
     let mut live: HashMap<String, i64> = HashMap::with_capacity(ids.len());
+    if let Some(bad) = ids.iter().find(|id| has_nul(id)) {
+        return Err(unknown_member(bad));
+    }
     for chunk in ids.chunks(ID_CHUNK) {
         let query = resources::table
             .filter(resources::resource_type.eq(ResourceType::User.as_str()))
@@ -601,6 +614,7 @@ fn resolve_seqs(
     ids: &[String],
 ) -> Result<HashMap<String, i64>, StoreError> {
     let mut out = HashMap::with_capacity(ids.len());
+    let ids: Vec<&String> = ids.iter().filter(|id| !has_nul(id)).collect();
     for chunk in ids.chunks(ID_CHUNK) {
         let rows: Vec<(String, i64)> = resources::table
             .filter(resources::id.eq_any(chunk))
@@ -687,6 +701,9 @@ pub(crate) fn group_members(
     conn: &mut DbConnection,
     group_id: &str,
 ) -> Result<Vec<MemberRef>, StoreError> {
+    if has_nul(group_id) {
+        return Ok(Vec::new());
+    }
     read_tx(conn, |conn| {
         let Some(group_seq) = resources::table
             .filter(resources::id.eq(group_id))
@@ -712,7 +729,7 @@ fn members_of_seq(conn: &mut DbConnection, group_seq: i64) -> Result<Vec<MemberR
         .into_iter()
         .map(|(value, display)| MemberRef {
             value,
-            display: Some(display),
+            display: Some(decode_text(display)),
         })
         .collect())
 }
@@ -722,6 +739,9 @@ pub(crate) fn groups_of_user(
     conn: &mut DbConnection,
     user_id: &str,
 ) -> Result<Vec<GroupRef>, StoreError> {
+    if has_nul(user_id) {
+        return Ok(Vec::new());
+    }
     read_tx(conn, |conn| {
         let Some(user_seq) = resources::table
             .filter(resources::id.eq(user_id))
@@ -746,7 +766,10 @@ fn groups_of_seq(conn: &mut DbConnection, user_seq: i64) -> Result<Vec<GroupRef>
         .load(conn)?;
     Ok(rows
         .into_iter()
-        .map(|(value, display)| GroupRef { value, display })
+        .map(|(value, display)| GroupRef {
+            value,
+            display: decode_text(display),
+        })
         .collect())
 }
 
@@ -765,7 +788,7 @@ pub(crate) fn find_user(
     let query = match by {
         "id" => query.filter(resources::id.eq(value.to_owned())),
         "username" => query.filter(resources::name_norm.eq(normalise(value))),
-        "externalid" => query.filter(resources::external_id.eq(value.to_owned())),
+        "externalid" => query.filter(resources::external_id.eq(encode_text(value))),
         _ => return Ok(None),
     };
     Ok(query.first(conn).optional()?)
@@ -837,7 +860,7 @@ fn lookup_candidates(
             (ResourceType::User, "username") | (ResourceType::Group, "displayname") => {
                 query.filter(resources::name_norm.eq(normalise(&value)))
             }
-            (_, "externalid") => query.filter(resources::external_id.eq(value)),
+            (_, "externalid") => query.filter(resources::external_id.eq(encode_text(&value))),
             (ResourceType::User, "emails.value") => query.filter(
                 resources::seq.eq_any(
                     resource_emails::table

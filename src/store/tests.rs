@@ -1443,6 +1443,23 @@ fn passwords_are_percent_encoded_into_postgres_urls() {
         "postgres://app:[redacted]@db/x"
     );
     assert_eq!(normalise("JOSE\u{301}"), normalise("jos\u{e9}"));
+    for text in [
+        "",
+        "plain",
+        "\0",
+        "a\0b",
+        "\u{10FFFF}",
+        "\u{10FFFF}0",
+        "\u{10FFFF}\0\u{10FFFF}\u{10FFFF}",
+    ] {
+        assert!(!encode_text(text).contains('\0'));
+        assert_eq!(decode_text(encode_text(text)), text);
+    }
+    assert_ne!(encode_text("\0"), encode_text("\u{10FFFF}0"));
+    assert_eq!(
+        decode_text("dangling\u{10FFFF}".into()),
+        "dangling\u{10FFFF}"
+    );
 }
 
 /// Throughput figure for the report: creates/second at concurrency 8 on a SQLite file.
@@ -1477,4 +1494,433 @@ async fn measure_sqlite_creates_per_second_at_concurrency_8() {
         total as u64
     );
     db.finish().await;
+}
+
+/// writers queue on `BEGIN IMMEDIATE` + busy timeout; none surfaces SQLITE_BUSY, and
+/// readers keep working meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writers_and_readers_see_no_busy_errors() {
+    on_both(|store, backend| async move {
+        let mut ids = Vec::new();
+        for i in 0..32 {
+            ids.push(
+                store
+                    .create_user(user(&format!("w{i}")), None, &ctx(1))
+                    .await
+                    .unwrap()
+                    .id,
+            );
+        }
+        let writers = ids.iter().map(|id| {
+            let (store, id) = (store.clone(), id.clone());
+            async move {
+                for n in 0..10 {
+                    store
+                        .update_user(&id, "patch", &ctx(10 + n), |u| {
+                            let mut input = user(&u.user_name);
+                            input.data.insert("n".into(), json!(u.meta.version));
+                            Ok(UserUpdate {
+                                input,
+                                password_hash: None,
+                            })
+                        })
+                        .await?;
+                }
+                Ok::<_, StoreError>(())
+            }
+        });
+        let readers = (0..8).map(|_| {
+            let store = store.clone();
+            async move {
+                for _ in 0..10 {
+                    store.list_users(None, 1, 50, String::new()).await?;
+                }
+                Ok::<_, StoreError>(())
+            }
+        });
+        let (w, r) = futures_util::future::join(join_all(writers), join_all(readers)).await;
+        for result in w.into_iter().chain(r) {
+            result.unwrap_or_else(|e| panic!("{backend}: {e:?}"));
+        }
+        for id in &ids {
+            assert_eq!(store.get_user(id).await.unwrap().unwrap().meta.version, 11);
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hostile_ids_and_names_find_nothing() {
+    on_both(|store, backend| async move {
+        store
+            .create_user(user("real"), None, &ctx(1))
+            .await
+            .unwrap();
+        for id in [
+            "",
+            "' OR 1=1 --",
+            "%",
+            "_",
+            "\0",
+            &"x".repeat(10_000),
+            "real",
+        ] {
+            assert!(
+                store.get_user(id).await.unwrap().is_none(),
+                "{backend}: {id:?}"
+            );
+            assert!(store.get_group_any(id).await.unwrap().is_none());
+            assert!(store.group_members(id).await.unwrap().is_empty());
+            assert!(store.groups_of_user(id).await.unwrap().is_empty());
+            assert!(store.history(id).await.unwrap().is_empty());
+            assert!(store.find_user("externalId", id).await.unwrap().is_none());
+            assert_eq!(
+                scim_status(&store.delete_group(id, None, &ctx(2)).await.unwrap_err()),
+                Some(404)
+            );
+        }
+        assert!(store.resolve_name("%").await.unwrap().is_none());
+        assert!(store.resolve_name("a\0").await.unwrap().is_none());
+        assert!(store.target_state(TARGET, "a\0").await.unwrap().is_none());
+        let err = store
+            .enqueue(TARGET, ResourceType::User, "a\0", "resync", 1)
+            .await
+            .unwrap_err();
+        assert_eq!(scim_status(&err), Some(404));
+        // NUL in indexed text is stored faithfully on both backends (escaped in its column).
+        let mut input = user("nul\0name");
+        input.external_id = Some("e\0x\u{10FFFF}".into());
+        input.emails = vec!["a\0@x".into()];
+        let nul = store.create_user(input, None, &ctx(3)).await.unwrap();
+        let got = store.get_user(&nul.id).await.unwrap().unwrap();
+        assert_eq!(
+            (got.user_name.as_str(), got.external_id.as_deref()),
+            ("nul\0name", Some("e\0x\u{10FFFF}")),
+            "{backend}"
+        );
+        assert_eq!(
+            store
+                .find_user("userName", "NUL\0NAME")
+                .await
+                .unwrap()
+                .unwrap()
+                .id,
+            nul.id
+        );
+        assert_eq!(
+            store
+                .find_user("externalId", "e\0x\u{10FFFF}")
+                .await
+                .unwrap()
+                .unwrap()
+                .id,
+            nul.id
+        );
+        assert!(
+            store
+                .find_user("userName", "nul\u{10FFFF}0name")
+                .await
+                .unwrap()
+                .is_none(),
+            "escape is injective"
+        );
+        assert!(is_uniqueness(
+            &store
+                .create_user(user("Nul\0Name"), None, &ctx(3))
+                .await
+                .unwrap_err()
+        ));
+        store
+            .create_user(user("nul\u{10FFFF}0name"), None, &ctx(3))
+            .await
+            .unwrap();
+        let g = store
+            .create_group(group("g\0", Some(vec![nul.id.clone()])), &ctx(3))
+            .await
+            .unwrap()
+            .id;
+        assert_eq!(
+            store.group_members(&g).await.unwrap()[0].display.as_deref(),
+            Some("nul\0name")
+        );
+        assert_eq!(
+            store.groups_of_user(&nul.id).await.unwrap()[0].display,
+            "g\0"
+        );
+        let ops = vec![MemberOp::Add(vec![member("x\0".into())])];
+        let err = store
+            .update_group(&g, "patch", &ctx(4), members_update(ops))
+            .await
+            .unwrap_err();
+        assert_eq!(scim_status(&err), Some(400));
+        let ops = vec![MemberOp::Remove(vec!["x\0".into()])];
+        store
+            .update_group(&g, "patch", &ctx(4), members_update(ops))
+            .await
+            .unwrap();
+        let item = store
+            .claim(TARGET, 10, 1000, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|i| i.resource_id == nul.id)
+            .unwrap();
+        let mut state = applied(&item, 1, 10);
+        state.target_key = Some("uid=nul\0name".into());
+        store
+            .settle_applied(&item, state.clone(), 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.target_state(TARGET, &nul.id).await.unwrap(),
+            Some(state)
+        );
+        store
+            .enqueue(TARGET, ResourceType::User, &nul.id, "resync", 20)
+            .await
+            .unwrap();
+        let item = store
+            .claim(TARGET, 20, 1000, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|i| i.resource_id == nul.id)
+            .unwrap();
+        store
+            .settle_failed(&item, "bad\0error", 30, true, 20)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.dead_letters(None).await.unwrap()[0]
+                .last_error
+                .as_deref(),
+            Some("bad\u{FFFD}error")
+        );
+        assert_eq!(
+            scim_status(&store.create_token("t\0", [0; 32], 1).await.unwrap_err()),
+            Some(400)
+        );
+        // JSON bodies may carry a NUL (escaped in the stored text).
+        let mut input = user("jsonnul");
+        input.data.insert("nickName".into(), json!("a\0b"));
+        let id = store.create_user(input, None, &ctx(5)).await.unwrap().id;
+        assert_eq!(
+            store
+                .get_user(&id)
+                .await
+                .unwrap()
+                .unwrap()
+                .data
+                .get("nickName"),
+            Some(&json!("a\0b"))
+        );
+        assert!(!store.revoke_token("' OR 1=1 --", 3).await.unwrap());
+    })
+    .await;
+}
+
+fn filter(text: &str) -> Option<crate::scim::filter::Filter> {
+    Some(
+        crate::scim::filter::parse_filter(text, crate::scim::filter::FilterLimits::default())
+            .unwrap(),
+    )
+}
+
+async fn user_names(store: &Store, text: &str, start: u64, count: u64) -> (u64, Vec<String>) {
+    let page = store
+        .list_users(filter(text), start, count, "https://scim.test/v2".into())
+        .await
+        .unwrap();
+    (
+        page.total,
+        page.items.into_iter().map(|u| u.user_name).collect(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn filtered_lists_use_indexes_and_evaluate_the_filter() {
+    on_both(|store, backend| async move {
+        for (i, name) in ["Alice", "bob", "Carol", "dave", "Erin"].iter().enumerate() {
+            let mut input = user(name);
+            input.external_id = Some(format!("EXT-{i}"));
+            input
+                .data
+                .insert("externalId".into(), json!(format!("EXT-{i}")));
+            input.emails = vec![format!("{name}@Example.com")];
+            input.data.insert(
+                "emails".into(),
+                json!([{"value": format!("{name}@Example.com"), "type": "work"}]),
+            );
+            input.data.insert(
+                "title".into(),
+                json!(if i % 2 == 0 { "eng" } else { "ops" }),
+            );
+            store
+                .create_user(input, None, &ctx(i as i64))
+                .await
+                .unwrap();
+        }
+        let carol = store.find_user("userName", "carol").await.unwrap().unwrap();
+        // Index lookups (userName, externalId, id, emails.value), then the filter decides.
+        assert_eq!(
+            user_names(&store, "userName eq \"ALICE\"", 1, 10).await,
+            (1, vec!["Alice".into()]),
+            "{backend}"
+        );
+        assert_eq!(
+            user_names(&store, "externalId eq \"EXT-1\"", 1, 10).await,
+            (1, vec!["bob".into()])
+        );
+        assert_eq!(
+            user_names(&store, "externalId eq \"ext-1\"", 1, 10).await,
+            (0, vec![]),
+            "externalId is case-exact"
+        );
+        assert_eq!(
+            user_names(&store, &format!("id eq \"{}\"", carol.id), 1, 10).await,
+            (1, vec!["Carol".into()])
+        );
+        assert_eq!(
+            user_names(&store, "emails.value eq \"DAVE@example.COM\"", 1, 10).await,
+            (1, vec!["dave".into()])
+        );
+        assert_eq!(
+            user_names(
+                &store,
+                "emails[type eq \"work\" and value eq \"erin@example.com\"]",
+                1,
+                10
+            )
+            .await,
+            (1, vec!["Erin".into()])
+        );
+        assert_eq!(
+            user_names(&store, "userName eq \"alice\" and title eq \"ops\"", 1, 10).await,
+            (0, vec![])
+        );
+        assert_eq!(
+            user_names(&store, "userName eq \"nobody\"", 1, 10).await,
+            (0, vec![])
+        );
+        // Scans: paging runs over the matching sequence.
+        assert_eq!(
+            user_names(&store, "title eq \"eng\"", 1, 10).await,
+            (3, vec!["Alice".into(), "Carol".into(), "Erin".into()])
+        );
+        assert_eq!(
+            user_names(&store, "title eq \"eng\"", 2, 1).await,
+            (3, vec!["Carol".into()])
+        );
+        assert_eq!(
+            user_names(&store, "title eq \"eng\"", 1, 0).await,
+            (3, vec![])
+        );
+        assert_eq!(
+            user_names(&store, "userName sw \"a\" or userName sw \"E\"", 1, 10).await,
+            (2, vec!["Alice".into(), "Erin".into()])
+        );
+        // Tombstones never match.
+        store.delete_user(&carol.id, None, &ctx(10)).await.unwrap();
+        assert_eq!(
+            user_names(&store, "title eq \"eng\"", 1, 10).await,
+            (2, vec!["Alice".into(), "Erin".into()])
+        );
+        assert_eq!(
+            user_names(&store, "userName eq \"carol\"", 1, 10).await,
+            (0, vec![])
+        );
+
+        // Groups: displayName lookup, and a members filter loads members.
+        let alice = store
+            .find_user("userName", "alice")
+            .await
+            .unwrap()
+            .unwrap()
+            .id;
+        store
+            .create_group(group("Admins", Some(vec![alice.clone()])), &ctx(11))
+            .await
+            .unwrap();
+        store
+            .create_group(group("Staff", None), &ctx(12))
+            .await
+            .unwrap();
+        let groups = |text: &str| {
+            let store = store.clone();
+            let f = filter(text);
+            async move {
+                let page = store
+                    .list_groups(f, 1, 10, "https://scim.test/v2".into())
+                    .await
+                    .unwrap();
+                (
+                    page.total,
+                    page.items
+                        .into_iter()
+                        .map(|g| g.display_name)
+                        .collect::<Vec<_>>(),
+                )
+            }
+        };
+        assert_eq!(
+            groups("displayName eq \"admins\"").await,
+            (1, vec!["Admins".into()])
+        );
+        assert_eq!(
+            groups(&format!("members[value eq \"{alice}\"]")).await,
+            (1, vec!["Admins".into()])
+        );
+        assert_eq!(
+            groups(&format!("members.value eq \"{alice}\"")).await,
+            (1, vec!["Admins".into()])
+        );
+        assert_eq!(
+            groups("displayName sw \"S\"").await,
+            (1, vec!["Staff".into()])
+        );
+        // A user's groups are visible to a users filter.
+        let admins = store.resolve_name("admins").await.unwrap().unwrap().1;
+        assert_eq!(
+            user_names(&store, &format!("groups[value eq \"{admins}\"]"), 1, 10).await,
+            (1, vec!["Alice".into()])
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn remove_matching_members_by_filter() {
+    on_both(|store, backend| async move {
+        let a = store
+            .create_user(user("ann"), None, &ctx(1))
+            .await
+            .unwrap()
+            .id;
+        let b = store
+            .create_user(user("ben"), None, &ctx(1))
+            .await
+            .unwrap()
+            .id;
+        let g = store
+            .create_group(group("grp", Some(vec![a.clone(), b.clone()])), &ctx(1))
+            .await
+            .unwrap()
+            .id;
+        let f = filter("display eq \"BEN\"").unwrap();
+        store
+            .update_group(
+                &g,
+                "patch",
+                &ctx(2),
+                members_update(vec![MemberOp::RemoveMatching(f)]),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            member_ids(&store, &g).await,
+            std::slice::from_ref(&a),
+            "{backend}"
+        );
+    })
+    .await;
 }

@@ -3,7 +3,7 @@
 
 use super::models::{NewToken, TokenRow};
 use super::schema::tokens;
-use super::{write_tx, DbConnection, StoreError, TokenInfo};
+use super::{check_text, has_nul, write_tx, DbConnection, StoreError, TokenInfo};
 use crate::scim::ScimError;
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
@@ -38,6 +38,7 @@ pub(crate) fn create(
     sha256: &[u8; 32],
     now_ms: i64,
 ) -> Result<TokenInfo, StoreError> {
+    check_text("token name", name)?;
     let digest = to_hex(sha256);
     write_tx(conn, |conn| {
         diesel::insert_into(tokens::table)
@@ -79,6 +80,9 @@ pub(crate) fn list(conn: &mut DbConnection) -> Result<Vec<TokenInfo>, StoreError
 
 /// Revoke live tokens by name, or by id when `key` is a number.
 pub(crate) fn revoke(conn: &mut DbConnection, key: &str, now_ms: i64) -> Result<bool, StoreError> {
+    if has_nul(key) {
+        return Ok(false);
+    }
     write_tx(conn, |conn| {
         let by_name = diesel::update(
             tokens::table
