@@ -17,6 +17,12 @@ pub enum MapError {
         /// The variable, as written in the template.
         variable: String,
     },
+    /// A SQL target's key rule has no value in the resource.
+    #[error("the key rule {rule:?} has no value")]
+    MissingKey {
+        /// The key rule, as written in the config.
+        rule: String,
+    },
     /// Groups are rendered but the target maps no groups.
     #[error("this target does not map groups")]
     NoGroupMapping,
@@ -120,35 +126,18 @@ fn render(
             }
         }
     }
+    if let Some((text, rule)) = &map.key_rule {
+        dn = eval_rule(rule, doc, refs)
+            .into_iter()
+            .find(|v| !v.is_empty())
+            .ok_or_else(|| MapError::MissingKey { rule: text.clone() })?;
+    }
     let mut attrs: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (name, rule) in &map.rules {
-        let values = match rule {
-            Rule::Constant(v) => v.clone(),
-            Rule::Expr {
-                source,
-                transforms,
-                default,
-            } => {
-                let v = apply_transforms(eval_source(source, doc), transforms);
-                if v.is_empty() {
-                    default.clone()
-                } else {
-                    v
-                }
-            }
-            Rule::Reference {
-                path,
-                by,
-                transforms,
-            } => {
-                let resolved = path.eval(doc).iter().filter_map(|v| refs(*by, v)).collect();
-                apply_transforms(resolved, transforms)
-            }
-        };
-        attrs.insert(name.clone(), dedup(values));
+        attrs.insert(name.clone(), dedup(eval_rule(rule, doc, refs)));
     }
     // LDAP requires the RDN value among the naming attribute's values.
-    if let Some(rv) = rdn_value {
+    if let Some(rv) = rdn_value.filter(|_| map.key_rule.is_none()) {
         if is_rdn_whole_value(&map.dn) {
             let vals = attrs.entry(map.rdn_attr.clone()).or_default();
             if !vals.iter().any(|v| v.to_lowercase() == rv.to_lowercase()) {
@@ -161,6 +150,36 @@ fn render(
         object_classes: map.object_classes.clone(),
         attrs,
     })
+}
+
+fn eval_rule(
+    rule: &Rule,
+    doc: &Value,
+    refs: &dyn Fn(RefBy, &str) -> Option<String>,
+) -> Vec<String> {
+    match rule {
+        Rule::Constant(v) => v.clone(),
+        Rule::Expr {
+            source,
+            transforms,
+            default,
+        } => {
+            let v = apply_transforms(eval_source(source, doc), transforms);
+            if v.is_empty() {
+                default.clone()
+            } else {
+                v
+            }
+        }
+        Rule::Reference {
+            path,
+            by,
+            transforms,
+        } => {
+            let resolved = path.eval(doc).iter().filter_map(|v| refs(*by, v)).collect();
+            apply_transforms(resolved, transforms)
+        }
+    }
 }
 
 /// True when the first RDN's value is exactly one variable (`uid={userName},...`), so the

@@ -3,6 +3,7 @@
 //! [`Desired`] state and the [`Prior`] bookkeeping, and records the [`Outcome`].
 
 pub mod ldap;
+pub mod sql;
 
 use crate::config::target::RawTarget;
 use crate::mapping::{CompiledTarget, ConfigError, Entry};
@@ -99,6 +100,8 @@ pub trait Target {
 pub enum AnyTarget {
     /// An LDAP directory.
     Ldap(ldap::LdapTarget),
+    /// A legacy application database.
+    Sql(sql::SqlTarget),
 }
 
 impl AnyTarget {
@@ -107,6 +110,7 @@ impl AnyTarget {
     pub fn name(&self) -> &str {
         match self {
             AnyTarget::Ldap(t) => &t.settings().name,
+            AnyTarget::Sql(t) => &t.settings().name,
         }
     }
 }
@@ -115,6 +119,7 @@ impl Target for AnyTarget {
     async fn healthcheck(&self) -> Result<(), TargetError> {
         match self {
             AnyTarget::Ldap(t) => t.healthcheck().await,
+            AnyTarget::Sql(t) => t.healthcheck().await,
         }
     }
 
@@ -126,6 +131,7 @@ impl Target for AnyTarget {
     ) -> Result<Outcome, TargetError> {
         match self {
             AnyTarget::Ldap(t) => t.sync(desired, prior, dry_run).await,
+            AnyTarget::Sql(t) => t.sync(desired, prior, dry_run).await,
         }
     }
 }
@@ -162,6 +168,30 @@ pub fn build(
                         }]
                     })?;
                     Ok((map, AnyTarget::Ldap(target)))
+                }
+                (map, settings) => {
+                    let mut errors = map.err().unwrap_or_default();
+                    errors.extend(settings.err().unwrap_or_default());
+                    Err(errors)
+                }
+            }
+        }
+        RawTarget::Sql(t) => {
+            let map = CompiledTarget::compile(raw, index);
+            let settings = sql::Settings::from_raw(t, index);
+            match (map, settings) {
+                (Ok(map), Ok(settings)) => {
+                    let key = match &settings.password {
+                        ldap::PasswordSource::Env(_) => "password_env",
+                        _ => "password_file",
+                    };
+                    let target = sql::SqlTarget::new(settings).map_err(|e| {
+                        vec![ConfigError {
+                            key: format!("targets[{index}].{key}"),
+                            message: e.message,
+                        }]
+                    })?;
+                    Ok((map, AnyTarget::Sql(target)))
                 }
                 (map, settings) => {
                     let mut errors = map.err().unwrap_or_default();
