@@ -13,4 +13,5 @@ mod harness;
 mod ldap_target;
 mod reconcile;
 mod scim_api;
+mod sql_target;
 mod tidy;

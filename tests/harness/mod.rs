@@ -4,5 +4,6 @@
 //! be used by production code.
 
 pub mod daemon;
+pub mod mariadb;
 pub mod pg;
 pub mod slapd;

@@ -472,8 +472,8 @@ user_column = "login"
         let e = errs(
             &BASE
                 .replace(
-                    "[users.deactivate]",
-                    "on_delete = \"disable\"\n[users.deactivate]",
+                    "key = \"userName\"\n",
+                    "key = \"userName\"\non_delete = \"disable\"\n",
                 )
                 .replace(
                     "policy = \"flag\"\ncolumn = \"locked\"\nvalue = 1\nactive_value = 0",
