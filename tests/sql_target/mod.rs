@@ -669,3 +669,26 @@ async fn mariadb_deactivation_policies() {
 async fn sqlite_deactivation_policies() {
     deactivation_policies(Flavor::Sqlite).await;
 }
+
+#[test]
+fn every_example_config_is_valid() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("etc/examples");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let raw: scim_sync::config::raw::RawConfig =
+            toml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        for (i, t) in raw.targets.iter().enumerate() {
+            CompiledTarget::compile(t, i).unwrap_or_else(|e| panic!("{}: {e:?}", path.display()));
+            if let RawTarget::Sql(s) = t {
+                Settings::from_raw(s, i).unwrap_or_else(|e| panic!("{}: {e:?}", path.display()));
+                seen += 1;
+            }
+        }
+    }
+    assert!(seen >= 3, "expected the three SQL examples, saw {seen}");
+}
