@@ -97,6 +97,7 @@ pub trait Target {
 
 /// Every target implementation, dispatched by `match` (a closed set, no `dyn`).
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // built once per target, lives as long as the daemon
 pub enum AnyTarget {
     /// An LDAP directory.
     Ldap(ldap::LdapTarget),

@@ -336,11 +336,14 @@ fn ty_of_literal(v: &RawSqlValue) -> SqlColumnType {
     }
 }
 
+/// Desired values of the mapped columns: (column, bind, canonical text; `None` = NULL).
+type Wanted<'c> = Vec<(&'c Column, Bind, Option<String>)>;
+
 /// Desired values of the mapped columns: (column, bind, canonical).
 fn desired_values<'c>(
     t: &'c Table,
     entry: &Entry,
-) -> Result<Vec<(&'c Column, Bind, Option<String>)>, TargetError> {
+) -> Result<Wanted<'c>, TargetError> {
     t.columns
         .iter()
         .map(|c| {
