@@ -340,10 +340,7 @@ fn ty_of_literal(v: &RawSqlValue) -> SqlColumnType {
 type Wanted<'c> = Vec<(&'c Column, Bind, Option<String>)>;
 
 /// Desired values of the mapped columns: (column, bind, canonical).
-fn desired_values<'c>(
-    t: &'c Table,
-    entry: &Entry,
-) -> Result<Wanted<'c>, TargetError> {
+fn desired_values<'c>(t: &'c Table, entry: &Entry) -> Result<Wanted<'c>, TargetError> {
     t.columns
         .iter()
         .map(|c| {
