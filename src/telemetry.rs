@@ -10,6 +10,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use std::io::IsTerminal;
 use std::sync::atomic::AtomicU64;
 use std::sync::OnceLock;
 use tracing_subscriber::layer::SubscriberExt;
@@ -57,6 +58,8 @@ pub fn init_logging(format: &str, level: &str) {
                 tracing_subscriber::fmt::layer()
                     .without_time()
                     .with_target(false)
+                    // No colour codes in the journal or a log file: only on a terminal.
+                    .with_ansi(std::io::stderr().is_terminal())
                     .with_writer(std::io::stderr),
             )
             .try_init()

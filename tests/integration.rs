@@ -11,6 +11,7 @@
 #[allow(dead_code)]
 mod harness;
 mod ldap_target;
+mod process;
 mod reconcile;
 mod scim_api;
 mod sql_target;

@@ -115,7 +115,9 @@ impl Daemon {
         settings: Settings,
         config_path: Option<PathBuf>,
     ) -> Result<Daemon, StartError> {
-        let store = Store::open(&settings.store)
+        let mut store_settings = settings.store.clone();
+        store_settings.instance_lock = true;
+        let store = Store::open(&store_settings)
             .await
             .map_err(|e| StartError::Store(e.to_string()))?;
         let applied = store

@@ -252,6 +252,7 @@ pub fn from_raw(raw: &RawConfig) -> Result<Settings, Vec<ConfigError>> {
             password: store_password.map(|s| s.expose().to_string()),
             pool_size: raw.store.pool_size.max(1),
             busy_timeout_ms: raw.store.busy_timeout_ms,
+            instance_lock: false,
         },
         reconcile: ReconcileSettings {
             workers: raw.reconcile.workers,

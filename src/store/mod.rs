@@ -7,6 +7,9 @@
 //! target (coalescing on (target, resource)), and an audit row in one transaction; a unique
 //! constraint on the normalised `userName` / group `displayName` of live resources decides
 //! conflicts (never a check-then-insert).
+//!
+//! Client text kept in its own column (names, externalId, target keys) goes through
+//! `encode_text` so a NUL survives PostgreSQL; the JSON body keeps the canonical value.
 
 mod batch;
 mod history;
@@ -163,7 +166,8 @@ pub struct HistoryEntry {
     pub at_ms: i64,
     pub resource_type: ResourceType,
     pub resource_id: String,
-    /// `create`, `replace`, `patch`, `delete`, or `applied:<target>` / `dead:<target>`.
+    /// `create`, `replace`, `patch`, `delete`, `membership` (a group that lost a member because
+    /// the user was deleted), or `applied:<target>` / `dead:<target>`.
     pub operation: String,
     pub token_name: Option<String>,
     pub request_id: Option<String>,
@@ -257,6 +261,9 @@ struct Inner {
     targets: RwLock<Arc<Vec<String>>>,
     /// The instance lock on `<db>.lock`, held for the life of the store (file databases only).
     _instance_lock: Option<std::fs::File>,
+    /// The SQLite file, checked by [`Store::ping`] (an open connection keeps working on a
+    /// deleted file, which a restart would then lose).
+    sqlite_path: Option<PathBuf>,
 }
 
 /// A cheap-to-clone handle on the database pool.
@@ -274,6 +281,10 @@ pub struct StoreSettings {
     pub password: Option<String>,
     pub pool_size: u32,
     pub busy_timeout_ms: u64,
+    /// Take the exclusive instance lock `<db>.lock` (SQLite files): `serve` does, so a second
+    /// daemon on the same file refuses to start; one-shot CLI commands (token, status...) do not,
+    /// so they work while the daemon runs.
+    pub instance_lock: bool,
 }
 
 impl std::fmt::Debug for StoreSettings {
@@ -376,8 +387,7 @@ fn take_instance_lock(db: &Path) -> Result<std::fs::File, StoreError> {
                 lock_path.display()
             ))
         })?;
-    // `File::try_lock` is std since Rust 1.89: the crate's `rust-version` must be at least that.
-    #[allow(clippy::incompatible_msrv)]
+    // `File::try_lock` is std since Rust 1.89 (the crate's `rust-version`).
     let locked = file.try_lock();
     match locked {
         Ok(()) => Ok(file),
@@ -558,6 +568,11 @@ impl Store {
         let parsed = parse_url(&settings.url, settings.password.as_deref())?;
         let pool_size = settings.pool_size.max(1);
         let busy_timeout_ms = settings.busy_timeout_ms;
+        let want_lock = settings.instance_lock;
+        let sqlite_path = match &parsed {
+            ParsedUrl::SqliteFile(path) => Some(path.clone()),
+            _ => None,
+        };
         tokio::task::spawn_blocking(move || {
             let builder = diesel::r2d2::Pool::builder().connection_timeout(Duration::from_secs(10));
             let (target, builder, lock) = match parsed {
@@ -575,7 +590,11 @@ impl Store {
                     None,
                 ),
                 ParsedUrl::SqliteFile(path) => {
-                    let lock = take_instance_lock(&path)?;
+                    let lock = if want_lock {
+                        Some(take_instance_lock(&path)?)
+                    } else {
+                        None
+                    };
                     let path_str = path
                         .to_str()
                         .ok_or_else(|| {
@@ -591,7 +610,7 @@ impl Store {
                             busy_timeout_ms,
                         },
                         builder.max_size(pool_size),
-                        Some(lock),
+                        lock,
                     )
                 }
                 ParsedUrl::Pg(url) => (ConnTarget::Pg { url }, builder.max_size(pool_size), None),
@@ -604,6 +623,7 @@ impl Store {
                     pool,
                     targets: RwLock::new(Arc::new(Vec::new())),
                     _instance_lock: lock,
+                    sqlite_path,
                 }),
             })
         })
@@ -662,6 +682,14 @@ impl Store {
     /// # Errors
     /// `Unavailable`.
     pub async fn ping(&self) -> Result<(), StoreError> {
+        if let Some(path) = &self.inner.sqlite_path {
+            if !path.exists() {
+                return Err(StoreError::Unavailable(format!(
+                    "the database file {} is gone",
+                    path.display()
+                )));
+            }
+        }
         self.run(|conn| {
             use diesel::RunQueryDsl;
             diesel::sql_query("SELECT 1").execute(conn)?;
@@ -1087,6 +1115,18 @@ impl Store {
     ) -> Result<Option<TargetState>, StoreError> {
         let (target, id) = (target.to_owned(), resource_id.to_owned());
         self.run(move |conn| outbox::target_state(conn, &target, &id))
+            .await
+    }
+
+    /// Before a target first creates a resource's entry, remember the intent (`state.extra`,
+    /// e.g. `{"creating": DN, "since_ms": t}`, with no key), so that an entry left by an apply
+    /// interrupted before [`Store::settle_applied`] is recognised as ours. Does nothing when the
+    /// resource already has a key in that target; keeps an earlier intent for the same entry.
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    pub async fn record_intent(&self, state: TargetState) -> Result<(), StoreError> {
+        self.run(move |conn| outbox::record_intent(conn, &state))
             .await
     }
 

@@ -504,3 +504,32 @@ pub(crate) fn status(
         Ok(out)
     })
 }
+
+/// Record the intent to create a resource's entry; see [`super::Store::record_intent`].
+pub(crate) fn record_intent(
+    conn: &mut DbConnection,
+    state: &TargetState,
+) -> Result<(), StoreError> {
+    let current = target_state(conn, &state.target, &state.resource_id)?;
+    match current {
+        None => upsert_target_state(conn, state, false),
+        Some(cur) if cur.target_key.is_none() => {
+            let same = |s: &TargetState| {
+                s.extra
+                    .as_ref()
+                    .and_then(|e| e.get("creating"))
+                    .map(ToString::to_string)
+            };
+            if same(&cur).is_some() && same(&cur) == same(state) {
+                // Keep the first intent: its time is what an interrupted add is checked against.
+                return Ok(());
+            }
+            let row = TargetState {
+                applied_version: cur.applied_version,
+                ..state.clone()
+            };
+            upsert_target_state(conn, &row, false)
+        }
+        Some(_) => Ok(()),
+    }
+}

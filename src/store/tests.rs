@@ -49,6 +49,7 @@ fn settings(url: String) -> StoreSettings {
         password: None,
         pool_size: 8,
         busy_timeout_ms: 10_000,
+        instance_lock: true,
     }
 }
 
@@ -525,18 +526,27 @@ async fn seed_users(store: &Store, prefix: &str, n: usize) -> Vec<String> {
         .run(move |conn| {
             let ids: Vec<String> = (0..n).map(|_| uuid::Uuid::new_v4().to_string()).collect();
             let names: Vec<String> = (0..n).map(|i| format!("{prefix}{i}")).collect();
+            let bodies: Vec<String> = names
+                .iter()
+                .map(|n| json!({ "userName": n }).to_string())
+                .collect();
             write_tx(conn, |conn| {
-                for (ids, names) in ids.chunks(1000).zip(names.chunks(1000)) {
+                for ((ids, names), bodies) in ids
+                    .chunks(1000)
+                    .zip(names.chunks(1000))
+                    .zip(bodies.chunks(1000))
+                {
                     let rows: Vec<NewResource<'_>> = ids
                         .iter()
                         .zip(names)
-                        .map(|(id, name)| NewResource {
+                        .zip(bodies)
+                        .map(|((id, name), body)| NewResource {
                             id,
                             resource_type: "User",
                             version: 1,
                             created_ms: 1,
                             modified_ms: 1,
-                            data: "{}",
+                            data: body,
                             name,
                             name_norm: name,
                             external_id: None,
@@ -1923,4 +1933,54 @@ async fn remove_matching_members_by_filter() {
         );
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn filtered_scans_page_across_chunks() {
+    on_both(|store, backend| async move {
+        seed_users(&store, "bulk", 1_200).await;
+        // No index serves `ew`: the store scans 500 rows at a time.
+        let (total, names) = user_names(&store, "userName ew \"7\"", 100, 50).await;
+        assert_eq!(total, 120, "{backend}");
+        assert_eq!(names.len(), 21);
+        assert_eq!(names.first().map(String::as_str), Some("bulk997"));
+        assert_eq!(names.last().map(String::as_str), Some("bulk1197"));
+        let (total, names) = user_names(&store, "userName eq \"BULK1199\"", 1, 10).await;
+        assert_eq!((total, names), (1, vec!["bulk1199".to_owned()]));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_migrations_on_postgres_apply_once() {
+    let db = pg_db().await;
+    let name = db.pg_name.clone().unwrap();
+    // A second database, migrated by two stores at once.
+    let second = format!("{name}_b");
+    let create = second.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut admin = diesel::PgConnection::establish(PG_ADMIN_URL).unwrap();
+        diesel::sql_query(format!("CREATE DATABASE {create}"))
+            .execute(&mut admin)
+            .unwrap();
+    })
+    .await
+    .unwrap();
+    let url = format!("postgres://postgres@127.0.0.1/{second}");
+    let a = Store::open(&settings(url.clone())).await.unwrap();
+    let b = Store::open(&settings(url)).await.unwrap();
+    let (ra, rb) = futures_util::future::join(a.migrate(), b.migrate()).await;
+    let mut applied = [ra.unwrap().len(), rb.unwrap().len()];
+    applied.sort_unstable();
+    assert_eq!(applied, [0, 1]);
+    drop((a, b));
+    tokio::task::spawn_blocking(move || {
+        let mut admin = diesel::PgConnection::establish(PG_ADMIN_URL).unwrap();
+        diesel::sql_query(format!("DROP DATABASE IF EXISTS {second} WITH (FORCE)"))
+            .execute(&mut admin)
+            .unwrap();
+    })
+    .await
+    .unwrap();
+    db.finish().await;
 }

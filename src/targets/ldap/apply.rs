@@ -235,7 +235,11 @@ async fn locate(
         Some(_) => t.read(desired_dn, attrs).await,
         None => {
             let cur = t.read(desired_dn, attrs).await?;
-            if cur.is_some() {
+            if cur.is_some() && created_by_interrupted_apply(t, prior, desired_dn).await? {
+                ex.changes.push(format!(
+                    "resume: {desired_dn} (created by an interrupted apply)"
+                ));
+            } else if cur.is_some() {
                 match t.settings.on_existing {
                     OnExisting::Conflict => {
                         return Err(TargetError {
@@ -253,6 +257,51 @@ async fn locate(
             Ok(cur)
         }
     }
+}
+
+/// Whether the entry at `dn` was created by an apply of ours that was interrupted before its
+/// outcome was recorded (a crash between the LDAP add and the store's commit). The reconciler
+/// records the intent first (`prior.extra` = `{"creating": dn, "since_ms": t}`); the entry is
+/// ours when the directory says our bind DN created it at or after `t` (two minutes of clock
+/// skew allowed). Anything else at that DN stays unmanaged.
+async fn created_by_interrupted_apply(
+    t: &LdapTarget,
+    prior: &Prior,
+    dn: &str,
+) -> Result<bool, TargetError> {
+    let Some(extra) = &prior.extra else {
+        return Ok(false);
+    };
+    let Some(creating) = extra.get("creating").and_then(Value::as_str) else {
+        return Ok(false);
+    };
+    let (Some(since_ms), Some(bind)) = (
+        extra.get("since_ms").and_then(Value::as_i64),
+        t.settings.bind_dn.as_deref(),
+    ) else {
+        return Ok(false);
+    };
+    if !dn_eq(creating, dn) {
+        return Ok(false);
+    }
+    let wanted = ["creatorsName".to_string(), "createTimestamp".to_string()];
+    let Some(entry) = t.read(dn, &wanted).await? else {
+        return Ok(false);
+    };
+    let first = |name: &str| entry.attrs.get(name).and_then(|v| v.first()).cloned();
+    let by_us = first("creatorsname").is_some_and(|c| dn_eq(&c, bind));
+    let created_ms = first("createtimestamp").and_then(|ts| generalized_time_ms(&ts));
+    Ok(by_us && created_ms.is_some_and(|c| c >= since_ms - 120_000))
+}
+
+/// `20261122224512Z` (or with fractional seconds) as milliseconds since the epoch.
+fn generalized_time_ms(ts: &str) -> Option<i64> {
+    let digits = ts.get(..14)?;
+    let format = time::macros::format_description!("[year][month][day][hour][minute][second]");
+    let t = time::PrimitiveDateTime::parse(digits, format)
+        .ok()?
+        .assume_utc();
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
 }
 
 fn missing_object_classes(desired: &[String], current: &[String]) -> Option<Mod> {
@@ -378,7 +427,10 @@ async fn sync_user(
         let rc = ex.add(&desired_dn, add_attrs(&entry, &extra_attrs)).await?;
         if rc == codes::ENTRY_ALREADY_EXISTS {
             // Lost a race with another writer: converge only if we may own it.
-            if prior.key.is_none() && t.settings.on_existing == OnExisting::Conflict {
+            if prior.key.is_none()
+                && t.settings.on_existing == OnExisting::Conflict
+                && !created_by_interrupted_apply(t, prior, &desired_dn).await?
+            {
                 return Err(permanent(format!(
                     "{desired_dn}: entry exists and is not managed by scim-sync"
                 )));
@@ -549,7 +601,10 @@ async fn sync_group(
         }
         let rc = ex.add(&desired_dn, add_attrs(&d.entry, &extra)).await?;
         if rc == codes::ENTRY_ALREADY_EXISTS {
-            if prior.key.is_none() && t.settings.on_existing == OnExisting::Conflict {
+            if prior.key.is_none()
+                && t.settings.on_existing == OnExisting::Conflict
+                && !created_by_interrupted_apply(t, prior, &desired_dn).await?
+            {
                 return Err(permanent(format!(
                     "{desired_dn}: entry exists and is not managed by scim-sync"
                 )));
@@ -661,6 +716,16 @@ async fn remove(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn generalized_time_parses_to_epoch_ms() {
+        assert_eq!(generalized_time_ms("19700101000001Z"), Some(1000));
+        assert_eq!(
+            generalized_time_ms("20261122224512.123456Z"),
+            Some(1_795_387_512_000)
+        );
+        assert_eq!(generalized_time_ms("garbage"), None);
+    }
 
     #[test]
     fn dn_values_in_server_spelling_are_not_changes() {
