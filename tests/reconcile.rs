@@ -2,7 +2,7 @@
 //! (no sleeps), and a real slapd. Okta lifecycle, coalescing, dependants (group members and
 //! manager references waiting for their user), outages, dead letters, drift repair, status.
 
-use crate::harness::daemon::{Backend, TestDaemon};
+use crate::harness::daemon::{Backend, TestDaemon, BACKENDS};
 use crate::harness::slapd::Slapd;
 use serde_json::{json, Value};
 
@@ -25,6 +25,7 @@ fn target_toml(slapd: &Slapd, password_file: &std::path::Path, groups_parent: &s
         r#"
 [scim]
 user_extensions = ["{IRON}"]
+password_sync = "ssha512"
 [reconcile]
 workers = 2
 max_attempts = 3
@@ -39,6 +40,7 @@ bind_password_file = "{pw}"
 [targets.users]
 dn = "uid={{userName}},{PEOPLE}"
 object_classes = ["top", "person", "organizationalPerson", "inetOrgPerson"]
+password = "sync"
 [targets.users.attributes]
 cn = "{{name.givenName}} {{name.familyName}}"
 sn = "name.familyName"
@@ -69,12 +71,15 @@ impl Env {
     }
 
     async fn start_with_groups_in(groups_parent: &str) -> Env {
+        Self::start_on(Backend::Sqlite, groups_parent).await
+    }
+
+    async fn start_on(backend: Backend, groups_parent: &str) -> Env {
         let slapd = Slapd::start().await;
         let secrets = tempfile::tempdir().unwrap();
         let pw = secrets.path().join("ldap.pw");
         std::fs::write(&pw, format!("{}\n", slapd.password())).unwrap();
-        let t =
-            TestDaemon::start_with(Backend::Sqlite, &target_toml(&slapd, &pw, groups_parent)).await;
+        let t = TestDaemon::start_with(backend, &target_toml(&slapd, &pw, groups_parent)).await;
         Env {
             t,
             slapd,
@@ -177,7 +182,9 @@ async fn okta_lifecycle_end_to_end_into_slapd() {
     let names = ["ann", "bob", "cat", "dan", "eve"];
     let mut ids = Vec::new();
     for n in names {
-        ids.push(env.create_user(&okta_user(n, "Engineer")).await);
+        let mut body = okta_user(n, "Engineer");
+        body["password"] = json!(format!("Pw-{n}-secret1"));
+        ids.push(env.create_user(&body).await);
     }
     // Background workers may apply some of these first: the count is not asserted.
     env.run().await;
@@ -248,6 +255,7 @@ async fn okta_lifecycle_end_to_end_into_slapd() {
     );
 
     // Deactivate (disable policy): locked and out of its groups; reactivate restores both.
+    assert!(env.slapd.can_bind(&user_dn("dan"), "Pw-dan-secret1").await);
     env.patch(
         &format!("/Users/{}", ids[3]),
         json!([{"op": "replace", "value": {"active": false}}]),
@@ -258,6 +266,10 @@ async fn okta_lifecycle_end_to_end_into_slapd() {
     assert_eq!(
         env.attr(&dan, "pwdAccountLockedTime").await.unwrap(),
         ["000001010000Z"]
+    );
+    assert!(
+        !env.slapd.can_bind(&dan, "Pw-dan-secret1").await,
+        "a deactivated user can still bind"
     );
     assert_eq!(
         sorted(env.attr(&eng, "member").await.unwrap()),
@@ -275,6 +287,7 @@ async fn okta_lifecycle_end_to_end_into_slapd() {
         .unwrap()
         .is_empty());
     assert!(env.attr(&eng, "member").await.unwrap().contains(&dan));
+    assert!(env.slapd.can_bind(&dan, "Pw-dan-secret1").await);
 
     // Group rename: the entry moves, members kept.
     env.patch(
@@ -575,4 +588,286 @@ async fn status_counts_pending_applied_and_dead() {
     let st = env.status().await;
     assert_eq!((st.pending, st.applied, st.dead), (0, 2, 0));
     assert_eq!(st.oldest_pending_ms, None);
+}
+
+#[tokio::test]
+async fn reload_with_a_changed_map_reapplies_every_managed_entry() {
+    let env = Env::start().await;
+    env.create_user(&okta_user("r1", "X")).await;
+    env.create_user(&okta_user("r2", "X")).await;
+    env.run().await;
+    assert!(env
+        .attr(&user_dn("r1"), "description")
+        .await
+        .unwrap()
+        .is_empty());
+    let path = &env.t.config_path;
+    let text = std::fs::read_to_string(path).unwrap().replace(
+        "[targets.users.attributes]\n",
+        "[targets.users.attributes]\ndescription = { constant = \"Managed\" }\n",
+    );
+    std::fs::write(path, text).unwrap();
+    env.t.d().reload().unwrap();
+    env.run().await;
+    for n in ["r1", "r2"] {
+        assert_eq!(
+            env.attr(&user_dn(n), "description").await.unwrap(),
+            ["Managed"]
+        );
+    }
+    // A broken map is refused and the old one stays in force.
+    let text = std::fs::read_to_string(path)
+        .unwrap()
+        .replace("title = \"title\"", "title = \"{unclosed\"");
+    std::fs::write(path, text).unwrap();
+    let errors = env.t.d().reload().unwrap_err();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.key.starts_with("targets[0].users.attributes.title")),
+        "{errors:?}"
+    );
+    env.create_user(&okta_user("r3", "Still")).await;
+    env.run().await;
+    assert_eq!(env.attr(&user_dn("r3"), "title").await.unwrap(), ["Still"]);
+}
+
+#[tokio::test]
+async fn groups_and_batch_queries_on_both_backends() {
+    for backend in BACKENDS {
+        let env = Env::start_on(backend, GROUPS).await;
+        let a = env.create_user(&okta_user("ba", "X")).await;
+        let b = env.create_user(&okta_user("bb", "X")).await;
+        let c = env.create_user(&okta_user("bc", "X")).await;
+        env.create_group("Batch", &[&a, &b, &c]).await;
+        env.patch(
+            &format!("/Users/{b}"),
+            json!([{"op": "replace", "value": {"active": false}}]),
+        )
+        .await;
+        env.run().await;
+        assert_eq!(
+            sorted(env.attr(&group_dn("Batch"), "member").await.unwrap()),
+            sorted(vec![user_dn("ba"), user_dn("bc")]),
+            "{backend:?}"
+        );
+        // More ids than one query chunk, most unknown.
+        let mut ids: Vec<String> = (0..1200).map(|i| format!("nope-{i}")).collect();
+        ids.extend([a.clone(), b.clone(), c.clone()]);
+        let store = &env.t.d().store;
+        let states = store.target_states_of("corp", &ids).await.unwrap();
+        assert_eq!(states.len(), 3, "{backend:?}");
+        assert_eq!(
+            states[&a].target_key.as_deref(),
+            Some(user_dn("ba").as_str())
+        );
+        let active = store.active_flags(&ids).await.unwrap();
+        assert_eq!(active.len(), 3);
+        assert_eq!((active[&a], active[&b], active[&c]), (true, false, true));
+        assert_eq!(store.expedite("corp", 0).await.unwrap(), 0);
+        assert_eq!(
+            store
+                .enqueue_many(
+                    "corp",
+                    scim_sync::scim::resource::ResourceType::User,
+                    &ids,
+                    "resync",
+                    1
+                )
+                .await
+                .unwrap(),
+            3
+        );
+        assert_eq!(env.status().await.pending, 3);
+        env.run().await;
+        assert_eq!(env.status().await.pending, 0);
+    }
+}
+
+/// Run the real binary with the test's config; (exit code, stdout, stderr).
+fn cli(config: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_scim-sync"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn cli_status_history_dead_letters_and_full_reconcile() {
+    let mut env = Env::start().await;
+    let id = env.create_user(&okta_user("clio", "Original")).await;
+    let mut broken = okta_user("nosn", "X");
+    broken["name"] = json!({"givenName": "No"});
+    env.create_user(&broken).await;
+    for _ in 0..3 {
+        env.run().await;
+    }
+    let mut ldap = env.slapd.admin().await;
+    ldap.modify(
+        &user_dn("clio"),
+        vec![ldap3::Mod::Replace("title", ["Hand edit"].into())],
+    )
+    .await
+    .unwrap()
+    .success()
+    .unwrap();
+    // SQLite: the CLI takes the store's instance lock, so the daemon stops first.
+    env.t.stop().await;
+    let config = env.t.config_path.clone();
+
+    let (code, out, err) = cli(&config, &["status"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let line = out.lines().find(|l| l.starts_with("corp")).unwrap();
+    let cols: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(
+        (cols[1], cols[2], cols[3], cols[4]),
+        ("0", "-", "1", "1"),
+        "{out}"
+    );
+
+    let (code, out, err) = cli(&config, &["dead-letters", "list"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("objectClassViolation"), "{out}");
+    let dead_id = out
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    let (code, _, _) = cli(&config, &["dead-letters", "retry"]);
+    assert_eq!(code, 2, "neither an id nor --all");
+
+    let (code, out, err) = cli(&config, &["history", "CLIO"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(&format!("User {id}")), "{out}");
+    assert!(
+        out.contains("create") && out.contains("applied:corp") && out.contains("test"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "target corp: version 1 applied {}",
+            user_dn("clio")
+        )),
+        "{out}"
+    );
+    let (code, _, err) = cli(&config, &["history", "nobody-at-all"]);
+    assert_eq!(code, 1, "{err}");
+
+    let (code, out, err) = cli(&config, &["reconcile", "--full", "--dry-run"]);
+    // A dry run plans the broken user's add too (only the server refuses it).
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&format!("~ corp User {id} ({})", user_dn("clio"))),
+        "{out}"
+    );
+    assert!(out.contains("title"), "{out}");
+    assert!(
+        out.contains("Checked 2 resource(s): 2 would change, 0 failed."),
+        "{out}"
+    );
+    assert_eq!(
+        env.attr(&user_dn("clio"), "title").await.unwrap(),
+        ["Hand edit"]
+    );
+
+    let (code, out, err) = cli(&config, &["dead-letters", "discard", &dead_id]);
+    assert_eq!(
+        (code, out.trim()),
+        (0, "1 dead letter(s) discarded."),
+        "{err}"
+    );
+    let (code, out, err) = cli(&config, &["reconcile", "--full", "--target", "corp"]);
+    assert_eq!(code, 1, "the broken user fails: {out}{err}");
+    assert!(
+        out.contains("Checked 1 resource(s): 1 changed, 1 failed."),
+        "{out}"
+    );
+    assert_eq!(
+        env.attr(&user_dn("clio"), "title").await.unwrap(),
+        ["Original"]
+    );
+    let (code, _, err) = cli(&config, &["reconcile", "--full", "--target", "nope"]);
+    assert_eq!(code, 2, "{err}");
+}
+
+#[tokio::test]
+async fn drift_repair_recreates_an_entry_deleted_by_hand_and_provisions_unmanaged_users() {
+    let env = Env::start().await;
+    env.create_user(&okta_user("gone", "Kept")).await;
+    env.run().await;
+    let dn = user_dn("gone");
+    let mut ldap = env.slapd.admin().await;
+    ldap.delete(&dn).await.unwrap().success().unwrap();
+    // A user whose row was dropped (discarded) is live but has no state: still managed.
+    let mut broken = okta_user("later", "X");
+    broken["name"] = json!({"givenName": "Later"});
+    let later = env.create_user(&broken).await;
+    for _ in 0..3 {
+        env.run().await;
+    }
+    let store = &env.t.d().store;
+    assert_eq!(store.discard_dead(None, None).await.unwrap(), 1);
+    // Fix the user while the workers are held off, so only drift repair can apply it.
+    let paused = env.t.d().pause_reconcilers().await.unwrap();
+    env.patch(
+        &format!("/Users/{later}"),
+        json!([{"op": "replace", "path": "name.familyName", "value": "Fixed"}]),
+    )
+    .await;
+    assert_eq!(env.status().await.pending, 1);
+    let report = env.t.d().reconcile_full(None, true, |_, _| {}).await;
+    assert_eq!(
+        (report.checked, report.changed, report.failed),
+        (2, 2, 0),
+        "{report:?}"
+    );
+    assert!(!env.exists(&dn).await);
+    let report = env.t.d().reconcile_full(None, false, |_, _| {}).await;
+    assert_eq!(
+        (report.checked, report.changed, report.failed),
+        (2, 2, 0),
+        "{report:?}"
+    );
+    assert_eq!(env.attr(&dn, "title").await.unwrap(), ["Kept"]);
+    assert!(env.exists(&user_dn("later")).await);
+    drop(paused);
+    // The queued row then applies as a no-op.
+    env.run().await;
+    assert_eq!(env.status().await.pending, 0);
+}
+
+#[tokio::test]
+async fn hostile_user_names_round_trip_through_dns_and_renames() {
+    let env = Env::start().await;
+    let name = "o'brien+x, \"q\"=z;<a>#\\@okta.local";
+    let id = env.create_user(&okta_user(name, "Odd")).await;
+    let gid = env.create_group("Odd, Group+1", &[&id]).await;
+    env.run().await;
+    let dn = format!("uid={},{PEOPLE}", ldap3::dn_escape(name));
+    assert_eq!(env.attr(&dn, "uid").await.unwrap(), [name]);
+    let gdn = format!("cn={},{GROUPS}", ldap3::dn_escape("Odd, Group+1"));
+    let members = env.attr(&gdn, "member").await.unwrap();
+    assert_eq!(members.len(), 1, "{members:?}");
+    let renamed = "plain";
+    env.patch(
+        &format!("/Users/{id}"),
+        json!([{"op": "replace", "value": {"userName": renamed}}]),
+    )
+    .await;
+    env.run().await;
+    assert!(!env.exists(&dn).await);
+    assert_eq!(env.attr(&gdn, "member").await.unwrap(), [user_dn(renamed)]);
+    assert!(env.dead().await.is_empty());
+    let _ = gid;
 }

@@ -56,6 +56,9 @@ struct Running {
     reconciler: Reconciler,
     cancel: CancellationToken,
     counters: Vec<Arc<AtomicU64>>,
+    /// Becomes true (or its sender drops) once the boot tasks (healthchecks, requeue after a
+    /// reload) are done, so `run_pending_reconciles` sees what a reload queued.
+    booted: watch::Receiver<bool>,
 }
 
 /// Build every target of a config (pure validation, no connecting).
@@ -274,10 +277,24 @@ impl Daemon {
     }
 
     /// Apply everything pending in every target now and return how many rows were applied
-    /// (see [`Reconciler::run_pending`]); tests call it instead of sleeping.
+    /// (see [`Reconciler::run_pending`]); tests call it instead of sleeping. Waits for the
+    /// current workers' boot tasks first (a reload queues every resource in the background).
     pub async fn run_pending_reconciles(&self) -> usize {
-        match self.current_reconciler() {
-            Some(r) => r.run_pending().await,
+        let current = {
+            let guard = match self.reconciler.lock() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            guard
+                .as_ref()
+                .map(|r| (r.reconciler.clone(), r.booted.clone()))
+        };
+        match current {
+            Some((r, mut booted)) => {
+                // An error means the boot task ended (or was cancelled): nothing to wait for.
+                let _ = booted.wait_for(|done| *done).await;
+                r.run_pending().await
+            }
             None => 0,
         }
     }
@@ -305,7 +322,7 @@ impl Daemon {
         }
     }
 
-    /// A one-line summary for systemd's `STATUS=`.
+    /// A one-line summary for systemd's `STATUS=` (the SCIM address and each target's health).
     pub fn status_line(&self) -> String {
         let health = match self.health.lock() {
             Ok(h) => h.clone(),
@@ -527,6 +544,7 @@ fn start_workers(
         };
         list.extend(counters.iter().cloned());
     }
+    let (booted_tx, booted) = watch::channel(boot == Boot::Plain);
     if boot != Boot::Plain {
         let (rec, token) = (reconciler.clone(), child.clone());
         tracker.spawn(async move {
@@ -534,7 +552,7 @@ fn start_workers(
                 () = token.cancelled() => return,
                 c = rec.healthcheck_all() => c,
             };
-            if checks.iter().any(|(_, r)| r.is_err()) {
+            if !checks.is_empty() {
                 let health = match rec.health().lock() {
                     Ok(h) => h.clone(),
                     Err(p) => p.into_inner().clone(),
@@ -551,6 +569,7 @@ fn start_workers(
                     Err(e) => tracing::error!(error = %e, "Cannot queue resources for the reloaded targets; run `scim-sync reconcile --full`."),
                 }
             }
+            let _ = booted_tx.send(true);
         });
     }
     if let Some(interval) = settings.reconcile.full_interval {
@@ -572,6 +591,7 @@ fn start_workers(
         reconciler,
         cancel: child,
         counters,
+        booted,
     }
 }
 
@@ -660,4 +680,38 @@ pub fn run(config_path: &Path) -> ExitCode {
 /// As [`settings::from_raw`].
 pub fn settings_from_raw(raw: &RawConfig) -> Result<Settings, Vec<ConfigError>> {
     settings::from_raw(raw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_line_names_each_targets_health() {
+        let addr: SocketAddr = "127.0.0.1:8443".parse().unwrap();
+        assert_eq!(
+            status_line(addr, &BTreeMap::new()),
+            "Serving SCIM on 127.0.0.1:8443"
+        );
+        let mut health = BTreeMap::new();
+        health.insert(
+            "a".to_owned(),
+            TargetHealth {
+                healthy: true,
+                detail: "ok".into(),
+            },
+        );
+        health.insert("b".to_owned(), TargetHealth::default());
+        health.insert(
+            "c".to_owned(),
+            TargetHealth {
+                healthy: false,
+                detail: "connection refused".into(),
+            },
+        );
+        assert_eq!(
+            status_line(addr, &health),
+            "Serving SCIM on 127.0.0.1:8443; targets: a ok, b unchecked, c failing: connection refused"
+        );
+    }
 }

@@ -284,6 +284,28 @@ mod tests {
     }
 
     #[test]
+    fn target_mapping_and_settings_errors_are_reported_with_their_keys() {
+        let raw = parse(
+            "c.toml",
+            "[[targets]]\nname = \"corp\"\ntype = \"ldap\"\nurl = \"http://x\"\n[targets.users]\ndn = \"uid={userName\"\nobject_classes = [\"inetOrgPerson\"]\n[targets.users.attributes]\ncn = { from = \"name\", transform = [\"lowr\"] }\n",
+            &[],
+        )
+        .unwrap();
+        let errs = from_raw(&raw).unwrap_err();
+        let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
+        assert!(keys.contains(&"targets[0].url"), "{keys:?}");
+        assert!(
+            keys.iter().any(|k| k.starts_with("targets[0].users.dn")),
+            "{keys:?}"
+        );
+        assert!(
+            keys.iter()
+                .any(|k| k.starts_with("targets[0].users.attributes.cn")),
+            "{keys:?}"
+        );
+    }
+
+    #[test]
     fn every_error_is_reported_with_its_key() {
         let raw = parse(
             "c.toml",

@@ -109,7 +109,13 @@ pub(crate) async fn reconcile_full<F: Fn(u64, u64)>(
     let total = u64::try_from(work.len()).unwrap_or(u64::MAX);
     progress(0, total);
     for (done_count, (t, ty, id)) in work.into_iter().enumerate() {
-        match apply(rec, &t, ty, &id, dry_run).await {
+        // A worker may be applying the same resource at this moment (its entry already made,
+        // its state not yet recorded): one more try reads the state it recorded.
+        let result = match apply(rec, &t, ty, &id, dry_run).await {
+            Err(_) => apply(rec, &t, ty, &id, dry_run).await,
+            ok => ok,
+        };
+        match result {
             Ok(done) => {
                 report.checked += 1;
                 let moved = done.prior.key != done.outcome.key;

@@ -29,6 +29,8 @@ use tracing::Instrument;
 
 /// Rows claimed per turn.
 const BATCH: i64 = 16;
+/// How often an idle worker bumps its progress counter.
+const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(1);
 /// Upper bound of claim rounds in one `run_pending` drain of one target.
 const MAX_DRAIN_ROUNDS: usize = 100_000;
 /// Key of the reconciler's own bookkeeping in `target_state.extra` (a user's SCIM `active`
@@ -543,10 +545,23 @@ pub(crate) async fn run(
         if i64::try_from(claimed).unwrap_or(0) >= BATCH {
             continue;
         }
-        tokio::select! {
-            () = cancel.cancelled() => return,
-            () = &mut notified => {}
-            () = tokio::time::sleep(poll) => {}
+        // Idle until woken or `poll_interval`, bumping the counter every heartbeat so an idle
+        // worker never looks wedged to the watchdog, whatever the poll interval.
+        let deadline = tokio::time::Instant::now() + poll;
+        loop {
+            let slice = deadline
+                .saturating_duration_since(tokio::time::Instant::now())
+                .min(HEARTBEAT);
+            if slice.is_zero() {
+                break;
+            }
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = &mut notified => break,
+                () = tokio::time::sleep(slice) => {
+                    progress.fetch_add(1, Ordering::Relaxed);
+                }
+            }
         }
     }
 }
@@ -591,4 +606,73 @@ pub(crate) async fn drain(rec: &Reconciler, index: usize) -> usize {
         }
     }
     applied
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn applied(active: Option<bool>, extra: Option<Value>) -> Applied {
+        Applied {
+            version: 3,
+            prior: Prior::default(),
+            outcome: Outcome {
+                key: Some("uid=a,dc=x".into()),
+                extra,
+                changes: Vec::new(),
+            },
+            active,
+            unresolved: false,
+        }
+    }
+
+    #[test]
+    fn stored_extra_keeps_the_targets_bookkeeping_and_adds_active() {
+        let a = applied(Some(false), Some(json!({"kind": "user", "uid": "a"})));
+        assert_eq!(
+            a.extra_to_store(),
+            Some(json!({"kind": "user", "uid": "a", "scim_active": false}))
+        );
+        // No bookkeeping from the target, or a non-object: only ours.
+        assert_eq!(
+            applied(Some(true), None).extra_to_store(),
+            Some(json!({"scim_active": true}))
+        );
+        assert_eq!(
+            applied(Some(true), Some(json!([1, 2]))).extra_to_store(),
+            Some(json!({"scim_active": true}))
+        );
+        // Groups and deleted users: the target's extra untouched.
+        assert_eq!(
+            applied(None, Some(json!({"kind": "group"}))).extra_to_store(),
+            Some(json!({"kind": "group"}))
+        );
+        assert_eq!(applied(None, None).extra_to_store(), None);
+    }
+
+    #[test]
+    fn error_text_carries_the_target_code() {
+        let e = ApplyError::Target(TargetError {
+            class: ErrorClass::Permanent,
+            code: Some("objectClassViolation".into()),
+            message: "add uid=a: missing sn".into(),
+        });
+        assert_eq!(e.text(), "objectClassViolation: add uid=a: missing sn");
+        let e = ApplyError::Target(TargetError {
+            class: ErrorClass::Transient,
+            code: None,
+            message: "connection refused".into(),
+        });
+        assert_eq!(e.text(), "connection refused");
+        let e = ApplyError::Map(MapError::NoGroupMapping);
+        assert_eq!(e.text(), "mapping: this target does not map groups");
+    }
+
+    #[test]
+    fn reference_kinds_use_the_store_spelling() {
+        assert_eq!(store_by(RefBy::Id), "id");
+        assert_eq!(store_by(RefBy::UserName), "userName");
+        assert_eq!(store_by(RefBy::ExternalId), "externalId");
+    }
 }

@@ -203,3 +203,50 @@ pub fn build(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(extra: &str, url: &str, dn: &str) -> RawTarget {
+        toml::from_str(&format!(
+            "name = \"corp\"\ntype = \"ldap\"\nurl = \"{url}\"\n{extra}\n[users]\ndn = \"{dn}\"\nobject_classes = [\"inetOrgPerson\"]\n"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn build_reports_mapping_and_settings_errors_together() {
+        let errors = build(&raw("", "http://nope", "uid={userName"), 3).unwrap_err();
+        let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+        assert!(keys.contains(&"targets[3].url"), "{keys:?}");
+        assert!(
+            keys.iter().any(|k| k.starts_with("targets[3].users.dn")),
+            "{keys:?}"
+        );
+    }
+
+    #[test]
+    fn build_names_an_unreadable_password_file() {
+        let r = raw(
+            "bind_dn = \"cn=admin\"\nbind_password_file = \"/nonexistent/scim-sync/pw\"",
+            "ldap://127.0.0.1:1",
+            "uid={userName},ou=People,dc=example,dc=com",
+        );
+        let errors = build(&r, 0).unwrap_err();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].key, "targets[0].bind_password_file");
+    }
+
+    #[test]
+    fn build_does_not_connect() {
+        let r = raw(
+            "",
+            "ldap://127.0.0.1:1",
+            "uid={userName},ou=People,dc=example,dc=com",
+        );
+        let (map, target) = build(&r, 0).unwrap();
+        assert_eq!(map.name, "corp");
+        assert_eq!(target.name(), "corp");
+    }
+}

@@ -1,7 +1,7 @@
-//! Test harness shared by the integration-test modules: a daemon started in-process on free
-//! loopback ports with a temp state dir (SQLite) or a throwaway PostgreSQL database, a real
-//! HTTP client, and real servers (slapd) in temporary directories, killed on `Drop`. Must not
-//! be used by production code.
+//! Test harness shared by the integration-test modules: the daemon started in-process on free
+//! loopback ports (SQLite in a temp dir or a throwaway PostgreSQL database), slapd on a loopback
+//! port, throwaway MariaDB databases, and a real HTTP client. Servers are killed on `Drop`.
+//! Never used by production code.
 
 pub mod daemon;
 pub mod mariadb;
