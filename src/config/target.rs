@@ -524,10 +524,18 @@ pub struct RawSqlGroups {
 pub struct RawSqlMembership {
     /// The join table, `name` or `schema.name`.
     pub table: String,
-    /// The column holding the group's key value (`groups.key_column` of the group row).
+    /// The join-table column identifying the group.
     pub group_column: String,
-    /// The column holding the member's key value (`users.key_column` of the user row).
+    /// Which column of the groups table `group_column` holds (default: `groups.key_column`;
+    /// e.g. a surrogate `group_id`).
+    #[serde(default)]
+    pub group_holds: Option<String>,
+    /// The join-table column identifying the member.
     pub user_column: String,
+    /// Which column of the users table `user_column` holds (default: `users.key_column`;
+    /// e.g. a surrogate `user_id`).
+    #[serde(default)]
+    pub user_holds: Option<String>,
 }
 
 impl<'de> Deserialize<'de> for RawRule {

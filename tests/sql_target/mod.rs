@@ -70,6 +70,11 @@ impl LegacyDb {
             url,
             flavor,
         };
+        let role_id = match flavor {
+            Flavor::Postgres => "role_id SERIAL PRIMARY KEY",
+            Flavor::Mariadb => "role_id INTEGER AUTO_INCREMENT PRIMARY KEY",
+            Flavor::Sqlite => "role_id INTEGER PRIMARY KEY",
+        };
         let (id, ts) = match flavor {
             Flavor::Postgres => ("user_id SERIAL PRIMARY KEY", "TIMESTAMP NULL"),
             Flavor::Mariadb => (
@@ -102,6 +107,16 @@ impl LegacyDb {
                 group_name VARCHAR(100) NOT NULL,
                 login VARCHAR(200) NOT NULL,
                 PRIMARY KEY (group_name, login)
+            );
+            CREATE TABLE app_roles (
+                {role_id},
+                role_name VARCHAR(100) NOT NULL UNIQUE,
+                label VARCHAR(200) NULL
+            );
+            CREATE TABLE app_role_members (
+                role_id INTEGER NOT NULL,
+                user_id INTEGER NOT NULL,
+                PRIMARY KEY (role_id, user_id)
             );"
         ));
         db
@@ -623,6 +638,150 @@ async fn deactivation_policies(flavor: Flavor) {
         .unwrap();
     assert_eq!(out.key.as_deref(), Some("erin"));
     assert!(db.has_user("erin"));
+}
+
+const SURROGATE: &str = r#"
+[users]
+table = "app_users"
+key_column = "login"
+key = "userName"
+[users.columns]
+first_name = "name.givenName"
+[groups]
+table = "app_roles"
+key_column = "role_name"
+key = "displayName"
+[groups.columns]
+label = "externalId"
+[groups.membership]
+table = "app_role_members"
+group_column = "role_id"
+group_holds = "role_id"
+user_column = "user_id"
+user_holds = "user_id"
+"#;
+
+/// A join table of surrogate integer ids (`role_id`, `user_id`): membership through
+/// subqueries, key changes leave it alone, deletes clean it, large groups go in chunks.
+async fn surrogate_membership(flavor: Flavor) {
+    let db = LegacyDb::new(flavor);
+    let (map, t) = build(&db.url, "", SURROGATE);
+    let id_rows = |role: &str| -> Vec<String> {
+        let mut v: Vec<String> = db
+            .rows(
+                &format!(
+                    "SELECT CAST(m.user_id AS {c}) AS v FROM app_role_members m JOIN app_roles r ON r.role_id = m.role_id WHERE r.role_name = ?",
+                    c = db.cast()
+                ),
+                role,
+            )
+            .into_iter()
+            .flatten()
+            .collect();
+        v.sort();
+        v
+    };
+    let mut users = Vec::new();
+    for name in ["ann", "bob"] {
+        let out = t
+            .sync(
+                Some(&desired_user(&map, &user(name))),
+                &Prior::default(),
+                false,
+            )
+            .await
+            .unwrap();
+        users.push((name, prior(&out), db.user(name, "user_id").unwrap()));
+    }
+    let group = |name: &str, members: &[&str]| Desired {
+        kind: Kind::Group,
+        entry: map
+            .render_group(&json!({"displayName": name, "externalId": "x"}))
+            .unwrap(),
+        active: true,
+        members: members.iter().map(|m| (*m).to_owned()).collect(),
+        password_hash: None,
+        role_groups: vec![],
+    };
+    let g = t
+        .sync(
+            Some(&group("admins", &["ann", "bob"])),
+            &Prior::default(),
+            false,
+        )
+        .await
+        .unwrap();
+    let mut ids = vec![users[0].2.clone(), users[1].2.clone()];
+    ids.sort();
+    assert_eq!(id_rows("admins"), ids);
+    let again = t
+        .sync(Some(&group("admins", &["ann", "bob"])), &prior(&g), false)
+        .await
+        .unwrap();
+    assert!(again.changes.is_empty(), "{:?}", again.changes);
+    // Renames of the role and of a user leave the id rows alone.
+    let g = t
+        .sync(Some(&group("root", &["ann", "bob"])), &prior(&g), false)
+        .await
+        .unwrap();
+    assert_eq!(id_rows("root"), ids);
+    let mut ann = user("ann");
+    ann["userName"] = json!("anne");
+    let out = t
+        .sync(Some(&desired_user(&map, &ann)), &users[0].1, false)
+        .await
+        .unwrap();
+    let g = t
+        .sync(Some(&group("root", &["anne", "bob"])), &prior(&g), false)
+        .await
+        .unwrap();
+    assert!(g.changes.is_empty(), "{:?}", g.changes);
+    // Removing a member, then deleting a user, clean the join table.
+    let g = t
+        .sync(Some(&group("root", &["anne"])), &prior(&g), false)
+        .await
+        .unwrap();
+    assert_eq!(id_rows("root"), [users[0].2.clone()]);
+    t.sync(None, &prior(&out), false).await.unwrap();
+    assert!(id_rows("root").is_empty());
+
+    // A large group: 1,100 members in three INSERT statements; then emptied in three DELETEs.
+    let values: Vec<String> = (0..1100).map(|i| format!("('m{i:04}')")).collect();
+    db.exec(&format!(
+        "INSERT INTO app_users (login) VALUES {}",
+        values.join(", ")
+    ));
+    let names: Vec<String> = (0..1100).map(|i| format!("m{i:04}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let big = t
+        .sync(Some(&group("root", &refs)), &prior(&g), false)
+        .await
+        .unwrap();
+    assert_eq!(big.changes.len(), 3, "{}", big.changes.len());
+    assert_eq!(id_rows("root").len(), 1100);
+    let empty = t
+        .sync(Some(&group("root", &[])), &prior(&big), false)
+        .await
+        .unwrap();
+    assert_eq!(empty.changes.len(), 3);
+    assert!(id_rows("root").is_empty());
+    let gone = t.sync(None, &prior(&empty), false).await.unwrap();
+    assert_eq!(gone.key, None);
+}
+
+#[tokio::test]
+async fn postgres_surrogate_id_membership() {
+    surrogate_membership(Flavor::Postgres).await;
+}
+
+#[tokio::test]
+async fn mariadb_surrogate_id_membership() {
+    surrogate_membership(Flavor::Mariadb).await;
+}
+
+#[tokio::test]
+async fn sqlite_surrogate_id_membership() {
+    surrogate_membership(Flavor::Sqlite).await;
 }
 
 #[tokio::test]

@@ -21,6 +21,9 @@ use std::collections::{BTreeMap, BTreeSet};
 /// Longest value shown in a change line.
 const SHOW_MAX: usize = 80;
 
+/// Membership rows per INSERT or DELETE statement.
+const MEMBER_CHUNK: usize = 500;
+
 fn permanent(message: String) -> TargetError {
     TargetError {
         class: ErrorClass::Permanent,
@@ -454,12 +457,16 @@ fn locate(
                     .raw(&format!(" WHERE {} = ", t.key_column))
                     .value(s, old_bind.clone(), t.key_type, false);
                 tx.write(&st)?;
-                if let Some(m) = &s.membership {
-                    let col = if kind == Kind::User {
-                        &m.user_column
+                // The join table follows a key change only where it holds the key itself.
+                let join = s.membership.as_ref().and_then(|m| {
+                    let (col, holds) = if kind == Kind::User {
+                        (&m.user_column, &m.user_holds)
                     } else {
-                        &m.group_column
+                        (&m.group_column, &m.group_holds)
                     };
+                    holds.is_none().then_some((m, col))
+                });
+                if let Some((m, col)) = join {
                     let mut st = Stmt::new();
                     st.raw(&format!("UPDATE {} SET {col} = ", m.table))
                         .value(s, key_bind.clone(), t.key_type, false)
@@ -675,13 +682,24 @@ fn sync_group(
             Vec::new()
         } else {
             let mut st = Stmt::new();
-            st.raw(&format!(
-                "SELECT {} AS v FROM {} WHERE {} = ",
-                s.backend.as_text(&m.user_column),
-                m.table,
-                m.group_column
-            ))
-            .value(s, key_bind.clone(), t.key_type, false);
+            match &m.user_holds {
+                None => st.raw(&format!(
+                    "SELECT {} AS v FROM {} WHERE {} = ",
+                    s.backend.as_text(&m.user_column),
+                    m.table,
+                    m.group_column
+                )),
+                // Members are reported by their key, through the users row they point at.
+                Some(holds) => st.raw(&format!(
+                    "SELECT {} AS v FROM {} j JOIN {} u ON u.{holds} = j.{} WHERE j.{} = ",
+                    s.backend.as_text(&format!("u.{}", s.users.key_column)),
+                    m.table,
+                    s.users.table,
+                    m.user_column,
+                    m.group_column
+                )),
+            };
+            member_ref(&mut st, s, Kind::Group, &key_bind);
             tx.load(&st)?
                 .into_iter()
                 .flatten()
@@ -691,37 +709,79 @@ fn sync_group(
                 })
                 .collect()
         };
-        for (b, canon) in &want {
-            if !have.contains(canon) {
-                let mut st = Stmt::new();
-                st.raw(&format!(
-                    "INSERT INTO {} ({}, {}) VALUES (",
-                    m.table, m.group_column, m.user_column
-                ))
-                .value(s, key_bind.clone(), t.key_type, false)
-                .raw(", ")
-                .value(s, b.clone(), uty, false)
-                .raw(")");
-                tx.write(&st)?;
+        let to_add: Vec<&Bind> = want
+            .iter()
+            .filter(|(_, c)| !have.contains(c))
+            .map(|(b, _)| b)
+            .collect();
+        let mut to_del: Vec<String> = have
+            .iter()
+            .filter(|h| !want.iter().any(|(_, c)| c == *h))
+            .cloned()
+            .collect();
+        to_del.sort();
+        to_del.dedup();
+        // Adds before deletes, in chunks (one statement per chunk, not per member).
+        for chunk in to_add.chunks(MEMBER_CHUNK) {
+            let mut st = Stmt::new();
+            st.raw(&format!(
+                "INSERT INTO {} ({}, {}) VALUES ",
+                m.table, m.group_column, m.user_column
+            ));
+            for (i, b) in chunk.iter().enumerate() {
+                st.raw(if i == 0 { "(" } else { ", (" });
+                member_ref(&mut st, s, Kind::Group, &key_bind);
+                st.raw(", ");
+                member_ref(&mut st, s, Kind::User, b);
+                st.raw(")");
             }
+            tx.write(&st)?;
         }
-        let mut removed = BTreeSet::new();
-        for h in &have {
-            if !want.iter().any(|(_, c)| c == h) && removed.insert(h.clone()) {
+        for chunk in to_del.chunks(MEMBER_CHUNK) {
+            let mut st = Stmt::new();
+            st.raw(&format!(
+                "DELETE FROM {} WHERE {} = ",
+                m.table, m.group_column
+            ));
+            member_ref(&mut st, s, Kind::Group, &key_bind);
+            st.raw(&format!(" AND {} IN (", m.user_column));
+            for (i, h) in chunk.iter().enumerate() {
+                if i > 0 {
+                    st.raw(", ");
+                }
                 let (b, _) = convert_key(uty, h, &m.table)?;
-                let mut st = Stmt::new();
-                st.raw(&format!(
-                    "DELETE FROM {} WHERE {} = ",
-                    m.table, m.group_column
-                ))
-                .value(s, key_bind.clone(), t.key_type, false)
-                .raw(&format!(" AND {} = ", m.user_column))
-                .value(s, b, uty, false);
-                tx.write(&st)?;
+                member_ref(&mut st, s, Kind::User, &b);
             }
+            st.raw(")");
+            tx.write(&st)?;
         }
     }
     Ok((Some(key), Some(json!({"kind": "group"}))))
+}
+
+/// Append what a join-table column holds for the user or group with this key: the key itself
+/// (a bound value), or, with `user_holds`/`group_holds`, that column of the row with this key
+/// (a scalar subquery; the key is still bound).
+fn member_ref(st: &mut Stmt, s: &Settings, kind: Kind, key: &Bind) {
+    let users = &s.users;
+    let (t, holds) = match (kind, &s.membership, &s.groups) {
+        (Kind::User, Some(m), _) => (users, m.user_holds.as_ref()),
+        (Kind::Group, Some(m), Some(g)) => (g, m.group_holds.as_ref()),
+        _ => (users, None),
+    };
+    match holds {
+        None => {
+            st.value(s, key.clone(), t.key_type, false);
+        }
+        Some(h) => {
+            st.raw(&format!(
+                "(SELECT {h} FROM {} WHERE {} = ",
+                t.table, t.key_column
+            ))
+            .value(s, key.clone(), t.key_type, false)
+            .raw(")");
+        }
+    }
 }
 
 /// Delete a row we own, and its membership rows first (so a foreign key from the join table
@@ -743,8 +803,8 @@ fn delete_row(tx: &mut Tx<'_>, kind: Kind, key: &str) -> Result<(), TxError> {
             &m.group_column
         };
         let mut st = Stmt::new();
-        st.raw(&format!("DELETE FROM {} WHERE {col} = ", m.table))
-            .value(s, key_bind.clone(), t.key_type, false);
+        st.raw(&format!("DELETE FROM {} WHERE {col} = ", m.table));
+        member_ref(&mut st, s, kind, &key_bind);
         tx.write(&st)?;
     }
     let mut st = Stmt::new();

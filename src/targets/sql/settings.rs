@@ -55,10 +55,14 @@ pub struct Table {
 pub struct Membership {
     /// The quoted join table.
     pub table: String,
-    /// The quoted column holding the group's key value.
+    /// The quoted join-table column identifying the group.
     pub group_column: String,
-    /// The quoted column holding the user's key value.
+    /// The quoted groups-table column whose value `group_column` holds (`None`: the key).
+    pub group_holds: Option<String>,
+    /// The quoted join-table column identifying the member.
     pub user_column: String,
+    /// The quoted users-table column whose value `user_column` holds (`None`: the key).
+    pub user_holds: Option<String>,
 }
 
 /// Validated SQL target settings.
@@ -177,7 +181,17 @@ impl Settings {
             .map(|m| Membership {
                 table: ident("groups.membership.table", &m.table),
                 group_column: ident("groups.membership.group_column", &m.group_column),
+                group_holds: m
+                    .group_holds
+                    .as_ref()
+                    .filter(|h| !h.eq_ignore_ascii_case(&group_key_column(raw)))
+                    .map(|h| ident("groups.membership.group_holds", h)),
                 user_column: ident("groups.membership.user_column", &m.user_column),
+                user_holds: m
+                    .user_holds
+                    .as_ref()
+                    .filter(|h| !h.eq_ignore_ascii_case(&raw.users.key_column))
+                    .map(|h| ident("groups.membership.user_holds", h)),
             });
         // Checks that need the columns.
         check_columns(
@@ -267,6 +281,13 @@ impl Settings {
             membership,
         })
     }
+}
+
+fn group_key_column(raw: &RawSqlTarget) -> String {
+    raw.groups
+        .as_ref()
+        .map(|g| g.key_column.clone())
+        .unwrap_or_default()
 }
 
 fn table(
@@ -390,6 +411,7 @@ key = "displayName"
 table = "app_user_groups"
 group_column = "group_name"
 user_column = "login"
+user_holds = "user_id"
 "#;
 
     fn parse(text: &str) -> RawSqlTarget {
@@ -429,7 +451,10 @@ user_column = "login"
             d.flag,
             Some((RawSqlValue::Integer(1), RawSqlValue::Integer(0)))
         );
-        assert_eq!(s.membership.unwrap().user_column, "\"login\"");
+        let m = s.membership.unwrap();
+        assert_eq!(m.user_column, "\"login\"");
+        assert_eq!(m.user_holds.as_deref(), Some("\"user_id\""));
+        assert_eq!(m.group_holds, None);
         let my = BASE.replace("postgres://", "mysql://");
         let s = Settings::from_raw(&parse(&my), 0).unwrap();
         assert_eq!(s.users.table, "`legacy`.`app_users`");
