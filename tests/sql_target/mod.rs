@@ -561,6 +561,25 @@ async fn outage(flavor: Flavor) {
             if let Err(e) = t.sync(Some(&d), &p, false).await {
                 assert_eq!(e.class, ErrorClass::Transient, "{e:?}");
             }
+            // Another writer holds the row lock: the lock-wait timeout is transient.
+            let locker_sql = "BEGIN; UPDATE app_users SET notes = 'locked' WHERE login = 'carol'";
+            let e = match flavor {
+                Flavor::Postgres => {
+                    let mut locker = PgConnection::establish(&db.url).unwrap();
+                    locker.batch_execute(locker_sql).unwrap();
+                    let e = t.sync(Some(&d), &p, false).await.unwrap_err();
+                    locker.batch_execute("ROLLBACK").unwrap();
+                    e
+                }
+                _ => {
+                    let mut locker = MysqlConnection::establish(&db.url).unwrap();
+                    locker.batch_execute(locker_sql).unwrap();
+                    let e = t.sync(Some(&d), &p, false).await.unwrap_err();
+                    locker.batch_execute("ROLLBACK").unwrap();
+                    e
+                }
+            };
+            assert_eq!(e.class, ErrorClass::Transient, "{e:?}");
         }
     }
     t.sync(Some(&d), &p, false).await.unwrap();
@@ -782,6 +801,81 @@ async fn mariadb_surrogate_id_membership() {
 #[tokio::test]
 async fn sqlite_surrogate_id_membership() {
     surrogate_membership(Flavor::Sqlite).await;
+}
+
+/// Misconfiguration and bad data are permanent, and leave nothing half-written.
+async fn permanent_errors(flavor: Flavor) {
+    let db = LegacyDb::new(flavor);
+    let (map, t) = build(&db.url, "", MAPPING);
+    let p = prior(
+        &t.sync(
+            Some(&desired_user(&map, &user("frank"))),
+            &Prior::default(),
+            false,
+        )
+        .await
+        .unwrap(),
+    );
+    t.sync(
+        Some(&desired_user(&map, &user("gina"))),
+        &Prior::default(),
+        false,
+    )
+    .await
+    .unwrap();
+    // A key change onto another row's key.
+    let mut f = user("frank");
+    f["userName"] = json!("gina");
+    let e = t
+        .sync(Some(&desired_user(&map, &f)), &p, false)
+        .await
+        .unwrap_err();
+    assert_eq!(e.class, ErrorClass::Permanent);
+    assert!(e.message.contains("already exists"), "{}", e.message);
+    assert!(db.has_user("frank"));
+    // A value too long for VARCHAR(100) (SQLite does not enforce lengths).
+    if flavor != Flavor::Sqlite {
+        let mut f = user("frank");
+        f["name"]["givenName"] = json!("x".repeat(200));
+        f["name"]["familyName"] = json!("Changed");
+        let e = t
+            .sync(Some(&desired_user(&map, &f)), &p, false)
+            .await
+            .unwrap_err();
+        assert_eq!(e.class, ErrorClass::Permanent, "{e:?}");
+        assert_eq!(db.user("frank", "last_name").as_deref(), Some("Jensen"));
+    }
+    // A mapped column the table does not have: the healthcheck says so, syncs are permanent.
+    let bad = MAPPING.replace("display = ", "no_such_column = ");
+    let (map2, t2) = build(&db.url, "", &bad);
+    let e = t2.healthcheck().await.unwrap_err();
+    assert_eq!(e.class, ErrorClass::Permanent, "{e:?}");
+    let e = t2
+        .sync(Some(&desired_user(&map2, &user("frank"))), &p, false)
+        .await
+        .unwrap_err();
+    assert_eq!(e.class, ErrorClass::Permanent, "{e:?}");
+    let bad_table = MAPPING.replace("table = \"app_users\"", "table = \"no_such_table\"");
+    let (_, t3) = build(&db.url, "", &bad_table);
+    assert_eq!(
+        t3.healthcheck().await.unwrap_err().class,
+        ErrorClass::Permanent
+    );
+}
+
+#[tokio::test]
+async fn postgres_permanent_errors() {
+    permanent_errors(Flavor::Postgres).await;
+}
+
+#[tokio::test]
+async fn mariadb_permanent_errors() {
+    permanent_errors(Flavor::Mariadb).await;
+}
+
+#[tokio::test]
+async fn sqlite_permanent_errors() {
+    permanent_errors(Flavor::Sqlite).await;
 }
 
 #[tokio::test]

@@ -62,6 +62,45 @@ pub(super) fn sync(
     result.map_err(|e| tx_error(e, &what))
 }
 
+/// `SELECT <every configured column> FROM <table> LIMIT 1` for the users table, and the
+/// groups and join tables when configured: a real connection and read that also proves every
+/// mapped table and column exists (a misspelt one is a permanent error naming it).
+pub(super) fn healthcheck(s: &Settings, conn: &mut Conn) -> Result<(), TargetError> {
+    let b = s.backend;
+    let mut checks: Vec<(String, Vec<String>)> = Vec::new();
+    let mut cols = vec![s.users.key_column.clone()];
+    cols.extend(s.users.columns.iter().map(|c| c.quoted.clone()));
+    cols.extend(deact_column(s).map(str::to_owned));
+    checks.push((s.users.table.clone(), cols));
+    if let Some(g) = &s.groups {
+        let mut cols = vec![g.key_column.clone()];
+        cols.extend(g.columns.iter().map(|c| c.quoted.clone()));
+        checks.push((g.table.clone(), cols));
+    }
+    if let Some(m) = &s.membership {
+        checks.push((
+            m.table.clone(),
+            vec![m.group_column.clone(), m.user_column.clone()],
+        ));
+        if let (Some(h), Some(g)) = (&m.group_holds, &s.groups) {
+            checks.push((g.table.clone(), vec![h.clone()]));
+        }
+        if let Some(h) = &m.user_holds {
+            checks.push((s.users.table.clone(), vec![h.clone()]));
+        }
+    }
+    let what = format!("healthcheck of target {}", s.name);
+    conn.transaction(|db| {
+        for (table, cols) in &checks {
+            let exprs: Vec<String> = cols.iter().map(|c| b.as_text(c)).collect();
+            let sql = format!("SELECT {} AS v FROM {table} LIMIT 1", b.json_array(&exprs));
+            db.load_text(&sql, &[])?;
+        }
+        Ok(())
+    })
+    .map_err(|e| tx_error(e, &what))
+}
+
 /// A [`TxError`] as a classified [`TargetError`].
 pub(super) fn tx_error(e: TxError, what: &str) -> TargetError {
     match e {

@@ -32,12 +32,15 @@ impl Backend {
         }
     }
 
-    /// Quote a validated identifier (`name` or `schema.name`).
+    /// Quote a validated identifier (`name` or `schema.name`): `"x"` on PostgreSQL, `` `x` ``
+    /// on MariaDB/MySQL and SQLite. SQLite reads a double-quoted name that matches no column
+    /// as a string literal (its "DQS" compatibility quirk), so a misspelt column would
+    /// silently read as text; a backquoted name is always an identifier there.
     #[must_use]
     pub fn quote(self, ident: &Ident) -> String {
         let q = match self {
-            Backend::Mysql => '`',
-            Backend::Postgres | Backend::Sqlite => '"',
+            Backend::Mysql | Backend::Sqlite => '`',
+            Backend::Postgres => '"',
         };
         ident
             .0
@@ -132,7 +135,7 @@ mod tests {
         assert_eq!(Backend::Mysql.quote(&t), "`legacy`.`app_users`");
         assert_eq!(
             Backend::Sqlite.quote(&Ident::parse("_x9").unwrap()),
-            "\"_x9\""
+            "`_x9`"
         );
         assert!(Ident::parse(&"a".repeat(63)).is_ok());
         for bad in [

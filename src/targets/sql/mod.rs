@@ -21,18 +21,7 @@ use crate::targets::{Desired, Outcome, Prior, Target, TargetError};
 
 impl Target for SqlTarget {
     async fn healthcheck(&self) -> Result<(), TargetError> {
-        self.with_conn("healthcheck", |s, conn| {
-            let sql = format!(
-                "SELECT {} AS v FROM {} LIMIT 1",
-                s.backend.as_text("1"),
-                s.users.table
-            );
-            let what = format!("healthcheck of target {}", s.name);
-            conn.transaction(|db| Ok(db.load_text(&sql, &[])?))
-                .map(|_| ())
-                .map_err(|e| apply::tx_error(e, &what))
-        })
-        .await
+        self.with_conn("healthcheck", apply::healthcheck).await
     }
 
     async fn sync(
