@@ -39,12 +39,13 @@ fn admin() -> MysqlConnection {
 }
 
 impl MariaDb {
-    /// Create `scim_test_<random>` (utf8mb4). Fails loudly when MariaDB is not reachable.
+    /// Create `scim_test_<random>` (utf8mb4 with MariaDB's usual case-insensitive collation,
+    /// as legacy schemas have it). Fails loudly when MariaDB is not reachable.
     pub fn create() -> MariaDb {
         let name = format!("scim_test_{}", uuid::Uuid::new_v4().simple());
         let mut conn = admin();
         diesel::sql_query(format!(
-            "CREATE DATABASE {name} CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+            "CREATE DATABASE {name} CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci"
         ))
         .execute(&mut conn)
         .unwrap();

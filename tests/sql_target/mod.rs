@@ -386,6 +386,22 @@ async fn lifecycle(flavor: Flavor) {
     assert_eq!(db.user("babs", "user_id"), id_before);
     assert_eq!(db.user("babs", "notes").as_deref(), Some("kept"));
     p = prior(&out);
+    // A case-only key change (the same row under a case-insensitive collation) and back.
+    u["userName"] = json!("Babs");
+    let out = t
+        .sync(Some(&desired_user(&map, &u)), &p, false)
+        .await
+        .unwrap();
+    assert_eq!(out.key.as_deref(), Some("Babs"));
+    assert_eq!(db.user("Babs", "user_id"), id_before);
+    u["userName"] = json!("babs");
+    let out = t
+        .sync(Some(&desired_user(&map, &u)), &prior(&out), false)
+        .await
+        .unwrap();
+    assert_eq!(out.key.as_deref(), Some("babs"));
+    assert_eq!(db.user("babs", "user_id"), id_before);
+    p = prior(&out);
 
     // Deactivate and reactivate.
     u["active"] = json!(false);

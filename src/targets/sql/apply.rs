@@ -205,10 +205,9 @@ impl Tx<'_> {
             names.push(DEACT.into());
             exprs.push(b.as_text(c));
         }
-        if exprs.is_empty() {
-            names.push(KEY.into());
-            exprs.push(b.as_text(&t.key_column));
-        }
+        // The key as stored: with a case-insensitive collation it may differ from ours.
+        names.push(KEY.into());
+        exprs.push(b.as_text(&t.key_column));
         let mut st = Stmt::new();
         st.raw(&format!(
             "SELECT {} AS v FROM {} WHERE {} = ",
@@ -483,7 +482,9 @@ fn locate(
         Some(old) if old != key => {
             let (old_bind, _) = convert_key(t.key_type, old, &t.table)?;
             if let Some(cur) = tx.read(t, deact, &old_bind, t.key_type)? {
-                if tx.read(t, deact, key_bind, t.key_type)?.is_some() {
+                let other = tx.read(t, deact, key_bind, t.key_type)?;
+                // With a case-insensitive collation a case-only change finds the row itself.
+                if other.is_some_and(|o| o.get(KEY) != cur.get(KEY)) {
                     return Err(permanent(format!(
                         "{}: cannot change key {old:?} to {key:?}: a row with that key already exists",
                         t.table
