@@ -651,4 +651,44 @@ title = { from = "title", transform = ["trim", "upper"], default = "none" }"#,
         assert!(Template::parse("a } b").is_err());
         assert!(Template::parse("{}").is_err());
     }
+
+    fn sql_target(key: &str, columns: &str) -> RawTarget {
+        toml::from_str(&format!(
+            "name = \"app\"\ntype = \"sql\"\nurl = \"sqlite:///x.db\"\n[users]\ntable = \"u\"\nkey_column = \"login\"\nkey = {key}\n[users.columns]\n{columns}\n[groups]\ntable = \"g\"\nkey_column = \"name\"\nkey = \"displayName\"\n"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn sql_columns_use_the_same_rules_and_report_their_keys() {
+        let ok = CompiledTarget::compile(
+            &sql_target(
+                "'emails[primary eq true].value'",
+                "first_name = \"name.givenName\"\nflag = { from = \"active\", type = \"flag\", true = \"Y\", false = \"N\" }\nmgr = { reference = \"manager.value\" }",
+            ),
+            0,
+        )
+        .unwrap();
+        assert!(ok.users.object_classes().is_empty());
+        assert_eq!(ok.users.attribute_names(), ["first_name", "flag", "mgr"]);
+        let e: Vec<String> = CompiledTarget::compile(
+            &sql_target(
+                "{ constant = \"x\" }",
+                "a = \"name..x\"\nc = { from = \"x\", transform = [\"lowr\"] }\nD = \"userName\"\nd = \"userName\"",
+            ),
+            4,
+        )
+        .unwrap_err()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+        for want in [
+            "targets[4].users.key: the key must come from the resource",
+            "targets[4].users.columns.a: ",
+            "targets[4].users.columns.c: unknown transform",
+            "targets[4].users.columns.d: column mapped twice",
+        ] {
+            assert!(e.iter().any(|m| m.starts_with(want)), "{want} in {e:?}");
+        }
+    }
 }

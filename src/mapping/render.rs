@@ -334,4 +334,32 @@ title = "title""#,
         assert_eq!(g.key, "cn=Ops,ou=Groups,dc=example,dc=com");
         assert_eq!(g.attrs["cn"], ["Ops"]);
     }
+
+    #[test]
+    fn sql_keys_are_plain_values_and_missing_keys_are_errors() {
+        let raw: RawTarget = toml::from_str(
+            "name = \"app\"\ntype = \"sql\"\nurl = \"sqlite:///x.db\"\n[users]\ntable = \"u\"\nkey_column = \"login\"\nkey = { from = \"userName\", transform = [\"lower\"] }\n[users.columns]\nname = \"{name.givenName} {name.familyName}\"\nlogin_copy = \"userName\"\n[groups]\ntable = \"g\"\nkey_column = \"name\"\nkey = \"id\"\n",
+        )
+        .unwrap();
+        let c = CompiledTarget::compile(&raw, 0).unwrap();
+        let e = c
+            .render_user(
+                &json!({"userName": "O'Brien, J=\"x\";--", "name": {"givenName": "A", "familyName": "B"}}),
+                &|_, _| None,
+            )
+            .unwrap();
+        assert_eq!(e.key, "o'brien, j=\"x\";--");
+        assert_eq!(e.attrs["name"], ["A B"]);
+        assert_eq!(e.attrs["login_copy"], ["O'Brien, J=\"x\";--"]);
+        assert!(!e.attrs.contains_key("uid"));
+        assert_eq!(
+            c.render_user(&json!({"name": {"givenName": "A"}}), &|_, _| None)
+                .unwrap_err(),
+            MapError::MissingKey {
+                rule: "userName".into()
+            }
+        );
+        assert_eq!(c.render_group(&json!({"id": "g-1"})).unwrap().key, "g-1");
+        assert_eq!(c.member_key("o'brien", None), Some("o'brien".into()));
+    }
 }
