@@ -249,4 +249,28 @@ mod tests {
         assert_eq!(map.name, "corp");
         assert_eq!(target.name(), "corp");
     }
+
+    #[test]
+    fn build_sql_target_and_name_its_password_key() {
+        let text = |extra: &str| {
+            format!(
+                "name = \"app\"\ntype = \"sql\"\nurl = \"postgres://app@127.0.0.1:1/app\"\n{extra}\n[users]\ntable = \"u\"\nkey_column = \"login\"\nkey = \"userName\"\n[users.columns]\nname = \"displayName\"\n"
+            )
+        };
+        let raw: RawTarget = toml::from_str(&text("")).unwrap();
+        let (map, target) = build(&raw, 0).unwrap();
+        assert_eq!((map.name.as_str(), target.name()), ("app", "app"));
+        let raw: RawTarget = toml::from_str(&text(
+            "password_env = \"SCIM_SYNC_TEST_SURELY_UNSET_VARIABLE\"",
+        ))
+        .unwrap();
+        let errors = build(&raw, 2).unwrap_err();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].key, "targets[2].password_env");
+        let raw: RawTarget =
+            toml::from_str(&text("").replace("key_column = \"login\"", "key_column = \"lo gin\""))
+                .unwrap();
+        let errors = build(&raw, 1).unwrap_err();
+        assert_eq!(errors[0].key, "targets[1].users.key_column");
+    }
 }
