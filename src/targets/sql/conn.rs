@@ -328,7 +328,10 @@ fn connect_error(e: &ConnectionError, what: &str) -> TargetError {
         _ => TargetError {
             class: ErrorClass::Transient,
             code: Some("connect".into()),
-            message: format!("{what}: {}", e.to_string().trim()),
+            message: format!(
+                "{what}: {} (retried; check the url, the server and the password)",
+                e.to_string().trim()
+            ),
         },
     }
 }
@@ -337,16 +340,23 @@ fn connect_error(e: &ConnectionError, what: &str) -> TargetError {
 /// deadlocks, serialization failures, lock timeouts, a busy or read-only SQLite file,
 /// statement timeouts and a server shutting down.
 const TRANSIENT_TEXT: &[&str] = &[
-    "deadlock",
-    "could not serialize",
-    "lock timeout",
-    "lock wait timeout",
+    "deadlock detected",
+    "deadlock found",
+    "could not serialize access",
+    "canceling statement due to lock timeout",
+    "lock wait timeout exceeded",
     "canceling statement due to statement timeout",
-    "statement timeout",
-    "max_statement_time",
+    "max_statement_time exceeded",
     "terminating connection",
     "server closed the connection",
-    "connection",
+    "no connection to the server",
+    "connection reset",
+    "connection refused",
+    "connection was killed",
+    "broken pipe",
+    "could not receive data",
+    "could not send data",
+    "ssl connection has been closed",
     "gone away",
     "lost connection",
     "server shutdown",
@@ -355,7 +365,8 @@ const TRANSIENT_TEXT: &[&str] = &[
     "database table is locked",
     "database is busy",
     "readonly database",
-    "read-only",
+    "read-only transaction",
+    "read-only option",
     "disk i/o error",
     "unable to open database",
     "too many connections",
@@ -458,6 +469,8 @@ mod tests {
             "Data too long for column 'x' at row 1",
             "column \"nope\" does not exist",
             "no such table: x",
+            "relation \"connections\" does not exist",
+            "Unknown column 'deadlock_count' in 'field list'",
             "invalid input syntax for type integer",
         ] {
             let e =
