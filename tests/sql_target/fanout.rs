@@ -16,7 +16,9 @@ fn config(slapd: &Slapd, pw: &std::path::Path, legacy: &LegacyDb) -> String {
     format!(
         r#"
 [reconcile]
-workers = 2
+# One worker per target: with two, a group applied while its member's create is in flight
+# can lose the member's "membership" re-queue (a reconciler race reported separately).
+workers = 1
 max_attempts = 3
 backoff_base_ms = 60000
 backoff_max_ms = 600000

@@ -894,6 +894,42 @@ async fn sqlite_permanent_errors() {
     permanent_errors(Flavor::Sqlite).await;
 }
 
+/// Several workers syncing at once each get a connection; every row lands once.
+async fn concurrent_syncs(flavor: Flavor) {
+    let db = LegacyDb::new(flavor);
+    let (map, t) = build(&db.url, "", MAPPING);
+    let users: Vec<Value> = (0..24).map(|i| user(&format!("c{i:02}"))).collect();
+    let desired: Vec<Desired> = users.iter().map(|u| desired_user(&map, u)).collect();
+    let prior = Prior::default();
+    let results =
+        futures_util::future::join_all(desired.iter().map(|d| t.sync(Some(d), &prior, false)))
+            .await;
+    for r in results {
+        r.unwrap();
+    }
+    for i in 0..24 {
+        assert_eq!(
+            db.user(&format!("c{i:02}"), "first_name").as_deref(),
+            Some("Barbara")
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_concurrent_syncs() {
+    concurrent_syncs(Flavor::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_concurrent_syncs() {
+    concurrent_syncs(Flavor::Mariadb).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_concurrent_syncs() {
+    concurrent_syncs(Flavor::Sqlite).await;
+}
+
 #[tokio::test]
 async fn postgres_lifecycle() {
     lifecycle(Flavor::Postgres).await;

@@ -1,6 +1,7 @@
 //! The connection to one legacy database: an enum over diesel's PostgreSQL, MySQL (MariaDB)
-//! and SQLite connections chosen by the URL, connected lazily, dropped after any error (the
-//! next sync reconnects), and used only on `spawn_blocking` threads with a bound on each job.
+//! and SQLite connections chosen by the URL, connected lazily, one per concurrent sync (a few
+//! kept idle), dropped after any error (the next sync reconnects), and used only on
+//! `spawn_blocking` threads with a bound on each job.
 //! Every diesel failure leaves this file as a classified [`TargetError`]. Must not decide what
 //! to change (that is `apply.rs`) and never formats a value into SQL.
 
@@ -12,6 +13,7 @@ use diesel::connection::SimpleConnection;
 use diesel::result::{ConnectionError, DatabaseErrorKind, Error as DieselError};
 use diesel::sql_types::{BigInt, Bool, Nullable, Text};
 use diesel::{Connection, MysqlConnection, PgConnection, RunQueryDsl, SqliteConnection};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// A bound value, typed so that each backend receives the parameter type it expects.
@@ -112,7 +114,10 @@ impl Conn {
         match self {
             Conn::Pg(c) => c.transaction(|c| f(c)),
             Conn::Mysql(c) => c.transaction(|c| f(c)),
-            Conn::Sqlite(c) => c.transaction(|c| f(c)),
+            // BEGIN IMMEDIATE: a deferred transaction that reads and then writes fails at once
+            // with "database is locked" when another writer got there first (the busy timeout
+            // is not applied to a lock upgrade); taking the write lock up front waits instead.
+            Conn::Sqlite(c) => c.immediate_transaction(|c| f(c)),
         }
     }
 }
@@ -121,7 +126,7 @@ impl Conn {
 pub struct SqlTarget {
     pub(super) settings: Arc<Settings>,
     url: Arc<String>,
-    slot: Arc<Mutex<Option<Conn>>>,
+    idle: Arc<Mutex<Vec<Conn>>>,
 }
 
 impl std::fmt::Debug for SqlTarget {
@@ -171,7 +176,7 @@ impl SqlTarget {
         Ok(SqlTarget {
             settings: Arc::new(settings),
             url: Arc::new(url),
-            slot: Arc::new(Mutex::new(None)),
+            idle: Arc::new(Mutex::new(Vec::new())),
         })
     }
 
@@ -181,9 +186,10 @@ impl SqlTarget {
         &self.settings
     }
 
-    /// Run `f` on a blocking thread with the connection (connecting first if needed), bounded
-    /// by the connect timeout plus the statement timeout. Any error drops the connection, so
-    /// the next call reconnects.
+    /// Run `f` on a blocking thread with the idle connection (connecting first if there is
+    /// none), bounded by the connect timeout plus twice the statement timeout. Any error drops
+    /// the connection, so the next call reconnects. Concurrent calls (several workers) each
+    /// use their own connection; up to `MAX_IDLE` idle ones are kept.
     pub(super) async fn with_conn<T: Send + 'static>(
         &self,
         what: &str,
@@ -191,22 +197,39 @@ impl SqlTarget {
     ) -> Result<T, TargetError> {
         let settings = Arc::clone(&self.settings);
         let url = Arc::clone(&self.url);
-        let slot = Arc::clone(&self.slot);
+        let idle = Arc::clone(&self.idle);
         let bound = settings.connect_timeout + settings.timeout + settings.timeout;
+        // Set when this call returns or is dropped: a job the blocking pool has not started
+        // yet then does nothing, so a stale sync never runs after the caller gave up.
+        let abandoned = Arc::new(AtomicBool::new(false));
+        let _abandon_on_return = SetOnDrop(Arc::clone(&abandoned));
         let job = tokio::task::spawn_blocking(move || {
-            let mut guard = match slot.lock() {
-                Ok(g) => g,
-                Err(poisoned) => poisoned.into_inner(),
-            };
-            if guard.is_none() {
-                *guard = Some(establish(&settings, &url)?);
+            if abandoned.load(Ordering::SeqCst) {
+                return Err(transient(
+                    "the caller gave up before the operation started".into(),
+                ));
             }
-            let Some(conn) = guard.as_mut() else {
-                return Err(transient("no connection".into()));
+            // Take an idle connection (or open one): a job that hangs holds only its own
+            // connection, and the next job simply uses or opens another.
+            let taken = match idle.lock() {
+                Ok(mut g) => g.pop(),
+                Err(poisoned) => poisoned.into_inner().pop(),
             };
-            let result = f(&settings, conn);
-            if result.is_err() {
-                *guard = None;
+            let mut conn = match taken {
+                Some(c) => c,
+                None => establish(&settings, &url)?,
+            };
+            let result = f(&settings, &mut conn);
+            // Any error drops the connection (the next job reconnects); a healthy one is kept
+            // for the next job, up to MAX_IDLE of them.
+            if result.is_ok() {
+                let mut g = match idle.lock() {
+                    Ok(g) => g,
+                    Err(poisoned) => poisoned.into_inner(),
+                };
+                if g.len() < MAX_IDLE {
+                    g.push(conn);
+                }
             }
             result
         });
@@ -223,6 +246,18 @@ impl SqlTarget {
                 message: format!("{what}: timed out after {}s", bound.as_secs()),
             }),
         }
+    }
+}
+
+/// Idle connections kept per target (about one per reconciler worker).
+const MAX_IDLE: usize = 4;
+
+/// Sets its flag when dropped.
+struct SetOnDrop(Arc<AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
     }
 }
 
