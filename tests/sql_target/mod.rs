@@ -563,6 +563,11 @@ async fn outage(flavor: Flavor) {
             let e = t.sync(Some(&d), &p, false).await.unwrap_err();
             assert_eq!(e.class, ErrorClass::Transient, "{e:?}");
             locker.batch_execute("COMMIT").unwrap();
+            // A writer holding only the write (reserved) lock does not stop a dry run's reads.
+            locker.batch_execute("BEGIN IMMEDIATE").unwrap();
+            let dry = t.sync(Some(&d), &p, true).await.unwrap();
+            assert_eq!(dry.changes.len(), 1, "{:?}", dry.changes);
+            locker.batch_execute("COMMIT").unwrap();
         }
         _ => {
             // Unreachable server first, then connections killed under a live target.

@@ -41,7 +41,7 @@ pub(super) fn sync(
     dry_run: bool,
 ) -> Result<Outcome, TargetError> {
     let what = format!("sync in target {}", s.name);
-    let result = conn.transaction(|db| {
+    let result = conn.transaction(!dry_run, |db| {
         let mut tx = Tx {
             db,
             s,
@@ -90,7 +90,7 @@ pub(super) fn healthcheck(s: &Settings, conn: &mut Conn) -> Result<(), TargetErr
         }
     }
     let what = format!("healthcheck of target {}", s.name);
-    conn.transaction(|db| {
+    conn.transaction(false, |db| {
         for (table, cols) in &checks {
             let exprs: Vec<String> = cols.iter().map(|c| b.as_text(c)).collect();
             let sql = format!("SELECT {} AS v FROM {table} LIMIT 1", b.json_array(&exprs));

@@ -107,8 +107,10 @@ pub(super) enum Conn {
 
 impl Conn {
     /// Run `f` in one transaction (committed when it returns `Ok`, rolled back otherwise).
+    /// `writes`: the transaction may write (SQLite then takes the write lock up front).
     pub(super) fn transaction<T>(
         &mut self,
+        writes: bool,
         f: impl FnOnce(&mut dyn Db) -> Result<T, TxError>,
     ) -> Result<T, TxError> {
         match self {
@@ -117,7 +119,8 @@ impl Conn {
             // BEGIN IMMEDIATE: a deferred transaction that reads and then writes fails at once
             // with "database is locked" when another writer got there first (the busy timeout
             // is not applied to a lock upgrade); taking the write lock up front waits instead.
-            Conn::Sqlite(c) => c.immediate_transaction(|c| f(c)),
+            Conn::Sqlite(c) if writes => c.immediate_transaction(|c| f(c)),
+            Conn::Sqlite(c) => c.transaction(|c| f(c)),
         }
     }
 }
