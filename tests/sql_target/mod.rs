@@ -498,6 +498,17 @@ async fn lifecycle(flavor: Flavor) {
         .await
         .unwrap();
     assert!(again.changes.is_empty(), "{:?}", again.changes);
+    let hg = t
+        .sync(
+            Some(&desired_group(&map, "o'ps\"; --", &[hostile])),
+            &Prior::default(),
+            false,
+        )
+        .await
+        .unwrap();
+    assert_eq!(db.members("o'ps\"; --"), [hostile]);
+    t.sync(None, &prior(&hg), false).await.unwrap();
+    assert!(db.members("o'ps\"; --").is_empty());
     let mut bad = user("numbers");
     bad["externalId"] = json!("12; DROP TABLE app_users");
     let e = t
