@@ -361,6 +361,13 @@ async fn fail(
     let labels = TargetLabels {
         target: t.name.clone(),
     };
+    // The store keeps the row pending when a newer change arrived meanwhile (it deserves its
+    // own attempts): check, on this rare path, before calling it a dead letter.
+    let dead = dead
+        && match rec.inner.store.dead_letters(Some(&t.name)).await {
+            Ok(rows) => rows.iter().any(|r| r.id == item.id),
+            Err(_) => true,
+        };
     if dead {
         count(&t.name, "dead");
         metrics().dead_letters.get_or_create(&labels).inc();
