@@ -1,4 +1,5 @@
-//! The one integration-test binary (every extra `tests/*.rs` is another link): a module per area.
+//! The one integration-test binary (every extra `tests/*.rs` is another link): a `mod` per area
+//! (STYLE.md §8). Areas share `harness`.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -13,4 +14,5 @@ mod ldap_target;
 mod process;
 mod reconcile;
 mod scim_api;
+mod sql_target;
 mod tidy;

@@ -26,12 +26,15 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 
-/// One `[[targets]]` entry, tagged by `type`. The SQL variant is added by the SQL target.
+/// One `[[targets]]` entry, tagged by `type`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
+#[allow(clippy::large_enum_variant)] // parsed once at load; boxing buys nothing
 pub enum RawTarget {
     /// `type = "ldap"`.
     Ldap(RawLdapTarget),
+    /// `type = "sql"`: a legacy application database (PostgreSQL, MariaDB/MySQL, SQLite).
+    Sql(RawSqlTarget),
 }
 
 impl RawTarget {
@@ -40,6 +43,7 @@ impl RawTarget {
     pub fn name(&self) -> &str {
         match self {
             RawTarget::Ldap(t) => &t.name,
+            RawTarget::Sql(t) => &t.name,
         }
     }
 }
@@ -294,6 +298,246 @@ pub struct RawRuleTable {
     pub by: Option<RefBy>,
 }
 
+/// A SQL target (`type = "sql"`): one users table, optionally a groups table and a
+/// membership join table. See `docs/legacy-sql.md`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSqlTarget {
+    /// The target's name (logs, metrics, `target_state`).
+    pub name: String,
+    /// `postgres://user@host[:port]/db`, `mysql://user@host[:port]/db` (MariaDB or MySQL) or
+    /// `sqlite:///path/to/file.db`. Never with a password in it.
+    pub url: String,
+    /// File holding the database password (systemd `LoadCredential=`).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Environment variable holding the database password.
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// Connect timeout.
+    #[serde(default = "default_connect_timeout_secs")]
+    pub connect_timeout_secs: u64,
+    /// Per-statement and lock-wait timeout (and the bound on one whole sync).
+    #[serde(default = "default_timeout_secs")]
+    pub timeout_secs: u64,
+    /// A row with our key that scim-sync did not create: `conflict` or `adopt`.
+    #[serde(default)]
+    pub on_existing: OnExisting,
+    /// How users are mapped.
+    pub users: RawSqlUsers,
+    /// How groups are mapped (groups are not provisioned when absent).
+    #[serde(default)]
+    pub groups: Option<RawSqlGroups>,
+}
+
+/// `[targets.users]` of a SQL target.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSqlUsers {
+    /// The table, `name` or `schema.name`.
+    pub table: String,
+    /// The column identifying a row.
+    pub key_column: String,
+    /// The rule giving the key value (`"userName"`, `"externalId"`, `"id"`, ...), optionally
+    /// with a type: `{ from = "externalId", type = "integer" }`.
+    pub key: RawSqlColumn,
+    /// Column name -> rule (with an optional type conversion).
+    #[serde(default)]
+    pub columns: BTreeMap<String, RawSqlColumn>,
+    /// What `active = false` does (nothing but column updates when absent).
+    #[serde(default)]
+    pub deactivate: Option<RawSqlDeactivate>,
+    /// What a SCIM DELETE does.
+    #[serde(default)]
+    pub on_delete: OnDelete,
+}
+
+/// How a SQL target marks inactive users.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SqlDeactivatePolicy {
+    /// Set `column` to `value`; reactivation sets `active_value`.
+    Flag,
+    /// Set `column` to the database's current time; reactivation sets it to NULL.
+    Timestamp,
+    /// Delete the row; reactivation inserts it again.
+    Delete,
+}
+
+/// `[targets.users.deactivate]` of a SQL target.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSqlDeactivate {
+    /// `flag`, `timestamp` or `delete`.
+    pub policy: SqlDeactivatePolicy,
+    /// The column set by `flag` and `timestamp` (must not be a mapped column).
+    #[serde(default)]
+    pub column: Option<String>,
+    /// `flag`: the value while inactive (`"N"`, `0`, `false`).
+    #[serde(default)]
+    pub value: Option<RawSqlValue>,
+    /// `flag`: the value while active (`"Y"`, `1`, `true`).
+    #[serde(default)]
+    pub active_value: Option<RawSqlValue>,
+}
+
+/// A literal column value in the config: its TOML type decides how it is bound.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum RawSqlValue {
+    /// A boolean (bound as a boolean).
+    Bool(bool),
+    /// An integer (bound as a 64-bit integer).
+    Integer(i64),
+    /// A string (bound as text).
+    Text(String),
+}
+
+/// How a column value is converted before it is bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SqlColumnType {
+    /// Text, as rendered.
+    #[default]
+    Text,
+    /// A 64-bit integer (a rendered value that is not an integer is a permanent error).
+    Integer,
+    /// A boolean (`true`/`false`, `TRUE`/`FALSE`, `1`/`0`).
+    Boolean,
+    /// An RFC 3339 timestamp, written as UTC.
+    Timestamp,
+    /// A legacy flag: a true value writes `true`, a false one `false` (`"Y"`/`"N"`, `1`/`0`).
+    Flag,
+}
+
+/// A column rule: a string (path or template) or a table (the rule-table keys plus `type`,
+/// `true`, `false`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum RawSqlColumn {
+    /// `"userName"`, `"{name.givenName} {name.familyName}"`.
+    Expr(String),
+    /// `{ from = .., type = .., true = .., false = .. }` and the other rule-table forms.
+    Table(RawSqlColumnTable),
+}
+
+/// The table form of a column rule.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSqlColumnTable {
+    /// A path or template.
+    #[serde(default)]
+    pub from: Option<String>,
+    /// Transforms applied in order: `lower`, `upper`, `trim`, `first`.
+    #[serde(default)]
+    pub transform: Vec<String>,
+    /// Value used when the source yields none.
+    #[serde(default)]
+    pub default: Option<OneOrMany>,
+    /// A fixed value.
+    #[serde(default)]
+    pub constant: Option<OneOrMany>,
+    /// A path yielding identifiers of other users; renders their key values.
+    #[serde(default)]
+    pub reference: Option<String>,
+    /// What the reference identifies (`id`, `userName`, `externalId`).
+    #[serde(default)]
+    pub by: Option<RefBy>,
+    /// The conversion (`text` by default).
+    #[serde(default, rename = "type")]
+    pub column_type: SqlColumnType,
+    /// `type = "flag"`: the value written for true.
+    #[serde(default, rename = "true")]
+    pub true_value: Option<RawSqlValue>,
+    /// `type = "flag"`: the value written for false.
+    #[serde(default, rename = "false")]
+    pub false_value: Option<RawSqlValue>,
+}
+
+impl RawSqlColumn {
+    /// The mapping rule of this column (the type conversion left out).
+    #[must_use]
+    pub fn rule(&self) -> RawRule {
+        match self {
+            RawSqlColumn::Expr(e) => RawRule::Expr(e.clone()),
+            RawSqlColumn::Table(t) => RawRule::Table(RawRuleTable {
+                from: t.from.clone(),
+                transform: t.transform.clone(),
+                default: t.default.clone(),
+                constant: t.constant.clone(),
+                reference: t.reference.clone(),
+                by: t.by,
+            }),
+        }
+    }
+
+    /// The column's type conversion.
+    #[must_use]
+    pub fn column_type(&self) -> SqlColumnType {
+        match self {
+            RawSqlColumn::Expr(_) => SqlColumnType::Text,
+            RawSqlColumn::Table(t) => t.column_type,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RawSqlColumn {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ColumnVisitor;
+        impl<'de> Visitor<'de> for ColumnVisitor {
+            type Value = RawSqlColumn;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a path or template string, or a column rule table")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawSqlColumn, E> {
+                Ok(RawSqlColumn::Expr(v.to_owned()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawSqlColumn, A::Error> {
+                RawSqlColumnTable::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(RawSqlColumn::Table)
+            }
+        }
+        deserializer.deserialize_any(ColumnVisitor)
+    }
+}
+
+/// `[targets.groups]` of a SQL target.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSqlGroups {
+    /// The table, `name` or `schema.name`.
+    pub table: String,
+    /// The column identifying a row.
+    pub key_column: String,
+    /// The rule giving the key value (`"displayName"`, `"id"`, ...).
+    pub key: RawSqlColumn,
+    /// Column name -> rule.
+    #[serde(default)]
+    pub columns: BTreeMap<String, RawSqlColumn>,
+    /// The membership join table (membership is not written when absent).
+    #[serde(default)]
+    pub membership: Option<RawSqlMembership>,
+}
+
+/// `[targets.groups.membership]`: one row per (group, member).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSqlMembership {
+    /// The join table, `name` or `schema.name`.
+    pub table: String,
+    /// The join-table column identifying the group.
+    pub group_column: String,
+    /// Which column of the groups table `group_column` holds (default: `groups.key_column`;
+    /// e.g. a surrogate `group_id`).
+    #[serde(default)]
+    pub group_holds: Option<String>,
+    /// The join-table column identifying the member.
+    pub user_column: String,
+    /// Which column of the users table `user_column` holds (default: `users.key_column`;
+    /// e.g. a surrogate `user_id`).
+    #[serde(default)]
+    pub user_holds: Option<String>,
+}
+
 impl<'de> Deserialize<'de> for RawRule {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct RuleVisitor;
@@ -352,7 +596,9 @@ placeholder_member = "cn=nobody"
     #[test]
     fn parses_full_ldap_target_with_defaults() {
         let f: File = toml::from_str(MINIMAL).unwrap();
-        let RawTarget::Ldap(t) = &f.targets[0];
+        let RawTarget::Ldap(t) = &f.targets[0] else {
+            panic!("ldap")
+        };
         assert_eq!(f.targets[0].name(), "corp");
         assert_eq!(t.connect_timeout_secs, 5);
         assert_eq!(t.timeout_secs, 30);

@@ -4,7 +4,9 @@
 
 use super::dn::parse_dn;
 use super::path::Path;
-use crate::config::target::{MemberValue, RawLdapTarget, RawRule, RawTarget, RefBy};
+use crate::config::target::{
+    MemberValue, RawLdapTarget, RawRule, RawSqlColumn, RawSqlTarget, RawTarget, RefBy,
+};
 use std::collections::BTreeSet;
 
 /// A configuration problem, with the full key it concerns.
@@ -127,7 +129,10 @@ pub(crate) enum Rule {
 /// The compiled mapping of one resource type (users or groups).
 #[derive(Debug, Clone, PartialEq)]
 pub struct KindMap {
+    /// LDAP: the DN template (empty for SQL targets).
     pub(crate) dn: Template,
+    /// SQL: the rule whose first value is the entry's key (`None` for LDAP: the DN is the key).
+    pub(crate) key_rule: Option<(String, Rule)>,
     /// The naming attribute of the DN template's first RDN, lower-cased.
     pub(crate) rdn_attr: String,
     pub(crate) object_classes: Vec<String>,
@@ -171,6 +176,7 @@ impl CompiledTarget {
     pub fn compile(raw: &RawTarget, index: usize) -> Result<CompiledTarget, Vec<ConfigError>> {
         match raw {
             RawTarget::Ldap(t) => compile_ldap(t, index),
+            RawTarget::Sql(t) => compile_sql(t, index),
         }
     }
 
@@ -340,8 +346,105 @@ fn compile_kind(
     }
     Some(KindMap {
         dn: dn_template?,
+        key_rule: None,
         rdn_attr,
         object_classes: object_classes.to_vec(),
+        rules,
+    })
+}
+
+/// SQL targets: the key rule and the column rules use the same compiler as LDAP attributes;
+/// the entry's key is the key rule's first value and `attrs` are the lower-cased columns.
+/// Identifiers, types and the deactivation options are checked by `targets::sql::Settings`.
+fn compile_sql(t: &RawSqlTarget, index: usize) -> Result<CompiledTarget, Vec<ConfigError>> {
+    let base = format!("targets[{index}]");
+    let mut errors = Vec::new();
+    if t.name.trim().is_empty() {
+        errors.push(ConfigError::new(
+            format!("{base}.name"),
+            "must not be empty",
+        ));
+    }
+    let users = compile_sql_kind(
+        &format!("{base}.users"),
+        &t.users.key,
+        &t.users.columns,
+        true,
+        &mut errors,
+    );
+    let groups = t.groups.as_ref().map(|g| {
+        compile_sql_kind(
+            &format!("{base}.groups"),
+            &g.key,
+            &g.columns,
+            false,
+            &mut errors,
+        )
+    });
+    match (users, groups) {
+        (Some(users), groups) if errors.is_empty() => Ok(CompiledTarget {
+            name: t.name.clone(),
+            users,
+            groups: groups.flatten(),
+            role_groups: Vec::new(),
+            remove_inactive_from_groups: false,
+            member_value: MemberValue::Dn,
+        }),
+        _ => Err(errors),
+    }
+}
+
+fn compile_sql_kind(
+    key: &str,
+    key_rule: &RawSqlColumn,
+    columns: &std::collections::BTreeMap<String, RawSqlColumn>,
+    allow_references: bool,
+    errors: &mut Vec<ConfigError>,
+) -> Option<KindMap> {
+    let before = errors.len();
+    let key_text = match key_rule.rule() {
+        RawRule::Expr(e) => e,
+        RawRule::Table(t) => t.from.unwrap_or_default(),
+    };
+    let compiled_key = match compile_rule(&key_rule.rule(), false) {
+        Ok(r @ Rule::Expr { .. }) => Some(r),
+        Ok(_) => {
+            errors.push(ConfigError::new(
+                format!("{key}.key"),
+                "the key must come from the resource (a path or template, not a constant)",
+            ));
+            None
+        }
+        Err(e) => {
+            errors.push(ConfigError::new(format!("{key}.key"), e));
+            None
+        }
+    };
+    let mut rules = Vec::new();
+    let mut seen = BTreeSet::new();
+    for (name, raw) in columns {
+        let ckey = format!("{key}.columns.{name}");
+        let lower = name.to_ascii_lowercase();
+        if !seen.insert(lower.clone()) {
+            errors.push(ConfigError::new(
+                &ckey,
+                "column mapped twice (names are case-insensitive)",
+            ));
+            continue;
+        }
+        match compile_rule(&raw.rule(), allow_references) {
+            Ok(rule) => rules.push((lower, rule)),
+            Err(msg) => errors.push(ConfigError::new(&ckey, msg)),
+        }
+    }
+    if errors.len() > before {
+        return None;
+    }
+    Some(KindMap {
+        dn: Template { parts: Vec::new() },
+        key_rule: compiled_key.map(|r| (key_text, r)),
+        rdn_attr: String::new(),
+        object_classes: Vec::new(),
         rules,
     })
 }
@@ -506,7 +609,9 @@ title = { from = "title", transform = ["trim", "upper"], default = "none" }"#,
     #[test]
     fn bad_dn_templates_and_duplicates() {
         let mut t = target("cn = \"userName\"\nCN = \"userName\"");
-        let RawTarget::Ldap(l) = &mut t;
+        let RawTarget::Ldap(l) = &mut t else {
+            panic!("ldap")
+        };
         l.users.dn = "uid={userName}".into();
         l.users.object_classes.clear();
         let e: Vec<String> = CompiledTarget::compile(&t, 3)
@@ -531,7 +636,9 @@ title = { from = "title", transform = ["trim", "upper"], default = "none" }"#,
             "uid={user..Name},dc=x",
             "{userName}",
         ] {
-            let RawTarget::Ldap(l) = &mut t;
+            let RawTarget::Ldap(l) = &mut t else {
+                panic!("ldap")
+            };
             l.users.dn = dn.into();
             assert!(CompiledTarget::compile(&t, 0).is_err(), "accepted {dn}");
         }
@@ -543,5 +650,45 @@ title = { from = "title", transform = ["trim", "upper"], default = "none" }"#,
         assert_eq!(t.parts.len(), 2);
         assert!(Template::parse("a } b").is_err());
         assert!(Template::parse("{}").is_err());
+    }
+
+    fn sql_target(key: &str, columns: &str) -> RawTarget {
+        toml::from_str(&format!(
+            "name = \"app\"\ntype = \"sql\"\nurl = \"sqlite:///x.db\"\n[users]\ntable = \"u\"\nkey_column = \"login\"\nkey = {key}\n[users.columns]\n{columns}\n[groups]\ntable = \"g\"\nkey_column = \"name\"\nkey = \"displayName\"\n"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn sql_columns_use_the_same_rules_and_report_their_keys() {
+        let ok = CompiledTarget::compile(
+            &sql_target(
+                "'emails[primary eq true].value'",
+                "first_name = \"name.givenName\"\nflag = { from = \"active\", type = \"flag\", true = \"Y\", false = \"N\" }\nmgr = { reference = \"manager.value\" }",
+            ),
+            0,
+        )
+        .unwrap();
+        assert!(ok.users.object_classes().is_empty());
+        assert_eq!(ok.users.attribute_names(), ["first_name", "flag", "mgr"]);
+        let e: Vec<String> = CompiledTarget::compile(
+            &sql_target(
+                "{ constant = \"x\" }",
+                "a = \"name..x\"\nc = { from = \"x\", transform = [\"lowr\"] }\nD = \"userName\"\nd = \"userName\"",
+            ),
+            4,
+        )
+        .unwrap_err()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+        for want in [
+            "targets[4].users.key: the key must come from the resource",
+            "targets[4].users.columns.a: ",
+            "targets[4].users.columns.c: unknown transform",
+            "targets[4].users.columns.d: column mapped twice",
+        ] {
+            assert!(e.iter().any(|m| m.starts_with(want)), "{want} in {e:?}");
+        }
     }
 }

@@ -17,6 +17,12 @@ pub enum MapError {
         /// The variable, as written in the template.
         variable: String,
     },
+    /// A SQL target's key rule has no value in the resource.
+    #[error("the key rule {rule:?} has no value")]
+    MissingKey {
+        /// The key rule, as written in the config.
+        rule: String,
+    },
     /// Groups are rendered but the target maps no groups.
     #[error("this target does not map groups")]
     NoGroupMapping,
@@ -120,35 +126,18 @@ fn render(
             }
         }
     }
+    if let Some((text, rule)) = &map.key_rule {
+        dn = eval_rule(rule, doc, refs)
+            .into_iter()
+            .find(|v| !v.is_empty())
+            .ok_or_else(|| MapError::MissingKey { rule: text.clone() })?;
+    }
     let mut attrs: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (name, rule) in &map.rules {
-        let values = match rule {
-            Rule::Constant(v) => v.clone(),
-            Rule::Expr {
-                source,
-                transforms,
-                default,
-            } => {
-                let v = apply_transforms(eval_source(source, doc), transforms);
-                if v.is_empty() {
-                    default.clone()
-                } else {
-                    v
-                }
-            }
-            Rule::Reference {
-                path,
-                by,
-                transforms,
-            } => {
-                let resolved = path.eval(doc).iter().filter_map(|v| refs(*by, v)).collect();
-                apply_transforms(resolved, transforms)
-            }
-        };
-        attrs.insert(name.clone(), dedup(values));
+        attrs.insert(name.clone(), dedup(eval_rule(rule, doc, refs)));
     }
     // LDAP requires the RDN value among the naming attribute's values.
-    if let Some(rv) = rdn_value {
+    if let Some(rv) = rdn_value.filter(|_| map.key_rule.is_none()) {
         if is_rdn_whole_value(&map.dn) {
             let vals = attrs.entry(map.rdn_attr.clone()).or_default();
             if !vals.iter().any(|v| v.to_lowercase() == rv.to_lowercase()) {
@@ -161,6 +150,36 @@ fn render(
         object_classes: map.object_classes.clone(),
         attrs,
     })
+}
+
+fn eval_rule(
+    rule: &Rule,
+    doc: &Value,
+    refs: &dyn Fn(RefBy, &str) -> Option<String>,
+) -> Vec<String> {
+    match rule {
+        Rule::Constant(v) => v.clone(),
+        Rule::Expr {
+            source,
+            transforms,
+            default,
+        } => {
+            let v = apply_transforms(eval_source(source, doc), transforms);
+            if v.is_empty() {
+                default.clone()
+            } else {
+                v
+            }
+        }
+        Rule::Reference {
+            path,
+            by,
+            transforms,
+        } => {
+            let resolved = path.eval(doc).iter().filter_map(|v| refs(*by, v)).collect();
+            apply_transforms(resolved, transforms)
+        }
+    }
 }
 
 /// True when the first RDN's value is exactly one variable (`uid={userName},...`), so the
@@ -314,5 +333,33 @@ title = "title""#,
         let g = c.render_group(&json!({"displayName": "Ops"})).unwrap();
         assert_eq!(g.key, "cn=Ops,ou=Groups,dc=example,dc=com");
         assert_eq!(g.attrs["cn"], ["Ops"]);
+    }
+
+    #[test]
+    fn sql_keys_are_plain_values_and_missing_keys_are_errors() {
+        let raw: RawTarget = toml::from_str(
+            "name = \"app\"\ntype = \"sql\"\nurl = \"sqlite:///x.db\"\n[users]\ntable = \"u\"\nkey_column = \"login\"\nkey = { from = \"userName\", transform = [\"lower\"] }\n[users.columns]\nname = \"{name.givenName} {name.familyName}\"\nlogin_copy = \"userName\"\n[groups]\ntable = \"g\"\nkey_column = \"name\"\nkey = \"id\"\n",
+        )
+        .unwrap();
+        let c = CompiledTarget::compile(&raw, 0).unwrap();
+        let e = c
+            .render_user(
+                &json!({"userName": "O'Brien, J=\"x\";--", "name": {"givenName": "A", "familyName": "B"}}),
+                &|_, _| None,
+            )
+            .unwrap();
+        assert_eq!(e.key, "o'brien, j=\"x\";--");
+        assert_eq!(e.attrs["name"], ["A B"]);
+        assert_eq!(e.attrs["login_copy"], ["O'Brien, J=\"x\";--"]);
+        assert!(!e.attrs.contains_key("uid"));
+        assert_eq!(
+            c.render_user(&json!({"name": {"givenName": "A"}}), &|_, _| None)
+                .unwrap_err(),
+            MapError::MissingKey {
+                rule: "userName".into()
+            }
+        );
+        assert_eq!(c.render_group(&json!({"id": "g-1"})).unwrap().key, "g-1");
+        assert_eq!(c.member_key("o'brien", None), Some("o'brien".into()));
     }
 }

@@ -3,6 +3,7 @@
 //! [`Desired`] state and the [`Prior`] bookkeeping, and records the [`Outcome`].
 
 pub mod ldap;
+pub mod sql;
 
 use crate::config::target::RawTarget;
 use crate::mapping::{CompiledTarget, ConfigError, Entry};
@@ -96,9 +97,12 @@ pub trait Target {
 
 /// Every target implementation, dispatched by `match` (a closed set, no `dyn`).
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // built once per target, lives as long as the daemon
 pub enum AnyTarget {
     /// An LDAP directory.
     Ldap(ldap::LdapTarget),
+    /// A legacy application database.
+    Sql(sql::SqlTarget),
 }
 
 impl AnyTarget {
@@ -107,6 +111,7 @@ impl AnyTarget {
     pub fn name(&self) -> &str {
         match self {
             AnyTarget::Ldap(t) => &t.settings().name,
+            AnyTarget::Sql(t) => &t.settings().name,
         }
     }
 }
@@ -115,6 +120,7 @@ impl Target for AnyTarget {
     async fn healthcheck(&self) -> Result<(), TargetError> {
         match self {
             AnyTarget::Ldap(t) => t.healthcheck().await,
+            AnyTarget::Sql(t) => t.healthcheck().await,
         }
     }
 
@@ -126,6 +132,7 @@ impl Target for AnyTarget {
     ) -> Result<Outcome, TargetError> {
         match self {
             AnyTarget::Ldap(t) => t.sync(desired, prior, dry_run).await,
+            AnyTarget::Sql(t) => t.sync(desired, prior, dry_run).await,
         }
     }
 }
@@ -162,6 +169,30 @@ pub fn build(
                         }]
                     })?;
                     Ok((map, AnyTarget::Ldap(target)))
+                }
+                (map, settings) => {
+                    let mut errors = map.err().unwrap_or_default();
+                    errors.extend(settings.err().unwrap_or_default());
+                    Err(errors)
+                }
+            }
+        }
+        RawTarget::Sql(t) => {
+            let map = CompiledTarget::compile(raw, index);
+            let settings = sql::Settings::from_raw(t, index);
+            match (map, settings) {
+                (Ok(map), Ok(settings)) => {
+                    let key = match &settings.password {
+                        ldap::PasswordSource::Env(_) => "password_env",
+                        _ => "password_file",
+                    };
+                    let target = sql::SqlTarget::new(settings).map_err(|e| {
+                        vec![ConfigError {
+                            key: format!("targets[{index}].{key}"),
+                            message: e.message,
+                        }]
+                    })?;
+                    Ok((map, AnyTarget::Sql(target)))
                 }
                 (map, settings) => {
                     let mut errors = map.err().unwrap_or_default();
@@ -217,5 +248,29 @@ mod tests {
         let (map, target) = build(&r, 0).unwrap();
         assert_eq!(map.name, "corp");
         assert_eq!(target.name(), "corp");
+    }
+
+    #[test]
+    fn build_sql_target_and_name_its_password_key() {
+        let text = |extra: &str| {
+            format!(
+                "name = \"app\"\ntype = \"sql\"\nurl = \"postgres://app@127.0.0.1:1/app\"\n{extra}\n[users]\ntable = \"u\"\nkey_column = \"login\"\nkey = \"userName\"\n[users.columns]\nname = \"displayName\"\n"
+            )
+        };
+        let raw: RawTarget = toml::from_str(&text("")).unwrap();
+        let (map, target) = build(&raw, 0).unwrap();
+        assert_eq!((map.name.as_str(), target.name()), ("app", "app"));
+        let raw: RawTarget = toml::from_str(&text(
+            "password_env = \"SCIM_SYNC_TEST_SURELY_UNSET_VARIABLE\"",
+        ))
+        .unwrap();
+        let errors = build(&raw, 2).unwrap_err();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].key, "targets[2].password_env");
+        let raw: RawTarget =
+            toml::from_str(&text("").replace("key_column = \"login\"", "key_column = \"lo gin\""))
+                .unwrap();
+        let errors = build(&raw, 1).unwrap_err();
+        assert_eq!(errors[0].key, "targets[1].users.key_column");
     }
 }

@@ -44,7 +44,9 @@ fn build(slapd: &Slapd, head: &str, users: &str, tail: &str) -> (CompiledTarget,
     );
     let raw: RawTarget = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
     let map = CompiledTarget::compile(&raw, 0).unwrap();
-    let RawTarget::Ldap(l) = &raw;
+    let RawTarget::Ldap(l) = &raw else {
+        panic!("ldap")
+    };
     let mut settings = Settings::from_raw(l, 0).unwrap();
     settings.bind_password = PasswordSource::Value(slapd.password().to_owned());
     (map, LdapTarget::new(settings).unwrap())

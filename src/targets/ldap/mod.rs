@@ -46,7 +46,9 @@ mod tests {
             "name = \"t\"\ntype = \"ldap\"\nurl = \"ldap://127.0.0.1:1\"\n[users]\ndn = \"uid={userName},dc=x\"\nobject_classes = [\"person\"]\n",
         )
         .unwrap();
-        let crate::config::target::RawTarget::Ldap(l) = &raw;
+        let crate::config::target::RawTarget::Ldap(l) = &raw else {
+            panic!("ldap")
+        };
         let t = LdapTarget::new(Settings::from_raw(l, 0).unwrap()).unwrap();
         let prior = Prior::default();
         {

@@ -328,7 +328,9 @@ object_classes = ["inetOrgPerson"]
 {users_extra}
 "#
         );
-        let RawTarget::Ldap(t) = toml::from_str::<RawTarget>(&text).unwrap();
+        let RawTarget::Ldap(t) = toml::from_str::<RawTarget>(&text).unwrap() else {
+            panic!("ldap")
+        };
         t
     }
 

@@ -1,0 +1,82 @@
+//! The legacy SQL database target: `settings` (validated config, pure), `dialect` (identifier
+//! validation and quoting, per-backend SQL text), `conn` (diesel connections to PostgreSQL,
+//! MariaDB/MySQL or SQLite, reconnect, blocking work off the runtime, error classification),
+//! `apply` (one resource in one transaction). Never sees SCIM types or the store: it gets a
+//! rendered [`Desired`] (key = the key column's value, attrs = column -> values) and a
+//! [`Prior`].
+//!
+//! Bookkeeping kept in `Outcome.extra` (a JSON object): `kind` (`"user"`/`"group"`, so a
+//! delete knows which table), `deleted_inactive` (policy `delete`), `disabled`
+//! (`on_delete = "disable"`).
+
+pub mod apply;
+pub mod conn;
+pub mod dialect;
+pub mod settings;
+
+pub use conn::SqlTarget;
+pub use settings::Settings;
+
+use crate::targets::{Desired, Outcome, Prior, Target, TargetError};
+
+impl Target for SqlTarget {
+    async fn healthcheck(&self) -> Result<(), TargetError> {
+        self.with_conn("healthcheck", apply::healthcheck).await
+    }
+
+    async fn sync(
+        &self,
+        desired: Option<&Desired>,
+        prior: &Prior,
+        dry_run: bool,
+    ) -> Result<Outcome, TargetError> {
+        let desired = desired.cloned();
+        let prior = prior.clone();
+        self.with_conn("sync", move |s, conn| {
+            apply::sync(s, conn, desired.as_ref(), &prior, dry_run)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send<T: Send>(_: &T) {}
+
+    #[test]
+    fn futures_are_send_so_workers_can_spawn_them() {
+        let raw: crate::config::target::RawTarget = toml::from_str(
+            "name = \"t\"\ntype = \"sql\"\nurl = \"sqlite:///nonexistent/x.db\"\n[users]\ntable = \"u\"\nkey_column = \"k\"\nkey = \"userName\"\n",
+        )
+        .unwrap();
+        let crate::config::target::RawTarget::Sql(l) = &raw else {
+            panic!("sql")
+        };
+        let t = SqlTarget::new(Settings::from_raw(l, 0).unwrap()).unwrap();
+        let prior = Prior::default();
+        assert_send(&t.sync(None, &prior, true));
+        assert_send(&t.healthcheck());
+        let any = crate::targets::AnyTarget::Sql(t);
+        assert_send(&any.sync(None, &prior, true));
+    }
+
+    #[tokio::test]
+    async fn missing_sqlite_file_is_transient_and_never_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("legacy.db");
+        let raw: crate::config::target::RawTarget = toml::from_str(&format!(
+            "name = \"t\"\ntype = \"sql\"\nurl = \"sqlite://{}\"\n[users]\ntable = \"u\"\nkey_column = \"k\"\nkey = \"userName\"\n",
+            path.display()
+        ))
+        .unwrap();
+        let crate::config::target::RawTarget::Sql(l) = &raw else {
+            panic!("sql")
+        };
+        let t = SqlTarget::new(Settings::from_raw(l, 0).unwrap()).unwrap();
+        let e = t.healthcheck().await.unwrap_err();
+        assert_eq!(e.class, crate::targets::ErrorClass::Transient, "{e:?}");
+        assert!(!path.exists());
+    }
+}
