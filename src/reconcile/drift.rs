@@ -189,6 +189,7 @@ async fn record(
         state: "pending".into(),
         enqueued_ms: now,
         claim_epoch: -1,
+        generation: -1,
     };
     let state = TargetState {
         target: t.name.clone(),

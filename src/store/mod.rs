@@ -124,6 +124,9 @@ pub struct OutboxItem {
     pub enqueued_ms: i64,
     /// Fencing epoch of the current claim (checked when settling).
     pub claim_epoch: i64,
+    /// Bumped by every re-queue of the row; settling deletes the row only when neither
+    /// `version` nor `generation` moved since the claim.
+    pub generation: i64,
 }
 
 /// What a target holds for one resource.

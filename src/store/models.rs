@@ -140,6 +140,7 @@ pub(crate) struct OutboxRow {
     #[allow(dead_code)] // the row mirrors the whole table
     pub claimed_until_ms: Option<i64>,
     pub claim_epoch: i64,
+    pub generation: i64,
 }
 
 impl OutboxRow {
@@ -158,6 +159,7 @@ impl OutboxRow {
             state: self.state,
             enqueued_ms: self.enqueued_ms,
             claim_epoch: self.claim_epoch,
+            generation: self.generation,
         })
     }
 }
@@ -179,6 +181,7 @@ pub(crate) struct NewOutbox<'a> {
     pub enqueued_ms: i64,
     pub claimed_until_ms: Option<i64>,
     pub claim_epoch: i64,
+    pub generation: i64,
 }
 
 /// One `target_state` row (also its insertable form).

@@ -78,6 +78,7 @@ fn upsert(
                     outbox::next_attempt_ms.eq(now_ms),
                     outbox::state.eq(PENDING),
                     outbox::last_error.eq(None::<&str>),
+                    outbox::generation.eq(outbox::generation + 1),
                 ))
                 .execute(conn)?;
             if state == DEAD {
@@ -105,6 +106,7 @@ fn upsert(
                     enqueued_ms: now_ms,
                     claimed_until_ms: None,
                     claim_epoch: 0,
+                    generation: 0,
                 })
                 .execute(conn)?;
         }
@@ -271,7 +273,7 @@ pub(crate) fn settle_applied(
             .is_some_and(|r| r.claim_epoch == item.claim_epoch && r.target == item.target);
         upsert_target_state(conn, state, !ours)?;
         if let (true, Some(row)) = (ours, row) {
-            if row.version == item.version {
+            if row.version == item.version && row.generation == item.generation {
                 diesel::delete(outbox::table.find(row.id)).execute(conn)?;
             } else {
                 // A newer change arrived while applying: run again (level-triggered).
@@ -322,7 +324,7 @@ pub(crate) fn settle_failed(
         if row.claim_epoch != item.claim_epoch || row.target != item.target {
             return Ok(());
         }
-        let moved = row.version != item.version;
+        let moved = row.version != item.version || row.generation != item.generation;
         let dead = dead && !moved;
         let next_attempt_ms = if moved { now_ms } else { next_attempt_ms };
         diesel::update(outbox::table.find(row.id))

@@ -40,6 +40,7 @@ diesel::table! {
         enqueued_ms -> BigInt,
         claimed_until_ms -> Nullable<BigInt>,
         claim_epoch -> BigInt,
+        generation -> BigInt,
     }
 }
 

@@ -1984,3 +1984,43 @@ async fn concurrent_migrations_on_postgres_apply_once() {
     .unwrap();
     db.finish().await;
 }
+
+/// A dependant re-queue (same version, e.g. a group whose member was just created) that lands
+/// while the row is claimed must survive the settle of the claim: found by the SQL fan-out
+/// test, where a group ended with no members.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn requeue_during_a_claim_survives_the_settle() {
+    on_both(|store, backend| async move {
+        let id = store
+            .create_user(user("ivy"), None, &ctx(100))
+            .await
+            .unwrap()
+            .id;
+        let item = store
+            .claim(TARGET, 100, 10_000, 10)
+            .await
+            .unwrap()
+            .remove(0);
+        store
+            .enqueue(TARGET, ResourceType::User, &id, "membership", 150)
+            .await
+            .unwrap();
+        store
+            .settle_applied(&item, applied(&item, 1, 200), 200)
+            .await
+            .unwrap();
+        let again = store.claim(TARGET, 200, 10_000, 10).await.unwrap();
+        assert_eq!(again.len(), 1, "{backend}: the re-queue was lost");
+        assert_eq!(again[0].version, 1);
+        store
+            .settle_applied(&again[0], applied(&again[0], 1, 300), 300)
+            .await
+            .unwrap();
+        assert!(store
+            .claim(TARGET, 300, 10_000, 10)
+            .await
+            .unwrap()
+            .is_empty());
+    })
+    .await;
+}

@@ -16,9 +16,9 @@ fn config(slapd: &Slapd, pw: &std::path::Path, legacy: &LegacyDb) -> String {
     format!(
         r#"
 [reconcile]
-# One worker per target: with two, a group applied while its member's create is in flight
-# can lose the member's "membership" re-queue (a reconciler race reported separately).
-workers = 1
+# Several workers per target: a group applied while its member's create is in flight must
+# not lose the member's "membership" re-queue (the outbox generation column guards it).
+workers = 4
 max_attempts = 3
 backoff_base_ms = 60000
 backoff_max_ms = 600000
