@@ -748,3 +748,62 @@ async fn passwords_never_reach_the_database_in_clear() {
         );
     }
 }
+
+#[tokio::test]
+async fn tls_listener_serves_scim_over_https() {
+    let pki = tempfile::tempdir().unwrap();
+    crate::harness::slapd::make_test_pki(pki.path());
+    let server = format!(
+        "tls_cert_file = \"{}\"\ntls_key_file = \"{}\"",
+        pki.path().join("server.pem").display(),
+        pki.path().join("server.key").display()
+    );
+    let t = TestDaemon::start_full(Backend::Sqlite, &server, "").await;
+    let ca =
+        reqwest::Certificate::from_pem(&std::fs::read(pki.path().join("ca.pem")).unwrap()).unwrap();
+    let client = reqwest::Client::builder()
+        .add_root_certificate(ca)
+        .build()
+        .unwrap();
+    let base = format!("https://{}/scim/v2", t.d().scim_addr);
+    let r = client
+        .post(format!("{base}/Users"))
+        .bearer_auth(&t.token)
+        .header("content-type", "application/scim+json")
+        .body(json!({"userName": "tls@example.com"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["meta"]["location"]
+            .as_str()
+            .unwrap()
+            .starts_with("https://"),
+        "{body}"
+    );
+    let r = client
+        .get(format!("{base}/Users"))
+        .bearer_auth(&t.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    // No plain-HTTP fallback on the TLS port.
+    let plain = reqwest::Client::new()
+        .get(format!("http://{}/scim/v2/Users", t.d().scim_addr))
+        .bearer_auth(&t.token)
+        .send()
+        .await;
+    assert!(
+        plain.is_err(),
+        "plain HTTP must not be served on the TLS listener"
+    );
+    // A client that does not trust the CA is refused.
+    let untrusting = reqwest::Client::new()
+        .get(format!("{base}/Users"))
+        .send()
+        .await;
+    assert!(untrusting.is_err());
+}

@@ -44,6 +44,11 @@ impl TestDaemon {
     /// Start with extra TOML appended to the generated config (sections must not repeat the
     /// generated `[server]`, `[admin]`, `[store]` ones; use `[scim]`, `[reconcile]`, `[[targets]]`).
     pub async fn start_with(backend: Backend, extra_toml: &str) -> TestDaemon {
+        Self::start_full(backend, "", extra_toml).await
+    }
+
+    /// As [`TestDaemon::start_with`], with extra keys for the generated `[server]` section.
+    pub async fn start_full(backend: Backend, server_toml: &str, extra_toml: &str) -> TestDaemon {
         let dir = tempfile::tempdir().unwrap();
         let (pg, store_url) = match backend {
             Backend::Sqlite => (None, format!("sqlite://{}/state.db", dir.path().display())),
@@ -54,7 +59,7 @@ impl TestDaemon {
             }
         };
         let config = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace_secs = 5\n[admin]\nlisten = \"127.0.0.1:0\"\n[store]\nurl = \"{store_url}\"\n{extra_toml}\n"
+            "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace_secs = 5\n{server_toml}\n[admin]\nlisten = \"127.0.0.1:0\"\n[store]\nurl = \"{store_url}\"\n{extra_toml}\n"
         );
         let config_path = dir.path().join("scim-sync.toml");
         std::fs::write(&config_path, &config).unwrap();

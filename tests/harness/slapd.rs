@@ -178,6 +178,13 @@ fn make_ca(dir: &Path, name: &str) {
     );
 }
 
+/// A test PKI in `dir`: `ca.pem` (a CA) and `server.pem` / `server.key` for 127.0.0.1 signed by
+/// it. Also used by the HTTPS listener tests.
+pub fn make_test_pki(dir: &Path) {
+    make_ca(dir, "ca");
+    make_server_cert(dir);
+}
+
 fn make_server_cert(dir: &Path) {
     std::fs::write(
         dir.join("server.ext"),
