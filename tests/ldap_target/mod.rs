@@ -977,6 +977,21 @@ async fn hung_server_times_out_as_transient_and_recovers() {
         waited < std::time::Duration::from_secs(10),
         "waited {waited:?}"
     );
-    let o = t.sync(Some(&d), &Prior::default(), false).await.unwrap();
-    assert_eq!(o.changes.len(), 1);
+    // The timed-out add may still have been carried out once slapd resumed: with the intent the
+    // reconciler records before a first create, the retry resumes that entry instead of
+    // refusing it as unmanaged (and otherwise creates it). One change either way.
+    let since_ms = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap()
+        - 60_000;
+    let intent = Prior {
+        key: None,
+        extra: Some(serde_json::json!({"creating": d.entry.key, "since_ms": since_ms})),
+    };
+    let o = t.sync(Some(&d), &intent, false).await.unwrap();
+    assert_eq!(o.changes.len(), 1, "{:?}", o.changes);
 }
