@@ -314,6 +314,12 @@ async fn ldap_throughput(users: usize) {
         e.as_secs_f64(),
         users as f64 / e.as_secs_f64()
     );
+    let t = Instant::now();
+    r.pending().await;
+    println!(
+        "ldap apply: one Store::status call (the drain poll, every 5 ms) with {users} users applied twice: {:.2} ms",
+        ms(t.elapsed())
+    );
     let check = slapd
         .entry(&format!("uid=u0,{PEOPLE}"), &["title"])
         .await
@@ -445,6 +451,9 @@ async fn large_group(size: usize, changes: usize) {
     r.daemon.wake();
     let dead = r.wait_drained(Duration::from_millis(250)).await;
     let drained = t.elapsed();
+    let t_status = Instant::now();
+    r.pending().await;
+    let status_cost = t_status.elapsed();
     println!(
         "group setup: {total} users stored through the store API (concurrency {CONCURRENCY}) in {:.1} s = {:.0}/s",
         stored.as_secs_f64(),
@@ -453,6 +462,10 @@ async fn large_group(size: usize, changes: usize) {
     println!(
         "group setup: {total} users applied to slapd {:.1} s after the first store write (workers running meanwhile, drain polled every 250 ms; {dead} dead)",
         drained.as_secs_f64()
+    );
+    println!(
+        "group setup: one Store::status call with {total} users applied: {:.1} ms",
+        ms(status_cost)
     );
 
     // Setup 2: the group over SCIM, POST with the first 10,000 members then PATCH adds of
