@@ -93,7 +93,7 @@ olcSuffix: {BASE}
 olcRootDN: {ADMIN}
 olcRootPW: {PASSWORD}
 olcDbDirectory: {data}
-olcDbMaxSize: 33554432
+olcDbMaxSize: 1073741824
 olcAccess: {{0}}to attrs=userPassword by self write by anonymous auth by * none
 olcAccess: {{1}}to * by * read
 
