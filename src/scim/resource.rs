@@ -121,6 +121,10 @@ pub struct GroupInput {
 pub const MAX_DEPTH: usize = 32;
 /// Most values accepted in one multi-valued attribute.
 pub const MAX_VALUES: usize = 10_000;
+/// Most members in one `members` list: Okta's App Integration Wizard apps push a group's whole
+/// membership in one PUT, so this is bounded by the group body limit rather than by
+/// [`MAX_VALUES`] (a 16 MiB body holds about 300,000 members).
+pub const MAX_MEMBERS: usize = 1_000_000;
 
 /// How a core attribute is validated and canonicalised.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -236,21 +240,29 @@ pub(crate) fn canonical_urn(urn: &str, schemas: &SchemaSet) -> String {
 }
 
 /// Reject bodies nested deeper than [`MAX_DEPTH`] (400 invalidSyntax) or with more than
-/// [`MAX_VALUES`] values in one array (400 tooMany). Iterative.
+/// [`MAX_VALUES`] values in one array ([`MAX_MEMBERS`] for a `members` list; 400 tooMany).
+/// Iterative.
 pub(crate) fn check_shape(value: &Value) -> Result<(), ScimError> {
-    let mut stack = vec![(value, 1usize)];
-    while let Some((v, depth)) = stack.pop() {
+    let mut stack = vec![(value, 1usize, MAX_VALUES)];
+    while let Some((v, depth, max)) = stack.pop() {
         if depth > MAX_DEPTH {
             return Err(ScimError::invalid_syntax("body is nested too deeply"));
         }
         match v {
-            Value::Array(a) if a.len() > MAX_VALUES => {
+            Value::Array(a) if a.len() > max => {
                 return Err(ScimError::too_many(
                     "too many values in a multi-valued attribute",
                 ))
             }
-            Value::Array(a) => stack.extend(a.iter().map(|c| (c, depth + 1))),
-            Value::Object(o) => stack.extend(o.values().map(|c| (c, depth + 1))),
+            Value::Array(a) => stack.extend(a.iter().map(|c| (c, depth + 1, MAX_VALUES))),
+            Value::Object(o) => stack.extend(o.iter().map(|(k, c)| {
+                let max = if k.eq_ignore_ascii_case("members") {
+                    MAX_MEMBERS
+                } else {
+                    MAX_VALUES
+                };
+                (c, depth + 1, max)
+            })),
             _ => {}
         }
     }
@@ -526,7 +538,7 @@ pub fn parse_group(body: Value, schemas: &SchemaSet) -> Result<GroupInput, ScimE
 /// 400 `invalidValue` for anything else.
 pub fn parse_members(v: &Value) -> Result<Vec<MemberRef>, ScimError> {
     let items = v.as_array().ok_or_else(|| invalid("members", "an array"))?;
-    if items.len() > MAX_VALUES {
+    if items.len() > MAX_MEMBERS {
         return Err(ScimError::too_many("too many members in one request"));
     }
     let mut seen = std::collections::HashSet::new();
@@ -1042,5 +1054,32 @@ mod tests {
         assert!(render_group("g1", &g.data, &meta, None, "https://h")
             .get("members")
             .is_none());
+    }
+}
+
+#[cfg(test)]
+mod member_limit_tests {
+    use super::*;
+
+    /// Okta's wizard apps PUT a group's whole membership: more than `MAX_VALUES` members must
+    /// be accepted (the group body limit bounds it), while other arrays keep the tighter cap.
+    #[test]
+    fn a_full_membership_push_may_exceed_the_per_attribute_cap() {
+        let members: Vec<Value> = (0..MAX_VALUES + 5_000)
+            .map(|i| serde_json::json!({"value": format!("u{i}")}))
+            .collect();
+        let body = serde_json::json!({"displayName": "Everyone", "members": members});
+        let g = parse_group(body, &SchemaSet::default()).unwrap();
+        assert_eq!(g.members.unwrap().len(), MAX_VALUES + 5_000);
+        let emails: Vec<Value> = (0..MAX_VALUES + 1)
+            .map(|i| serde_json::json!({"value": format!("e{i}@x")}))
+            .collect();
+        let user = serde_json::json!({"userName": "a", "emails": emails});
+        assert_eq!(
+            parse_user(user, &SchemaSet::default())
+                .unwrap_err()
+                .scim_type,
+            Some(crate::scim::ScimType::TooMany)
+        );
     }
 }
