@@ -1,6 +1,6 @@
 //! Load benchmarks that print figures (never asserted): `cargo bench --bench load`.
 //!
-//! Parts, chosen with `BENCH=scim,ldap,e2e,group` (or the same list as an argument after `--`;
+//! Parts, chosen with `BENCH=filter,scim,ldap,e2e,group` (or the same list as an argument after `--`;
 //! default: all), each printing one line per figure with its units and sizes:
 //! - `scim`: durable creates per second at concurrency 8 on SQLite, with p50/p99 latency.
 //! - `ldap`: users applied to a local slapd per second (creates, then one-attribute PUTs),
@@ -603,17 +603,69 @@ async fn large_group(size: usize, changes: usize) {
     Arc::try_unwrap(r).ok().unwrap().daemon.shutdown().await;
 }
 
+/// Hostile filters refused while parsing: 100,000 nested parentheses, `not (` chains and a
+/// 4 KiB filter of whitespace runs, each parsed 1,000 times; prints the time per parse.
+fn filter_limits() {
+    use scim_sync::scim::filter::{parse_filter, FilterLimits};
+    let cases = [
+        (
+            "100,000 nested parentheses",
+            format!("{}userName pr{}", "(".repeat(100_000), ")".repeat(100_000)),
+        ),
+        (
+            "2,000 `not (`",
+            format!("{}userName pr{}", "not (".repeat(2_000), ")".repeat(2_000)),
+        ),
+        (
+            "4 KiB of spaces and quotes",
+            format!("userName eq {}", " \"\\".repeat(1_360)),
+        ),
+        (
+            "a valid Okta lookup",
+            "userName eq \"ada@example.com\"".to_string(),
+        ),
+    ];
+    let limits = [
+        ("default limits", FilterLimits::default()),
+        (
+            "length limit 1 MiB, depth limit 32 decides",
+            FilterLimits {
+                max_len: 1 << 20,
+                max_depth: 32,
+            },
+        ),
+    ];
+    for (limit_name, limit) in limits {
+        for (name, filter) in &cases {
+            let n = 1_000u32;
+            let started = Instant::now();
+            let mut refused = 0;
+            for _ in 0..n {
+                if parse_filter(std::hint::black_box(filter), limit).is_err() {
+                    refused += 1;
+                }
+            }
+            let per = started.elapsed() / n;
+            println!(
+                "filter parse, {name} ({} bytes, {limit_name}): {} ns per parse, refused {refused}/{n}",
+                filter.len(),
+                per.as_nanos()
+            );
+        }
+    }
+}
+
 fn main() {
     let arg = std::env::args()
         .skip(1)
         .find(|a| !a.starts_with('-'))
         .or_else(|| std::env::var("BENCH").ok())
-        .unwrap_or_else(|| "scim,ldap,e2e,group".to_owned());
+        .unwrap_or_else(|| "filter,scim,ldap,e2e,group".to_owned());
     let parts: Vec<String> = arg.split(',').map(|s| s.trim().to_owned()).collect();
     for p in &parts {
         assert!(
-            ["scim", "ldap", "e2e", "group"].contains(&p.as_str()),
-            "unknown part {p:?}: choose from scim,ldap,e2e,group"
+            ["filter", "scim", "ldap", "e2e", "group"].contains(&p.as_str()),
+            "unknown part {p:?}: choose from filter,scim,ldap,e2e,group"
         );
     }
     let want = |p: &str| parts.iter().any(|x| x == p);
@@ -621,6 +673,9 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    if want("filter") {
+        filter_limits();
+    }
     rt.block_on(async {
         if want("scim") {
             scim_creates(env_usize("BENCH_USERS", 2000)).await;
