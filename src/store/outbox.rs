@@ -48,8 +48,10 @@ pub(crate) fn enqueue_all(
 /// Coalescing upsert on (target, resource_id). The caller holds the resource row (PostgreSQL
 /// `FOR UPDATE`, SQLite write lock), so two writers never race to insert the same row.
 /// A pending row keeps its `enqueued_ms` (the oldest-pending age stays honest); a dead row
-/// starts over. A claimed row keeps its lease and epoch: settling sees the version moved and
-/// releases it for another round.
+/// starts over. A claimed row keeps its lease and epoch, and its `next_attempt_ms` moves
+/// strictly forward even when the version does not (a dependant re-queued at the same version,
+/// e.g. a group whose member just got its entry): settling sees the version or
+/// `next_attempt_ms` moved and releases it for another round instead of deleting it.
 #[allow(clippy::too_many_arguments)]
 fn upsert(
     conn: &mut DbConnection,
@@ -61,21 +63,33 @@ fn upsert(
     request_id: Option<&str>,
     now_ms: i64,
 ) -> Result<(), StoreError> {
-    let existing: Option<(i64, String)> = outbox::table
+    let existing: Option<(i64, String, i64, Option<i64>)> = outbox::table
         .filter(outbox::target.eq(target))
         .filter(outbox::resource_id.eq(resource_id))
-        .select((outbox::id, outbox::state))
+        .select((
+            outbox::id,
+            outbox::state,
+            outbox::next_attempt_ms,
+            outbox::claimed_until_ms,
+        ))
         .first(conn)
         .optional()?;
     match existing {
-        Some((id, state)) => {
+        Some((id, state, next_attempt_ms, claimed_until_ms)) => {
+            // Claimed: the settle compares `next_attempt_ms` with the claimed item's, so it
+            // must differ from it even within the same millisecond.
+            let next = if claimed_until_ms.is_some() {
+                now_ms.max(next_attempt_ms.saturating_add(1))
+            } else {
+                now_ms
+            };
             diesel::update(outbox::table.find(id))
                 .set((
                     outbox::version.eq(version),
                     outbox::operation.eq(operation),
                     outbox::request_id.eq(request_id),
                     outbox::attempts.eq(0),
-                    outbox::next_attempt_ms.eq(now_ms),
+                    outbox::next_attempt_ms.eq(next),
                     outbox::state.eq(PENDING),
                     outbox::last_error.eq(None::<&str>),
                 ))
@@ -257,6 +271,12 @@ fn settle_ctx(item: &OutboxItem, now_ms: i64) -> AuditCtx {
     }
 }
 
+/// Whether the row was queued again after `item` was claimed: its version moved, or (same
+/// version) `upsert` moved its `next_attempt_ms`, which nothing else changes on a claimed row.
+fn requeued_since_claim(row: &OutboxRow, item: &OutboxItem) -> bool {
+    row.version != item.version || row.next_attempt_ms != item.next_attempt_ms
+}
+
 /// Record success; see [`super::Store::settle_applied`].
 pub(crate) fn settle_applied(
     conn: &mut DbConnection,
@@ -271,10 +291,11 @@ pub(crate) fn settle_applied(
             .is_some_and(|r| r.claim_epoch == item.claim_epoch && r.target == item.target);
         upsert_target_state(conn, state, !ours)?;
         if let (true, Some(row)) = (ours, row) {
-            if row.version == item.version {
+            if !requeued_since_claim(&row, item) {
                 diesel::delete(outbox::table.find(row.id)).execute(conn)?;
             } else {
-                // A newer change arrived while applying: run again (level-triggered).
+                // A newer change (or a dependant re-queue) arrived while applying: run again
+                // (level-triggered).
                 diesel::update(outbox::table.find(row.id))
                     .set(outbox::claimed_until_ms.eq(None::<i64>))
                     .execute(conn)?;
@@ -322,7 +343,7 @@ pub(crate) fn settle_failed(
         if row.claim_epoch != item.claim_epoch || row.target != item.target {
             return Ok(());
         }
-        let moved = row.version != item.version;
+        let moved = requeued_since_claim(&row, item);
         let dead = dead && !moved;
         let next_attempt_ms = if moved { now_ms } else { next_attempt_ms };
         diesel::update(outbox::table.find(row.id))
