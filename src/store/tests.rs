@@ -1126,7 +1126,13 @@ async fn settle_after_a_same_version_requeue_keeps_the_row_pending() {
             .unwrap()
             .remove(0);
         let queued = store
-            .enqueue_many(TARGET, ResourceType::User, &[id.clone()], "membership", 100)
+            .enqueue_many(
+                TARGET,
+                ResourceType::User,
+                std::slice::from_ref(&id),
+                "membership",
+                100,
+            )
             .await
             .unwrap();
         assert_eq!(queued, 1);
@@ -1139,7 +1145,13 @@ async fn settle_after_a_same_version_requeue_keeps_the_row_pending() {
         assert_eq!(again[0].version, 1);
         // The same for a failed apply: released, due at once, not a dead letter.
         store
-            .enqueue_many(TARGET, ResourceType::User, &[id.clone()], "membership", 150)
+            .enqueue_many(
+                TARGET,
+                ResourceType::User,
+                std::slice::from_ref(&id),
+                "membership",
+                150,
+            )
             .await
             .unwrap();
         store
