@@ -336,6 +336,12 @@ async fn process(rec: &Reconciler, t: &TargetRuntime, item: &OutboxItem) -> bool
         let now = now_ms();
         match result {
             Ok(done) => {
+                // Dependants are queued before the settle as well as after it: a crash between
+                // the settle's commit and the queueing would otherwise lose them for good (the
+                // row is gone, and the next apply sees no key or `active` change). Queued first,
+                // they survive any crash; queued again after, a dependant applied before the
+                // settle committed (reading the old state) runs once more. Both are idempotent.
+                enqueue_dependants(rec, t, item.resource_type, &item.resource_id, &done).await;
                 let state = TargetState {
                     target: t.name.clone(),
                     resource_type: item.resource_type,
