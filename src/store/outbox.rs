@@ -556,3 +556,25 @@ pub(crate) fn record_intent(
         Some(_) => Ok(()),
     }
 }
+
+/// Merge one key into an existing state's `extra`; see [`super::Store::note_target_extra`].
+pub(crate) fn note_extra(
+    conn: &mut DbConnection,
+    target: &str,
+    resource_id: &str,
+    key: &str,
+    value: serde_json::Value,
+) -> Result<(), StoreError> {
+    write_tx(conn, |conn| {
+        let Some(mut state) = target_state(conn, target, resource_id)? else {
+            return Ok(());
+        };
+        let mut extra = match state.extra.take() {
+            Some(serde_json::Value::Object(map)) => map,
+            Some(_) | None => serde_json::Map::new(),
+        };
+        extra.insert(key.to_owned(), value.clone());
+        state.extra = Some(serde_json::Value::Object(extra));
+        upsert_target_state(conn, &state, false)
+    })
+}

@@ -400,7 +400,15 @@ async fn sync_user(
         (Some(DeactivatePolicy::Disable), Some(x)) => x.set.clone(),
         _ => BTreeMap::new(),
     };
-    let prev_disabled = str_map(prev.get("disabled"));
+    let mut prev_disabled = str_map(prev.get("disabled"));
+    // A deactivation was started but its outcome never recorded (interrupted before the
+    // settle): the configured values may be ours, and are removed below only if they still
+    // are exactly what the configuration sets.
+    if prev_disabled.is_empty() && prev.get("deactivating").and_then(Value::as_bool) == Some(true) {
+        if let Some(x) = us.deactivate.as_ref() {
+            prev_disabled.clone_from(&x.set);
+        }
+    }
     let mut read_attrs: Vec<String> = us.attributes.clone();
     read_attrs.extend(d.entry.attrs.keys().cloned());
     read_attrs.extend(disable_set.keys().cloned());
