@@ -5,6 +5,7 @@
 //! to the store after slapd is back). Waits are bounded polls of `/readyz`, never fixed sleeps.
 //! Owns nothing outside this file; the harness is shared.
 
+use crate::harness::daemon::{Backend, TestDaemon};
 use crate::harness::slapd::Slapd;
 use ldap3::{Scope, SearchEntry};
 use serde_json::{json, Value};
@@ -38,16 +39,21 @@ fn write_config(dir: &Path, slapd: &Slapd) -> PathBuf {
     let pw = dir.join("ldap.pw");
     std::fs::write(&pw, format!("{}\n", slapd.password())).unwrap();
     let text = format!(
-        r#"[server]
-listen = "127.0.0.1:0"
-shutdown_grace_secs = 10
-[admin]
-listen = "127.0.0.1:0"
-[store]
-url = "sqlite://{db}"
-[log]
-level = "info"
-[reconcile]
+        "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace_secs = 10\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n[store]\nurl = \"sqlite://{db}\"\n\
+         [log]\nlevel = \"info\"\n{target}",
+        db = dir.join("state/scim-sync.db").display(),
+        target = target_toml(slapd, &pw),
+    );
+    let path = dir.join("scim-sync.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// `[reconcile]` and the `corp` target over `slapd`, its bind password in `pw`.
+fn target_toml(slapd: &Slapd, pw: &Path) -> String {
+    format!(
+        r#"[reconcile]
 workers = 4
 poll_interval_ms = 200
 max_attempts = 3
@@ -80,14 +86,10 @@ dn = "cn={{displayName}},{GROUPS}"
 object_classes = ["groupOfNames"]
 placeholder_member = "{PLACEHOLDER}"
 "#,
-        db = dir.join("state/scim-sync.db").display(),
         url = slapd.uri(),
         bind = slapd.bind_dn(),
         pw = pw.display(),
-    );
-    let path = dir.join("scim-sync.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    )
 }
 
 /// `token create --name NAME` (before the daemon runs): the token is the last line of stdout.
@@ -1044,4 +1046,80 @@ async fn ldap_outage_during_pushes_converges() {
     );
     proc.signal("TERM");
     assert_eq!(proc.wait().await.code(), Some(0));
+}
+
+/// The crash window of a deactivation, made deterministic: the disable values reached the
+/// directory but the settle that records them did not (the daemon died), and the user is
+/// reactivated. The note taken before the deactivation's apply lets the reactivation remove
+/// them; the same values on a user never noted as deactivating (an administrator's lock) stay.
+#[tokio::test]
+async fn reactivation_after_an_interrupted_deactivation_unlocks() {
+    let slapd = Slapd::start().await;
+    let secrets = tempfile::tempdir().unwrap();
+    let pw = secrets.path().join("ldap.pw");
+    std::fs::write(&pw, format!("{}\n", slapd.password())).unwrap();
+    let t = TestDaemon::start_with(Backend::Sqlite, &target_toml(&slapd, &pw)).await;
+    let mut ids = Vec::new();
+    for name in ["crashed", "admin-locked"] {
+        let r = t.post("/Users", &user_body(name, "X", true)).await;
+        assert_eq!(r.status.as_u16(), 201, "{}", r.body);
+        ids.push(r.body["id"].as_str().unwrap().to_owned());
+    }
+    t.d().run_pending_reconciles().await;
+    let store = &t.d().store;
+    let paused = t.d().pause_reconcilers().await.unwrap();
+    // What an apply killed after its LDAP write leaves: the note, the values, no record.
+    store
+        .note_target_extra("corp", &ids[0], "deactivating", json!(true))
+        .await
+        .unwrap();
+    let mut ldap = slapd.admin().await;
+    for name in ["crashed", "admin-locked"] {
+        ldap.modify(
+            &user_dn(name),
+            vec![ldap3::Mod::Replace("pwdAccountLockedTime", [LOCKED].into())],
+        )
+        .await
+        .unwrap()
+        .success()
+        .unwrap();
+    }
+    for (i, name) in ["crashed", "admin-locked"].iter().enumerate() {
+        let r = t
+            .put(
+                &format!("/Users/{}", ids[i]),
+                &user_body(name, "Back", true),
+            )
+            .await;
+        assert_eq!(r.status.as_u16(), 200, "{}", r.body);
+    }
+    drop(paused);
+    t.d().run_pending_reconciles().await;
+    let locked = |name: &'static str| {
+        let slapd = &slapd;
+        async move {
+            let e = slapd
+                .entry(&user_dn(name), &["title", "pwdAccountLockedTime"])
+                .await
+                .unwrap();
+            let get = |a: &str| e.iter().find(|(k, _)| k == a).map(|(_, v)| v.clone());
+            assert_eq!(get("title"), Some(vec!["Back".to_owned()]), "{name}");
+            get("pwdaccountlockedtime").is_some()
+        }
+    };
+    assert!(
+        !locked("crashed").await,
+        "the interrupted deactivation stuck"
+    );
+    assert!(
+        locked("admin-locked").await,
+        "an administrator's lock was removed"
+    );
+    let state = store.target_state("corp", &ids[0]).await.unwrap().unwrap();
+    assert_eq!(
+        state.extra.as_ref().and_then(|e| e.get("deactivating")),
+        None,
+        "the settle drops the note"
+    );
+    assert!(store.dead_letters(None).await.unwrap().is_empty());
 }
