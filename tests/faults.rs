@@ -1123,3 +1123,49 @@ async fn reactivation_after_an_interrupted_deactivation_unlocks() {
     );
     assert!(store.dead_letters(None).await.unwrap().is_empty());
 }
+
+/// The crash window of a create of an inactive user: the entry was added with the disable
+/// values, the settle never came, and the user is active again when the apply resumes the
+/// entry. The values the interrupted create set are removed.
+#[tokio::test]
+async fn resuming_an_interrupted_inactive_create_unlocks_a_reactivated_user() {
+    let slapd = Slapd::start().await;
+    let secrets = tempfile::tempdir().unwrap();
+    let pw = secrets.path().join("ldap.pw");
+    std::fs::write(&pw, format!("{}\n", slapd.password())).unwrap();
+    let t = TestDaemon::start_with(Backend::Sqlite, &target_toml(&slapd, &pw)).await;
+    let paused = t.d().pause_reconcilers().await.unwrap();
+    let r = t.post("/Users", &user_body("phoenix", "Risen", true)).await;
+    assert_eq!(r.status.as_u16(), 201, "{}", r.body);
+    // The add of the earlier, inactive version reached the directory as our bind DN.
+    let mut ldap = slapd.admin().await;
+    ldap.add(
+        &user_dn("phoenix"),
+        vec![
+            ("objectClass", ["inetOrgPerson"].into()),
+            ("uid", ["phoenix"].into()),
+            ("cn", ["Given Family-phoenix"].into()),
+            ("sn", ["Family-phoenix"].into()),
+            ("pwdAccountLockedTime", [LOCKED].into()),
+        ],
+    )
+    .await
+    .unwrap()
+    .success()
+    .unwrap();
+    drop(paused);
+    t.d().run_pending_reconciles().await;
+    let e = slapd
+        .entry(&user_dn("phoenix"), &["title", "pwdAccountLockedTime"])
+        .await
+        .unwrap();
+    assert!(
+        !e.iter().any(|(k, _)| k == "pwdaccountlockedtime"),
+        "still locked: {e:?}"
+    );
+    assert!(
+        e.contains(&("title".to_owned(), vec!["Risen".to_owned()])),
+        "{e:?}"
+    );
+    assert!(t.d().store.dead_letters(None).await.unwrap().is_empty());
+}
