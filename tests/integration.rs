@@ -8,6 +8,7 @@
     clippy::disallowed_methods
 )]
 
+mod faults;
 #[allow(dead_code)]
 mod harness;
 mod ldap_target;

@@ -36,6 +36,9 @@ const MAX_DRAIN_ROUNDS: usize = 100_000;
 /// Key of the reconciler's own bookkeeping in `target_state.extra` (a user's SCIM `active`
 /// at the last apply, to notice a flip). Targets ignore keys they do not know.
 pub(crate) const ACTIVE_KEY: &str = "scim_active";
+/// Key noted in `target_state.extra` before a deactivation is applied (see
+/// `note_deactivating`); targets with a reversible deactivation read it.
+pub(crate) const DEACTIVATING_KEY: &str = "deactivating";
 
 /// Why an apply failed.
 #[derive(Debug, thiserror::Error)]
@@ -245,6 +248,42 @@ async fn record_intent(
     })
 }
 
+/// Before a user last applied as active is deactivated, note `"deactivating": true` in its
+/// state, so that if the apply is interrupted after the target wrote its deactivation but
+/// before the settle, a later reactivation knows those values may be ours to undo (the
+/// target's own record of them, written by the settle, never arrived). The settle replaces
+/// the whole `extra`, dropping the note.
+async fn note_deactivating(
+    rec: &Reconciler,
+    t: &TargetRuntime,
+    id: &str,
+    prior: Prior,
+) -> Result<Prior, ApplyError> {
+    let extra = prior.extra.as_ref();
+    let was_active = extra
+        .and_then(|e| e.get(ACTIVE_KEY))
+        .and_then(Value::as_bool);
+    let noted = extra
+        .and_then(|e| e.get(DEACTIVATING_KEY))
+        .and_then(Value::as_bool);
+    if was_active == Some(false) || noted == Some(true) {
+        return Ok(prior);
+    }
+    rec.inner
+        .store
+        .note_target_extra(&t.name, id, DEACTIVATING_KEY, Value::Bool(true))
+        .await?;
+    let mut map = match prior.extra {
+        Some(Value::Object(map)) => map,
+        Some(_) | None => serde_json::Map::new(),
+    };
+    map.insert(DEACTIVATING_KEY.into(), Value::Bool(true));
+    Ok(Prior {
+        key: prior.key,
+        extra: Some(Value::Object(map)),
+    })
+}
+
 /// Render one resource for one target and sync it (or, with `dry_run`, report what would
 /// change). Does not settle anything.
 pub(crate) async fn apply(
@@ -291,6 +330,9 @@ pub(crate) async fn apply(
         (Some(d), None, false) => {
             record_intent(rec, t, resource_type, id, &d.entry.key, prior).await?
         }
+        (Some(d), Some(_), false) if d.kind == Kind::User && !d.active => {
+            note_deactivating(rec, t, id, prior).await?
+        }
         _ => prior,
     };
     let started = Instant::now();
@@ -336,6 +378,12 @@ async fn process(rec: &Reconciler, t: &TargetRuntime, item: &OutboxItem) -> bool
         let now = now_ms();
         match result {
             Ok(done) => {
+                // Dependants are queued before the settle as well as after it: a crash between
+                // the settle's commit and the queueing would otherwise lose them for good (the
+                // row is gone, and the next apply sees no key or `active` change). Queued first,
+                // they survive any crash; queued again after, a dependant applied before the
+                // settle committed (reading the old state) runs once more. Both are idempotent.
+                enqueue_dependants(rec, t, item.resource_type, &item.resource_id, &done).await;
                 let state = TargetState {
                     target: t.name.clone(),
                     resource_type: item.resource_type,

@@ -1133,6 +1133,24 @@ impl Store {
             .await
     }
 
+    /// Merge `key: value` into the `extra` of a resource's existing state in one target,
+    /// leaving its version and key alone (an intent noted before an apply that may be
+    /// interrupted, e.g. a deactivation). Does nothing when there is no state yet.
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    pub async fn note_target_extra(
+        &self,
+        target: &str,
+        resource_id: &str,
+        key: &str,
+        value: Value,
+    ) -> Result<(), StoreError> {
+        let (target, id, key) = (target.to_owned(), resource_id.to_owned(), key.to_owned());
+        self.run(move |conn| outbox::note_extra(conn, &target, &id, &key, value))
+            .await
+    }
+
     /// Every target state of a target (drift repair walks these), in resource id order.
     ///
     /// # Errors

@@ -48,8 +48,10 @@ pub(crate) fn enqueue_all(
 /// Coalescing upsert on (target, resource_id). The caller holds the resource row (PostgreSQL
 /// `FOR UPDATE`, SQLite write lock), so two writers never race to insert the same row.
 /// A pending row keeps its `enqueued_ms` (the oldest-pending age stays honest); a dead row
-/// starts over. A claimed row keeps its lease and epoch: settling sees the version moved and
-/// releases it for another round.
+/// starts over. A claimed row keeps its lease and epoch, and its `next_attempt_ms` moves
+/// strictly forward even when the version does not (a dependant re-queued at the same version,
+/// e.g. a group whose member just got its entry): settling sees the version or
+/// `next_attempt_ms` moved and releases it for another round instead of deleting it.
 #[allow(clippy::too_many_arguments)]
 fn upsert(
     conn: &mut DbConnection,
@@ -69,6 +71,7 @@ fn upsert(
         .optional()?;
     match existing {
         Some((id, state)) => {
+            // `generation` + 1 tells a settle of an earlier claim that the row was queued again.
             diesel::update(outbox::table.find(id))
                 .set((
                     outbox::version.eq(version),
@@ -259,6 +262,12 @@ fn settle_ctx(item: &OutboxItem, now_ms: i64) -> AuditCtx {
     }
 }
 
+/// Whether the row was queued again after `item` was claimed: its version moved, or (same
+/// version, a dependant re-queue) its generation did.
+fn requeued_since_claim(row: &OutboxRow, item: &OutboxItem) -> bool {
+    row.version != item.version || row.generation != item.generation
+}
+
 /// Record success; see [`super::Store::settle_applied`].
 pub(crate) fn settle_applied(
     conn: &mut DbConnection,
@@ -273,10 +282,11 @@ pub(crate) fn settle_applied(
             .is_some_and(|r| r.claim_epoch == item.claim_epoch && r.target == item.target);
         upsert_target_state(conn, state, !ours)?;
         if let (true, Some(row)) = (ours, row) {
-            if row.version == item.version && row.generation == item.generation {
+            if !requeued_since_claim(&row, item) {
                 diesel::delete(outbox::table.find(row.id)).execute(conn)?;
             } else {
-                // A newer change arrived while applying: run again (level-triggered).
+                // A newer change (or a dependant re-queue) arrived while applying: run again
+                // (level-triggered).
                 diesel::update(outbox::table.find(row.id))
                     .set(outbox::claimed_until_ms.eq(None::<i64>))
                     .execute(conn)?;
@@ -324,7 +334,7 @@ pub(crate) fn settle_failed(
         if row.claim_epoch != item.claim_epoch || row.target != item.target {
             return Ok(());
         }
-        let moved = row.version != item.version || row.generation != item.generation;
+        let moved = requeued_since_claim(&row, item);
         let dead = dead && !moved;
         let next_attempt_ms = if moved { now_ms } else { next_attempt_ms };
         diesel::update(outbox::table.find(row.id))
@@ -536,4 +546,26 @@ pub(crate) fn record_intent(
         }
         Some(_) => Ok(()),
     }
+}
+
+/// Merge one key into an existing state's `extra`; see [`super::Store::note_target_extra`].
+pub(crate) fn note_extra(
+    conn: &mut DbConnection,
+    target: &str,
+    resource_id: &str,
+    key: &str,
+    value: serde_json::Value,
+) -> Result<(), StoreError> {
+    write_tx(conn, |conn| {
+        let Some(mut state) = target_state(conn, target, resource_id)? else {
+            return Ok(());
+        };
+        let mut extra = match state.extra.take() {
+            Some(serde_json::Value::Object(map)) => map,
+            Some(_) | None => serde_json::Map::new(),
+        };
+        extra.insert(key.to_owned(), value.clone());
+        state.extra = Some(serde_json::Value::Object(extra));
+        upsert_target_state(conn, &state, false)
+    })
 }

@@ -1108,6 +1108,69 @@ async fn settle_with_a_moved_version_keeps_the_row_pending() {
     .await;
 }
 
+/// A dependant re-queued at the same version while its row is claimed (a group whose member
+/// just got its entry, queued by the member's apply while the group's apply is in flight)
+/// must run again: the settle of the stale apply may not delete the row. Same millisecond as
+/// the claim on purpose.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn settle_after_a_same_version_requeue_keeps_the_row_pending() {
+    on_both(|store, backend| async move {
+        let id = store
+            .create_user(user("ivy"), None, &ctx(100))
+            .await
+            .unwrap()
+            .id;
+        let item = store
+            .claim(TARGET, 100, 10_000, 10)
+            .await
+            .unwrap()
+            .remove(0);
+        let queued = store
+            .enqueue_many(
+                TARGET,
+                ResourceType::User,
+                std::slice::from_ref(&id),
+                "membership",
+                100,
+            )
+            .await
+            .unwrap();
+        assert_eq!(queued, 1);
+        store
+            .settle_applied(&item, applied(&item, 1, 100), 100)
+            .await
+            .unwrap();
+        let again = store.claim(TARGET, 200, 10_000, 10).await.unwrap();
+        assert_eq!(again.len(), 1, "{backend}: the re-queue was lost");
+        assert_eq!(again[0].version, 1);
+        // The same for a failed apply: released, due at once, not a dead letter.
+        store
+            .enqueue_many(
+                TARGET,
+                ResourceType::User,
+                std::slice::from_ref(&id),
+                "membership",
+                150,
+            )
+            .await
+            .unwrap();
+        store
+            .settle_failed(&again[0], "boom", 999_999, true, 210)
+            .await
+            .unwrap();
+        assert!(store.dead_letters(Some(TARGET)).await.unwrap().is_empty());
+        let third = store.claim(TARGET, 220, 10_000, 10).await.unwrap();
+        assert_eq!(third.len(), 1, "{backend}: released for another round");
+        store
+            .settle_applied(&third[0], applied(&third[0], 1, 230), 230)
+            .await
+            .unwrap();
+        let status = store.status(&[TARGET.into()]).await.unwrap();
+        assert_eq!((status[0].pending, status[0].dead), (0, 0), "{backend}");
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn dead_letters_can_be_listed_retried_and_discarded() {
     on_both(|store, backend| async move {

@@ -13,6 +13,9 @@ use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashSet};
 
+/// How `locate` reports an entry left by an interrupted create of ours (a dry-run line).
+const RESUME: &str = "resume: ";
+
 /// Values per membership modify (large groups are changed in chunks).
 const MEMBER_CHUNK: usize = 500;
 
@@ -237,7 +240,7 @@ async fn locate(
             let cur = t.read(desired_dn, attrs).await?;
             if cur.is_some() && created_by_interrupted_apply(t, prior, desired_dn).await? {
                 ex.changes.push(format!(
-                    "resume: {desired_dn} (created by an interrupted apply)"
+                    "{RESUME}{desired_dn} (created by an interrupted apply)"
                 ));
             } else if cur.is_some() {
                 match t.settings.on_existing {
@@ -400,11 +403,22 @@ async fn sync_user(
         (Some(DeactivatePolicy::Disable), Some(x)) => x.set.clone(),
         _ => BTreeMap::new(),
     };
-    let prev_disabled = str_map(prev.get("disabled"));
+    let mut prev_disabled = str_map(prev.get("disabled"));
+    // A deactivation was started but its outcome never recorded (interrupted before the
+    // settle): the configured values may be ours, and are removed below only if they still
+    // are exactly what the configuration sets.
+    if prev_disabled.is_empty() && prev.get("deactivating").and_then(Value::as_bool) == Some(true) {
+        if let Some(x) = us.deactivate.as_ref() {
+            prev_disabled.clone_from(&x.set);
+        }
+    }
     let mut read_attrs: Vec<String> = us.attributes.clone();
     read_attrs.extend(d.entry.attrs.keys().cloned());
     read_attrs.extend(disable_set.keys().cloned());
     read_attrs.extend(prev_disabled.keys().cloned());
+    if let Some(x) = us.deactivate.as_ref() {
+        read_attrs.extend(x.set.keys().cloned());
+    }
     if !read_attrs.iter().any(|a| a == "uid") {
         read_attrs.push("uid".into());
     }
@@ -418,6 +432,13 @@ async fn sync_user(
     let pw_sha = password.as_deref().map(sha256_hex);
 
     let current = locate(ex, prior, &desired_dn, &read_attrs).await?;
+    // An entry our interrupted create left may carry the disable values it was added with
+    // (the user was inactive then): like an interrupted deactivation, they may be ours.
+    if prev_disabled.is_empty() && ex.changes.iter().any(|c| c.starts_with(RESUME)) {
+        if let Some(x) = us.deactivate.as_ref() {
+            prev_disabled.clone_from(&x.set);
+        }
+    }
     let mut current = current;
     if current.is_none() {
         let mut extra_attrs = disable_set.clone();
