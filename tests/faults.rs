@@ -60,7 +60,9 @@ poll_interval_ms = 200
 max_attempts = 3
 backoff_base_ms = 100
 backoff_max_ms = 1000
-lease_secs = 3
+# The default lease: claims left by the killed process are released at startup (SQLite
+# instance lock held), so recovery does not wait for them to expire.
+lease_secs = 120
 [[targets]]
 name = "corp"
 type = "ldap"

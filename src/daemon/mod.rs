@@ -130,6 +130,14 @@ impl Daemon {
         for name in &applied {
             tracing::info!(migration = %name, "Applied migration.");
         }
+        match store.release_stale_claims().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                released = n,
+                "Released outbox claims left by a previous process."
+            ),
+            Err(error) => tracing::warn!(error = %error, "Cannot release stale outbox claims."),
+        }
         let target_names: Vec<String> = settings
             .raw
             .targets

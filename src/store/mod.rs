@@ -1121,6 +1121,28 @@ impl Store {
             .await
     }
 
+    /// Release every outbox claim left by a previous process, when this store holds the
+    /// SQLite instance lock (so no other daemon can be applying): after a `kill -9`, claimed
+    /// rows would otherwise wait out their lease before anyone retried them. Does nothing on
+    /// PostgreSQL, where other instances may hold live claims. Returns how many were released.
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    pub async fn release_stale_claims(&self) -> Result<u64, StoreError> {
+        if self.inner._instance_lock.is_none() {
+            return Ok(0);
+        }
+        self.run(|conn| {
+            use crate::store::schema::outbox;
+            use diesel::{ExpressionMethods, QueryDsl, RunQueryDsl};
+            let n = diesel::update(outbox::table.filter(outbox::claimed_until_ms.is_not_null()))
+                .set(outbox::claimed_until_ms.eq(None::<i64>))
+                .execute(conn)?;
+            Ok(u64::try_from(n).unwrap_or(0))
+        })
+        .await
+    }
+
     /// Before a target first creates a resource's entry, remember the intent (`state.extra`,
     /// e.g. `{"creating": DN, "since_ms": t}`, with no key), so that an entry left by an apply
     /// interrupted before [`Store::settle_applied`] is recognised as ours. Does nothing when the
