@@ -3,14 +3,13 @@
 
 use crate::http::body::{query_pairs, read_json};
 use crate::http::error::{json, no_content, Resp};
-use crate::http::router::{check_if_match, store_error, with_etag, Call};
+use crate::http::router::{check_if_match, created, selection, store_error, with_etag, Call};
 use crate::scim::list::{list_response, parse_list_query, project, AttrSelection};
 use crate::scim::patch::{apply_group_patch, parse_patch, MemberOp};
 use crate::scim::resource::{parse_group, render_group};
 use crate::scim::ScimError;
 use crate::store::{GroupUpdate, StoredGroup};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, LOCATION};
 use hyper::Request;
 use serde_json::Value;
 
@@ -34,21 +33,6 @@ async fn render(call: &Call, group: &StoredGroup, sel: &AttrSelection) -> Result
         &call.base_url,
     );
     Ok(project(value, sel))
-}
-
-fn selection(call: &Call, query: Option<&str>) -> Result<AttrSelection, ScimError> {
-    let pairs: Vec<(String, String)> = query_pairs(query)
-        .into_iter()
-        .filter(|(k, _)| {
-            k.eq_ignore_ascii_case("attributes") || k.eq_ignore_ascii_case("excludedAttributes")
-        })
-        .collect();
-    Ok(parse_list_query(
-        &pairs,
-        call.settings.filter_limits,
-        call.settings.max_page_size,
-    )?
-    .attributes)
 }
 
 /// `GET /Groups`: members only when asked for (Entra sends `excludedAttributes=members`).
@@ -93,11 +77,13 @@ pub async fn create(call: &Call, req: Request<Incoming>) -> Result<Resp, ScimErr
     call.ctx.wake.notify_waiters();
     let sel = selection(call, query.as_deref())?;
     let value = render(call, &group, &sel).await?;
-    let mut resp = with_etag(json(201, &value), group.meta.version);
-    if let Ok(loc) = HeaderValue::from_str(&format!("{}/Groups/{}", call.base_url, group.id)) {
-        resp.headers_mut().insert(LOCATION, loc);
-    }
-    Ok(resp)
+    Ok(created(
+        call,
+        "Groups",
+        &group.id,
+        json(201, &value),
+        group.meta.version,
+    ))
 }
 
 /// `GET /Groups/{id}`.

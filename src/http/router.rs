@@ -6,6 +6,7 @@ use crate::http::auth::Auth;
 use crate::http::body::{query_pairs, read_json};
 use crate::http::error::{self, Resp};
 use crate::http::{discovery, groups, users, HttpSettings, ScimContext};
+use crate::scim::list::{parse_list_query, AttrSelection};
 use crate::scim::resource::etag;
 use crate::scim::ScimError;
 use crate::store::{AuditCtx, StoreError};
@@ -36,6 +37,34 @@ pub fn store_error(e: StoreError) -> ScimError {
             ScimError::status(500, "Internal error.")
         }
     }
+}
+
+/// The `attributes` / `excludedAttributes` selection of a request's query string.
+///
+/// # Errors
+/// 400 for malformed values.
+pub fn selection(call: &Call, query: Option<&str>) -> Result<AttrSelection, ScimError> {
+    let pairs: Vec<(String, String)> = query_pairs(query)
+        .into_iter()
+        .filter(|(k, _)| {
+            k.eq_ignore_ascii_case("attributes") || k.eq_ignore_ascii_case("excludedAttributes")
+        })
+        .collect();
+    Ok(parse_list_query(
+        &pairs,
+        call.settings.filter_limits,
+        call.settings.max_page_size,
+    )?
+    .attributes)
+}
+
+/// A 201 answer: `ETag` and `Location` (`<base>/<endpoint>/<id>`) on `resp`.
+pub fn created(call: &Call, endpoint: &str, id: &str, resp: Resp, version: i64) -> Resp {
+    let mut resp = with_etag(resp, version);
+    if let Ok(loc) = HeaderValue::from_str(&format!("{}/{endpoint}/{id}", call.base_url)) {
+        resp.headers_mut().insert(hyper::header::LOCATION, loc);
+    }
+    resp
 }
 
 /// Add the `ETag` header.

@@ -1,16 +1,15 @@
 //! `/Users`: list, create, get, replace, patch, delete. Handlers parse with the pure SCIM core,
 //! hash or drop passwords at once, and commit through the store before answering.
 
-use crate::http::body::{query_pairs, read_json};
+use crate::http::body::read_json;
 use crate::http::error::{json, no_content, Resp};
-use crate::http::router::{check_if_match, store_error, with_etag, Call};
+use crate::http::router::{check_if_match, created, selection, store_error, with_etag, Call};
 use crate::scim::list::{list_response, parse_list_query, project, AttrSelection};
 use crate::scim::patch::{apply_user_patch, parse_patch};
 use crate::scim::resource::{parse_user, render_user, UserInput};
 use crate::scim::ScimError;
 use crate::store::{StoredUser, UserUpdate};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, LOCATION};
 use hyper::Request;
 use serde_json::Value;
 
@@ -35,21 +34,6 @@ async fn render(call: &Call, user: &StoredUser, sel: &AttrSelection) -> Result<V
         &call.base_url,
     );
     Ok(project(value, sel))
-}
-
-fn selection(call: &Call, query: Option<&str>) -> Result<AttrSelection, ScimError> {
-    let pairs: Vec<(String, String)> = query_pairs(query)
-        .into_iter()
-        .filter(|(k, _)| {
-            k.eq_ignore_ascii_case("attributes") || k.eq_ignore_ascii_case("excludedAttributes")
-        })
-        .collect();
-    Ok(parse_list_query(
-        &pairs,
-        call.settings.filter_limits,
-        call.settings.max_page_size,
-    )?
-    .attributes)
 }
 
 /// Fix `active` (default `fallback`) into the body and take the password out, hashed.
@@ -105,11 +89,13 @@ pub async fn create(call: &Call, req: Request<Incoming>) -> Result<Resp, ScimErr
     call.ctx.wake.notify_waiters();
     let sel = selection(call, query.as_deref())?;
     let value = render(call, &user, &sel).await?;
-    let mut resp = with_etag(json(201, &value), user.meta.version);
-    if let Ok(loc) = HeaderValue::from_str(&format!("{}/Users/{}", call.base_url, user.id)) {
-        resp.headers_mut().insert(LOCATION, loc);
-    }
-    Ok(resp)
+    Ok(created(
+        call,
+        "Users",
+        &user.id,
+        json(201, &value),
+        user.meta.version,
+    ))
 }
 
 /// `GET /Users/{id}`.
