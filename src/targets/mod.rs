@@ -72,6 +72,16 @@ pub struct TargetError {
     pub message: String,
 }
 
+/// A permanent configuration failure found while building a target (unreadable secret or CA
+/// file, bad URL).
+pub(crate) fn config_error(message: String) -> TargetError {
+    TargetError {
+        class: ErrorClass::Permanent,
+        code: Some("config".into()),
+        message,
+    }
+}
+
 /// A target. `async fn` in a trait over a closed set of implementations (see [`AnyTarget`]).
 #[allow(async_fn_in_trait)]
 pub trait Target {

@@ -5,9 +5,9 @@
 //! failure leaves this file as a classified [`TargetError`]. Must not decide what to change.
 
 use super::codes;
-use super::settings::{PasswordSource, Settings};
+use super::settings::Settings;
 use crate::mapping::Entry;
-use crate::targets::{ErrorClass, TargetError};
+use crate::targets::{config_error, ErrorClass, TargetError};
 use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, LdapError, LdapResult, Scope, SearchEntry};
 use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
@@ -29,14 +29,6 @@ impl std::fmt::Debug for LdapTarget {
     }
 }
 
-fn config_error(message: String) -> TargetError {
-    TargetError {
-        class: ErrorClass::Permanent,
-        code: Some("config".into()),
-        message,
-    }
-}
-
 impl LdapTarget {
     /// Build the target: resolve the bind password (file or environment) and load the CA
     /// file. Does not connect (see `healthcheck`).
@@ -44,26 +36,9 @@ impl LdapTarget {
     /// # Errors
     /// An unreadable password or CA file, a missing environment variable (permanent).
     pub fn new(settings: Settings) -> Result<LdapTarget, TargetError> {
-        let password = match &settings.bind_password {
-            PasswordSource::None => None,
-            PasswordSource::Value(v) => Some(v.clone()),
-            PasswordSource::Env(var) => Some(std::env::var(var).map_err(|_| {
-                config_error(format!(
-                    "target {}: environment variable {var} is not set",
-                    settings.name
-                ))
-            })?),
-            PasswordSource::File(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    config_error(format!(
-                        "target {}: cannot read bind_password_file {}: {e}",
-                        settings.name,
-                        path.display()
-                    ))
-                })?;
-                Some(text.trim_end_matches(['\r', '\n']).to_owned())
-            }
-        };
+        let password = settings
+            .bind_password
+            .resolve(&settings.name, "bind_password_file")?;
         let tls = match &settings.ca_file {
             None => None,
             Some(path) => Some(Arc::new(load_ca(path).map_err(|e| {

@@ -24,6 +24,37 @@ pub enum PasswordSource {
     Value(String),
 }
 
+impl PasswordSource {
+    /// The password itself: read the file (trailing newline stripped) or the environment
+    /// variable. `target` and `key` name the target and the config key in errors.
+    ///
+    /// # Errors
+    /// An unreadable file or an unset variable (permanent).
+    pub fn resolve(
+        &self,
+        target: &str,
+        key: &str,
+    ) -> Result<Option<String>, crate::targets::TargetError> {
+        match self {
+            PasswordSource::None => Ok(None),
+            PasswordSource::Value(v) => Ok(Some(v.clone())),
+            PasswordSource::Env(var) => std::env::var(var).map(Some).map_err(|_| {
+                crate::targets::config_error(format!(
+                    "target {target}: environment variable {var} is not set"
+                ))
+            }),
+            PasswordSource::File(path) => std::fs::read_to_string(path)
+                .map(|text| Some(text.trim_end_matches(['\r', '\n']).to_owned()))
+                .map_err(|e| {
+                    crate::targets::config_error(format!(
+                        "target {target}: cannot read {key} {}: {e}",
+                        path.display()
+                    ))
+                }),
+        }
+    }
+}
+
 impl std::fmt::Debug for PasswordSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

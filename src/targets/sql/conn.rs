@@ -7,8 +7,7 @@
 
 use super::dialect::Backend;
 use super::settings::Settings;
-use crate::targets::ldap::PasswordSource;
-use crate::targets::{ErrorClass, TargetError};
+use crate::targets::{config_error, ErrorClass, TargetError};
 use diesel::connection::SimpleConnection;
 use diesel::result::{ConnectionError, DatabaseErrorKind, Error as DieselError};
 use diesel::sql_types::{BigInt, Bool, Nullable, Text};
@@ -140,14 +139,6 @@ impl std::fmt::Debug for SqlTarget {
     }
 }
 
-fn config_error(message: String) -> TargetError {
-    TargetError {
-        class: ErrorClass::Permanent,
-        code: Some("config".into()),
-        message,
-    }
-}
-
 impl SqlTarget {
     /// Build the target: resolve the password (file or environment) into the connection URL.
     /// Does not connect (see `healthcheck`).
@@ -155,26 +146,7 @@ impl SqlTarget {
     /// # Errors
     /// An unreadable password file or a missing environment variable (permanent).
     pub fn new(settings: Settings) -> Result<SqlTarget, TargetError> {
-        let password = match &settings.password {
-            PasswordSource::None => None,
-            PasswordSource::Value(v) => Some(v.clone()),
-            PasswordSource::Env(var) => Some(std::env::var(var).map_err(|_| {
-                config_error(format!(
-                    "target {}: environment variable {var} is not set",
-                    settings.name
-                ))
-            })?),
-            PasswordSource::File(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    config_error(format!(
-                        "target {}: cannot read password_file {}: {e}",
-                        settings.name,
-                        path.display()
-                    ))
-                })?;
-                Some(text.trim_end_matches(['\r', '\n']).to_owned())
-            }
-        };
+        let password = settings.password.resolve(&settings.name, "password_file")?;
         let url = connection_url(&settings, password.as_deref());
         Ok(SqlTarget {
             settings: Arc::new(settings),
@@ -480,7 +452,7 @@ mod tests {
     #[test]
     fn debug_never_shows_the_password() {
         let mut s = settings("postgres://app@h/db");
-        s.password = PasswordSource::Value("hunter2".into());
+        s.password = crate::targets::ldap::PasswordSource::Value("hunter2".into());
         let t = SqlTarget::new(s).unwrap();
         assert!(!format!("{t:?}").contains("hunter2"));
     }
