@@ -1172,3 +1172,116 @@ async fn resuming_an_interrupted_inactive_create_unlocks_a_reactivated_user() {
     );
     assert!(t.d().store.dead_letters(None).await.unwrap().is_empty());
 }
+
+/// Wall-clock ms, as the workers' clock reads it.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// The `member` values of a group entry, lower case and sorted.
+async fn members_of(slapd: &Slapd, group: &str) -> Vec<String> {
+    let e = slapd.entry(&group_dn(group), &["member"]).await.unwrap();
+    let mut v: Vec<String> = e
+        .into_iter()
+        .find(|(k, _)| k == "member")
+        .map(|(_, v)| v)
+        .unwrap_or_default()
+        .iter()
+        .map(|m| m.to_ascii_lowercase())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Issue 8 item 3, the window behind the kill test's `want {"member": [nobody]}, have
+/// {"member": [uid=u4-7]}` with nothing pending, made deterministic. A group renders its
+/// members' `active` from the store as it is *now*, but was only re-queued when a member's
+/// *applied* `active` flipped. Member u: applied inactive (v2); PATCHed active (v3) while its
+/// row is held (a busy worker, or the backlog after a restart); the group is applied for any
+/// reason and puts u back (u is active in the store); PATCHed inactive again (v4) before its
+/// row runs; its apply then renders v4 with v3 never applied: inactive before, inactive now, no
+/// flip, the group is never queued again and keeps u for good.
+#[tokio::test]
+async fn a_group_applied_between_two_activity_flips_of_a_member_drops_it_in_the_end() {
+    let slapd = Slapd::start().await;
+    let secrets = tempfile::tempdir().unwrap();
+    let pw = secrets.path().join("ldap.pw");
+    std::fs::write(&pw, format!("{}\n", slapd.password())).unwrap();
+    let t = TestDaemon::start_with(Backend::Sqlite, &target_toml(&slapd, &pw)).await;
+    let store = &t.d().store;
+    let r = t.post("/Users", &user_body("flip", "X", true)).await;
+    assert_eq!(r.status.as_u16(), 201, "{}", r.body);
+    let user = r.body["id"].as_str().unwrap().to_owned();
+    let group = json!({"schemas": [GROUP], "displayName": "flips", "members": [{"value": user}]});
+    let r = t.post("/Groups", &group).await;
+    assert_eq!(r.status.as_u16(), 201, "{}", r.body);
+    let group = r.body["id"].as_str().unwrap().to_owned();
+    let set_active = |active: bool| {
+        let (t, user) = (&t, user.clone());
+        async move {
+            let patch = json!({"schemas": [PATCH],
+                "Operations": [{"op": "replace", "value": {"active": active}}]});
+            let r = t.patch(&format!("/Users/{user}"), &patch).await;
+            assert_eq!(r.status.as_u16(), 200, "{}", r.body);
+        }
+    };
+    t.d().run_pending_reconciles().await;
+    assert_eq!(
+        members_of(&slapd, "flips").await,
+        [user_dn("flip").to_ascii_lowercase()]
+    );
+    // v2, applied: the user's apply sees the flip and the group drops it.
+    set_active(false).await;
+    t.d().run_pending_reconciles().await;
+    assert_eq!(members_of(&slapd, "flips").await, [PLACEHOLDER]);
+
+    // v3 while the user's row is held by a claim of ours (as a busy worker holds it).
+    let paused = t.d().pause_reconcilers().await.unwrap();
+    set_active(true).await;
+    let mut held = store.claim("corp", now_ms(), 600_000, 16).await.unwrap();
+    // Keep only the user's row (a fixed daemon also queued the group with the PATCH).
+    for item in held.iter().filter(|i| i.resource_id != user) {
+        store
+            .settle_failed(item, "not held", now_ms(), false, now_ms())
+            .await
+            .unwrap();
+    }
+    held.retain(|i| i.resource_id == user);
+    assert_eq!(held.len(), 1, "the user's row is due");
+    // The group is applied meanwhile (any other reason to queue it would do): u is active.
+    store
+        .enqueue(
+            "corp",
+            scim_sync::scim::resource::ResourceType::Group,
+            &group,
+            "resync",
+            now_ms(),
+        )
+        .await
+        .unwrap();
+    drop(paused);
+    t.d().run_pending_reconciles().await;
+    assert_eq!(
+        members_of(&slapd, "flips").await,
+        [user_dn("flip").to_ascii_lowercase()]
+    );
+    // v4 before the user's row runs; then it is released and runs (rendering v4).
+    set_active(false).await;
+    for item in &held {
+        store
+            .settle_failed(item, "held by the test", now_ms(), false, now_ms())
+            .await
+            .unwrap();
+    }
+    t.d().run_pending_reconciles().await;
+    let status = store.status(&["corp".to_owned()]).await.unwrap().remove(0);
+    assert_eq!((status.pending, status.dead), (0, 0));
+    assert_eq!(
+        members_of(&slapd, "flips").await,
+        [PLACEHOLDER],
+        "nothing is pending and the group keeps a member the store deactivated"
+    );
+}

@@ -75,11 +75,21 @@ impl Env {
     }
 
     async fn start_on(backend: Backend, groups_parent: &str) -> Env {
+        Self::start_edited(backend, groups_parent, |toml| toml).await
+    }
+
+    /// As [`Env::start_on`], with the generated TOML passed through `edit` first.
+    async fn start_edited(
+        backend: Backend,
+        groups_parent: &str,
+        edit: impl FnOnce(String) -> String,
+    ) -> Env {
         let slapd = Slapd::start().await;
         let secrets = tempfile::tempdir().unwrap();
         let pw = secrets.path().join("ldap.pw");
         std::fs::write(&pw, format!("{}\n", slapd.password())).unwrap();
-        let t = TestDaemon::start_with(backend, &target_toml(&slapd, &pw, groups_parent)).await;
+        let toml = edit(target_toml(&slapd, &pw, groups_parent));
+        let t = TestDaemon::start_with(backend, &toml).await;
         Env {
             t,
             slapd,
@@ -908,4 +918,127 @@ async fn an_entry_left_by_an_interrupted_create_is_resumed_not_refused() {
         .unwrap()
         .unwrap();
     assert_eq!(state.target_key.as_deref(), Some(dn.as_str()));
+}
+
+/// Issue 8 item 7: revocation must not depend on the user's own apply. Every deactivation
+/// modify is refused by the schema here (`dc` is not allowed on inetOrgPerson), so the user's
+/// row retries and becomes a dead letter; its groups, queued by the deactivating PATCH itself,
+/// drop it all the same.
+#[tokio::test]
+async fn a_deactivated_user_leaves_its_groups_even_when_its_own_modify_fails() {
+    let env = Env::start_edited(Backend::Sqlite, GROUPS, |toml| {
+        let locked = "set = { pwdAccountLockedTime = \"000001010000Z\" }";
+        assert!(toml.contains(locked));
+        toml.replace(locked, "set = { dc = \"refused\" }")
+    })
+    .await;
+    let stuck = env.create_user(&okta_user("stuck", "Dev")).await;
+    let other = env.create_user(&okta_user("other", "Dev")).await;
+    env.create_group("Team", &[&stuck, &other]).await;
+    env.run().await;
+    assert_eq!(
+        sorted(env.attr(&group_dn("Team"), "member").await.unwrap()),
+        sorted(vec![user_dn("other"), user_dn("stuck")])
+    );
+    env.patch(
+        &format!("/Users/{stuck}"),
+        json!([{"op": "replace", "value": {"active": false}}]),
+    )
+    .await;
+    // One drain: the user's modify fails once (it will retry after its backoff).
+    env.run().await;
+    assert_eq!(
+        env.attr(&group_dn("Team"), "member").await.unwrap(),
+        [user_dn("other")],
+        "the deactivated user is still a member while its own modify retries"
+    );
+    // Until it is a dead letter: the group stays without it.
+    env.run().await;
+    env.run().await;
+    let dead = env.dead().await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].resource_id, stuck);
+    assert_eq!(
+        env.attr(&group_dn("Team"), "member").await.unwrap(),
+        [user_dn("other")]
+    );
+}
+
+/// Issue 8 item 2: a manager whose DN changes (a rename of its DN-forming attribute) takes
+/// its reports' `manager` values along.
+#[tokio::test]
+async fn a_managers_rename_moves_the_manager_dn_of_its_reports() {
+    let env = Env::start().await;
+    let boss = env.create_user(&okta_user("boss", "CEO")).await;
+    let mut report = okta_user("report", "Dev");
+    report[ENT]["manager"] = json!({"value": boss});
+    env.create_user(&report).await;
+    env.run().await;
+    assert_eq!(
+        env.attr(&user_dn("report"), "manager").await.unwrap(),
+        [user_dn("boss")]
+    );
+    env.patch(
+        &format!("/Users/{boss}"),
+        json!([{"op": "replace", "path": "userName", "value": "bigboss"}]),
+    )
+    .await;
+    env.run().await;
+    assert!(env.exists(&user_dn("bigboss")).await);
+    assert!(!env.exists(&user_dn("boss")).await);
+    assert_eq!(
+        env.attr(&user_dn("report"), "manager").await.unwrap(),
+        [user_dn("bigboss")],
+        "the report kept its manager's old DN"
+    );
+    assert!(env.dead().await.is_empty());
+    assert_eq!(env.status().await.pending, 0);
+}
+
+/// Issue 8 item 2: a manager moved by its deactivation (`policy = "move"`) and then deleted:
+/// the report follows each time (the moved DN, then no manager).
+#[tokio::test]
+async fn a_managers_move_and_delete_update_the_manager_dn_of_its_reports() {
+    const DISABLED: &str = "ou=Disabled,dc=example,dc=com";
+    let env = Env::start_edited(Backend::Sqlite, GROUPS, |toml| {
+        let disable = "policy = \"disable\"\nset = { pwdAccountLockedTime = \"000001010000Z\" }";
+        assert!(toml.contains(disable));
+        toml.replace(
+            disable,
+            &format!("policy = \"move\"\nmove_to = \"{DISABLED}\""),
+        )
+    })
+    .await;
+    let boss = env.create_user(&okta_user("boss", "CEO")).await;
+    let mut report = okta_user("report", "Dev");
+    report[ENT]["manager"] = json!({"value": boss});
+    env.create_user(&report).await;
+    env.run().await;
+    assert_eq!(
+        env.attr(&user_dn("report"), "manager").await.unwrap(),
+        [user_dn("boss")]
+    );
+    env.patch(
+        &format!("/Users/{boss}"),
+        json!([{"op": "replace", "value": {"active": false}}]),
+    )
+    .await;
+    env.run().await;
+    let moved = format!("uid=boss,{DISABLED}");
+    assert!(env.exists(&moved).await);
+    assert_eq!(
+        env.attr(&user_dn("report"), "manager").await.unwrap(),
+        [moved],
+        "the report kept its manager's DN from before the move"
+    );
+    let r = env.t.delete(&format!("/Users/{boss}")).await;
+    assert_eq!(r.status.as_u16(), 204, "{}", r.body);
+    env.run().await;
+    assert_eq!(
+        env.attr(&user_dn("report"), "manager").await.unwrap(),
+        Vec::<String>::new(),
+        "the report still names its deleted manager"
+    );
+    assert!(env.dead().await.is_empty());
+    assert_eq!(env.status().await.pending, 0);
 }

@@ -5,9 +5,11 @@
 //! into one apply of the last state.
 //!
 //! Dependants, in the same target, are queued after a successful apply: a user whose key
-//! appeared, changed or vanished, or whose `active` flag flipped while inactive users are left
-//! out of groups, queues its groups (how a membership naming a not-yet-provisioned user waits
-//! for it); a user created in the target re-queues the users whose references were unresolved.
+//! appeared, changed or vanished queues its groups (how a membership naming a
+//! not-yet-provisioned user waits for it); a user created in the target re-queues the users
+//! whose references were unresolved. A flip of `active` queues the user's groups in the
+//! mutation's own transaction (the store does it), not here: revocation must not wait for
+//! the user's own apply.
 //!
 //! Must not answer HTTP, hold a std lock across `.await`, or spawn outside the daemon's tracker.
 
@@ -491,16 +493,9 @@ pub(crate) async fn enqueue_dependants(
     let store = &rec.inner.store;
     let now = now_ms();
     let key_changed = done.prior.key != done.outcome.key;
-    let was_active = done
-        .prior
-        .extra
-        .as_ref()
-        .and_then(|e| e.get(ACTIVE_KEY))
-        .and_then(Value::as_bool);
-    let active_flipped = matches!((was_active, done.active), (Some(a), Some(b)) if a != b);
-    if t.map.groups.is_some()
-        && (key_changed || (active_flipped && t.map.remove_inactive_from_groups()))
-    {
+    // A flip of `active` is not looked at here: the mutation that flipped it queued the
+    // user's groups in its own transaction (`store::resources::enqueue_groups_of`).
+    if t.map.groups.is_some() && key_changed {
         let queued = match store.group_ids_of_user(id).await {
             Ok(groups) => {
                 store

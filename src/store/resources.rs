@@ -279,6 +279,9 @@ where
             "update",
             ctx,
         )?;
+        if active != current.active {
+            enqueue_groups_of(conn, targets, seq, ctx)?;
+        }
         audit(conn, ctx, ResourceType::User, id, operation, version, None)?;
         Ok(StoredUser {
             id: id.to_owned(),
@@ -295,6 +298,50 @@ where
             deleted: false,
         })
     })
+}
+
+/// Queue every live group of user `seq` for every target, at the group's current version,
+/// in the caller's transaction: a flip of the user's `active` changes what its groups render
+/// where inactive users leave groups (`remove_from_groups`, read from the store's live flag).
+///
+/// Queued here, with the flip, and not only by the user's own apply: that apply may fail for
+/// good (revocation must not fail open, issue 8 item 7), and it renders the user's latest
+/// version, so a flip it never saw (inactive, active, inactive again while its row waited)
+/// queued nothing while a group applied in between had put the user back (issue 8 item 3;
+/// tests `reconcile::a_deactivated_user_leaves_its_groups_even_when_its_own_modify_fails`,
+/// `faults::a_group_applied_between_two_activity_flips_of_a_member_drops_it_in_the_end`).
+/// Lock order as in [`delete`]: the user, then its groups by `seq`.
+fn enqueue_groups_of(
+    conn: &mut DbConnection,
+    targets: &[String],
+    user_seq: i64,
+    ctx: &AuditCtx,
+) -> Result<(), StoreError> {
+    let groups: Vec<i64> = group_members::table
+        .filter(group_members::member_seq.eq(user_seq))
+        .select(group_members::group_seq)
+        .order(group_members::group_seq)
+        .load(conn)?;
+    for group_seq in groups {
+        lock_seq(conn, group_seq)?;
+        let (group_id, group_version, group_deleted): (String, i64, bool) = resources::table
+            .find(group_seq)
+            .select((resources::id, resources::version, resources::deleted))
+            .first(conn)?;
+        if group_deleted {
+            continue;
+        }
+        enqueue_all(
+            conn,
+            targets,
+            ResourceType::Group,
+            &group_id,
+            group_version,
+            "membership",
+            ctx,
+        )?;
+    }
+    Ok(())
 }
 
 /// Tombstone a user or group; see [`super::Store::delete_user`] / [`super::Store::delete_group`].
