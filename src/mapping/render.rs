@@ -67,6 +67,19 @@ impl CompiledTarget {
         out
     }
 
+    /// A description of the user reference rules (path and kind of each, in config order),
+    /// empty when there are none: the reconciler rebuilds its reference index when it changes.
+    #[must_use]
+    pub fn reference_rules(&self) -> String {
+        let mut out = String::new();
+        for (attr, rule) in &self.users.rules {
+            if let Rule::Reference { path, by, .. } = rule {
+                out.push_str(&format!("{attr:?}={path:?}/{by:?};"));
+            }
+        }
+        out
+    }
+
     /// The DNs of the role groups (`[[targets.users.role_groups]]`) whose role value the user
     /// has in `roles[].value` (compared case-insensitively), in config order.
     #[must_use]

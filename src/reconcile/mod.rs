@@ -21,7 +21,7 @@ use crate::mapping::CompiledTarget;
 use crate::scim::resource::ResourceType;
 use crate::store::{Store, StoreError};
 use crate::targets::{AnyTarget, Target, TargetError};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
@@ -39,11 +39,10 @@ pub struct TargetRuntime {
     pub map: CompiledTarget,
     /// The target itself.
     pub target: AnyTarget,
-    /// Ids of users whose last render left a reference (e.g. `manager`) unresolved, so they
-    /// are re-queued when a user is first created in this target. `None` until first needed:
-    /// after a start it is rebuilt lazily by one pass over the live users (the set is memory
-    /// only; drift repair covers anything a crash loses). Std mutex, never held across `.await`.
-    pub(crate) unresolved: Mutex<Option<HashSet<String>>>,
+    /// Whether this process made sure the store's reference index is filled for this
+    /// target's reference rules (see `worker::referencing_users`); held while filling it, so
+    /// two workers never rebuild it at once.
+    pub(crate) references_indexed: tokio::sync::Mutex<bool>,
 }
 
 impl TargetRuntime {
@@ -54,7 +53,7 @@ impl TargetRuntime {
             name: map.name.clone(),
             map,
             target,
-            unresolved: Mutex::new(None),
+            references_indexed: tokio::sync::Mutex::new(false),
         }
     }
 }

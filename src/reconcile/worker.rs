@@ -6,8 +6,9 @@
 //!
 //! Dependants, in the same target, are queued after a successful apply: a user whose key
 //! appeared, changed or vanished queues its groups (how a membership naming a
-//! not-yet-provisioned user waits for it); a user created in the target re-queues the users
-//! whose references were unresolved. A flip of `active` queues the user's groups in the
+//! not-yet-provisioned user waits for it) and the users whose references resolve to it, as
+//! the store's reference index knows them (a report's `manager` follows its manager's create,
+//! rename, move and delete). A flip of `active` queues the user's groups in the
 //! mutation's own transaction (the store does it), not here: revocation must not wait for
 //! the user's own apply.
 //!
@@ -77,8 +78,6 @@ pub(crate) struct Applied {
     pub(crate) outcome: Outcome,
     /// Users: the SCIM `active` flag rendered (`None` for deleted users and groups).
     pub(crate) active: Option<bool>,
-    /// Users: whether a reference (e.g. `manager`) could not be resolved yet.
-    pub(crate) unresolved: bool,
 }
 
 impl Applied {
@@ -104,40 +103,71 @@ fn store_by(by: RefBy) -> &'static str {
     }
 }
 
-/// Desired state of a user: `(version, desired, active, unresolved)`; `desired` is `None` for
-/// a deleted (or purged) user.
+/// Who each of a user's references names now: `(by, value, resolved user id)`.
+async fn resolve_references(
+    rec: &Reconciler,
+    t: &TargetRuntime,
+    json: &Value,
+) -> Result<Vec<(RefBy, String, Option<String>)>, StoreError> {
+    let mut out = Vec::new();
+    for (by, value) in t.map.references(json) {
+        let other = rec.inner.store.find_user(store_by(by), &value).await?;
+        out.push((by, value, other.map(|u| u.id)));
+    }
+    Ok(out)
+}
+
+fn to_index(refs: &[(RefBy, String, Option<String>)]) -> Vec<crate::store::Reference> {
+    refs.iter()
+        .map(|(by, v, r)| (store_by(*by).to_owned(), v.clone(), r.clone()))
+        .collect()
+}
+
+/// Desired state of a user: `(version, desired, active)`; `desired` is `None` for
+/// a deleted (or purged) user. Unless `dry_run`, records the user's references in the store's
+/// reference index (cleared for a deleted user).
 async fn desired_user(
     rec: &Reconciler,
     t: &TargetRuntime,
     id: &str,
-) -> Result<(i64, Option<Desired>, Option<bool>, bool), ApplyError> {
+    dry_run: bool,
+) -> Result<(i64, Option<Desired>, Option<bool>), ApplyError> {
     let store = &rec.inner.store;
-    let Some(user) = store.get_user_any(id).await? else {
-        return Ok((0, None, None, false));
+    let indexed = !dry_run && !t.map.reference_rules().is_empty();
+    let user = store.get_user_any(id).await?.filter(|u| !u.deleted);
+    let Some(user) = user else {
+        if indexed {
+            store.record_references(&t.name, id, Vec::new()).await?;
+        }
+        let version = store.get_user_any(id).await?.map_or(0, |u| u.meta.version);
+        return Ok((version, None, None));
     };
-    if user.deleted {
-        return Ok((user.meta.version, None, None, false));
-    }
     let groups = store.groups_of_user(id).await?;
     let mut json = render_user(&user.id, &user.data, &user.meta, Some(&groups), "");
     if let Some(o) = json.as_object_mut() {
         o.insert("active".into(), Value::Bool(user.active));
     }
+    let refs = resolve_references(rec, t, &json).await?;
+    // Recorded before the referenced users' keys are read: a referenced user whose key
+    // changes settles that key and only then asks the index whom to re-queue
+    // (`enqueue_dependants`). So either this render reads the new key, or the record
+    // committed before the settle and the lookup after it finds this user (issue 8 item 2).
+    if indexed {
+        store
+            .record_references(&t.name, id, to_index(&refs))
+            .await?;
+    }
     let mut resolved: HashMap<(RefBy, String), String> = HashMap::new();
-    let mut unresolved = false;
-    for (by, value) in t.map.references(&json) {
-        let key = match store.find_user(store_by(by), &value).await? {
+    for (by, value, other) in refs {
+        let key = match other {
             Some(other) => store
-                .target_state(&t.name, &other.id)
+                .target_state(&t.name, &other)
                 .await?
                 .and_then(|s| s.target_key),
             None => None,
         };
-        match key {
-            Some(k) => {
-                resolved.insert((by, value), k);
-            }
-            None => unresolved = true,
+        if let Some(k) = key {
+            resolved.insert((by, value), k);
         }
     }
     let entry = t
@@ -151,12 +181,7 @@ async fn desired_user(
         password_hash: user.password_hash.clone(),
         role_groups: t.map.role_groups(&json),
     };
-    Ok((
-        user.meta.version,
-        Some(desired),
-        Some(user.active),
-        unresolved,
-    ))
+    Ok((user.meta.version, Some(desired), Some(user.active)))
 }
 
 /// Desired state of a group; members are the member keys of the member users provisioned in
@@ -300,8 +325,8 @@ pub(crate) async fn apply(
         key: state.as_ref().and_then(|s| s.target_key.clone()),
         extra: state.and_then(|s| s.extra),
     };
-    let (version, desired, active, unresolved) = match resource_type {
-        ResourceType::User => desired_user(rec, t, id).await?,
+    let (version, desired, active) = match resource_type {
+        ResourceType::User => desired_user(rec, t, id, dry_run).await?,
         ResourceType::Group if t.map.groups.is_none() => {
             // Groups are not provisioned in this target: nothing to do, nothing to change.
             let version = rec
@@ -320,12 +345,11 @@ pub(crate) async fn apply(
                 prior,
                 outcome,
                 active: None,
-                unresolved: false,
             });
         }
         ResourceType::Group => {
             let (v, d) = desired_group(rec, t, id).await?;
-            (v, d, None, false)
+            (v, d, None)
         }
     };
     let prior = match (&desired, &prior.key, dry_run) {
@@ -351,7 +375,6 @@ pub(crate) async fn apply(
         prior,
         outcome,
         active,
-        unresolved,
     })
 }
 
@@ -508,90 +531,59 @@ pub(crate) async fn enqueue_dependants(
             tracing::error!(target = %t.name, resource_id = %id, error = %e, "Cannot queue the user's groups; drift repair will fix their membership.");
         }
     }
-    note_unresolved(t, id, done.active.is_some() && done.unresolved);
-    let created = done.prior.key.is_none() && done.outcome.key.is_some();
-    if created {
-        let waiting = match waiting_users(rec, t, id).await {
-            Ok(w) => w,
+    // Whose references resolve (or resolved, at their last render) to this user: re-queued
+    // when its key appeared (created), changed (renamed, moved) or vanished (deleted).
+    if key_changed && !t.map.reference_rules().is_empty() {
+        let holders = match referencing_users(rec, t, id).await {
+            Ok(h) => h,
             Err(e) => {
-                tracing::error!(target = %t.name, error = %e, "Cannot find users waiting for a reference; drift repair will fill them in.");
+                tracing::error!(target = %t.name, resource_id = %id, error = %e, "Cannot find the users referencing this one; drift repair will fix their references.");
                 return;
             }
         };
-        if !waiting.is_empty() {
+        if !holders.is_empty() {
             if let Err(e) = store
-                .enqueue_many(&t.name, ResourceType::User, &waiting, "reference", now)
+                .enqueue_many(&t.name, ResourceType::User, &holders, "reference", now)
                 .await
             {
-                tracing::error!(target = %t.name, error = %e, "Cannot queue users waiting for a reference; drift repair will fill them in.");
+                tracing::error!(target = %t.name, resource_id = %id, error = %e, "Cannot queue the users referencing this one; drift repair will fix their references.");
             }
         }
     }
 }
 
-fn note_unresolved(t: &TargetRuntime, id: &str, unresolved: bool) {
-    let mut guard = match t.unresolved.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    };
-    if let Some(set) = guard.as_mut() {
-        if unresolved {
-            set.insert(id.to_owned());
-        } else {
-            set.remove(id);
-        }
-    }
-}
-
-/// The users whose last render had an unresolved reference, rebuilding the set on first use
-/// (one pass over the live users with reference rules). The rebuild runs after `created` was
-/// recorded, so a reference to `created` counts as unresolved: its holder was rendered
-/// without it.
-async fn waiting_users(
+/// The users whose references name `id` (see [`crate::store::Store::users_referencing`]),
+/// first filling the store's reference index when it was never filled for this target's
+/// reference rules (a new target, changed rules, a database from before the index): one pass
+/// over the live users, once per rules change, not once per process.
+async fn referencing_users(
     rec: &Reconciler,
     t: &TargetRuntime,
-    created: &str,
+    id: &str,
 ) -> Result<Vec<String>, StoreError> {
-    let known = {
-        let guard = match t.unresolved.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        guard
-            .as_ref()
-            .map(|s| s.iter().cloned().collect::<Vec<_>>())
-    };
-    if let Some(ids) = known {
-        return Ok(ids);
-    }
     let store = &rec.inner.store;
-    let mut set = HashSet::new();
-    for id in store.all_resource_ids(ResourceType::User, false).await? {
-        let Some(user) = store.get_user_any(&id).await? else {
-            continue;
-        };
-        let json = render_user(&user.id, &user.data, &user.meta, None, "");
-        for (by, value) in t.map.references(&json) {
-            let key = match store.find_user(store_by(by), &value).await? {
-                Some(other) if other.id != created => store
-                    .target_state(&t.name, &other.id)
-                    .await?
-                    .and_then(|s| s.target_key),
-                Some(_) | None => None,
-            };
-            if key.is_none() {
-                set.insert(id.clone());
-                break;
+    let mut indexed = t.references_indexed.lock().await;
+    if !*indexed {
+        let rules = t.map.reference_rules();
+        if store.reference_index_rules(&t.name).await?.as_deref() != Some(rules.as_str()) {
+            store.reset_reference_index(&t.name).await?;
+            for holder in store.all_resource_ids(ResourceType::User, false).await? {
+                let Some(user) = store.get_user_any(&holder).await? else {
+                    continue;
+                };
+                let json = render_user(&user.id, &user.data, &user.meta, None, "");
+                let refs = resolve_references(rec, t, &json).await?;
+                store
+                    .backfill_references(&t.name, &holder, to_index(&refs))
+                    .await?;
             }
+            store.finish_reference_index(&t.name, &rules).await?;
+            tracing::info!(target = %t.name, "Rebuilt the reference index.");
         }
+        *indexed = true;
     }
-    let ids = set.iter().cloned().collect();
-    let mut guard = match t.unresolved.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    };
-    *guard = Some(set);
-    Ok(ids)
+    drop(indexed);
+    store.users_referencing(&t.name, id).await
 }
 
 /// Claim one batch and process it; returns how many rows were claimed.
@@ -718,7 +710,6 @@ mod tests {
                 changes: Vec::new(),
             },
             active,
-            unresolved: false,
         }
     }
 

@@ -45,6 +45,13 @@ diesel::table! {
 }
 
 diesel::table! {
+    reference_index (target) {
+        target -> Text,
+        rules -> Text,
+    }
+}
+
+diesel::table! {
     resource_emails (resource_seq, value_norm) {
         resource_seq -> BigInt,
         value_norm -> Text,
@@ -83,6 +90,16 @@ diesel::table! {
 }
 
 diesel::table! {
+    user_references (target, holder_id, ref_by, ref_value) {
+        target -> Text,
+        holder_id -> Text,
+        ref_by -> Text,
+        ref_value -> Text,
+        resolved_id -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
     tokens (id) {
         id -> BigInt,
         name -> Text,
@@ -99,8 +116,10 @@ diesel::allow_tables_to_appear_in_same_query!(
     audit,
     group_members,
     outbox,
+    reference_index,
     resource_emails,
     resources,
     target_state,
     tokens,
+    user_references,
 );

@@ -2098,3 +2098,151 @@ fn migration_count(backend: &str) -> usize {
         .filter(|e| e.as_ref().unwrap().path().join("up.sql").exists())
         .count()
 }
+
+/// A user update with `active` set as given (everything else kept).
+fn set_active(
+    active: bool,
+) -> impl FnOnce(&StoredUser) -> Result<UserUpdate, ScimError> + Send + 'static {
+    move |u: &StoredUser| {
+        Ok(UserUpdate {
+            input: UserInput {
+                data: u.data.clone(),
+                user_name: u.user_name.clone(),
+                external_id: u.external_id.clone(),
+                active: Some(active),
+                emails: Vec::new(),
+                password: None,
+            },
+            password_hash: None,
+        })
+    }
+}
+
+/// Issue 8 items 3 and 7: the mutation that flips `active` queues the user's groups itself
+/// (at their own version), so revocation does not depend on the user's own apply; an update
+/// that keeps `active` does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flip_of_active_queues_the_users_groups_in_its_transaction() {
+    on_both(|store, backend| async move {
+        let u = store
+            .create_user(user("flipper"), None, &ctx(1))
+            .await
+            .unwrap();
+        let g = store
+            .create_group(group("flippers", Some(vec![u.id.clone()])), &ctx(2))
+            .await
+            .unwrap();
+        store
+            .run(|conn| Ok(diesel::delete(outbox::table).execute(conn)?))
+            .await
+            .unwrap();
+        store
+            .update_user(&u.id, "patch", &ctx(3), set_active(true))
+            .await
+            .unwrap();
+        assert_eq!(
+            outbox_rows(&store).await,
+            [(u.id.clone(), 2, "update".to_owned())],
+            "{backend}"
+        );
+        store
+            .update_user(&u.id, "patch", &ctx(4), set_active(false))
+            .await
+            .unwrap();
+        assert_eq!(
+            outbox_rows(&store).await,
+            [
+                (u.id.clone(), 3, "update".to_owned()),
+                (g.id.clone(), 1, "membership".to_owned())
+            ],
+            "{backend}"
+        );
+    })
+    .await;
+}
+
+/// Issue 8 item 2: the reference index answers "who references this user" from the
+/// holders' recorded references: those that resolved to it at their last render, and those
+/// that name it now by id, userName (case-insensitively) or externalId.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_reference_index_finds_holders_by_resolution_and_by_name() {
+    on_both(|store, backend| async move {
+        let mut boss_input = user("Boss");
+        boss_input.external_id = Some("ext-boss".into());
+        let boss = store.create_user(boss_input, None, &ctx(1)).await.unwrap();
+        let by_id = store
+            .create_user(user("by-id"), None, &ctx(2))
+            .await
+            .unwrap();
+        let by_name = store
+            .create_user(user("by-name"), None, &ctx(3))
+            .await
+            .unwrap();
+        let by_ext = store
+            .create_user(user("by-ext"), None, &ctx(4))
+            .await
+            .unwrap();
+        let stale = store
+            .create_user(user("stale"), None, &ctx(5))
+            .await
+            .unwrap();
+        let other = store
+            .create_user(user("other"), None, &ctx(6))
+            .await
+            .unwrap();
+        let record = |holder: &str, by: &str, value: &str, resolved: Option<&str>| {
+            let (store, holder) = (store.clone(), holder.to_owned());
+            let refs = vec![(by.to_owned(), value.to_owned(), resolved.map(str::to_owned))];
+            async move {
+                store
+                    .record_references(TARGET, &holder, refs)
+                    .await
+                    .unwrap()
+            }
+        };
+        record(&by_id.id, "id", &boss.id, Some(&boss.id)).await;
+        // Unresolved when rendered (e.g. before the boss existed): found by its name.
+        record(&by_name.id, "userName", "BOSS", None).await;
+        record(&by_ext.id, "externalId", "ext-boss", None).await;
+        // Resolved to the boss under a name it no longer has: found by the resolution.
+        record(&stale.id, "userName", "old-boss-name", Some(&boss.id)).await;
+        record(&other.id, "id", &other.id, Some(&other.id)).await;
+        let mut want = vec![
+            by_id.id.clone(),
+            by_name.id.clone(),
+            by_ext.id.clone(),
+            stale.id.clone(),
+        ];
+        want.sort();
+        assert_eq!(
+            store.users_referencing(TARGET, &boss.id).await.unwrap(),
+            want,
+            "{backend}"
+        );
+        assert!(store
+            .users_referencing("elsewhere", &boss.id)
+            .await
+            .unwrap()
+            .is_empty());
+        // A holder's next render replaces its references; the same ones again change nothing.
+        store
+            .record_references(TARGET, &by_id.id, Vec::new())
+            .await
+            .unwrap();
+        record(&by_name.id, "userName", "BOSS", None).await;
+        want.retain(|id| id != &by_id.id);
+        assert_eq!(
+            store.users_referencing(TARGET, &boss.id).await.unwrap(),
+            want,
+            "{backend}"
+        );
+        // Deleted: only the resolutions still lead to it.
+        store.delete_user(&boss.id, None, &ctx(7)).await.unwrap();
+        assert_eq!(
+            store.users_referencing(TARGET, &boss.id).await.unwrap(),
+            vec![stale.id],
+            "{backend}"
+        );
+    })
+    .await;
+}

@@ -1,0 +1,2 @@
+DROP TABLE reference_index;
+DROP TABLE user_references;
