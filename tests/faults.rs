@@ -3,7 +3,8 @@
 //! database: every change answered 2xx reaches the directory, once, with no dead letter), and
 //! slapd down while pushes keep coming (the IdP is answered at once; the directory converges
 //! to the store after slapd is back). Waits are bounded polls of `/readyz`, never fixed sleeps.
-//! Two in-process tests pin the deactivation crash windows the kill test found, deterministically.
+//! In-process tests pin the windows the kill test found (two deactivation crash windows, and a
+//! group applied between two flips of a member's `active`), deterministically.
 //! Owns nothing outside this file; the harness is shared.
 
 use crate::harness::daemon::{Backend, TestDaemon};

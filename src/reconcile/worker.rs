@@ -134,12 +134,12 @@ async fn desired_user(
 ) -> Result<(i64, Option<Desired>, Option<bool>), ApplyError> {
     let store = &rec.inner.store;
     let indexed = !dry_run && !t.map.reference_rules().is_empty();
-    let user = store.get_user_any(id).await?.filter(|u| !u.deleted);
-    let Some(user) = user else {
+    let user = store.get_user_any(id).await?;
+    let version = user.as_ref().map_or(0, |u| u.meta.version);
+    let Some(user) = user.filter(|u| !u.deleted) else {
         if indexed {
             store.record_references(&t.name, id, Vec::new()).await?;
         }
-        let version = store.get_user_any(id).await?.map_or(0, |u| u.meta.version);
         return Ok((version, None, None));
     };
     let groups = store.groups_of_user(id).await?;

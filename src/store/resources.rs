@@ -304,12 +304,21 @@ where
 /// in the caller's transaction: a flip of the user's `active` changes what its groups render
 /// where inactive users leave groups (`remove_from_groups`, read from the store's live flag).
 ///
-/// Queued here, with the flip, and not only by the user's own apply: that apply may fail for
-/// good (revocation must not fail open, issue 8 item 7), and it renders the user's latest
-/// version, so a flip it never saw (inactive, active, inactive again while its row waited)
-/// queued nothing while a group applied in between had put the user back (issue 8 item 3;
-/// tests `reconcile::a_deactivated_user_leaves_its_groups_even_when_its_own_modify_fails`,
-/// `faults::a_group_applied_between_two_activity_flips_of_a_member_drops_it_in_the_end`).
+/// Queued here, with the flip, and not only by the user's own apply (which queued them when
+/// the `active` it rendered differed from the one it last applied):
+/// - that apply may fail for good, and the user stayed in every group (revocation must not
+///   fail open, issue 8 item 7; test
+///   `reconcile::a_deactivated_user_leaves_its_groups_even_when_its_own_modify_fails`);
+/// - it renders the user's latest version only, while a group renders the live flag. The
+///   window the kill test hit (issue 8 item 3): the user's deactivation v2 applied and
+///   settled; v3 (active) and v4 (inactive) committed while the user's row waited (every
+///   worker busy with a batch of 16, e.g. the backlog after a restart), and a group in one of
+///   those batches, read between v3 and v4, put the user back; the user's apply then rendered
+///   v4, inactive as its last apply (v2): no flip, nothing queued the group, and it kept the
+///   user with nothing pending (test
+///   `faults::a_group_applied_between_two_activity_flips_of_a_member_drops_it_in_the_end`).
+///   Queued in the commit of every flip, a group applied after v4 always follows.
+///
 /// Lock order as in [`delete`]: the user, then its groups by `seq`.
 fn enqueue_groups_of(
     conn: &mut DbConnection,
