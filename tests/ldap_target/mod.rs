@@ -995,3 +995,68 @@ async fn hung_server_times_out_as_transient_and_recovers() {
     let o = t.sync(Some(&d), &intent, false).await.unwrap();
     assert_eq!(o.changes.len(), 1, "{:?}", o.changes);
 }
+
+/// Issue 8 item 7, role groups: with `remove_from_groups`, a deactivated user leaves its role
+/// groups before its own entry is modified, so an entry modify the server refuses (here every
+/// deactivation: `dc` is not allowed on inetOrgPerson) does not keep it a member.
+#[tokio::test]
+async fn a_deactivation_leaves_role_groups_even_when_the_entry_modify_fails() {
+    let slapd = Slapd::start().await;
+    let config = r#"
+[[users.role_groups]]
+value = "admin"
+group = "cn=app-admins,ou=Groups,dc=example,dc=com"
+
+[users.deactivate]
+policy = "disable"
+set = { dc = "refused" }
+remove_from_groups = true
+"#;
+    let (map, t) = build(&slapd, "", USERS, config);
+    let mut admin = slapd.admin().await;
+    admin
+        .add(
+            "cn=app-admins,ou=Groups,dc=example,dc=com",
+            vec![
+                ("objectClass", ["groupOfNames"].into()),
+                ("cn", ["app-admins"].into()),
+                ("member", ["cn=nobody,dc=example,dc=com"].into()),
+            ],
+        )
+        .await
+        .unwrap()
+        .success()
+        .unwrap();
+    let members = || async {
+        attr(
+            &slapd
+                .entry("cn=app-admins,ou=Groups,dc=example,dc=com", &["member"])
+                .await
+                .unwrap(),
+            "member",
+        )
+    };
+    let mut dir = Dir::default();
+    let mut u = user("revoked");
+    u["roles"] = json!([{"value": "admin"}]);
+    let o1 = dir.sync(&map, &t, &u, &Prior::default()).await;
+    assert!(members().await.contains(&o1.key.clone().unwrap()));
+    u["active"] = json!(false);
+    let err = t
+        .sync(Some(&dir.desired(&map, &u)), &prior(&o1), false)
+        .await
+        .unwrap_err();
+    assert_eq!(err.class, ErrorClass::Permanent, "{err:?}");
+    assert_eq!(
+        members().await,
+        ["cn=nobody,dc=example,dc=com"],
+        "the deactivated user is still in its role group: {err:?}"
+    );
+    // Retried (the same failure): still out, nothing else changes.
+    let again = t
+        .sync(Some(&dir.desired(&map, &u)), &prior(&o1), false)
+        .await
+        .unwrap_err();
+    assert_eq!(again.class, ErrorClass::Permanent, "{again:?}");
+    assert_eq!(members().await, ["cn=nobody,dc=example,dc=com"]);
+}

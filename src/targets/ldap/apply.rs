@@ -459,8 +459,13 @@ async fn sync_user(
             current = t.read(&desired_dn, &read_attrs).await?;
         }
     }
+    // Inactive users leave their role groups when remove_from_groups is on: before their own
+    // entry is modified, so a modify the server refuses cannot keep them members (revocation
+    // fails closed; test `ldap_target::a_deactivation_leaves_role_groups_even_when_the_entry_modify_fails`).
+    let leave = !d.active && us.deactivate.as_ref().is_some_and(|x| x.remove_from_groups);
+    let mut entry_mods = Vec::new();
     if let Some(cur) = &current {
-        let mut mods = Vec::new();
+        let mods = &mut entry_mods;
         mods.extend(missing_object_classes(
             &entry.object_classes,
             &cur.object_classes,
@@ -487,7 +492,10 @@ async fn sync_user(
                 mods.push(Mod::Replace("userPassword".into(), vec![p.clone()]));
             }
         }
-        ex.modify(&desired_dn, mods, false).await?;
+    }
+    if !leave {
+        ex.modify(&desired_dn, std::mem::take(&mut entry_mods), false)
+            .await?;
     }
 
     // Role groups.
@@ -496,8 +504,6 @@ async fn sync_user(
     } else {
         Some(desired_dn.clone())
     };
-    // Inactive users leave their role groups when remove_from_groups is on.
-    let leave = !d.active && us.deactivate.as_ref().is_some_and(|x| x.remove_from_groups);
     let want_groups: Vec<String> = if leave {
         Vec::new()
     } else {
@@ -526,6 +532,9 @@ async fn sync_user(
             }
             applied_groups.push(g.clone());
         }
+    }
+    if leave {
+        ex.modify(&desired_dn, entry_mods, false).await?;
     }
 
     let mut extra = Map::new();
