@@ -79,6 +79,7 @@ diesel::table! {
         target_key -> Nullable<Text>,
         extra -> Nullable<Text>,
         updated_ms -> BigInt,
+        key_norm -> Nullable<Text>,
     }
 }
 
