@@ -6,7 +6,8 @@
 //! Invariants: every mutation writes the resource (version + 1), one outbox row per configured
 //! target (coalescing on (target, resource)), and an audit row in one transaction; a unique
 //! constraint on the normalised `userName` / group `displayName` of live resources decides
-//! conflicts (never a check-then-insert).
+//! conflicts (never a check-then-insert); likewise a unique index on the normalised target key
+//! of `target_state` (held or intended) keeps two resources off one entry (`keys`).
 //!
 //! Client text kept in its own column (names, externalId, target keys) goes through
 //! `encode_text` so a NUL survives PostgreSQL; the JSON body keeps the canonical value.

@@ -811,6 +811,90 @@ async fn remove(
 mod tests {
     use super::*;
 
+    fn settings(users_extra: &str) -> Settings {
+        let text = format!(
+            "name = \"t\"\ntype = \"ldap\"\nurl = \"ldap://127.0.0.1:1\"\ntimeout_secs = 5\n\
+             connect_timeout_secs = 2\n[users]\ndn = \"uid={{userName}},ou=People,dc=x\"\n\
+             object_classes = [\"person\"]\n{users_extra}"
+        );
+        let raw: crate::config::target::RawTarget = toml::from_str(&text).unwrap();
+        let crate::config::target::RawTarget::Ldap(l) = &raw else {
+            panic!("ldap")
+        };
+        Settings::from_raw(l, 0).unwrap()
+    }
+
+    fn intent(dn: &str, since: i64, attempt: i64) -> Prior {
+        Prior {
+            key: None,
+            extra: Some(json!({"creating": dn, "since_ms": since, "attempt_ms": attempt})),
+        }
+    }
+
+    #[test]
+    fn an_interrupted_create_counts_only_inside_its_intents_window() {
+        let s = settings("");
+        let dn = "uid=a,ou=People,dc=x";
+        // From the intent's whole second to the latest attempt plus connect + 4 operations.
+        assert_eq!(
+            intent_window(&s, &intent(dn, 10_500, 60_000), dn),
+            Some((10_000, 60_000 + 2_000 + 4 * 5_000))
+        );
+        // Another spelling of the same DN is the same intent.
+        assert!(intent_window(&s, &intent("UID=A,ou=people,dc=x", 1, 1), dn).is_some());
+        // An intent naming another DN, or none at all, never recognises an entry.
+        assert_eq!(
+            intent_window(&s, &intent("uid=b,ou=People,dc=x", 1, 1), dn),
+            None
+        );
+        assert_eq!(intent_window(&s, &Prior::default(), dn), None);
+        let no_time = Prior {
+            key: None,
+            extra: Some(json!({"creating": dn})),
+        };
+        assert_eq!(intent_window(&s, &no_time, dn), None);
+        // An older intent without attempt_ms: the window starts and ends at the intent.
+        let old = Prior {
+            key: None,
+            extra: Some(json!({"creating": dn, "since_ms": 5_000})),
+        };
+        assert_eq!(intent_window(&s, &old, dn), Some((5_000, 5_000 + 22_000)));
+    }
+
+    #[test]
+    fn the_planned_dn_follows_the_deactivation_policy() {
+        let entry = Entry {
+            key: "uid=a,ou=People,dc=x".into(),
+            object_classes: vec![],
+            attrs: BTreeMap::new(),
+        };
+        let d = |active: bool| Desired {
+            kind: Kind::User,
+            entry: entry.clone(),
+            active,
+            members: vec![],
+            password_hash: None,
+            role_groups: vec![],
+        };
+        let plain = settings("");
+        assert_eq!(
+            planned_dn(&plain, &d(false)).as_deref(),
+            Some("uid=a,ou=People,dc=x")
+        );
+        let moving =
+            settings("[users.deactivate]\npolicy = \"move\"\nmove_to = \"ou=Disabled,dc=x\"\n");
+        assert_eq!(
+            planned_dn(&moving, &d(true)).as_deref(),
+            Some("uid=a,ou=People,dc=x")
+        );
+        assert_eq!(
+            planned_dn(&moving, &d(false)).as_deref(),
+            Some("uid=a,ou=Disabled,dc=x")
+        );
+        let deleting = settings("[users.deactivate]\npolicy = \"delete\"\n");
+        assert_eq!(planned_dn(&deleting, &d(false)), None);
+    }
+
     #[test]
     fn generalized_time_parses_to_epoch_ms() {
         assert_eq!(generalized_time_ms("19700101000001Z"), Some(1000));

@@ -1020,3 +1020,48 @@ mod tests {
         assert!(is_secret("password_hash") && is_secret("PWD") && !is_secret("login"));
     }
 }
+
+#[cfg(test)]
+mod key_tests {
+    use super::*;
+
+    fn settings(url: &str, user_key_type: &str) -> Settings {
+        let text = format!(
+            "name = \"t\"\ntype = \"sql\"\nurl = \"{url}\"\n[users]\ntable = \"u\"\n\
+             key_column = \"k\"\nkey = {{ from = \"userName\", type = \"{user_key_type}\" }}\n\
+             [groups]\ntable = \"g\"\nkey_column = \"k\"\nkey = \"displayName\"\n"
+        );
+        let raw: crate::config::target::RawTarget = toml::from_str(&text).unwrap();
+        let crate::config::target::RawTarget::Sql(s) = &raw else {
+            panic!("sql")
+        };
+        Settings::from_raw(s, 0).unwrap()
+    }
+
+    #[test]
+    fn row_keys_are_per_table_and_compared_as_the_database_does() {
+        let pg = settings("postgres://h/db", "text");
+        // Users and groups live in different tables: the same key text is two rows.
+        assert_ne!(
+            key_norm(&pg, Kind::User, "x"),
+            key_norm(&pg, Kind::Group, "x")
+        );
+        // PostgreSQL compares text exactly.
+        assert_ne!(
+            key_norm(&pg, Kind::User, "Babs"),
+            key_norm(&pg, Kind::User, "babs")
+        );
+        // MySQL/MariaDB collations ignore case and trailing spaces.
+        let my = settings("mysql://h/db", "text");
+        assert_eq!(
+            key_norm(&my, Kind::User, "Babs "),
+            key_norm(&my, Kind::User, "babs")
+        );
+        // Integer keys in their canonical form.
+        let int = settings("postgres://h/db", "integer");
+        assert_eq!(
+            key_norm(&int, Kind::User, " 0042"),
+            key_norm(&int, Kind::User, "42")
+        );
+    }
+}
