@@ -1012,7 +1012,13 @@ fn assert_conflict_names(dead: &scim_sync::store::OutboxItem, ids: [(&str, &str)
 /// `sn` and `status` said 2 applied.
 #[tokio::test]
 async fn two_users_whose_dn_renders_the_same_never_share_one_entry() {
-    let env = Env::start_edited(Backend::Sqlite, GROUPS, cn_people).await;
+    for backend in BACKENDS {
+        two_john_smiths(backend).await;
+    }
+}
+
+async fn two_john_smiths(backend: Backend) {
+    let env = Env::start_edited(backend, GROUPS, cn_people).await;
     let js1 = env.create_user(&person("js1", "John Smith", "Smith")).await;
     env.run().await;
     let dn = format!("cn=John Smith,{PEOPLE}");
