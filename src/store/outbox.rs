@@ -532,7 +532,9 @@ pub(crate) fn status(
 /// Record the intent to create a resource's entry; see [`super::Store::record_intent`].
 /// `key_norm` is the normalised key it names: `KeyConflict` when another resource holds or
 /// intends it. A later attempt for the same key keeps the first `since_ms` (the earliest an
-/// entry of ours can have been created) and records its own time as `attempt_ms`.
+/// entry of ours can have been created), moves the previous attempt's time to
+/// `prev_attempt_ms` (the latest an earlier add of ours can have started) and records its own
+/// as `attempt_ms`.
 pub(crate) fn record_intent(
     conn: &mut DbConnection,
     state: &TargetState,
@@ -551,12 +553,18 @@ pub(crate) fn record_intent(
                     && keys::key_norm_of(conn, &state.target, &state.resource_id)?.as_deref()
                         == Some(key_norm);
                 let since = cur.extra.as_ref().and_then(|e| e.get("since_ms")).cloned();
-                if let (true, Some(since), Some(Value::Object(extra))) =
-                    (same, since, row.extra.as_mut())
+                let prev = cur
+                    .extra
+                    .as_ref()
+                    .and_then(|e| e.get("attempt_ms").or_else(|| e.get("since_ms")))
+                    .cloned();
+                if let (true, Some(since), Some(prev), Some(Value::Object(extra))) =
+                    (same, since, prev, row.extra.as_mut())
                 {
-                    // Keep the first intent's time: an entry left by an interrupted add
-                    // is checked against it.
+                    // Keep the first intent's time and note the previous attempt's: an entry
+                    // left by an interrupted add is checked against them.
                     extra.insert("since_ms".into(), since);
+                    extra.insert("prev_attempt_ms".into(), prev);
                 }
                 upsert_target_state(conn, &row, false, Some(key_norm))
             }

@@ -2150,8 +2150,12 @@ async fn no_two_resources_hold_or_intend_one_target_key() {
         let kept = store.target_state(TARGET, &a).await.unwrap().unwrap();
         let extra = kept.extra.unwrap();
         assert_eq!(
-            (extra["since_ms"].as_i64(), extra["attempt_ms"].as_i64()),
-            (Some(100), Some(120))
+            (
+                extra["since_ms"].as_i64(),
+                extra["prev_attempt_ms"].as_i64(),
+                extra["attempt_ms"].as_i64()
+            ),
+            (Some(100), Some(100), Some(120))
         );
         // Settling: a takes the key; b cannot record it either.
         let items = store.claim(TARGET, 200, 10_000, 10).await.unwrap();

@@ -285,14 +285,16 @@ async fn locate(
 
 /// Whether the entry at `dn` was created by an apply of ours for *this* resource that was
 /// interrupted before its outcome was recorded (a crash between the LDAP add and the store's
-/// commit). The reconciler records the intent first (`prior.extra` = `{"creating": dn,
-/// "since_ms": first attempt, "attempt_ms": this attempt}`), and the store refuses an intent
-/// for a key another resource holds or intends (its unique index on the normalised DN). So
-/// the entry is ours only when this resource's intent names this DN, our bind DN created it,
-/// and its `createTimestamp` lies between the intent and the end of the latest attempt's add
-/// (its start plus the connect and operation timeouts): an entry we created earlier, for a
-/// resource that held the DN before, is older than the intent and stays a conflict.
-/// `createTimestamp` has whole seconds, so the lower bound is the intent's second.
+/// commit). The reconciler records the intent first, and the store refuses an intent for a
+/// key another resource holds or intends (its unique index on the normalised DN); a later
+/// attempt for the same DN finds `prior.extra` = `{"creating": dn, "since_ms": first attempt,
+/// "prev_attempt_ms": the attempt before this one, "attempt_ms": this one}`. The entry is ours
+/// only when this resource's intent names this DN, our bind DN created it, and its
+/// `createTimestamp` lies between the intent and the end of the previous attempt's add (its
+/// start plus the connect and operation timeouts): an add of this attempt has not happened
+/// yet, and an entry we created earlier, for a resource that held the DN before, is older
+/// than the intent. Anything else at that DN stays unmanaged. `createTimestamp` has whole
+/// seconds, so the lower bound is the intent's second.
 async fn created_by_interrupted_apply(
     t: &LdapTarget,
     prior: &Prior,
@@ -323,10 +325,10 @@ fn intent_window(settings: &Settings, prior: &Prior, dn: &str) -> Option<(i64, i
         return None;
     }
     let since_ms = extra.get("since_ms").and_then(Value::as_i64)?;
-    let attempt_ms = extra
-        .get("attempt_ms")
-        .and_then(Value::as_i64)
-        .unwrap_or(since_ms)
+    // The first attempt has no earlier add of ours to find.
+    let prev_ms = extra
+        .get("prev_attempt_ms")
+        .and_then(Value::as_i64)?
         .max(since_ms);
     // One attempt's add is done after a connect, a bind, a read and the add, each bounded.
     let budget = settings
@@ -335,7 +337,7 @@ fn intent_window(settings: &Settings, prior: &Prior, dn: &str) -> Option<(i64, i
     let budget = i64::try_from(budget.as_millis()).unwrap_or(i64::MAX);
     Some((
         since_ms - since_ms.rem_euclid(1000),
-        attempt_ms.saturating_add(budget),
+        prev_ms.saturating_add(budget),
     ))
 }
 
@@ -824,10 +826,13 @@ mod tests {
         Settings::from_raw(l, 0).unwrap()
     }
 
-    fn intent(dn: &str, since: i64, attempt: i64) -> Prior {
+    fn intent(dn: &str, since: i64, prev: i64) -> Prior {
         Prior {
             key: None,
-            extra: Some(json!({"creating": dn, "since_ms": since, "attempt_ms": attempt})),
+            extra: Some(
+                json!({"creating": dn, "since_ms": since, "prev_attempt_ms": prev,
+                               "attempt_ms": prev + 100_000}),
+            ),
         }
     }
 
@@ -835,7 +840,8 @@ mod tests {
     fn an_interrupted_create_counts_only_inside_its_intents_window() {
         let s = settings("");
         let dn = "uid=a,ou=People,dc=x";
-        // From the intent's whole second to the latest attempt plus connect + 4 operations.
+        // From the intent's whole second to the end of the previous attempt's add (its start
+        // plus connect + 4 operations); this attempt has not added anything yet.
         assert_eq!(
             intent_window(&s, &intent(dn, 10_500, 60_000), dn),
             Some((10_000, 60_000 + 2_000 + 4 * 5_000))
@@ -848,17 +854,12 @@ mod tests {
             None
         );
         assert_eq!(intent_window(&s, &Prior::default(), dn), None);
-        let no_time = Prior {
+        // The first attempt (no previous one) has no add of ours to find.
+        let first = Prior {
             key: None,
-            extra: Some(json!({"creating": dn})),
+            extra: Some(json!({"creating": dn, "since_ms": 5_000, "attempt_ms": 5_000})),
         };
-        assert_eq!(intent_window(&s, &no_time, dn), None);
-        // An older intent without attempt_ms: the window starts and ends at the intent.
-        let old = Prior {
-            key: None,
-            extra: Some(json!({"creating": dn, "since_ms": 5_000})),
-        };
-        assert_eq!(intent_window(&s, &old, dn), Some((5_000, 5_000 + 22_000)));
+        assert_eq!(intent_window(&s, &first, dn), None);
     }
 
     #[test]
