@@ -1133,15 +1133,22 @@ async fn reactivation_after_an_interrupted_deactivation_unlocks() {
 /// entry. The values the interrupted create set are removed.
 #[tokio::test]
 async fn resuming_an_interrupted_inactive_create_unlocks_a_reactivated_user() {
-    let slapd = Slapd::start().await;
+    let mut slapd = Slapd::start().await;
     let secrets = tempfile::tempdir().unwrap();
     let pw = secrets.path().join("ldap.pw");
     std::fs::write(&pw, format!("{}\n", slapd.password())).unwrap();
     let t = TestDaemon::start_with(Backend::Sqlite, &target_toml(&slapd, &pw)).await;
+    // A first attempt records the intent and fails (the directory is down).
+    slapd.stop().await;
     let paused = t.d().pause_reconcilers().await.unwrap();
     let r = t.post("/Users", &user_body("phoenix", "Risen", true)).await;
     assert_eq!(r.status.as_u16(), 201, "{}", r.body);
-    // The add of the earlier, inactive version reached the directory as our bind DN.
+    drop(paused);
+    assert_eq!(t.d().run_pending_reconciles().await, 0);
+    slapd.start_again().await;
+    let paused = t.d().pause_reconcilers().await.unwrap();
+    // The add of a later attempt, for the earlier inactive version, reached the directory as
+    // our bind DN (after the intent), and its settle never did.
     let mut ldap = slapd.admin().await;
     ldap.add(
         &user_dn("phoenix"),

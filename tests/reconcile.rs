@@ -78,7 +78,7 @@ impl Env {
         Self::start_edited(backend, groups_parent, |toml| toml).await
     }
 
-    /// As [`Env::start_on`], with the generated TOML passed through `edit` first.
+    /// Like `start_on`, with the target's TOML edited first.
     async fn start_edited(
         backend: Backend,
         groups_parent: &str,
@@ -884,11 +884,27 @@ async fn hostile_user_names_round_trip_through_dns_and_renames() {
 
 #[tokio::test]
 async fn an_entry_left_by_an_interrupted_create_is_resumed_not_refused() {
-    let env = Env::start().await;
-    let paused = env.t.d().pause_reconcilers().await.unwrap();
+    let mut env = Env::start().await;
+    // A first attempt records the intent and fails (the directory is down) ...
+    env.slapd.stop().await;
     let id = env.create_user(&okta_user("crashy", "Resumed")).await;
-    // The add reached the directory (as our bind DN) but its settle never did: the entry
-    // exists and the store has no key for it.
+    assert_eq!(env.run().await, 0);
+    let intent = env
+        .t
+        .d()
+        .store
+        .target_state("corp", &id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(intent.target_key, None);
+    assert_eq!(
+        intent.extra.as_ref().unwrap()["creating"],
+        json!(user_dn("crashy"))
+    );
+    env.slapd.start_again().await;
+    // ... then an attempt's add reached the directory (as our bind DN) but its settle never
+    // did: the entry exists, created after the intent, and the store has no key for it.
     let dn = user_dn("crashy");
     let mut ldap = env.slapd.admin().await;
     ldap.add(
@@ -904,7 +920,6 @@ async fn an_entry_left_by_an_interrupted_create_is_resumed_not_refused() {
     .unwrap()
     .success()
     .unwrap();
-    drop(paused);
     env.run().await;
     assert!(env.dead().await.is_empty());
     assert_eq!(env.status().await.pending, 0);
@@ -918,6 +933,219 @@ async fn an_entry_left_by_an_interrupted_create_is_resumed_not_refused() {
         .unwrap()
         .unwrap();
     assert_eq!(state.target_key.as_deref(), Some(dn.as_str()));
+}
+
+/// An entry our bind DN made at the DN before this resource's intent (for a resource that held
+/// the DN earlier, or by hand) is not this resource's interrupted create: it stays a conflict.
+#[tokio::test]
+async fn an_entry_our_bind_dn_made_before_the_intent_is_refused_not_resumed() {
+    let env = Env::start().await;
+    let dn = user_dn("early");
+    let mut ldap = env.slapd.admin().await;
+    ldap.add(
+        &dn,
+        vec![
+            ("objectClass", ["inetOrgPerson"].into()),
+            ("uid", ["early"].into()),
+            ("cn", ["Someone Else"].into()),
+            ("sn", ["Else"].into()),
+        ],
+    )
+    .await
+    .unwrap()
+    .success()
+    .unwrap();
+    // createTimestamp has whole seconds: make the intent's second a later one.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let id = env.create_user(&okta_user("early", "Intruder")).await;
+    for _ in 0..3 {
+        env.run().await;
+    }
+    let dead = env.dead().await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].resource_id, id);
+    assert!(
+        dead[0]
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("not managed"),
+        "{:?}",
+        dead[0].last_error
+    );
+    assert_eq!(env.attr(&dn, "sn").await.unwrap(), ["Else"]);
+    assert_eq!(env.attr(&dn, "title").await.unwrap(), Vec::<String>::new());
+}
+
+/// Users named by `cn={displayName}`: two people called John Smith.
+fn cn_people(toml: String) -> String {
+    toml.replace(
+        "dn = \"uid={userName},ou=People",
+        "dn = \"cn={displayName},ou=People",
+    )
+    .replace(
+        "cn = \"{name.givenName} {name.familyName}\"",
+        "cn = \"displayName\"",
+    )
+}
+
+fn person(user_name: &str, display: &str, family: &str) -> Value {
+    json!({
+        "schemas": [CORE],
+        "userName": user_name,
+        "name": {"givenName": "John", "familyName": family},
+        "emails": [{"primary": true, "value": format!("{user_name}@example.com")}],
+        "displayName": display,
+        "active": true,
+    })
+}
+
+fn assert_conflict_names(dead: &scim_sync::store::OutboxItem, ids: [(&str, &str); 2]) {
+    let text = dead.last_error.as_deref().unwrap_or("");
+    for (id, name) in ids {
+        assert!(text.contains(id), "{id} not in {text:?}");
+        assert!(text.contains(name), "{name} not in {text:?}");
+    }
+}
+
+/// Issue 8 item 1, as reported: the second John Smith overwrote the first one's `mail` and
+/// `sn` and `status` said 2 applied.
+#[tokio::test]
+async fn two_users_whose_dn_renders_the_same_never_share_one_entry() {
+    for backend in BACKENDS {
+        two_john_smiths(backend).await;
+    }
+}
+
+async fn two_john_smiths(backend: Backend) {
+    let env = Env::start_edited(backend, GROUPS, cn_people).await;
+    let js1 = env.create_user(&person("js1", "John Smith", "Smith")).await;
+    env.run().await;
+    let dn = format!("cn=John Smith,{PEOPLE}");
+    assert_eq!(env.attr(&dn, "mail").await.unwrap(), ["js1@example.com"]);
+    // Spelled differently, the same DN for the server (case, insignificant spaces).
+    let js2 = env
+        .create_user(&person("js2", "john  SMITH", "Smith-Two"))
+        .await;
+    for _ in 0..3 {
+        env.run().await;
+    }
+    assert_eq!(env.attr(&dn, "mail").await.unwrap(), ["js1@example.com"]);
+    assert_eq!(env.attr(&dn, "sn").await.unwrap(), ["Smith"]);
+    let dead = env.dead().await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].resource_id, js2);
+    assert_conflict_names(&dead[0], [(&js1, "js1"), (&js2, "js2")]);
+    let st = env.status().await;
+    assert_eq!((st.pending, st.applied, st.dead), (0, 1, 1));
+    let store = &env.t.d().store;
+    let state = store.target_state("corp", &js2).await.unwrap();
+    assert!(
+        state.is_none_or(|s| s.target_key.is_none()),
+        "js2 holds a key"
+    );
+
+    // Once js1 is gone, an operator's retry gives js2 the DN.
+    let r = env.t.delete(&format!("/Users/{js1}")).await;
+    assert_eq!(r.status.as_u16(), 204);
+    env.run().await;
+    assert_eq!(store.retry_dead(None, Some("corp"), 0).await.unwrap(), 1);
+    env.run().await;
+    assert!(env.dead().await.is_empty());
+    assert_eq!(env.attr(&dn, "mail").await.unwrap(), ["js2@example.com"]);
+}
+
+/// A rename onto a DN another user intends (its create is failing) is a conflict before the
+/// directory is touched; the other user's create later does not take over the renamed entry.
+#[tokio::test]
+async fn a_rename_onto_a_dn_another_user_intends_is_a_conflict() {
+    let env = Env::start_edited(Backend::Sqlite, GROUPS, cn_people).await;
+    let jane = env
+        .create_user(&person("jane", "Jane Smith", "Smith"))
+        .await;
+    env.run().await;
+    // John's create fails on the directory's schema (no sn): his intent holds the DN.
+    let mut john_body = person("john", "John Smith", "x");
+    john_body["name"] = json!({"givenName": "John"});
+    let john = env.create_user(&john_body).await;
+    env.run().await;
+    env.patch(
+        &format!("/Users/{jane}"),
+        json!([{"op": "replace", "path": "displayName", "value": "John Smith"}]),
+    )
+    .await;
+    for _ in 0..3 {
+        env.run().await;
+    }
+    let john_dn = format!("cn=John Smith,{PEOPLE}");
+    let jane_dn = format!("cn=Jane Smith,{PEOPLE}");
+    assert!(
+        !env.exists(&john_dn).await,
+        "Jane was renamed onto John's DN"
+    );
+    assert_eq!(
+        env.attr(&jane_dn, "mail").await.unwrap(),
+        ["jane@example.com"]
+    );
+    let dead = env.dead().await;
+    let jane_dead = dead
+        .iter()
+        .find(|d| d.resource_id == jane)
+        .expect("jane dead");
+    assert_conflict_names(jane_dead, [(&jane, "jane"), (&john, "john")]);
+}
+
+/// Groups share the DN namespace rules: `"Finance  Team"` and `"Finance Team"` are one DN.
+#[tokio::test]
+async fn two_groups_whose_dn_renders_the_same_never_share_one_entry() {
+    let env = Env::start().await;
+    let a = env.create_user(&okta_user("fa", "X")).await;
+    let b = env.create_user(&okta_user("fb", "X")).await;
+    let g1 = env.create_group("Finance Team", &[&a]).await;
+    env.run().await;
+    let g2 = env.create_group("Finance  Team", &[&b]).await;
+    for _ in 0..3 {
+        env.run().await;
+    }
+    let dn = group_dn("Finance Team");
+    assert_eq!(env.attr(&dn, "member").await.unwrap(), [user_dn("fa")]);
+    let dead = env.dead().await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].resource_id, g2);
+    assert_conflict_names(&dead[0], [(&g1, "Finance Team"), (&g2, "Finance  Team")]);
+}
+
+/// After an add the server's `entryUUID` is kept in the bookkeeping (for renames and drift),
+/// and it follows the entry through a rename.
+#[tokio::test]
+async fn an_add_records_the_servers_entry_uuid() {
+    let env = Env::start().await;
+    let uid = env.create_user(&okta_user("uuid", "X")).await;
+    let gid = env.create_group("Uuid Team", &[&uid]).await;
+    env.run().await;
+    let store = &env.t.d().store;
+    for (id, dn) in [(&uid, user_dn("uuid")), (&gid, group_dn("Uuid Team"))] {
+        let e = env.slapd.entry(&dn, &["entryUUID"]).await.unwrap();
+        let want = e.into_iter().find(|(k, _)| k == "entryuuid").unwrap().1;
+        let state = store.target_state("corp", id).await.unwrap().unwrap();
+        assert_eq!(state.extra.unwrap()["entry_uuid"], json!(want[0]), "{dn}");
+    }
+    let before = store.target_state("corp", &gid).await.unwrap().unwrap();
+    env.patch(
+        &format!("/Groups/{gid}"),
+        json!([{"op": "replace", "path": "displayName", "value": "Uuid Crew"}]),
+    )
+    .await;
+    env.run().await;
+    let after = store.target_state("corp", &gid).await.unwrap().unwrap();
+    assert_eq!(
+        after.target_key.as_deref(),
+        Some(group_dn("Uuid Crew").as_str())
+    );
+    assert_eq!(
+        after.extra.unwrap()["entry_uuid"],
+        before.extra.unwrap()["entry_uuid"]
+    );
 }
 
 /// Issue 8 item 7: revocation must not depend on the user's own apply. Every deactivation

@@ -36,6 +36,11 @@ pub fn store_error(e: StoreError) -> ScimError {
             tracing::error!(error = %msg, "Store failure; answering 500.");
             ScimError::status(500, "Internal error.")
         }
+        // Raised only by the reconciler's bookkeeping, never by a handler's mutation.
+        e @ StoreError::KeyConflict { .. } => {
+            tracing::error!(error = %e, "Store failure; answering 500.");
+            ScimError::status(500, "Internal error.")
+        }
     }
 }
 

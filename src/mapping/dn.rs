@@ -92,9 +92,16 @@ pub fn parse_dn(dn: &str) -> Result<Vec<Vec<Ava>>, String> {
     Ok(rdns)
 }
 
-/// A normal form for equality: types lower-cased, values unescaped, case-folded and
-/// re-escaped. Naming attributes are nearly always case-insensitive, so case-only changes are
-/// not renames. Falls back to the lower-cased input for an unparsable DN.
+/// A normal form for equality, as a directory server compares DNs: attribute types
+/// lower-cased; values unescaped (`\2C`, `\,` and `,` inside a value are one character),
+/// NFKC-normalised, case-folded and with RFC 4518 §2.6.1 insignificant spaces removed
+/// (leading and trailing spaces dropped, inner runs of spaces one space: `"Finance  Team"`
+/// and `"Finance Team"` are one DN), then re-escaped; the AVAs of a multi-valued RDN sorted.
+/// The usual naming attributes (`cn`, `uid`, `ou`, `dc`, `o`, `l`, `mail`, ...) are
+/// case-ignore; values of every type are folded, so for a rare case-exact naming attribute
+/// two DNs differing only in case compare equal: a false conflict, never a merge. This is
+/// the target key of an LDAP entry in the store's uniqueness index. Falls back to the
+/// lower-cased input for an unparsable DN.
 #[must_use]
 pub fn normalize_dn(dn: &str) -> String {
     match parse_dn(dn) {
@@ -104,7 +111,7 @@ pub fn normalize_dn(dn: &str) -> String {
                 let mut avas: Vec<String> = rdn
                     .iter()
                     .map(|(t, v)| {
-                        let v = v.trim().to_lowercase();
+                        let v = normalize_value(v);
                         format!(
                             "{}={}",
                             t.to_ascii_lowercase(),
@@ -119,6 +126,18 @@ pub fn normalize_dn(dn: &str) -> String {
             .join(","),
         Err(_) => dn.to_lowercase(),
     }
+}
+
+/// One attribute value prepared as RFC 4518 does for a case-ignore match: NFKC, case fold,
+/// every Unicode space a plain space, insignificant spaces removed.
+fn normalize_value(v: &str) -> String {
+    use unicode_normalization::UnicodeNormalization;
+    let folded: String = v.nfkc().collect::<String>().to_lowercase().nfkc().collect();
+    folded
+        .split(char::is_whitespace)
+        .filter(|w| !w.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Whether two DNs name the same entry (see [`normalize_dn`]).
@@ -176,6 +195,41 @@ mod tests {
         assert!(dn_eq(r"UID=A\2cB,OU=People", r"uid=a\,b,ou=people"));
         assert!(dn_eq("cn=x, dc=y", "cn=x,dc=y"));
         assert!(!dn_eq("cn=x,dc=y", "cn=x2,dc=y"));
+    }
+
+    #[test]
+    fn normal_form_is_how_the_server_compares() {
+        // RFC 4518 insignificant spaces: runs inside a value are one space, ends are dropped.
+        assert_eq!(
+            normalize_dn("cn=Finance  Team,ou=Groups,dc=example,dc=com"),
+            normalize_dn("cn=Finance Team,ou=Groups,dc=example,dc=com")
+        );
+        assert!(dn_eq(r"cn=\20John Smith\20,dc=x", "cn=John   Smith,dc=x"));
+        assert!(dn_eq("cn=John\u{a0}Smith,dc=x", "cn=john smith,dc=x"));
+        // Case-insensitive types and (case-ignore naming attributes) values.
+        assert!(dn_eq(
+            "CN=John Smith,OU=People,DC=Example",
+            "cn=john smith,ou=people,dc=example"
+        ));
+        // Escaped forms compare after unescaping: hex, backslash-char, and UTF-8 bytes.
+        assert!(dn_eq(r"cn=Smith\2C John,dc=x", r"cn=Smith\, John,dc=x"));
+        assert!(dn_eq(r"cn=\4Aohn,dc=x", "cn=John,dc=x"));
+        assert!(dn_eq(r"cn=J\C3\BCrgen,dc=x", "cn=Jürgen,dc=x"));
+        // NFKC: composed and decomposed spellings are one name.
+        assert!(dn_eq("cn=J\u{fc}rgen,dc=x", "cn=Ju\u{308}rgen,dc=x"));
+        // Multi-valued RDNs in any order.
+        assert!(dn_eq("cn=a+sn=b,dc=x", "SN=B+cn=A,dc=x"));
+        // Different names stay different: a space between words is significant.
+        assert!(!dn_eq("cn=John Smith,dc=x", "cn=JohnSmith,dc=x"));
+        assert!(!dn_eq(
+            "cn=John Smith,ou=People,dc=x",
+            "cn=John Smith,ou=Groups,dc=x"
+        ));
+        assert!(!dn_eq(r"cn=a\,b,dc=x", "cn=a,cn=b,dc=x"));
+        // The normal form is itself a DN with the same normal form.
+        let n = normalize_dn(r"CN=Smith\2C  John ,dc=X");
+        assert_eq!(n, r"cn=smith\2c john,dc=x");
+        assert_eq!(normalize_dn(&n), n);
     }
 
     #[test]

@@ -43,6 +43,8 @@ pub struct TargetRuntime {
     /// target's reference rules (see `worker::referencing_users`); held while filling it, so
     /// two workers never rebuild it at once.
     pub(crate) references_indexed: tokio::sync::Mutex<bool>,
+    /// Whether the store's keys of this target were normalised (`worker::fill_key_norms`).
+    pub(crate) keys_filled: std::sync::atomic::AtomicBool,
 }
 
 impl TargetRuntime {
@@ -54,6 +56,7 @@ impl TargetRuntime {
             map,
             target,
             references_indexed: tokio::sync::Mutex::new(false),
+            keys_filled: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
@@ -67,6 +70,13 @@ pub(crate) struct Inner {
     /// Background workers hold it shared while they claim and apply a batch; `run_pending`
     /// takes it exclusively, so it never returns while a background apply is in flight.
     pub(crate) gate: Arc<tokio::sync::RwLock<()>>,
+}
+
+fn kind_of(ty: ResourceType) -> crate::targets::Kind {
+    match ty {
+        ResourceType::User => crate::targets::Kind::User,
+        ResourceType::Group => crate::targets::Kind::Group,
+    }
 }
 
 /// The reconciler for one set of targets (rebuilt when the targets section is reloaded).
@@ -85,11 +95,20 @@ impl Reconciler {
         wake: Arc<Notify>,
         health: HealthMap,
     ) -> Reconciler {
+        let targets: Vec<Arc<TargetRuntime>> = targets.into_iter().map(Arc::new).collect();
+        for t in &targets {
+            // The store's uniqueness index on target keys compares them as the target does.
+            let rt = Arc::clone(t);
+            store.set_key_norm(
+                &t.name,
+                Arc::new(move |ty, key| rt.target.key_norm(kind_of(ty), key)),
+            );
+        }
         Reconciler {
             inner: Arc::new(Inner {
                 store,
                 settings,
-                targets: targets.into_iter().map(Arc::new).collect(),
+                targets,
                 wake,
                 health,
                 gate: Arc::new(tokio::sync::RwLock::new(())),

@@ -55,6 +55,10 @@ pub(crate) enum ApplyError {
     /// The target refused or failed.
     #[error("{0}")]
     Target(#[from] TargetError),
+    /// Another resource holds or intends the key this one renders to (permanent; the text
+    /// names both resources).
+    #[error("{0}")]
+    Conflict(String),
 }
 
 impl ApplyError {
@@ -237,10 +241,11 @@ async fn desired_group(
 }
 
 /// Before a target first creates an entry, record the intent (`{"creating": key, "since_ms":
-/// now}` merged into the prior bookkeeping, which a `delete`-policy user must keep), so an
-/// entry left by an apply interrupted before its settle is recognised as ours
-/// ([`crate::store::Store::record_intent`]). Returns the prior with the intent the store kept
-/// (an earlier one for the same key keeps its time).
+/// now, "attempt_ms": now}` merged into the prior bookkeeping, which a `delete`-policy user
+/// must keep), so an entry left by an apply interrupted before its settle is recognised as
+/// ours ([`crate::store::Store::record_intent`]). The store refuses an intent for a key
+/// another resource holds or intends: a conflict naming both. Returns the prior with the
+/// intent the store kept (an earlier one for the same key keeps its `since_ms`).
 async fn record_intent(
     rec: &Reconciler,
     t: &TargetRuntime,
@@ -257,7 +262,8 @@ async fn record_intent(
     };
     extra.insert("creating".into(), Value::String(key.to_owned()));
     extra.insert("since_ms".into(), Value::from(now));
-    store
+    extra.insert("attempt_ms".into(), Value::from(now));
+    let recorded = store
         .record_intent(TargetState {
             target: t.name.clone(),
             resource_type,
@@ -267,12 +273,64 @@ async fn record_intent(
             extra: Some(Value::Object(extra)),
             updated_ms: now,
         })
-        .await?;
+        .await;
+    conflict_or(rec, t, id, recorded).await?;
     let state = store.target_state(&t.name, id).await?;
     Ok(Prior {
         key: state.as_ref().and_then(|s| s.target_key.clone()),
         extra: state.and_then(|s| s.extra),
     })
+}
+
+/// A store result with a `KeyConflict` turned into [`ApplyError::Conflict`], its text naming
+/// both resources (id and `userName` / `displayName`).
+async fn conflict_or(
+    rec: &Reconciler,
+    t: &TargetRuntime,
+    id: &str,
+    result: Result<(), StoreError>,
+) -> Result<(), ApplyError> {
+    let Err(StoreError::KeyConflict { key, holder, .. }) = result else {
+        return Ok(result?);
+    };
+    let store = &rec.inner.store;
+    let describe = |id: String| async move {
+        if let Ok(Some(u)) = store.get_user_any(&id).await {
+            return format!("user {id} (userName {:?})", u.user_name);
+        }
+        if let Ok(Some(g)) = store.get_group_any(&id).await {
+            return format!("group {id} (displayName {:?})", g.display_name);
+        }
+        format!("resource {id}")
+    };
+    let this = describe(id.to_owned()).await;
+    let other = match holder {
+        Some(h) => describe(h).await,
+        None => "another resource".to_owned(),
+    };
+    Err(ApplyError::Conflict(format!(
+        "key conflict in target {}: {key} is already held or being created by {other}; \
+         {this} renders the same key and is not applied (two resources never share an entry)",
+        t.name
+    )))
+}
+
+/// Before a target renames an entry (the key it will give it differs from the recorded
+/// one), reserve the new key in the store, so a rename onto a key another resource holds or
+/// intends is a conflict before the target is touched.
+async fn reserve_key(
+    rec: &Reconciler,
+    t: &TargetRuntime,
+    resource_type: ResourceType,
+    id: &str,
+    key: &str,
+) -> Result<(), ApplyError> {
+    let reserved = rec
+        .inner
+        .store
+        .reserve_key(&t.name, resource_type, id, key)
+        .await;
+    conflict_or(rec, t, id, reserved).await
 }
 
 /// Before a user last applied as active is deactivated, note `"deactivating": true` in its
@@ -352,10 +410,23 @@ pub(crate) async fn apply(
             (v, d, None)
         }
     };
-    let prior = match (&desired, &prior.key, dry_run) {
-        (Some(d), None, false) => {
-            record_intent(rec, t, resource_type, id, &d.entry.key, prior).await?
+    // The key the target will give the entry: recorded (intent) or reserved (rename) first,
+    // so no two resources ever hold or intend one key (the store's unique index).
+    let planned = desired.as_ref().and_then(|d| t.target.planned_key(d));
+    let kind = desired.as_ref().map_or(Kind::User, |d| d.kind);
+    let prior = match (&desired, &prior.key, &planned, dry_run) {
+        (Some(_), None, Some(k), false) => {
+            record_intent(rec, t, resource_type, id, k, prior).await?
         }
+        (Some(_), Some(old), Some(k), false)
+            if t.target.key_norm(kind, old) != t.target.key_norm(kind, k) =>
+        {
+            reserve_key(rec, t, resource_type, id, k).await?;
+            prior
+        }
+        _ => prior,
+    };
+    let prior = match (&desired, &prior.key, dry_run) {
         (Some(d), Some(_), false) if d.kind == Kind::User && !d.active => {
             note_deactivating(rec, t, id, prior).await?
         }
@@ -418,7 +489,13 @@ async fn process(rec: &Reconciler, t: &TargetRuntime, item: &OutboxItem) -> bool
                     extra: done.extra_to_store(),
                     updated_ms: now,
                 };
-                if let Err(e) = rec.inner.store.settle_applied(item, state, now).await {
+                let settled = rec.inner.store.settle_applied(item, state, now).await;
+                let settled = conflict_or(rec, t, &item.resource_id, settled).await;
+                if let Err(ApplyError::Conflict(text)) = &settled {
+                    fail(rec, t, item, ErrorClass::Permanent, text, now).await;
+                    return false;
+                }
+                if let Err(e) = settled {
                     tracing::error!(target = %t.name, resource_id = %item.resource_id, outbox_id = item.id, error = %e, "Applied, but cannot record it in the store; it re-applies when the lease expires.");
                     return false;
                 }
@@ -435,7 +512,9 @@ async fn process(rec: &Reconciler, t: &TargetRuntime, item: &OutboxItem) -> bool
             Err(e) => {
                 let class = match &e {
                     ApplyError::Target(te) => te.class,
-                    ApplyError::Map(_) | ApplyError::Store(_) => ErrorClass::Permanent,
+                    ApplyError::Map(_) | ApplyError::Store(_) | ApplyError::Conflict(_) => {
+                        ErrorClass::Permanent
+                    }
                 };
                 fail(rec, t, item, class, &e.text(), now).await;
                 false
@@ -586,6 +665,25 @@ async fn referencing_users(
     store.users_referencing(&t.name, id).await
 }
 
+/// Once per target runtime: give the states recorded before the key index existed their
+/// normalised key, and report the resources that already share an entry.
+async fn fill_key_norms(rec: &Reconciler, t: &TargetRuntime) {
+    if t.keys_filled.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    match rec.inner.store.fill_key_norms(&t.name).await {
+        Ok(shared) => {
+            for (resource_id, holder, key) in shared {
+                tracing::error!(target = %t.name, resource_id = %resource_id, holder = %holder, dn = %key, "Two resources already share one target entry; the resource's next apply fails as a conflict until an operator resolves it.");
+            }
+        }
+        Err(e) => {
+            t.keys_filled.store(false, Ordering::Release);
+            tracing::error!(target = %t.name, error = %e, "Cannot fill in the normalised target keys; will try again.");
+        }
+    }
+}
+
 /// Claim one batch and process it; returns how many rows were claimed.
 async fn turn(rec: &Reconciler, t: &TargetRuntime) -> usize {
     let lease = i64::try_from(rec.inner.settings.lease.as_millis()).unwrap_or(i64::MAX);
@@ -613,6 +711,7 @@ pub(crate) async fn run(
     let Some(t) = rec.inner.targets.get(index).cloned() else {
         return;
     };
+    fill_key_norms(&rec, &t).await;
     let poll = rec.inner.settings.poll_interval;
     loop {
         progress.fetch_add(1, Ordering::Relaxed);
@@ -659,6 +758,7 @@ pub(crate) async fn drain(rec: &Reconciler, index: usize) -> usize {
     let Some(t) = rec.inner.targets.get(index).cloned() else {
         return 0;
     };
+    fill_key_norms(rec, &t).await;
     let store = &rec.inner.store;
     if let Err(e) = store.expedite(&t.name, now_ms()).await {
         tracing::error!(target = %t.name, error = %e, "Cannot read the outbox; the store is unavailable.");

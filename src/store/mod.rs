@@ -6,13 +6,15 @@
 //! Invariants: every mutation writes the resource (version + 1), one outbox row per configured
 //! target (coalescing on (target, resource)), and an audit row in one transaction; a unique
 //! constraint on the normalised `userName` / group `displayName` of live resources decides
-//! conflicts (never a check-then-insert).
+//! conflicts (never a check-then-insert); likewise a unique index on the normalised target key
+//! of `target_state` (held or intended) keeps two resources off one entry (`keys`).
 //!
 //! Client text kept in its own column (names, externalId, target keys) goes through
 //! `encode_text` so a NUL survives PostgreSQL; the JSON body keeps the canonical value.
 
 mod batch;
 mod history;
+mod keys;
 mod models;
 mod outbox;
 mod references;
@@ -42,7 +44,19 @@ pub enum StoreError {
     /// Bad URL, failed migration and the like.
     #[error("store: {0}")]
     Other(String),
+    /// Another resource already holds or intends this target key (the unique index on the
+    /// normalised key of `target_state`): the write was refused.
+    #[error("target {target}: key {key} is already held by {holder_text}", holder_text = holder.as_deref().map_or_else(|| "another resource".to_owned(), |h| format!("resource {h}")))]
+    KeyConflict {
+        target: String,
+        /// The key as written (not normalised).
+        key: String,
+        /// The resource id holding it (`None` if it could not be read back).
+        holder: Option<String>,
+    },
 }
+
+pub use keys::KeyNormFn;
 
 /// Who did what, written to the audit table with every mutation.
 #[derive(Debug, Clone, Default)]
@@ -264,6 +278,8 @@ const POSTGRES_MIGRATIONS: diesel_migrations::EmbeddedMigrations =
 struct Inner {
     pool: Pool,
     targets: RwLock<Arc<Vec<String>>>,
+    /// Per target, how its keys are normalised for the uniqueness index (`set_key_norm`).
+    key_norms: RwLock<std::collections::HashMap<String, KeyNormFn>>,
     /// The instance lock on `<db>.lock`, held for the life of the store (file databases only).
     _instance_lock: Option<std::fs::File>,
     /// The SQLite file, checked by [`Store::ping`] (an open connection keeps working on a
@@ -627,6 +643,7 @@ impl Store {
                 inner: Arc::new(Inner {
                     pool,
                     targets: RwLock::new(Arc::new(Vec::new())),
+                    key_norms: RwLock::new(std::collections::HashMap::new()),
                     _instance_lock: lock,
                     sqlite_path,
                 }),
@@ -1061,8 +1078,16 @@ impl Store {
         now_ms: i64,
     ) -> Result<(), StoreError> {
         let item = item.clone();
-        self.run(move |conn| outbox::settle_applied(conn, &item, &state, now_ms))
-            .await
+        let key_norm = state
+            .target_key
+            .as_deref()
+            .map(|k| self.norm_key(&state.target, state.resource_type, k));
+        let result = self
+            .run(move |conn| {
+                outbox::settle_applied(conn, &item, &state, key_norm.as_deref(), now_ms)
+            })
+            .await;
+        self.name_holder(result).await
     }
 
     /// Record a failure: bump attempts, set `next_attempt_ms` and `last_error`, release the claim;
@@ -1146,15 +1171,131 @@ impl Store {
     }
 
     /// Before a target first creates a resource's entry, remember the intent (`state.extra`,
-    /// e.g. `{"creating": DN, "since_ms": t}`, with no key), so that an entry left by an apply
-    /// interrupted before [`Store::settle_applied`] is recognised as ours. Does nothing when the
-    /// resource already has a key in that target; keeps an earlier intent for the same entry.
+    /// e.g. `{"creating": DN, "since_ms": t, "attempt_ms": t}`, with no key), so that an entry
+    /// left by an apply interrupted before [`Store::settle_applied`] is recognised as ours.
+    /// The intent holds its key like an applied state does: no two resources may hold or
+    /// intend the same normalised key in one target. Does nothing when the resource already
+    /// has a key in that target; keeps an earlier intent's `since_ms` for the same entry.
+    ///
+    /// # Errors
+    /// `KeyConflict` when another resource holds or intends that key (naming it);
+    /// `Other` when `state.extra` names no `"creating"` key; `Unavailable`.
+    pub async fn record_intent(&self, state: TargetState) -> Result<(), StoreError> {
+        let Some(key) = keys::intent_key(state.extra.as_ref()) else {
+            return Err(StoreError::Other(format!(
+                "intent for {} in target {} names no key",
+                state.resource_id, state.target
+            )));
+        };
+        let key_norm = self.norm_key(&state.target, state.resource_type, key);
+        let result = self
+            .run(move |conn| outbox::record_intent(conn, &state, &key_norm))
+            .await;
+        self.name_holder(result).await
+    }
+
+    /// Before a target renames a resource's entry to `key`, reserve that key for it (its
+    /// recorded `target_key` stays until the settle), so a rename to a key another resource
+    /// holds or intends is refused before the target is touched. Does nothing when the
+    /// resource has no state in that target.
+    ///
+    /// # Errors
+    /// `KeyConflict` naming the holder; `Unavailable`.
+    pub async fn reserve_key(
+        &self,
+        target: &str,
+        resource_type: ResourceType,
+        resource_id: &str,
+        key: &str,
+    ) -> Result<(), StoreError> {
+        let key_norm = self.norm_key(target, resource_type, key);
+        let (target, id, key) = (target.to_owned(), resource_id.to_owned(), key.to_owned());
+        let result = self
+            .run(move |conn| keys::reserve(conn, &target, &id, &key, &key_norm))
+            .await;
+        self.name_holder(result).await
+    }
+
+    /// How `target` normalises its keys for the uniqueness index (LDAP: DNs as the server
+    /// compares them; SQL: table and key). Set by the reconciler for every target it runs;
+    /// a target without one compares keys exactly.
+    pub fn set_key_norm(&self, target: &str, norm: KeyNormFn) {
+        match self.inner.key_norms.write() {
+            Ok(mut guard) => guard.insert(target.to_owned(), norm),
+            Err(poisoned) => poisoned.into_inner().insert(target.to_owned(), norm),
+        };
+    }
+
+    /// The normalised form of `key` in `target` (see [`Store::set_key_norm`]).
+    #[must_use]
+    pub fn norm_key(&self, target: &str, resource_type: ResourceType, key: &str) -> String {
+        let norm = match self.inner.key_norms.read() {
+            Ok(guard) => guard.get(target).cloned(),
+            Err(poisoned) => poisoned.into_inner().get(target).cloned(),
+        };
+        match norm {
+            Some(f) => f(resource_type, key),
+            None => key.to_owned(),
+        }
+    }
+
+    /// Fill in the normalised key of `target`'s states recorded before the key index existed
+    /// (run when a reconciler starts). Returns the states left without one because another
+    /// resource already holds their key, as `(resource, holder, key)`: two resources that
+    /// already share an entry, for the operator.
     ///
     /// # Errors
     /// `Unavailable`.
-    pub async fn record_intent(&self, state: TargetState) -> Result<(), StoreError> {
-        self.run(move |conn| outbox::record_intent(conn, &state))
+    pub async fn fill_key_norms(
+        &self,
+        target: &str,
+    ) -> Result<Vec<(String, String, String)>, StoreError> {
+        let norm = match self.inner.key_norms.read() {
+            Ok(guard) => guard.get(target).cloned(),
+            Err(poisoned) => poisoned.into_inner().get(target).cloned(),
+        };
+        let norm: KeyNormFn = norm.unwrap_or_else(|| Arc::new(|_, k: &str| k.to_owned()));
+        let target = target.to_owned();
+        self.run(move |conn| keys::fill(conn, &target, &norm)).await
+    }
+
+    /// A `KeyConflict` whose holder the failed write could not name (a concurrent writer
+    /// won the index): look it up now that the transaction is over.
+    async fn name_holder(&self, result: Result<(), StoreError>) -> Result<(), StoreError> {
+        let Err(StoreError::KeyConflict {
+            target,
+            key,
+            holder: None,
+        }) = result
+        else {
+            return result;
+        };
+        let (t, k) = (target.clone(), key.clone());
+        let norms = self
+            .inner
+            .key_norms
+            .read()
+            .ok()
+            .and_then(|g| g.get(&t).cloned());
+        let holder = self
+            .run(move |conn| {
+                // Either spelling of the type gives the same norm for LDAP; SQL qualifies by
+                // table, so try both.
+                for ty in [ResourceType::User, ResourceType::Group] {
+                    let n = norms.as_ref().map_or_else(|| k.clone(), |f| f(ty, &k));
+                    if let Some(h) = keys::holder(conn, &t, &n, "")? {
+                        return Ok(Some(h));
+                    }
+                }
+                Ok(None)
+            })
             .await
+            .unwrap_or(None);
+        Err(StoreError::KeyConflict {
+            target,
+            key,
+            holder,
+        })
     }
 
     /// Merge `key: value` into the `extra` of a resource's existing state in one target,

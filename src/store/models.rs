@@ -197,6 +197,8 @@ pub(crate) struct TargetStateRow {
     pub target_key: Option<String>,
     pub extra: Option<String>,
     pub updated_ms: i64,
+    /// The normalised key held or intended (unique per target); see `keys`.
+    pub key_norm: Option<String>,
 }
 
 impl TargetStateRow {
@@ -209,6 +211,7 @@ impl TargetStateRow {
             target_key: state.target_key.as_deref().map(encode_text),
             extra: state.extra.as_ref().map(Value::to_string),
             updated_ms: state.updated_ms,
+            key_norm: None,
         }
     }
 

@@ -3,6 +3,7 @@
 //! decide retry policy (the reconciler passes `next_attempt_ms` and `dead`).
 
 use super::history::audit;
+use super::keys;
 use super::models::{NewOutbox, OutboxRow, TargetStateRow};
 use super::resources::lock_by_id;
 use super::schema::{outbox, target_state};
@@ -13,6 +14,7 @@ use super::{
 use crate::scim::resource::ResourceType;
 use crate::scim::ScimError;
 use diesel::prelude::*;
+use serde_json::Value;
 
 const PENDING: &str = "pending";
 const DEAD: &str = "dead";
@@ -215,11 +217,13 @@ fn lock_outbox_row(conn: &mut DbConnection, id: i64) -> Result<Option<OutboxRow>
 }
 
 /// Write `state` unless the stored applied_version is higher (or, when `strictly_higher`, not
-/// lower than it).
+/// lower than it), with `key_norm` as the normalised key it holds or intends: `KeyConflict`
+/// when another resource holds that key (see `keys`).
 fn upsert_target_state(
     conn: &mut DbConnection,
     state: &TargetState,
     strictly_higher: bool,
+    key_norm: Option<&str>,
 ) -> Result<(), StoreError> {
     let key = target_state::table.find((state.target.as_str(), state.resource_id.as_str()));
     let current: Option<i64> = match conn {
@@ -233,24 +237,29 @@ fn upsert_target_state(
             .first(c)
             .optional()?,
     };
-    let row = TargetStateRow::from_state(state);
-    match current {
-        None => {
-            diesel::insert_into(target_state::table)
-                .values(&row)
-                .execute(conn)?;
-        }
-        Some(applied) => {
-            let newer = if strictly_higher {
-                state.applied_version > applied
-            } else {
-                state.applied_version >= applied
-            };
-            if newer {
-                diesel::update(key).set(&row).execute(conn)?;
-            }
-        }
+    let mut row = TargetStateRow::from_state(state);
+    row.key_norm = key_norm.map(super::encode_text);
+    let shown = state
+        .target_key
+        .as_deref()
+        .or_else(|| keys::intent_key(state.extra.as_ref()))
+        .unwrap_or("");
+    let write = match current {
+        None => true,
+        Some(applied) if strictly_higher => state.applied_version > applied,
+        Some(applied) => state.applied_version >= applied,
+    };
+    if !write {
+        return Ok(());
     }
+    keys::check_free(conn, &state.target, &state.resource_id, shown, key_norm)?;
+    let written = match current {
+        None => diesel::insert_into(target_state::table)
+            .values(&row)
+            .execute(conn),
+        Some(_) => diesel::update(key).set(&row).execute(conn),
+    };
+    written.map_err(|e| keys::unique_violation(e, &state.target, shown))?;
     Ok(())
 }
 
@@ -273,6 +282,7 @@ pub(crate) fn settle_applied(
     conn: &mut DbConnection,
     item: &OutboxItem,
     state: &TargetState,
+    key_norm: Option<&str>,
     now_ms: i64,
 ) -> Result<(), StoreError> {
     write_tx(conn, |conn| {
@@ -280,7 +290,7 @@ pub(crate) fn settle_applied(
         let ours = row
             .as_ref()
             .is_some_and(|r| r.claim_epoch == item.claim_epoch && r.target == item.target);
-        upsert_target_state(conn, state, !ours)?;
+        upsert_target_state(conn, state, !ours, key_norm)?;
         if let (true, Some(row)) = (ours, row) {
             if !requeued_since_claim(&row, item) {
                 diesel::delete(outbox::table.find(row.id)).execute(conn)?;
@@ -520,32 +530,47 @@ pub(crate) fn status(
 }
 
 /// Record the intent to create a resource's entry; see [`super::Store::record_intent`].
+/// `key_norm` is the normalised key it names: `KeyConflict` when another resource holds or
+/// intends it. A later attempt for the same key keeps the first `since_ms` (the earliest an
+/// entry of ours can have been created), moves the previous attempt's time to
+/// `prev_attempt_ms` (the latest an earlier add of ours can have started) and records its own
+/// as `attempt_ms`.
 pub(crate) fn record_intent(
     conn: &mut DbConnection,
     state: &TargetState,
+    key_norm: &str,
 ) -> Result<(), StoreError> {
-    let current = target_state(conn, &state.target, &state.resource_id)?;
-    match current {
-        None => upsert_target_state(conn, state, false),
-        Some(cur) if cur.target_key.is_none() => {
-            let same = |s: &TargetState| {
-                s.extra
+    write_tx(conn, |conn| {
+        let current = target_state(conn, &state.target, &state.resource_id)?;
+        match current {
+            None => upsert_target_state(conn, state, false, Some(key_norm)),
+            Some(cur) if cur.target_key.is_none() => {
+                let mut row = TargetState {
+                    applied_version: cur.applied_version,
+                    ..state.clone()
+                };
+                let same = keys::intent_key(cur.extra.as_ref()).is_some()
+                    && keys::key_norm_of(conn, &state.target, &state.resource_id)?.as_deref()
+                        == Some(key_norm);
+                let since = cur.extra.as_ref().and_then(|e| e.get("since_ms")).cloned();
+                let prev = cur
+                    .extra
                     .as_ref()
-                    .and_then(|e| e.get("creating"))
-                    .map(ToString::to_string)
-            };
-            if same(&cur).is_some() && same(&cur) == same(state) {
-                // Keep the first intent: its time is what an interrupted add is checked against.
-                return Ok(());
+                    .and_then(|e| e.get("attempt_ms").or_else(|| e.get("since_ms")))
+                    .cloned();
+                if let (true, Some(since), Some(prev), Some(Value::Object(extra))) =
+                    (same, since, prev, row.extra.as_mut())
+                {
+                    // Keep the first intent's time and note the previous attempt's: an entry
+                    // left by an interrupted add is checked against them.
+                    extra.insert("since_ms".into(), since);
+                    extra.insert("prev_attempt_ms".into(), prev);
+                }
+                upsert_target_state(conn, &row, false, Some(key_norm))
             }
-            let row = TargetState {
-                applied_version: cur.applied_version,
-                ..state.clone()
-            };
-            upsert_target_state(conn, &row, false)
+            Some(_) => Ok(()),
         }
-        Some(_) => Ok(()),
-    }
+    })
 }
 
 /// Merge one key into an existing state's `extra`; see [`super::Store::note_target_extra`].
@@ -566,6 +591,7 @@ pub(crate) fn note_extra(
         };
         extra.insert(key.to_owned(), value.clone());
         state.extra = Some(serde_json::Value::Object(extra));
-        upsert_target_state(conn, &state, false)
+        let key_norm = keys::key_norm_of(conn, target, resource_id)?;
+        upsert_target_state(conn, &state, false, key_norm.as_deref())
     })
 }

@@ -86,6 +86,7 @@ diesel::table! {
         target_key -> Nullable<Text>,
         extra -> Nullable<Text>,
         updated_ms -> BigInt,
+        key_norm -> Nullable<Text>,
     }
 }
 

@@ -2246,3 +2246,218 @@ async fn the_reference_index_finds_holders_by_resolution_and_by_name() {
     })
     .await;
 }
+
+fn intent(id: &str, key: &str, since: i64) -> TargetState {
+    TargetState {
+        target: TARGET.to_owned(),
+        resource_type: ResourceType::User,
+        resource_id: id.to_owned(),
+        applied_version: 0,
+        target_key: None,
+        extra: Some(json!({"creating": key, "since_ms": since, "attempt_ms": since})),
+        updated_ms: since,
+    }
+}
+
+fn lowercase_keys(store: &Store) {
+    store.set_key_norm(TARGET, Arc::new(|_, k: &str| k.to_lowercase()));
+}
+
+fn holder_of(e: StoreError) -> Option<String> {
+    match e {
+        StoreError::KeyConflict { holder, .. } => holder,
+        other => panic!("not a key conflict: {other}"),
+    }
+}
+
+/// Issue 8 item 1: the unique index on the normalised key covers applied states, intents and
+/// rename reservations, per target; a deleted entry frees its key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_two_resources_hold_or_intend_one_target_key() {
+    on_both(|store, backend| async move {
+        lowercase_keys(&store);
+        let a = store
+            .create_user(user("ka"), None, &ctx(100))
+            .await
+            .unwrap()
+            .id;
+        let b = store
+            .create_user(user("kb"), None, &ctx(100))
+            .await
+            .unwrap()
+            .id;
+        store.record_intent(intent(&a, "cn=X", 100)).await.unwrap();
+        // A second intent for the same key, spelled differently: refused, naming the holder.
+        let e = store
+            .record_intent(intent(&b, "CN=x", 110))
+            .await
+            .unwrap_err();
+        assert_eq!(holder_of(e), Some(a.clone()), "{backend}");
+        // The holder's own later attempt keeps the first intent's time.
+        store.record_intent(intent(&a, "cn=X", 120)).await.unwrap();
+        let kept = store.target_state(TARGET, &a).await.unwrap().unwrap();
+        let extra = kept.extra.unwrap();
+        assert_eq!(
+            (
+                extra["since_ms"].as_i64(),
+                extra["prev_attempt_ms"].as_i64(),
+                extra["attempt_ms"].as_i64()
+            ),
+            (Some(100), Some(100), Some(120))
+        );
+        // Settling: a takes the key; b cannot record it either.
+        let items = store.claim(TARGET, 200, 10_000, 10).await.unwrap();
+        let item_a = items.iter().find(|i| i.resource_id == a).unwrap().clone();
+        let item_b = items.iter().find(|i| i.resource_id == b).unwrap().clone();
+        let mut sa = applied(&item_a, 1, 200);
+        sa.target_key = Some("cn=X".into());
+        store
+            .settle_applied(&item_a, sa.clone(), 200)
+            .await
+            .unwrap();
+        let mut sb = applied(&item_b, 1, 200);
+        sb.target_key = Some("cn=x".into());
+        let e = store
+            .settle_applied(&item_b, sb.clone(), 200)
+            .await
+            .unwrap_err();
+        assert_eq!(holder_of(e), Some(a.clone()), "{backend}");
+        assert!(store.target_state(TARGET, &b).await.unwrap().is_none());
+        // b gets another key; a rename reservation onto a's key is refused, another is fine.
+        sb.target_key = Some("cn=Y".into());
+        store.settle_applied(&item_b, sb, 200).await.unwrap();
+        let e = store
+            .reserve_key(TARGET, ResourceType::User, &b, "CN=X")
+            .await
+            .unwrap_err();
+        assert_eq!(holder_of(e), Some(a.clone()), "{backend}");
+        store
+            .reserve_key(TARGET, ResourceType::User, &b, "cn=Z")
+            .await
+            .unwrap();
+        // ... and the reservation holds the new key against a's intent or rename.
+        let e = store
+            .reserve_key(TARGET, ResourceType::User, &a, "cn=z")
+            .await
+            .unwrap_err();
+        assert_eq!(holder_of(e), Some(b.clone()), "{backend}");
+        // Another target has its own keys.
+        store
+            .record_intent(TargetState {
+                target: "other".into(),
+                ..intent(&b, "cn=X", 300)
+            })
+            .await
+            .unwrap();
+        // a's entry deleted (no key): its key is free again.
+        store
+            .enqueue(TARGET, ResourceType::User, &a, "test", 300)
+            .await
+            .unwrap();
+        let item = store
+            .claim(TARGET, 300, 10_000, 10)
+            .await
+            .unwrap()
+            .remove(0);
+        let gone = TargetState {
+            target_key: None,
+            extra: None,
+            applied_version: 2,
+            ..sa
+        };
+        store.settle_applied(&item, gone, 300).await.unwrap();
+        store
+            .reserve_key(TARGET, ResourceType::User, &b, "cn=x")
+            .await
+            .unwrap();
+    })
+    .await;
+}
+
+/// Two resources racing for one key: exactly one intent is recorded, whatever the timing (the
+/// index decides, not the check before it), and the loser's error names the winner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_intents_for_one_key_record_exactly_one() {
+    on_both(|store, backend| async move {
+        lowercase_keys(&store);
+        for round in 0..10 {
+            let a = store
+                .create_user(user(&format!("ra{round}")), None, &ctx(100))
+                .await
+                .unwrap()
+                .id;
+            let b = store
+                .create_user(user(&format!("rb{round}")), None, &ctx(100))
+                .await
+                .unwrap()
+                .id;
+            let key = format!("cn=race{round}");
+            let (ra, rb) = tokio::join!(
+                store.record_intent(intent(&a, &key, 100)),
+                store.record_intent(intent(&b, &key.to_uppercase(), 100)),
+            );
+            match (ra, rb) {
+                (Ok(()), Err(e)) => assert_eq!(holder_of(e), Some(a.clone()), "{backend}"),
+                (Err(e), Ok(())) => assert_eq!(holder_of(e), Some(b.clone()), "{backend}"),
+                (x, y) => panic!("{backend}: round {round}: {x:?} / {y:?}"),
+            }
+        }
+    })
+    .await;
+}
+
+/// States recorded before the key index existed get their key at start; two that already
+/// share one are reported, and the second is left without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn legacy_states_get_their_key_and_shared_ones_are_reported() {
+    on_both(|store, backend| async move {
+        let a = store
+            .create_user(user("la"), None, &ctx(100))
+            .await
+            .unwrap()
+            .id;
+        let b = store
+            .create_user(user("lb"), None, &ctx(100))
+            .await
+            .unwrap()
+            .id;
+        let items = store.claim(TARGET, 200, 10_000, 10).await.unwrap();
+        for item in &items {
+            let key = if item.resource_id == a {
+                "cn=One"
+            } else {
+                "cn=Two"
+            };
+            let mut s = applied(item, 1, 200);
+            s.target_key = Some(key.into());
+            store.settle_applied(item, s, 200).await.unwrap();
+        }
+        // What an older daemon left: no key_norm, and b on a's entry (another spelling).
+        let b_id = b.clone();
+        store
+            .run(move |conn| {
+                diesel::update(super::schema::target_state::table)
+                    .set(super::schema::target_state::key_norm.eq(None::<String>))
+                    .execute(conn)?;
+                diesel::update(super::schema::target_state::table.find((TARGET, b_id.as_str())))
+                    .set(super::schema::target_state::target_key.eq(Some("CN=one")))
+                    .execute(conn)?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        lowercase_keys(&store);
+        let shared = store.fill_key_norms(TARGET).await.unwrap();
+        assert_eq!(shared.len(), 1, "{backend}: {shared:?}");
+        let (loser, holder, key) = shared[0].clone();
+        let mut pair = [loser, holder];
+        pair.sort();
+        let mut want = [a.clone(), b.clone()];
+        want.sort();
+        assert_eq!(pair, want, "{backend}");
+        assert_eq!(key.to_lowercase(), "cn=one", "{backend}");
+        // Reported again at the next start until an operator resolves it.
+        assert_eq!(store.fill_key_norms(TARGET).await.unwrap().len(), 1);
+    })
+    .await;
+}

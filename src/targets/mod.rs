@@ -103,6 +103,15 @@ pub trait Target {
         prior: &Prior,
         dry_run: bool,
     ) -> Result<Outcome, TargetError>;
+
+    /// The key `sync` gives the entry of `desired` (the rendered key, or where a deactivation
+    /// moves it); `None` when the entry will not exist (a user deleted on deactivation) or
+    /// the key is unusable (`sync` then fails with the reason).
+    fn planned_key(&self, desired: &Desired) -> Option<String>;
+
+    /// The normal form of a key for the store's uniqueness index: two keys with one normal
+    /// form name the same entry in this target, as the target itself compares them.
+    fn key_norm(&self, kind: Kind, key: &str) -> String;
 }
 
 /// Every target implementation, dispatched by `match` (a closed set, no `dyn`).
@@ -143,6 +152,20 @@ impl Target for AnyTarget {
         match self {
             AnyTarget::Ldap(t) => t.sync(desired, prior, dry_run).await,
             AnyTarget::Sql(t) => t.sync(desired, prior, dry_run).await,
+        }
+    }
+
+    fn planned_key(&self, desired: &Desired) -> Option<String> {
+        match self {
+            AnyTarget::Ldap(t) => t.planned_key(desired),
+            AnyTarget::Sql(t) => t.planned_key(desired),
+        }
+    }
+
+    fn key_norm(&self, kind: Kind, key: &str) -> String {
+        match self {
+            AnyTarget::Ldap(t) => t.key_norm(kind, key),
+            AnyTarget::Sql(t) => t.key_norm(kind, key),
         }
     }
 }

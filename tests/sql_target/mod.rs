@@ -4,6 +4,7 @@
 //! values, unmapped columns and unmanaged rows untouched, outages, drift repair and dry runs.
 
 mod fanout;
+mod keys;
 
 use crate::harness::mariadb::MariaDb;
 use crate::harness::pg::PgDb;

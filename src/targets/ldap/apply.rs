@@ -5,6 +5,7 @@
 
 use super::codes;
 use super::conn::LdapTarget;
+use super::settings::Settings;
 use crate::config::target::{DeactivatePolicy, MemberValue, OnDelete, OnExisting, PasswordMode};
 use crate::mapping::dn::{dn_eq, normalize_dn, split_rdn};
 use crate::mapping::{diff, Entry, Mod};
@@ -15,6 +16,9 @@ use std::collections::{BTreeMap, HashSet};
 
 /// How `locate` reports an entry left by an interrupted create of ours (a dry-run line).
 const RESUME: &str = "resume: ";
+
+/// Bookkeeping key of the entry's `entryUUID`.
+const ENTRY_UUID: &str = "entry_uuid";
 
 /// Values per membership modify (large groups are changed in chunks).
 const MEMBER_CHUNK: usize = 500;
@@ -174,6 +178,23 @@ pub(super) async fn sync(
     })
 }
 
+/// The DN `sync` gives the entry of `d`: the rendered DN, or for an inactive user under
+/// `policy = "move"` the same RDN below `move_to`; `None` for an inactive user under
+/// `policy = "delete"` (see `Target::planned_key`).
+pub(super) fn planned_dn(settings: &Settings, d: &Desired) -> Option<String> {
+    if d.kind == Kind::Group || d.active {
+        return Some(d.entry.key.clone());
+    }
+    let deactivate = settings.users.deactivate.as_ref();
+    match deactivate.map(|x| (x.policy, x.move_to.as_ref())) {
+        Some((DeactivatePolicy::Delete, _)) => None,
+        Some((DeactivatePolicy::Move, Some(to))) => {
+            Some(format!("{},{to}", split_rdn(&d.entry.key).0))
+        }
+        _ => Some(d.entry.key.clone()),
+    }
+}
+
 fn prior_extra(prior: &Prior) -> Map<String, Value> {
     prior
         .extra
@@ -262,31 +283,29 @@ async fn locate(
     }
 }
 
-/// Whether the entry at `dn` was created by an apply of ours that was interrupted before its
-/// outcome was recorded (a crash between the LDAP add and the store's commit). The reconciler
-/// records the intent first (`prior.extra` = `{"creating": dn, "since_ms": t}`); the entry is
-/// ours when the directory says our bind DN created it at or after `t` (two minutes of clock
-/// skew allowed). Anything else at that DN stays unmanaged.
+/// Whether the entry at `dn` was created by an apply of ours for *this* resource that was
+/// interrupted before its outcome was recorded (a crash between the LDAP add and the store's
+/// commit). The reconciler records the intent first, and the store refuses an intent for a
+/// key another resource holds or intends (its unique index on the normalised DN); a later
+/// attempt for the same DN finds `prior.extra` = `{"creating": dn, "since_ms": first attempt,
+/// "prev_attempt_ms": the attempt before this one, "attempt_ms": this one}`. The entry is ours
+/// only when this resource's intent names this DN, our bind DN created it, and its
+/// `createTimestamp` lies between the intent and the end of the previous attempt's add (its
+/// start plus the connect and operation timeouts): an add of this attempt has not happened
+/// yet, and an entry we created earlier, for a resource that held the DN before, is older
+/// than the intent. Anything else at that DN stays unmanaged. `createTimestamp` has whole
+/// seconds, so the lower bound is the intent's second.
 async fn created_by_interrupted_apply(
     t: &LdapTarget,
     prior: &Prior,
     dn: &str,
 ) -> Result<bool, TargetError> {
-    let Some(extra) = &prior.extra else {
+    let Some(window) = intent_window(&t.settings, prior, dn) else {
         return Ok(false);
     };
-    let Some(creating) = extra.get("creating").and_then(Value::as_str) else {
+    let Some(bind) = t.settings.bind_dn.as_deref() else {
         return Ok(false);
     };
-    let (Some(since_ms), Some(bind)) = (
-        extra.get("since_ms").and_then(Value::as_i64),
-        t.settings.bind_dn.as_deref(),
-    ) else {
-        return Ok(false);
-    };
-    if !dn_eq(creating, dn) {
-        return Ok(false);
-    }
     let wanted = ["creatorsName".to_string(), "createTimestamp".to_string()];
     let Some(entry) = t.read(dn, &wanted).await? else {
         return Ok(false);
@@ -294,7 +313,32 @@ async fn created_by_interrupted_apply(
     let first = |name: &str| entry.attrs.get(name).and_then(|v| v.first()).cloned();
     let by_us = first("creatorsname").is_some_and(|c| dn_eq(&c, bind));
     let created_ms = first("createtimestamp").and_then(|ts| generalized_time_ms(&ts));
-    Ok(by_us && created_ms.is_some_and(|c| c >= since_ms - 120_000))
+    Ok(by_us && created_ms.is_some_and(|c| window.0 <= c && c <= window.1))
+}
+
+/// The time window (ms) in which an add of ours for this resource at `dn` can have happened,
+/// from its recorded intent; `None` when the intent does not name `dn`.
+fn intent_window(settings: &Settings, prior: &Prior, dn: &str) -> Option<(i64, i64)> {
+    let extra = prior.extra.as_ref()?;
+    let creating = extra.get("creating").and_then(Value::as_str)?;
+    if !dn_eq(creating, dn) {
+        return None;
+    }
+    let since_ms = extra.get("since_ms").and_then(Value::as_i64)?;
+    // The first attempt has no earlier add of ours to find.
+    let prev_ms = extra
+        .get("prev_attempt_ms")
+        .and_then(Value::as_i64)?
+        .max(since_ms);
+    // One attempt's add is done after a connect, a bind, a read and the add, each bounded.
+    let budget = settings
+        .connect_timeout
+        .saturating_add(settings.timeout.saturating_mul(4));
+    let budget = i64::try_from(budget.as_millis()).unwrap_or(i64::MAX);
+    Some((
+        since_ms - since_ms.rem_euclid(1000),
+        prev_ms.saturating_add(budget),
+    ))
 }
 
 /// `20261122224512Z` (or with fractional seconds) as milliseconds since the epoch.
@@ -305,6 +349,26 @@ fn generalized_time_ms(ts: &str) -> Option<i64> {
         .ok()?
         .assume_utc();
     i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
+}
+
+/// The server's id of the entry at `dn` (`entryUUID`, RFC 4530; it survives renames and
+/// moves), for the bookkeeping: read back after an add (`fresh`) or when none is recorded yet,
+/// else the recorded one. `None` when the server has none (or in a dry run).
+async fn entry_uuid(
+    ex: &Exec<'_>,
+    prev: &Map<String, Value>,
+    dn: &str,
+    fresh: bool,
+) -> Result<Option<String>, TargetError> {
+    let known = prev.get(ENTRY_UUID).and_then(Value::as_str);
+    if let (Some(u), false) = (known, fresh) {
+        return Ok(Some(u.to_owned()));
+    }
+    if ex.dry_run {
+        return Ok(known.map(str::to_owned));
+    }
+    let entry = ex.t.read(dn, &["entryUUID".to_owned()]).await?;
+    Ok(entry.and_then(|e| e.attrs.get("entryuuid").and_then(|v| v.first().cloned())))
 }
 
 fn missing_object_classes(desired: &[String], current: &[String]) -> Option<Mod> {
@@ -392,13 +456,7 @@ async fn sync_user(
         return Ok((None, Some(extra)));
     }
 
-    let desired_dn = match (
-        policy,
-        us.deactivate.as_ref().and_then(|x| x.move_to.as_ref()),
-    ) {
-        (Some(DeactivatePolicy::Move), Some(to)) => format!("{},{to}", split_rdn(&d.entry.key).0),
-        _ => d.entry.key.clone(),
-    };
+    let desired_dn = planned_dn(&t.settings, d).unwrap_or_else(|| d.entry.key.clone());
     let disable_set: BTreeMap<String, Vec<String>> = match (policy, us.deactivate.as_ref()) {
         (Some(DeactivatePolicy::Disable), Some(x)) => x.set.clone(),
         _ => BTreeMap::new(),
@@ -440,12 +498,15 @@ async fn sync_user(
         }
     }
     let mut current = current;
+    // Read the entry's id afresh after an add, a resume or an adoption.
+    let mut fresh = current.is_some() && prior.key.is_none();
     if current.is_none() {
         let mut extra_attrs = disable_set.clone();
         if let Some(p) = &password {
             extra_attrs.insert("userPassword".into(), vec![p.clone()]);
         }
         let rc = ex.add(&desired_dn, add_attrs(&entry, &extra_attrs)).await?;
+        fresh = true;
         if rc == codes::ENTRY_ALREADY_EXISTS {
             // Lost a race with another writer: converge only if we may own it.
             if prior.key.is_none()
@@ -556,6 +617,9 @@ async fn sync_user(
     } else if let Some(old) = prev.get("password_sha256") {
         extra.insert("password_sha256".into(), old.clone());
     }
+    if let Some(u) = entry_uuid(ex, &prev, &desired_dn, fresh).await? {
+        extra.insert(ENTRY_UUID.into(), json!(u));
+    }
     Ok((Some(desired_dn), Some(Value::Object(extra))))
 }
 
@@ -622,7 +686,9 @@ async fn sync_group(
     read_attrs.extend(d.entry.attrs.keys().cloned());
     read_attrs.push(attr.clone());
 
+    let prev = prior_extra(prior);
     let mut current = locate(ex, prior, &desired_dn, &read_attrs).await?;
+    let fresh = current.is_none() || prior.key.is_none();
     if current.is_none() {
         let (first, _) = want.split_at(want.len().min(MEMBER_CHUNK));
         let mut extra = BTreeMap::new();
@@ -655,7 +721,8 @@ async fn sync_group(
             });
             let rest: Vec<String> = want.iter().skip(first.len()).cloned().collect();
             if rest.is_empty() {
-                return Ok((Some(desired_dn), Some(json!({"kind": "group"}))));
+                let extra = group_extra(entry_uuid(ex, &prev, &desired_dn, fresh).await?);
+                return Ok((Some(desired_dn), Some(extra)));
             }
         }
     }
@@ -699,7 +766,15 @@ async fn sync_group(
             .await?;
         }
     }
-    Ok((Some(desired_dn), Some(json!({"kind": "group"}))))
+    let extra = group_extra(entry_uuid(ex, &prev, &desired_dn, fresh).await?);
+    Ok((Some(desired_dn), Some(extra)))
+}
+
+fn group_extra(uuid: Option<String>) -> Value {
+    match uuid {
+        Some(u) => json!({"kind": "group", ENTRY_UUID: u}),
+        None => json!({"kind": "group"}),
+    }
 }
 
 /// The resource was deleted in the store.
@@ -746,6 +821,89 @@ async fn remove(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn settings(users_extra: &str) -> Settings {
+        let text = format!(
+            "name = \"t\"\ntype = \"ldap\"\nurl = \"ldap://127.0.0.1:1\"\ntimeout_secs = 5\n\
+             connect_timeout_secs = 2\n[users]\ndn = \"uid={{userName}},ou=People,dc=x\"\n\
+             object_classes = [\"person\"]\n{users_extra}"
+        );
+        let raw: crate::config::target::RawTarget = toml::from_str(&text).unwrap();
+        let crate::config::target::RawTarget::Ldap(l) = &raw else {
+            panic!("ldap")
+        };
+        Settings::from_raw(l, 0).unwrap()
+    }
+
+    fn intent(dn: &str, since: i64, prev: i64) -> Prior {
+        Prior {
+            key: None,
+            extra: Some(
+                json!({"creating": dn, "since_ms": since, "prev_attempt_ms": prev,
+                               "attempt_ms": prev + 100_000}),
+            ),
+        }
+    }
+
+    #[test]
+    fn an_interrupted_create_counts_only_inside_its_intents_window() {
+        let s = settings("");
+        let dn = "uid=a,ou=People,dc=x";
+        // From the intent's whole second to the end of the previous attempt's add (its start
+        // plus connect + 4 operations); this attempt has not added anything yet.
+        assert_eq!(
+            intent_window(&s, &intent(dn, 10_500, 60_000), dn),
+            Some((10_000, 60_000 + 2_000 + 4 * 5_000))
+        );
+        // Another spelling of the same DN is the same intent.
+        assert!(intent_window(&s, &intent("UID=A,ou=people,dc=x", 1, 1), dn).is_some());
+        // An intent naming another DN, or none at all, never recognises an entry.
+        assert_eq!(
+            intent_window(&s, &intent("uid=b,ou=People,dc=x", 1, 1), dn),
+            None
+        );
+        assert_eq!(intent_window(&s, &Prior::default(), dn), None);
+        // The first attempt (no previous one) has no add of ours to find.
+        let first = Prior {
+            key: None,
+            extra: Some(json!({"creating": dn, "since_ms": 5_000, "attempt_ms": 5_000})),
+        };
+        assert_eq!(intent_window(&s, &first, dn), None);
+    }
+
+    #[test]
+    fn the_planned_dn_follows_the_deactivation_policy() {
+        let entry = Entry {
+            key: "uid=a,ou=People,dc=x".into(),
+            object_classes: vec![],
+            attrs: BTreeMap::new(),
+        };
+        let d = |active: bool| Desired {
+            kind: Kind::User,
+            entry: entry.clone(),
+            active,
+            members: vec![],
+            password_hash: None,
+            role_groups: vec![],
+        };
+        let plain = settings("");
+        assert_eq!(
+            planned_dn(&plain, &d(false)).as_deref(),
+            Some("uid=a,ou=People,dc=x")
+        );
+        let moving =
+            settings("[users.deactivate]\npolicy = \"move\"\nmove_to = \"ou=Disabled,dc=x\"\n");
+        assert_eq!(
+            planned_dn(&moving, &d(true)).as_deref(),
+            Some("uid=a,ou=People,dc=x")
+        );
+        assert_eq!(
+            planned_dn(&moving, &d(false)).as_deref(),
+            Some("uid=a,ou=Disabled,dc=x")
+        );
+        let deleting = settings("[users.deactivate]\npolicy = \"delete\"\n");
+        assert_eq!(planned_dn(&deleting, &d(false)), None);
+    }
 
     #[test]
     fn generalized_time_parses_to_epoch_ms() {

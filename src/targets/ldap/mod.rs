@@ -7,7 +7,8 @@
 //! what `memberUid` groups hold; see `mapping::CompiledTarget::member_key`), `disabled`
 //! (attributes set by deactivation, removed exactly on reactivation), `member` and
 //! `role_groups` (role-group memberships written), `password_sha256` (of the last written
-//! password hash, to write only changes), `deleted_inactive`.
+//! password hash, to write only changes), `deleted_inactive`, `entry_uuid` (the server's
+//! `entryUUID` of the entry, read back after the add: it survives renames and moves).
 
 pub mod apply;
 pub mod codes;
@@ -17,7 +18,7 @@ pub mod settings;
 pub use conn::LdapTarget;
 pub use settings::{PasswordSource, Settings};
 
-use crate::targets::{Desired, Outcome, Prior, Target, TargetError};
+use crate::targets::{Desired, Kind, Outcome, Prior, Target, TargetError};
 
 impl Target for LdapTarget {
     async fn healthcheck(&self) -> Result<(), TargetError> {
@@ -31,6 +32,15 @@ impl Target for LdapTarget {
         dry_run: bool,
     ) -> Result<Outcome, TargetError> {
         apply::sync(self, desired, prior, dry_run).await
+    }
+
+    fn planned_key(&self, desired: &Desired) -> Option<String> {
+        apply::planned_dn(&self.settings, desired)
+    }
+
+    /// DNs as the server compares them, users and groups alike (one namespace).
+    fn key_norm(&self, _kind: Kind, key: &str) -> String {
+        crate::mapping::dn::normalize_dn(key)
     }
 }
 

@@ -254,6 +254,48 @@ fn convert_key(ty: SqlColumnType, key: &str, what: &str) -> Result<(Bind, String
     }
 }
 
+/// The table a kind of resource lives in.
+fn table_of(s: &Settings, kind: Kind) -> Option<&Table> {
+    match kind {
+        Kind::User => Some(&s.users),
+        Kind::Group => s.groups.as_ref(),
+    }
+}
+
+/// The key `sync` records for `desired` (see `Target::planned_key`).
+pub(super) fn planned_key(s: &Settings, d: &Desired) -> Option<String> {
+    let delete_policy = s
+        .deactivate
+        .as_ref()
+        .is_some_and(|x| x.policy == SqlDeactivatePolicy::Delete);
+    if d.kind == Kind::User && !d.active && delete_policy {
+        return None;
+    }
+    let t = table_of(s, d.kind)?;
+    convert_key(t.key_type, &d.entry.key, &t.table)
+        .ok()
+        .map(|(_, k)| k)
+}
+
+/// A key's normal form for the store's uniqueness index: the table (users and groups may be
+/// apart) and the key as the database compares it. MySQL/MariaDB's usual collations ignore
+/// case and trailing spaces, so there the key is folded (for a binary collation this errs
+/// toward a conflict, never a merge); PostgreSQL and SQLite compare text exactly.
+pub(super) fn key_norm(s: &Settings, kind: Kind, key: &str) -> String {
+    let Some(t) = table_of(s, kind) else {
+        return key.to_owned();
+    };
+    let canonical =
+        convert_key(t.key_type, key, &t.table).map_or_else(|_| key.to_owned(), |(_, k)| k);
+    let folded = match (s.backend, t.key_type) {
+        (super::dialect::Backend::Mysql, SqlColumnType::Text) => {
+            canonical.trim_end_matches(' ').to_lowercase()
+        }
+        _ => canonical,
+    };
+    format!("{}:{}:{folded}", t.table.len(), t.table)
+}
+
 fn parse_bool(v: &str) -> Option<bool> {
     match v.trim().to_ascii_lowercase().as_str() {
         "true" | "t" | "1" | "yes" | "y" | "on" => Some(true),
@@ -976,5 +1018,50 @@ mod tests {
         assert_eq!(show(&Bind::Text(Some("o'brien".into()))), "'o''brien'");
         assert!(show(&Bind::Text(Some("x".repeat(10_000)))).len() < 100);
         assert!(is_secret("password_hash") && is_secret("PWD") && !is_secret("login"));
+    }
+}
+
+#[cfg(test)]
+mod key_tests {
+    use super::*;
+
+    fn settings(url: &str, user_key_type: &str) -> Settings {
+        let text = format!(
+            "name = \"t\"\ntype = \"sql\"\nurl = \"{url}\"\n[users]\ntable = \"u\"\n\
+             key_column = \"k\"\nkey = {{ from = \"userName\", type = \"{user_key_type}\" }}\n\
+             [groups]\ntable = \"g\"\nkey_column = \"k\"\nkey = \"displayName\"\n"
+        );
+        let raw: crate::config::target::RawTarget = toml::from_str(&text).unwrap();
+        let crate::config::target::RawTarget::Sql(s) = &raw else {
+            panic!("sql")
+        };
+        Settings::from_raw(s, 0).unwrap()
+    }
+
+    #[test]
+    fn row_keys_are_per_table_and_compared_as_the_database_does() {
+        let pg = settings("postgres://h/db", "text");
+        // Users and groups live in different tables: the same key text is two rows.
+        assert_ne!(
+            key_norm(&pg, Kind::User, "x"),
+            key_norm(&pg, Kind::Group, "x")
+        );
+        // PostgreSQL compares text exactly.
+        assert_ne!(
+            key_norm(&pg, Kind::User, "Babs"),
+            key_norm(&pg, Kind::User, "babs")
+        );
+        // MySQL/MariaDB collations ignore case and trailing spaces.
+        let my = settings("mysql://h/db", "text");
+        assert_eq!(
+            key_norm(&my, Kind::User, "Babs "),
+            key_norm(&my, Kind::User, "babs")
+        );
+        // Integer keys in their canonical form.
+        let int = settings("postgres://h/db", "integer");
+        assert_eq!(
+            key_norm(&int, Kind::User, " 0042"),
+            key_norm(&int, Kind::User, "42")
+        );
     }
 }

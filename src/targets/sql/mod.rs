@@ -17,7 +17,7 @@ pub mod settings;
 pub use conn::SqlTarget;
 pub use settings::Settings;
 
-use crate::targets::{Desired, Outcome, Prior, Target, TargetError};
+use crate::targets::{Desired, Kind, Outcome, Prior, Target, TargetError};
 
 impl Target for SqlTarget {
     async fn healthcheck(&self) -> Result<(), TargetError> {
@@ -36,6 +36,14 @@ impl Target for SqlTarget {
             apply::sync(s, conn, desired.as_ref(), &prior, dry_run)
         })
         .await
+    }
+
+    fn planned_key(&self, desired: &Desired) -> Option<String> {
+        apply::planned_key(self.settings(), desired)
+    }
+
+    fn key_norm(&self, kind: Kind, key: &str) -> String {
+        apply::key_norm(self.settings(), kind, key)
     }
 }
 

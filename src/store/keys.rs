@@ -1,0 +1,169 @@
+//! Target keys: the normalised key each resource holds (`target_key`) or intends to create (an
+//! intent's `"creating"` key) in a target, kept in `target_state.key_norm`. No two resources
+//! may hold or intend the same key in one target: the unique index `target_state_key_norm`
+//! decides it (a check beforehand only finds the holder for the error message), so a second
+//! resource whose DN renders the same cannot even record its intent. How a key is normalised
+//! is the target's business (LDAP: `mapping::dn::normalize_dn`; SQL: table and key as the
+//! database compares them); the reconciler registers it per target with
+//! [`super::Store::set_key_norm`]. Must not decide what a conflict does to the outbox row.
+
+use super::schema::target_state;
+use super::{decode_text, encode_text, write_tx, DbConnection, StoreError};
+use crate::scim::resource::ResourceType;
+use diesel::prelude::*;
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use serde_json::Value;
+use std::sync::Arc;
+
+/// How one target normalises a key of a user or group for the uniqueness index.
+pub type KeyNormFn = Arc<dyn Fn(ResourceType, &str) -> String + Send + Sync>;
+
+/// Name of the unique index (PostgreSQL reports it; SQLite names its columns).
+const INDEX: &str = "target_state_key_norm";
+
+/// The key an intent names (`extra.creating`), if the state is an intent.
+pub(crate) fn intent_key(extra: Option<&Value>) -> Option<&str> {
+    extra
+        .and_then(|e| e.get("creating"))
+        .and_then(Value::as_str)
+}
+
+/// The resource other than `except` that holds `key_norm` in `target`.
+pub(crate) fn holder(
+    conn: &mut DbConnection,
+    target: &str,
+    key_norm: &str,
+    except: &str,
+) -> Result<Option<String>, StoreError> {
+    Ok(target_state::table
+        .filter(target_state::target.eq(target))
+        .filter(target_state::key_norm.eq(encode_text(key_norm)))
+        .filter(target_state::resource_id.ne(except))
+        .select(target_state::resource_id)
+        .first(conn)
+        .optional()?)
+}
+
+/// `KeyConflict` when another resource holds `key_norm` (for a useful message; the index is
+/// what guarantees it, see [`unique_violation`]).
+pub(crate) fn check_free(
+    conn: &mut DbConnection,
+    target: &str,
+    resource_id: &str,
+    key: &str,
+    key_norm: Option<&str>,
+) -> Result<(), StoreError> {
+    let Some(norm) = key_norm else {
+        return Ok(());
+    };
+    match holder(conn, target, norm, resource_id)? {
+        Some(h) => Err(StoreError::KeyConflict {
+            target: target.to_owned(),
+            key: key.to_owned(),
+            holder: Some(h),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// A write to `target_state` failed: a violation of the key index (a concurrent writer took
+/// the key between the check and the write) is a `KeyConflict`, anything else the usual error.
+pub(crate) fn unique_violation(e: DieselError, target: &str, key: &str) -> StoreError {
+    if let DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, info) = &e {
+        let ours = info.constraint_name() == Some(INDEX) || info.message().contains("key_norm");
+        if ours {
+            return StoreError::KeyConflict {
+                target: target.to_owned(),
+                key: key.to_owned(),
+                holder: None,
+            };
+        }
+    }
+    e.into()
+}
+
+/// The normalised key a resource's state holds now.
+pub(crate) fn key_norm_of(
+    conn: &mut DbConnection,
+    target: &str,
+    resource_id: &str,
+) -> Result<Option<String>, StoreError> {
+    Ok(target_state::table
+        .find((target, resource_id))
+        .select(target_state::key_norm)
+        .first::<Option<String>>(conn)
+        .optional()?
+        .flatten()
+        .map(decode_text))
+}
+
+/// Reserve `key` for an existing state before the target renames its entry there: a rename
+/// to a key another resource holds or intends is refused before the target is touched.
+pub(crate) fn reserve(
+    conn: &mut DbConnection,
+    target: &str,
+    resource_id: &str,
+    key: &str,
+    key_norm: &str,
+) -> Result<(), StoreError> {
+    write_tx(conn, |conn| {
+        check_free(conn, target, resource_id, key, Some(key_norm))?;
+        diesel::update(target_state::table.find((target, resource_id)))
+            .set(target_state::key_norm.eq(Some(encode_text(key_norm))))
+            .execute(conn)
+            .map_err(|e| unique_violation(e, target, key))?;
+        Ok(())
+    })
+}
+
+/// Fill `key_norm` where it is missing (rows written before the index existed), one row per
+/// transaction. A row whose key another resource already holds is left without one and
+/// returned as `(resource, holder, key)`: two resources already share an entry, which an
+/// operator must sort out (the next apply of that resource fails as a conflict).
+pub(crate) fn fill(
+    conn: &mut DbConnection,
+    target: &str,
+    norm: &KeyNormFn,
+) -> Result<Vec<(String, String, String)>, StoreError> {
+    let rows: Vec<(String, String, Option<String>, Option<String>)> = target_state::table
+        .filter(target_state::target.eq(target))
+        .filter(target_state::key_norm.is_null())
+        .filter(
+            target_state::target_key
+                .is_not_null()
+                .or(target_state::extra.like("%\"creating\"%")),
+        )
+        .order(target_state::resource_id)
+        .select((
+            target_state::resource_id,
+            target_state::resource_type,
+            target_state::target_key,
+            target_state::extra,
+        ))
+        .load(conn)?;
+    let mut duplicates = Vec::new();
+    for (id, ty, key, extra) in rows {
+        let Some(ty) = ResourceType::parse(&ty) else {
+            continue;
+        };
+        let key = match key {
+            Some(k) => decode_text(k),
+            None => {
+                let extra: Option<Value> = extra.and_then(|e| serde_json::from_str(&e).ok());
+                match intent_key(extra.as_ref()) {
+                    Some(k) => k.to_owned(),
+                    None => continue,
+                }
+            }
+        };
+        let key_norm = norm(ty, &key);
+        match reserve(conn, target, &id, &key, &key_norm) {
+            Ok(()) => {}
+            Err(StoreError::KeyConflict { holder, .. }) => {
+                duplicates.push((id, holder.unwrap_or_default(), key));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(duplicates)
+}
