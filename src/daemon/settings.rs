@@ -176,6 +176,14 @@ pub fn from_raw(raw: &RawConfig) -> Result<Settings, Vec<ConfigError>> {
             "must be at least 1",
         ));
     }
+    if let Some(id) = &raw.reconcile.instance_id {
+        if id.trim().is_empty() || id.len() > 200 || id.chars().any(char::is_control) {
+            errors.push(ConfigError::invalid(
+                "reconcile.instance_id",
+                "must be 1 to 200 printable characters",
+            ));
+        }
+    }
     if raw.reconcile.max_attempts == 0 {
         errors.push(ConfigError::invalid(
             "reconcile.max_attempts",
@@ -253,6 +261,8 @@ pub fn from_raw(raw: &RawConfig) -> Result<Settings, Vec<ConfigError>> {
             pool_size: raw.store.pool_size.max(1),
             busy_timeout_ms: raw.store.busy_timeout_ms,
             instance_lock: false,
+            // Empty: the daemon fills in the host name at start (`daemon::default_instance_id`).
+            instance_id: raw.reconcile.instance_id.clone().unwrap_or_default(),
         },
         reconcile: ReconcileSettings {
             workers: raw.reconcile.workers,
@@ -268,6 +278,18 @@ pub fn from_raw(raw: &RawConfig) -> Result<Settings, Vec<ConfigError>> {
         log_level: raw.log.level.clone(),
         raw: raw.clone(),
     })
+}
+
+impl Settings {
+    /// The configured target names, in order (what every mutation queues for).
+    #[must_use]
+    pub fn target_names(&self) -> Vec<String> {
+        self.raw
+            .targets
+            .iter()
+            .map(|t| t.name().to_owned())
+            .collect()
+    }
 }
 
 #[cfg(test)]
