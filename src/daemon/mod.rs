@@ -287,8 +287,8 @@ impl Daemon {
         })
     }
 
-    /// The current reconciler (cheap clone).
-    fn current_reconciler(&self) -> Option<Reconciler> {
+    /// The current reconciler (cheap clone); tests arm its pause points.
+    pub fn current_reconciler(&self) -> Option<Reconciler> {
         let guard = match self.reconciler.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),

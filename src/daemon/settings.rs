@@ -176,6 +176,24 @@ pub fn from_raw(raw: &RawConfig) -> Result<Settings, Vec<ConfigError>> {
             "must be at least 1",
         ));
     }
+    // A target write starts only while its timeout remains on the claim's lease, and the
+    // heartbeat renews the lease every lease/3: a lease under twice the timeout would leave
+    // too little for any write.
+    for t in &raw.targets {
+        let timeout = match t {
+            crate::config::target::RawTarget::Ldap(l) => l.timeout_secs,
+            crate::config::target::RawTarget::Sql(s) => s.timeout_secs,
+        };
+        if raw.reconcile.lease_secs < timeout.saturating_mul(2) {
+            errors.push(ConfigError::invalid(
+                "reconcile.lease_secs",
+                format!(
+                    "must be at least twice the timeout_secs of target {} ({timeout}): a write starts only while its timeout remains on the lease",
+                    t.name()
+                ),
+            ));
+        }
+    }
     if let Some(id) = &raw.reconcile.instance_id {
         if id.trim().is_empty() || id.len() > 200 || id.chars().any(char::is_control) {
             errors.push(ConfigError::invalid(

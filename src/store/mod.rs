@@ -1105,8 +1105,7 @@ impl Store {
 
     /// Claim one resource's row for drift repair, the same claim the workers take (a new
     /// epoch and lease, `claimed_by` this instance), inserting a `resync` row when there is
-    /// none. `None` when the resource does not exist as that type, or a worker holds the row
-    /// (it is applying the current state already).
+    /// none. `None` when a worker holds the row (it is applying the current state already).
     ///
     /// # Errors
     /// `Unavailable`.

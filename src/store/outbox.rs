@@ -617,11 +617,8 @@ pub(crate) fn claim_resource(
     lease_ms: i64,
 ) -> Result<Option<OutboxItem>, StoreError> {
     write_tx(conn, |conn| {
-        let Some((_, _, version)) =
-            lock_by_id(conn, resource_id)?.filter(|(t, _, _)| t == resource_type.as_str())
-        else {
-            return Ok(None);
-        };
+        // A resource purged from the store still has a row to claim (its entry is removed).
+        let version = lock_by_id(conn, resource_id)?.map_or(0, |(_, _, v)| v);
         let existing: Option<(i64, Option<i64>)> = outbox::table
             .filter(outbox::target.eq(target))
             .filter(outbox::resource_id.eq(resource_id))

@@ -8,7 +8,7 @@ use super::conn::LdapTarget;
 use crate::config::target::{DeactivatePolicy, MemberValue, OnDelete, OnExisting, PasswordMode};
 use crate::mapping::dn::{dn_eq, normalize_dn, split_rdn};
 use crate::mapping::{diff, Entry, Mod};
-use crate::targets::{Desired, ErrorClass, Kind, Outcome, Prior, TargetError};
+use crate::targets::{Desired, ErrorClass, Kind, Lease, Outcome, Prior, TargetError};
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashSet};
@@ -24,6 +24,8 @@ struct Exec<'a> {
     t: &'a LdapTarget,
     dry_run: bool,
     changes: Vec<String>,
+    /// Checked before every write: none starts unless its timeout remains on the claim.
+    lease: &'a Lease,
 }
 
 fn permanent(message: String) -> TargetError {
@@ -59,6 +61,10 @@ fn describe(m: &Mod, show_values: bool) -> String {
 }
 
 impl Exec<'_> {
+    fn fence(&self) -> Result<(), TargetError> {
+        self.lease.check(self.t.settings().timeout)
+    }
+
     async fn add(
         &mut self,
         dn: &str,
@@ -68,6 +74,7 @@ impl Exec<'_> {
         if self.dry_run {
             return Ok(0);
         }
+        self.fence()?;
         self.t.add(dn, attrs).await
     }
 
@@ -92,6 +99,7 @@ impl Exec<'_> {
         }
         let lmods: Vec<ldap3::Mod<String>> = mods.iter().map(to_ldap).collect();
         let ok = [codes::ATTRIBUTE_OR_VALUE_EXISTS, codes::NO_SUCH_ATTRIBUTE];
+        self.fence()?;
         let rc = self.t.modify(dn, lmods, &ok).await?;
         if rc == 0 {
             return Ok(());
@@ -114,6 +122,7 @@ impl Exec<'_> {
                     Mod::Delete(..) => &[codes::NO_SUCH_ATTRIBUTE],
                     Mod::Replace(..) => &[],
                 };
+                self.fence()?;
                 self.t.modify(dn, vec![to_ldap(&s)], tolerated).await?;
             }
         }
@@ -132,6 +141,7 @@ impl Exec<'_> {
         if self.dry_run {
             return Ok(true);
         }
+        self.fence()?;
         match self.t.modrdn(old, &new_rdn, sup).await {
             Ok(rc) => Ok(rc == 0),
             Err(e) if e.code.as_deref() == Some("68") => Err(permanent(format!(
@@ -146,6 +156,7 @@ impl Exec<'_> {
         if self.dry_run {
             return Ok(());
         }
+        self.fence()?;
         self.t.delete(dn).await.map(|_| ())
     }
 }
@@ -161,6 +172,7 @@ pub(super) async fn sync(
         t,
         dry_run,
         changes: Vec::new(),
+        lease: &prior.lease,
     };
     let (key, extra) = match desired {
         None => remove(&mut ex, prior).await?,
