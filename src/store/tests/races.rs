@@ -285,3 +285,85 @@ async fn races_deleting_a_user_and_patching_its_group_do_not_deadlock() {
     assert_eq!(member_ids(&store, &g).await, [y]);
     db.finish().await;
 }
+
+/// Two instances share one PostgreSQL store; one restarts. It releases the claims recorded
+/// under its own instance id at once and leaves the other's live claims alone. Before: on
+/// PostgreSQL nothing was released and a restarted daemon's rows waited out their lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn claims_a_restarted_instance_releases_its_own_claims_only() {
+    let db = pg_db().await;
+    let url = url_of(&db);
+    let other = {
+        let mut s = settings(url.clone());
+        s.instance_id = "other-host".into();
+        Store::open(&s, vec![TARGET.to_owned()]).await.unwrap()
+    };
+    let me = db.store.clone();
+    let a = me
+        .create_user(user("mine"), None, &ctx(100))
+        .await
+        .unwrap()
+        .id;
+    assert_eq!(me.claim(TARGET, 100, 600_000, 10).await.unwrap().len(), 1);
+    let b = me
+        .create_user(user("theirs"), None, &ctx(100))
+        .await
+        .unwrap()
+        .id;
+    assert_eq!(
+        other.claim(TARGET, 100, 600_000, 10).await.unwrap().len(),
+        1
+    );
+
+    // "Restart": a new store under the same instance id.
+    let restarted = Store::open(&settings(url), vec![TARGET.to_owned()])
+        .await
+        .unwrap();
+    assert_eq!(restarted.release_stale_claims().await.unwrap(), 1);
+    let again = restarted.claim(TARGET, 200, 600_000, 10).await.unwrap();
+    assert_eq!(
+        again
+            .iter()
+            .map(|i| i.resource_id.as_str())
+            .collect::<Vec<_>>(),
+        [a.as_str()],
+        "only the restarted instance's own claim was released; {b} is still held"
+    );
+    drop((other, restarted));
+    db.finish().await;
+}
+
+/// A PostgreSQL read transaction is one snapshot: REPEATABLE READ, read only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn claims_postgres_read_transactions_are_repeatable_read_and_read_only() {
+    let db = pg_db().await;
+    let (isolation, read_only) = db
+        .store
+        .run(|conn| {
+            read_tx(conn, |conn| {
+                #[derive(QueryableByName)]
+                struct Setting {
+                    #[diesel(sql_type = diesel::sql_types::Text)]
+                    v: String,
+                }
+                let show = |conn: &mut DbConnection, what: &str| -> Result<String, StoreError> {
+                    Ok(
+                        diesel::sql_query(format!("SELECT current_setting('{what}') AS v"))
+                            .get_result::<Setting>(conn)?
+                            .v,
+                    )
+                };
+                Ok((
+                    show(conn, "transaction_isolation")?,
+                    show(conn, "transaction_read_only")?,
+                ))
+            })
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (isolation.as_str(), read_only.as_str()),
+        ("repeatable read", "on")
+    );
+    db.finish().await;
+}
