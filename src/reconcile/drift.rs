@@ -118,10 +118,12 @@ pub(crate) async fn reconcile_full<F: Fn(u64, u64)>(
         let result = if dry_run {
             // A worker may be applying the same resource at this moment (its entry already
             // made, its state not yet recorded): one more try reads the state it recorded.
-            match apply(rec, &t, ty, &id, true, Lease::default()).await {
-                Err(_) => apply(rec, &t, ty, &id, true, Lease::default()).await,
-                ok => ok,
-            }
+            Some(
+                match apply(rec, &t, ty, &id, true, Lease::default()).await {
+                    Err(_) => apply(rec, &t, ty, &id, true, Lease::default()).await,
+                    ok => ok,
+                },
+            )
         } else {
             let lease = i64::try_from(rec.inner.settings.lease.as_millis()).unwrap_or(i64::MAX);
             match rec
@@ -130,26 +132,20 @@ pub(crate) async fn reconcile_full<F: Fn(u64, u64)>(
                 .claim_resource(&t.name, ty, &id, now_ms(), lease)
                 .await
             {
-                Ok(Some(item)) => match apply_claimed(rec, &t, &item).await {
-                    Some(result) => {
-                        claimed = Some(item);
-                        result
-                    }
-                    None => {
-                        report.checked += 1;
-                        continue;
-                    }
-                },
-                // A worker holds the row: it applies the current state.
-                Ok(None) => {
-                    report.checked += 1;
-                    continue;
+                Ok(Some(item)) => {
+                    let result = apply_claimed(rec, &t, &item).await;
+                    claimed = Some(item);
+                    result
                 }
-                Err(e) => Err(ApplyError::Store(e)),
+                // A worker holds the row: it applies the current state.
+                Ok(None) => None,
+                Err(e) => Some(Err(ApplyError::Store(e))),
             }
         };
         match result {
-            Ok(done) => {
+            // Skipped: a worker holds (or took) the claim and applies the current state.
+            None => report.checked += 1,
+            Some(Ok(done)) => {
                 report.checked += 1;
                 let moved = done.prior.key != done.outcome.key;
                 if let Some(item) = &claimed {
@@ -170,7 +166,7 @@ pub(crate) async fn reconcile_full<F: Fn(u64, u64)>(
                     }
                 }
             }
-            Err(e) => {
+            Some(Err(e)) => {
                 report.failed += 1;
                 if let Some(item) = &claimed {
                     let class = match &e {
