@@ -346,6 +346,27 @@ mod tests {
     }
 
     #[test]
+    fn a_lease_shorter_than_twice_a_target_timeout_and_a_blank_instance_id_are_refused() {
+        let target = "[[targets]]\nname = \"corp\"\ntype = \"ldap\"\nurl = \"ldap://127.0.0.1:1\"\ntimeout_secs = 30\n[targets.users]\ndn = \"uid={userName},dc=x\"\nobject_classes = [\"inetOrgPerson\"]\n";
+        let raw = parse(
+            "c.toml",
+            &format!("[reconcile]\nlease_secs = 59\ninstance_id = \" \"\n{target}"),
+            &[],
+        )
+        .unwrap();
+        let errs = from_raw(&raw).unwrap_err();
+        let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["reconcile.lease_secs", "reconcile.instance_id"]);
+        let raw = parse(
+            "c.toml",
+            &format!("[reconcile]\nlease_secs = 60\ninstance_id = \"a\"\n{target}"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(from_raw(&raw).unwrap().store.instance_id, "a");
+    }
+
+    #[test]
     fn every_error_is_reported_with_its_key() {
         let raw = parse(
             "c.toml",

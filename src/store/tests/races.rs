@@ -367,3 +367,44 @@ async fn claims_postgres_read_transactions_are_repeatable_read_and_read_only() {
     );
     db.finish().await;
 }
+
+/// A claim renews only while its epoch is ours: once another worker took the row (after the
+/// lease ran out), the first one's renewal (start of apply, heartbeat) reports the claim lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn claims_renewal_fails_once_another_worker_took_the_row() {
+    on_both(|store, backend| async move {
+        store
+            .create_user(user("renewed"), None, &ctx(100))
+            .await
+            .unwrap();
+        let first = store.claim(TARGET, 100, 1000, 10).await.unwrap().remove(0);
+        assert!(
+            store.renew_claim(&first, 900, 1000).await.unwrap(),
+            "{backend}"
+        );
+        assert!(
+            store
+                .claim(TARGET, 1500, 1000, 10)
+                .await
+                .unwrap()
+                .is_empty(),
+            "{backend}: renewed until 1900"
+        );
+        // Expired but not taken: still ours (taking it would have moved the epoch).
+        assert!(
+            store.renew_claim(&first, 2500, 1000).await.unwrap(),
+            "{backend}"
+        );
+        let second = store.claim(TARGET, 4000, 1000, 10).await.unwrap().remove(0);
+        assert!(second.claim_epoch > first.claim_epoch);
+        assert!(
+            !store.renew_claim(&first, 4100, 1000).await.unwrap(),
+            "{backend}"
+        );
+        assert!(
+            store.renew_claim(&second, 4100, 1000).await.unwrap(),
+            "{backend}"
+        );
+    })
+    .await;
+}
