@@ -74,7 +74,8 @@ pub(crate) struct Inner {
 }
 
 /// A named point where the next apply stops until released: a deterministic stand-in for a
-/// process stopped mid-apply (SIGSTOP). While it holds, that apply's lease heartbeat stops too.
+/// process stopped mid-apply (SIGSTOP). While it holds, every lease heartbeat of this
+/// reconciler stops too, as they would in a stopped process.
 /// For tests and fault drills; nothing arms one in normal operation.
 #[derive(Debug, Default)]
 pub struct PausePoint {
@@ -125,7 +126,8 @@ impl Reconciler {
     }
 
     /// Arm the pause point `name` (e.g. [`worker::PAUSE_BEFORE_SYNC`]): the next apply that
-    /// reaches it stops there (its heartbeat too) until [`PausePoint::release`].
+    /// reaches it stops there (and this reconciler's heartbeats with it) until
+    /// [`PausePoint::release`].
     #[must_use]
     pub fn arm_pause(&self, name: &'static str) -> Arc<PausePoint> {
         let point = Arc::new(PausePoint::default());
