@@ -420,6 +420,16 @@ async fn process(rec: &Reconciler, t: &TargetRuntime, item: &OutboxItem) -> bool
                 tracing::error!(target = %t.name, resource_id = %item.resource_id, outbox_id = item.id, error = %e, "Cannot read the resource from the store; it re-applies when the lease expires.");
                 false
             }
+            Err(ApplyError::Target(e)) if e.code.as_deref() == Some("lease") => {
+                // Not the target's fault: the claim ran short (a stalled process, a store that
+                // could not renew it) or was lost. Give the row back, due now; a settle of a
+                // lost claim changes nothing.
+                tracing::warn!(target = %t.name, resource_id = %item.resource_id, outbox_id = item.id, "The claim's lease ran short during the apply; nothing more was written and the row goes back to the outbox.");
+                if let Err(e) = rec.inner.store.settle_failed(item, &e.message, now, false, now).await {
+                    tracing::error!(target = %t.name, resource_id = %item.resource_id, outbox_id = item.id, error = %e, "Cannot give the row back; it re-applies when the lease expires.");
+                }
+                false
+            }
             Err(e) => {
                 let class = match &e {
                     ApplyError::Target(te) => te.class,
