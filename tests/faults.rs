@@ -749,7 +749,7 @@ fn check_store_against_acks(models: &[ClientModel], view: &StoreView) {
 /// had not happened).
 async fn interrupted_creates(config: &Path, slapd: &Slapd) -> (usize, usize) {
     let settings = scim_sync::daemon::load_settings(config).unwrap();
-    let store = scim_sync::store::Store::open(&settings.store)
+    let store = scim_sync::store::Store::open(&settings.store, settings.target_names())
         .await
         .unwrap();
     let states = store.target_states("corp").await.unwrap();

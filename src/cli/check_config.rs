@@ -19,7 +19,7 @@ pub fn run(config: &Path, connect: bool) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     super::block_on(async move {
-        match crate::store::Store::open(&settings.store).await {
+        match crate::store::Store::open(&settings.store, settings.target_names()).await {
             Ok(store) => match store.ping().await {
                 Ok(()) => println!("store: ok"),
                 Err(e) => {

@@ -10,7 +10,8 @@ pub fn run(config: &Path) -> ExitCode {
         Err(code) => return code,
     };
     super::block_on(async move {
-        let store = match crate::store::Store::open(&settings.store).await {
+        let store = match crate::store::Store::open(&settings.store, settings.target_names()).await
+        {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("store: {e}");

@@ -119,7 +119,16 @@ pub(crate) fn block_on<F: std::future::Future<Output = ExitCode>>(f: F) -> ExitC
 pub(crate) async fn open_store(
     settings: &crate::daemon::settings::Settings,
 ) -> Result<crate::store::Store, ExitCode> {
-    let store = crate::store::Store::open(&settings.store)
+    // One-shot commands take claims only for drift repair (`reconcile --full`): under an id
+    // of their own, so a daemon restarting meanwhile leaves them alone.
+    let mut store_settings = settings.store.clone();
+    let base = if store_settings.instance_id.is_empty() {
+        crate::daemon::default_instance_id()
+    } else {
+        store_settings.instance_id.clone()
+    };
+    store_settings.instance_id = format!("{base}/cli-{}", std::process::id());
+    let store = crate::store::Store::open(&store_settings, settings.target_names())
         .await
         .map_err(|e| {
             eprintln!("store: {e}");
@@ -129,14 +138,6 @@ pub(crate) async fn open_store(
         eprintln!("store: {e}");
         ExitCode::from(1)
     })?;
-    store.set_targets(
-        settings
-            .raw
-            .targets
-            .iter()
-            .map(|t| t.name().to_owned())
-            .collect(),
-    );
     Ok(store)
 }
 

@@ -228,6 +228,10 @@ pub struct RawReconcile {
     /// Run a full drift repair every N seconds; 0 = only on demand.
     #[serde(default)]
     pub full_interval_secs: u64,
+    /// Recorded on this instance's outbox claims, so a restart releases its own at once;
+    /// unset: the host name. Must differ between instances sharing a PostgreSQL store.
+    #[serde(default)]
+    pub instance_id: Option<String>,
 }
 
 fn default_workers() -> u32 {
@@ -259,6 +263,7 @@ impl Default for RawReconcile {
             backoff_max_ms: default_backoff_max(),
             lease_secs: default_lease(),
             full_interval_secs: 0,
+            instance_id: None,
         }
     }
 }

@@ -109,6 +109,21 @@ pub fn load_settings(path: &Path) -> Result<Settings, Vec<ConfigError>> {
         .map_err(|errs| errs.into_iter().map(|e| e.in_file(&file, &text)).collect())
 }
 
+/// The instance id used when `reconcile.instance_id` is unset: the host name (stable across
+/// restarts; two instances on one host sharing a PostgreSQL store must set distinct ids).
+#[must_use]
+pub fn default_instance_id() -> String {
+    ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .iter()
+        .find_map(|p| {
+            std::fs::read_to_string(p)
+                .ok()
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+        })
+        .unwrap_or_else(|| "scim-sync".to_owned())
+}
+
 impl Daemon {
     /// Start everything and return once the listeners are bound and migrations ran.
     ///
@@ -120,7 +135,11 @@ impl Daemon {
     ) -> Result<Daemon, StartError> {
         let mut store_settings = settings.store.clone();
         store_settings.instance_lock = true;
-        let store = Store::open(&store_settings)
+        if store_settings.instance_id.is_empty() {
+            store_settings.instance_id = default_instance_id();
+        }
+        let target_names = settings.target_names();
+        let store = Store::open(&store_settings, target_names.clone())
             .await
             .map_err(|e| StartError::Store(e.to_string()))?;
         let applied = store
@@ -138,14 +157,7 @@ impl Daemon {
             ),
             Err(error) => tracing::warn!(error = %error, "Cannot release stale outbox claims."),
         }
-        let target_names: Vec<String> = settings
-            .raw
-            .targets
-            .iter()
-            .map(|t| t.name().to_owned())
-            .collect();
         let built = build_targets(&settings.raw).map_err(StartError::Config)?;
-        store.set_targets(target_names.clone());
         match store.live_token_digests().await {
             Ok(t) if t.is_empty() => tracing::warn!(
                 "No live SCIM token: every SCIM request is refused (401) until one is made with `scim-sync token create`."
@@ -275,8 +287,8 @@ impl Daemon {
         })
     }
 
-    /// The current reconciler (cheap clone).
-    fn current_reconciler(&self) -> Option<Reconciler> {
+    /// The current reconciler (cheap clone); tests arm its pause points.
+    pub fn current_reconciler(&self) -> Option<Reconciler> {
         let guard = match self.reconciler.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),

@@ -176,6 +176,32 @@ pub fn from_raw(raw: &RawConfig) -> Result<Settings, Vec<ConfigError>> {
             "must be at least 1",
         ));
     }
+    // A target write starts only while its timeout remains on the claim's lease, and the
+    // heartbeat renews the lease every lease/3: a lease under twice the timeout would leave
+    // too little for any write.
+    for t in &raw.targets {
+        let timeout = match t {
+            crate::config::target::RawTarget::Ldap(l) => l.timeout_secs,
+            crate::config::target::RawTarget::Sql(s) => s.timeout_secs,
+        };
+        if raw.reconcile.lease_secs < timeout.saturating_mul(2) {
+            errors.push(ConfigError::invalid(
+                "reconcile.lease_secs",
+                format!(
+                    "must be at least twice the timeout_secs of target {} ({timeout}): a write starts only while its timeout remains on the lease",
+                    t.name()
+                ),
+            ));
+        }
+    }
+    if let Some(id) = &raw.reconcile.instance_id {
+        if id.trim().is_empty() || id.len() > 200 || id.chars().any(char::is_control) {
+            errors.push(ConfigError::invalid(
+                "reconcile.instance_id",
+                "must be 1 to 200 printable characters",
+            ));
+        }
+    }
     if raw.reconcile.max_attempts == 0 {
         errors.push(ConfigError::invalid(
             "reconcile.max_attempts",
@@ -253,6 +279,8 @@ pub fn from_raw(raw: &RawConfig) -> Result<Settings, Vec<ConfigError>> {
             pool_size: raw.store.pool_size.max(1),
             busy_timeout_ms: raw.store.busy_timeout_ms,
             instance_lock: false,
+            // Empty: the daemon fills in the host name at start (`daemon::default_instance_id`).
+            instance_id: raw.reconcile.instance_id.clone().unwrap_or_default(),
         },
         reconcile: ReconcileSettings {
             workers: raw.reconcile.workers,
@@ -268,6 +296,18 @@ pub fn from_raw(raw: &RawConfig) -> Result<Settings, Vec<ConfigError>> {
         log_level: raw.log.level.clone(),
         raw: raw.clone(),
     })
+}
+
+impl Settings {
+    /// The configured target names, in order (what every mutation queues for).
+    #[must_use]
+    pub fn target_names(&self) -> Vec<String> {
+        self.raw
+            .targets
+            .iter()
+            .map(|t| t.name().to_owned())
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -303,6 +343,27 @@ mod tests {
                 .any(|k| k.starts_with("targets[0].users.attributes.cn")),
             "{keys:?}"
         );
+    }
+
+    #[test]
+    fn a_lease_shorter_than_twice_a_target_timeout_and_a_blank_instance_id_are_refused() {
+        let target = "[[targets]]\nname = \"corp\"\ntype = \"ldap\"\nurl = \"ldap://127.0.0.1:1\"\ntimeout_secs = 30\n[targets.users]\ndn = \"uid={userName},dc=x\"\nobject_classes = [\"inetOrgPerson\"]\n";
+        let raw = parse(
+            "c.toml",
+            &format!("[reconcile]\nlease_secs = 59\ninstance_id = \" \"\n{target}"),
+            &[],
+        )
+        .unwrap();
+        let errs = from_raw(&raw).unwrap_err();
+        let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["reconcile.lease_secs", "reconcile.instance_id"]);
+        let raw = parse(
+            "c.toml",
+            &format!("[reconcile]\nlease_secs = 60\ninstance_id = \"a\"\n{target}"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(from_raw(&raw).unwrap().store.instance_id, "a");
     }
 
     #[test]

@@ -3,16 +3,21 @@
 //! live target, users first (so group members and references resolve). With `dry_run` nothing
 //! changes and the report carries each resource's planned changes.
 //!
-//! Runs outside the outbox (it may run in the CLI while the daemon's workers run): a repaired
-//! resource's state is recorded through `settle_applied` with a synthetic row that matches no
-//! outbox row, which records it only when the rendered version is newer than the recorded one
-//! (or there was none). Must not touch outbox rows.
+//! Drift repair takes the same claims as the workers (it may run in the CLI while the daemon's
+//! workers run): each resource's outbox row is claimed first (a `resync` row is made when
+//! there is none), the apply runs under that claim's lease and heartbeat, and the result is
+//! settled as the claim's owner. So a resource is never repaired while a worker applies it,
+//! and the settle records the key and bookkeeping even at an equal version (a DN template
+//! change moves entries without a new SCIM version; a settle that kept the old key rewrote
+//! groups with the old DNs and reported the same users on every run). A resource a worker
+//! holds is skipped: the worker applies its current state. A dry run claims nothing.
 
-use super::worker::{apply, enqueue_dependants};
+use super::worker::{apply, apply_claimed, enqueue_dependants, fail, ApplyError};
 use super::{Reconciler, TargetRuntime};
 use crate::http::server::now_ms;
 use crate::scim::resource::ResourceType;
 use crate::store::{OutboxItem, StoreError, TargetState};
+use crate::targets::{ErrorClass, Lease};
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -109,16 +114,43 @@ pub(crate) async fn reconcile_full<F: Fn(u64, u64)>(
     let total = u64::try_from(work.len()).unwrap_or(u64::MAX);
     progress(0, total);
     for (done_count, (t, ty, id)) in work.into_iter().enumerate() {
-        // A worker may be applying the same resource at this moment (its entry already made,
-        // its state not yet recorded): one more try reads the state it recorded.
-        let result = match apply(rec, &t, ty, &id, dry_run).await {
-            Err(_) => apply(rec, &t, ty, &id, dry_run).await,
-            ok => ok,
+        let mut claimed = None;
+        let result = if dry_run {
+            // A worker may be applying the same resource at this moment (its entry already
+            // made, its state not yet recorded): one more try reads the state it recorded.
+            Some(
+                match apply(rec, &t, ty, &id, true, Lease::default()).await {
+                    Err(_) => apply(rec, &t, ty, &id, true, Lease::default()).await,
+                    ok => ok,
+                },
+            )
+        } else {
+            let lease = i64::try_from(rec.inner.settings.lease.as_millis()).unwrap_or(i64::MAX);
+            match rec
+                .inner
+                .store
+                .claim_resource(&t.name, ty, &id, now_ms(), lease)
+                .await
+            {
+                Ok(Some(item)) => {
+                    let result = apply_claimed(rec, &t, &item).await;
+                    claimed = Some(item);
+                    result
+                }
+                // A worker holds the row: it applies the current state.
+                Ok(None) => None,
+                Err(e) => Some(Err(ApplyError::Store(e))),
+            }
         };
         match result {
-            Ok(done) => {
+            // Skipped: a worker holds (or took) the claim and applies the current state.
+            None => report.checked += 1,
+            Some(Ok(done)) => {
                 report.checked += 1;
                 let moved = done.prior.key != done.outcome.key;
+                if let Some(item) = &claimed {
+                    settle(rec, &t, item, &done).await;
+                }
                 if !done.outcome.changes.is_empty() || moved {
                     report.changed += 1;
                     report.items.push(FullItem {
@@ -130,13 +162,23 @@ pub(crate) async fn reconcile_full<F: Fn(u64, u64)>(
                         error: None,
                     });
                     if !dry_run {
-                        record(rec, &t, ty, &id, &done).await;
                         enqueue_dependants(rec, &t, ty, &id, &done).await;
                     }
                 }
             }
-            Err(e) => {
+            Some(Err(e)) => {
                 report.failed += 1;
+                if let Some(item) = &claimed {
+                    let class = match &e {
+                        ApplyError::Target(te) => te.class,
+                        ApplyError::Map(_) | ApplyError::Store(_) | ApplyError::Conflict(_) => {
+                            ErrorClass::Permanent
+                        }
+                    };
+                    if !matches!(e, ApplyError::Store(_)) {
+                        fail(rec, &t, item, class, &e.text(), now_ms()).await;
+                    }
+                }
                 tracing::warn!(target = %t.name, resource_type = ty.as_str(), resource_id = %id, error = %e.text(), "Drift repair could not sync a resource.");
                 report.items.push(FullItem {
                     target: t.name.clone(),
@@ -166,41 +208,25 @@ pub(crate) async fn reconcile_full<F: Fn(u64, u64)>(
     report
 }
 
-async fn record(
+/// Settle a repaired resource as the owner of its claim (the worker's settle: records the key
+/// and bookkeeping even at an equal version, keeps the row when it was queued again).
+async fn settle(
     rec: &Reconciler,
     t: &TargetRuntime,
-    ty: ResourceType,
-    id: &str,
+    item: &OutboxItem,
     done: &super::worker::Applied,
 ) {
     let now = now_ms();
-    // Matches no outbox row (ids start at 1): only the state is recorded, when newer.
-    let item = OutboxItem {
-        id: -1,
-        target: t.name.clone(),
-        resource_type: ty,
-        resource_id: id.to_owned(),
-        version: done.version,
-        operation: "resync".into(),
-        request_id: None,
-        attempts: 0,
-        next_attempt_ms: now,
-        last_error: None,
-        state: "pending".into(),
-        enqueued_ms: now,
-        claim_epoch: -1,
-        generation: -1,
-    };
     let state = TargetState {
         target: t.name.clone(),
-        resource_type: ty,
-        resource_id: id.to_owned(),
+        resource_type: item.resource_type,
+        resource_id: item.resource_id.clone(),
         applied_version: done.version,
         target_key: done.outcome.key.clone(),
         extra: done.extra_to_store(),
         updated_ms: now,
     };
-    if let Err(e) = rec.inner.store.settle_applied(&item, state, now).await {
-        tracing::error!(target = %t.name, resource_id = %id, error = %e, "Repaired, but cannot record it in the store.");
+    if let Err(e) = rec.inner.store.settle_applied(item, state, now).await {
+        tracing::error!(target = %t.name, resource_id = %item.resource_id, error = %e, "Repaired, but cannot record it in the store; it re-applies when the lease expires.");
     }
 }

@@ -70,6 +70,32 @@ pub(crate) struct Inner {
     /// Background workers hold it shared while they claim and apply a batch; `run_pending`
     /// takes it exclusively, so it never returns while a background apply is in flight.
     pub(crate) gate: Arc<tokio::sync::RwLock<()>>,
+    /// The armed pause point, if any ([`Reconciler::arm_pause`]). Std mutex, never held
+    /// across `.await`.
+    pub(crate) pause: Mutex<Option<(&'static str, Arc<PausePoint>)>>,
+}
+
+/// A named point where the next apply stops until released: a deterministic stand-in for a
+/// process stopped mid-apply (SIGSTOP). While it holds, every lease heartbeat of this
+/// reconciler stops too, as they would in a stopped process.
+/// For tests and fault drills; nothing arms one in normal operation.
+#[derive(Debug, Default)]
+pub struct PausePoint {
+    reached: Notify,
+    release: Notify,
+    holding: std::sync::atomic::AtomicBool,
+}
+
+impl PausePoint {
+    /// Wait until an apply stopped here.
+    pub async fn reached(&self) {
+        self.reached.notified().await;
+    }
+
+    /// Let the stopped apply go on.
+    pub fn release(&self) {
+        self.release.notify_one();
+    }
 }
 
 fn kind_of(ty: ResourceType) -> crate::targets::Kind {
@@ -112,8 +138,72 @@ impl Reconciler {
                 wake,
                 health,
                 gate: Arc::new(tokio::sync::RwLock::new(())),
+                pause: Mutex::new(None),
             }),
         }
+    }
+
+    /// Arm the pause point `name` (e.g. [`worker::PAUSE_BEFORE_SYNC`]): the next apply that
+    /// reaches it stops there (and this reconciler's heartbeats with it) until
+    /// [`PausePoint::release`].
+    #[must_use]
+    pub fn arm_pause(&self, name: &'static str) -> Arc<PausePoint> {
+        let point = Arc::new(PausePoint::default());
+        let mut guard = match self.inner.pause.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        *guard = Some((name, point.clone()));
+        point
+    }
+
+    /// Stop here when `name` is armed (once), until released.
+    pub(crate) async fn pause_point(&self, name: &'static str) {
+        let point = {
+            let mut guard = match self.inner.pause.lock() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            match guard.as_ref() {
+                Some((armed, _)) if *armed == name => guard.take().map(|(_, p)| p),
+                _ => None,
+            }
+        };
+        let Some(point) = point else {
+            return;
+        };
+        point
+            .holding
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        {
+            let mut guard = match self.inner.pause.lock() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            // Visible to the heartbeat while it holds.
+            *guard = Some(("", point.clone()));
+        }
+        point.reached.notify_one();
+        point.release.notified().await;
+        point
+            .holding
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        let mut guard = match self.inner.pause.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        *guard = None;
+    }
+
+    /// Whether an apply is stopped at a pause point (its heartbeat then stops too).
+    pub(crate) fn pause_holding(&self) -> bool {
+        let guard = match self.inner.pause.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        guard
+            .as_ref()
+            .is_some_and(|(_, p)| p.holding.load(std::sync::atomic::Ordering::SeqCst))
     }
 
     /// The target names, in config order.

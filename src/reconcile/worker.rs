@@ -20,11 +20,11 @@ use crate::http::server::now_ms;
 use crate::mapping::MapError;
 use crate::scim::resource::{render_group, render_user, ResourceType};
 use crate::store::{OutboxItem, StoreError, TargetState};
-use crate::targets::{Desired, ErrorClass, Kind, Outcome, Prior, Target, TargetError};
+use crate::targets::{Desired, ErrorClass, Kind, Lease, Outcome, Prior, Target, TargetError};
 use crate::telemetry::{metrics, TargetLabels, TargetResultLabels};
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -39,6 +39,9 @@ const MAX_DRAIN_ROUNDS: usize = 100_000;
 /// Key of the reconciler's own bookkeeping in `target_state.extra` (a user's SCIM `active`
 /// at the last apply, to notice a flip). Targets ignore keys they do not know.
 pub(crate) const ACTIVE_KEY: &str = "scim_active";
+/// The named pause point between rendering a resource and syncing it (see
+/// [`Reconciler::arm_pause`]).
+pub const PAUSE_BEFORE_SYNC: &str = "before_sync";
 /// Key noted in `target_state.extra` before a deactivation is applied (see
 /// `note_deactivating`); targets with a reversible deactivation read it.
 pub(crate) const DEACTIVATING_KEY: &str = "deactivating";
@@ -279,6 +282,7 @@ async fn record_intent(
     Ok(Prior {
         key: state.as_ref().and_then(|s| s.target_key.clone()),
         extra: state.and_then(|s| s.extra),
+        lease: prior.lease,
     })
 }
 
@@ -366,22 +370,26 @@ async fn note_deactivating(
     Ok(Prior {
         key: prior.key,
         extra: Some(Value::Object(map)),
+        lease: prior.lease,
     })
 }
 
 /// Render one resource for one target and sync it (or, with `dry_run`, report what would
-/// change). Does not settle anything.
+/// change). Does not settle anything. `lease` is the claim's (the target writes only while
+/// enough of it remains).
 pub(crate) async fn apply(
     rec: &Reconciler,
     t: &TargetRuntime,
     resource_type: ResourceType,
     id: &str,
     dry_run: bool,
+    lease: Lease,
 ) -> Result<Applied, ApplyError> {
     let state = rec.inner.store.target_state(&t.name, id).await?;
     let prior = Prior {
         key: state.as_ref().and_then(|s| s.target_key.clone()),
         extra: state.and_then(|s| s.extra),
+        lease,
     };
     let (version, desired, active) = match resource_type {
         ResourceType::User => desired_user(rec, t, id, dry_run).await?,
@@ -432,6 +440,9 @@ pub(crate) async fn apply(
         }
         _ => prior,
     };
+    if !dry_run {
+        rec.pause_point(PAUSE_BEFORE_SYNC).await;
+    }
     let started = Instant::now();
     let result = t.target.sync(desired.as_ref(), &prior, dry_run).await;
     metrics()
@@ -470,7 +481,9 @@ async fn process(rec: &Reconciler, t: &TargetRuntime, item: &OutboxItem) -> bool
         request_id = item.request_id.as_deref().unwrap_or(""),
     );
     async move {
-        let result = apply(rec, t, item.resource_type, &item.resource_id, false).await;
+        let Some(result) = apply_claimed(rec, t, item).await else {
+            return false;
+        };
         let now = now_ms();
         match result {
             Ok(done) => {
@@ -509,6 +522,16 @@ async fn process(rec: &Reconciler, t: &TargetRuntime, item: &OutboxItem) -> bool
                 tracing::error!(target = %t.name, resource_id = %item.resource_id, outbox_id = item.id, error = %e, "Cannot read the resource from the store; it re-applies when the lease expires.");
                 false
             }
+            Err(ApplyError::Target(e)) if e.code.as_deref() == Some("lease") => {
+                // Not the target's fault: the claim ran short (a stalled process, a store that
+                // could not renew it) or was lost. Give the row back, due now; a settle of a
+                // lost claim changes nothing.
+                tracing::warn!(target = %t.name, resource_id = %item.resource_id, outbox_id = item.id, "The claim's lease ran short during the apply; nothing more was written and the row goes back to the outbox.");
+                if let Err(e) = rec.inner.store.settle_failed(item, &e.message, now, false, now).await {
+                    tracing::error!(target = %t.name, resource_id = %item.resource_id, outbox_id = item.id, error = %e, "Cannot give the row back; it re-applies when the lease expires.");
+                }
+                false
+            }
             Err(e) => {
                 let class = match &e {
                     ApplyError::Target(te) => te.class,
@@ -525,9 +548,69 @@ async fn process(rec: &Reconciler, t: &TargetRuntime, item: &OutboxItem) -> bool
     .await
 }
 
+/// The claim's lease in ms.
+fn lease_ms(rec: &Reconciler) -> i64 {
+    i64::try_from(rec.inner.settings.lease.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Apply a claimed row under its lease: the lease counts from the start of this row's apply
+/// (not from the batch's claim), a heartbeat renews it every lease/3 while the apply runs, and
+/// the target writes only while at least its operation timeout remains (`Lease::check`).
+/// `None` when the claim was lost before the apply started (another worker took the row after
+/// the lease of this batch ran out) or the store cannot renew it.
+pub(crate) async fn apply_claimed(
+    rec: &Reconciler,
+    t: &TargetRuntime,
+    item: &OutboxItem,
+) -> Option<Result<Applied, ApplyError>> {
+    let store = &rec.inner.store;
+    let lease = lease_ms(rec);
+    let start = now_ms();
+    match store.renew_claim(item, start, lease).await {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::debug!(target = %t.name, resource_id = %item.resource_id, outbox_id = item.id, "Claim lost before the apply started; another worker has the row.");
+            return None;
+        }
+        Err(e) => {
+            tracing::error!(target = %t.name, resource_id = %item.resource_id, outbox_id = item.id, error = %e, "Cannot renew the claim; the row re-applies when the lease expires.");
+            return None;
+        }
+    }
+    let until = Arc::new(AtomicI64::new(start.saturating_add(lease)));
+    let heartbeat = async {
+        let period = (rec.inner.settings.lease / 3).max(std::time::Duration::from_millis(10));
+        loop {
+            tokio::time::sleep(period).await;
+            if rec.pause_holding() {
+                // A paused apply stands for a stopped process: its heartbeat stops too.
+                continue;
+            }
+            let now = now_ms();
+            match store.renew_claim(item, now, lease).await {
+                Ok(true) => until.store(now.saturating_add(lease), Ordering::SeqCst),
+                Ok(false) => {
+                    tracing::warn!(target = %t.name, resource_id = %item.resource_id, outbox_id = item.id, "Claim lost while applying; this apply writes nothing more.");
+                    until.store(i64::MIN, Ordering::SeqCst);
+                    std::future::pending::<()>().await;
+                }
+                // The store is down: the lease runs out on its own and writes stop.
+                Err(e) => {
+                    tracing::warn!(target = %t.name, resource_id = %item.resource_id, error = %e, "Cannot renew the claim.");
+                }
+            }
+        }
+    };
+    let lease = Lease::until(until.clone());
+    tokio::select! {
+        result = apply(rec, t, item.resource_type, &item.resource_id, false, lease) => Some(result),
+        () = heartbeat => None,
+    }
+}
+
 /// Record a failure: transient ones retry forever with backoff, permanent ones become a dead
 /// letter once `max_attempts` is reached.
-async fn fail(
+pub(crate) async fn fail(
     rec: &Reconciler,
     t: &TargetRuntime,
     item: &OutboxItem,
@@ -686,7 +769,7 @@ async fn fill_key_norms(rec: &Reconciler, t: &TargetRuntime) {
 
 /// Claim one batch and process it; returns how many rows were claimed.
 async fn turn(rec: &Reconciler, t: &TargetRuntime) -> usize {
-    let lease = i64::try_from(rec.inner.settings.lease.as_millis()).unwrap_or(i64::MAX);
+    let lease = lease_ms(rec);
     let items = match rec.inner.store.claim(&t.name, now_ms(), lease, BATCH).await {
         Ok(items) => items,
         Err(e) => {
@@ -764,7 +847,7 @@ pub(crate) async fn drain(rec: &Reconciler, index: usize) -> usize {
         tracing::error!(target = %t.name, error = %e, "Cannot read the outbox; the store is unavailable.");
         return 0;
     }
-    let lease = i64::try_from(rec.inner.settings.lease.as_millis()).unwrap_or(i64::MAX);
+    let lease = lease_ms(rec);
     let mut applied = 0;
     let mut failed: HashSet<i64> = HashSet::new();
     for _ in 0..MAX_DRAIN_ROUNDS {

@@ -280,6 +280,8 @@ struct Inner {
     targets: RwLock<Arc<Vec<String>>>,
     /// Per target, how its keys are normalised for the uniqueness index (`set_key_norm`).
     key_norms: RwLock<std::collections::HashMap<String, KeyNormFn>>,
+    /// Recorded on every claim this store takes ([`StoreSettings::instance_id`]).
+    instance_id: String,
     /// The instance lock on `<db>.lock`, held for the life of the store (file databases only).
     _instance_lock: Option<std::fs::File>,
     /// The SQLite file, checked by [`Store::ping`] (an open connection keeps working on a
@@ -306,6 +308,11 @@ pub struct StoreSettings {
     /// daemon on the same file refuses to start; one-shot CLI commands (token, status...) do not,
     /// so they work while the daemon runs.
     pub instance_lock: bool,
+    /// This instance's id, recorded on every outbox claim it takes (`outbox.claimed_by`), so a
+    /// restarted daemon releases its own claims at once ([`Store::release_stale_claims`]).
+    /// Must be stable across restarts and distinct per instance sharing a PostgreSQL database
+    /// (`reconcile.instance_id`, default the host name: see docs/configuration.md).
+    pub instance_id: String,
 }
 
 impl std::fmt::Debug for StoreSettings {
@@ -315,6 +322,7 @@ impl std::fmt::Debug for StoreSettings {
             .field("password", &self.password.as_ref().map(|_| "[redacted]"))
             .field("pool_size", &self.pool_size)
             .field("busy_timeout_ms", &self.busy_timeout_ms)
+            .field("instance_id", &self.instance_id)
             .finish()
     }
 }
@@ -543,13 +551,41 @@ pub(crate) fn write_tx<T>(
     }
 }
 
-/// Run `f` in a read transaction (one consistent snapshot for multi-query reads).
+/// Run `f` in a read transaction: one consistent snapshot for multi-query reads. PostgreSQL
+/// needs `REPEATABLE READ` for that (under its default READ COMMITTED each statement sees a
+/// new snapshot: a count and a page could disagree); `READ ONLY` because nothing here writes.
+/// On SQLite a deferred transaction reads one snapshot already.
 pub(crate) fn read_tx<T>(
     conn: &mut DbConnection,
     f: impl FnOnce(&mut DbConnection) -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
+    use diesel::connection::{AnsiTransactionManager, TransactionManager};
     use diesel::Connection;
-    conn.transaction(f)
+    type Tm = <DbConnection as diesel::Connection>::TransactionManager;
+    let DbConnection::Pg(c) = conn else {
+        return conn.transaction(f);
+    };
+    if AnsiTransactionManager::transaction_manager_status_mut(c)
+        .transaction_depth()?
+        .is_some()
+    {
+        // Already inside a transaction (a write): its snapshot rules.
+        return f(conn);
+    }
+    AnsiTransactionManager::begin_transaction_sql(
+        c,
+        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+    )?;
+    match f(conn) {
+        Ok(value) => {
+            Tm::commit_transaction(conn)?;
+            Ok(value)
+        }
+        Err(e) => {
+            let _ = Tm::rollback_transaction(conn);
+            Err(e)
+        }
+    }
 }
 
 impl Store {
@@ -580,12 +616,15 @@ impl Store {
     }
 
     /// Open the pool (SQLite: WAL, `synchronous=FULL`, busy timeout, foreign keys; refuses a second
-    /// daemon on the same file via an instance lock). Does not migrate.
+    /// daemon on the same file via an instance lock). Does not migrate. `targets` are the
+    /// targets every mutation queues for (a store without them would queue nothing); reload
+    /// changes them with [`Store::set_targets`].
     ///
     /// # Errors
     /// `Other` for a bad URL or a database file held by another process, `Unavailable` when the
     /// database cannot be reached.
-    pub async fn open(settings: &StoreSettings) -> Result<Store, StoreError> {
+    pub async fn open(settings: &StoreSettings, targets: Vec<String>) -> Result<Store, StoreError> {
+        let instance_id = settings.instance_id.clone();
         let parsed = parse_url(&settings.url, settings.password.as_deref())?;
         let pool_size = settings.pool_size.max(1);
         let busy_timeout_ms = settings.busy_timeout_ms;
@@ -642,7 +681,8 @@ impl Store {
             Ok(Store {
                 inner: Arc::new(Inner {
                     pool,
-                    targets: RwLock::new(Arc::new(Vec::new())),
+                    targets: RwLock::new(Arc::new(targets)),
+                    instance_id,
                     key_norms: RwLock::new(std::collections::HashMap::new()),
                     _instance_lock: lock,
                     sqlite_path,
@@ -1059,9 +1099,60 @@ impl Store {
         lease_ms: i64,
         limit: i64,
     ) -> Result<Vec<OutboxItem>, StoreError> {
-        let target = target.to_owned();
-        self.run(move |conn| outbox::claim(conn, &target, now_ms, lease_ms, limit))
+        let (target, instance) = (target.to_owned(), self.inner.instance_id.clone());
+        self.run(move |conn| outbox::claim(conn, &instance, &target, now_ms, lease_ms, limit))
             .await
+    }
+
+    /// Renew a claim's lease to `now_ms + lease_ms`; false when the claim was lost (another
+    /// worker claimed the row since: its epoch moved, or the row is gone). A worker calls it
+    /// when it starts a row (each row's lease counts from the start of its own apply) and
+    /// then every lease/3 while applying (the heartbeat).
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    pub async fn renew_claim(
+        &self,
+        item: &OutboxItem,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let item = item.clone();
+        self.run(move |conn| outbox::renew_claim(conn, &item, now_ms, lease_ms))
+            .await
+    }
+
+    /// Claim one resource's row for drift repair, the same claim the workers take (a new
+    /// epoch and lease, `claimed_by` this instance), inserting a `resync` row when there is
+    /// none. `None` when a worker holds the row (it is applying the current state already).
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    pub async fn claim_resource(
+        &self,
+        target: &str,
+        resource_type: ResourceType,
+        resource_id: &str,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> Result<Option<OutboxItem>, StoreError> {
+        let (target, id, instance) = (
+            target.to_owned(),
+            resource_id.to_owned(),
+            self.inner.instance_id.clone(),
+        );
+        self.run(move |conn| {
+            outbox::claim_resource(
+                conn,
+                &instance,
+                &target,
+                resource_type,
+                &id,
+                now_ms,
+                lease_ms,
+            )
+        })
+        .await
     }
 
     /// Record success: upsert `state` (never lowering `applied_version`), then delete the outbox
@@ -1148,26 +1239,27 @@ impl Store {
             .await
     }
 
-    /// Release every outbox claim left by a previous process, when this store holds the
-    /// SQLite instance lock (so no other daemon can be applying): after a `kill -9`, claimed
-    /// rows would otherwise wait out their lease before anyone retried them. Does nothing on
-    /// PostgreSQL, where other instances may hold live claims. Returns how many were released.
+    /// Release the outbox claims left by this instance's previous process, at startup: after
+    /// a `kill -9`, claimed rows would otherwise wait out their lease before anyone retried
+    /// them. With the SQLite instance lock held (no other daemon can be applying) that is
+    /// every claim; on PostgreSQL, only those recorded under this store's
+    /// [`StoreSettings::instance_id`] (other instances may hold live claims). Returns how many
+    /// were released.
     ///
     /// # Errors
     /// `Unavailable`.
     pub async fn release_stale_claims(&self) -> Result<u64, StoreError> {
-        if self.inner._instance_lock.is_none() {
+        let instance = match (&self.inner._instance_lock, &self.inner.sqlite_path) {
+            (Some(_), _) => None,
+            // A SQLite file opened without the lock: another process may be applying.
+            (None, Some(_)) => return Ok(0),
+            (None, None) => Some(self.inner.instance_id.clone()),
+        };
+        if instance.as_deref() == Some("") {
             return Ok(0);
         }
-        self.run(|conn| {
-            use crate::store::schema::outbox;
-            use diesel::{ExpressionMethods, QueryDsl, RunQueryDsl};
-            let n = diesel::update(outbox::table.filter(outbox::claimed_until_ms.is_not_null()))
-                .set(outbox::claimed_until_ms.eq(None::<i64>))
-                .execute(conn)?;
-            Ok(u64::try_from(n).unwrap_or(0))
-        })
-        .await
+        self.run(move |conn| outbox::release_claims(conn, instance.as_deref()))
+            .await
     }
 
     /// Before a target first creates a resource's entry, remember the intent (`state.extra`,

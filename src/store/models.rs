@@ -164,26 +164,6 @@ impl OutboxRow {
     }
 }
 
-/// A new `outbox` row.
-#[derive(Debug, Insertable)]
-#[diesel(table_name = outbox)]
-pub(crate) struct NewOutbox<'a> {
-    pub target: &'a str,
-    pub resource_type: &'a str,
-    pub resource_id: &'a str,
-    pub version: i64,
-    pub operation: &'a str,
-    pub request_id: Option<&'a str>,
-    pub attempts: i32,
-    pub next_attempt_ms: i64,
-    pub last_error: Option<&'a str>,
-    pub state: &'a str,
-    pub enqueued_ms: i64,
-    pub claimed_until_ms: Option<i64>,
-    pub claim_epoch: i64,
-    pub generation: i64,
-}
-
 /// One `target_state` row (also its insertable form).
 #[derive(Debug, Clone, Queryable, Selectable, Insertable, AsChangeset)]
 #[diesel(table_name = target_state)]

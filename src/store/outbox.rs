@@ -4,7 +4,7 @@
 
 use super::history::audit;
 use super::keys;
-use super::models::{NewOutbox, OutboxRow, TargetStateRow};
+use super::models::{OutboxRow, TargetStateRow};
 use super::resources::lock_by_id;
 use super::schema::{outbox, target_state};
 use super::{
@@ -47,13 +47,50 @@ pub(crate) fn enqueue_all(
     Ok(())
 }
 
-/// Coalescing upsert on (target, resource_id). The caller holds the resource row (PostgreSQL
-/// `FOR UPDATE`, SQLite write lock), so two writers never race to insert the same row.
-/// A pending row keeps its `enqueued_ms` (the oldest-pending age stays honest); a dead row
-/// starts over. A claimed row keeps its lease and epoch, and its `next_attempt_ms` moves
-/// strictly forward even when the version does not (a dependant re-queued at the same version,
-/// e.g. a group whose member just got its entry): settling sees the version or
-/// `next_attempt_ms` moved and releases it for another round instead of deleting it.
+/// The coalescing upsert as one statement: `INSERT ... ON CONFLICT (target, resource_id) DO
+/// UPDATE` over the table's unique (target, resource_id) constraint. One statement cannot
+/// drop the change: on PostgreSQL, a concurrent settle that locked and deleted the row makes
+/// the insert wait for it and then insert afresh (a select-then-update by id would hit 0 rows
+/// and be acknowledged all the same; test: `store::tests::races`).
+const UPSERT_SQL: &str = "INSERT INTO outbox (target, resource_type, resource_id, version, \
+     operation, request_id, attempts, next_attempt_ms, last_error, state, enqueued_ms, \
+     claimed_until_ms, claim_epoch, generation) \
+     VALUES (?, ?, ?, ?, ?, ?, 0, ?, NULL, 'pending', ?, NULL, 0, 0) \
+     ON CONFLICT (target, resource_id) DO UPDATE SET \
+     version = CASE WHEN excluded.version > outbox.version THEN excluded.version \
+               ELSE outbox.version END, operation = excluded.operation, \
+     request_id = excluded.request_id, attempts = 0, \
+     next_attempt_ms = excluded.next_attempt_ms, last_error = NULL, \
+     enqueued_ms = CASE WHEN outbox.state = 'dead' THEN excluded.enqueued_ms \
+                   ELSE outbox.enqueued_ms END, \
+     claimed_until_ms = CASE WHEN outbox.state = 'dead' THEN NULL \
+                        ELSE outbox.claimed_until_ms END, \
+     claimed_by = CASE WHEN outbox.state = 'dead' THEN NULL ELSE outbox.claimed_by END, \
+     state = 'pending', generation = outbox.generation + 1";
+
+/// `sql` with PostgreSQL's numbered placeholders (`$1`, `$2`, ...) for `?`.
+fn numbered_placeholders(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len() + 16);
+    let mut n = 0;
+    for c in sql.chars() {
+        if c == '?' {
+            n += 1;
+            out.push_str(&format!("${n}"));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Coalescing upsert on (target, resource_id), one statement on both backends (see
+/// [`UPSERT_SQL`]). The row's version never goes down: a dependant re-queue may read a
+/// resource's version without locking it (so it keeps the lock order, groups before users)
+/// and land after a newer change of that resource was queued. A pending row keeps its `enqueued_ms` (the oldest-pending age stays
+/// honest); a dead row starts over. A claimed row keeps its lease and epoch, and its
+/// `generation` goes up even when the version does not (a dependant re-queued at the same
+/// version, e.g. a group whose member just got its entry): settling sees the version or
+/// `generation` moved and releases the row for another round instead of deleting it.
 #[allow(clippy::too_many_arguments)]
 fn upsert(
     conn: &mut DbConnection,
@@ -65,57 +102,25 @@ fn upsert(
     request_id: Option<&str>,
     now_ms: i64,
 ) -> Result<(), StoreError> {
-    let existing: Option<(i64, String)> = outbox::table
-        .filter(outbox::target.eq(target))
-        .filter(outbox::resource_id.eq(resource_id))
-        .select((outbox::id, outbox::state))
-        .first(conn)
-        .optional()?;
-    match existing {
-        Some((id, state)) => {
-            // `generation` + 1 tells a settle of an earlier claim that the row was queued again.
-            diesel::update(outbox::table.find(id))
-                .set((
-                    outbox::version.eq(version),
-                    outbox::operation.eq(operation),
-                    outbox::request_id.eq(request_id),
-                    outbox::attempts.eq(0),
-                    outbox::next_attempt_ms.eq(now_ms),
-                    outbox::state.eq(PENDING),
-                    outbox::last_error.eq(None::<&str>),
-                    outbox::generation.eq(outbox::generation + 1),
-                ))
-                .execute(conn)?;
-            if state == DEAD {
-                diesel::update(outbox::table.find(id))
-                    .set((
-                        outbox::enqueued_ms.eq(now_ms),
-                        outbox::claimed_until_ms.eq(None::<i64>),
-                    ))
-                    .execute(conn)?;
-            }
-        }
-        None => {
-            diesel::insert_into(outbox::table)
-                .values(NewOutbox {
-                    target,
-                    resource_type: resource_type.as_str(),
-                    resource_id,
-                    version,
-                    operation,
-                    request_id,
-                    attempts: 0,
-                    next_attempt_ms: now_ms,
-                    last_error: None,
-                    state: PENDING,
-                    enqueued_ms: now_ms,
-                    claimed_until_ms: None,
-                    claim_epoch: 0,
-                    generation: 0,
-                })
-                .execute(conn)?;
-        }
+    use diesel::sql_types::{BigInt, Nullable, Text};
+    macro_rules! run {
+        ($c:expr, $sql:expr) => {
+            diesel::sql_query($sql)
+                .bind::<Text, _>(target)
+                .bind::<Text, _>(resource_type.as_str())
+                .bind::<Text, _>(resource_id)
+                .bind::<BigInt, _>(version)
+                .bind::<Text, _>(operation)
+                .bind::<Nullable<Text>, _>(request_id)
+                .bind::<BigInt, _>(now_ms)
+                .bind::<BigInt, _>(now_ms)
+                .execute($c)?
+        };
     }
+    match conn {
+        DbConnection::Pg(c) => run!(c, numbered_placeholders(UPSERT_SQL)),
+        DbConnection::Sqlite(c) => run!(c, UPSERT_SQL),
+    };
     Ok(())
 }
 
@@ -154,6 +159,7 @@ pub(crate) fn enqueue(
 /// Claim due rows; see [`super::Store::claim`].
 pub(crate) fn claim(
     conn: &mut DbConnection,
+    instance: &str,
     target: &str,
     now_ms: i64,
     lease_ms: i64,
@@ -187,6 +193,7 @@ pub(crate) fn claim(
             .set((
                 outbox::claimed_until_ms.eq(Some(now_ms.saturating_add(lease_ms))),
                 outbox::claim_epoch.eq(outbox::claim_epoch + 1),
+                outbox::claimed_by.eq(Some(instance)),
             ))
             .execute(conn)?;
         outbox::table
@@ -446,15 +453,19 @@ pub(crate) fn retry_dead(
         let ids: Vec<i64> = query.load(conn)?;
         let mut changed = 0u64;
         for chunk in ids.chunks(500) {
-            let n = diesel::update(outbox::table.filter(outbox::id.eq_any(chunk)))
-                .set((
-                    outbox::state.eq(PENDING),
-                    outbox::attempts.eq(0),
-                    outbox::next_attempt_ms.eq(now_ms),
-                    outbox::enqueued_ms.eq(now_ms),
-                    outbox::claimed_until_ms.eq(None::<i64>),
-                ))
-                .execute(conn)?;
+            let n = diesel::update(
+                outbox::table
+                    .filter(outbox::id.eq_any(chunk))
+                    .filter(outbox::state.eq(DEAD)),
+            )
+            .set((
+                outbox::state.eq(PENDING),
+                outbox::attempts.eq(0),
+                outbox::next_attempt_ms.eq(now_ms),
+                outbox::enqueued_ms.eq(now_ms),
+                outbox::claimed_until_ms.eq(None::<i64>),
+            ))
+            .execute(conn)?;
             changed += n as u64;
         }
         Ok(changed)
@@ -481,8 +492,15 @@ pub(crate) fn discard_dead(
         let ids: Vec<i64> = query.load(conn)?;
         let mut removed = 0u64;
         for chunk in ids.chunks(500) {
-            removed += diesel::delete(outbox::table.filter(outbox::id.eq_any(chunk)))
-                .execute(conn)? as u64;
+            // `state = dead` again in the statement: on PostgreSQL a change that re-queued the
+            // row after the select above (the row is pending again) is re-checked once its lock
+            // is released, and survives (test: `store::tests::races`).
+            removed += diesel::delete(
+                outbox::table
+                    .filter(outbox::id.eq_any(chunk))
+                    .filter(outbox::state.eq(DEAD)),
+            )
+            .execute(conn)? as u64;
         }
         Ok(removed)
     })
@@ -594,4 +612,115 @@ pub(crate) fn note_extra(
         let key_norm = keys::key_norm_of(conn, target, resource_id)?;
         upsert_target_state(conn, &state, false, key_norm.as_deref())
     })
+}
+
+/// Renew the lease of a claim still held; see [`super::Store::renew_claim`].
+pub(crate) fn renew_claim(
+    conn: &mut DbConnection,
+    item: &OutboxItem,
+    now_ms: i64,
+    lease_ms: i64,
+) -> Result<bool, StoreError> {
+    // The epoch alone decides: a claim whose lease ran out but that nobody took since (the
+    // epoch did not move) is still exclusive, because taking it bumps the epoch. The row lock
+    // orders this against a concurrent claim (which re-checks its lease condition).
+    let n = diesel::update(
+        outbox::table
+            .filter(outbox::id.eq(item.id))
+            .filter(outbox::target.eq(&item.target))
+            .filter(outbox::claim_epoch.eq(item.claim_epoch)),
+    )
+    .set(outbox::claimed_until_ms.eq(Some(now_ms.saturating_add(lease_ms))))
+    .execute(conn)?;
+    Ok(n == 1)
+}
+
+/// Claim the row of one resource for drift repair; see [`super::Store::claim_resource`].
+pub(crate) fn claim_resource(
+    conn: &mut DbConnection,
+    instance: &str,
+    target: &str,
+    resource_type: ResourceType,
+    resource_id: &str,
+    now_ms: i64,
+    lease_ms: i64,
+) -> Result<Option<OutboxItem>, StoreError> {
+    write_tx(conn, |conn| {
+        // A resource purged from the store still has a row to claim (its entry is removed).
+        let version = lock_by_id(conn, resource_id)?.map_or(0, |(_, _, v)| v);
+        let existing: Option<(i64, Option<i64>)> = outbox::table
+            .filter(outbox::target.eq(target))
+            .filter(outbox::resource_id.eq(resource_id))
+            .select((outbox::id, outbox::claimed_until_ms))
+            .first(conn)
+            .optional()?;
+        match existing {
+            // A worker holds it: it is applying the current state anyway.
+            Some((_, Some(until))) if until >= now_ms => return Ok(None),
+            Some(_) => {}
+            None => upsert(
+                conn,
+                target,
+                resource_type,
+                resource_id,
+                version,
+                "resync",
+                None,
+                now_ms,
+            )?,
+        }
+        // The lease condition again in the statement: a worker that claimed the row since the
+        // select above wins (PostgreSQL re-checks it after the row lock).
+        let claimed = diesel::update(
+            outbox::table
+                .filter(outbox::target.eq(target))
+                .filter(outbox::resource_id.eq(resource_id))
+                .filter(
+                    outbox::claimed_until_ms
+                        .is_null()
+                        .or(outbox::claimed_until_ms.lt(now_ms)),
+                ),
+        )
+        .set((
+            outbox::claimed_until_ms.eq(Some(now_ms.saturating_add(lease_ms))),
+            outbox::claim_epoch.eq(outbox::claim_epoch + 1),
+            outbox::claimed_by.eq(Some(instance)),
+        ))
+        .execute(conn)?;
+        if claimed != 1 {
+            return Ok(None);
+        }
+        outbox::table
+            .filter(outbox::target.eq(target))
+            .filter(outbox::resource_id.eq(resource_id))
+            .select(OutboxRow::as_select())
+            .first(conn)
+            .optional()?
+            .map(OutboxRow::into_item)
+            .transpose()
+    })
+}
+
+/// Release claims at startup; see [`super::Store::release_stale_claims`]. `instance` `None`:
+/// every claim.
+pub(crate) fn release_claims(
+    conn: &mut DbConnection,
+    instance: Option<&str>,
+) -> Result<u64, StoreError> {
+    let claimed = outbox::table.filter(outbox::claimed_until_ms.is_not_null());
+    let n = match instance {
+        None => diesel::update(claimed)
+            .set((
+                outbox::claimed_until_ms.eq(None::<i64>),
+                outbox::claimed_by.eq(None::<&str>),
+            ))
+            .execute(conn)?,
+        Some(me) => diesel::update(claimed.filter(outbox::claimed_by.eq(me)))
+            .set((
+                outbox::claimed_until_ms.eq(None::<i64>),
+                outbox::claimed_by.eq(None::<&str>),
+            ))
+            .execute(conn)?,
+    };
+    Ok(u64::try_from(n).unwrap_or(0))
 }

@@ -134,6 +134,54 @@ fn lock_seq(conn: &mut DbConnection, seq: i64) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Lock order on PostgreSQL: a group before its member users, everywhere. A group PATCH locks
+/// the group and then (share) its members; deleting a user must lock the user's groups, so it
+/// locks them first, in ascending `seq`, and the user after (the other order deadlocked against
+/// a concurrent PATCH of one of the groups, 40P01 and a 503; test:
+/// `store::tests::races::deleting_a_user_and_patching_its_group_do_not_deadlock`). A
+/// membership added between the read of the groups and the user lock (it needs the user's
+/// share lock, so none can be added after) shows in the re-read: then the locks taken since
+/// the savepoint are given back and the round starts over.
+fn lock_groups_before_user(conn: &mut DbConnection, id: &str) -> Result<(), StoreError> {
+    use diesel::connection::SimpleConnection;
+    if !matches!(conn, DbConnection::Pg(_)) || has_nul(id) {
+        return Ok(());
+    }
+    let Some(user_seq) = resources::table
+        .filter(resources::id.eq(id))
+        .filter(resources::resource_type.eq(ResourceType::User.as_str()))
+        .select(resources::seq)
+        .first::<i64>(conn)
+        .optional()?
+    else {
+        return Ok(());
+    };
+    let groups_of = |conn: &mut DbConnection| -> Result<Vec<i64>, StoreError> {
+        Ok(group_members::table
+            .filter(group_members::member_seq.eq(user_seq))
+            .select(group_members::group_seq)
+            .order(group_members::group_seq)
+            .load(conn)?)
+    };
+    for _ in 0..8 {
+        let groups = groups_of(conn)?;
+        conn.batch_execute("SAVEPOINT scim_lock_order")?;
+        for &g in &groups {
+            lock_seq(conn, g)?;
+        }
+        lock_seq(conn, user_seq)?;
+        let now: HashSet<i64> = groups_of(conn)?.into_iter().collect();
+        if now.iter().all(|g| groups.binary_search(g).is_ok()) {
+            conn.batch_execute("RELEASE SAVEPOINT scim_lock_order")?;
+            return Ok(());
+        }
+        conn.batch_execute("ROLLBACK TO SAVEPOINT scim_lock_order")?;
+    }
+    // Memberships kept changing under us: go on in the old order (a deadlock here is answered
+    // 503 and retried by the IdP).
+    Ok(())
+}
+
 fn seq_of(conn: &mut DbConnection, id: &str) -> Result<i64, StoreError> {
     Ok(resources::table
         .filter(resources::id.eq(id))
@@ -319,7 +367,7 @@ where
 ///   `faults::a_group_applied_between_two_activity_flips_of_a_member_drops_it_in_the_end`).
 ///   Queued in the commit of every flip, a group applied after v4 always follows.
 ///
-/// Lock order as in [`delete`]: the user, then its groups by `seq`.
+/// Takes no group lock (the caller holds the user; groups are locked before users).
 fn enqueue_groups_of(
     conn: &mut DbConnection,
     targets: &[String],
@@ -331,8 +379,12 @@ fn enqueue_groups_of(
         .select(group_members::group_seq)
         .order(group_members::group_seq)
         .load(conn)?;
+    // The groups are not locked: this runs with the user locked, and the lock order is groups
+    // before users (see `lock_groups_before_user`). An unlocked read of a group's version is
+    // enough: the upsert never lowers a row's version, and the worker renders the group as
+    // stored when it applies (level-triggered), so a group changed or deleted meanwhile is
+    // applied as it is then.
     for group_seq in groups {
-        lock_seq(conn, group_seq)?;
         let (group_id, group_version, group_deleted): (String, i64, bool) = resources::table
             .find(group_seq)
             .select((resources::id, resources::version, resources::deleted))
@@ -363,6 +415,9 @@ pub(crate) fn delete(
     ctx: &AuditCtx,
 ) -> Result<(), StoreError> {
     write_tx(conn, |conn| {
+        if resource_type == ResourceType::User {
+            lock_groups_before_user(conn, id)?;
+        }
         let row =
             get_for_update(conn, resource_type, id)?.ok_or_else(|| not_found(resource_type))?;
         if let Some(expected) = if_match {

@@ -41,6 +41,7 @@ diesel::table! {
         claimed_until_ms -> Nullable<BigInt>,
         claim_epoch -> BigInt,
         generation -> BigInt,
+        claimed_by -> Nullable<Text>,
     }
 }
 

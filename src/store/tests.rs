@@ -10,6 +10,8 @@ use futures_util::future::join_all;
 use serde_json::json;
 use std::time::Instant;
 
+mod races;
+
 const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1/postgres";
 const TARGET: &str = "ldap";
 
@@ -50,15 +52,17 @@ fn settings(url: String) -> StoreSettings {
         pool_size: 8,
         busy_timeout_ms: 10_000,
         instance_lock: true,
+        instance_id: "test-instance".into(),
     }
 }
 
 async fn sqlite_db() -> TestDb {
     let dir = tempfile::tempdir().expect("tempdir");
     let url = format!("sqlite://{}", dir.path().join("store.db").display());
-    let store = Store::open(&settings(url)).await.expect("open sqlite");
+    let store = Store::open(&settings(url), vec![TARGET.to_owned()])
+        .await
+        .expect("open sqlite");
     store.migrate().await.expect("migrate sqlite");
-    store.set_targets(vec![TARGET.to_owned()]);
     TestDb {
         store,
         backend: "sqlite",
@@ -77,11 +81,13 @@ async fn pg_db() -> TestDb {
     })
     .await
     .expect("join");
-    let store = Store::open(&settings(format!("postgres://postgres@127.0.0.1/{name}")))
-        .await
-        .expect("open pg");
+    let store = Store::open(
+        &settings(format!("postgres://postgres@127.0.0.1/{name}")),
+        vec![TARGET.to_owned()],
+    )
+    .await
+    .expect("open pg");
     store.migrate().await.expect("migrate pg");
-    store.set_targets(vec![TARGET.to_owned()]);
     TestDb {
         store,
         backend: "postgres",
@@ -1443,10 +1449,13 @@ async fn unfiltered_lists_page_in_creation_order() {
 async fn a_second_store_on_the_same_file_is_refused() {
     let db = sqlite_db().await;
     let path = db._dir.as_ref().unwrap().path().join("store.db");
-    let err = Store::open(&settings(format!("sqlite://{}", path.display())))
-        .await
-        .err()
-        .unwrap();
+    let err = Store::open(
+        &settings(format!("sqlite://{}", path.display())),
+        vec![TARGET.to_owned()],
+    )
+    .await
+    .err()
+    .unwrap();
     match err {
         StoreError::Other(msg) => {
             assert!(msg.contains("store.db") && msg.contains("in use"), "{msg}")
@@ -1460,7 +1469,7 @@ async fn a_second_store_on_the_same_file_is_refused() {
 
 #[tokio::test]
 async fn memory_database_keeps_its_data_in_one_connection() {
-    let store = Store::open(&settings("sqlite::memory:".into()))
+    let store = Store::open(&settings("sqlite::memory:".into()), vec![TARGET.to_owned()])
         .await
         .unwrap();
     let applied = store.migrate().await.unwrap();
@@ -1477,18 +1486,27 @@ async fn memory_database_keeps_its_data_in_one_connection() {
 #[tokio::test]
 async fn bad_urls_are_refused_without_echoing_passwords() {
     for url in ["mysql://x", "", "sqlite://", "http://a", "postgres"] {
-        let err = Store::open(&settings(url.into())).await.err().unwrap();
+        let err = Store::open(&settings(url.into()), vec![TARGET.to_owned()])
+            .await
+            .err()
+            .unwrap();
         assert!(matches!(err, StoreError::Other(_)), "{url}: {err:?}");
     }
-    let err = Store::open(&settings("redis://u:hunter2@h/".into()))
-        .await
-        .err()
-        .unwrap();
+    let err = Store::open(
+        &settings("redis://u:hunter2@h/".into()),
+        vec![TARGET.to_owned()],
+    )
+    .await
+    .err()
+    .unwrap();
     assert!(!err.to_string().contains("hunter2"));
     let mut s = settings("postgres://app@127.0.0.1:1/db".into());
     s.password = Some("hunter2".into());
     assert!(!format!("{s:?}").contains("hunter2"));
-    let err = Store::open(&s).await.err().unwrap();
+    let err = Store::open(&s, vec![TARGET.to_owned()])
+        .await
+        .err()
+        .unwrap();
     assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
     assert!(!err.to_string().contains("hunter2"));
 }
@@ -2030,8 +2048,12 @@ async fn concurrent_migrations_on_postgres_apply_once() {
     .await
     .unwrap();
     let url = format!("postgres://postgres@127.0.0.1/{second}");
-    let a = Store::open(&settings(url.clone())).await.unwrap();
-    let b = Store::open(&settings(url)).await.unwrap();
+    let a = Store::open(&settings(url.clone()), vec![TARGET.to_owned()])
+        .await
+        .unwrap();
+    let b = Store::open(&settings(url), vec![TARGET.to_owned()])
+        .await
+        .unwrap();
     let (ra, rb) = futures_util::future::join(a.migrate(), b.migrate()).await;
     let mut applied = [ra.unwrap().len(), rb.unwrap().len()];
     applied.sort_unstable();

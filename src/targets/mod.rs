@@ -8,6 +8,9 @@ pub mod sql;
 use crate::config::target::RawTarget;
 use crate::mapping::{CompiledTarget, ConfigError, Entry};
 use serde_json::Value;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Users or groups.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +43,63 @@ pub struct Prior {
     pub key: Option<String>,
     /// Target-specific bookkeeping recorded by the last apply.
     pub extra: Option<Value>,
+    /// How long the reconciler's claim on this resource lasts (not bookkeeping: never stored).
+    pub lease: Lease,
+}
+
+/// The lease of the reconciler's claim on the resource being synced, as the target sees it:
+/// the wall-clock time (ms since the epoch) until which the claim is exclusive, moved forward
+/// by the reconciler's heartbeat and set to the past when the claim is lost. A target starts a
+/// write only while at least that write's timeout remains ([`Lease::check`]), so an apply that
+/// lost its claim (its process stopped past the lease while another worker took over) cannot
+/// write after the other worker started: LDAP has no fencing token, this bounds it in time.
+/// The default is unlimited (dry runs, tests of a target alone).
+#[derive(Debug, Clone, Default)]
+pub struct Lease {
+    until_ms: Option<Arc<AtomicI64>>,
+}
+
+impl PartialEq for Lease {
+    /// Not part of what a [`Prior`] compares: every lease is equal.
+    fn eq(&self, _: &Lease) -> bool {
+        true
+    }
+}
+
+impl Lease {
+    /// A lease ending at the time held in `until_ms` (shared with whoever renews it).
+    #[must_use]
+    pub fn until(until_ms: Arc<AtomicI64>) -> Lease {
+        Lease {
+            until_ms: Some(until_ms),
+        }
+    }
+
+    /// Before a write that may take up to `timeout`: fine while at least `timeout` remains.
+    ///
+    /// # Errors
+    /// A transient `lease` error otherwise (the row goes back to the outbox; if the claim was
+    /// lost, the worker that holds it now applies the current state).
+    pub fn check(&self, timeout: Duration) -> Result<(), TargetError> {
+        let Some(until) = &self.until_ms else {
+            return Ok(());
+        };
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+            .unwrap_or(0);
+        let needed = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
+        if now.saturating_add(needed) <= until.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        Err(TargetError {
+            class: ErrorClass::Transient,
+            code: Some("lease".into()),
+            message: "the claim's lease has less time left than the operation may take (or \
+                      the claim was lost); nothing more is written in this apply"
+                .into(),
+        })
+    }
 }
 
 /// The result of one sync.

@@ -111,6 +111,7 @@ fn prior(o: &Outcome) -> Prior {
     Prior {
         key: o.key.clone(),
         extra: o.extra.clone(),
+        ..Prior::default()
     }
 }
 
@@ -991,6 +992,7 @@ async fn hung_server_times_out_as_transient_and_recovers() {
     let intent = Prior {
         key: None,
         extra: Some(serde_json::json!({"creating": d.entry.key, "since_ms": since_ms})),
+        ..Prior::default()
     };
     let o = t.sync(Some(&d), &intent, false).await.unwrap();
     assert_eq!(o.changes.len(), 1, "{:?}", o.changes);

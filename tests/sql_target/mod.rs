@@ -317,6 +317,7 @@ fn prior(o: &Outcome) -> Prior {
     Prior {
         key: o.key.clone(),
         extra: o.extra.clone(),
+        ..Prior::default()
     }
 }
 

@@ -9,7 +9,7 @@ use super::settings::Settings;
 use crate::config::target::{DeactivatePolicy, MemberValue, OnDelete, OnExisting, PasswordMode};
 use crate::mapping::dn::{dn_eq, normalize_dn, split_rdn};
 use crate::mapping::{diff, Entry, Mod};
-use crate::targets::{Desired, ErrorClass, Kind, Outcome, Prior, TargetError};
+use crate::targets::{Desired, ErrorClass, Kind, Lease, Outcome, Prior, TargetError};
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashSet};
@@ -28,6 +28,8 @@ struct Exec<'a> {
     t: &'a LdapTarget,
     dry_run: bool,
     changes: Vec<String>,
+    /// Checked before every write: none starts unless its timeout remains on the claim.
+    lease: &'a Lease,
 }
 
 fn permanent(message: String) -> TargetError {
@@ -63,6 +65,10 @@ fn describe(m: &Mod, show_values: bool) -> String {
 }
 
 impl Exec<'_> {
+    fn fence(&self) -> Result<(), TargetError> {
+        self.lease.check(self.t.settings().timeout)
+    }
+
     async fn add(
         &mut self,
         dn: &str,
@@ -72,6 +78,7 @@ impl Exec<'_> {
         if self.dry_run {
             return Ok(0);
         }
+        self.fence()?;
         self.t.add(dn, attrs).await
     }
 
@@ -96,6 +103,7 @@ impl Exec<'_> {
         }
         let lmods: Vec<ldap3::Mod<String>> = mods.iter().map(to_ldap).collect();
         let ok = [codes::ATTRIBUTE_OR_VALUE_EXISTS, codes::NO_SUCH_ATTRIBUTE];
+        self.fence()?;
         let rc = self.t.modify(dn, lmods, &ok).await?;
         if rc == 0 {
             return Ok(());
@@ -118,6 +126,7 @@ impl Exec<'_> {
                     Mod::Delete(..) => &[codes::NO_SUCH_ATTRIBUTE],
                     Mod::Replace(..) => &[],
                 };
+                self.fence()?;
                 self.t.modify(dn, vec![to_ldap(&s)], tolerated).await?;
             }
         }
@@ -136,6 +145,7 @@ impl Exec<'_> {
         if self.dry_run {
             return Ok(true);
         }
+        self.fence()?;
         match self.t.modrdn(old, &new_rdn, sup).await {
             Ok(rc) => Ok(rc == 0),
             Err(e) if e.code.as_deref() == Some("68") => Err(permanent(format!(
@@ -150,6 +160,7 @@ impl Exec<'_> {
         if self.dry_run {
             return Ok(());
         }
+        self.fence()?;
         self.t.delete(dn).await.map(|_| ())
     }
 }
@@ -165,6 +176,7 @@ pub(super) async fn sync(
         t,
         dry_run,
         changes: Vec::new(),
+        lease: &prior.lease,
     };
     let (key, extra) = match desired {
         None => remove(&mut ex, prior).await?,
@@ -842,6 +854,7 @@ mod tests {
                 json!({"creating": dn, "since_ms": since, "prev_attempt_ms": prev,
                                "attempt_ms": prev + 100_000}),
             ),
+            ..Prior::default()
         }
     }
 
@@ -867,6 +880,7 @@ mod tests {
         let first = Prior {
             key: None,
             extra: Some(json!({"creating": dn, "since_ms": 5_000, "attempt_ms": 5_000})),
+            ..Prior::default()
         };
         assert_eq!(intent_window(&s, &first, dn), None);
     }

@@ -53,6 +53,11 @@ pub(super) fn sync(
             Some(d) if d.kind == Kind::User => sync_user(&mut tx, d, prior)?,
             Some(d) => sync_group(&mut tx, d, prior)?,
         };
+        if !dry_run {
+            // The commit is the write: it starts only while its timeout remains on the claim
+            // (else the transaction rolls back and nothing was written).
+            prior.lease.check(s.timeout)?;
+        }
         Ok(Outcome {
             key,
             extra,

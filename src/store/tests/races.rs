@@ -1,0 +1,410 @@
+//! Interleavings on real PostgreSQL that READ COMMITTED makes possible: a second connection
+//! holds a row lock (or a whole transaction) open at the exact step, and the test waits until
+//! the store's statement is queued behind it (`pg_stat_activity`), then lets it go. No sleeps.
+
+#![allow(clippy::disallowed_methods)] // a test's tasks end with it; no tracker needed
+
+use super::*;
+use diesel::connection::TransactionManager;
+use std::sync::mpsc;
+
+fn url_of(db: &TestDb) -> String {
+    format!(
+        "postgres://postgres@127.0.0.1/{}",
+        db.pg_name.as_deref().expect("a PostgreSQL test database")
+    )
+}
+
+/// Wait until `n` backends of this database wait on a lock.
+async fn lock_waiters(url: &str, n: i64) {
+    let url = url.to_owned();
+    tokio::task::spawn_blocking(move || {
+        #[derive(QueryableByName)]
+        struct Count {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        let mut c = diesel::PgConnection::establish(&url).unwrap();
+        let started = Instant::now();
+        loop {
+            let waiting = diesel::sql_query(
+                "SELECT count(*) AS n FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .get_result::<Count>(&mut c)
+            .unwrap()
+            .n;
+            if waiting >= n {
+                return;
+            }
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(20),
+                "{waiting} of {n} backends ever waited on a lock"
+            );
+            std::thread::park_timeout(std::time::Duration::from_millis(5));
+        }
+    })
+    .await
+    .unwrap();
+}
+
+/// Run `f` in a transaction on a connection of its own; it stays open (locks held) until the
+/// returned sender is used, then commits. Returns once `f` ran.
+async fn open_transaction(
+    url: &str,
+    f: impl FnOnce(&mut DbConnection) + Send + 'static,
+) -> (mpsc::Sender<()>, std::thread::JoinHandle<()>) {
+    let url = url.to_owned();
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let (commit_tx, commit_rx) = mpsc::channel::<()>();
+    let handle = std::thread::spawn(move || {
+        let mut conn = DbConnection::Pg(diesel::PgConnection::establish(&url).unwrap());
+        type Tm = <DbConnection as diesel::Connection>::TransactionManager;
+        Tm::begin_transaction(&mut conn).unwrap();
+        f(&mut conn);
+        ready_tx.send(()).unwrap();
+        commit_rx.recv().unwrap();
+        Tm::commit_transaction(&mut conn).unwrap();
+    });
+    tokio::task::spawn_blocking(move || ready_rx.recv().unwrap())
+        .await
+        .unwrap();
+    (commit_tx, handle)
+}
+
+/// What a settle of the row does: lock it and delete it.
+fn settle_deletes(resource_id: String) -> impl FnOnce(&mut DbConnection) + Send + 'static {
+    move |conn| {
+        diesel::sql_query(format!(
+            "SELECT id FROM outbox WHERE resource_id = '{resource_id}' FOR UPDATE"
+        ))
+        .execute(conn)
+        .unwrap();
+        diesel::sql_query(format!(
+            "DELETE FROM outbox WHERE resource_id = '{resource_id}'"
+        ))
+        .execute(conn)
+        .unwrap();
+    }
+}
+
+async fn rows_of(store: &Store, id: &str) -> Vec<(i64, String)> {
+    let id = id.to_owned();
+    store
+        .run(move |conn| {
+            Ok(outbox::table
+                .filter(outbox::resource_id.eq(&id))
+                .select((outbox::version, outbox::state))
+                .load::<(i64, String)>(conn)?)
+        })
+        .await
+        .unwrap()
+}
+
+fn same_user() -> impl FnOnce(&StoredUser) -> Result<UserUpdate, ScimError> + Send + 'static {
+    |u: &StoredUser| {
+        Ok(UserUpdate {
+            input: user(&u.user_name),
+            password_hash: None,
+        })
+    }
+}
+
+/// Item 4 of issue 8: a mutation whose outbox upsert meets a settle that locked and deleted
+/// the row. Before: the upsert's UPDATE by id hit 0 rows after the settle committed, the
+/// mutation was acknowledged and nothing was ever queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn races_a_change_landing_while_a_settle_deletes_its_row_stays_queued() {
+    let db = pg_db().await;
+    let (store, url) = (db.store.clone(), url_of(&db));
+    let id = store
+        .create_user(user("racer"), None, &ctx(100))
+        .await
+        .unwrap()
+        .id;
+    let (commit, settle) = open_transaction(&url, settle_deletes(id.clone())).await;
+    let mutation = {
+        let (store, id) = (store.clone(), id.clone());
+        tokio::spawn(async move {
+            store
+                .update_user(&id, "patch", &ctx(200), same_user())
+                .await
+        })
+    };
+    lock_waiters(&url, 1).await;
+    commit.send(()).unwrap();
+    settle.join().unwrap();
+    assert_eq!(mutation.await.unwrap().unwrap().meta.version, 2);
+    assert_eq!(rows_of(&store, &id).await, [(2, "pending".to_owned())]);
+    db.finish().await;
+}
+
+/// The same for a dependant re-queue (`enqueue_many`, e.g. a group whose member got its entry).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn races_a_dependant_requeue_landing_while_a_settle_deletes_its_row_stays_queued() {
+    let db = pg_db().await;
+    let (store, url) = (db.store.clone(), url_of(&db));
+    let id = store
+        .create_group(group("racers", None), &ctx(100))
+        .await
+        .unwrap()
+        .id;
+    let (commit, settle) = open_transaction(&url, settle_deletes(id.clone())).await;
+    let requeue = {
+        let (store, id) = (store.clone(), id.clone());
+        tokio::spawn(async move {
+            store
+                .enqueue_many(TARGET, ResourceType::Group, &[id], "membership", 200)
+                .await
+        })
+    };
+    lock_waiters(&url, 1).await;
+    commit.send(()).unwrap();
+    settle.join().unwrap();
+    assert_eq!(requeue.await.unwrap().unwrap(), 1);
+    assert_eq!(rows_of(&store, &id).await, [(1, "pending".to_owned())]);
+    db.finish().await;
+}
+
+/// A change re-queues a dead letter while `dead-letters discard` runs: the discard selected
+/// the row as dead, the change made it pending and committed; the discard's delete must not
+/// take the new change with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn races_a_change_landing_during_a_dead_letter_discard_stays_queued() {
+    let db = pg_db().await;
+    let (store, url) = (db.store.clone(), url_of(&db));
+    let id = store
+        .create_user(user("doomed"), None, &ctx(100))
+        .await
+        .unwrap()
+        .id;
+    let item = store
+        .claim(TARGET, 100, 10_000, 10)
+        .await
+        .unwrap()
+        .remove(0);
+    store
+        .settle_failed(&item, "refused", 200, true, 200)
+        .await
+        .unwrap();
+    assert_eq!(rows_of(&store, &id).await, [(1, "dead".to_owned())]);
+    let (commit, mutation) = open_transaction(&url, {
+        let id = id.clone();
+        move |conn| {
+            crate::store::resources::update_user(
+                conn,
+                &[TARGET.to_owned()],
+                &id,
+                "patch",
+                &ctx(300),
+                same_user(),
+            )
+            .unwrap();
+        }
+    })
+    .await;
+    let discard = {
+        let store = store.clone();
+        tokio::spawn(async move { store.discard_dead(None, None).await })
+    };
+    lock_waiters(&url, 1).await;
+    commit.send(()).unwrap();
+    mutation.join().unwrap();
+    assert_eq!(discard.await.unwrap().unwrap(), 0, "nothing dead was left");
+    assert_eq!(rows_of(&store, &id).await, [(2, "pending".to_owned())]);
+    db.finish().await;
+}
+
+/// Item 9 of issue 8: a group PATCH (group, then its members) and the delete of a member
+/// (before: the user, then its groups) queued behind one lock on the group, the PATCH first.
+/// Before: PostgreSQL found the cycle and aborted one (40P01, a 503 to the IdP).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn races_deleting_a_user_and_patching_its_group_do_not_deadlock() {
+    let db = pg_db().await;
+    let (store, url) = (db.store.clone(), url_of(&db));
+    let x = store
+        .create_user(user("x"), None, &ctx(1))
+        .await
+        .unwrap()
+        .id;
+    let y = store
+        .create_user(user("y"), None, &ctx(1))
+        .await
+        .unwrap()
+        .id;
+    let g = store
+        .create_group(group("g", Some(vec![x.clone()])), &ctx(1))
+        .await
+        .unwrap()
+        .id;
+    let (g_seq, _) = {
+        let g = g.clone();
+        store
+            .run(move |conn| {
+                Ok(resources::table
+                    .filter(resources::id.eq(&g))
+                    .select((resources::seq, resources::version))
+                    .first::<(i64, i64)>(conn)?)
+            })
+            .await
+            .unwrap()
+    };
+    let (commit, holder) = open_transaction(&url, move |conn| {
+        diesel::sql_query(format!(
+            "SELECT seq FROM resources WHERE seq = {g_seq} FOR UPDATE"
+        ))
+        .execute(conn)
+        .unwrap();
+    })
+    .await;
+    let patch = {
+        let (store, g, x, y) = (store.clone(), g.clone(), x.clone(), y.clone());
+        tokio::spawn(async move {
+            store
+                .update_group(
+                    &g,
+                    "patch",
+                    &ctx(2),
+                    members_update(vec![MemberOp::Add(vec![member(x), member(y)])]),
+                )
+                .await
+        })
+    };
+    lock_waiters(&url, 1).await;
+    let delete = {
+        let (store, x) = (store.clone(), x.clone());
+        tokio::spawn(async move { store.delete_user(&x, None, &ctx(3)).await })
+    };
+    lock_waiters(&url, 2).await;
+    commit.send(()).unwrap();
+    holder.join().unwrap();
+    let patched = patch.await.unwrap();
+    let deleted = delete.await.unwrap();
+    assert!(patched.is_ok(), "patch: {:?}", patched.err());
+    assert!(deleted.is_ok(), "delete: {:?}", deleted.err());
+    assert_eq!(member_ids(&store, &g).await, [y]);
+    db.finish().await;
+}
+
+/// Two instances share one PostgreSQL store; one restarts. It releases the claims recorded
+/// under its own instance id at once and leaves the other's live claims alone. Before: on
+/// PostgreSQL nothing was released and a restarted daemon's rows waited out their lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn claims_a_restarted_instance_releases_its_own_claims_only() {
+    let db = pg_db().await;
+    let url = url_of(&db);
+    let other = {
+        let mut s = settings(url.clone());
+        s.instance_id = "other-host".into();
+        Store::open(&s, vec![TARGET.to_owned()]).await.unwrap()
+    };
+    let me = db.store.clone();
+    let a = me
+        .create_user(user("mine"), None, &ctx(100))
+        .await
+        .unwrap()
+        .id;
+    assert_eq!(me.claim(TARGET, 100, 600_000, 10).await.unwrap().len(), 1);
+    let b = me
+        .create_user(user("theirs"), None, &ctx(100))
+        .await
+        .unwrap()
+        .id;
+    assert_eq!(
+        other.claim(TARGET, 100, 600_000, 10).await.unwrap().len(),
+        1
+    );
+
+    // "Restart": a new store under the same instance id.
+    let restarted = Store::open(&settings(url), vec![TARGET.to_owned()])
+        .await
+        .unwrap();
+    assert_eq!(restarted.release_stale_claims().await.unwrap(), 1);
+    let again = restarted.claim(TARGET, 200, 600_000, 10).await.unwrap();
+    assert_eq!(
+        again
+            .iter()
+            .map(|i| i.resource_id.as_str())
+            .collect::<Vec<_>>(),
+        [a.as_str()],
+        "only the restarted instance's own claim was released; {b} is still held"
+    );
+    drop((other, restarted));
+    db.finish().await;
+}
+
+/// A PostgreSQL read transaction is one snapshot: REPEATABLE READ, read only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn claims_postgres_read_transactions_are_repeatable_read_and_read_only() {
+    let db = pg_db().await;
+    let (isolation, read_only) = db
+        .store
+        .run(|conn| {
+            read_tx(conn, |conn| {
+                #[derive(QueryableByName)]
+                struct Setting {
+                    #[diesel(sql_type = diesel::sql_types::Text)]
+                    v: String,
+                }
+                let show = |conn: &mut DbConnection, what: &str| -> Result<String, StoreError> {
+                    Ok(
+                        diesel::sql_query(format!("SELECT current_setting('{what}') AS v"))
+                            .get_result::<Setting>(conn)?
+                            .v,
+                    )
+                };
+                Ok((
+                    show(conn, "transaction_isolation")?,
+                    show(conn, "transaction_read_only")?,
+                ))
+            })
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (isolation.as_str(), read_only.as_str()),
+        ("repeatable read", "on")
+    );
+    db.finish().await;
+}
+
+/// A claim renews only while its epoch is ours: once another worker took the row (after the
+/// lease ran out), the first one's renewal (start of apply, heartbeat) reports the claim lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn claims_renewal_fails_once_another_worker_took_the_row() {
+    on_both(|store, backend| async move {
+        store
+            .create_user(user("renewed"), None, &ctx(100))
+            .await
+            .unwrap();
+        let first = store.claim(TARGET, 100, 1000, 10).await.unwrap().remove(0);
+        assert!(
+            store.renew_claim(&first, 900, 1000).await.unwrap(),
+            "{backend}"
+        );
+        assert!(
+            store
+                .claim(TARGET, 1500, 1000, 10)
+                .await
+                .unwrap()
+                .is_empty(),
+            "{backend}: renewed until 1900"
+        );
+        // Expired but not taken: still ours (taking it would have moved the epoch).
+        assert!(
+            store.renew_claim(&first, 2500, 1000).await.unwrap(),
+            "{backend}"
+        );
+        let second = store.claim(TARGET, 4000, 1000, 10).await.unwrap().remove(0);
+        assert!(second.claim_epoch > first.claim_epoch);
+        assert!(
+            !store.renew_claim(&first, 4100, 1000).await.unwrap(),
+            "{backend}"
+        );
+        assert!(
+            store.renew_claim(&second, 4100, 1000).await.unwrap(),
+            "{backend}"
+        );
+    })
+    .await;
+}
