@@ -17,3 +17,4 @@ mod reconcile;
 mod scim_api;
 mod sql_target;
 mod tidy;
+mod verify;
