@@ -8,6 +8,7 @@
     clippy::disallowed_methods
 )]
 
+mod crash;
 mod faults;
 #[allow(dead_code)]
 mod harness;
