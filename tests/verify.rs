@@ -168,3 +168,51 @@ async fn verify_is_clean_after_convergence_and_names_each_hand_made_drift() {
     let (code, out) = verify_cli(&t.config_path);
     assert_eq!(code, 0, "{out}");
 }
+
+/// Issue 8's first reproduction: two users whose DN template (`cn={displayName}`) renders the
+/// same DN. Whatever the daemon does with the second (today it merges both into one entry;
+/// fixed, the second is a conflict), verify must not call the directory clean: two states at
+/// one key are "held twice", a resource that cannot have its entry is "cannot compare".
+#[tokio::test]
+async fn verify_flags_two_users_whose_dn_renders_the_same() {
+    let slapd = Slapd::start().await;
+    let secrets = tempfile::tempdir().unwrap();
+    let pw = secrets.path().join("ldap.pw");
+    std::fs::write(&pw, format!("{}\n", slapd.password())).unwrap();
+    let toml = target_toml(&slapd, &pw)
+        .replace(
+            &format!("dn = \"uid={{userName}},{PEOPLE}\""),
+            &format!("dn = \"cn={{displayName}},{PEOPLE}\""),
+        )
+        .replace(
+            "cn = \"{name.givenName} {name.familyName}\"",
+            "cn = \"displayName\"",
+        );
+    assert!(toml.contains("cn={displayName}") && toml.contains("cn = \"displayName\""));
+    let t = TestDaemon::start_with(Backend::Sqlite, &toml).await;
+    let mut ids = Vec::new();
+    for name in ["js1", "js2"] {
+        let mut body = user(name);
+        body["displayName"] = json!("John Smith");
+        let r = t.post("/Users", &body).await;
+        assert_eq!(r.status.as_u16(), 201, "{}", r.body);
+        ids.push(r.body["id"].as_str().unwrap().to_owned());
+        t.d().run_pending_reconciles().await;
+    }
+    let report = t.d().verify(None, |_, _| {}).await;
+    assert!(!report.clean(), "{report:?}");
+    let dn = format!("cn=john smith,{}", PEOPLE.to_ascii_lowercase());
+    let named = report.differences.iter().any(|d| match &d.problem {
+        scim_sync::reconcile::Problem::HeldTwice { by } => {
+            d.key == dn
+                && by.iter().any(|b| b.contains(&ids[0]))
+                && by.iter().any(|b| b.contains(&ids[1]))
+        }
+        scim_sync::reconcile::Problem::Failed(e) => {
+            d.resource.as_ref().is_some_and(|(_, id)| id == &ids[1])
+                && e.to_ascii_lowercase().contains("cn=john smith")
+        }
+        _ => false,
+    });
+    assert!(named, "{report:#?}");
+}
