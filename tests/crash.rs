@@ -10,7 +10,8 @@
 //! The normal suite runs a short version with a fixed seed (3 kills, slapd down 3 s). The long
 //! mode (`scripts/crash-test`, or `FAULTS_LONG=1`): 20 kills, slapd down 60 s, a fresh seed each
 //! run; `SEED=<n>` replays a schedule, `KILLS=<n>` and `OUTAGE_SECS=<n>` override. The seed and
-//! the figures are printed (run with `--nocapture` to see them). Reuses the process machinery
+//! the figures are printed (run with `--nocapture` to see them). `windows` holds the crash
+//! windows the load found, replayed deterministically in process. Reuses the process machinery
 //! of `faults`; owns nothing else.
 
 use crate::faults::{
@@ -802,4 +803,138 @@ async fn crash_mode_sqlite_loses_merges_and_half_applies_nothing() {
 async fn crash_mode_postgres_loses_merges_and_half_applies_nothing() {
     let db = PgDb::create();
     crash_run("postgres", &db.url, 5, true).await;
+}
+
+/// The two crash windows the crash mode found on SQLite, made deterministic (in process, the
+/// workers held off while the test plays the interrupted apply). Both leave an entry of ours
+/// that no resource holds, so `verify` reports it `extra`.
+mod windows {
+    use crate::faults::{target_toml, CORE, PATCH};
+    use crate::harness::daemon::{Backend, TestDaemon};
+    use crate::harness::slapd::Slapd;
+    use scim_sync::scim::resource::ResourceType;
+    use scim_sync::store::TargetState;
+    use serde_json::{json, Value};
+
+    const PEOPLE: &str = "ou=People,dc=example,dc=com";
+
+    async fn env() -> (Slapd, TestDaemon, tempfile::TempDir) {
+        let slapd = Slapd::start().await;
+        let secrets = tempfile::tempdir().unwrap();
+        let pw = secrets.path().join("ldap.pw");
+        std::fs::write(&pw, format!("{}\n", slapd.password())).unwrap();
+        let t = TestDaemon::start_with(Backend::Sqlite, &target_toml(&slapd, &pw)).await;
+        (slapd, t, secrets)
+    }
+
+    fn user(name: &str) -> Value {
+        json!({"schemas": [CORE], "userName": name,
+               "name": {"givenName": "G", "familyName": "F"},
+               "emails": [{"primary": true, "value": "x@example.com"}], "title": "T"})
+    }
+
+    /// Killed between the LDAP add and the settle of a create; the user is renamed before the
+    /// create is retried. The retry must take over (rename) the entry its own intent named,
+    /// not leave it behind and add a second one.
+    #[tokio::test]
+    #[ignore = "fails on current main: the retry records an intent for the new DN only and \
+                adds a second entry; the first is orphaned (verify: extra). Un-ignore with the \
+                create-intent fix"]
+    async fn a_create_interrupted_after_its_add_and_renamed_leaves_no_entry_behind() {
+        let (slapd, t, _s) = env().await;
+        let paused = t.d().pause_reconcilers().await.unwrap();
+        let r = t.post("/Users", &user("first")).await;
+        assert_eq!(r.status.as_u16(), 201, "{}", r.body);
+        let id = r.body["id"].as_str().unwrap().to_owned();
+        let first = format!("uid=first,{PEOPLE}");
+        // What the killed apply left: its intent, and the entry it added as our bind DN.
+        let now = scim_sync::http::server::now_ms();
+        t.d()
+            .store
+            .record_intent(TargetState {
+                target: "corp".into(),
+                resource_type: ResourceType::User,
+                resource_id: id.clone(),
+                applied_version: 0,
+                target_key: None,
+                extra: Some(json!({"creating": first, "since_ms": now})),
+                updated_ms: now,
+            })
+            .await
+            .unwrap();
+        let mut ldap = slapd.admin().await;
+        ldap.add(
+            &first,
+            vec![
+                ("objectClass", ["inetOrgPerson"].into()),
+                ("uid", ["first"].into()),
+                ("cn", ["G F"].into()),
+                ("sn", ["F"].into()),
+            ],
+        )
+        .await
+        .unwrap()
+        .success()
+        .unwrap();
+        let r = t
+            .patch(
+                &format!("/Users/{id}"),
+                &json!({"schemas": [PATCH], "Operations": [
+                    {"op": "Replace", "path": "userName", "value": "second"}]}),
+            )
+            .await;
+        assert!(r.status.is_success(), "{}", r.body);
+        drop(paused);
+        t.d().run_pending_reconciles().await;
+        assert!(slapd
+            .entry(&format!("uid=second,{PEOPLE}"), &["uid"])
+            .await
+            .is_some());
+        let report = t.d().verify(None, |_, _| {}).await;
+        assert!(report.clean(), "{report:#?}");
+        assert!(slapd.entry(&first, &["uid"]).await.is_none(), "orphaned");
+    }
+
+    /// Killed between the LDAP rename and the settle; the user is deleted before the rename is
+    /// recorded. The delete must remove the entry where it is, not only where it was recorded.
+    #[tokio::test]
+    #[ignore = "fails on current main: the delete removes the recorded (old) DN, finds nothing \
+                there and calls it done; the renamed entry is orphaned (verify: extra). \
+                Un-ignore with a fix that records the rename's target before the modrdn"]
+    async fn a_rename_interrupted_before_its_settle_then_deleted_leaves_no_entry_behind() {
+        let (slapd, t, _s) = env().await;
+        let r = t.post("/Users", &user("old")).await;
+        assert_eq!(r.status.as_u16(), 201, "{}", r.body);
+        let id = r.body["id"].as_str().unwrap().to_owned();
+        t.d().run_pending_reconciles().await;
+        let paused = t.d().pause_reconcilers().await.unwrap();
+        let r = t
+            .patch(
+                &format!("/Users/{id}"),
+                &json!({"schemas": [PATCH], "Operations": [
+                    {"op": "replace", "path": "userName", "value": "new"}]}),
+            )
+            .await;
+        assert!(r.status.is_success(), "{}", r.body);
+        // What the killed apply left: the modrdn done, the settle not.
+        let mut ldap = slapd.admin().await;
+        ldap.modifydn(&format!("uid=old,{PEOPLE}"), "uid=new", true, None)
+            .await
+            .unwrap()
+            .success()
+            .unwrap();
+        let r = t.delete(&format!("/Users/{id}")).await;
+        assert_eq!(r.status.as_u16(), 204, "{}", r.body);
+        drop(paused);
+        t.d().run_pending_reconciles().await;
+        let report = t.d().verify(None, |_, _| {}).await;
+        assert!(report.clean(), "{report:#?}");
+        assert!(
+            slapd
+                .entry(&format!("uid=new,{PEOPLE}"), &["uid"])
+                .await
+                .is_none(),
+            "orphaned"
+        );
+    }
 }
