@@ -216,3 +216,41 @@ async fn verify_flags_two_users_whose_dn_renders_the_same() {
     });
     assert!(named, "{report:#?}");
 }
+
+/// An SQL target: clean after convergence; a column edited by hand and a deleted row each
+/// show as the statement an apply would run, naming the row key.
+#[tokio::test]
+async fn verify_names_the_rows_of_an_sql_target_that_differ() {
+    use crate::sql_target::{Flavor, LegacyDb, MAPPING};
+    let db = LegacyDb::new(Flavor::Sqlite);
+    let target = format!(
+        "[[targets]]\nname = \"legacy\"\ntype = \"sql\"\nurl = \"{}\"\n{}",
+        db.url,
+        MAPPING
+            .replace("[users", "[targets.users")
+            .replace("[groups", "[targets.groups")
+    );
+    let t = TestDaemon::start_with(Backend::Sqlite, &target).await;
+    for name in ["dora", "eve"] {
+        let r = t.post("/Users", &user(name)).await;
+        assert_eq!(r.status.as_u16(), 201, "{}", r.body);
+    }
+    t.d().run_pending_reconciles().await;
+    let report = t.d().verify(None, |_, _| {}).await;
+    assert!(report.clean(), "{report:#?}");
+
+    db.exec(
+        "UPDATE app_users SET last_name = 'Hand edit' WHERE login = 'dora';
+         DELETE FROM app_users WHERE login = 'eve';",
+    );
+    let (code, out) = verify_cli(&t.config_path);
+    assert_eq!(code, 1, "{out}");
+    let line = |login: &str| {
+        out.lines()
+            .find(|l| l.contains(&format!(" {login}: differs: ")))
+            .unwrap_or_else(|| panic!("no difference for {login} in:\n{out}"))
+            .to_owned()
+    };
+    assert!(line("dora").contains("last_name"), "{out}");
+    assert!(line("eve").to_ascii_uppercase().contains("INSERT"), "{out}");
+}
