@@ -895,6 +895,56 @@ mod windows {
         assert!(slapd.entry(&first, &["uid"]).await.is_none(), "orphaned");
     }
 
+    /// Killed between the LDAP add and the settle of a create; the user is deleted before the
+    /// create is retried. The delete must remove the entry its intent named.
+    #[tokio::test]
+    #[ignore = "fails on current main: a delete with no recorded key removes nothing, the \
+                entry the interrupted create added stays (verify: extra). Un-ignore with the \
+                create-intent fix"]
+    async fn a_create_interrupted_after_its_add_then_deleted_leaves_no_entry_behind() {
+        let (slapd, t, _s) = env().await;
+        let paused = t.d().pause_reconcilers().await.unwrap();
+        let r = t.post("/Users", &user("doomed")).await;
+        assert_eq!(r.status.as_u16(), 201, "{}", r.body);
+        let id = r.body["id"].as_str().unwrap().to_owned();
+        let dn = format!("uid=doomed,{PEOPLE}");
+        let now = scim_sync::http::server::now_ms();
+        t.d()
+            .store
+            .record_intent(TargetState {
+                target: "corp".into(),
+                resource_type: ResourceType::User,
+                resource_id: id.clone(),
+                applied_version: 0,
+                target_key: None,
+                extra: Some(json!({"creating": dn, "since_ms": now})),
+                updated_ms: now,
+            })
+            .await
+            .unwrap();
+        let mut ldap = slapd.admin().await;
+        ldap.add(
+            &dn,
+            vec![
+                ("objectClass", ["inetOrgPerson"].into()),
+                ("uid", ["doomed"].into()),
+                ("cn", ["G F"].into()),
+                ("sn", ["F"].into()),
+            ],
+        )
+        .await
+        .unwrap()
+        .success()
+        .unwrap();
+        let r = t.delete(&format!("/Users/{id}")).await;
+        assert_eq!(r.status.as_u16(), 204, "{}", r.body);
+        drop(paused);
+        t.d().run_pending_reconciles().await;
+        let report = t.d().verify(None, |_, _| {}).await;
+        assert!(report.clean(), "{report:#?}");
+        assert!(slapd.entry(&dn, &["uid"]).await.is_none(), "orphaned");
+    }
+
     /// Killed between the LDAP rename and the settle; the user is deleted before the rename is
     /// recorded. The delete must remove the entry where it is, not only where it was recorded.
     #[tokio::test]

@@ -254,3 +254,67 @@ async fn verify_names_the_rows_of_an_sql_target_that_differ() {
     assert!(line("dora").contains("last_name"), "{out}");
     assert!(line("eve").to_ascii_uppercase().contains("INSERT"), "{out}");
 }
+
+/// A create intent holds its DN only while its resource is live: an entry our bind DN added at
+/// the intended DN of a since-deleted user is reported extra, not excused as an interrupted
+/// create. (Played with the workers held off, so the daemon's own handling does not matter.)
+#[tokio::test]
+async fn verify_reports_an_entry_at_a_deleted_users_create_intent_as_extra() {
+    let slapd = Slapd::start().await;
+    let secrets = tempfile::tempdir().unwrap();
+    let pw = secrets.path().join("ldap.pw");
+    std::fs::write(&pw, format!("{}\n", slapd.password())).unwrap();
+    let t = TestDaemon::start_with(Backend::Sqlite, &target_toml(&slapd, &pw)).await;
+    let _paused = t.d().pause_reconcilers().await.unwrap();
+    let r = t.post("/Users", &user("ghost")).await;
+    assert_eq!(r.status.as_u16(), 201, "{}", r.body);
+    let id = r.body["id"].as_str().unwrap().to_owned();
+    let dn = format!("uid=ghost,{PEOPLE}");
+    let now = scim_sync::http::server::now_ms();
+    t.d()
+        .store
+        .record_intent(scim_sync::store::TargetState {
+            target: "corp".into(),
+            resource_type: scim_sync::scim::resource::ResourceType::User,
+            resource_id: id.clone(),
+            applied_version: 0,
+            target_key: None,
+            extra: Some(json!({"creating": dn, "since_ms": now})),
+            updated_ms: now,
+        })
+        .await
+        .unwrap();
+    let mut ldap = slapd.admin().await;
+    ldap.add(
+        &dn,
+        vec![
+            ("objectClass", ["inetOrgPerson"].into()),
+            ("uid", ["ghost"].into()),
+            ("cn", ["G F"].into()),
+            ("sn", ["F"].into()),
+        ],
+    )
+    .await
+    .unwrap()
+    .success()
+    .unwrap();
+    // Live: the entry is its interrupted create (unrecorded), not a stray.
+    let report = t.d().verify(None, |_, _| {}).await;
+    assert!(
+        report
+            .differences
+            .iter()
+            .all(|d| d.problem != scim_sync::reconcile::Problem::Extra),
+        "{report:#?}"
+    );
+    let r = t.delete(&format!("/Users/{id}")).await;
+    assert_eq!(r.status.as_u16(), 204, "{}", r.body);
+    let report = t.d().verify(None, |_, _| {}).await;
+    assert!(
+        report
+            .differences
+            .iter()
+            .any(|d| d.key == dn && d.problem == scim_sync::reconcile::Problem::Extra),
+        "{report:#?}"
+    );
+}

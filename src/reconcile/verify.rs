@@ -183,6 +183,12 @@ async fn verify_target<F: Fn(u64, u64)>(
                 .and_then(Value::as_str)
             {
                 parents.insert(split_rdn(c).1);
+                // The intent of a deleted resource holds nothing: an entry there is extra.
+                if !live(rec, s.resource_type, &s.resource_id).await? {
+                    compare(rec, t, s.resource_type, &s.resource_id, report).await;
+                    progress(report.checked, *seen_total);
+                    continue;
+                }
                 intended
                     .entry(key_norm(t, s.resource_type, c))
                     .or_default()
@@ -264,6 +270,22 @@ async fn verify_target<F: Fn(u64, u64)>(
         }
     }
     Ok(())
+}
+
+/// Whether the resource is live in the store (not deleted, not purged).
+async fn live(rec: &Reconciler, ty: ResourceType, id: &str) -> Result<bool, String> {
+    let store = &rec.inner.store;
+    let found = match ty {
+        ResourceType::User => store
+            .get_user_any(id)
+            .await
+            .map(|u| u.is_some_and(|u| !u.deleted)),
+        ResourceType::Group => store
+            .get_group_any(id)
+            .await
+            .map(|g| g.is_some_and(|g| !g.deleted)),
+    };
+    found.map_err(|e| format!("cannot read the store: {e}"))
 }
 
 /// Dry-run one resource and turn what an apply would do into differences.
