@@ -714,12 +714,21 @@ async fn crash_run(backend: &str, store_url: &str, lease_secs: u64, claims_wait_
             .filter(|l| l.contains("held twice"))
             .map(str::to_owned),
     );
+    // Acknowledged in the store but not (or wrongly) in the directory: verify's differences.
+    let unapplied = if converged.is_some() {
+        0
+    } else {
+        last.lines()
+            .filter(|l| l.starts_with("corp ") && !l.contains("held twice"))
+            .count()
+    };
     let unexpected: Vec<&String> = models.iter().flat_map(|m| &m.unexpected).collect();
     let sum = |f: fn(&Model) -> u64| models.iter().map(f).sum::<u64>();
     let figures = format!(
         "crash mode ({backend}) SEED={:#x}: {} kills in {load_time:?}, {} acknowledged writes, \
-         {} in doubt, {} refused while down, {} non-2xx, lost {}, merged {}, {} users and {} \
-         groups stored, converged in {}; {outage_note}",
+         {} in doubt, {} refused while down, {} non-2xx, lost {} (store) + {unapplied} \
+         (directory differences), merged {}, {} users and {} groups stored, converged in {}; \
+         {outage_note}",
         p.seed,
         p.kills,
         sum(|m| m.acked),
