@@ -21,13 +21,13 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
-const BIN: &str = env!("CARGO_BIN_EXE_scim-sync");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_scim-sync");
 /// Upper bound for anything the daemon should do "at once" and for convergence; a test fails,
 /// never hangs, past it.
-const PATIENCE: Duration = Duration::from_secs(60);
-const CORE: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
-const GROUP: &str = "urn:ietf:params:scim:schemas:core:2.0:Group";
-const PATCH: &str = "urn:ietf:params:scim:api:messages:2.0:PatchOp";
+pub(crate) const PATIENCE: Duration = Duration::from_secs(60);
+pub(crate) const CORE: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
+pub(crate) const GROUP: &str = "urn:ietf:params:scim:schemas:core:2.0:Group";
+pub(crate) const PATCH: &str = "urn:ietf:params:scim:api:messages:2.0:PatchOp";
 const PEOPLE: &str = "ou=People,dc=example,dc=com";
 const GROUPS: &str = "ou=Groups,dc=example,dc=com";
 const PLACEHOLDER: &str = "cn=nobody,dc=example,dc=com";
@@ -53,7 +53,7 @@ fn write_config(dir: &Path, slapd: &Slapd) -> PathBuf {
 }
 
 /// `[reconcile]` and the `corp` target over `slapd`, its bind password in `pw`.
-fn target_toml(slapd: &Slapd, pw: &Path) -> String {
+pub(crate) fn target_toml(slapd: &Slapd, pw: &Path) -> String {
     format!(
         r#"[reconcile]
 workers = 4
@@ -97,7 +97,7 @@ placeholder_member = "{PLACEHOLDER}"
 }
 
 /// `token create --name NAME` (before the daemon runs): the token is the last line of stdout.
-async fn create_token(config: &Path, name: &str) -> String {
+pub(crate) async fn create_token(config: &Path, name: &str) -> String {
     let out = Command::new(BIN)
         .arg("--config")
         .arg(config)
@@ -116,16 +116,17 @@ async fn create_token(config: &Path, name: &str) -> String {
 }
 
 /// A running `scim-sync serve` child with its stderr collected.
-struct Proc {
+pub(crate) struct Proc {
     child: Child,
     scim: SocketAddr,
     admin: SocketAddr,
     log: Arc<Mutex<Vec<String>>>,
+    config: PathBuf,
 }
 
 impl Proc {
     /// Start `serve` and wait for the "Started." line (it names both ports).
-    async fn start(config: &Path) -> Proc {
+    pub(crate) async fn start(config: &Path) -> Proc {
         let mut child = Command::new(BIN)
             .arg("--config")
             .arg(config)
@@ -175,14 +176,15 @@ impl Proc {
                 .parse()
                 .unwrap(),
             log,
+            config: config.to_owned(),
         }
     }
 
-    fn base(&self) -> String {
+    pub(crate) fn base(&self) -> String {
         format!("http://{}/scim/v2", self.scim)
     }
 
-    fn signal(&self, sig: &str) {
+    pub(crate) fn signal(&self, sig: &str) {
         let pid = self.child.id().unwrap();
         let ok = std::process::Command::new("kill")
             .arg(format!("-{sig}"))
@@ -193,19 +195,19 @@ impl Proc {
         assert!(ok, "kill -{sig} {pid} failed");
     }
 
-    async fn wait(&mut self) -> ExitStatus {
+    pub(crate) async fn wait(&mut self) -> ExitStatus {
         match tokio::time::timeout(PATIENCE, self.child.wait()).await {
             Ok(status) => status.unwrap(),
             Err(_) => panic!("the daemon did not exit; stderr:\n{}", self.log_text()),
         }
     }
 
-    fn log_text(&self) -> String {
+    pub(crate) fn log_text(&self) -> String {
         self.log.lock().unwrap().join("\n")
     }
 
     /// The `corp` entry of `/readyz`: (HTTP status, pending, dead letters).
-    async fn readyz(&self) -> (u16, u64, u64) {
+    pub(crate) async fn readyz(&self) -> (u16, u64, u64) {
         let resp = reqwest::get(format!("http://{}/readyz", self.admin))
             .await
             .unwrap();
@@ -250,10 +252,10 @@ fn field<'a>(line: &'a str, key: &str) -> &'a str {
 }
 
 /// xorshift64: deterministic "random" choices from a fixed seed.
-struct XorShift(u64);
+pub(crate) struct XorShift(pub(crate) u64);
 
 impl XorShift {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x << 13;
         x ^= x >> 7;
@@ -262,7 +264,7 @@ impl XorShift {
         x
     }
 
-    fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
 }
@@ -288,7 +290,7 @@ fn group_dn(name: &str) -> String {
 
 /// How a request ended, as the IdP saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Seen {
+pub(crate) enum Seen {
     /// 2xx: the change is acknowledged and must reach the directory.
     Acked,
     /// The connection broke after the request may have been sent: maybe applied, maybe not.
@@ -638,8 +640,30 @@ fn dir_diff(want: &Dir, have: &Dir) -> Vec<String> {
     out
 }
 
-/// Poll until nothing is pending and the directory equals the store; no dead letter may
-/// appear. Returns the store and how long it took.
+/// `scim-sync verify` with the test's config (it runs beside the daemon): `Err` with its
+/// output unless it exits 0 (every target agrees with the store).
+pub(crate) fn verify(config: &Path) -> Result<(), String> {
+    let out = std::process::Command::new(BIN)
+        .arg("--config")
+        .arg(config)
+        .arg("verify")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "scim-sync verify exited {:?}:\n{}{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// Poll until nothing is pending, the directory equals the store and `scim-sync verify`
+/// agrees; no dead letter may appear. Returns the store and how long it took.
 async fn converge(proc: &Proc, slapd: &Slapd, token: &str) -> (StoreView, Duration) {
     let started = Instant::now();
     let mut last = Vec::new();
@@ -651,7 +675,11 @@ async fn converge(proc: &Proc, slapd: &Slapd, token: &str) -> (StoreView, Durati
             let view = store_view(&proc.base(), token).await;
             last = dir_diff(&expected_directory(&view), &directory(slapd).await);
             if last.is_empty() {
-                return (view, started.elapsed());
+                // And the daemon's own check agrees: `scim-sync verify` exits 0.
+                match verify(&proc.config) {
+                    Ok(()) => return (view, started.elapsed()),
+                    Err(out) => last = vec![out],
+                }
             }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -1119,6 +1147,9 @@ async fn reactivation_after_an_interrupted_deactivation_unlocks() {
         locked("admin-locked").await,
         "an administrator's lock was removed"
     );
+    // verify agrees with the store (the administrator's lock is not a mapped difference).
+    let report = t.d().verify(None, |_, _| {}).await;
+    assert!(report.clean(), "{report:?}");
     let state = store.target_state("corp", &ids[0]).await.unwrap().unwrap();
     assert_eq!(
         state.extra.as_ref().and_then(|e| e.get("deactivating")),
@@ -1179,6 +1210,8 @@ async fn resuming_an_interrupted_inactive_create_unlocks_a_reactivated_user() {
         "{e:?}"
     );
     assert!(t.d().store.dead_letters(None).await.unwrap().is_empty());
+    let report = t.d().verify(None, |_, _| {}).await;
+    assert!(report.clean(), "{report:?}");
 }
 
 /// Wall-clock ms, as the workers' clock reads it.

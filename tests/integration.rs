@@ -8,6 +8,7 @@
     clippy::disallowed_methods
 )]
 
+mod crash;
 mod faults;
 #[allow(dead_code)]
 mod harness;
@@ -17,3 +18,4 @@ mod reconcile;
 mod scim_api;
 mod sql_target;
 mod tidy;
+mod verify;

@@ -8,6 +8,7 @@ mod reconcile;
 mod serve;
 mod status;
 mod token;
+mod verify;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -63,6 +64,12 @@ pub enum Command {
         #[arg(long)]
         target: Option<String>,
     },
+    /// Compare every target with the store (changing nothing); exit 0 only when they agree.
+    Verify {
+        /// Only this target.
+        #[arg(long)]
+        target: Option<String>,
+    },
     /// What the IdP pushed for a user or group and what each target applied.
     History {
         /// An id, userName or group displayName.
@@ -85,6 +92,7 @@ pub fn run() -> ExitCode {
             dry_run,
             target,
         } => reconcile::run(&cli.config, full, dry_run, target),
+        Command::Verify { target } => verify::run(&cli.config, target),
         Command::History { name } => history::run(&cli.config, &name),
     }
 }
@@ -113,6 +121,48 @@ pub(crate) fn block_on<F: std::future::Future<Output = ExitCode>>(f: F) -> ExitC
             ExitCode::from(1)
         }
     }
+}
+
+/// Build the configured targets (only `only`, when given), printing every error (exit 2).
+pub(crate) fn build_targets(
+    settings: &crate::daemon::settings::Settings,
+    config: &std::path::Path,
+    only: Option<&str>,
+) -> Result<Vec<crate::reconcile::TargetRuntime>, ExitCode> {
+    if let Some(t) = only {
+        if !settings.raw.targets.iter().any(|r| r.name() == t) {
+            eprintln!("no target named `{t}` in {}", config.display());
+            return Err(ExitCode::from(2));
+        }
+    }
+    let mut targets = Vec::new();
+    for (i, raw) in settings.raw.targets.iter().enumerate() {
+        if only.is_some_and(|t| t != raw.name()) {
+            continue;
+        }
+        match crate::targets::build(raw, i) {
+            Ok((map, t)) => targets.push(crate::reconcile::TargetRuntime::new(map, t)),
+            Err(errors) => {
+                for e in errors {
+                    eprintln!("config error: {e}");
+                }
+                return Err(ExitCode::from(2));
+            }
+        }
+    }
+    Ok(targets)
+}
+
+/// A progress bar on stderr with this template, only when stderr is a terminal.
+pub(crate) fn progress_bar(template: &str) -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new(0);
+        if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
+            bar.set_style(style);
+        }
+        bar
+    })
 }
 
 /// Open the store of a config and migrate it (every store command does).

@@ -4,9 +4,8 @@
 //! nothing and prints the planned changes like a plan. A progress bar is drawn only when
 //! stderr is a terminal.
 
-use crate::reconcile::{FullReport, Reconciler, TargetRuntime};
+use crate::reconcile::{FullReport, Reconciler};
 use std::collections::BTreeMap;
-use std::io::IsTerminal;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
@@ -50,27 +49,10 @@ pub fn run(config: &Path, full: bool, dry_run: bool, target: Option<String>) -> 
         Ok(s) => s,
         Err(code) => return code,
     };
-    if let Some(t) = &target {
-        if !settings.raw.targets.iter().any(|r| r.name() == t) {
-            eprintln!("no target named `{t}` in {}", config.display());
-            return ExitCode::from(2);
-        }
-    }
-    let mut targets = Vec::new();
-    for (i, raw) in settings.raw.targets.iter().enumerate() {
-        if target.as_deref().is_some_and(|t| t != raw.name()) {
-            continue;
-        }
-        match crate::targets::build(raw, i) {
-            Ok((map, t)) => targets.push(TargetRuntime::new(map, t)),
-            Err(errors) => {
-                for e in errors {
-                    eprintln!("config error: {e}");
-                }
-                return ExitCode::from(2);
-            }
-        }
-    }
+    let targets = match super::build_targets(&settings, config, target.as_deref()) {
+        Ok(t) => t,
+        Err(code) => return code,
+    };
     super::block_on(async move {
         let store = match super::open_store(&settings).await {
             Ok(s) => s,
@@ -83,15 +65,7 @@ pub fn run(config: &Path, full: bool, dry_run: bool, target: Option<String>) -> 
             Arc::new(tokio::sync::Notify::new()),
             Arc::new(Mutex::new(BTreeMap::new())),
         );
-        let bar = std::io::stderr().is_terminal().then(|| {
-            let bar = indicatif::ProgressBar::new(0);
-            if let Ok(style) = indicatif::ProgressStyle::with_template(
-                "{bar:40} {pos}/{len} resources ({eta} left)",
-            ) {
-                bar.set_style(style);
-            }
-            bar
-        });
+        let bar = super::progress_bar("{bar:40} {pos}/{len} resources ({eta} left)");
         let report = rec
             .reconcile_full(target.as_deref(), dry_run, |done, total| {
                 if let Some(bar) = &bar {

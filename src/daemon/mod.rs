@@ -342,6 +342,19 @@ impl Daemon {
         }
     }
 
+    /// Compare one target or all with the store, changing nothing, with the daemon's targets
+    /// (see [`Reconciler::verify`]).
+    pub async fn verify(
+        &self,
+        target: Option<&str>,
+        progress: impl Fn(u64, u64),
+    ) -> crate::reconcile::VerifyReport {
+        match self.current_reconciler() {
+            Some(r) => r.verify(target, progress).await,
+            None => crate::reconcile::VerifyReport::default(),
+        }
+    }
+
     /// A one-line summary for systemd's `STATUS=` (the SCIM address and each target's health).
     pub fn status_line(&self) -> String {
         let health = match self.health.lock() {

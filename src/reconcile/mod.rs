@@ -4,6 +4,7 @@
 //! - [`worker`]: the per-target loops and the per-row apply (render, resolve references,
 //!   `Target::sync`, settle, enqueue dependants).
 //! - [`drift`]: full reconciliation (drift repair), also behind `scim-sync reconcile --full`.
+//! - [`verify`]: compare every target with the store, changing nothing (`scim-sync verify`).
 //! - [`backoff`]: the retry schedule (pure).
 //!
 //! A [`Reconciler`] is built from validated settings and built targets; it never reads the
@@ -11,9 +12,11 @@
 
 pub mod backoff;
 pub mod drift;
+pub mod verify;
 pub mod worker;
 
 pub use drift::{FullItem, FullReport};
+pub use verify::{Difference, Problem, VerifyReport};
 
 use crate::daemon::settings::ReconcileSettings;
 use crate::http::admin::TargetHealth;
@@ -296,6 +299,12 @@ impl Reconciler {
         progress: impl Fn(u64, u64),
     ) -> FullReport {
         drift::reconcile_full(self, target, dry_run, &progress).await
+    }
+
+    /// Compare one target or all with what the store says they should hold, changing
+    /// nothing: see [`verify`]. `progress(done, seen)` is called after each resource.
+    pub async fn verify(&self, target: Option<&str>, progress: impl Fn(u64, u64)) -> VerifyReport {
+        verify::verify(self, target, &progress).await
     }
 
     /// Queue every live user, then every live group, for every target (a changed attribute

@@ -243,6 +243,21 @@ async fn desired_group(
     Ok((group.meta.version, Some(desired)))
 }
 
+/// The rendered desired state of one resource in one target as an apply would render it now
+/// (`None`: deleted, or groups not provisioned there). `verify` shows its values as "want".
+pub(crate) async fn desired_of(
+    rec: &Reconciler,
+    t: &TargetRuntime,
+    resource_type: ResourceType,
+    id: &str,
+) -> Result<Option<Desired>, ApplyError> {
+    match resource_type {
+        ResourceType::User => Ok(desired_user(rec, t, id).await?.1),
+        ResourceType::Group if t.map.groups.is_none() => Ok(None),
+        ResourceType::Group => Ok(desired_group(rec, t, id).await?.1),
+    }
+}
+
 /// Before a target first creates an entry, record the intent (`{"creating": key, "since_ms":
 /// now, "attempt_ms": now}` merged into the prior bookkeeping, which a `delete`-policy user
 /// must keep), so an entry left by an apply interrupted before its settle is recognised as

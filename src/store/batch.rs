@@ -112,6 +112,59 @@ impl Store {
         .await
     }
 
+    /// One page of `target`'s recorded states: those whose resource id sorts after `after`
+    /// (keyset paging, `""` for the first page), at most `limit`, in resource id order.
+    /// `verify` walks a large target in these pages.
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    pub async fn target_states_page(
+        &self,
+        target: &str,
+        after: &str,
+        limit: i64,
+    ) -> Result<Vec<TargetState>, StoreError> {
+        let (target, after) = (target.to_owned(), after.to_owned());
+        self.run(move |conn| {
+            target_state::table
+                .filter(target_state::target.eq(&target))
+                .filter(target_state::resource_id.gt(&after))
+                .order(target_state::resource_id)
+                .limit(limit)
+                .select(TargetStateRow::as_select())
+                .load(conn)?
+                .into_iter()
+                .map(TargetStateRow::into_state)
+                .collect()
+        })
+        .await
+    }
+
+    /// One page of the ids of the live resources of a type whose id sorts after `after`
+    /// (keyset paging, `""` for the first page), at most `limit`, in id order.
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    pub async fn live_ids_page(
+        &self,
+        resource_type: ResourceType,
+        after: &str,
+        limit: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        let after = after.to_owned();
+        self.run(move |conn| {
+            Ok(resources::table
+                .filter(resources::resource_type.eq(resource_type.as_str()))
+                .filter(resources::deleted.eq(false))
+                .filter(resources::id.gt(&after))
+                .order(resources::id)
+                .limit(limit)
+                .select(resources::id)
+                .load(conn)?)
+        })
+        .await
+    }
+
     /// Make every pending row of `target` that waits out a backoff due at `now_ms` (claimed
     /// rows are left alone). Returns how many rows moved. Used by `run_pending` and the
     /// operator's "retry now".

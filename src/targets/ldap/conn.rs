@@ -257,6 +257,71 @@ impl LdapTarget {
         expect(res, &[codes::NO_SUCH_OBJECT], &what)
     }
 
+    /// The DNs of the entries one level below `base` that our bind DN created (the
+    /// directory's `creatorsName`), read with the paged-results control in pages of `page`
+    /// and handed to `each` page by page, so a large container never loads at once. A missing
+    /// `base` is no entry. Without a bind DN (anonymous) nothing can be attributed: no call.
+    ///
+    /// # Errors
+    /// The failure, classified.
+    pub async fn created_by_us<F: FnMut(Vec<String>)>(
+        &self,
+        base: &str,
+        page: i32,
+        mut each: F,
+    ) -> Result<(), TargetError> {
+        use ldap3::adapters::{Adapter, EntriesOnly, PagedResults};
+        let Some(bind) = self.settings.bind_dn.as_deref() else {
+            return Ok(());
+        };
+        let what = format!("paged search below {base}");
+        let filter = format!("(creatorsName={})", ldap3::ldap_escape(bind));
+        let mut ldap = self.handle().await?;
+        let adapters: Vec<Box<dyn Adapter<'_, &str, Vec<&str>>>> = vec![
+            Box::new(EntriesOnly::new()),
+            Box::new(PagedResults::new(page.max(1))),
+        ];
+        let result = async {
+            let mut stream = ldap
+                .with_timeout(self.settings.timeout)
+                .streaming_search_with(adapters, base, Scope::OneLevel, &filter, vec!["1.1"])
+                .await?;
+            let mut batch = Vec::new();
+            while let Some(raw) = stream.next().await? {
+                batch.push(SearchEntry::construct(raw).dn);
+                if batch.len() >= usize::try_from(page).unwrap_or(1).max(1) {
+                    each(std::mem::take(&mut batch));
+                }
+            }
+            each(batch);
+            Ok::<LdapResult, LdapError>(stream.finish().await)
+        }
+        .await;
+        match result {
+            Ok(res) if res.rc == 0 || res.rc == codes::NO_SUCH_OBJECT => Ok(()),
+            Ok(res) => Err(codes::from_result(res.rc, &res.text, &what)),
+            Err(e) => {
+                if codes::is_connection_error(&e) {
+                    self.drop_connection().await;
+                }
+                Err(codes::from_ldap_error(&e, &what))
+            }
+        }
+    }
+
+    /// Read one entry with these attributes (plus `objectClass`); `None` when it does not
+    /// exist. Attribute names are lower-cased. For `verify`, which shows what is there.
+    ///
+    /// # Errors
+    /// The failure, classified.
+    pub async fn read_entry(
+        &self,
+        dn: &str,
+        attrs: &[String],
+    ) -> Result<Option<Entry>, TargetError> {
+        self.read(dn, attrs).await
+    }
+
     /// Connect, bind and read the users' base (or the root DSE).
     pub(super) async fn check(&self) -> Result<(), TargetError> {
         let base = self.settings.users.base.clone().unwrap_or_default();
