@@ -14,7 +14,7 @@ use super::worker::{apply, desired_of};
 use super::{Reconciler, TargetRuntime};
 use crate::mapping::dn::{normalize_dn, split_rdn};
 use crate::scim::resource::ResourceType;
-use crate::targets::{AnyTarget, Desired, Kind};
+use crate::targets::{AnyTarget, Desired, Kind, Lease};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -303,7 +303,7 @@ async fn compare(
         key,
         problem,
     };
-    let done = match apply(rec, t, ty, id, true).await {
+    let done = match apply(rec, t, ty, id, true, Lease::default()).await {
         Ok(done) => done,
         Err(e) => {
             report.push(diff(String::new(), Problem::Failed(e.text())));

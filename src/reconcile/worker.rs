@@ -252,7 +252,7 @@ pub(crate) async fn desired_of(
     id: &str,
 ) -> Result<Option<Desired>, ApplyError> {
     match resource_type {
-        ResourceType::User => Ok(desired_user(rec, t, id).await?.1),
+        ResourceType::User => Ok(desired_user(rec, t, id, true).await?.1),
         ResourceType::Group if t.map.groups.is_none() => Ok(None),
         ResourceType::Group => Ok(desired_group(rec, t, id).await?.1),
     }
