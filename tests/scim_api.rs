@@ -807,3 +807,124 @@ async fn tls_listener_serves_scim_over_https() {
         .await;
     assert!(untrusting.is_err());
 }
+
+/// Issue 8 item 8: a mutation still waiting on the store when the request deadline passes must
+/// not answer 503 and then commit (the IdP's retry of a POST would get 409). A second
+/// connection holds the SQLite write lock (PostgreSQL: the user's row lock) until the client
+/// has an answer or well past the deadline; then the answer must match what the store holds.
+async fn deadline_case(backend: Backend) {
+    use diesel::connection::SimpleConnection;
+    use diesel::Connection;
+    let t = TestDaemon::start_full(backend, "request_timeout_secs = 1", "").await;
+    let target = json!({
+        "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+        "userName": "late@example.com",
+        "displayName": "After",
+    });
+    // PostgreSQL: a PUT of an existing user waits on its row lock. SQLite: a POST waits on the
+    // database write lock.
+    let existing = match backend {
+        Backend::Sqlite => None,
+        Backend::Postgres => {
+            let mut before = target.clone();
+            before["displayName"] = json!("Before");
+            let r = t.post("/Users", &before).await;
+            assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+            Some(r.body["id"].as_str().unwrap().to_owned())
+        }
+    };
+    let url = t.store_url.clone();
+    let id = existing.clone();
+    let (locked_tx, locked_rx) = std::sync::mpsc::channel::<()>();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let locker = std::thread::spawn(move || match backend {
+        Backend::Sqlite => {
+            let path = url.strip_prefix("sqlite://").unwrap();
+            let mut c = diesel::SqliteConnection::establish(path).unwrap();
+            c.batch_execute("BEGIN IMMEDIATE").unwrap();
+            locked_tx.send(()).unwrap();
+            release_rx.recv().unwrap();
+            c.batch_execute("COMMIT").unwrap();
+        }
+        Backend::Postgres => {
+            let mut c = diesel::PgConnection::establish(&url).unwrap();
+            c.batch_execute(&format!(
+                "BEGIN; SELECT 1 FROM resources WHERE id = '{}' FOR UPDATE",
+                id.unwrap()
+            ))
+            .unwrap();
+            locked_tx.send(()).unwrap();
+            release_rx.recv().unwrap();
+            c.batch_execute("COMMIT").unwrap();
+        }
+    });
+    locked_rx.recv().unwrap();
+    let send = async {
+        match &existing {
+            None => t.post("/Users", &target).await,
+            Some(id) => t.put(&format!("/Users/{id}"), &target).await,
+        }
+    };
+    let mut send = std::pin::pin!(send);
+    // Hold the lock until the client is answered, or 3 s (the deadline is 1 s, SQLite's busy
+    // timeout 5 s): an answer given while the store still waits is the defect.
+    let early = tokio::time::timeout(std::time::Duration::from_secs(3), &mut send).await;
+    release_tx.send(()).unwrap();
+    let r = match early {
+        Ok(r) => r,
+        Err(_) => send.await,
+    };
+    locker.join().unwrap();
+    // Whatever the answer, the store must agree with it once the lock is gone. A transaction
+    // left running behind a 503 commits within SQLite's busy timeout (5 s from its start) or
+    // at once on PostgreSQL, so a change that has not shown up 6 s after the release never will.
+    let applied = || async {
+        let found = t
+            .get(&filter_path(
+                "Users",
+                "userName eq \"late@example.com\"",
+                "",
+            ))
+            .await;
+        found.body["Resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|u| u["displayName"] == "After")
+    };
+    match r.status.as_u16() {
+        200 | 201 => assert!(
+            applied().await,
+            "answered {} but nothing committed",
+            r.status
+        ),
+        503 => {
+            for _ in 0..30 {
+                assert!(!applied().await, "answered 503 while the change committed");
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            // The IdP retries and succeeds (a POST does not meet its own ghost as a 409).
+            let retry = match &existing {
+                None => t.post("/Users", &target).await,
+                Some(id) => t.put(&format!("/Users/{id}"), &target).await,
+            };
+            assert!(
+                retry.status.is_success(),
+                "retry: {} {}",
+                retry.status,
+                retry.body
+            );
+        }
+        other => panic!("unexpected {other}: {}", r.body),
+    }
+}
+
+#[tokio::test]
+async fn a_request_past_its_deadline_answers_what_was_committed_sqlite() {
+    deadline_case(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_request_past_its_deadline_answers_what_was_committed_postgres() {
+    deadline_case(Backend::Postgres).await;
+}

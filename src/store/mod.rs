@@ -51,6 +51,49 @@ pub struct AuditCtx {
     pub request_id: String,
     /// Wall-clock time of the request, ms since the epoch (time is a parameter).
     pub now_ms: i64,
+    /// The request's deadline, when the mutation answers a client (see [`Deadline`]).
+    pub deadline: Option<Deadline>,
+}
+
+/// A request's deadline as the store honours it (issue 8): a mutation that reaches its commit
+/// after `at` rolls back (`Unavailable`), and [`Deadline::store_started`] tells the HTTP edge
+/// that a mutation is under way, so it waits for the outcome instead of answering 503 around a
+/// transaction that may still commit. The answer always matches what was committed (test:
+/// `scim_api::a_request_past_its_deadline_answers_what_was_committed`).
+#[derive(Debug, Clone)]
+pub struct Deadline {
+    at: std::time::Instant,
+    started: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Deadline {
+    /// A deadline at `at`.
+    pub fn new(at: std::time::Instant) -> Deadline {
+        Deadline {
+            at,
+            started: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        }
+    }
+
+    /// When the request must be answered.
+    pub fn at(&self) -> std::time::Instant {
+        self.at
+    }
+
+    /// True once a mutation has been handed to the store: from then on only the store's
+    /// outcome (commit or rollback) may decide the answer.
+    pub fn store_started(&self) -> bool {
+        self.started.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn mark_started(&self) {
+        self.started
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn passed(&self) -> bool {
+        std::time::Instant::now() >= self.at
+    }
 }
 
 /// A stored user (live, or a tombstone when `deleted`).
@@ -525,6 +568,25 @@ pub(crate) fn write_tx<T>(
     }
 }
 
+/// [`write_tx`] for a client's mutation: rolled back instead of committed when the request's
+/// deadline passed meanwhile (e.g. waiting on the SQLite write lock or a row lock), so a client
+/// told 503 never finds the change made.
+pub(crate) fn write_tx_for<T>(
+    conn: &mut DbConnection,
+    ctx: &AuditCtx,
+    f: impl FnOnce(&mut DbConnection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    write_tx(conn, |conn| {
+        let value = f(conn)?;
+        match &ctx.deadline {
+            Some(d) if d.passed() => Err(StoreError::Unavailable(
+                "the request's deadline passed before commit; rolled back".into(),
+            )),
+            _ => Ok(value),
+        }
+    })
+}
+
 /// Run `f` in a read transaction (one consistent snapshot for multi-query reads).
 pub(crate) fn read_tx<T>(
     conn: &mut DbConnection,
@@ -532,6 +594,13 @@ pub(crate) fn read_tx<T>(
 ) -> Result<T, StoreError> {
     use diesel::Connection;
     conn.transaction(f)
+}
+
+/// Note on the request's [`Deadline`] that a mutation is being handed to the store.
+fn mark_started(ctx: &AuditCtx) {
+    if let Some(d) = &ctx.deadline {
+        d.mark_started();
+    }
 }
 
 impl Store {
@@ -714,6 +783,7 @@ impl Store {
         ctx: &AuditCtx,
     ) -> Result<StoredUser, StoreError> {
         let (targets, ctx) = (self.targets(), ctx.clone());
+        mark_started(&ctx);
         self.run(move |conn| resources::create_user(conn, &targets, input, password_hash, &ctx))
             .await
     }
@@ -768,6 +838,7 @@ impl Store {
             id.to_owned(),
             operation.to_owned(),
         );
+        mark_started(&ctx);
         self.run(move |conn| resources::update_user(conn, &targets, &id, &operation, &ctx, f))
             .await
     }
@@ -784,6 +855,7 @@ impl Store {
         ctx: &AuditCtx,
     ) -> Result<(), StoreError> {
         let (targets, ctx, id) = (self.targets(), ctx.clone(), id.to_owned());
+        mark_started(&ctx);
         self.run(move |conn| {
             resources::delete(conn, &targets, ResourceType::User, &id, if_match, &ctx)
         })
@@ -863,6 +935,7 @@ impl Store {
         ctx: &AuditCtx,
     ) -> Result<StoredGroup, StoreError> {
         let (targets, ctx) = (self.targets(), ctx.clone());
+        mark_started(&ctx);
         self.run(move |conn| resources::create_group(conn, &targets, input, &ctx))
             .await
     }
@@ -926,6 +999,7 @@ impl Store {
             id.to_owned(),
             operation.to_owned(),
         );
+        mark_started(&ctx);
         self.run(move |conn| resources::update_group(conn, &targets, &id, &operation, &ctx, f))
             .await
     }
@@ -941,6 +1015,7 @@ impl Store {
         ctx: &AuditCtx,
     ) -> Result<(), StoreError> {
         let (targets, ctx, id) = (self.targets(), ctx.clone(), id.to_owned());
+        mark_started(&ctx);
         self.run(move |conn| {
             resources::delete(conn, &targets, ResourceType::Group, &id, if_match, &ctx)
         })
