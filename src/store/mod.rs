@@ -533,10 +533,8 @@ pub(crate) fn sanitize_text(s: &str) -> String {
 /// is `caseExact: false`; NFC makes composed and decomposed spellings one name), stored with
 /// [`encode_text`].
 pub(crate) fn normalise(s: &str) -> String {
-    use unicode_normalization::UnicodeNormalization;
-    let composed: String = s.nfc().collect();
-    let folded: String = composed.to_lowercase().nfc().collect();
-    encode_text(&folded)
+    // One fold for the index and for filter matching (`scim::filter::fold`).
+    encode_text(&crate::scim::filter::fold(s))
 }
 
 /// Run `f` in one write transaction: `BEGIN IMMEDIATE` on SQLite (the write lock is taken up
