@@ -928,3 +928,56 @@ async fn a_request_past_its_deadline_answers_what_was_committed_sqlite() {
 async fn a_request_past_its_deadline_answers_what_was_committed_postgres() {
     deadline_case(Backend::Postgres).await;
 }
+
+/// Issue 8 item 10: RFC 7643 §2.4 / RFC 7644 §3.5.2, `primary` true at most once, over the API.
+#[tokio::test]
+async fn a_second_primary_value_takes_the_flag_over_post_put_and_patch() {
+    let t = TestDaemon::start().await;
+    let primaries = |u: &Value| -> Vec<String> {
+        u["emails"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["primary"] == true)
+            .map(|e| e["value"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let r = t
+        .post(
+            "/Users",
+            &json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": "prim",
+                "emails": [{"value": "a@x", "type": "work", "primary": true},
+                           {"value": "b@x", "type": "home", "primary": true}]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(primaries(&r.body), ["b@x"], "{}", r.body);
+    let id = r.body["id"].as_str().unwrap().to_owned();
+    let r = t
+        .patch(
+            &format!("/Users/{id}"),
+            &json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": [
+                {"op": "add", "path": "emails", "value": [{"value": "c@x", "type": "other", "primary": true}]}]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(primaries(&t.get(&format!("/Users/{id}")).await.body), ["c@x"]);
+    let r = t
+        .patch(
+            &format!("/Users/{id}"),
+            &json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": [
+                {"op": "replace", "path": "emails[type eq \"work\"].primary", "value": true}]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(primaries(&t.get(&format!("/Users/{id}")).await.body), ["a@x"]);
+    let r = t
+        .put(
+            &format!("/Users/{id}"),
+            &json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": "prim",
+                "emails": [{"value": "a@x", "primary": true}, {"value": "d@x", "primary": true}]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(primaries(&t.get(&format!("/Users/{id}")).await.body), ["d@x"]);
+}
