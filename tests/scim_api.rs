@@ -961,7 +961,10 @@ async fn a_second_primary_value_takes_the_flag_over_post_put_and_patch() {
         )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-    assert_eq!(primaries(&t.get(&format!("/Users/{id}")).await.body), ["c@x"]);
+    assert_eq!(
+        primaries(&t.get(&format!("/Users/{id}")).await.body),
+        ["c@x"]
+    );
     let r = t
         .patch(
             &format!("/Users/{id}"),
@@ -970,7 +973,10 @@ async fn a_second_primary_value_takes_the_flag_over_post_put_and_patch() {
         )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-    assert_eq!(primaries(&t.get(&format!("/Users/{id}")).await.body), ["a@x"]);
+    assert_eq!(
+        primaries(&t.get(&format!("/Users/{id}")).await.body),
+        ["a@x"]
+    );
     let r = t
         .put(
             &format!("/Users/{id}"),
@@ -979,5 +985,78 @@ async fn a_second_primary_value_takes_the_flag_over_post_put_and_patch() {
         )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-    assert_eq!(primaries(&t.get(&format!("/Users/{id}")).await.body), ["d@x"]);
+    assert_eq!(
+        primaries(&t.get(&format!("/Users/{id}")).await.body),
+        ["d@x"]
+    );
+}
+
+/// Issue 8 item 10: argon2 must not run inside the store's write transaction (it held the
+/// SQLite write lock for the whole hash) nor on the async threads. While a second connection
+/// holds the write lock, a PUT with a password must get its hash computed (the
+/// `password_hashes_total` counter moves) before the store can even begin.
+#[tokio::test]
+async fn passwords_are_hashed_before_the_store_transaction() {
+    use diesel::connection::SimpleConnection;
+    use diesel::Connection;
+    let t = TestDaemon::start_with(Backend::Sqlite, "[scim]\npassword_sync = \"argon2\"\n").await;
+    let body = json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+        "userName": "hashed", "password": "Sentinel-Pw-hash-1"});
+    let r = t.post("/Users", &body).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let id = r.body["id"].as_str().unwrap().to_owned();
+    let user_path = format!("/Users/{id}");
+    let path = t.store_url.strip_prefix("sqlite://").unwrap().to_owned();
+    let counter = || scim_sync::telemetry::metrics().password_hashes.get();
+    let mut put_body = body.clone();
+    put_body["password"] = json!("Sentinel-Pw-hash-2");
+    let patch_body = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+        "Operations": [{"op": "replace", "value": {"password": "Sentinel-Pw-hash-3"}}]});
+    for method in [Method::PUT, Method::PATCH] {
+        let before_hash = t
+            .d()
+            .store
+            .get_user(&id)
+            .await
+            .unwrap()
+            .unwrap()
+            .password_hash;
+        let mut locker = diesel::SqliteConnection::establish(&path).unwrap();
+        locker.batch_execute("BEGIN IMMEDIATE").unwrap();
+        let before = counter();
+        let body = if method == Method::PUT {
+            &put_body
+        } else {
+            &patch_body
+        };
+        let call = t.call(method.clone(), &user_path, Some(body));
+        let mut call = std::pin::pin!(call);
+        // Poll the counter for 3 s while the lock is held (the request cannot finish
+        // meanwhile: SQLite's busy timeout is 5 s).
+        let mut hashed_while_locked = false;
+        for _ in 0..150 {
+            if counter() > before {
+                hashed_while_locked = true;
+                break;
+            }
+            let _ = tokio::time::timeout(std::time::Duration::from_millis(20), &mut call).await;
+        }
+        locker.batch_execute("COMMIT").unwrap();
+        let r = call.await;
+        assert_eq!(r.status, StatusCode::OK, "{method}: {}", r.body);
+        assert!(
+            hashed_while_locked,
+            "{method}: the password was hashed only once the store's write lock was free (inside the transaction)"
+        );
+        let after_hash = t
+            .d()
+            .store
+            .get_user(&id)
+            .await
+            .unwrap()
+            .unwrap()
+            .password_hash;
+        assert!(after_hash.as_deref().unwrap().starts_with("{ARGON2}"));
+        assert_ne!(before_hash, after_hash, "{method}: the new hash was stored");
+    }
 }
