@@ -1060,3 +1060,30 @@ async fn passwords_are_hashed_before_the_store_transaction() {
         assert_ne!(before_hash, after_hash, "{method}: the new hash was stored");
     }
 }
+
+/// Issue 8 item 10: `token list` showed no last use because nothing wrote `last_used_ms`. A
+/// request records it; more requests within the minute do not write it again.
+#[tokio::test]
+async fn a_token_records_its_last_use_at_most_once_a_minute() {
+    let t = TestDaemon::start().await;
+    let last_used = || async {
+        let tokens = t.d().store.list_tokens().await.unwrap();
+        tokens
+            .iter()
+            .find(|k| k.name == "test")
+            .unwrap()
+            .last_used_ms
+    };
+    assert_eq!(last_used().await, None, "not used yet");
+    let before = scim_sync::http::server::now_ms();
+    assert_eq!(t.get("/Users").await.status, StatusCode::OK);
+    let first = last_used()
+        .await
+        .expect("a request records the token's last use");
+    assert!(first >= before - 1000, "{first} vs {before}");
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    for _ in 0..5 {
+        assert_eq!(t.get("/Users").await.status, StatusCode::OK);
+    }
+    assert_eq!(last_used().await, Some(first), "no write per request");
+}

@@ -188,7 +188,7 @@ pub async fn handle(
             .iter()
             .map(HeaderValue::as_bytes)
             .collect();
-        match auth.check(&values).await {
+        match auth.check(&values, now_ms).await {
             Ok(name) => token_name = Some(name),
             Err(e) => return (error::error(&e), None),
         }

@@ -1090,6 +1090,22 @@ impl Store {
             .await
     }
 
+    /// Record a live token's last use (shown by `token list`); no write when a use within
+    /// `min_gap_ms` is recorded already.
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    pub async fn touch_token(
+        &self,
+        name: &str,
+        now_ms: i64,
+        min_gap_ms: i64,
+    ) -> Result<(), StoreError> {
+        let name = name.to_owned();
+        self.run(move |conn| tokens::touch(conn, &name, now_ms, min_gap_ms))
+            .await
+    }
+
     /// (name, digest) of every live token, for the in-memory auth table.
     ///
     /// # Errors
