@@ -106,17 +106,31 @@ async fn authentication_fails_closed_before_parsing_anything() {
         assert_scim_error(&r, 401, None);
         assert!(r.headers.contains_key("www-authenticate"), "{name}");
     }
-    // A huge body without a token is refused before it is read.
-    let big = vec![b'{'; 10 * 1024 * 1024];
-    let r = t
-        .client
-        .post(format!("{}/Users", t.base))
-        .header("content-type", "application/scim+json")
-        .body(big)
-        .send()
+    // A huge body without a token is refused before it is read: the request announces 10 MiB
+    // and sends none of it, so only a server that answers before reading the body can answer
+    // at all. (The old check sent the body and accepted a failed send as a pass.)
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = t.d().scim_addr;
+        let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "POST /scim/v2/Users HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/scim+json\r\nContent-Length: {}\r\n\r\n",
+            10 * 1024 * 1024
+        );
+        sock.write_all(head.as_bytes()).await.unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        let read = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = sock.read(&mut buf).await.unwrap();
+                assert!(n > 0, "connection closed without an answer");
+                got.extend_from_slice(&buf[..n]);
+            }
+        })
         .await;
-    if let Ok(r) = r {
-        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        assert!(read.is_ok(), "no answer before the body was sent");
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 401"), "{text}");
     }
     // Lower-case scheme with the right token is accepted.
     let r = t
