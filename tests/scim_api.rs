@@ -884,6 +884,14 @@ async fn deadline_case(backend: Backend) {
     // timeout 5 s): an answer given while the store still waits is the defect.
     let early = tokio::time::timeout(std::time::Duration::from_secs(3), &mut send).await;
     release_tx.send(()).unwrap();
+    // PostgreSQL bounds the row-lock wait by the deadline (`lock_timeout`): the answer came
+    // while the lock was still held.
+    if backend == Backend::Postgres {
+        assert!(
+            early.is_ok(),
+            "the request outlived its deadline on a row lock"
+        );
+    }
     let r = match early {
         Ok(r) => r,
         Err(_) => send.await,

@@ -575,6 +575,16 @@ pub(crate) fn write_tx_for<T>(
     f: impl FnOnce(&mut DbConnection) -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
     write_tx(conn, |conn| {
+        // PostgreSQL: a row lock waited on past the deadline fails the statement (and the
+        // request, 503) instead of holding the request open. SQLite waits `busy_timeout`.
+        if let (DbConnection::Pg(_), Some(d)) = (&*conn, &ctx.deadline) {
+            let left = d.at.saturating_duration_since(std::time::Instant::now());
+            let ms = left.as_millis().clamp(1, 3_600_000);
+            diesel::RunQueryDsl::execute(
+                diesel::sql_query(format!("SET LOCAL lock_timeout = {ms}")),
+                conn,
+            )?;
+        }
         let value = f(conn)?;
         match &ctx.deadline {
             Some(d) if d.passed() => Err(StoreError::Unavailable(
