@@ -432,6 +432,7 @@ async fn large_group(size: usize, changes: usize) {
                     token_name: "bench".into(),
                     request_id: format!("bench-{i}"),
                     now_ms: 0,
+                    deadline: None,
                 };
                 let u = r.daemon.store.create_user(input, None, &ctx).await.unwrap();
                 if i % 500 == 0 {

@@ -120,6 +120,7 @@ pub struct Metrics {
     pub outbox_pending: Family<TargetLabels, Gauge>,
     pub outbox_oldest_age: Family<TargetLabels, Gauge<f64, AtomicU64>>,
     pub dead_letters_current: Family<TargetLabels, Gauge>,
+    pub password_hashes: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -192,6 +193,12 @@ impl Metrics {
             "Dead letters waiting for an operator",
             dead_letters_current.clone(),
         );
+        let password_hashes = Counter::default();
+        registry.register(
+            "password_hashes",
+            "Passwords hashed for [scim] password_sync (on the blocking pool)",
+            password_hashes.clone(),
+        );
         Self {
             registry,
             http_requests,
@@ -203,6 +210,7 @@ impl Metrics {
             outbox_pending,
             outbox_oldest_age,
             dead_letters_current,
+            password_hashes,
         }
     }
 

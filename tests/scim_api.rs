@@ -106,17 +106,31 @@ async fn authentication_fails_closed_before_parsing_anything() {
         assert_scim_error(&r, 401, None);
         assert!(r.headers.contains_key("www-authenticate"), "{name}");
     }
-    // A huge body without a token is refused before it is read.
-    let big = vec![b'{'; 10 * 1024 * 1024];
-    let r = t
-        .client
-        .post(format!("{}/Users", t.base))
-        .header("content-type", "application/scim+json")
-        .body(big)
-        .send()
+    // A huge body without a token is refused before it is read: the request announces 10 MiB
+    // and sends none of it, so only a server that answers before reading the body can answer
+    // at all. (The old check sent the body and accepted a failed send as a pass.)
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = t.d().scim_addr;
+        let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "POST /scim/v2/Users HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/scim+json\r\nContent-Length: {}\r\n\r\n",
+            10 * 1024 * 1024
+        );
+        sock.write_all(head.as_bytes()).await.unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        let read = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = sock.read(&mut buf).await.unwrap();
+                assert!(n > 0, "connection closed without an answer");
+                got.extend_from_slice(&buf[..n]);
+            }
+        })
         .await;
-    if let Ok(r) = r {
-        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        assert!(read.is_ok(), "no answer before the body was sent");
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 401"), "{text}");
     }
     // Lower-case scheme with the right token is accepted.
     let r = t
@@ -806,4 +820,292 @@ async fn tls_listener_serves_scim_over_https() {
         .send()
         .await;
     assert!(untrusting.is_err());
+}
+
+/// Issue 8 item 8: a mutation still waiting on the store when the request deadline passes must
+/// not answer 503 and then commit (the IdP's retry of a POST would get 409). A second
+/// connection holds the SQLite write lock (PostgreSQL: the user's row lock) until the client
+/// has an answer or well past the deadline; then the answer must match what the store holds.
+async fn deadline_case(backend: Backend) {
+    use diesel::connection::SimpleConnection;
+    use diesel::Connection;
+    let t = TestDaemon::start_full(backend, "request_timeout_secs = 1", "").await;
+    let target = json!({
+        "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+        "userName": "late@example.com",
+        "displayName": "After",
+    });
+    // PostgreSQL: a PUT of an existing user waits on its row lock. SQLite: a POST waits on the
+    // database write lock.
+    let existing = match backend {
+        Backend::Sqlite => None,
+        Backend::Postgres => {
+            let mut before = target.clone();
+            before["displayName"] = json!("Before");
+            let r = t.post("/Users", &before).await;
+            assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+            Some(r.body["id"].as_str().unwrap().to_owned())
+        }
+    };
+    let url = t.store_url.clone();
+    let id = existing.clone();
+    let (locked_tx, locked_rx) = std::sync::mpsc::channel::<()>();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let locker = std::thread::spawn(move || match backend {
+        Backend::Sqlite => {
+            let path = url.strip_prefix("sqlite://").unwrap();
+            let mut c = diesel::SqliteConnection::establish(path).unwrap();
+            c.batch_execute("BEGIN IMMEDIATE").unwrap();
+            locked_tx.send(()).unwrap();
+            release_rx.recv().unwrap();
+            c.batch_execute("COMMIT").unwrap();
+        }
+        Backend::Postgres => {
+            let mut c = diesel::PgConnection::establish(&url).unwrap();
+            c.batch_execute(&format!(
+                "BEGIN; SELECT 1 FROM resources WHERE id = '{}' FOR UPDATE",
+                id.unwrap()
+            ))
+            .unwrap();
+            locked_tx.send(()).unwrap();
+            release_rx.recv().unwrap();
+            c.batch_execute("COMMIT").unwrap();
+        }
+    });
+    locked_rx.recv().unwrap();
+    let send = async {
+        match &existing {
+            None => t.post("/Users", &target).await,
+            Some(id) => t.put(&format!("/Users/{id}"), &target).await,
+        }
+    };
+    let mut send = std::pin::pin!(send);
+    // Hold the lock until the client is answered, or 3 s (the deadline is 1 s, SQLite's busy
+    // timeout 5 s): an answer given while the store still waits is the defect.
+    let early = tokio::time::timeout(std::time::Duration::from_secs(3), &mut send).await;
+    release_tx.send(()).unwrap();
+    // PostgreSQL bounds the row-lock wait by the deadline (`lock_timeout`): the answer came
+    // while the lock was still held.
+    if backend == Backend::Postgres {
+        assert!(
+            early.is_ok(),
+            "the request outlived its deadline on a row lock"
+        );
+    }
+    let r = match early {
+        Ok(r) => r,
+        Err(_) => send.await,
+    };
+    locker.join().unwrap();
+    // Whatever the answer, the store must agree with it once the lock is gone. A transaction
+    // left running behind a 503 commits within SQLite's busy timeout (5 s from its start) or
+    // at once on PostgreSQL, so a change that has not shown up 6 s after the release never will.
+    let applied = || async {
+        let found = t
+            .get(&filter_path(
+                "Users",
+                "userName eq \"late@example.com\"",
+                "",
+            ))
+            .await;
+        found.body["Resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|u| u["displayName"] == "After")
+    };
+    match r.status.as_u16() {
+        200 | 201 => assert!(
+            applied().await,
+            "answered {} but nothing committed",
+            r.status
+        ),
+        503 => {
+            for _ in 0..30 {
+                assert!(!applied().await, "answered 503 while the change committed");
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            // The IdP retries and succeeds (a POST does not meet its own ghost as a 409).
+            let retry = match &existing {
+                None => t.post("/Users", &target).await,
+                Some(id) => t.put(&format!("/Users/{id}"), &target).await,
+            };
+            assert!(
+                retry.status.is_success(),
+                "retry: {} {}",
+                retry.status,
+                retry.body
+            );
+        }
+        other => panic!("unexpected {other}: {}", r.body),
+    }
+}
+
+#[tokio::test]
+async fn a_request_past_its_deadline_answers_what_was_committed_sqlite() {
+    deadline_case(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_request_past_its_deadline_answers_what_was_committed_postgres() {
+    deadline_case(Backend::Postgres).await;
+}
+
+/// Issue 8 item 10: RFC 7643 §2.4 / RFC 7644 §3.5.2, `primary` true at most once, over the API.
+#[tokio::test]
+async fn a_second_primary_value_takes_the_flag_over_post_put_and_patch() {
+    let t = TestDaemon::start().await;
+    let primaries = |u: &Value| -> Vec<String> {
+        u["emails"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["primary"] == true)
+            .map(|e| e["value"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let r = t
+        .post(
+            "/Users",
+            &json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": "prim",
+                "emails": [{"value": "a@x", "type": "work", "primary": true},
+                           {"value": "b@x", "type": "home", "primary": true}]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(primaries(&r.body), ["b@x"], "{}", r.body);
+    let id = r.body["id"].as_str().unwrap().to_owned();
+    let r = t
+        .patch(
+            &format!("/Users/{id}"),
+            &json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": [
+                {"op": "add", "path": "emails", "value": [{"value": "c@x", "type": "other", "primary": true}]}]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(
+        primaries(&t.get(&format!("/Users/{id}")).await.body),
+        ["c@x"]
+    );
+    let r = t
+        .patch(
+            &format!("/Users/{id}"),
+            &json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": [
+                {"op": "replace", "path": "emails[type eq \"work\"].primary", "value": true}]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(
+        primaries(&t.get(&format!("/Users/{id}")).await.body),
+        ["a@x"]
+    );
+    let r = t
+        .put(
+            &format!("/Users/{id}"),
+            &json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": "prim",
+                "emails": [{"value": "a@x", "primary": true}, {"value": "d@x", "primary": true}]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(
+        primaries(&t.get(&format!("/Users/{id}")).await.body),
+        ["d@x"]
+    );
+}
+
+/// Issue 8 item 10: argon2 must not run inside the store's write transaction (it held the
+/// SQLite write lock for the whole hash) nor on the async threads. While a second connection
+/// holds the write lock, a PUT with a password must get its hash computed (the
+/// `password_hashes_total` counter moves) before the store can even begin.
+#[tokio::test]
+async fn passwords_are_hashed_before_the_store_transaction() {
+    use diesel::connection::SimpleConnection;
+    use diesel::Connection;
+    let t = TestDaemon::start_with(Backend::Sqlite, "[scim]\npassword_sync = \"argon2\"\n").await;
+    let body = json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+        "userName": "hashed", "password": "Sentinel-Pw-hash-1"});
+    let r = t.post("/Users", &body).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let id = r.body["id"].as_str().unwrap().to_owned();
+    let user_path = format!("/Users/{id}");
+    let path = t.store_url.strip_prefix("sqlite://").unwrap().to_owned();
+    let counter = || scim_sync::telemetry::metrics().password_hashes.get();
+    let mut put_body = body.clone();
+    put_body["password"] = json!("Sentinel-Pw-hash-2");
+    let patch_body = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+        "Operations": [{"op": "replace", "value": {"password": "Sentinel-Pw-hash-3"}}]});
+    for method in [Method::PUT, Method::PATCH] {
+        let before_hash = t
+            .d()
+            .store
+            .get_user(&id)
+            .await
+            .unwrap()
+            .unwrap()
+            .password_hash;
+        let mut locker = diesel::SqliteConnection::establish(&path).unwrap();
+        locker.batch_execute("BEGIN IMMEDIATE").unwrap();
+        let before = counter();
+        let body = if method == Method::PUT {
+            &put_body
+        } else {
+            &patch_body
+        };
+        let call = t.call(method.clone(), &user_path, Some(body));
+        let mut call = std::pin::pin!(call);
+        // Poll the counter for 3 s while the lock is held (the request cannot finish
+        // meanwhile: SQLite's busy timeout is 5 s).
+        let mut hashed_while_locked = false;
+        for _ in 0..150 {
+            if counter() > before {
+                hashed_while_locked = true;
+                break;
+            }
+            let _ = tokio::time::timeout(std::time::Duration::from_millis(20), &mut call).await;
+        }
+        locker.batch_execute("COMMIT").unwrap();
+        let r = call.await;
+        assert_eq!(r.status, StatusCode::OK, "{method}: {}", r.body);
+        assert!(
+            hashed_while_locked,
+            "{method}: the password was hashed only once the store's write lock was free (inside the transaction)"
+        );
+        let after_hash = t
+            .d()
+            .store
+            .get_user(&id)
+            .await
+            .unwrap()
+            .unwrap()
+            .password_hash;
+        assert!(after_hash.as_deref().unwrap().starts_with("{ARGON2}"));
+        assert_ne!(before_hash, after_hash, "{method}: the new hash was stored");
+    }
+}
+
+/// Issue 8 item 10: `token list` showed no last use because nothing wrote `last_used_ms`. A
+/// request records it; more requests within the minute do not write it again.
+#[tokio::test]
+async fn a_token_records_its_last_use_at_most_once_a_minute() {
+    let t = TestDaemon::start().await;
+    let last_used = || async {
+        let tokens = t.d().store.list_tokens().await.unwrap();
+        tokens
+            .iter()
+            .find(|k| k.name == "test")
+            .unwrap()
+            .last_used_ms
+    };
+    assert_eq!(last_used().await, None, "not used yet");
+    let before = scim_sync::http::server::now_ms();
+    assert_eq!(t.get("/Users").await.status, StatusCode::OK);
+    let first = last_used()
+        .await
+        .expect("a request records the token's last use");
+    assert!(first >= before - 1000, "{first} vs {before}");
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    for _ in 0..5 {
+        assert_eq!(t.get("/Users").await.status, StatusCode::OK);
+    }
+    assert_eq!(last_used().await, Some(first), "no write per request");
 }

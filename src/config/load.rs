@@ -58,6 +58,38 @@ fn find_key_line(text: &str, key: &str) -> Option<usize> {
     if last.is_empty() {
         return None;
     }
+    // `targets[N].…`: search only the N-th `[[targets]]` table (and its sub-tables), so a key
+    // of the same name in [store] or another target is not reported instead.
+    let (skip, text) = match array_table(text, key) {
+        Some((start, body)) => (start, body),
+        None => (0, text),
+    };
+    let found = find_in(text, last)?;
+    Some(skip + found)
+}
+
+/// For a key `name[N].rest`: the line offset of the N-th `[[name]]` header and the text from
+/// it to the next `[[name]]` header.
+fn array_table<'a>(text: &'a str, key: &str) -> Option<(usize, &'a str)> {
+    let (head, _) = key.split_once('.')?;
+    let (name, index) = head.strip_suffix(']')?.split_once('[')?;
+    let index: usize = index.parse().ok()?;
+    let header = format!("[[{name}]]");
+    let mut starts = Vec::new();
+    let mut offset = 0;
+    for (n, line) in text.split_inclusive('\n').enumerate() {
+        if line.trim() == header {
+            starts.push((n, offset));
+        }
+        offset += line.len();
+    }
+    let (line_no, start) = *starts.get(index)?;
+    let end = starts.get(index + 1).map_or(text.len(), |(_, o)| *o);
+    Some((line_no, text.get(start..end)?))
+}
+
+/// 1-based line in `text` that assigns `last` (or a table header naming it).
+fn find_in(text: &str, last: &str) -> Option<usize> {
     text.lines().enumerate().find_map(|(n, line)| {
         let t = line.trim_start();
         let assigns = t.strip_prefix(last).map(|rest| {
@@ -248,6 +280,18 @@ mod tests {
             "{e}"
         );
         assert!(e.message.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn a_target_key_is_found_under_its_own_table() {
+        // `url` also appears in [store] and in the first target; the error is about the second.
+        let text = "[store]\nurl = \"sqlite:///x.db\"\n\n[[targets]]\nname = \"a\"\nurl = \"ldap://127.0.0.1\"\n[targets.users]\ndn = \"x\"\n\n[[targets]]\nname = \"b\"\nurl = \"ldap://remote\"\n[targets.users]\ndn = \"y\"\n";
+        let e = ConfigError::invalid("targets[1].url", "x").in_file("c.toml", text);
+        assert_eq!(e.line, Some(12), "{e}");
+        let e = ConfigError::invalid("targets[1].users.dn", "x").in_file("c.toml", text);
+        assert_eq!(e.line, Some(14), "{e}");
+        let e = ConfigError::invalid("store.url", "x").in_file("c.toml", text);
+        assert_eq!(e.line, Some(2), "{e}");
     }
 
     #[test]

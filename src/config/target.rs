@@ -150,6 +150,10 @@ pub struct RawLdapTarget {
     /// Upgrade an `ldap://` connection with StartTLS.
     #[serde(default)]
     pub starttls: bool,
+    /// Accept a plain `ldap://` connection to a non-loopback host although it carries the bind
+    /// password or synced password hashes in clear.
+    #[serde(default)]
+    pub allow_plaintext: bool,
     /// PEM file of CA certificates to trust (default: the system roots).
     #[serde(default)]
     pub ca_file: Option<PathBuf>,

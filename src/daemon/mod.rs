@@ -720,6 +720,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn plaintext_ldap_with_a_bind_password_to_a_remote_host_is_refused_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("scim-sync.toml");
+        let text = "[store]\nurl = \"sqlite:///tmp/x.db\"\n\n[[targets]]\nname = \"corp\"\ntype = \"ldap\"\nurl = \"ldap://ldap.example.com:389\"\nbind_dn = \"cn=admin,dc=example,dc=com\"\nbind_password_env = \"PW\"\n[targets.users]\ndn = \"uid={userName},ou=People,dc=example,dc=com\"\nobject_classes = [\"inetOrgPerson\"]\n[targets.users.attributes]\ncn = \"userName\"\n";
+        std::fs::write(&path, text).unwrap();
+        let Err(errs) = load_settings(&path) else {
+            panic!("a plain ldap:// target carrying a bind password to a remote host loaded");
+        };
+        let shown: Vec<String> = errs.iter().map(ToString::to_string).collect();
+        let want = format!("{}:7: targets[0].url:", path.display());
+        assert!(
+            shown
+                .iter()
+                .any(|m| m.starts_with(&want) && m.contains("allow_plaintext")),
+            "{shown:?}"
+        );
+        std::fs::write(
+            &path,
+            text.replace("bind_dn", "allow_plaintext = true\nbind_dn"),
+        )
+        .unwrap();
+        if let Err(errs) = load_settings(&path) {
+            assert!(!errs.iter().any(|e| e.key == "targets[0].url"), "{errs:?}");
+        }
+    }
+
+    #[test]
     fn status_line_names_each_targets_health() {
         let addr: SocketAddr = "127.0.0.1:8443".parse().unwrap();
         assert_eq!(

@@ -48,10 +48,15 @@ fn find(entries: &[(String, [u8; 32])], presented: &[u8; 32]) -> Option<String> 
 /// Cached (name, digest) pairs and when they were read.
 type Cache = (Option<Instant>, Vec<(String, [u8; 32])>);
 
+/// How often a token's `last_used_ms` is written at most (not once per request).
+const LAST_USE_EVERY: Duration = Duration::from_secs(60);
+
 /// The authenticator shared by all requests.
 pub struct Auth {
     store: Store,
     cache: Mutex<Cache>,
+    /// When each token's last use was last written.
+    touched: Mutex<std::collections::HashMap<String, Instant>>,
 }
 
 impl Auth {
@@ -60,6 +65,7 @@ impl Auth {
         Self {
             store,
             cache: Mutex::new((None, Vec::new())),
+            touched: Mutex::new(std::collections::HashMap::new()),
         }
     }
 
@@ -86,12 +92,42 @@ impl Auth {
         }
     }
 
-    /// Check the `Authorization` header values of a request; returns the token's name.
+    /// Check the `Authorization` header values of a request; returns the token's name. A
+    /// successful check records the token's last use (`now_ms`) at most once a minute.
     ///
     /// # Errors
     /// 401 for a missing, duplicated, malformed, unknown or revoked token; 503 when the store
     /// cannot be read.
-    pub async fn check(&self, headers: &[&[u8]]) -> Result<String, ScimError> {
+    pub async fn check(&self, headers: &[&[u8]], now_ms: i64) -> Result<String, ScimError> {
+        let name = self.verify(headers).await?;
+        self.note_use(&name, now_ms).await;
+        Ok(name)
+    }
+
+    /// Write `last_used_ms` unless this process wrote it within [`LAST_USE_EVERY`]. A failed
+    /// write only costs the bookkeeping, never the request.
+    async fn note_use(&self, name: &str, now_ms: i64) {
+        let now = Instant::now();
+        {
+            let mut touched = match self.touched.lock() {
+                Ok(t) => t,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            if touched
+                .get(name)
+                .is_some_and(|t| now.duration_since(*t) < LAST_USE_EVERY)
+            {
+                return;
+            }
+            touched.insert(name.to_owned(), now);
+        }
+        let gap = i64::try_from(LAST_USE_EVERY.as_millis()).unwrap_or(i64::MAX);
+        if let Err(error) = self.store.touch_token(name, now_ms, gap).await {
+            tracing::debug!(token_name = %name, error = %error, "Could not record the token's last use.");
+        }
+    }
+
+    async fn verify(&self, headers: &[&[u8]]) -> Result<String, ScimError> {
         let presented = match headers {
             [one] => parse_bearer(one).ok_or_else(unauthorized)?,
             _ => return Err(unauthorized()),

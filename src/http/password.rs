@@ -30,9 +30,28 @@ impl PasswordSync {
         }
     }
 
+    /// [`PasswordSync::hash`] on the blocking pool: argon2 takes tens of milliseconds of CPU
+    /// and must neither stall an async worker thread nor run inside the store's write
+    /// transaction (it held the SQLite write lock for the whole hash). Handlers call this
+    /// before they call the store (test:
+    /// `scim_api::passwords_are_hashed_before_the_store_transaction`).
+    pub async fn hash_off_thread(self, password: Option<&Password>) -> Option<String> {
+        if self == Self::Off {
+            return None;
+        }
+        let password = password?.clone();
+        tokio::task::spawn_blocking(move || self.hash(Some(&password)))
+            .await
+            .ok()
+            .flatten()
+    }
+
     /// Hash (or drop) a password. `None` when sync is off or no password was sent.
     pub fn hash(self, password: Option<&Password>) -> Option<String> {
         let password = password?;
+        if self != Self::Off {
+            crate::telemetry::metrics().password_hashes.inc();
+        }
         match self {
             Self::Off => None,
             Self::Ssha512 => Some(ssha512(&password.0)),

@@ -9,7 +9,7 @@ use crate::http::{discovery, groups, users, HttpSettings, ScimContext};
 use crate::scim::list::{parse_list_query, AttrSelection};
 use crate::scim::resource::etag;
 use crate::scim::ScimError;
-use crate::store::{AuditCtx, StoreError};
+use crate::store::{AuditCtx, Deadline, StoreError};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, AUTHORIZATION, ETAG, HOST, IF_MATCH};
 use hyper::{Method, Request};
@@ -155,7 +155,8 @@ fn base_url(settings: &HttpSettings, req: &Request<Incoming>, tls: bool) -> Stri
     format!("{scheme}://{host}{}", settings.base_path)
 }
 
-/// Handle one request (auth, route, handler). Errors become SCIM error bodies.
+/// Handle one request (auth, route, handler). Errors become SCIM error bodies. `deadline` goes
+/// to the store with every mutation (see [`Deadline`]).
 pub async fn handle(
     ctx: ScimContext,
     auth: Arc<Auth>,
@@ -163,6 +164,7 @@ pub async fn handle(
     request_id: String,
     tls: bool,
     now_ms: i64,
+    deadline: Deadline,
 ) -> (Resp, Option<String>) {
     let settings = ctx.settings.borrow().clone();
     let path = req.uri().path().to_string();
@@ -191,7 +193,7 @@ pub async fn handle(
             .iter()
             .map(HeaderValue::as_bytes)
             .collect();
-        match auth.check(&values).await {
+        match auth.check(&values, now_ms).await {
             Ok(name) => token_name = Some(name),
             Err(e) => return (error::error(&e), None),
         }
@@ -204,6 +206,7 @@ pub async fn handle(
             token_name: token_name.clone().unwrap_or_default(),
             request_id,
             now_ms,
+            deadline: Some(deadline),
         },
     };
     let result = dispatch(&call, req, &seg_refs).await;

@@ -6,6 +6,7 @@ use crate::http::error::{self, Resp};
 use crate::http::router::{self, route_template};
 use crate::http::ScimContext;
 use crate::scim::ScimError;
+use crate::store::Deadline;
 use crate::telemetry::{metrics, RequestLabels, RouteLabels};
 use futures_util::FutureExt;
 use hyper::body::Incoming;
@@ -72,6 +73,30 @@ pub fn load_tls(cert_file: &str, key_file: &str) -> Result<TlsAcceptor, String> 
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
+/// The request timed out before any store mutation began (nothing was changed).
+struct Elapsed;
+
+/// Run `fut` until the deadline. Past it, a request that has not handed a mutation to the store
+/// is dropped (503, nothing changed); one that has is awaited, because only the store's outcome
+/// (commit, or the rollback of a commit that came too late) may decide the answer: a 503 over a
+/// committed create makes the IdP's retry a 409 (issue 8).
+async fn answer_by<F: std::future::Future>(
+    deadline: Deadline,
+    fut: F,
+) -> Result<F::Output, Elapsed> {
+    let mut fut = std::pin::pin!(fut);
+    tokio::select! {
+        out = &mut fut => Ok(out),
+        () = tokio::time::sleep_until(deadline.at().into()) => {
+            if deadline.store_started() {
+                Ok(fut.await)
+            } else {
+                Err(Elapsed)
+            }
+        }
+    }
+}
+
 /// One SCIM request, wrapped: span, timeout, panic guard, metrics, `X-Request-Id`.
 async fn handle_request(ctx: ScimContext, req: Request<Incoming>, tls: bool) -> Resp {
     let settings = ctx.settings.borrow().clone();
@@ -89,13 +114,19 @@ async fn handle_request(ctx: ScimContext, req: Request<Incoming>, tls: bool) -> 
     );
     let start = Instant::now();
     let auth = ctx.auth.clone();
-    let fut = router::handle(ctx, auth, req, request_id.clone(), tls, now_ms());
-    let outcome = tokio::time::timeout(
-        settings.request_timeout,
-        AssertUnwindSafe(fut).catch_unwind(),
-    )
-    .instrument(span.clone())
-    .await;
+    let deadline = Deadline::new(start + settings.request_timeout);
+    let fut = router::handle(
+        ctx,
+        auth,
+        req,
+        request_id.clone(),
+        tls,
+        now_ms(),
+        deadline.clone(),
+    );
+    let outcome = answer_by(deadline, AssertUnwindSafe(fut).catch_unwind())
+        .instrument(span.clone())
+        .await;
     let mut resp = match outcome {
         Ok(Ok((resp, token))) => {
             if let Some(t) = token {

@@ -3,10 +3,11 @@
 
 use crate::http::body::read_json;
 use crate::http::error::{json, no_content, Resp};
+use crate::http::password::PasswordSync;
 use crate::http::router::{check_if_match, created, selection, store_error, with_etag, Call};
 use crate::scim::list::{list_response, parse_list_query, project, AttrSelection};
 use crate::scim::patch::{apply_user_patch, parse_patch};
-use crate::scim::resource::{parse_user, render_user, UserInput};
+use crate::scim::resource::{parse_user, render_user, Password, UserInput};
 use crate::scim::ScimError;
 use crate::store::{StoredUser, UserUpdate};
 use hyper::body::Incoming;
@@ -36,12 +37,21 @@ async fn render(call: &Call, user: &StoredUser, sel: &AttrSelection) -> Result<V
     Ok(project(value, sel))
 }
 
-/// Fix `active` (default `fallback`) into the body and take the password out, hashed.
-fn settle_input(call: &Call, mut input: UserInput, fallback: bool) -> (UserInput, Option<String>) {
+/// Fix `active` (default `fallback`) into the body and take the password out, hashed on the
+/// blocking pool before the store is called.
+async fn settle_input(
+    call: &Call,
+    mut input: UserInput,
+    fallback: bool,
+) -> (UserInput, Option<String>) {
     let active = input.active.unwrap_or(fallback);
     input.active = Some(active);
     input.data.insert("active".into(), Value::Bool(active));
-    let hash = call.settings.password_sync.hash(input.password.as_ref());
+    let hash = call
+        .settings
+        .password_sync
+        .hash_off_thread(input.password.as_ref())
+        .await;
     input.password = None;
     (input, hash)
 }
@@ -79,7 +89,7 @@ pub async fn create(call: &Call, req: Request<Incoming>) -> Result<Resp, ScimErr
     let query = req.uri().query().map(str::to_owned);
     let body = read_json(req, call.settings.max_body_users).await?;
     let input = parse_user(body, &call.settings.schemas)?;
-    let (input, hash) = settle_input(call, input, true);
+    let (input, hash) = settle_input(call, input, true).await;
     let user = call
         .ctx
         .store
@@ -122,8 +132,12 @@ pub async fn replace(
 ) -> Result<Resp, ScimError> {
     let query = req.uri().query().map(str::to_owned);
     let body = read_json(req, call.settings.max_body_users).await?;
-    let input = parse_user(body, &call.settings.schemas)?;
-    let sync = call.settings.password_sync;
+    let mut input = parse_user(body, &call.settings.schemas)?;
+    let password_hash = call
+        .settings
+        .password_sync
+        .hash_off_thread(input.password.take().as_ref())
+        .await;
     let user = call
         .ctx
         .store
@@ -133,8 +147,6 @@ pub async fn replace(
             let active = input.active.unwrap_or(current.active);
             input.active = Some(active);
             input.data.insert("active".into(), Value::Bool(active));
-            let password_hash = sync.hash(input.password.as_ref());
-            input.password = None;
             Ok(UserUpdate {
                 input,
                 password_hash,
@@ -160,6 +172,7 @@ pub async fn patch(
     let ops = parse_patch(body, call.settings.max_patch_operations)?;
     let schemas = call.settings.schemas.clone();
     let sync = call.settings.password_sync;
+    let prehashed = prehash_patch_password(call, id, &ops).await?;
     let user = call
         .ctx
         .store
@@ -171,8 +184,14 @@ pub async fn patch(
             let active = input.active.unwrap_or(current.active);
             input.active = Some(active);
             input.data.insert("active".into(), Value::Bool(active));
-            let password_hash = sync.hash(password.as_ref().or(input.password.as_ref()));
-            input.password = None;
+            let password = password.or(input.password.take());
+            let password_hash = match (password, prehashed) {
+                (None, _) => None,
+                (Some(p), Some((clear, hash))) if p == clear => hash,
+                // The user changed between the dry run and the transaction in a way that
+                // changed the patch's password (practically never): hash here after all.
+                (Some(p), _) => sync.hash(Some(&p)),
+            };
             Ok(UserUpdate {
                 input,
                 password_hash,
@@ -184,6 +203,29 @@ pub async fn patch(
     let sel = selection(call, query.as_deref())?;
     let value = render(call, &user, &sel).await?;
     Ok(with_etag(json(200, &value), user.meta.version))
+}
+
+/// The password a PATCH sets, hashed on the blocking pool before the store transaction: the
+/// patch is dry-run on the current user (the password it yields depends on the operations,
+/// not on the stored data). `None` when sync is off or the patch sets no password.
+async fn prehash_patch_password(
+    call: &Call,
+    id: &str,
+    ops: &[crate::scim::patch::PatchOp],
+) -> Result<Option<(Password, Option<String>)>, ScimError> {
+    let sync = call.settings.password_sync;
+    if sync == PasswordSync::Off {
+        return Ok(None);
+    }
+    let Some(current) = call.ctx.store.get_user(id).await.map_err(store_error)? else {
+        return Ok(None);
+    };
+    let mut data = current.data;
+    let Ok(Some(clear)) = apply_user_patch(&mut data, ops, &call.settings.schemas) else {
+        return Ok(None);
+    };
+    let hash = sync.hash_off_thread(Some(&clear)).await;
+    Ok(Some((clear, hash)))
 }
 
 /// `DELETE /Users/{id}`: 204; the user is removed from every group in the same transaction.

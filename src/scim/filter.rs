@@ -654,14 +654,36 @@ fn compare(
     }
 }
 
+/// The fold of case-insensitive string matching: NFC, lower case, NFC again. The same as the
+/// store's unique index on `userName` / `displayName` (`store::normalise`), so a filter finds
+/// exactly the names the index calls equal (composed and decomposed "Zoë" are one).
+pub fn fold(s: &str) -> String {
+    use unicode_normalization::UnicodeNormalization;
+    let composed: String = s.nfc().collect();
+    composed.to_lowercase().nfc().collect()
+}
+
+/// An RFC 3339 date-time (SCIM `dateTime`, RFC 7643 §2.3.5) as nanoseconds since the epoch.
+fn instant(s: &str) -> Option<i128> {
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(time::OffsetDateTime::unix_timestamp_nanos)
+}
+
 fn compare_one(v: &Value, op: CompareOp, lit: &Value, exact: bool) -> bool {
-    use std::cmp::Ordering;
     let ord = match (v, lit) {
         (Value::String(a), Value::String(b)) => {
+            // RFC 7644 §3.4.2.2: date-times compare chronologically ("...34Z" is before
+            // "...34.5Z" and "...22:42:34+01:00" is "...21:42:34Z"), not as text.
+            if !matches!(op, CompareOp::Co | CompareOp::Sw | CompareOp::Ew) {
+                if let (Some(a), Some(b)) = (instant(a), instant(b)) {
+                    return ordered(op, a.cmp(&b));
+                }
+            }
             let (a, b) = if exact {
                 (a.clone(), b.clone())
             } else {
-                (a.to_lowercase(), b.to_lowercase())
+                (fold(a), fold(b))
             };
             match op {
                 CompareOp::Co => return a.contains(&b),
@@ -685,6 +707,12 @@ fn compare_one(v: &Value, op: CompareOp, lit: &Value, exact: bool) -> bool {
         }
         _ => return false,
     };
+    ordered(op, ord)
+}
+
+/// Whether `ord` (attribute vs literal) satisfies an ordering operator.
+fn ordered(op: CompareOp, ord: std::cmp::Ordering) -> bool {
+    use std::cmp::Ordering;
     match op {
         CompareOp::Eq => ord == Ordering::Equal,
         CompareOp::Ne => ord != Ordering::Equal,
@@ -785,6 +813,47 @@ mod tests {
             let f = p(text).unwrap_or_else(|e| panic!("{text}: {e}"));
             assert_eq!(f.matches(&u), *expected, "{text}");
         }
+    }
+
+    #[test]
+    fn date_comparisons_are_chronological_not_textual() {
+        // Stored: 2026-11-22T21:42:34.123Z. As strings "...34.123Z" < "...34Z" ('.' < 'Z'),
+        // and an offset literal sorts by its local digits.
+        let u = user();
+        let cases: &[(&str, bool)] = &[
+            ("meta.lastModified gt \"2026-11-22T21:42:34Z\"", true),
+            ("meta.lastModified ge \"2026-11-22T21:42:34Z\"", true),
+            ("meta.lastModified lt \"2026-11-22T21:42:34Z\"", false),
+            ("meta.lastModified le \"2026-11-22T21:42:34.123000Z\"", true),
+            ("meta.lastModified eq \"2026-11-22T21:42:34.123000Z\"", true),
+            ("meta.lastModified lt \"2026-11-22T21:42:34.5Z\"", true),
+            // 22:42:34+01:00 is 21:42:34Z, before the stored instant.
+            ("meta.lastModified gt \"2026-11-22T22:42:34+01:00\"", true),
+            ("meta.lastModified lt \"2026-11-22T22:42:34+01:00\"", false),
+            ("meta.lastModified lt \"2026-11-22T21:00:00-01:00\"", true),
+        ];
+        for (text, expected) in cases {
+            let f = p(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(f.matches(&u), *expected, "{text}");
+        }
+    }
+
+    #[test]
+    fn string_matching_folds_unicode_like_the_unique_index() {
+        // The store's unique index folds NFC + lower case ("Zoë" composed or decomposed is one
+        // userName); the filter that finds it must fold the same way.
+        let u = json!({"userName": "Zo\u{eb}.M\u{fc}ller", "displayName": "Zo\u{eb}"});
+        for text in [
+            "userName eq \"zoe\u{308}.mu\u{308}ller\"",
+            "userName eq \"ZOE\u{308}.MU\u{308}LLER\"",
+            "displayName sw \"Zoe\u{308}\"",
+            "userName co \"u\u{308}l\"",
+        ] {
+            let f = p(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert!(f.matches(&u), "{text}");
+        }
+        let composed = json!({"userName": "zoe\u{308}"});
+        assert!(p("userName eq \"Zo\u{eb}\"").unwrap().matches(&composed));
     }
 
     #[test]

@@ -189,26 +189,70 @@ pub fn apply_user_patch(
         password: None,
     };
     for op in ops {
-        match &op.path {
-            Some(path) => ctx.apply_path(op.op, path, op.value.as_ref())?,
-            None => {
-                for (k, v) in value_object(op.value.as_ref())? {
-                    if is_ignored_in_value_object(k) {
-                        continue; // Okta repeats `id` in a path-less replace
-                    }
-                    if let Some(urn) = ctx.extension_key(k, Some(v)) {
-                        ctx.apply_extension_object(op.op, &urn, v)?;
-                        continue;
-                    }
-                    // Keys may be plain, dotted or URN-qualified (Entra aadOptscim062020).
-                    let path = parse_path(k)?;
-                    ctx.apply_path(op.op, &path, Some(v))?;
+        let before = primary_values(ctx.data);
+        apply_user_op(&mut ctx, op)?;
+        settle_primaries(ctx.data, &before);
+    }
+    drop_empty_extensions(ctx.data);
+    Ok(ctx.password)
+}
+
+/// The values marked primary in each top-level multi-valued attribute.
+fn primary_values(data: &Map<String, Value>) -> Vec<(String, Value)> {
+    data.iter()
+        .filter_map(|(k, v)| Some((k, v.as_array()?)))
+        .flat_map(|(k, items)| {
+            items
+                .iter()
+                .filter(|e| e.get("primary") == Some(&Value::Bool(true)))
+                .map(move |e| (k.clone(), e.clone()))
+        })
+        .collect()
+}
+
+/// RFC 7644 §3.5.2: an operation that sets `primary` true on a value sets it false on the
+/// other values of the attribute. A value is newly primary when it was not among `before`
+/// (the attribute's primary values before the operation); if one op marks several, the last
+/// wins.
+fn settle_primaries(data: &mut Map<String, Value>, before: &[(String, Value)]) {
+    for (k, v) in data.iter_mut() {
+        let Some(items) = v.as_array_mut() else {
+            continue;
+        };
+        let was = |e: &Value| before.iter().any(|(bk, bv)| bk == k && bv == e);
+        let is_primary = |e: &Value| e.get("primary") == Some(&Value::Bool(true));
+        let Some(keep) = items.iter().rposition(|e| is_primary(e) && !was(e)) else {
+            continue;
+        };
+        for (i, item) in items.iter_mut().enumerate() {
+            if i != keep && is_primary(item) {
+                if let Some(obj) = item.as_object_mut() {
+                    obj.insert("primary".into(), Value::Bool(false));
                 }
             }
         }
     }
-    drop_empty_extensions(ctx.data);
-    Ok(ctx.password)
+}
+
+fn apply_user_op(ctx: &mut UserCtx<'_>, op: &PatchOp) -> Result<(), ScimError> {
+    match &op.path {
+        Some(path) => ctx.apply_path(op.op, path, op.value.as_ref())?,
+        None => {
+            for (k, v) in value_object(op.value.as_ref())? {
+                if is_ignored_in_value_object(k) {
+                    continue; // Okta repeats `id` in a path-less replace
+                }
+                if let Some(urn) = ctx.extension_key(k, Some(v)) {
+                    ctx.apply_extension_object(op.op, &urn, v)?;
+                    continue;
+                }
+                // Keys may be plain, dotted or URN-qualified (Entra aadOptscim062020).
+                let path = parse_path(k)?;
+                ctx.apply_path(op.op, &path, Some(v))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 struct UserCtx<'a> {
@@ -1426,6 +1470,42 @@ mod tests {
         let (d, _) =
             user_patch(json!([{"op": "remove", "path": format!("{ENT}:employeeNumber")}])).unwrap();
         assert!(d.get(ENT).is_none(), "an emptied extension is dropped");
+    }
+
+    fn primaries(v: &Value) -> Vec<&str> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["primary"] == true)
+            .map(|e| e["value"].as_str().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn marking_a_value_primary_clears_the_flag_on_the_others() {
+        // RFC 7644 §3.5.2: setting "primary" true on a value sets it false on the others.
+        // base_user: bob@x (work) is primary.
+        let (d, _) = user_patch(json!([{"op": "add", "path": "emails",
+            "value": [{"value": "h@x", "type": "home", "primary": true}]}]))
+        .unwrap();
+        assert_eq!(primaries(&d["emails"]), ["h@x"], "{}", d["emails"]);
+        assert_eq!(d["emails"][0]["primary"], false);
+        // An existing value marked primary through a value filter (it sits before... or after).
+        let (d, _) = user_patch(json!([
+            {"op": "add", "path": "emails", "value": [{"value": "h@x", "type": "home"}]},
+            {"op": "replace", "path": "emails[type eq \"home\"].primary", "value": true}]))
+        .unwrap();
+        assert_eq!(primaries(&d["emails"]), ["h@x"], "{}", d["emails"]);
+        let (d, _) = user_patch(json!([
+            {"op": "replace", "path": "emails", "value": [{"value": "h@x", "type": "home"}, {"value": "bob@x", "type": "work", "primary": true}]},
+            {"op": "replace", "path": "emails[type eq \"home\"].primary", "value": "true"}]))
+        .unwrap();
+        assert_eq!(primaries(&d["emails"]), ["h@x"], "{}", d["emails"]);
+        // Okta's path-less replace of the whole attribute.
+        let (d, _) = user_patch(json!([{"op": "replace", "value": {"emails": [
+            {"value": "a@x", "primary": true}, {"value": "b@x", "primary": true}]}}]))
+        .unwrap();
+        assert_eq!(primaries(&d["emails"]), ["b@x"], "{}", d["emails"]);
     }
 
     #[test]

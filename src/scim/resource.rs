@@ -321,10 +321,30 @@ pub(crate) fn normalize(name: &str, kind: Kind, v: Value) -> Result<Value, ScimE
                     _ => Err(invalid(name, "an array of objects")),
                 })
                 .collect::<Result<Vec<_>, _>>()
-                .map(Value::Array),
+                .map(|mut items| {
+                    keep_one_primary(&mut items);
+                    Value::Array(items)
+                }),
             _ => Err(invalid(name, "an array")),
         },
         Kind::ReadOnly | Kind::Password => Ok(v),
+    }
+}
+
+/// RFC 7643 §2.4: `primary` true appears at most once in a multi-valued attribute. Of several,
+/// the last keeps it (the later mark wins); the others get `false`. PATCH settles its own ops
+/// first (`patch::settle_primaries`), so this only decides bodies that mark several.
+pub(crate) fn keep_one_primary(items: &mut [Value]) {
+    let is_primary = |v: &Value| v.get("primary") == Some(&Value::Bool(true));
+    let Some(last) = items.iter().rposition(is_primary) else {
+        return;
+    };
+    for (i, item) in items.iter_mut().enumerate() {
+        if i != last && is_primary(item) {
+            if let Some(obj) = item.as_object_mut() {
+                obj.insert("primary".into(), Value::Bool(false));
+            }
+        }
     }
 }
 
@@ -764,6 +784,23 @@ mod tests {
             "displayName": "Test User", "locale": "en-US",
             "externalId": "00ujl29u0le5T6Aj10h7", "groups": [], "password": "1mz050nq",
             "active": true})
+    }
+
+    #[test]
+    fn a_body_with_two_primary_values_keeps_only_the_last() {
+        // RFC 7643 §2.4: "primary" true appears no more than once; the later mark wins.
+        let body = json!({"userName": "u", "emails": [
+            {"value": "a@x", "primary": true}, {"value": "b@x"}, {"value": "c@x", "primary": "True"}],
+            "phoneNumbers": [{"value": "1", "primary": true}, {"value": "2", "primary": false}]});
+        let u = parse_user(body, &set()).unwrap();
+        assert_eq!(
+            u.data["emails"],
+            json!([{"value": "a@x", "primary": false}, {"value": "b@x"}, {"value": "c@x", "primary": true}])
+        );
+        assert_eq!(
+            u.data["phoneNumbers"],
+            json!([{"value": "1", "primary": true}, {"value": "2", "primary": false}])
+        );
     }
 
     #[test]

@@ -67,6 +67,49 @@ pub struct AuditCtx {
     pub request_id: String,
     /// Wall-clock time of the request, ms since the epoch (time is a parameter).
     pub now_ms: i64,
+    /// The request's deadline, when the mutation answers a client (see [`Deadline`]).
+    pub deadline: Option<Deadline>,
+}
+
+/// A request's deadline as the store honours it (issue 8): a mutation that reaches its commit
+/// after `at` rolls back (`Unavailable`), and [`Deadline::store_started`] tells the HTTP edge
+/// that a mutation is under way, so it waits for the outcome instead of answering 503 around a
+/// transaction that may still commit. The answer always matches what was committed (test:
+/// `scim_api::a_request_past_its_deadline_answers_what_was_committed`).
+#[derive(Debug, Clone)]
+pub struct Deadline {
+    at: std::time::Instant,
+    started: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Deadline {
+    /// A deadline at `at`.
+    pub fn new(at: std::time::Instant) -> Deadline {
+        Deadline {
+            at,
+            started: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        }
+    }
+
+    /// When the request must be answered.
+    pub fn at(&self) -> std::time::Instant {
+        self.at
+    }
+
+    /// True once a mutation has been handed to the store: from then on only the store's
+    /// outcome (commit or rollback) may decide the answer.
+    pub fn store_started(&self) -> bool {
+        self.started.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn mark_started(&self) {
+        self.started
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn passed(&self) -> bool {
+        std::time::Instant::now() >= self.at
+    }
 }
 
 /// A stored user (live, or a tombstone when `deleted`).
@@ -516,10 +559,8 @@ pub(crate) fn sanitize_text(s: &str) -> String {
 /// is `caseExact: false`; NFC makes composed and decomposed spellings one name), stored with
 /// [`encode_text`].
 pub(crate) fn normalise(s: &str) -> String {
-    use unicode_normalization::UnicodeNormalization;
-    let composed: String = s.nfc().collect();
-    let folded: String = composed.to_lowercase().nfc().collect();
-    encode_text(&folded)
+    // One fold for the index and for filter matching (`scim::filter::fold`).
+    encode_text(&crate::scim::filter::fold(s))
 }
 
 /// Run `f` in one write transaction: `BEGIN IMMEDIATE` on SQLite (the write lock is taken up
@@ -549,6 +590,35 @@ pub(crate) fn write_tx<T>(
             Err(e)
         }
     }
+}
+
+/// [`write_tx`] for a client's mutation: rolled back instead of committed when the request's
+/// deadline passed meanwhile (e.g. waiting on the SQLite write lock or a row lock), so a client
+/// told 503 never finds the change made.
+pub(crate) fn write_tx_for<T>(
+    conn: &mut DbConnection,
+    ctx: &AuditCtx,
+    f: impl FnOnce(&mut DbConnection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    write_tx(conn, |conn| {
+        // PostgreSQL: a row lock waited on past the deadline fails the statement (and the
+        // request, 503) instead of holding the request open. SQLite waits `busy_timeout`.
+        if let (DbConnection::Pg(_), Some(d)) = (&*conn, &ctx.deadline) {
+            let left = d.at.saturating_duration_since(std::time::Instant::now());
+            let ms = left.as_millis().clamp(1, 3_600_000);
+            diesel::RunQueryDsl::execute(
+                diesel::sql_query(format!("SET LOCAL lock_timeout = {ms}")),
+                conn,
+            )?;
+        }
+        let value = f(conn)?;
+        match &ctx.deadline {
+            Some(d) if d.passed() => Err(StoreError::Unavailable(
+                "the request's deadline passed before commit; rolled back".into(),
+            )),
+            _ => Ok(value),
+        }
+    })
 }
 
 /// Run `f` in a read transaction: one consistent snapshot for multi-query reads. PostgreSQL
@@ -585,6 +655,13 @@ pub(crate) fn read_tx<T>(
             let _ = Tm::rollback_transaction(conn);
             Err(e)
         }
+    }
+}
+
+/// Note on the request's [`Deadline`] that a mutation is being handed to the store.
+fn mark_started(ctx: &AuditCtx) {
+    if let Some(d) = &ctx.deadline {
+        d.mark_started();
     }
 }
 
@@ -773,6 +850,7 @@ impl Store {
         ctx: &AuditCtx,
     ) -> Result<StoredUser, StoreError> {
         let (targets, ctx) = (self.targets(), ctx.clone());
+        mark_started(&ctx);
         self.run(move |conn| resources::create_user(conn, &targets, input, password_hash, &ctx))
             .await
     }
@@ -827,6 +905,7 @@ impl Store {
             id.to_owned(),
             operation.to_owned(),
         );
+        mark_started(&ctx);
         self.run(move |conn| resources::update_user(conn, &targets, &id, &operation, &ctx, f))
             .await
     }
@@ -843,6 +922,7 @@ impl Store {
         ctx: &AuditCtx,
     ) -> Result<(), StoreError> {
         let (targets, ctx, id) = (self.targets(), ctx.clone(), id.to_owned());
+        mark_started(&ctx);
         self.run(move |conn| {
             resources::delete(conn, &targets, ResourceType::User, &id, if_match, &ctx)
         })
@@ -922,6 +1002,7 @@ impl Store {
         ctx: &AuditCtx,
     ) -> Result<StoredGroup, StoreError> {
         let (targets, ctx) = (self.targets(), ctx.clone());
+        mark_started(&ctx);
         self.run(move |conn| resources::create_group(conn, &targets, input, &ctx))
             .await
     }
@@ -985,6 +1066,7 @@ impl Store {
             id.to_owned(),
             operation.to_owned(),
         );
+        mark_started(&ctx);
         self.run(move |conn| resources::update_group(conn, &targets, &id, &operation, &ctx, f))
             .await
     }
@@ -1000,6 +1082,7 @@ impl Store {
         ctx: &AuditCtx,
     ) -> Result<(), StoreError> {
         let (targets, ctx, id) = (self.targets(), ctx.clone(), id.to_owned());
+        mark_started(&ctx);
         self.run(move |conn| {
             resources::delete(conn, &targets, ResourceType::Group, &id, if_match, &ctx)
         })
@@ -1073,6 +1156,22 @@ impl Store {
     pub async fn revoke_token(&self, name_or_id: &str, now_ms: i64) -> Result<bool, StoreError> {
         let key = name_or_id.to_owned();
         self.run(move |conn| tokens::revoke(conn, &key, now_ms))
+            .await
+    }
+
+    /// Record a live token's last use (shown by `token list`); no write when a use within
+    /// `min_gap_ms` is recorded already.
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    pub async fn touch_token(
+        &self,
+        name: &str,
+        now_ms: i64,
+        min_gap_ms: i64,
+    ) -> Result<(), StoreError> {
+        let name = name.to_owned();
+        self.run(move |conn| tokens::touch(conn, &name, now_ms, min_gap_ms))
             .await
     }
 

@@ -275,6 +275,7 @@ fn settle_ctx(item: &OutboxItem, now_ms: i64) -> AuditCtx {
         token_name: String::new(),
         request_id: item.request_id.clone().unwrap_or_default(),
         now_ms,
+        deadline: None,
     }
 }
 

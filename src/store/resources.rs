@@ -8,7 +8,7 @@ use super::models::{NewEmail, NewMember, NewResource, ResourceRow};
 use super::outbox::enqueue_all;
 use super::schema::{group_members, resource_emails, resources};
 use super::{
-    decode_text, encode_text, has_nul, normalise, read_tx, write_tx, AuditCtx, DbConnection,
+    decode_text, encode_text, has_nul, normalise, read_tx, write_tx_for, AuditCtx, DbConnection,
     GroupUpdate, StoreError, StoredGroup, StoredUser, UserUpdate,
 };
 use crate::scim::filter::Filter;
@@ -231,7 +231,7 @@ pub(crate) fn create_user(
     let body = body_text(&data)?;
     let name_norm = normalise(&user_name);
     let active = active.unwrap_or(true);
-    write_tx(conn, |conn| {
+    write_tx_for(conn, ctx, |conn| {
         diesel::insert_into(resources::table)
             .values(NewResource {
                 id: &id,
@@ -283,7 +283,7 @@ pub(crate) fn update_user<F>(
 where
     F: FnOnce(&StoredUser) -> Result<UserUpdate, ScimError>,
 {
-    write_tx(conn, |conn| {
+    write_tx_for(conn, ctx, |conn| {
         let row = get_for_update(conn, ResourceType::User, id)?
             .ok_or_else(|| not_found(ResourceType::User))?;
         let (seq, created_ms, version) = (row.seq, row.created_ms, row.version + 1);
@@ -414,7 +414,7 @@ pub(crate) fn delete(
     if_match: Option<i64>,
     ctx: &AuditCtx,
 ) -> Result<(), StoreError> {
-    write_tx(conn, |conn| {
+    write_tx_for(conn, ctx, |conn| {
         if resource_type == ResourceType::User {
             lock_groups_before_user(conn, id)?;
         }
@@ -513,7 +513,7 @@ pub(crate) fn create_group(
     let id = uuid::Uuid::new_v4().to_string();
     let body = body_text(&data)?;
     let name_norm = normalise(&display_name);
-    write_tx(conn, |conn| {
+    write_tx_for(conn, ctx, |conn| {
         diesel::insert_into(resources::table)
             .values(NewResource {
                 id: &id,
@@ -565,7 +565,7 @@ pub(crate) fn update_group<F>(
 where
     F: FnOnce(&StoredGroup) -> Result<GroupUpdate, ScimError>,
 {
-    write_tx(conn, |conn| {
+    write_tx_for(conn, ctx, |conn| {
         let row = get_for_update(conn, ResourceType::Group, id)?
             .ok_or_else(|| not_found(ResourceType::Group))?;
         let (seq, created_ms, version) = (row.seq, row.created_ms, row.version + 1);

@@ -113,6 +113,7 @@ fn ctx(now_ms: i64) -> AuditCtx {
         token_name: "okta".into(),
         request_id: format!("req-{now_ms}"),
         now_ms,
+        deadline: None,
     }
 }
 

@@ -103,6 +103,35 @@ pub(crate) fn revoke(conn: &mut DbConnection, key: &str, now_ms: i64) -> Result<
     })
 }
 
+/// Record that the live token `name` was used at `now_ms`, unless a use within the last
+/// `min_gap_ms` is already recorded (callers also throttle in memory; this keeps several
+/// instances from writing more often).
+pub(crate) fn touch(
+    conn: &mut DbConnection,
+    name: &str,
+    now_ms: i64,
+    min_gap_ms: i64,
+) -> Result<(), StoreError> {
+    if has_nul(name) {
+        return Ok(());
+    }
+    write_tx(conn, |conn| {
+        diesel::update(
+            tokens::table
+                .filter(tokens::revoked_ms.is_null())
+                .filter(tokens::name.eq(name))
+                .filter(
+                    tokens::last_used_ms
+                        .is_null()
+                        .or(tokens::last_used_ms.lt(now_ms - min_gap_ms)),
+                ),
+        )
+        .set(tokens::last_used_ms.eq(Some(now_ms)))
+        .execute(conn)?;
+        Ok(())
+    })
+}
+
 /// (name, digest) of live tokens; a malformed digest (a hand-edited row) is skipped.
 pub(crate) fn live_digests(conn: &mut DbConnection) -> Result<Vec<(String, [u8; 32])>, StoreError> {
     let rows: Vec<(String, String)> = tokens::table

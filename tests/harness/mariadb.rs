@@ -1,7 +1,10 @@
 //! Throwaway MariaDB databases in the server at 127.0.0.1:3306 (root, empty password, as on
 //! these machines and in CI, where `scripts/install-deps` starts it). Started here with
-//! `start-stop-daemon` when it is not running; a database per test, dropped on `Drop`.
+//! `start-stop-daemon` when it is not running; a database per test, dropped on `Drop` (also
+//! when the test panics). The first database a process makes also drops leftovers of earlier
+//! runs killed before their `Drop` ran (by name and age, `throwaway.rs`).
 
+use super::throwaway;
 use diesel::{Connection, MysqlConnection, RunQueryDsl};
 
 const ADMIN_URL: &str = "mysql://root@127.0.0.1:3306/mysql";
@@ -12,7 +15,7 @@ pub struct MariaDb {
     pub url: String,
 }
 
-fn admin() -> MysqlConnection {
+pub fn admin() -> MysqlConnection {
     if let Ok(c) = MysqlConnection::establish(ADMIN_URL) {
         return c;
     }
@@ -38,12 +41,53 @@ fn admin() -> MysqlConnection {
     panic!("MariaDB is required at 127.0.0.1:3306 (root, no password): {last}")
 }
 
+fn drop_database(conn: &mut MysqlConnection, name: &str) -> Result<(), String> {
+    // A DROP waits for metadata locks; bound it so a connection left inside a transaction
+    // cannot hang the test process (the database is then dropped by age later).
+    diesel::sql_query("SET SESSION lock_wait_timeout = 10")
+        .execute(conn)
+        .map_err(|e| e.to_string())?;
+    diesel::sql_query(format!("DROP DATABASE IF EXISTS {name}"))
+        .execute(conn)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// Drop `scim_test_*` databases left by runs that died before their `Drop` (once a process).
+fn sweep_leftovers(conn: &mut MysqlConnection) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| sweep(conn));
+}
+
+/// Drop every stale `scim_test_*` database now.
+pub fn sweep(conn: &mut MysqlConnection) {
+    {
+        #[derive(diesel::QueryableByName)]
+        struct Name {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            name: String,
+        }
+        let names: Vec<Name> = diesel::sql_query(
+            "SELECT SCHEMA_NAME AS name FROM information_schema.SCHEMATA \
+             WHERE SCHEMA_NAME LIKE 'scim\\_test\\_%'",
+        )
+        .load(conn)
+        .unwrap_or_default();
+        for n in names.into_iter().filter(|n| throwaway::is_stale(&n.name)) {
+            if let Err(e) = drop_database(conn, &n.name) {
+                eprintln!("could not drop leftover test database {}: {e}", n.name);
+            }
+        }
+    }
+}
+
 impl MariaDb {
-    /// Create `scim_test_<random>` (utf8mb4 with MariaDB's usual case-insensitive collation,
-    /// as legacy schemas have it). Fails loudly when MariaDB is not reachable.
+    /// Create `scim_test_<secs>_<random>` (utf8mb4 with MariaDB's usual case-insensitive
+    /// collation, as legacy schemas have it). Fails loudly when MariaDB is not reachable.
     pub fn create() -> MariaDb {
-        let name = format!("scim_test_{}", uuid::Uuid::new_v4().simple());
+        let name = throwaway::new_name();
         let mut conn = admin();
+        sweep_leftovers(&mut conn);
         diesel::sql_query(format!(
             "CREATE DATABASE {name} CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci"
         ))
@@ -82,9 +126,12 @@ impl MariaDb {
 
 impl Drop for MariaDb {
     fn drop(&mut self) {
-        if let Ok(mut conn) = MysqlConnection::establish(ADMIN_URL) {
-            let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS {}", self.name))
-                .execute(&mut conn);
+        let result = MysqlConnection::establish(ADMIN_URL)
+            .map_err(|e| e.to_string())
+            .and_then(|mut conn| drop_database(&mut conn, &self.name));
+        if let Err(e) = result {
+            // Not silent: a later run drops it by age, but say so now.
+            eprintln!("could not drop test database {}: {e}", self.name);
         }
     }
 }

@@ -7,3 +7,4 @@ pub mod daemon;
 pub mod mariadb;
 pub mod pg;
 pub mod slapd;
+pub mod throwaway;

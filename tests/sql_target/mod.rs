@@ -591,9 +591,30 @@ async fn outage(flavor: Flavor) {
                 closed.healthcheck().await.unwrap_err().class,
                 ErrorClass::Transient
             );
+            // Connections killed under a live target: the sync either succeeds (a fresh
+            // connection) and made the change, or fails transient having made none; either way
+            // the next sync works. (The old check accepted any Ok, so a sync that reported
+            // success on a dead connection without writing passed.)
+            let mut killed = u.clone();
+            killed["name"]["givenName"] = json!("Carrie");
+            let dk = desired_user(&map, &killed);
+            let before = db.user("carol", "first_name");
             db.kill_connections();
-            if let Err(e) = t.sync(Some(&d), &p, false).await {
-                assert_eq!(e.class, ErrorClass::Transient, "{e:?}");
+            match t.sync(Some(&dk), &p, false).await {
+                Ok(out) => {
+                    assert!(!out.changes.is_empty(), "{:?}", out.changes);
+                    assert_eq!(db.user("carol", "first_name").as_deref(), Some("Carrie"));
+                }
+                Err(e) => {
+                    assert_eq!(e.class, ErrorClass::Transient, "{e:?}");
+                    assert_eq!(
+                        db.user("carol", "first_name"),
+                        before,
+                        "a failed sync wrote"
+                    );
+                    t.sync(Some(&dk), &p, false).await.unwrap();
+                    assert_eq!(db.user("carol", "first_name").as_deref(), Some("Carrie"));
+                }
             }
             // Another writer holds the row lock: the lock-wait timeout is transient.
             let locker_sql = "BEGIN; UPDATE app_users SET notes = 'locked' WHERE login = 'carol'";

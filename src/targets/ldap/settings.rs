@@ -192,6 +192,19 @@ impl Settings {
                 "a bind password is configured but no bind_dn".into(),
             );
         }
+        let secrets = bind_password != PasswordSource::None
+            || raw.users.password == crate::config::target::PasswordMode::Sync;
+        if !ldaps && !raw.starttls && secrets && !raw.allow_plaintext && !is_loopback(&raw.url) {
+            err(
+                "url",
+                format!(
+                    "{:?} is plain LDAP to a non-loopback host, and this target sends the bind \
+                     password or password hashes over it in clear: use ldaps:// or \
+                     starttls = true, or set allow_plaintext = true to accept it",
+                    raw.url
+                ),
+            );
+        }
         if raw.bind_dn.is_some() && bind_password == PasswordSource::None {
             err(
                 "bind_password_file",
@@ -341,6 +354,21 @@ impl Settings {
     }
 }
 
+/// Whether an `ldap://` URL names the loopback interface (`localhost`, `127.0.0.0/8`, `::1`),
+/// where clear text never leaves the machine.
+fn is_loopback(url: &str) -> bool {
+    let rest = url.get("ldap://".len()..).unwrap_or("");
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => authority.split(':').next().unwrap_or(""),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -407,6 +435,63 @@ object_classes = ["inetOrgPerson"]
             0,
         );
         assert!(bad_url.is_err());
+    }
+
+    #[test]
+    fn plaintext_ldap_carrying_a_password_to_a_remote_host_is_refused() {
+        let bind = "bind_dn = \"cn=admin,dc=example,dc=com\"\nbind_password_file = \"/x\"";
+        let with_url = |url: &str, extra: &str, users: &str| {
+            let t = RawLdapTarget {
+                url: url.into(),
+                ..raw(extra, users)
+            };
+            Settings::from_raw(&t, 1)
+                .err()
+                .unwrap_or_default()
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+        };
+        for (url, extra, users) in [
+            ("ldap://ldap.example.com", bind, ""),
+            ("LDAP://10.0.0.5:389", bind, ""),
+            ("ldap://ldap.example.com:389", "", "password = \"sync\""),
+            ("ldap://[2001:db8::1]:389", bind, ""),
+        ] {
+            let e = with_url(url, extra, users);
+            assert!(
+                e.iter()
+                    .any(|m| m.starts_with("targets[1].url:") && m.contains("allow_plaintext")),
+                "{url} {extra} {users}: {e:?}"
+            );
+        }
+        for (url, extra, users) in [
+            // Loopback: the demo and the tests.
+            ("ldap://127.0.0.1:389", bind, "password = \"sync\""),
+            ("ldap://localhost", bind, ""),
+            ("ldap://[::1]:1389", bind, ""),
+            // Encrypted.
+            ("ldaps://ldap.example.com", bind, "password = \"sync\""),
+            (
+                "ldap://ldap.example.com",
+                &format!("{bind}\nstarttls = true"),
+                "",
+            ),
+            // Said so.
+            (
+                "ldap://ldap.example.com",
+                &format!("{bind}\nallow_plaintext = true"),
+                "password = \"sync\"",
+            ),
+            // Nothing secret on the wire.
+            ("ldap://ldap.example.com", "", ""),
+        ] {
+            assert_eq!(
+                with_url(url, extra, users),
+                Vec::<String>::new(),
+                "{url} {extra} {users}"
+            );
+        }
     }
 
     #[test]
