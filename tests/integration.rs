@@ -11,6 +11,7 @@
 mod faults;
 #[allow(dead_code)]
 mod harness;
+mod hostile;
 mod ldap_target;
 mod process;
 mod reconcile;
