@@ -393,3 +393,47 @@ pub async fn serve_scim(
         tracing::warn!("In-flight requests did not finish within the grace period.");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refused_connections_are_logged_at_most_once_per_interval() {
+        let mut r = Refusals::new("scim");
+        let t0 = Instant::now();
+        assert!(r.note(t0));
+        for ms in 1..2_000 {
+            assert!(!r.note(t0 + Duration::from_millis(ms)));
+        }
+        assert_eq!(r.unlogged, 1_999);
+        assert!(r.note(t0 + Refusals::INTERVAL));
+        assert_eq!(r.unlogged, 0);
+    }
+
+    #[test]
+    fn a_connection_gets_header_timeout_before_its_first_request_then_idle_timeout() {
+        let limits = ConnLimits {
+            header_timeout: Duration::from_secs(2),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 1,
+            admin_max_connections: 1,
+            shutdown_grace: Duration::from_secs(1),
+        };
+        let start = Instant::now();
+        let a = Arc::new(Activity::default());
+        assert_eq!(
+            a.deadline(start, &limits, start),
+            start + limits.header_timeout
+        );
+        let guard = InFlight::begin(&a, start);
+        let now = start + Duration::from_secs(5);
+        assert_eq!(a.deadline(start, &limits, now), now + limits.idle_timeout);
+        drop(guard);
+        let end = Duration::from_millis(a.last_end_ms.load(Ordering::SeqCst));
+        assert_eq!(
+            a.deadline(start, &limits, now),
+            start + end + limits.idle_timeout
+        );
+    }
+}
