@@ -14,6 +14,7 @@ mod harness;
 mod hostile;
 mod ldap_target;
 mod process;
+mod properties;
 mod reconcile;
 mod scim_api;
 mod sql_target;
