@@ -12,8 +12,10 @@ mod crash;
 mod faults;
 #[allow(dead_code)]
 mod harness;
+mod hostile;
 mod ldap_target;
 mod process;
+mod properties;
 mod reconcile;
 mod scim_api;
 mod sql_target;

@@ -47,6 +47,13 @@ pub struct RawServer {
     pub header_timeout_secs: u64,
     #[serde(default = "default_request_timeout")]
     pub request_timeout_secs: u64,
+    /// How long a request body may take to arrive once its headers are in (408 after).
+    #[serde(default = "default_body_timeout")]
+    pub body_timeout_secs: u64,
+    /// How long a connection may sit with no request in flight once it has sent one (HTTP/2;
+    /// an idle HTTP/1 connection is closed after `header_timeout_secs`).
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_secs: u64,
     #[serde(default = "default_max_connections")]
     pub max_connections: u64,
     #[serde(default = "default_shutdown_grace")]
@@ -71,6 +78,12 @@ fn default_header_timeout() -> u64 {
 fn default_request_timeout() -> u64 {
     30
 }
+fn default_body_timeout() -> u64 {
+    10
+}
+fn default_idle_timeout() -> u64 {
+    60
+}
 fn default_max_connections() -> u64 {
     1024
 }
@@ -90,6 +103,8 @@ impl Default for RawServer {
             max_body_groups: default_max_body_groups(),
             header_timeout_secs: default_header_timeout(),
             request_timeout_secs: default_request_timeout(),
+            body_timeout_secs: default_body_timeout(),
+            idle_timeout_secs: default_idle_timeout(),
             max_connections: default_max_connections(),
             shutdown_grace_secs: default_shutdown_grace(),
         }
@@ -103,6 +118,13 @@ pub struct RawAdmin {
     /// Empty disables the admin listener.
     #[serde(default = "default_admin_listen")]
     pub listen: String,
+    /// Connections served at once; more are refused. Timeouts are the `[server]` ones.
+    #[serde(default = "default_admin_max_connections")]
+    pub max_connections: u64,
+}
+
+fn default_admin_max_connections() -> u64 {
+    64
 }
 
 fn default_admin_listen() -> String {
@@ -113,6 +135,7 @@ impl Default for RawAdmin {
     fn default() -> Self {
         Self {
             listen: default_admin_listen(),
+            max_connections: default_admin_max_connections(),
         }
     }
 }
@@ -172,6 +195,10 @@ pub struct RawScim {
     pub max_page_size: u64,
     #[serde(default = "default_max_ops")]
     pub max_patch_operations: usize,
+    /// Longest string value (and attribute name) in a User or Group, in bytes (400 naming the
+    /// attribute above it).
+    #[serde(default = "default_max_value_bytes")]
+    pub max_value_bytes: usize,
     /// `off` (drop passwords), `ssha512` or `argon2` (hash at once, for LDAP `userPassword`).
     #[serde(default = "default_password_sync")]
     pub password_sync: String,
@@ -189,6 +216,9 @@ fn default_max_page() -> u64 {
 fn default_max_ops() -> usize {
     1000
 }
+fn default_max_value_bytes() -> usize {
+    8192
+}
 fn default_password_sync() -> String {
     "off".into()
 }
@@ -201,6 +231,7 @@ impl Default for RawScim {
             max_filter_depth: default_max_filter_depth(),
             max_page_size: default_max_page(),
             max_patch_operations: default_max_ops(),
+            max_value_bytes: default_max_value_bytes(),
             password_sync: default_password_sync(),
         }
     }

@@ -241,7 +241,13 @@ impl Daemon {
                 targets: health.clone(),
             };
             let (cancel, tracker2) = (cancel.clone(), tracker.clone());
-            tracker.spawn(serve_admin(listener, admin, tracker2, cancel));
+            tracker.spawn(serve_admin(
+                listener,
+                admin,
+                settings.limits,
+                tracker2,
+                cancel,
+            ));
         }
         let progress: systemd::WatchList = Arc::new(Mutex::new(vec![accept_progress]));
         let reconciler = Reconciler::new(

@@ -109,6 +109,13 @@ pub fn from_raw(raw: &RawConfig) -> Result<Settings, Vec<ConfigError>> {
             raw.server.request_timeout_secs,
         ),
         ("server.max_connections", raw.server.max_connections),
+        ("server.body_timeout_secs", raw.server.body_timeout_secs),
+        ("server.idle_timeout_secs", raw.server.idle_timeout_secs),
+        ("admin.max_connections", raw.admin.max_connections),
+        (
+            "scim.max_value_bytes",
+            u64::try_from(raw.scim.max_value_bytes).unwrap_or(u64::MAX),
+        ),
     ] {
         if v == 0 {
             errors.push(ConfigError::invalid(key, "must be greater than 0"));
@@ -259,6 +266,8 @@ pub fn from_raw(raw: &RawConfig) -> Result<Settings, Vec<ConfigError>> {
             max_body_users: raw.server.max_body_users,
             max_body_groups: raw.server.max_body_groups,
             request_timeout: Duration::from_secs(raw.server.request_timeout_secs),
+            body_timeout: Duration::from_secs(raw.server.body_timeout_secs),
+            max_value_bytes: raw.scim.max_value_bytes,
             filter_limits: FilterLimits {
                 max_len: raw.scim.max_filter_length,
                 max_depth: raw.scim.max_filter_depth,
@@ -271,6 +280,8 @@ pub fn from_raw(raw: &RawConfig) -> Result<Settings, Vec<ConfigError>> {
         limits: ConnLimits {
             header_timeout: Duration::from_secs(raw.server.header_timeout_secs),
             max_connections: usize::try_from(raw.server.max_connections).unwrap_or(usize::MAX),
+            admin_max_connections: usize::try_from(raw.admin.max_connections).unwrap_or(usize::MAX),
+            idle_timeout: Duration::from_secs(raw.server.idle_timeout_secs),
             shutdown_grace: Duration::from_secs(raw.server.shutdown_grace_secs),
         },
         store: StoreSettings {

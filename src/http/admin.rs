@@ -1,19 +1,19 @@
 //! The admin listener (loopback by default): `/metrics` (Prometheus text), `/healthz` (alive),
-//! `/readyz` (store reachable, per-target status in the body). No authentication: keep it on
-//! loopback or behind a firewall.
+//! `/readyz` (store reachable, per-target status in the body); GET and HEAD only (405 otherwise).
+//! No authentication: keep it on loopback or behind a firewall. It has its own connection cap
+//! (`admin.max_connections`) and the SCIM listener's timeouts (`http::server::serve_connection`).
 
 use crate::http::error::{text, Resp};
+use crate::http::server::{builder, drain, permits, serve_connection, ConnLimits, Refusals};
 use crate::store::Store;
 use crate::telemetry::{metrics, TargetLabels};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper::Request;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto::Builder;
+use hyper::header::{HeaderValue, ALLOW};
+use hyper::{Method, Request};
 use serde_json::json;
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -48,6 +48,17 @@ impl AdminContext {
 }
 
 async fn handle(ctx: AdminContext, req: Request<Incoming>) -> Resp {
+    let known = matches!(req.uri().path(), "/healthz" | "/readyz" | "/metrics");
+    if known && req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut resp = text(
+            405,
+            "text/plain; charset=utf-8",
+            "method not allowed\n".into(),
+        );
+        resp.headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return resp;
+    }
     match req.uri().path() {
         "/healthz" => text(200, "text/plain; charset=utf-8", "ok\n".into()),
         "/readyz" => readyz(&ctx).await,
@@ -120,33 +131,53 @@ async fn refresh_gauges(ctx: &AdminContext) {
     }
 }
 
-/// Serve the admin endpoints until `cancel` fires.
+/// Serve the admin endpoints until `cancel` fires, then drain for at most the grace period.
 pub async fn serve_admin(
     listener: TcpListener,
     ctx: AdminContext,
+    limits: ConnLimits,
     tracker: TaskTracker,
     cancel: CancellationToken,
 ) {
-    let builder = Arc::new(Builder::new(TokioExecutor::new()));
+    let drain_all = CancellationToken::new();
+    let permits = permits(limits.admin_max_connections);
+    let builder = Arc::new(builder(&limits));
+    let mut refusals = Refusals::new("admin");
     loop {
         let accepted = tokio::select! {
             () = cancel.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
-        let Ok((stream, _)) = accepted else { continue };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                tracing::warn!(error = %error, "Admin accept failed.");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            refusals.note(Instant::now());
+            drop(stream);
+            continue;
+        };
         let ctx = ctx.clone();
         let builder = builder.clone();
-        let cancel = cancel.clone();
+        let drain = drain_all.clone();
         tracker.spawn(async move {
-            let svc = service_fn(move |req| {
-                let ctx = ctx.clone();
-                async move { Ok::<_, Infallible>(handle(ctx, req).await) }
-            });
-            let conn = builder.serve_connection(TokioIo::new(stream), svc);
-            tokio::select! {
-                _ = conn => {}
-                () = cancel.cancelled() => {}
-            }
+            let _permit = permit;
+            serve_connection(stream, &builder, limits, drain, move |req| {
+                handle(ctx.clone(), req)
+            })
+            .await;
         });
     }
+    drop(listener);
+    drain_all.cancel();
+    let _ = drain(
+        &permits,
+        limits.admin_max_connections,
+        limits.shutdown_grace,
+    )
+    .await;
 }

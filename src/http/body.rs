@@ -7,6 +7,7 @@ use hyper::body::Incoming;
 use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::Request;
 use serde_json::Value;
+use std::time::Duration;
 
 /// Accept `application/scim+json` and `application/json` (with parameters such as charset); a
 /// request without a content type is read as JSON.
@@ -29,12 +30,17 @@ pub fn check_content_type(req: &Request<Incoming>) -> Result<(), ScimError> {
     }
 }
 
-/// Read the whole body, at most `limit` bytes, and parse it as JSON.
+/// Read the whole body, at most `limit` bytes within `timeout`, and parse it as JSON.
 ///
 /// # Errors
-/// 413 over the limit (by Content-Length at once, else while reading), 400 invalidSyntax for
-/// anything that is not JSON.
-pub async fn read_json(req: Request<Incoming>, limit: u64) -> Result<Value, ScimError> {
+/// 413 over the limit (by Content-Length at once, else while reading), 408 when the body is not
+/// complete within `timeout` (a stalled upload must not hold the request until its deadline),
+/// 400 invalidSyntax for anything that is not JSON.
+pub async fn read_json(
+    req: Request<Incoming>,
+    limit: u64,
+    timeout: Duration,
+) -> Result<Value, ScimError> {
     check_content_type(&req)?;
     let too_large = || {
         ScimError::status(
@@ -53,18 +59,26 @@ pub async fn read_json(req: Request<Incoming>, limit: u64) -> Result<Value, Scim
         }
     }
     let limit_usize = usize::try_from(limit).unwrap_or(usize::MAX);
-    let collected = Limited::new(req.into_body(), limit_usize)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
-                too_large()
-            } else {
-                ScimError::invalid_syntax("The request body could not be read.")
-            }
-        })?;
+    let collected = tokio::time::timeout(
+        timeout,
+        Limited::new(req.into_body(), limit_usize).collect(),
+    )
+    .await
+    .map_err(|_elapsed| {
+        ScimError::status(
+            408,
+            "The request body did not arrive in time; the connection is closed.",
+        )
+    })?
+    .map_err(|e| {
+        if e.downcast_ref::<http_body_util::LengthLimitError>()
+            .is_some()
+        {
+            too_large()
+        } else {
+            ScimError::invalid_syntax("The request body could not be read.")
+        }
+    })?;
     let bytes = collected.to_bytes();
     if bytes.is_empty() {
         return Err(ScimError::invalid_syntax(

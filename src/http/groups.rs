@@ -6,7 +6,9 @@ use crate::http::error::{json, no_content, Resp};
 use crate::http::router::{check_if_match, created, selection, store_error, with_etag, Call};
 use crate::scim::list::{list_response, parse_list_query, project, AttrSelection};
 use crate::scim::patch::{apply_group_patch, parse_patch, MemberOp};
-use crate::scim::resource::{parse_group, render_group};
+use crate::scim::resource::{
+    check_patch_value_sizes, check_value_sizes, parse_group, render_group,
+};
 use crate::scim::ScimError;
 use crate::store::{GroupUpdate, StoredGroup};
 use hyper::body::Incoming;
@@ -66,7 +68,13 @@ pub async fn list(call: &Call, pairs: Vec<(String, String)>) -> Result<Resp, Sci
 /// `POST /Groups` (Okta Push Groups sends `members: []`, Entra no members).
 pub async fn create(call: &Call, req: Request<Incoming>) -> Result<Resp, ScimError> {
     let query = req.uri().query().map(str::to_owned);
-    let body = read_json(req, call.settings.max_body_groups).await?;
+    let body = read_json(
+        req,
+        call.settings.max_body_groups,
+        call.settings.body_timeout,
+    )
+    .await?;
+    check_value_sizes("", &body, call.settings.max_value_bytes)?;
     let input = parse_group(body, &call.settings.schemas)?;
     let group = call
         .ctx
@@ -109,7 +117,13 @@ pub async fn replace(
     if_match: Option<String>,
 ) -> Result<Resp, ScimError> {
     let query = req.uri().query().map(str::to_owned);
-    let body = read_json(req, call.settings.max_body_groups).await?;
+    let body = read_json(
+        req,
+        call.settings.max_body_groups,
+        call.settings.body_timeout,
+    )
+    .await?;
+    check_value_sizes("", &body, call.settings.max_value_bytes)?;
     let input = parse_group(body, &call.settings.schemas)?;
     let group = call
         .ctx
@@ -141,7 +155,13 @@ pub async fn patch(
     if_match: Option<String>,
 ) -> Result<Resp, ScimError> {
     let query = req.uri().query().map(str::to_owned);
-    let body = read_json(req, call.settings.max_body_groups).await?;
+    let body = read_json(
+        req,
+        call.settings.max_body_groups,
+        call.settings.body_timeout,
+    )
+    .await?;
+    check_patch_value_sizes(&body, call.settings.max_value_bytes)?;
     let ops = parse_patch(body, call.settings.max_patch_operations)?;
     let schemas = call.settings.schemas.clone();
     let group = call

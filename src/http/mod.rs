@@ -29,6 +29,10 @@ pub struct HttpSettings {
     pub max_body_users: u64,
     pub max_body_groups: u64,
     pub request_timeout: Duration,
+    /// How long a request body may take to arrive (408 after).
+    pub body_timeout: Duration,
+    /// Longest string value (and attribute name) a resource may carry, in bytes.
+    pub max_value_bytes: usize,
     pub filter_limits: FilterLimits,
     pub max_page_size: u64,
     pub max_patch_operations: usize,

@@ -80,21 +80,50 @@ pub fn with_etag(mut resp: Resp, version: i64) -> Resp {
     resp
 }
 
-/// The version an `If-Match` header names: `None` for absent or `*`.
+/// The version an `If-Match` header names: `None` for absent or `*`. Several headers, or a list
+/// (RFC 9110 §13.1.1), are read as one list; tags naming different versions are refused rather
+/// than guessed at (no IdP sends a list).
 ///
 /// # Errors
-/// 412 when the header cannot name any version of ours.
+/// 412 when the header cannot name exactly one version of ours.
 pub fn if_match_version(header: Option<&str>) -> Result<Option<i64>, ScimError> {
     let Some(h) = header.map(str::trim) else {
         return Ok(None);
     };
-    if h == "*" {
-        return Ok(None);
+    let fail = || ScimError::precondition_failed("If-Match does not match the current version.");
+    let mut version = None;
+    for tag in h.split(',').map(str::trim) {
+        if tag == "*" {
+            return Ok(None);
+        }
+        let v = tag.strip_prefix("W/").unwrap_or(tag);
+        let v = v
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .unwrap_or(v);
+        let v = v.parse::<i64>().map_err(|_| fail())?;
+        if version.is_some_and(|seen| seen != v) {
+            return Err(fail());
+        }
+        version = Some(v);
     }
-    let v = h.strip_prefix("W/").unwrap_or(h).trim_matches('"');
-    v.parse::<i64>()
-        .map(Some)
-        .map_err(|_| ScimError::precondition_failed("If-Match does not match the current version."))
+    version.map(Some).ok_or_else(fail)
+}
+
+/// Every `If-Match` header of a request as one list; `None` when there is none.
+///
+/// # Errors
+/// 412 when a value is not visible ASCII: an unreadable condition must never be treated as
+/// absent (a conditional DELETE would delete).
+pub fn if_match_header(headers: &hyper::HeaderMap) -> Result<Option<String>, ScimError> {
+    let mut values = Vec::new();
+    for v in headers.get_all(IF_MATCH) {
+        let v = v.to_str().map_err(|_| {
+            ScimError::precondition_failed("If-Match is not readable; nothing was changed.")
+        })?;
+        values.push(v);
+    }
+    Ok((!values.is_empty()).then(|| values.join(", ")))
 }
 
 /// 412 unless `header` is absent, `*`, or names `current`.
@@ -167,6 +196,18 @@ pub async fn handle(
     deadline: Deadline,
 ) -> (Resp, Option<String>) {
     let settings = ctx.settings.borrow().clone();
+    // RFC 9112 §3.2: an HTTP/1.1 request without a Host header, or any request with more than
+    // one, is answered 400 (a proxy and this daemon could disagree on which host was meant).
+    let hosts = req.headers().get_all(HOST).iter().count();
+    if hosts > 1 || (hosts == 0 && req.version() == hyper::Version::HTTP_11) {
+        return (
+            error::error(&ScimError::status(
+                400,
+                "An HTTP/1.1 request needs exactly one Host header.",
+            )),
+            None,
+        );
+    }
     let path = req.uri().path().to_string();
     let Some(rest) = path.strip_prefix(settings.base_path.as_str()) else {
         return (
@@ -216,11 +257,7 @@ pub async fn handle(
 async fn dispatch(call: &Call, req: Request<Incoming>, segs: &[&str]) -> Result<Resp, ScimError> {
     let method = req.method().clone();
     let query = req.uri().query().map(str::to_owned);
-    let if_match = req
-        .headers()
-        .get(IF_MATCH)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_owned);
+    let if_match = if_match_header(req.headers());
     match (segs, &method) {
         (["Users"], &Method::GET) => users::list(call, query_pairs(query.as_deref())).await,
         (["Users"], &Method::POST) => users::create(call, req).await,
@@ -228,24 +265,24 @@ async fn dispatch(call: &Call, req: Request<Incoming>, segs: &[&str]) -> Result<
             users::list(call, search_pairs(call, req).await?).await
         }
         (["Users", id], &Method::GET) => users::get(call, id, query.as_deref()).await,
-        (["Users", id], &Method::PUT) => users::replace(call, id, req, if_match).await,
-        (["Users", id], &Method::PATCH) => users::patch(call, id, req, if_match).await,
-        (["Users", id], &Method::DELETE) => users::delete(call, id, if_match).await,
+        (["Users", id], &Method::PUT) => users::replace(call, id, req, if_match?).await,
+        (["Users", id], &Method::PATCH) => users::patch(call, id, req, if_match?).await,
+        (["Users", id], &Method::DELETE) => users::delete(call, id, if_match?).await,
         (["Groups"], &Method::GET) => groups::list(call, query_pairs(query.as_deref())).await,
         (["Groups"], &Method::POST) => groups::create(call, req).await,
         (["Groups", ".search"], &Method::POST) => {
             groups::list(call, search_pairs(call, req).await?).await
         }
         (["Groups", id], &Method::GET) => groups::get(call, id, query.as_deref()).await,
-        (["Groups", id], &Method::PUT) => groups::replace(call, id, req, if_match).await,
-        (["Groups", id], &Method::PATCH) => groups::patch(call, id, req, if_match).await,
-        (["Groups", id], &Method::DELETE) => groups::delete(call, id, if_match).await,
+        (["Groups", id], &Method::PUT) => groups::replace(call, id, req, if_match?).await,
+        (["Groups", id], &Method::PATCH) => groups::patch(call, id, req, if_match?).await,
+        (["Groups", id], &Method::DELETE) => groups::delete(call, id, if_match?).await,
         ([endpoint], &Method::GET) if is_discovery(segs) => discovery::get(call, endpoint, None),
         ([endpoint, rest], &Method::GET) if is_discovery(segs) => {
             discovery::get(call, endpoint, Some(rest))
         }
         (["Users" | "Groups"] | ["Users" | "Groups", _], _) => Err(method_not_allowed()),
-        (_, _) if is_discovery(segs) => Err(method_not_allowed()),
+        ([_] | [_, _], _) if is_discovery(segs) => Err(method_not_allowed()),
         _ => Err(ScimError::not_found("No such endpoint.")),
     }
 }
@@ -254,33 +291,83 @@ fn method_not_allowed() -> ScimError {
     ScimError::status(405, "Method not allowed on this endpoint.")
 }
 
-/// `POST /.search` bodies (RFC 7644 §3.4.3) as query pairs.
+/// `POST /.search` bodies (RFC 7644 §3.4.3) as query pairs. Every member must be one the RFC
+/// defines, with its type: strings, integers for `startIndex` and `count`, a list of strings
+/// (or one comma-separated string) for `attributes` and `excludedAttributes`.
 async fn search_pairs(
     call: &Call,
     req: Request<Incoming>,
 ) -> Result<Vec<(String, String)>, ScimError> {
-    let body = read_json(req, call.settings.max_body_users).await?;
+    let body = read_json(
+        req,
+        call.settings.max_body_users,
+        call.settings.body_timeout,
+    )
+    .await?;
+    search_request_pairs(&body)
+}
+
+/// The members of a SearchRequest and the JSON type each must have.
+#[derive(Clone, Copy)]
+enum SearchMember {
+    Strings,
+    StringOrStrings,
+    Text,
+    Integer,
+}
+
+const SEARCH_MEMBERS: &[(&str, SearchMember)] = &[
+    ("schemas", SearchMember::Strings),
+    ("attributes", SearchMember::StringOrStrings),
+    ("excludedAttributes", SearchMember::StringOrStrings),
+    ("filter", SearchMember::Text),
+    ("sortBy", SearchMember::Text),
+    ("sortOrder", SearchMember::Text),
+    ("startIndex", SearchMember::Integer),
+    ("count", SearchMember::Integer),
+];
+
+/// A SearchRequest body as query pairs (names as the RFC spells them; `schemas` dropped).
+///
+/// # Errors
+/// 400 `invalidSyntax` when the body is not an object; 400 `invalidValue` for an unknown member
+/// or a member of the wrong type.
+pub fn search_request_pairs(body: &serde_json::Value) -> Result<Vec<(String, String)>, ScimError> {
+    use serde_json::Value;
     let obj = body
         .as_object()
         .ok_or_else(|| ScimError::invalid_syntax("A SearchRequest object is required."))?;
     let mut pairs = Vec::new();
     for (k, v) in obj {
-        let value = match v {
-            serde_json::Value::String(s) => s.clone(),
-            serde_json::Value::Number(n) => n.to_string(),
-            serde_json::Value::Array(items) => items
-                .iter()
-                .map(|i| {
-                    i.as_str()
-                        .map(str::to_owned)
-                        .ok_or_else(|| ScimError::invalid_value(format!("{k} must list strings.")))
-                })
-                .collect::<Result<Vec<_>, _>>()?
-                .join(","),
-            _ => continue,
+        let Some(&(name, kind)) = SEARCH_MEMBERS
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(k))
+        else {
+            return Err(ScimError::invalid_value(
+                "The SearchRequest has a member RFC 7644 §3.4.3 does not define.",
+            ));
         };
-        if k != "schemas" {
-            pairs.push((k.clone(), value));
+        let wrong = |what: &str| ScimError::invalid_value(format!("{name} must be {what}."));
+        let strings = |items: &Vec<Value>| {
+            items
+                .iter()
+                .map(|i| i.as_str().map(str::to_owned))
+                .collect::<Option<Vec<_>>>()
+                .map(|v| v.join(","))
+                .ok_or_else(|| wrong("a list of strings"))
+        };
+        let value = match (kind, v) {
+            (SearchMember::Strings, Value::Array(items)) => strings(items)?,
+            (SearchMember::Strings, _) => return Err(wrong("a list of strings")),
+            (SearchMember::StringOrStrings, Value::Array(items)) => strings(items)?,
+            (SearchMember::StringOrStrings | SearchMember::Text, Value::String(s)) => s.clone(),
+            (SearchMember::StringOrStrings, _) => return Err(wrong("a list of strings")),
+            (SearchMember::Text, _) => return Err(wrong("a string")),
+            (SearchMember::Integer, Value::Number(n)) if n.is_i64() || n.is_u64() => n.to_string(),
+            (SearchMember::Integer, _) => return Err(wrong("an integer")),
+        };
+        if name != "schemas" {
+            pairs.push((name.to_string(), value));
         }
     }
     Ok(pairs)

@@ -1,6 +1,12 @@
 //! The listeners' accept loops: TCP (and TLS with rustls when configured), connection limits,
 //! header and request timeouts, a `request` span per request with a request id returned in
 //! `X-Request-Id`, panics turned into logged 500 SCIM bodies, and graceful drain on shutdown.
+//!
+//! Every connection is watched ([`serve_connection`]): one that has not delivered a request
+//! within `header_timeout` (the HTTP version sniff, a TLS session or an HTTP/2 preface that goes
+//! quiet) or sits without a request in flight for `idle_timeout` is shut down gracefully, then
+//! dropped if it does not go. Idle sockets therefore cannot hold the connection permits (test:
+//! `hostile::silent_and_preface_only_sockets_are_cut_and_an_authenticated_get_still_works`).
 
 use crate::http::error::{self, Resp};
 use crate::http::router::{self, route_template};
@@ -15,9 +21,10 @@ use hyper::service::service_fn;
 use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::GracefulShutdown;
 use std::convert::Infallible;
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -31,9 +38,183 @@ use tracing::Instrument;
 /// Connection-level limits.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnLimits {
+    /// Time for a new connection to deliver its first request's headers (and the TLS handshake).
     pub header_timeout: Duration,
+    /// Time a connection may sit with no request in flight once it has served one.
+    pub idle_timeout: Duration,
     pub max_connections: usize,
+    pub admin_max_connections: usize,
     pub shutdown_grace: Duration,
+}
+
+/// The connection permits of one listener (clamped to what a semaphore can count).
+pub(crate) fn permits(max: usize) -> Arc<Semaphore> {
+    Arc::new(Semaphore::new(max.clamp(1, u32::MAX as usize)))
+}
+
+/// Wait (at most `grace`) until every connection holding one of `permits` has ended.
+pub(crate) async fn drain(permits: &Semaphore, max: usize, grace: Duration) -> bool {
+    let n = u32::try_from(max.clamp(1, u32::MAX as usize)).unwrap_or(u32::MAX);
+    tokio::time::timeout(grace, permits.acquire_many(n))
+        .await
+        .is_ok()
+}
+
+/// Refused connections, logged at most once per interval with a count (a flood of refusals must
+/// not become a flood of log lines).
+pub(crate) struct Refusals {
+    listener: &'static str,
+    last_log: Option<Instant>,
+    unlogged: u64,
+}
+
+impl Refusals {
+    const INTERVAL: Duration = Duration::from_secs(10);
+
+    pub(crate) fn new(listener: &'static str) -> Self {
+        Self {
+            listener,
+            last_log: None,
+            unlogged: 0,
+        }
+    }
+
+    /// Count one refusal; `true` when this one was logged.
+    pub(crate) fn note(&mut self, now: Instant) -> bool {
+        self.unlogged += 1;
+        if self
+            .last_log
+            .is_some_and(|t| now.duration_since(t) < Self::INTERVAL)
+        {
+            return false;
+        }
+        tracing::warn!(
+            listener = self.listener,
+            refused = self.unlogged,
+            "Connection limit reached; refusing new connections (count since the last such line)."
+        );
+        self.last_log = Some(now);
+        self.unlogged = 0;
+        true
+    }
+}
+
+/// Requests in flight on one connection and when the last one ended.
+#[derive(Default)]
+struct Activity {
+    in_flight: AtomicUsize,
+    served: AtomicU64,
+    /// Milliseconds after the accept at which the last request ended.
+    last_end_ms: AtomicU64,
+}
+
+struct InFlight {
+    activity: Arc<Activity>,
+    start: Instant,
+}
+
+impl InFlight {
+    fn begin(activity: &Arc<Activity>, start: Instant) -> Self {
+        activity.in_flight.fetch_add(1, Ordering::SeqCst);
+        activity.served.fetch_add(1, Ordering::SeqCst);
+        Self {
+            activity: activity.clone(),
+            start,
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.activity.last_end_ms.store(ms, Ordering::SeqCst);
+        self.activity.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Activity {
+    /// When the connection is idle-expired if nothing happens meanwhile (re-checked then).
+    fn deadline(&self, start: Instant, limits: &ConnLimits, now: Instant) -> Instant {
+        if self.in_flight.load(Ordering::SeqCst) > 0 {
+            return now + limits.idle_timeout;
+        }
+        if self.served.load(Ordering::SeqCst) == 0 {
+            return start + limits.header_timeout;
+        }
+        start + Duration::from_millis(self.last_end_ms.load(Ordering::SeqCst)) + limits.idle_timeout
+    }
+}
+
+/// Serve one accepted connection (HTTP/1 or HTTP/2, told apart by hyper-util) with `handler`
+/// until it ends, `drain` fires (graceful shutdown, dropped after `limits.shutdown_grace`), or it
+/// is idle past its deadline (see the module docs).
+pub(crate) async fn serve_connection<IO, H, F>(
+    io: IO,
+    builder: &Builder<TokioExecutor>,
+    limits: ConnLimits,
+    drain: CancellationToken,
+    handler: H,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
+    F: Future<Output = Resp> + Send + 'static,
+{
+    let start = Instant::now();
+    let activity = Arc::new(Activity::default());
+    let svc = {
+        let activity = activity.clone();
+        service_fn(move |req| {
+            let guard = InFlight::begin(&activity, start);
+            let fut = handler(req);
+            async move {
+                let resp = fut.await;
+                drop(guard);
+                Ok::<_, Infallible>(resp)
+            }
+        })
+    };
+    let conn = builder.serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    let mut closing: Option<Instant> = None;
+    loop {
+        let wake = closing.unwrap_or_else(|| activity.deadline(start, &limits, Instant::now()));
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            () = drain.cancelled(), if closing.is_none() => {
+                conn.as_mut().graceful_shutdown();
+                closing = Some(Instant::now() + limits.shutdown_grace);
+            }
+            () = tokio::time::sleep_until(wake.into()) => {
+                if closing.is_some() {
+                    tracing::debug!("Connection did not close after a graceful shutdown; dropped.");
+                    return;
+                }
+                let now = Instant::now();
+                if activity.in_flight.load(Ordering::SeqCst) == 0
+                    && now >= activity.deadline(start, &limits, now)
+                {
+                    tracing::debug!("Idle connection closed.");
+                    conn.as_mut().graceful_shutdown();
+                    closing = Some(now + limits.header_timeout);
+                }
+            }
+        }
+    }
+}
+
+/// The connection builder both listeners use: HTTP/1 header timeout, HTTP/2 keep-alive pings.
+pub(crate) fn builder(limits: &ConnLimits) -> Builder<TokioExecutor> {
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(limits.idle_timeout)
+        .keep_alive_timeout(limits.header_timeout);
+    builder
 }
 
 /// Milliseconds since the Unix epoch (the one wall-clock read of the HTTP edge).
@@ -182,15 +363,10 @@ pub async fn serve_scim(
     cancel: CancellationToken,
     progress: Arc<AtomicU64>,
 ) {
-    let graceful = GracefulShutdown::new();
-    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    let mut builder = Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout);
-    builder.http2().timer(TokioTimer::new());
-    let builder = Arc::new(builder);
+    let drain_all = CancellationToken::new();
+    let permits = permits(limits.max_connections);
+    let builder = Arc::new(builder(&limits));
+    let mut refusals = Refusals::new("scim");
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         let accepted = tokio::select! {
@@ -208,7 +384,7 @@ pub async fn serve_scim(
             }
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            tracing::warn!(peer = %peer, "Connection limit reached; closing a new connection.");
+            refusals.note(Instant::now());
             drop(stream);
             continue;
         };
@@ -216,42 +392,79 @@ pub async fn serve_scim(
         let acceptor = tls.borrow().clone();
         let ctx = ctx.clone();
         let builder = builder.clone();
-        let watcher = graceful.watcher();
-        let header_timeout = limits.header_timeout;
+        let drain = drain_all.clone();
         tracker.spawn(async move {
             let _permit = permit;
             match acceptor {
                 Some(acceptor) => {
                     let Ok(Ok(stream)) =
-                        tokio::time::timeout(header_timeout, acceptor.accept(stream)).await
+                        tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await
                     else {
                         tracing::debug!(peer = %peer, "TLS handshake failed.");
                         return;
                     };
-                    let svc = service_fn(move |req| {
-                        let ctx = ctx.clone();
-                        async move { Ok::<_, Infallible>(handle_request(ctx, req, true).await) }
-                    });
-                    let conn = builder.serve_connection(TokioIo::new(stream), svc);
-                    let _ = watcher.watch(conn.into_owned()).await;
+                    serve_connection(stream, &builder, limits, drain, move |req| {
+                        handle_request(ctx.clone(), req, true)
+                    })
+                    .await;
                 }
                 None => {
-                    let svc = service_fn(move |req| {
-                        let ctx = ctx.clone();
-                        async move { Ok::<_, Infallible>(handle_request(ctx, req, false).await) }
-                    });
-                    let conn = builder.serve_connection(TokioIo::new(stream), svc);
-                    let _ = watcher.watch(conn.into_owned()).await;
+                    serve_connection(stream, &builder, limits, drain, move |req| {
+                        handle_request(ctx.clone(), req, false)
+                    })
+                    .await;
                 }
             }
         });
     }
     drop(listener);
     tracing::info!("SCIM listener closed; draining in-flight requests.");
-    if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    drain_all.cancel();
+    if !drain(&permits, limits.max_connections, limits.shutdown_grace).await {
         tracing::warn!("In-flight requests did not finish within the grace period.");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refused_connections_are_logged_at_most_once_per_interval() {
+        let mut r = Refusals::new("scim");
+        let t0 = Instant::now();
+        assert!(r.note(t0));
+        for ms in 1..2_000 {
+            assert!(!r.note(t0 + Duration::from_millis(ms)));
+        }
+        assert_eq!(r.unlogged, 1_999);
+        assert!(r.note(t0 + Refusals::INTERVAL));
+        assert_eq!(r.unlogged, 0);
+    }
+
+    #[test]
+    fn a_connection_gets_header_timeout_before_its_first_request_then_idle_timeout() {
+        let limits = ConnLimits {
+            header_timeout: Duration::from_secs(2),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 1,
+            admin_max_connections: 1,
+            shutdown_grace: Duration::from_secs(1),
+        };
+        let start = Instant::now();
+        let a = Arc::new(Activity::default());
+        assert_eq!(
+            a.deadline(start, &limits, start),
+            start + limits.header_timeout
+        );
+        let guard = InFlight::begin(&a, start);
+        let now = start + Duration::from_secs(5);
+        assert_eq!(a.deadline(start, &limits, now), now + limits.idle_timeout);
+        drop(guard);
+        let end = Duration::from_millis(a.last_end_ms.load(Ordering::SeqCst));
+        assert_eq!(
+            a.deadline(start, &limits, now),
+            start + end + limits.idle_timeout
+        );
     }
 }

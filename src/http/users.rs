@@ -7,7 +7,9 @@ use crate::http::password::PasswordSync;
 use crate::http::router::{check_if_match, created, selection, store_error, with_etag, Call};
 use crate::scim::list::{list_response, parse_list_query, project, AttrSelection};
 use crate::scim::patch::{apply_user_patch, parse_patch};
-use crate::scim::resource::{parse_user, render_user, Password, UserInput};
+use crate::scim::resource::{
+    check_patch_value_sizes, check_value_sizes, parse_user, render_user, Password, UserInput,
+};
 use crate::scim::ScimError;
 use crate::store::{StoredUser, UserUpdate};
 use hyper::body::Incoming;
@@ -87,7 +89,13 @@ pub async fn list(call: &Call, pairs: Vec<(String, String)>) -> Result<Resp, Sci
 /// `POST /Users`.
 pub async fn create(call: &Call, req: Request<Incoming>) -> Result<Resp, ScimError> {
     let query = req.uri().query().map(str::to_owned);
-    let body = read_json(req, call.settings.max_body_users).await?;
+    let body = read_json(
+        req,
+        call.settings.max_body_users,
+        call.settings.body_timeout,
+    )
+    .await?;
+    check_value_sizes("", &body, call.settings.max_value_bytes)?;
     let input = parse_user(body, &call.settings.schemas)?;
     let (input, hash) = settle_input(call, input, true).await;
     let user = call
@@ -131,7 +139,13 @@ pub async fn replace(
     if_match: Option<String>,
 ) -> Result<Resp, ScimError> {
     let query = req.uri().query().map(str::to_owned);
-    let body = read_json(req, call.settings.max_body_users).await?;
+    let body = read_json(
+        req,
+        call.settings.max_body_users,
+        call.settings.body_timeout,
+    )
+    .await?;
+    check_value_sizes("", &body, call.settings.max_value_bytes)?;
     let mut input = parse_user(body, &call.settings.schemas)?;
     let password_hash = call
         .settings
@@ -168,7 +182,13 @@ pub async fn patch(
     if_match: Option<String>,
 ) -> Result<Resp, ScimError> {
     let query = req.uri().query().map(str::to_owned);
-    let body = read_json(req, call.settings.max_body_users).await?;
+    let body = read_json(
+        req,
+        call.settings.max_body_users,
+        call.settings.body_timeout,
+    )
+    .await?;
+    check_patch_value_sizes(&body, call.settings.max_value_bytes)?;
     let ops = parse_patch(body, call.settings.max_patch_operations)?;
     let schemas = call.settings.schemas.clone();
     let sync = call.settings.password_sync;

@@ -65,16 +65,37 @@ pub(crate) enum ApplyError {
 }
 
 impl ApplyError {
-    /// The text recorded as `last_error` (with the target's code when there is one).
+    /// The text recorded as `last_error` and logged (with the target's code when there is
+    /// one), at most [`MAX_ERROR_TEXT`] bytes: a target may echo a huge value back, and every
+    /// retry logs the text again.
     pub(crate) fn text(&self) -> String {
-        match self {
+        let text = match self {
             ApplyError::Target(e) => match &e.code {
                 Some(code) => format!("{code}: {}", e.message),
                 None => e.message.clone(),
             },
             other => other.to_string(),
-        }
+        };
+        bounded_text(text, MAX_ERROR_TEXT)
     }
+}
+
+/// Longest apply error text logged or recorded, in bytes.
+pub(crate) const MAX_ERROR_TEXT: usize = 1024;
+
+/// `text` cut to at most `max` bytes on a char boundary, marked when cut.
+pub(crate) fn bounded_text(mut text: String, max: usize) -> String {
+    const MARK: &str = " [truncated]";
+    if text.len() <= max {
+        return text;
+    }
+    let mut cut = max.saturating_sub(MARK.len());
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    text.truncate(cut);
+    text.push_str(MARK);
+    text
 }
 
 /// The result of one successful sync.
@@ -909,6 +930,20 @@ mod tests {
             },
             active,
         }
+    }
+
+    #[test]
+    fn apply_error_text_is_bounded_for_logs_and_last_error() {
+        let e = ApplyError::Target(TargetError {
+            class: ErrorClass::Permanent,
+            code: Some("21".into()),
+            message: format!("invalid value: {}", "é".repeat(100_000)),
+        });
+        let text = e.text();
+        assert!(text.len() <= MAX_ERROR_TEXT, "{} bytes", text.len());
+        assert!(text.starts_with("21: invalid value: é"));
+        assert!(text.ends_with("[truncated]"));
+        assert_eq!(bounded_text("short".into(), 10), "short");
     }
 
     #[test]

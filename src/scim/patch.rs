@@ -1717,12 +1717,68 @@ mod tests {
                 json!([{"op": "remove", "path": "emails[(((((((((((((((((((((((((((((((((((type pr)))))))))))))))))))))))))))))))))))]"}]),
             ),
         ];
-        for body in bodies {
-            if let Ok(ops) = parse_patch(body, 100) {
-                let mut data = base_user();
-                let _ = apply_user_patch(&mut data, &ops, &SchemaSet::default());
-                let mut data = Map::new();
-                let _ = apply_group_patch(&mut data, &ops);
+        use ScimType::{InvalidPath, InvalidSyntax, TooMany};
+        // What each body must get: a parse error, or the user and group answers. A user patch
+        // that succeeds is checked by `user_ok`; a failed apply leaves the data as it was.
+        type UserCheck = fn(&Map<String, Value>) -> bool;
+        enum Want {
+            Parse(ScimType),
+            Apply(Result<UserCheck, ScimType>, Option<ScimType>),
+        }
+        let wants: Vec<Want> = vec![
+            Want::Apply(
+                Ok(|d| d["title"].as_str().is_some_and(|t| t.len() == 100_000)),
+                Some(InvalidPath),
+            ),
+            Want::Parse(InvalidPath),
+            Want::Apply(
+                Ok(|d| d["title"] == "\u{0}\u{7}\u{202e}🦀"),
+                Some(InvalidPath),
+            ),
+            Want::Parse(InvalidSyntax),
+            // No element matches: `add` through a value filter appends one.
+            Want::Apply(
+                Ok(|d| {
+                    d["emails"]
+                        == json!([{"value": "bob@x", "type": "work", "primary": true}, {"value": "é"}])
+                }),
+                Some(InvalidPath),
+            ),
+            Want::Apply(Err(InvalidPath), Some(InvalidPath)),
+            Want::Apply(Err(InvalidPath), Some(InvalidPath)),
+            Want::Apply(Err(InvalidPath), Some(InvalidPath)),
+            Want::Parse(TooMany),
+            Want::Parse(InvalidPath),
+        ];
+        assert_eq!(bodies.len(), wants.len());
+        for (body, want) in bodies.into_iter().zip(wants) {
+            let shown = format!("{body:.200}");
+            match (parse_patch(body, 100), want) {
+                (Err(e), Want::Parse(t)) => {
+                    assert_eq!((e.status, e.scim_type), (400, Some(t)), "{shown}");
+                }
+                (Ok(ops), Want::Apply(user_want, group_want)) => {
+                    let mut data = base_user();
+                    match (
+                        apply_user_patch(&mut data, &ops, &SchemaSet::default()),
+                        user_want,
+                    ) {
+                        (Ok(_), Ok(check)) => assert!(check(&data), "{shown}: {data:?}"),
+                        (Err(e), Err(t)) => {
+                            assert_eq!((e.status, e.scim_type), (400, Some(t)), "{shown}");
+                            assert_eq!(data, base_user(), "{shown}: a failed patch changed data");
+                        }
+                        (got, _) => panic!("{shown}: user patch gave {:?}", got.map(|_| ())),
+                    }
+                    let mut data = Map::new();
+                    let got = apply_group_patch(&mut data, &ops);
+                    assert_eq!(
+                        got.as_ref().err().map(|e| (e.status, e.scim_type)),
+                        group_want.map(|t| (400, Some(t))),
+                        "{shown}"
+                    );
+                }
+                (got, _) => panic!("{shown}: parse gave {:?}", got.map(|_| ())),
             }
         }
     }

@@ -269,6 +269,97 @@ pub(crate) fn check_shape(value: &Value) -> Result<(), ScimError> {
     Ok(())
 }
 
+/// How an attribute is named in an error: its dotted path when that is a plain name, else a
+/// neutral word (details never echo raw input).
+fn attribute_label(path: &str) -> String {
+    let plain = !path.is_empty()
+        && path.len() <= 128
+        && path
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b":._$-".contains(&b));
+    if plain {
+        path.to_string()
+    } else {
+        "an attribute".to_string()
+    }
+}
+
+/// Reject any string value or attribute name longer than `max_bytes` (the operator's
+/// `scim.max_value_bytes`), naming the attribute: a 200 KB `userName` must not become a dead
+/// letter whose every retry logs it. `prefix` names the attribute `value` sits under ("" for a
+/// whole resource). Iterative; array positions are not part of the name.
+///
+/// # Errors
+/// 400 `invalidValue` naming the first attribute over the limit.
+pub fn check_value_sizes(prefix: &str, value: &Value, max_bytes: usize) -> Result<(), ScimError> {
+    let too_long = |path: &str| {
+        ScimError::invalid_value(format!(
+            "The value of {} is longer than the limit of {max_bytes} bytes.",
+            attribute_label(path)
+        ))
+    };
+    let mut stack = vec![(prefix.to_string(), value)];
+    while let Some((path, v)) = stack.pop() {
+        match v {
+            Value::String(s) if s.len() > max_bytes => return Err(too_long(&path)),
+            Value::Array(a) => stack.extend(a.iter().map(|c| (path.clone(), c))),
+            Value::Object(o) => {
+                for (k, c) in o {
+                    if k.len() > max_bytes {
+                        return Err(ScimError::invalid_value(format!(
+                            "An attribute name under {} is longer than the limit of {max_bytes} bytes.",
+                            if path.is_empty() { "the resource".to_string() } else { attribute_label(&path) }
+                        )));
+                    }
+                    let child = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    stack.push((child, c));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// [`check_value_sizes`] for a PATCH body: each operation's `path` and `value`, the value named
+/// by the attribute its path starts with.
+///
+/// # Errors
+/// 400 `invalidValue` naming the first attribute over the limit.
+pub fn check_patch_value_sizes(body: &Value, max_bytes: usize) -> Result<(), ScimError> {
+    let Some(ops) = body.as_object().and_then(|o| {
+        o.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("Operations"))
+            .and_then(|(_, v)| v.as_array())
+    }) else {
+        return Ok(());
+    };
+    for op in ops.iter().filter_map(Value::as_object) {
+        let path = op
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("path"))
+            .and_then(|(_, v)| v.as_str())
+            .unwrap_or("");
+        if path.len() > max_bytes {
+            return Err(ScimError::invalid_path(format!(
+                "A PATCH path is longer than the limit of {max_bytes} bytes."
+            )));
+        }
+        // `emails[type eq "work"].value` is named `emails`; a URN path keeps its URN.
+        let name = path.split('[').next().unwrap_or("");
+        for (k, v) in op {
+            if k.len() > max_bytes || k.eq_ignore_ascii_case("value") {
+                check_value_sizes(name, v, max_bytes)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Remove explicit nulls (RFC 7643 §2.5: null is "unassigned"). Depth is bounded by
 /// [`check_shape`] before this runs.
 pub(crate) fn strip_nulls(value: Value) -> Value {
