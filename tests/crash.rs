@@ -77,8 +77,15 @@ fn write_config(dir: &Path, slapd: &Slapd, store_url: &str, lease_secs: u64) -> 
     std::fs::create_dir_all(dir.join("state")).unwrap();
     let pw = dir.join("ldap.pw");
     std::fs::write(&pw, format!("{}\n", slapd.password())).unwrap();
-    let target =
-        target_toml(slapd, &pw).replace("lease_secs = 120", &format!("lease_secs = {lease_secs}"));
+    // `reconcile.lease_secs` must be at least twice the target's timeout: a short lease gets
+    // a short operation timeout.
+    let timeout_secs = (lease_secs / 2).min(10);
+    let target = target_toml(slapd, &pw)
+        .replace("lease_secs = 120", &format!("lease_secs = {lease_secs}"))
+        .replace(
+            "\ntimeout_secs = 10\n",
+            &format!("\ntimeout_secs = {timeout_secs}\n"),
+        );
     let text = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace_secs = 10\n\
          [admin]\nlisten = \"127.0.0.1:0\"\n[store]\nurl = \"{store_url}\"\n\
@@ -847,9 +854,6 @@ mod windows {
     /// create is retried. The retry must take over (rename) the entry its own intent named,
     /// not leave it behind and add a second one.
     #[tokio::test]
-    #[ignore = "fails on current main: the retry records an intent for the new DN only and \
-                adds a second entry; the first is orphaned (verify: extra). Un-ignore with the \
-                create-intent fix"]
     async fn a_create_interrupted_after_its_add_and_renamed_leaves_no_entry_behind() {
         let (slapd, t, _s) = env().await;
         let paused = t.d().pause_reconcilers().await.unwrap();
@@ -908,9 +912,6 @@ mod windows {
     /// Killed between the LDAP add and the settle of a create; the user is deleted before the
     /// create is retried. The delete must remove the entry its intent named.
     #[tokio::test]
-    #[ignore = "fails on current main: a delete with no recorded key removes nothing, the \
-                entry the interrupted create added stays (verify: extra). Un-ignore with the \
-                create-intent fix"]
     async fn a_create_interrupted_after_its_add_then_deleted_leaves_no_entry_behind() {
         let (slapd, t, _s) = env().await;
         let paused = t.d().pause_reconcilers().await.unwrap();
@@ -958,9 +959,6 @@ mod windows {
     /// Killed between the LDAP rename and the settle; the user is deleted before the rename is
     /// recorded. The delete must remove the entry where it is, not only where it was recorded.
     #[tokio::test]
-    #[ignore = "fails on current main: the delete removes the recorded (old) DN, finds nothing \
-                there and calls it done; the renamed entry is orphaned (verify: extra). \
-                Un-ignore with a fix that records the rename's target before the modrdn"]
     async fn a_rename_interrupted_before_its_settle_then_deleted_leaves_no_entry_behind() {
         let (slapd, t, _s) = env().await;
         let r = t.post("/Users", &user("old")).await;

@@ -352,6 +352,40 @@ async fn reserve_key(
     conflict_or(rec, t, id, reserved).await
 }
 
+/// The earlier intents an intent keeps (`extra.orphans`, see `store::outbox::keep_orphan`)
+/// whose key another resource now holds or intends are dropped before the target sees them:
+/// an entry there may be that resource's, never ours to take along or remove.
+async fn unheld_orphans(
+    rec: &Reconciler,
+    t: &TargetRuntime,
+    resource_type: ResourceType,
+    id: &str,
+    mut prior: Prior,
+) -> Result<Prior, ApplyError> {
+    let Some(Value::Object(extra)) = prior.extra.as_mut() else {
+        return Ok(prior);
+    };
+    let Some(Value::Array(orphans)) = extra.get("orphans") else {
+        return Ok(prior);
+    };
+    let mut kept = Vec::new();
+    for o in orphans {
+        let Some(key) = o.get("creating").and_then(Value::as_str) else {
+            continue;
+        };
+        let held = rec
+            .inner
+            .store
+            .key_holder(&t.name, resource_type, key, id)
+            .await?;
+        if held.is_none() {
+            kept.push(o.clone());
+        }
+    }
+    extra.insert("orphans".into(), Value::Array(kept));
+    Ok(prior)
+}
+
 /// Before a user last applied as active is deactivated, note `"deactivating": true` in its
 /// state, so that if the apply is interrupted after the target wrote its deactivation but
 /// before the settle, a later reactivation knows those values may be ours to undo (the
@@ -449,6 +483,7 @@ pub(crate) async fn apply(
         }
         _ => prior,
     };
+    let prior = unheld_orphans(rec, t, resource_type, id, prior).await?;
     let prior = match (&desired, &prior.key, dry_run) {
         (Some(d), Some(_), false) if d.kind == Kind::User && !d.active => {
             note_deactivating(rec, t, id, prior).await?

@@ -583,12 +583,49 @@ pub(crate) fn record_intent(
                     // left by an interrupted add is checked against them.
                     extra.insert("since_ms".into(), since);
                     extra.insert("prev_attempt_ms".into(), prev);
+                } else if let (Some(old), Some(Value::Object(extra))) =
+                    (cur.extra.as_ref(), row.extra.as_mut())
+                {
+                    keep_orphan(extra, old, state.updated_ms);
                 }
                 upsert_target_state(conn, &row, false, Some(key_norm))
             }
             Some(_) => Ok(()),
         }
     })
+}
+
+/// Most earlier intents an intent keeps (see [`keep_orphan`]).
+const MAX_ORPHANS: usize = 8;
+
+/// An intent for another key replaces the intent `old` (the resource was renamed or moved
+/// before its create settled): `old`'s key is released, but an interrupted attempt may have
+/// added its entry there. Keep `old` in `extra.orphans` (`{"creating", "since_ms",
+/// "attempt_ms": its last attempt, "released_ms": now}`), so the next apply (a create at the
+/// new key, a delete) can find that entry and take it along or remove it, by the same rules
+/// as an interrupted create (our creator, inside the old intent's window; the target decides).
+fn keep_orphan(extra: &mut serde_json::Map<String, Value>, old: &Value, now_ms: i64) {
+    let Some(key) = keys::intent_key(Some(old)) else {
+        return;
+    };
+    let since = old.get("since_ms").cloned().unwrap_or(Value::Null);
+    let attempt = old
+        .get("attempt_ms")
+        .or_else(|| old.get("since_ms"))
+        .cloned()
+        .unwrap_or(Value::Null);
+    let mut orphans: Vec<Value> = old
+        .get("orphans")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    orphans.push(serde_json::json!({"creating": key, "since_ms": since,
+                                    "attempt_ms": attempt, "released_ms": now_ms}));
+    let skip = orphans.len().saturating_sub(MAX_ORPHANS);
+    extra.insert(
+        "orphans".into(),
+        Value::Array(orphans.into_iter().skip(skip).collect()),
+    );
 }
 
 /// Merge one key into an existing state's `extra`; see [`super::Store::note_target_extra`].
