@@ -826,7 +826,7 @@ async fn crash_mode_postgres_loses_merges_and_half_applies_nothing() {
 /// workers held off while the test plays the interrupted apply). Both leave an entry of ours
 /// that no resource holds, so `verify` reports it `extra`.
 mod windows {
-    use crate::faults::{target_toml, CORE, PATCH};
+    use crate::faults::{target_toml, CORE, GROUP, PATCH};
     use crate::harness::daemon::{Backend, TestDaemon};
     use crate::harness::slapd::Slapd;
     use scim_sync::scim::resource::ResourceType;
@@ -994,5 +994,93 @@ mod windows {
                 .is_none(),
             "orphaned"
         );
+    }
+
+    /// Window K1: a user's first apply adds its entry; its group applies before the user's
+    /// settle, sees no key for the user and leaves it out; the settle commits; the daemon dies
+    /// before anything else queues the group. The settle itself must queue the groups of a
+    /// user whose key appeared (in its own transaction), or the group misses the user with
+    /// nothing pending.
+    #[tokio::test]
+    async fn a_group_applied_before_its_members_first_settle_gets_the_member_after_a_crash() {
+        let (slapd, t, _s) = env().await;
+        let paused = t.d().pause_reconcilers().await.unwrap();
+        let r = t.post("/Users", &user("k1")).await;
+        assert_eq!(r.status.as_u16(), 201, "{}", r.body);
+        let id = r.body["id"].as_str().unwrap().to_owned();
+        let g = t
+            .post(
+                "/Groups",
+                &json!({"schemas": [GROUP], "displayName": "k1-group",
+                        "members": [{"value": id}]}),
+            )
+            .await;
+        assert_eq!(g.status.as_u16(), 201, "{}", g.body);
+        // The user's apply has claimed its row and is under way (its entry added below).
+        let store = &t.d().store;
+        let now = scim_sync::http::server::now_ms();
+        let claimed = store.claim("corp", now, 600_000, 1).await.unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(claimed[0].resource_id, id);
+        let dn = format!("uid=k1,{PEOPLE}");
+        let mut ldap = slapd.admin().await;
+        ldap.add(
+            &dn,
+            vec![
+                (
+                    "objectClass",
+                    ["top", "person", "organizationalPerson", "inetOrgPerson"].into(),
+                ),
+                ("uid", ["k1"].into()),
+                ("cn", ["G F"].into()),
+                ("sn", ["F"].into()),
+                ("givenName", ["G"].into()),
+                ("mail", ["x@example.com"].into()),
+                ("title", ["T"].into()),
+            ],
+        )
+        .await
+        .unwrap()
+        .success()
+        .unwrap();
+        // The group applies meanwhile: the user has no key yet.
+        drop(paused);
+        t.d().run_pending_reconciles().await;
+        let group_dn = "cn=k1-group,ou=Groups,dc=example,dc=com";
+        let before = slapd
+            .entry(group_dn, &["member"])
+            .await
+            .expect("group entry");
+        assert!(!format!("{before:?}").contains("uid=k1"), "{before:?}");
+        // The user's settle commits; the process dies right after (nothing else runs).
+        store
+            .settle_applied(
+                &claimed[0],
+                TargetState {
+                    target: "corp".into(),
+                    resource_type: ResourceType::User,
+                    resource_id: id.clone(),
+                    applied_version: claimed[0].version,
+                    target_key: Some(dn.clone()),
+                    extra: Some(json!({"kind": "user", "uid": "k1", "active": true})),
+                    updated_ms: now,
+                },
+                now,
+            )
+            .await
+            .unwrap();
+        t.d().run_pending_reconciles().await;
+        let after = slapd
+            .entry(group_dn, &["member"])
+            .await
+            .expect("group entry");
+        assert!(
+            format!("{after:?}")
+                .to_lowercase()
+                .contains("uid=k1,ou=people"),
+            "the group misses its member with nothing pending: {after:?}"
+        );
+        let report = t.d().verify(None, |_, _| {}).await;
+        assert!(report.clean(), "{report:#?}");
     }
 }

@@ -537,12 +537,16 @@ async fn process(rec: &Reconciler, t: &TargetRuntime, item: &OutboxItem) -> bool
         let now = now_ms();
         match result {
             Ok(done) => {
-                // Dependants are queued before the settle as well as after it: a crash between
-                // the settle's commit and the queueing would otherwise lose them for good (the
-                // row is gone, and the next apply sees no key or `active` change). Queued first,
-                // they survive any crash; queued again after, a dependant applied before the
-                // settle committed (reading the old state) runs once more. Both are idempotent.
-                enqueue_dependants(rec, t, item.resource_type, &item.resource_id, &done).await;
+                // The settle queues the dependants of a key that appeared, changed or vanished
+                // in its own transaction (`store::outbox::settle_applied`): a crash after its
+                // commit cannot lose them, and a group applied before it (reading no key)
+                // runs again. The reference index it looks holders up in is filled first; the
+                // queueing after the settle only repeats it (idempotent, coalescing).
+                if item.resource_type == ResourceType::User && !t.map.reference_rules().is_empty() {
+                    if let Err(e) = ensure_reference_index(rec, t).await {
+                        tracing::error!(target = %t.name, resource_id = %item.resource_id, error = %e, "Cannot fill the reference index; drift repair will fix references.");
+                    }
+                }
                 let state = TargetState {
                     target: t.name.clone(),
                     resource_type: item.resource_type,
@@ -773,6 +777,13 @@ async fn referencing_users(
     t: &TargetRuntime,
     id: &str,
 ) -> Result<Vec<String>, StoreError> {
+    ensure_reference_index(rec, t).await?;
+    rec.inner.store.users_referencing(&t.name, id).await
+}
+
+/// Fill the store's reference index when it was never filled for this target's reference
+/// rules (see [`referencing_users`]).
+async fn ensure_reference_index(rec: &Reconciler, t: &TargetRuntime) -> Result<(), StoreError> {
     let store = &rec.inner.store;
     let mut indexed = t.references_indexed.lock().await;
     if !*indexed {
@@ -794,8 +805,7 @@ async fn referencing_users(
         }
         *indexed = true;
     }
-    drop(indexed);
-    store.users_referencing(&t.name, id).await
+    Ok(())
 }
 
 /// Once per target runtime: give the states recorded before the key index existed their

@@ -284,6 +284,82 @@ fn requeued_since_claim(row: &OutboxRow, item: &OutboxItem) -> bool {
     row.version != item.version || row.generation != item.generation
 }
 
+/// What to queue, in the settle's own transaction, when a user's recorded key appears,
+/// changes or vanishes with this settle: its live groups (they render its key as a member;
+/// by `seq`) and the users whose references resolve, or resolved at their last render, to it
+/// (by id, without itself), each at its current version (read without locking the resource:
+/// the lock order is groups before users, and the upsert never lowers a version). Queued
+/// here and not after the commit: a crash between the two would leave a group that applied
+/// before this settle (it saw no key for the user) without the member, and a report's
+/// `manager` at the old DN, with nothing pending (window K1; test
+/// `crash::windows::a_group_applied_before_its_members_first_settle_gets_the_member_after_a_crash`).
+/// Locks this resource's state row first (PostgreSQL): a holder recording a reference to it
+/// waits for this settle (`references::record`), so either its record is seen here or its
+/// render reads the new key.
+fn dependants_of_key_change(
+    conn: &mut DbConnection,
+    item: &OutboxItem,
+    state: &TargetState,
+) -> Result<Vec<(ResourceType, String, i64)>, StoreError> {
+    use super::schema::{group_members, resources};
+    if let DbConnection::Pg(c) = conn {
+        target_state::table
+            .find((state.target.as_str(), state.resource_id.as_str()))
+            .select(target_state::applied_version)
+            .for_update()
+            .first::<i64>(c)
+            .optional()?;
+    }
+    if item.resource_type != ResourceType::User {
+        return Ok(Vec::new());
+    }
+    let stored = target_state(conn, &state.target, &state.resource_id)?;
+    let (stored_version, stored_key) = match &stored {
+        Some(s) => (s.applied_version, s.target_key.as_deref()),
+        None => (i64::MIN, None),
+    };
+    if stored_key == state.target_key.as_deref() || state.applied_version < stored_version {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    let seq: Option<i64> = resources::table
+        .filter(resources::id.eq(&item.resource_id))
+        .filter(resources::resource_type.eq(ResourceType::User.as_str()))
+        .select(resources::seq)
+        .first(conn)
+        .optional()?;
+    if let Some(seq) = seq {
+        let groups: Vec<(String, i64)> = group_members::table
+            .inner_join(resources::table.on(resources::seq.eq(group_members::group_seq)))
+            .filter(group_members::member_seq.eq(seq))
+            .filter(resources::deleted.eq(false))
+            .order(group_members::group_seq)
+            .select((resources::id, resources::version))
+            .load(conn)?;
+        out.extend(
+            groups
+                .into_iter()
+                .map(|(id, v)| (ResourceType::Group, id, v)),
+        );
+    }
+    let mut holders = super::references::referencing(conn, &state.target, &item.resource_id)?;
+    holders.retain(|h| h != &item.resource_id);
+    holders.sort();
+    if !holders.is_empty() {
+        let live: Vec<(String, i64)> = resources::table
+            .filter(resources::id.eq_any(&holders))
+            .filter(resources::resource_type.eq(ResourceType::User.as_str()))
+            .filter(resources::deleted.eq(false))
+            .select((resources::id, resources::version))
+            .load(conn)?;
+        let mut live = live;
+        // Byte order, as the settle compares ids (not the database's collation).
+        live.sort();
+        out.extend(live.into_iter().map(|(id, v)| (ResourceType::User, id, v)));
+    }
+    Ok(out)
+}
+
 /// Record success; see [`super::Store::settle_applied`].
 pub(crate) fn settle_applied(
     conn: &mut DbConnection,
@@ -293,7 +369,34 @@ pub(crate) fn settle_applied(
     now_ms: i64,
 ) -> Result<(), StoreError> {
     write_tx(conn, |conn| {
-        let row = lock_outbox_row(conn, item.id)?;
+        let dependants = dependants_of_key_change(conn, item, state)?;
+        // Lock order (PostgreSQL): this state row first (taken by `dependants_of_key_change`),
+        // then outbox rows, groups before users and users by id, this row among them.
+        let mut row = None;
+        let mut own_locked = false;
+        for (ty, id, version) in &dependants {
+            if !own_locked && *ty == ResourceType::User && id.as_str() > item.resource_id.as_str() {
+                row = lock_outbox_row(conn, item.id)?;
+                own_locked = true;
+            }
+            let operation = match ty {
+                ResourceType::Group => "membership",
+                ResourceType::User => "reference",
+            };
+            upsert(
+                conn,
+                &item.target,
+                *ty,
+                id,
+                *version,
+                operation,
+                None,
+                now_ms,
+            )?;
+        }
+        if !own_locked {
+            row = lock_outbox_row(conn, item.id)?;
+        }
         let ours = row
             .as_ref()
             .is_some_and(|r| r.claim_epoch == item.claim_epoch && r.target == item.target);
