@@ -801,10 +801,6 @@ async fn crash_run(backend: &str, store_url: &str, lease_secs: u64, claims_wait_
 
 /// SQLite: claims a killed daemon left are released at the next start (instance lock).
 #[tokio::test]
-#[ignore = "fails on current main (issue 8; timing-dependent, 2 of 3 short runs here): an \
-            entry added for a create that was not recorded is orphaned when the user is renamed \
-            or deleted before the create settles (verify: `extra`, see `windows`); un-ignore \
-            once the create-intent fix is merged"]
 async fn crash_mode_sqlite_loses_merges_and_half_applies_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}/crash.db", dir.path().display());
@@ -814,9 +810,6 @@ async fn crash_mode_sqlite_loses_merges_and_half_applies_nothing() {
 /// PostgreSQL: no instance lock, so a killed daemon's claims wait out their lease; a short
 /// lease keeps recovery within the test's patience.
 #[tokio::test]
-#[ignore = "fails on current main (issue 8 item 4; timing-dependent, 2 of 3 short runs \
-            here): a change racing a settle on PostgreSQL is acknowledged and never applied (a \
-            delete or PATCH stays unapplied); un-ignore once the outbox upsert fix is merged"]
 async fn crash_mode_postgres_loses_merges_and_half_applies_nothing() {
     let db = PgDb::create();
     crash_run("postgres", &db.url, 5, true).await;

@@ -156,9 +156,10 @@ async fn desired_user(
     }
     let refs = resolve_references(rec, t, &json).await?;
     // Recorded before the referenced users' keys are read: a referenced user whose key
-    // changes settles that key and only then asks the index whom to re-queue
-    // (`enqueue_dependants`). So either this render reads the new key, or the record
-    // committed before the settle and the lookup after it finds this user (issue 8 item 2).
+    // changes asks the index whom to re-queue inside its settle, after locking its state row,
+    // which a new record share-locks (`store::outbox::settle_applied`). So either this render
+    // reads the new key, or the record committed before the lookup and it finds this user
+    // (issue 8 item 2); the worker looks again after the settle (`enqueue_dependants`).
     if indexed {
         store
             .record_references(&t.name, id, to_index(&refs))
