@@ -902,6 +902,74 @@ mod windows {
         assert!(slapd.entry(&first, &["uid"]).await.is_none(), "orphaned");
     }
 
+    /// Killed between the LDAP add and the settle of a create; the user is renamed; the retry
+    /// takes the entry along (modrdn) and is killed before its settle too; then the user is
+    /// deleted. The delete must find the entry at the new DN (created under the earlier
+    /// intent) and remove it.
+    #[tokio::test]
+    async fn a_create_taken_along_by_an_interrupted_retry_then_deleted_leaves_no_entry_behind() {
+        let (slapd, t, _s) = env().await;
+        let paused = t.d().pause_reconcilers().await.unwrap();
+        let r = t.post("/Users", &user("first")).await;
+        assert_eq!(r.status.as_u16(), 201, "{}", r.body);
+        let id = r.body["id"].as_str().unwrap().to_owned();
+        let first = format!("uid=first,{PEOPLE}");
+        let second = format!("uid=second,{PEOPLE}");
+        let intent = |dn: &str| {
+            let now = scim_sync::http::server::now_ms();
+            TargetState {
+                target: "corp".into(),
+                resource_type: ResourceType::User,
+                resource_id: id.clone(),
+                applied_version: 0,
+                target_key: None,
+                extra: Some(json!({"creating": dn, "since_ms": now, "attempt_ms": now})),
+                updated_ms: now,
+            }
+        };
+        t.d().store.record_intent(intent(&first)).await.unwrap();
+        let mut ldap = slapd.admin().await;
+        ldap.add(
+            &first,
+            vec![
+                ("objectClass", ["inetOrgPerson"].into()),
+                ("uid", ["first"].into()),
+                ("cn", ["G F"].into()),
+                ("sn", ["F"].into()),
+            ],
+        )
+        .await
+        .unwrap()
+        .success()
+        .unwrap();
+        let r = t
+            .patch(
+                &format!("/Users/{id}"),
+                &json!({"schemas": [PATCH], "Operations": [
+                    {"op": "Replace", "path": "userName", "value": "second"}]}),
+            )
+            .await;
+        assert!(r.status.is_success(), "{}", r.body);
+        // The retry (after a restart: `createTimestamp` has whole seconds, so the entry must
+        // be older than the new intent's second for the new intent alone not to claim it):
+        // its intent for the new DN, the modrdn done, the settle not.
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        t.d().store.record_intent(intent(&second)).await.unwrap();
+        ldap.modifydn(&first, "uid=second", true, None)
+            .await
+            .unwrap()
+            .success()
+            .unwrap();
+        let r = t.delete(&format!("/Users/{id}")).await;
+        assert_eq!(r.status.as_u16(), 204, "{}", r.body);
+        drop(paused);
+        t.d().run_pending_reconciles().await;
+        let report = t.d().verify(None, |_, _| {}).await;
+        assert!(report.clean(), "{report:#?}");
+        assert!(slapd.entry(&second, &["uid"]).await.is_none(), "orphaned");
+        assert!(slapd.entry(&first, &["uid"]).await.is_none(), "orphaned");
+    }
+
     /// Killed between the LDAP add and the settle of a create; the user is deleted before the
     /// create is retried. The delete must remove the entry its intent named.
     #[tokio::test]

@@ -308,7 +308,10 @@ async fn locate(
                 }
                 return Ok(None);
             }
-            if cur.is_some() && created_by_interrupted_apply(t, prior, desired_dn).await? {
+            if cur.is_some()
+                && (created_by_interrupted_apply(t, prior, desired_dn).await?
+                    || taken_from_an_orphan(t, prior, desired_dn).await?)
+            {
                 ex.changes.push(format!(
                     "{RESUME}{desired_dn} (created by an interrupted apply)"
                 ));
@@ -358,6 +361,18 @@ async fn created_by_interrupted_apply(
 /// Whether our bind DN created the entry at `dn` inside `window` (ms; see
 /// [`created_by_interrupted_apply`]).
 async fn created_in(t: &LdapTarget, dn: &str, window: (i64, i64)) -> Result<bool, TargetError> {
+    created_in_any(t, dn, &[window]).await
+}
+
+/// Whether our bind DN created the entry at `dn` inside one of `windows`.
+async fn created_in_any(
+    t: &LdapTarget,
+    dn: &str,
+    windows: &[(i64, i64)],
+) -> Result<bool, TargetError> {
+    if windows.is_empty() {
+        return Ok(false);
+    }
     let Some(bind) = t.settings.bind_dn.as_deref() else {
         return Ok(false);
     };
@@ -368,7 +383,7 @@ async fn created_in(t: &LdapTarget, dn: &str, window: (i64, i64)) -> Result<bool
     let first = |name: &str| entry.attrs.get(name).and_then(|v| v.first()).cloned();
     let by_us = first("creatorsname").is_some_and(|c| dn_eq(&c, bind));
     let created_ms = first("createtimestamp").and_then(|ts| generalized_time_ms(&ts));
-    Ok(by_us && created_ms.is_some_and(|c| window.0 <= c && c <= window.1))
+    Ok(by_us && created_ms.is_some_and(|c| windows.iter().any(|w| w.0 <= c && c <= w.1)))
 }
 
 /// The time window (ms) in which an add of ours for this resource at `dn` can have happened,
@@ -442,19 +457,46 @@ async fn interrupted_entries(
     if let Some(orphans) = extra.get(ORPHANS).and_then(Value::as_array) {
         intents.extend(orphans.iter().rev());
     }
+    let recorded: Vec<(String, (i64, i64))> = intents
+        .into_iter()
+        .filter_map(|i| recorded_window(&t.settings, i))
+        .collect();
+    // An entry an earlier attempt added under one intent may since have been renamed to
+    // another intent's DN (by an attempt interrupted after taking it along): any window
+    // counts at any of these DNs.
+    let windows: Vec<(i64, i64)> = recorded.iter().map(|(_, w)| *w).collect();
     let mut out: Vec<String> = Vec::new();
-    for intent in intents {
-        let Some((dn, window)) = recorded_window(&t.settings, intent) else {
-            continue;
-        };
+    for (dn, _) in recorded {
         if out.iter().any(|o| dn_eq(o, &dn)) {
             continue;
         }
-        if created_in(t, &dn, window).await? {
+        if created_in_any(t, &dn, &windows).await? {
             out.push(dn);
         }
     }
     Ok(out)
+}
+
+/// Whether the entry at `dn` is one an interrupted create made under an earlier intent
+/// (`orphans`) and a later attempt, interrupted too, already renamed to `dn`.
+async fn taken_from_an_orphan(
+    t: &LdapTarget,
+    prior: &Prior,
+    dn: &str,
+) -> Result<bool, TargetError> {
+    let windows: Vec<(i64, i64)> = prior
+        .extra
+        .as_ref()
+        .and_then(|e| e.get(ORPHANS))
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|o| recorded_window(&t.settings, o))
+                .map(|(_, w)| w)
+                .collect()
+        })
+        .unwrap_or_default();
+    created_in_any(t, dn, &windows).await
 }
 
 /// The entry recorded at `key`, when it is no longer there: an interrupted rename moved it
