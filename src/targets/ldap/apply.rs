@@ -1130,6 +1130,33 @@ mod tests {
     }
 
     #[test]
+    fn a_recorded_intent_counts_to_its_last_attempt_and_never_past_its_release() {
+        let s = settings("");
+        let dn = "uid=a,ou=People,dc=x";
+        let budget = 2_000 + 4 * 5_000;
+        // A delete: no attempt of its own, so up to the end of the last recorded one.
+        let standing = json!({"creating": dn, "since_ms": 10_500, "attempt_ms": 20_000});
+        assert_eq!(
+            recorded_window(&s, &standing),
+            Some((dn.to_owned(), (10_000, 20_000 + budget)))
+        );
+        // Only the first attempt recorded.
+        let first = json!({"creating": dn, "since_ms": 10_500});
+        assert_eq!(
+            recorded_window(&s, &first),
+            Some((dn.to_owned(), (10_000, 10_500 + budget)))
+        );
+        // An orphan: another resource may intend the DN from its release on.
+        let orphan = json!({"creating": dn, "since_ms": 10_500, "attempt_ms": 20_000,
+                            "released_ms": 25_000});
+        assert_eq!(
+            recorded_window(&s, &orphan),
+            Some((dn.to_owned(), (10_000, 25_000)))
+        );
+        assert_eq!(recorded_window(&s, &json!({"since_ms": 1})), None);
+    }
+
+    #[test]
     fn the_planned_dn_follows_the_deactivation_policy() {
         let entry = Entry {
             key: "uid=a,ou=People,dc=x".into(),
