@@ -77,8 +77,15 @@ fn write_config(dir: &Path, slapd: &Slapd, store_url: &str, lease_secs: u64) -> 
     std::fs::create_dir_all(dir.join("state")).unwrap();
     let pw = dir.join("ldap.pw");
     std::fs::write(&pw, format!("{}\n", slapd.password())).unwrap();
-    let target =
-        target_toml(slapd, &pw).replace("lease_secs = 120", &format!("lease_secs = {lease_secs}"));
+    // `reconcile.lease_secs` must be at least twice the target's timeout: a short lease gets
+    // a short operation timeout.
+    let timeout_secs = (lease_secs / 2).min(10);
+    let target = target_toml(slapd, &pw)
+        .replace("lease_secs = 120", &format!("lease_secs = {lease_secs}"))
+        .replace(
+            "\ntimeout_secs = 10\n",
+            &format!("\ntimeout_secs = {timeout_secs}\n"),
+        );
     let text = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace_secs = 10\n\
          [admin]\nlisten = \"127.0.0.1:0\"\n[store]\nurl = \"{store_url}\"\n\
@@ -794,10 +801,6 @@ async fn crash_run(backend: &str, store_url: &str, lease_secs: u64, claims_wait_
 
 /// SQLite: claims a killed daemon left are released at the next start (instance lock).
 #[tokio::test]
-#[ignore = "fails on current main (issue 8; timing-dependent, 2 of 3 short runs here): an \
-            entry added for a create that was not recorded is orphaned when the user is renamed \
-            or deleted before the create settles (verify: `extra`, see `windows`); un-ignore \
-            once the create-intent fix is merged"]
 async fn crash_mode_sqlite_loses_merges_and_half_applies_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}/crash.db", dir.path().display());
@@ -807,9 +810,6 @@ async fn crash_mode_sqlite_loses_merges_and_half_applies_nothing() {
 /// PostgreSQL: no instance lock, so a killed daemon's claims wait out their lease; a short
 /// lease keeps recovery within the test's patience.
 #[tokio::test]
-#[ignore = "fails on current main (issue 8 item 4; timing-dependent, 2 of 3 short runs \
-            here): a change racing a settle on PostgreSQL is acknowledged and never applied (a \
-            delete or PATCH stays unapplied); un-ignore once the outbox upsert fix is merged"]
 async fn crash_mode_postgres_loses_merges_and_half_applies_nothing() {
     let db = PgDb::create();
     crash_run("postgres", &db.url, 5, true).await;
@@ -819,7 +819,7 @@ async fn crash_mode_postgres_loses_merges_and_half_applies_nothing() {
 /// workers held off while the test plays the interrupted apply). Both leave an entry of ours
 /// that no resource holds, so `verify` reports it `extra`.
 mod windows {
-    use crate::faults::{target_toml, CORE, PATCH};
+    use crate::faults::{target_toml, CORE, GROUP, PATCH};
     use crate::harness::daemon::{Backend, TestDaemon};
     use crate::harness::slapd::Slapd;
     use scim_sync::scim::resource::ResourceType;
@@ -847,9 +847,6 @@ mod windows {
     /// create is retried. The retry must take over (rename) the entry its own intent named,
     /// not leave it behind and add a second one.
     #[tokio::test]
-    #[ignore = "fails on current main: the retry records an intent for the new DN only and \
-                adds a second entry; the first is orphaned (verify: extra). Un-ignore with the \
-                create-intent fix"]
     async fn a_create_interrupted_after_its_add_and_renamed_leaves_no_entry_behind() {
         let (slapd, t, _s) = env().await;
         let paused = t.d().pause_reconcilers().await.unwrap();
@@ -905,12 +902,77 @@ mod windows {
         assert!(slapd.entry(&first, &["uid"]).await.is_none(), "orphaned");
     }
 
+    /// Killed between the LDAP add and the settle of a create; the user is renamed; the retry
+    /// takes the entry along (modrdn) and is killed before its settle too; then the user is
+    /// deleted. The delete must find the entry at the new DN (created under the earlier
+    /// intent) and remove it.
+    #[tokio::test]
+    async fn a_create_taken_along_by_an_interrupted_retry_then_deleted_leaves_no_entry_behind() {
+        let (slapd, t, _s) = env().await;
+        let paused = t.d().pause_reconcilers().await.unwrap();
+        let r = t.post("/Users", &user("first")).await;
+        assert_eq!(r.status.as_u16(), 201, "{}", r.body);
+        let id = r.body["id"].as_str().unwrap().to_owned();
+        let first = format!("uid=first,{PEOPLE}");
+        let second = format!("uid=second,{PEOPLE}");
+        let intent = |dn: &str| {
+            let now = scim_sync::http::server::now_ms();
+            TargetState {
+                target: "corp".into(),
+                resource_type: ResourceType::User,
+                resource_id: id.clone(),
+                applied_version: 0,
+                target_key: None,
+                extra: Some(json!({"creating": dn, "since_ms": now, "attempt_ms": now})),
+                updated_ms: now,
+            }
+        };
+        t.d().store.record_intent(intent(&first)).await.unwrap();
+        let mut ldap = slapd.admin().await;
+        ldap.add(
+            &first,
+            vec![
+                ("objectClass", ["inetOrgPerson"].into()),
+                ("uid", ["first"].into()),
+                ("cn", ["G F"].into()),
+                ("sn", ["F"].into()),
+            ],
+        )
+        .await
+        .unwrap()
+        .success()
+        .unwrap();
+        let r = t
+            .patch(
+                &format!("/Users/{id}"),
+                &json!({"schemas": [PATCH], "Operations": [
+                    {"op": "Replace", "path": "userName", "value": "second"}]}),
+            )
+            .await;
+        assert!(r.status.is_success(), "{}", r.body);
+        // The retry (after a restart: `createTimestamp` has whole seconds, so the entry must
+        // be older than the new intent's second for the new intent alone not to claim it):
+        // its intent for the new DN, the modrdn done, the settle not.
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        t.d().store.record_intent(intent(&second)).await.unwrap();
+        ldap.modifydn(&first, "uid=second", true, None)
+            .await
+            .unwrap()
+            .success()
+            .unwrap();
+        let r = t.delete(&format!("/Users/{id}")).await;
+        assert_eq!(r.status.as_u16(), 204, "{}", r.body);
+        drop(paused);
+        t.d().run_pending_reconciles().await;
+        let report = t.d().verify(None, |_, _| {}).await;
+        assert!(report.clean(), "{report:#?}");
+        assert!(slapd.entry(&second, &["uid"]).await.is_none(), "orphaned");
+        assert!(slapd.entry(&first, &["uid"]).await.is_none(), "orphaned");
+    }
+
     /// Killed between the LDAP add and the settle of a create; the user is deleted before the
     /// create is retried. The delete must remove the entry its intent named.
     #[tokio::test]
-    #[ignore = "fails on current main: a delete with no recorded key removes nothing, the \
-                entry the interrupted create added stays (verify: extra). Un-ignore with the \
-                create-intent fix"]
     async fn a_create_interrupted_after_its_add_then_deleted_leaves_no_entry_behind() {
         let (slapd, t, _s) = env().await;
         let paused = t.d().pause_reconcilers().await.unwrap();
@@ -958,9 +1020,6 @@ mod windows {
     /// Killed between the LDAP rename and the settle; the user is deleted before the rename is
     /// recorded. The delete must remove the entry where it is, not only where it was recorded.
     #[tokio::test]
-    #[ignore = "fails on current main: the delete removes the recorded (old) DN, finds nothing \
-                there and calls it done; the renamed entry is orphaned (verify: extra). \
-                Un-ignore with a fix that records the rename's target before the modrdn"]
     async fn a_rename_interrupted_before_its_settle_then_deleted_leaves_no_entry_behind() {
         let (slapd, t, _s) = env().await;
         let r = t.post("/Users", &user("old")).await;
@@ -996,5 +1055,93 @@ mod windows {
                 .is_none(),
             "orphaned"
         );
+    }
+
+    /// Window K1: a user's first apply adds its entry; its group applies before the user's
+    /// settle, sees no key for the user and leaves it out; the settle commits; the daemon dies
+    /// before anything else queues the group. The settle itself must queue the groups of a
+    /// user whose key appeared (in its own transaction), or the group misses the user with
+    /// nothing pending.
+    #[tokio::test]
+    async fn a_group_applied_before_its_members_first_settle_gets_the_member_after_a_crash() {
+        let (slapd, t, _s) = env().await;
+        let paused = t.d().pause_reconcilers().await.unwrap();
+        let r = t.post("/Users", &user("k1")).await;
+        assert_eq!(r.status.as_u16(), 201, "{}", r.body);
+        let id = r.body["id"].as_str().unwrap().to_owned();
+        let g = t
+            .post(
+                "/Groups",
+                &json!({"schemas": [GROUP], "displayName": "k1-group",
+                        "members": [{"value": id}]}),
+            )
+            .await;
+        assert_eq!(g.status.as_u16(), 201, "{}", g.body);
+        // The user's apply has claimed its row and is under way (its entry added below).
+        let store = &t.d().store;
+        let now = scim_sync::http::server::now_ms();
+        let claimed = store.claim("corp", now, 600_000, 1).await.unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(claimed[0].resource_id, id);
+        let dn = format!("uid=k1,{PEOPLE}");
+        let mut ldap = slapd.admin().await;
+        ldap.add(
+            &dn,
+            vec![
+                (
+                    "objectClass",
+                    ["top", "person", "organizationalPerson", "inetOrgPerson"].into(),
+                ),
+                ("uid", ["k1"].into()),
+                ("cn", ["G F"].into()),
+                ("sn", ["F"].into()),
+                ("givenName", ["G"].into()),
+                ("mail", ["x@example.com"].into()),
+                ("title", ["T"].into()),
+            ],
+        )
+        .await
+        .unwrap()
+        .success()
+        .unwrap();
+        // The group applies meanwhile: the user has no key yet.
+        drop(paused);
+        t.d().run_pending_reconciles().await;
+        let group_dn = "cn=k1-group,ou=Groups,dc=example,dc=com";
+        let before = slapd
+            .entry(group_dn, &["member"])
+            .await
+            .expect("group entry");
+        assert!(!format!("{before:?}").contains("uid=k1"), "{before:?}");
+        // The user's settle commits; the process dies right after (nothing else runs).
+        store
+            .settle_applied(
+                &claimed[0],
+                TargetState {
+                    target: "corp".into(),
+                    resource_type: ResourceType::User,
+                    resource_id: id.clone(),
+                    applied_version: claimed[0].version,
+                    target_key: Some(dn.clone()),
+                    extra: Some(json!({"kind": "user", "uid": "k1", "active": true})),
+                    updated_ms: now,
+                },
+                now,
+            )
+            .await
+            .unwrap();
+        t.d().run_pending_reconciles().await;
+        let after = slapd
+            .entry(group_dn, &["member"])
+            .await
+            .expect("group entry");
+        assert!(
+            format!("{after:?}")
+                .to_lowercase()
+                .contains("uid=k1,ou=people"),
+            "the group misses its member with nothing pending: {after:?}"
+        );
+        let report = t.d().verify(None, |_, _| {}).await;
+        assert!(report.clean(), "{report:#?}");
     }
 }

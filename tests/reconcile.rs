@@ -1225,6 +1225,54 @@ async fn a_managers_rename_moves_the_manager_dn_of_its_reports() {
     assert_eq!(env.status().await.pending, 0);
 }
 
+/// Window K1 for references: the manager's rename is applied and its settle commits, and the
+/// daemon dies before anything after the settle runs (a report that applied before the
+/// settle read the old DN and has nothing pending). The settle itself queues the reports.
+#[tokio::test]
+async fn a_managers_rename_settled_right_before_a_crash_still_moves_the_reports_manager_dn() {
+    let env = Env::start().await;
+    let boss = env.create_user(&okta_user("boss", "CEO")).await;
+    let mut report = okta_user("report", "Dev");
+    report[ENT]["manager"] = json!({"value": boss});
+    env.create_user(&report).await;
+    env.run().await;
+    let d = env.t.d();
+    let paused = d.pause_reconcilers().await.unwrap();
+    env.patch(
+        &format!("/Users/{boss}"),
+        json!([{"op": "replace", "path": "userName", "value": "bigboss"}]),
+    )
+    .await;
+    // The manager's apply: claimed, renamed in the directory, settled; then the crash.
+    let now = scim_sync::http::server::now_ms();
+    let claimed = d.store.claim("corp", now, 600_000, 1).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].resource_id, boss);
+    let mut ldap = env.slapd.admin().await;
+    ldap.modifydn(&user_dn("boss"), "uid=bigboss", true, None)
+        .await
+        .unwrap()
+        .success()
+        .unwrap();
+    let mut state = d.store.target_state("corp", &boss).await.unwrap().unwrap();
+    state.applied_version = claimed[0].version;
+    state.target_key = Some(user_dn("bigboss"));
+    state.updated_ms = now;
+    d.store
+        .settle_applied(&claimed[0], state, now)
+        .await
+        .unwrap();
+    drop(paused);
+    env.run().await;
+    assert_eq!(
+        env.attr(&user_dn("report"), "manager").await.unwrap(),
+        [user_dn("bigboss")],
+        "the report kept its manager's old DN with nothing pending"
+    );
+    assert!(env.dead().await.is_empty());
+    assert_eq!(env.status().await.pending, 0);
+}
+
 /// Issue 8 item 2: a manager moved by its deactivation (`policy = "move"`) and then deleted:
 /// the report follows each time (the moved DN, then no manager).
 #[tokio::test]

@@ -177,9 +177,10 @@ async fn desired_user(
     }
     let refs = resolve_references(rec, t, &json).await?;
     // Recorded before the referenced users' keys are read: a referenced user whose key
-    // changes settles that key and only then asks the index whom to re-queue
-    // (`enqueue_dependants`). So either this render reads the new key, or the record
-    // committed before the settle and the lookup after it finds this user (issue 8 item 2).
+    // changes asks the index whom to re-queue inside its settle, after locking its state row,
+    // which a new record share-locks (`store::outbox::settle_applied`). So either this render
+    // reads the new key, or the record committed before the lookup and it finds this user
+    // (issue 8 item 2); the worker looks again after the settle (`enqueue_dependants`).
     if indexed {
         store
             .record_references(&t.name, id, to_index(&refs))
@@ -373,6 +374,40 @@ async fn reserve_key(
     conflict_or(rec, t, id, reserved).await
 }
 
+/// The earlier intents an intent keeps (`extra.orphans`, see `store::outbox::keep_orphan`)
+/// whose key another resource now holds or intends are dropped before the target sees them:
+/// an entry there may be that resource's, never ours to take along or remove.
+async fn unheld_orphans(
+    rec: &Reconciler,
+    t: &TargetRuntime,
+    resource_type: ResourceType,
+    id: &str,
+    mut prior: Prior,
+) -> Result<Prior, ApplyError> {
+    let Some(Value::Object(extra)) = prior.extra.as_mut() else {
+        return Ok(prior);
+    };
+    let Some(Value::Array(orphans)) = extra.get("orphans") else {
+        return Ok(prior);
+    };
+    let mut kept = Vec::new();
+    for o in orphans {
+        let Some(key) = o.get("creating").and_then(Value::as_str) else {
+            continue;
+        };
+        let held = rec
+            .inner
+            .store
+            .key_holder(&t.name, resource_type, key, id)
+            .await?;
+        if held.is_none() {
+            kept.push(o.clone());
+        }
+    }
+    extra.insert("orphans".into(), Value::Array(kept));
+    Ok(prior)
+}
+
 /// Before a user last applied as active is deactivated, note `"deactivating": true` in its
 /// state, so that if the apply is interrupted after the target wrote its deactivation but
 /// before the settle, a later reactivation knows those values may be ours to undo (the
@@ -470,6 +505,7 @@ pub(crate) async fn apply(
         }
         _ => prior,
     };
+    let prior = unheld_orphans(rec, t, resource_type, id, prior).await?;
     let prior = match (&desired, &prior.key, dry_run) {
         (Some(d), Some(_), false) if d.kind == Kind::User && !d.active => {
             note_deactivating(rec, t, id, prior).await?
@@ -523,12 +559,16 @@ async fn process(rec: &Reconciler, t: &TargetRuntime, item: &OutboxItem) -> bool
         let now = now_ms();
         match result {
             Ok(done) => {
-                // Dependants are queued before the settle as well as after it: a crash between
-                // the settle's commit and the queueing would otherwise lose them for good (the
-                // row is gone, and the next apply sees no key or `active` change). Queued first,
-                // they survive any crash; queued again after, a dependant applied before the
-                // settle committed (reading the old state) runs once more. Both are idempotent.
-                enqueue_dependants(rec, t, item.resource_type, &item.resource_id, &done).await;
+                // The settle queues the dependants of a key that appeared, changed or vanished
+                // in its own transaction (`store::outbox::settle_applied`): a crash after its
+                // commit cannot lose them, and a group applied before it (reading no key)
+                // runs again. The reference index it looks holders up in is filled first; the
+                // queueing after the settle only repeats it (idempotent, coalescing).
+                if item.resource_type == ResourceType::User && !t.map.reference_rules().is_empty() {
+                    if let Err(e) = ensure_reference_index(rec, t).await {
+                        tracing::error!(target = %t.name, resource_id = %item.resource_id, error = %e, "Cannot fill the reference index; drift repair will fix references.");
+                    }
+                }
                 let state = TargetState {
                     target: t.name.clone(),
                     resource_type: item.resource_type,
@@ -759,6 +799,13 @@ async fn referencing_users(
     t: &TargetRuntime,
     id: &str,
 ) -> Result<Vec<String>, StoreError> {
+    ensure_reference_index(rec, t).await?;
+    rec.inner.store.users_referencing(&t.name, id).await
+}
+
+/// Fill the store's reference index when it was never filled for this target's reference
+/// rules (see [`referencing_users`]).
+async fn ensure_reference_index(rec: &Reconciler, t: &TargetRuntime) -> Result<(), StoreError> {
     let store = &rec.inner.store;
     let mut indexed = t.references_indexed.lock().await;
     if !*indexed {
@@ -780,8 +827,7 @@ async fn referencing_users(
         }
         *indexed = true;
     }
-    drop(indexed);
-    store.users_referencing(&t.name, id).await
+    Ok(())
 }
 
 /// Once per target runtime: give the states recorded before the key index existed their

@@ -97,8 +97,15 @@ pub(crate) fn key_norm_of(
         .map(decode_text))
 }
 
+/// Bookkeeping key (in `extra`) of the key a rename was reserved for: written with the
+/// reservation, before the target renames anything, dropped by the settle (which replaces
+/// `extra`). A later apply (another rename, a delete) of a resource whose rename was
+/// interrupted after the target moved the entry finds it there.
+pub const RENAMING: &str = "renaming";
+
 /// Reserve `key` for an existing state before the target renames its entry there: a rename
-/// to a key another resource holds or intends is refused before the target is touched.
+/// to a key another resource holds or intends is refused before the target is touched. The
+/// key is noted in `extra` as [`RENAMING`].
 pub(crate) fn reserve(
     conn: &mut DbConnection,
     target: &str,
@@ -106,10 +113,43 @@ pub(crate) fn reserve(
     key: &str,
     key_norm: &str,
 ) -> Result<(), StoreError> {
+    hold(conn, target, resource_id, key, key_norm, true)
+}
+
+/// Give an existing state `key_norm` (refused when another resource holds it); `note`:
+/// record `key` as [`RENAMING`].
+fn hold(
+    conn: &mut DbConnection,
+    target: &str,
+    resource_id: &str,
+    key: &str,
+    key_norm: &str,
+    note: bool,
+) -> Result<(), StoreError> {
     write_tx(conn, |conn| {
         check_free(conn, target, resource_id, key, Some(key_norm))?;
+        if !note {
+            diesel::update(target_state::table.find((target, resource_id)))
+                .set(target_state::key_norm.eq(Some(encode_text(key_norm))))
+                .execute(conn)
+                .map_err(|e| unique_violation(e, target, key))?;
+            return Ok(());
+        }
+        let extra: Option<Option<String>> = target_state::table
+            .find((target, resource_id))
+            .select(target_state::extra)
+            .first(conn)
+            .optional()?;
+        let mut map = match extra.flatten().and_then(|e| serde_json::from_str(&e).ok()) {
+            Some(Value::Object(map)) => map,
+            _ => serde_json::Map::new(),
+        };
+        map.insert(RENAMING.into(), Value::String(key.to_owned()));
         diesel::update(target_state::table.find((target, resource_id)))
-            .set(target_state::key_norm.eq(Some(encode_text(key_norm))))
+            .set((
+                target_state::key_norm.eq(Some(encode_text(key_norm))),
+                target_state::extra.eq(Some(Value::Object(map).to_string())),
+            ))
             .execute(conn)
             .map_err(|e| unique_violation(e, target, key))?;
         Ok(())
@@ -157,7 +197,7 @@ pub(crate) fn fill(
             }
         };
         let key_norm = norm(ty, &key);
-        match reserve(conn, target, &id, &key, &key_norm) {
+        match hold(conn, target, &id, &key, &key_norm, false) {
             Ok(()) => {}
             Err(StoreError::KeyConflict { holder, .. }) => {
                 duplicates.push((id, holder.unwrap_or_default(), key));

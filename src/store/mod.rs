@@ -1407,6 +1407,24 @@ impl Store {
         self.name_holder(result).await
     }
 
+    /// The resource other than `except` that holds or intends `key` (normalised as the target
+    /// does) in `target`, if any.
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    pub async fn key_holder(
+        &self,
+        target: &str,
+        resource_type: ResourceType,
+        key: &str,
+        except: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let key_norm = self.norm_key(target, resource_type, key);
+        let (target, except) = (target.to_owned(), except.to_owned());
+        self.run(move |conn| keys::holder(conn, &target, &key_norm, &except))
+            .await
+    }
+
     /// How `target` normalises its keys for the uniqueness index (LDAP: DNs as the server
     /// compares them; SQL: table and key). Set by the reconciler for every target it runs;
     /// a target without one compares keys exactly.

@@ -285,6 +285,82 @@ fn requeued_since_claim(row: &OutboxRow, item: &OutboxItem) -> bool {
     row.version != item.version || row.generation != item.generation
 }
 
+/// What to queue, in the settle's own transaction, when a user's recorded key appears,
+/// changes or vanishes with this settle: its live groups (they render its key as a member;
+/// by `seq`) and the users whose references resolve, or resolved at their last render, to it
+/// (by id, without itself), each at its current version (read without locking the resource:
+/// the lock order is groups before users, and the upsert never lowers a version). Queued
+/// here and not after the commit: a crash between the two would leave a group that applied
+/// before this settle (it saw no key for the user) without the member, and a report's
+/// `manager` at the old DN, with nothing pending (window K1; test
+/// `crash::windows::a_group_applied_before_its_members_first_settle_gets_the_member_after_a_crash`).
+/// Locks this resource's state row first (PostgreSQL): a holder recording a reference to it
+/// waits for this settle (`references::record`), so either its record is seen here or its
+/// render reads the new key.
+fn dependants_of_key_change(
+    conn: &mut DbConnection,
+    item: &OutboxItem,
+    state: &TargetState,
+) -> Result<Vec<(ResourceType, String, i64)>, StoreError> {
+    use super::schema::{group_members, resources};
+    if let DbConnection::Pg(c) = conn {
+        target_state::table
+            .find((state.target.as_str(), state.resource_id.as_str()))
+            .select(target_state::applied_version)
+            .for_update()
+            .first::<i64>(c)
+            .optional()?;
+    }
+    if item.resource_type != ResourceType::User {
+        return Ok(Vec::new());
+    }
+    let stored = target_state(conn, &state.target, &state.resource_id)?;
+    let (stored_version, stored_key) = match &stored {
+        Some(s) => (s.applied_version, s.target_key.as_deref()),
+        None => (i64::MIN, None),
+    };
+    if stored_key == state.target_key.as_deref() || state.applied_version < stored_version {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    let seq: Option<i64> = resources::table
+        .filter(resources::id.eq(&item.resource_id))
+        .filter(resources::resource_type.eq(ResourceType::User.as_str()))
+        .select(resources::seq)
+        .first(conn)
+        .optional()?;
+    if let Some(seq) = seq {
+        let groups: Vec<(String, i64)> = group_members::table
+            .inner_join(resources::table.on(resources::seq.eq(group_members::group_seq)))
+            .filter(group_members::member_seq.eq(seq))
+            .filter(resources::deleted.eq(false))
+            .order(group_members::group_seq)
+            .select((resources::id, resources::version))
+            .load(conn)?;
+        out.extend(
+            groups
+                .into_iter()
+                .map(|(id, v)| (ResourceType::Group, id, v)),
+        );
+    }
+    let mut holders = super::references::referencing(conn, &state.target, &item.resource_id)?;
+    holders.retain(|h| h != &item.resource_id);
+    holders.sort();
+    if !holders.is_empty() {
+        let live: Vec<(String, i64)> = resources::table
+            .filter(resources::id.eq_any(&holders))
+            .filter(resources::resource_type.eq(ResourceType::User.as_str()))
+            .filter(resources::deleted.eq(false))
+            .select((resources::id, resources::version))
+            .load(conn)?;
+        let mut live = live;
+        // Byte order, as the settle compares ids (not the database's collation).
+        live.sort();
+        out.extend(live.into_iter().map(|(id, v)| (ResourceType::User, id, v)));
+    }
+    Ok(out)
+}
+
 /// Record success; see [`super::Store::settle_applied`].
 pub(crate) fn settle_applied(
     conn: &mut DbConnection,
@@ -294,7 +370,34 @@ pub(crate) fn settle_applied(
     now_ms: i64,
 ) -> Result<(), StoreError> {
     write_tx(conn, |conn| {
-        let row = lock_outbox_row(conn, item.id)?;
+        let dependants = dependants_of_key_change(conn, item, state)?;
+        // Lock order (PostgreSQL): this state row first (taken by `dependants_of_key_change`),
+        // then outbox rows, groups before users and users by id, this row among them.
+        let mut row = None;
+        let mut own_locked = false;
+        for (ty, id, version) in &dependants {
+            if !own_locked && *ty == ResourceType::User && id.as_str() > item.resource_id.as_str() {
+                row = lock_outbox_row(conn, item.id)?;
+                own_locked = true;
+            }
+            let operation = match ty {
+                ResourceType::Group => "membership",
+                ResourceType::User => "reference",
+            };
+            upsert(
+                conn,
+                &item.target,
+                *ty,
+                id,
+                *version,
+                operation,
+                None,
+                now_ms,
+            )?;
+        }
+        if !own_locked {
+            row = lock_outbox_row(conn, item.id)?;
+        }
         let ours = row
             .as_ref()
             .is_some_and(|r| r.claim_epoch == item.claim_epoch && r.target == item.target);
@@ -584,12 +687,49 @@ pub(crate) fn record_intent(
                     // left by an interrupted add is checked against them.
                     extra.insert("since_ms".into(), since);
                     extra.insert("prev_attempt_ms".into(), prev);
+                } else if let (Some(old), Some(Value::Object(extra))) =
+                    (cur.extra.as_ref(), row.extra.as_mut())
+                {
+                    keep_orphan(extra, old, state.updated_ms);
                 }
                 upsert_target_state(conn, &row, false, Some(key_norm))
             }
             Some(_) => Ok(()),
         }
     })
+}
+
+/// Most earlier intents an intent keeps (see [`keep_orphan`]).
+const MAX_ORPHANS: usize = 8;
+
+/// An intent for another key replaces the intent `old` (the resource was renamed or moved
+/// before its create settled): `old`'s key is released, but an interrupted attempt may have
+/// added its entry there. Keep `old` in `extra.orphans` (`{"creating", "since_ms",
+/// "attempt_ms": its last attempt, "released_ms": now}`), so the next apply (a create at the
+/// new key, a delete) can find that entry and take it along or remove it, by the same rules
+/// as an interrupted create (our creator, inside the old intent's window; the target decides).
+fn keep_orphan(extra: &mut serde_json::Map<String, Value>, old: &Value, now_ms: i64) {
+    let Some(key) = keys::intent_key(Some(old)) else {
+        return;
+    };
+    let since = old.get("since_ms").cloned().unwrap_or(Value::Null);
+    let attempt = old
+        .get("attempt_ms")
+        .or_else(|| old.get("since_ms"))
+        .cloned()
+        .unwrap_or(Value::Null);
+    let mut orphans: Vec<Value> = old
+        .get("orphans")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    orphans.push(serde_json::json!({"creating": key, "since_ms": since,
+                                    "attempt_ms": attempt, "released_ms": now_ms}));
+    let skip = orphans.len().saturating_sub(MAX_ORPHANS);
+    extra.insert(
+        "orphans".into(),
+        Value::Array(orphans.into_iter().skip(skip).collect()),
+    );
 }
 
 /// Merge one key into an existing state's `extra`; see [`super::Store::note_target_extra`].

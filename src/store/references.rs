@@ -6,7 +6,7 @@
 //! that order makes a concurrent rename impossible to miss). Must not decide which attributes
 //! are references: the mapping does, the reconciler passes the pairs.
 
-use super::schema::{reference_index, resources, user_references};
+use super::schema::{reference_index, resources, target_state, user_references};
 use super::{encode_text, has_nul, normalise, read_tx, write_tx, DbConnection, Store, StoreError};
 use crate::scim::resource::ResourceType;
 use diesel::prelude::*;
@@ -96,11 +96,40 @@ fn record(
     if rows_of(conn, target, holder_id)? == want {
         return Ok(());
     }
-    write_tx(conn, |conn| replace_rows(conn, target, holder_id, &want))
+    write_tx(conn, |conn| {
+        lock_resolved_states(conn, target, &want)?;
+        replace_rows(conn, target, holder_id, &want)
+    })
+}
+
+/// PostgreSQL: share-lock the states of the users these references resolve to (by id), so a
+/// settle changing one of their keys (which locks its state row first and looks its holders
+/// up in the same transaction, `outbox::settle_applied`) either sees this record or commits
+/// before it, and then this holder's render reads the new key.
+fn lock_resolved_states(
+    conn: &mut DbConnection,
+    target: &str,
+    rows: &BTreeSet<Row>,
+) -> Result<(), StoreError> {
+    let DbConnection::Pg(c) = conn else {
+        return Ok(());
+    };
+    let mut ids: Vec<&str> = rows.iter().filter_map(|(_, _, r)| r.as_deref()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    for id in ids {
+        target_state::table
+            .find((target, id))
+            .select(target_state::applied_version)
+            .for_share()
+            .first::<i64>(c)
+            .optional()?;
+    }
+    Ok(())
 }
 
 /// See [`Store::users_referencing`].
-fn referencing(
+pub(crate) fn referencing(
     conn: &mut DbConnection,
     target: &str,
     user_id: &str,

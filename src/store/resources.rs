@@ -318,6 +318,11 @@ where
             .execute(conn)
             .map_err(|e| map_unique(e, ResourceType::User))?;
         write_emails(conn, seq, &emails)?;
+        // Outbox rows like resource rows: groups before users (a settle queues a user's
+        // groups before it locks the user's row, `outbox::settle_applied`).
+        if active != current.active {
+            enqueue_groups_of(conn, targets, seq, ctx)?;
+        }
         enqueue_all(
             conn,
             targets,
@@ -327,9 +332,6 @@ where
             "update",
             ctx,
         )?;
-        if active != current.active {
-            enqueue_groups_of(conn, targets, seq, ctx)?;
-        }
         audit(conn, ctx, ResourceType::User, id, operation, version, None)?;
         Ok(StoredUser {
             id: id.to_owned(),

@@ -20,6 +20,14 @@ const RESUME: &str = "resume: ";
 /// Bookkeeping key of the entry's `entryUUID`.
 const ENTRY_UUID: &str = "entry_uuid";
 
+/// Bookkeeping key of the DN a rename was reserved for before the modrdn (the store writes it
+/// with the reservation, `store::keys::RENAMING`; the settle drops it).
+const RENAMING: &str = "renaming";
+
+/// Bookkeeping key of earlier intents replaced by an intent for another DN (the resource was
+/// renamed or moved before its create settled; `store::outbox::keep_orphan`).
+const ORPHANS: &str = "orphans";
+
 /// Values per membership modify (large groups are changed in chunks).
 const MEMBER_CHUNK: usize = 500;
 
@@ -266,12 +274,44 @@ async fn locate(
                 }
             }
             // The old entry is gone (renamed before a crash, or deleted by hand).
-            t.read(desired_dn, attrs).await
+            let cur = t.read(desired_dn, attrs).await?;
+            if cur.is_some() {
+                return Ok(cur);
+            }
+            take_moved(ex, prior, old, desired_dn, attrs).await
         }
-        Some(_) => t.read(desired_dn, attrs).await,
+        Some(old) => {
+            let cur = t.read(desired_dn, attrs).await?;
+            if cur.is_some() {
+                return Ok(cur);
+            }
+            take_moved(ex, prior, old, desired_dn, attrs).await
+        }
         None => {
             let cur = t.read(desired_dn, attrs).await?;
-            if cur.is_some() && created_by_interrupted_apply(t, prior, desired_dn).await? {
+            if cur.is_none() {
+                // An interrupted create under an earlier intent (the resource was renamed
+                // or moved before it settled) may have left its entry at the old DN.
+                for dn in interrupted_entries(t, prior, false).await? {
+                    if dn_eq(&dn, desired_dn) {
+                        continue;
+                    }
+                    let found = t.read(&dn, attrs).await?;
+                    if ex.modrdn(&dn, desired_dn).await? {
+                        ex.changes
+                            .push(format!("{RESUME}{dn} (created by an interrupted apply)"));
+                        if ex.dry_run {
+                            return Ok(found);
+                        }
+                        return t.read(desired_dn, attrs).await;
+                    }
+                }
+                return Ok(None);
+            }
+            if cur.is_some()
+                && (created_by_interrupted_apply(t, prior, desired_dn).await?
+                    || taken_from_an_orphan(t, prior, desired_dn).await?)
+            {
                 ex.changes.push(format!(
                     "{RESUME}{desired_dn} (created by an interrupted apply)"
                 ));
@@ -315,6 +355,24 @@ async fn created_by_interrupted_apply(
     let Some(window) = intent_window(&t.settings, prior, dn) else {
         return Ok(false);
     };
+    created_in(t, dn, window).await
+}
+
+/// Whether our bind DN created the entry at `dn` inside `window` (ms; see
+/// [`created_by_interrupted_apply`]).
+async fn created_in(t: &LdapTarget, dn: &str, window: (i64, i64)) -> Result<bool, TargetError> {
+    created_in_any(t, dn, &[window]).await
+}
+
+/// Whether our bind DN created the entry at `dn` inside one of `windows`.
+async fn created_in_any(
+    t: &LdapTarget,
+    dn: &str,
+    windows: &[(i64, i64)],
+) -> Result<bool, TargetError> {
+    if windows.is_empty() {
+        return Ok(false);
+    }
     let Some(bind) = t.settings.bind_dn.as_deref() else {
         return Ok(false);
     };
@@ -325,7 +383,7 @@ async fn created_by_interrupted_apply(
     let first = |name: &str| entry.attrs.get(name).and_then(|v| v.first()).cloned();
     let by_us = first("creatorsname").is_some_and(|c| dn_eq(&c, bind));
     let created_ms = first("createtimestamp").and_then(|ts| generalized_time_ms(&ts));
-    Ok(by_us && created_ms.is_some_and(|c| window.0 <= c && c <= window.1))
+    Ok(by_us && created_ms.is_some_and(|c| windows.iter().any(|w| w.0 <= c && c <= w.1)))
 }
 
 /// The time window (ms) in which an add of ours for this resource at `dn` can have happened,
@@ -342,15 +400,176 @@ fn intent_window(settings: &Settings, prior: &Prior, dn: &str) -> Option<(i64, i
         .get("prev_attempt_ms")
         .and_then(Value::as_i64)?
         .max(since_ms);
-    // One attempt's add is done after a connect, a bind, a read and the add, each bounded.
+    Some((
+        since_ms - since_ms.rem_euclid(1000),
+        prev_ms.saturating_add(attempt_budget_ms(settings)),
+    ))
+}
+
+/// How long after its start one attempt's add can be done: a connect, a bind, a read and the
+/// add, each bounded.
+fn attempt_budget_ms(settings: &Settings) -> i64 {
     let budget = settings
         .connect_timeout
         .saturating_add(settings.timeout.saturating_mul(4));
-    let budget = i64::try_from(budget.as_millis()).unwrap_or(i64::MAX);
-    Some((
-        since_ms - since_ms.rem_euclid(1000),
-        prev_ms.saturating_add(budget),
-    ))
+    i64::try_from(budget.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// The window of an intent no attempt of this apply will add under (the resource is being
+/// deleted, or the intent was replaced by one for another DN: `released_ms`): from the
+/// intent's second to the end of its last recorded attempt's add, and never after it was
+/// released (another resource may intend that DN from then on).
+fn recorded_window(settings: &Settings, intent: &Value) -> Option<(String, (i64, i64))> {
+    let dn = intent.get("creating").and_then(Value::as_str)?;
+    let since_ms = intent.get("since_ms").and_then(Value::as_i64)?;
+    let last = intent
+        .get("attempt_ms")
+        .and_then(Value::as_i64)
+        .unwrap_or(since_ms)
+        .max(since_ms);
+    let mut upper = last.saturating_add(attempt_budget_ms(settings));
+    if let Some(released) = intent.get("released_ms").and_then(Value::as_i64) {
+        upper = upper.min(released);
+    }
+    Some((dn.to_owned(), (since_ms - since_ms.rem_euclid(1000), upper)))
+}
+
+/// The DNs of entries that interrupted creates of this resource left and that no settle
+/// recorded: under the earlier intents an intent replaced (`orphans`, newest first; the worker
+/// drops those whose DN another resource now holds or intends) and, with `with_intent`, under
+/// the current intent (a delete: no attempt of this apply adds there). An entry counts only
+/// when our bind DN created it inside that intent's window.
+async fn interrupted_entries(
+    t: &LdapTarget,
+    prior: &Prior,
+    with_intent: bool,
+) -> Result<Vec<String>, TargetError> {
+    if prior.key.is_some() {
+        return Ok(Vec::new());
+    }
+    let Some(extra) = prior.extra.as_ref() else {
+        return Ok(Vec::new());
+    };
+    let mut intents: Vec<&Value> = Vec::new();
+    if with_intent {
+        intents.push(extra);
+    }
+    if let Some(orphans) = extra.get(ORPHANS).and_then(Value::as_array) {
+        intents.extend(orphans.iter().rev());
+    }
+    let recorded: Vec<(String, (i64, i64))> = intents
+        .into_iter()
+        .filter_map(|i| recorded_window(&t.settings, i))
+        .collect();
+    // An entry an earlier attempt added under one intent may since have been renamed to
+    // another intent's DN (by an attempt interrupted after taking it along): any window
+    // counts at any of these DNs.
+    let windows: Vec<(i64, i64)> = recorded.iter().map(|(_, w)| *w).collect();
+    let mut out: Vec<String> = Vec::new();
+    for (dn, _) in recorded {
+        if out.iter().any(|o| dn_eq(o, &dn)) {
+            continue;
+        }
+        if created_in_any(t, &dn, &windows).await? {
+            out.push(dn);
+        }
+    }
+    Ok(out)
+}
+
+/// Whether the entry at `dn` is one an interrupted create made under an earlier intent
+/// (`orphans`) and a later attempt, interrupted too, already renamed to `dn`.
+async fn taken_from_an_orphan(
+    t: &LdapTarget,
+    prior: &Prior,
+    dn: &str,
+) -> Result<bool, TargetError> {
+    let windows: Vec<(i64, i64)> = prior
+        .extra
+        .as_ref()
+        .and_then(|e| e.get(ORPHANS))
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|o| recorded_window(&t.settings, o))
+                .map(|(_, w)| w)
+                .collect()
+        })
+        .unwrap_or_default();
+    created_in_any(t, dn, &windows).await
+}
+
+/// The entry recorded at `key`, when it is no longer there: an interrupted rename moved it
+/// before its settle (to the DN its reservation noted, `renaming`), or it moved otherwise.
+/// Found by its recorded `entryUUID` only: at the noted DN, else in the subtrees of the old
+/// parent, the users' base and the deactivation `move_to`. `None` without a recorded id.
+async fn moved_entry(
+    t: &LdapTarget,
+    prior: &Prior,
+    key: &str,
+) -> Result<Option<String>, TargetError> {
+    let prev = prior_extra(prior);
+    let Some(uuid) = prev.get(ENTRY_UUID).and_then(Value::as_str) else {
+        return Ok(None);
+    };
+    if let Some(renaming) = prev.get(RENAMING).and_then(Value::as_str) {
+        if let Some(e) = t.read(renaming, &["entryUUID".to_owned()]).await? {
+            let same = e
+                .attrs
+                .get("entryuuid")
+                .and_then(|v| v.first())
+                .is_some_and(|u| u.eq_ignore_ascii_case(uuid));
+            if same {
+                return Ok(Some(renaming.to_owned()));
+            }
+        }
+    }
+    let mut bases: Vec<String> = vec![split_rdn(key).1];
+    bases.extend(t.settings.users.base.clone());
+    bases.extend(
+        t.settings
+            .users
+            .deactivate
+            .as_ref()
+            .and_then(|d| d.move_to.clone()),
+    );
+    let mut searched: Vec<String> = Vec::new();
+    for base in bases {
+        if base.is_empty() || searched.iter().any(|b| dn_eq(b, &base)) {
+            continue;
+        }
+        if let Some(dn) = t.find_by_uuid(&base, uuid).await? {
+            return Ok(Some(dn));
+        }
+        searched.push(base);
+    }
+    Ok(None)
+}
+
+/// The recorded entry is at neither `old` nor `desired_dn`: if it moved (see
+/// [`moved_entry`]), rename it to `desired_dn` and return it.
+async fn take_moved(
+    ex: &mut Exec<'_>,
+    prior: &Prior,
+    old: &str,
+    desired_dn: &str,
+    attrs: &[String],
+) -> Result<Option<Entry>, TargetError> {
+    let t = ex.t;
+    let Some(dn) = moved_entry(t, prior, old).await? else {
+        return Ok(None);
+    };
+    if dn_eq(&dn, desired_dn) {
+        return t.read(desired_dn, attrs).await;
+    }
+    let found = t.read(&dn, attrs).await?;
+    if ex.modrdn(&dn, desired_dn).await? {
+        if ex.dry_run {
+            return Ok(found);
+        }
+        return t.read(desired_dn, attrs).await;
+    }
+    Ok(None)
 }
 
 /// `20261122224512Z` (or with fractional seconds) as milliseconds since the epoch.
@@ -462,7 +681,12 @@ async fn sync_user(
     if policy == Some(DeactivatePolicy::Delete) {
         if let Some(k) = &prior.key {
             remove_role_memberships(ex, &prev, &member_attr).await?;
-            ex.delete(k).await?;
+            let k = where_now(t, prior, k).await?;
+            ex.delete(&k).await?;
+        } else {
+            for dn in interrupted_entries(t, prior, true).await? {
+                ex.delete(&dn).await?;
+            }
         }
         let extra = json!({"kind": "user", "deleted_inactive": true});
         return Ok((None, Some(extra)));
@@ -635,6 +859,16 @@ async fn sync_user(
     Ok((Some(desired_dn), Some(Value::Object(extra))))
 }
 
+/// Where the entry recorded at `key` is: there, or where it moved (see [`moved_entry`]).
+async fn where_now(t: &LdapTarget, prior: &Prior, key: &str) -> Result<String, TargetError> {
+    if t.read(key, &[]).await?.is_some() {
+        return Ok(key.to_owned());
+    }
+    Ok(moved_entry(t, prior, key)
+        .await?
+        .unwrap_or_else(|| key.to_owned()))
+}
+
 /// A membership value change on a group we do not manage (role groups): value-level only;
 /// an existing (add) or missing (delete) value is done, a missing group is a permanent error.
 async fn member_value_change(ex: &mut Exec<'_>, group: &str, m: Mod) -> Result<(), TargetError> {
@@ -794,10 +1028,20 @@ async fn remove(
     ex: &mut Exec<'_>,
     prior: &Prior,
 ) -> Result<(Option<String>, Option<Value>), TargetError> {
-    let Some(key) = &prior.key else {
-        return Ok((None, prior.extra.clone()));
-    };
     let t = ex.t;
+    let Some(key) = &prior.key else {
+        // Never settled; an interrupted create (under the intent or one it replaced) may
+        // have added the entry all the same.
+        let found = interrupted_entries(t, prior, true).await?;
+        if found.is_empty() {
+            return Ok((None, prior.extra.clone()));
+        }
+        for dn in found {
+            ex.delete(&dn).await?;
+        }
+        return Ok((None, None));
+    };
+    let key = &where_now(t, prior, key).await?;
     let prev = prior_extra(prior);
     let is_user = prev.get("kind").and_then(Value::as_str) == Some("user");
     let member_attr = t.settings.member_attribute().to_owned();
@@ -883,6 +1127,33 @@ mod tests {
             ..Prior::default()
         };
         assert_eq!(intent_window(&s, &first, dn), None);
+    }
+
+    #[test]
+    fn a_recorded_intent_counts_to_its_last_attempt_and_never_past_its_release() {
+        let s = settings("");
+        let dn = "uid=a,ou=People,dc=x";
+        let budget = 2_000 + 4 * 5_000;
+        // A delete: no attempt of its own, so up to the end of the last recorded one.
+        let standing = json!({"creating": dn, "since_ms": 10_500, "attempt_ms": 20_000});
+        assert_eq!(
+            recorded_window(&s, &standing),
+            Some((dn.to_owned(), (10_000, 20_000 + budget)))
+        );
+        // Only the first attempt recorded.
+        let first = json!({"creating": dn, "since_ms": 10_500});
+        assert_eq!(
+            recorded_window(&s, &first),
+            Some((dn.to_owned(), (10_000, 10_500 + budget)))
+        );
+        // An orphan: another resource may intend the DN from its release on.
+        let orphan = json!({"creating": dn, "since_ms": 10_500, "attempt_ms": 20_000,
+                            "released_ms": 25_000});
+        assert_eq!(
+            recorded_window(&s, &orphan),
+            Some((dn.to_owned(), (10_000, 25_000)))
+        );
+        assert_eq!(recorded_window(&s, &json!({"since_ms": 1})), None);
     }
 
     #[test]

@@ -184,6 +184,47 @@ impl LdapTarget {
         }))
     }
 
+    /// The DN of the entry whose `entryUUID` is `uuid` in the subtree of `base` (an entry
+    /// that moved since its DN was recorded); `None` when there is none or `base` is missing.
+    pub(super) async fn find_by_uuid(
+        &self,
+        base: &str,
+        uuid: &str,
+    ) -> Result<Option<String>, TargetError> {
+        let what = format!("search {base} for entryUUID {uuid}");
+        let filter = format!("(entryUUID={})", ldap3::ldap_escape(uuid));
+        let ldap = self.handle().await?;
+        let t = self.settings.timeout;
+        let owned_base = base.to_owned();
+        let res = async move {
+            let mut ldap = ldap;
+            ldap.with_timeout(t)
+                .search(&owned_base, Scope::Subtree, &filter, vec!["1.1"])
+                .await
+        }
+        .await;
+        let res = match res {
+            Ok(r) => r,
+            Err(e) => {
+                if codes::is_connection_error(&e) {
+                    self.drop_connection().await;
+                }
+                return Err(codes::from_ldap_error(&e, &what));
+            }
+        };
+        if res.1.rc == codes::NO_SUCH_OBJECT {
+            return Ok(None);
+        }
+        if res.1.rc != 0 {
+            return Err(codes::from_result(res.1.rc, &res.1.text, &what));
+        }
+        Ok(res
+            .0
+            .into_iter()
+            .next()
+            .map(|raw| SearchEntry::construct(raw).dn))
+    }
+
     /// Add an entry; returns the result code (0 or 68), other codes are errors.
     pub(super) async fn add(
         &self,
