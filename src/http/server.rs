@@ -2,7 +2,7 @@
 //! header and request timeouts, a `request` span per request with a request id returned in
 //! `X-Request-Id`, panics turned into logged 500 SCIM bodies, and graceful drain on shutdown.
 //!
-//! Every connection is watched ([`serve_connection`]): one that has not delivered a request
+//! Every connection is watched (`serve_connection`): one that has not delivered a request
 //! within `header_timeout` (the HTTP version sniff, a TLS session or an HTTP/2 preface that goes
 //! quiet) or sits without a request in flight for `idle_timeout` is shut down gracefully, then
 //! dropped if it does not go. Idle sockets therefore cannot hold the connection permits (test:

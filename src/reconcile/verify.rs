@@ -1,5 +1,5 @@
 //! `verify`: is every target what the store says it should be? Built on drift repair's dry run
-//! ([`super::worker::apply`] with `dry_run`: the same render, read and diff an apply uses, so
+//! (`worker::apply` with `dry_run`: the same render, read and diff an apply uses, so
 //! verify and repair can never disagree about what differs), plus two whole-target checks a
 //! per-resource apply cannot make: a target key held (or intended) by two resources, and, for
 //! LDAP, entries our bind DN created below a managed container that no resource holds.
@@ -51,7 +51,7 @@ pub enum Problem {
     Unrecorded,
     /// Two or more resources hold or intend this key.
     HeldTwice {
-        /// "User <id>" / "Group <id>" (with "(intent)" for a create intent).
+        /// "User `<id>`" / "Group `<id>`" (with "(intent)" for a create intent).
         by: Vec<String>,
     },
     /// A change an apply would make, as the target describes it (SQL statements).
@@ -78,7 +78,7 @@ pub struct Difference {
 pub struct VerifyReport {
     /// Resources compared.
     pub checked: u64,
-    /// How many differences were found (the first [`KEEP`] are in `differences`).
+    /// How many differences were found (the first `KEEP` are in `differences`).
     pub found: u64,
     /// The differences, in the order found.
     pub differences: Vec<Difference>,
