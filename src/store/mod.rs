@@ -1402,11 +1402,14 @@ impl Store {
     /// lock on the instance id, so no other daemon runs under this id), and only the claims
     /// recorded under this store's [`StoreSettings::instance_id`] (or under none): other
     /// instances, and a CLI `reconcile --full` (`<host>/cli-<pid>`), may hold live claims.
-    /// Returns how many were released.
+    /// Returns how many were released. A released row is due no earlier than `due_ms`: a
+    /// write the killed process sent may still be on its way to (or queued in) the target,
+    /// and must not land after the retry's newer one (the daemon passes now plus the longest
+    /// connect and operation timeout of its targets).
     ///
     /// # Errors
     /// `Unavailable`.
-    pub async fn release_stale_claims(&self) -> Result<u64, StoreError> {
+    pub async fn release_stale_claims(&self, due_ms: i64) -> Result<u64, StoreError> {
         let instance = self.inner.instance_id.clone();
         let locked = self.inner._instance_lock.is_some() || self.inner._pg_instance_lock.is_some();
         // Without the instance lock another process under this id may be applying; a SQLite
@@ -1414,7 +1417,7 @@ impl Store {
         if instance.is_empty() || !(locked || self.inner.memory) {
             return Ok(0);
         }
-        self.run(move |conn| outbox::release_claims(conn, &instance))
+        self.run(move |conn| outbox::release_claims(conn, &instance, due_ms))
             .await
     }
 

@@ -726,21 +726,32 @@ pub(crate) fn claim_resource(
 
 /// Release claims at startup; see [`super::Store::release_stale_claims`]: those recorded under
 /// `instance` (and any recorded under none), never another process's (a CLI `reconcile
-/// --full` is `<host>/cli-<pid>` and takes no instance lock).
-pub(crate) fn release_claims(conn: &mut DbConnection, instance: &str) -> Result<u64, StoreError> {
-    let n = diesel::update(
-        outbox::table
-            .filter(outbox::claimed_until_ms.is_not_null())
-            .filter(
-                outbox::claimed_by
-                    .is_null()
-                    .or(outbox::claimed_by.eq(instance)),
-            ),
-    )
-    .set((
-        outbox::claimed_until_ms.eq(None::<i64>),
-        outbox::claimed_by.eq(None::<&str>),
-    ))
-    .execute(conn)?;
-    Ok(u64::try_from(n).unwrap_or(0))
+/// --full` is `<host>/cli-<pid>` and takes no instance lock). Each released row is due no
+/// earlier than `due_ms`.
+pub(crate) fn release_claims(
+    conn: &mut DbConnection,
+    instance: &str,
+    due_ms: i64,
+) -> Result<u64, StoreError> {
+    write_tx(conn, |conn| {
+        let released = || {
+            outbox::table
+                .filter(outbox::claimed_until_ms.is_not_null())
+                .filter(
+                    outbox::claimed_by
+                        .is_null()
+                        .or(outbox::claimed_by.eq(instance)),
+                )
+        };
+        diesel::update(released().filter(outbox::next_attempt_ms.lt(due_ms)))
+            .set(outbox::next_attempt_ms.eq(due_ms))
+            .execute(conn)?;
+        let n = diesel::update(released())
+            .set((
+                outbox::claimed_until_ms.eq(None::<i64>),
+                outbox::claimed_by.eq(None::<&str>),
+            ))
+            .execute(conn)?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    })
 }

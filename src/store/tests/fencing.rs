@@ -170,7 +170,7 @@ async fn fencing_startup_release_on_sqlite_keeps_a_cli_claim() {
         .await
         .unwrap()
         .expect("the CLI claims its row");
-    assert_eq!(daemon.release_stale_claims().await.unwrap(), 1);
+    assert_eq!(daemon.release_stale_claims(5000).await.unwrap(), 1);
     assert_eq!(claim_of(&daemon, &mine).await.0, None);
     assert_eq!(
         claim_of(&daemon, &theirs).await,
@@ -183,6 +183,74 @@ async fn fencing_startup_release_on_sqlite_keeps_a_cli_claim() {
     );
     drop(cli);
     db.finish().await;
+}
+
+/// Review finding 7: a row released at startup waits until `due_ms` (now plus the longest
+/// connect and operation timeout): a write the killed process sent may still be on its way
+/// to the directory, or queued in it, and must not land after the retry's newer write.
+/// Before: released rows were due at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fencing_rows_released_at_startup_wait_for_writes_still_in_flight() {
+    let db = sqlite_db().await;
+    released_rows_wait(&db.store, &db.store, "sqlite").await;
+    db.finish().await;
+    let db = pg_db().await;
+    // The PostgreSQL test store holds no instance lock; a restarted daemon does.
+    let url = format!(
+        "postgres://postgres@127.0.0.1/{}",
+        db.pg_name.as_deref().unwrap()
+    );
+    let restarted = Store::open(&settings(url), vec![TARGET.to_owned()])
+        .await
+        .unwrap();
+    released_rows_wait(&db.store, &restarted, "postgres").await;
+    drop(restarted);
+    db.finish().await;
+}
+
+async fn released_rows_wait(store: &Store, restarted: &Store, backend: &str) {
+    store
+        .create_user(user("in-flight"), None, &ctx(100))
+        .await
+        .unwrap();
+    store
+        .create_user(user("backed-off"), None, &ctx(100))
+        .await
+        .unwrap();
+    let claimed = store.claim(TARGET, 100, 600_000, 10).await.unwrap();
+    assert_eq!(claimed.len(), 2, "{backend}");
+    // The second was failing with a backoff past the release's delay: it keeps it.
+    store
+        .settle_failed(&claimed[1], "busy", 50_000, false, 150)
+        .await
+        .unwrap();
+    let again = store.claim(TARGET, 50_000, 600_000, 10).await.unwrap();
+    assert_eq!(again.len(), 1, "{backend}");
+    assert_eq!(
+        restarted.release_stale_claims(12_000).await.unwrap(),
+        2,
+        "{backend}"
+    );
+    assert!(
+        store
+            .claim(TARGET, 11_999, 600_000, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "{backend}: a released row was due before the killed process's writes ended"
+    );
+    let due = store.claim(TARGET, 12_000, 600_000, 10).await.unwrap();
+    assert_eq!(due.len(), 1, "{backend}");
+    assert_eq!(due[0].id, claimed[0].id, "{backend}");
+    assert_eq!(
+        store
+            .claim(TARGET, 50_000, 600_000, 10)
+            .await
+            .unwrap()
+            .len(),
+        1,
+        "{backend}"
+    );
 }
 
 /// Review finding 5 (PostgreSQL): a second daemon with the same instance id would release the

@@ -315,11 +315,11 @@ async fn claims_a_restarted_instance_releases_its_own_claims_only() {
         1
     );
 
-    // "Restart": a new store under the same instance id.
+    // "Restart": a new store under the same instance id (with the instance lock).
     let restarted = Store::open(&settings(url), vec![TARGET.to_owned()])
         .await
         .unwrap();
-    assert_eq!(restarted.release_stale_claims().await.unwrap(), 1);
+    assert_eq!(restarted.release_stale_claims(200).await.unwrap(), 1);
     let again = restarted.claim(TARGET, 200, 600_000, 10).await.unwrap();
     assert_eq!(
         again

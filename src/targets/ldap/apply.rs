@@ -65,7 +65,11 @@ fn describe(m: &Mod, show_values: bool) -> String {
 }
 
 impl Exec<'_> {
-    fn fence(&self) -> Result<(), TargetError> {
+    /// Right before a write: the connection is up (a reconnect takes up to connect_timeout,
+    /// not counted after the check), then at least the operation's timeout remains on the
+    /// lease.
+    async fn fence(&self) -> Result<(), TargetError> {
+        self.t.connected().await?;
         self.lease.check(self.t.settings().timeout)
     }
 
@@ -78,7 +82,7 @@ impl Exec<'_> {
         if self.dry_run {
             return Ok(0);
         }
-        self.fence()?;
+        self.fence().await?;
         self.t.add(dn, attrs).await
     }
 
@@ -103,7 +107,7 @@ impl Exec<'_> {
         }
         let lmods: Vec<ldap3::Mod<String>> = mods.iter().map(to_ldap).collect();
         let ok = [codes::ATTRIBUTE_OR_VALUE_EXISTS, codes::NO_SUCH_ATTRIBUTE];
-        self.fence()?;
+        self.fence().await?;
         let rc = self.t.modify(dn, lmods, &ok).await?;
         if rc == 0 {
             return Ok(());
@@ -126,7 +130,7 @@ impl Exec<'_> {
                     Mod::Delete(..) => &[codes::NO_SUCH_ATTRIBUTE],
                     Mod::Replace(..) => &[],
                 };
-                self.fence()?;
+                self.fence().await?;
                 self.t.modify(dn, vec![to_ldap(&s)], tolerated).await?;
             }
         }
@@ -145,7 +149,7 @@ impl Exec<'_> {
         if self.dry_run {
             return Ok(true);
         }
-        self.fence()?;
+        self.fence().await?;
         match self.t.modrdn(old, &new_rdn, sup).await {
             Ok(rc) => Ok(rc == 0),
             Err(e) if e.code.as_deref() == Some("68") => Err(permanent(format!(
@@ -160,7 +164,7 @@ impl Exec<'_> {
         if self.dry_run {
             return Ok(());
         }
-        self.fence()?;
+        self.fence().await?;
         self.t.delete(dn).await.map(|_| ())
     }
 }
