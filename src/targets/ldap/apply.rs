@@ -306,17 +306,17 @@ async fn locate(
 /// attempt for the same DN finds `prior.extra` = `{"creating": dn, "since_ms": first attempt,
 /// "prev_attempt_ms": the attempt before this one, "attempt_ms": this one}`. The entry is ours
 /// only when this resource's intent names this DN, our bind DN created it, and its
-/// `createTimestamp` lies between the intent and the end of the previous attempt's add (its
-/// start plus the connect and operation timeouts): an add of this attempt has not happened
-/// yet, and an entry we created earlier, for a resource that held the DN before, is older
-/// than the intent. Anything else at that DN stays unmanaged. `createTimestamp` has whole
+/// `createTimestamp` lies between the intent and the start of this attempt (the fence: an
+/// earlier attempt's add was done before the lease it ran under ended, and this attempt's
+/// claim came after): an add of this attempt has not happened yet, and an entry we created
+/// earlier, for a resource that held the DN before, is older than the intent. Anything else at that DN stays unmanaged. `createTimestamp` has whole
 /// seconds, so the lower bound is the intent's second.
 async fn created_by_interrupted_apply(
     t: &LdapTarget,
     prior: &Prior,
     dn: &str,
 ) -> Result<bool, TargetError> {
-    let Some(window) = intent_window(&t.settings, prior, dn) else {
+    let Some(window) = intent_window(prior, dn) else {
         return Ok(false);
     };
     let Some(bind) = t.settings.bind_dn.as_deref() else {
@@ -334,7 +334,7 @@ async fn created_by_interrupted_apply(
 
 /// The time window (ms) in which an add of ours for this resource at `dn` can have happened,
 /// from its recorded intent; `None` when the intent does not name `dn`.
-fn intent_window(settings: &Settings, prior: &Prior, dn: &str) -> Option<(i64, i64)> {
+fn intent_window(prior: &Prior, dn: &str) -> Option<(i64, i64)> {
     let extra = prior.extra.as_ref()?;
     let creating = extra.get("creating").and_then(Value::as_str)?;
     if !dn_eq(creating, dn) {
@@ -342,18 +342,14 @@ fn intent_window(settings: &Settings, prior: &Prior, dn: &str) -> Option<(i64, i
     }
     let since_ms = extra.get("since_ms").and_then(Value::as_i64)?;
     // The first attempt has no earlier add of ours to find.
-    let prev_ms = extra
-        .get("prev_attempt_ms")
-        .and_then(Value::as_i64)?
-        .max(since_ms);
-    // One attempt's add is done after a connect, a bind, a read and the add, each bounded.
-    let budget = settings
-        .connect_timeout
-        .saturating_add(settings.timeout.saturating_mul(4));
-    let budget = i64::try_from(budget.as_millis()).unwrap_or(i64::MAX);
+    extra.get("prev_attempt_ms").and_then(Value::as_i64)?;
+    // Up to this attempt's start: every earlier attempt's writes were done by then (a write
+    // starts only while its timeout remains on the lease, and this attempt's claim came
+    // after that lease), and this attempt has added nothing yet.
+    let attempt_ms = extra.get("attempt_ms").and_then(Value::as_i64)?;
     Some((
         since_ms - since_ms.rem_euclid(1000),
-        prev_ms.saturating_add(budget),
+        attempt_ms.max(since_ms),
     ))
 }
 
@@ -864,29 +860,28 @@ mod tests {
 
     #[test]
     fn an_interrupted_create_counts_only_inside_its_intents_window() {
-        let s = settings("");
         let dn = "uid=a,ou=People,dc=x";
-        // From the intent's whole second to the end of the previous attempt's add (its start
-        // plus connect + 4 operations); this attempt has not added anything yet.
+        // From the intent's whole second to the start of this attempt (an earlier attempt's
+        // add, however slow, was done before its lease ended; this one added nothing yet).
         assert_eq!(
-            intent_window(&s, &intent(dn, 10_500, 60_000), dn),
-            Some((10_000, 60_000 + 2_000 + 4 * 5_000))
+            intent_window(&intent(dn, 10_500, 60_000), dn),
+            Some((10_000, 160_000))
         );
         // Another spelling of the same DN is the same intent.
-        assert!(intent_window(&s, &intent("UID=A,ou=people,dc=x", 1, 1), dn).is_some());
+        assert!(intent_window(&intent("UID=A,ou=people,dc=x", 1, 1), dn).is_some());
         // An intent naming another DN, or none at all, never recognises an entry.
         assert_eq!(
-            intent_window(&s, &intent("uid=b,ou=People,dc=x", 1, 1), dn),
+            intent_window(&intent("uid=b,ou=People,dc=x", 1, 1), dn),
             None
         );
-        assert_eq!(intent_window(&s, &Prior::default(), dn), None);
+        assert_eq!(intent_window(&Prior::default(), dn), None);
         // The first attempt (no previous one) has no add of ours to find.
         let first = Prior {
             key: None,
             extra: Some(json!({"creating": dn, "since_ms": 5_000, "attempt_ms": 5_000})),
             ..Prior::default()
         };
-        assert_eq!(intent_window(&s, &first, dn), None);
+        assert_eq!(intent_window(&first, dn), None);
     }
 
     #[test]
