@@ -408,3 +408,76 @@ async fn claims_renewal_fails_once_another_worker_took_the_row() {
     })
     .await;
 }
+
+/// Review finding 11: filling a missing `key_norm` (rows from before the index) reads the row,
+/// then writes; a settle that recorded a new key in between must win. Before: the fill's
+/// UPDATE by key overwrote the new key's `key_norm` with the old key's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn races_filling_a_missing_key_norm_never_overwrites_a_newer_key() {
+    let db = pg_db().await;
+    let (store, url) = (db.store.clone(), url_of(&db));
+    let id = store
+        .create_user(user("filler"), None, &ctx(100))
+        .await
+        .unwrap()
+        .id;
+    let item = store.claim(TARGET, 100, 1000, 10).await.unwrap().remove(0);
+    store
+        .settle_applied(&item, applied(&item, 1, 200), 200)
+        .await
+        .unwrap();
+    // A state from before the index: no key_norm.
+    let clear = id.clone();
+    store
+        .run(move |conn| {
+            diesel::sql_query(format!(
+                "UPDATE target_state SET key_norm = NULL WHERE resource_id = '{clear}'"
+            ))
+            .execute(conn)?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    // A settle records a new key (and its key_norm) and holds the row until told.
+    let moved = id.clone();
+    let (commit, settle) = open_transaction(&url, move |conn| {
+        diesel::sql_query(format!(
+            "UPDATE target_state SET target_key = 'uid=moved,ou=people', \
+             key_norm = 'uid=moved,ou=people' WHERE resource_id = '{moved}'"
+        ))
+        .execute(conn)
+        .unwrap();
+    })
+    .await;
+    let fill = {
+        let store = store.clone();
+        tokio::spawn(async move { store.fill_key_norms(TARGET).await })
+    };
+    lock_waiters(&url, 1).await;
+    commit.send(()).unwrap();
+    settle.join().unwrap();
+    fill.await.unwrap().unwrap();
+    let key = id.clone();
+    let stored = store
+        .run(move |conn| {
+            Ok(diesel::sql_query(format!(
+                "SELECT key_norm AS k FROM target_state WHERE resource_id = '{key}'"
+            ))
+            .get_result::<KeyNorm>(conn)?
+            .k)
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        stored.as_deref(),
+        Some("uid=moved,ou=people"),
+        "the fill overwrote the newer key's key_norm"
+    );
+    db.finish().await;
+}
+
+#[derive(QueryableByName)]
+struct KeyNorm {
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    k: Option<String>,
+}
