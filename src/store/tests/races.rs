@@ -481,3 +481,64 @@ struct KeyNorm {
     #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
     k: Option<String>,
 }
+
+/// Review finding 8: a reference-index rebuild's backfill and a holder's own render record the
+/// same rows at once. Before: the second insert waited for the first, then failed on the
+/// primary key (the backfill, or the render's apply, errored).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn races_a_backfill_and_a_render_recording_the_same_references_both_succeed() {
+    let db = pg_db().await;
+    let (store, url) = (db.store.clone(), url_of(&db));
+    for (holder, concurrent_render_resolves) in [("h-backfill", None), ("h-render", Some("b"))] {
+        // One side inserted the row and has not committed yet.
+        let insert = holder.to_owned();
+        let (commit, first) = open_transaction(&url, move |conn| {
+            diesel::sql_query(format!(
+                "INSERT INTO user_references (target, holder_id, ref_by, ref_value, \
+                 resolved_id) VALUES ('{TARGET}', '{insert}', 'id', 'boss', 'a')"
+            ))
+            .execute(conn)
+            .unwrap();
+        })
+        .await;
+        let second = {
+            let (store, holder) = (store.clone(), holder.to_owned());
+            let refs = vec![(
+                "id".to_owned(),
+                "boss".to_owned(),
+                concurrent_render_resolves.map(str::to_owned),
+            )];
+            tokio::spawn(async move {
+                if concurrent_render_resolves.is_some() {
+                    store.record_references(TARGET, &holder, refs).await
+                } else {
+                    store.backfill_references(TARGET, &holder, refs).await
+                }
+            })
+        };
+        lock_waiters(&url, 1).await;
+        commit.send(()).unwrap();
+        first.join().unwrap();
+        let done = second.await.unwrap();
+        assert!(done.is_ok(), "{holder}: {:?}", done.err());
+    }
+    // The render is newer than what it met: its resolution stands; the backfill yields.
+    let resolved = |h: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .run(move |conn| {
+                    Ok(diesel::sql_query(format!(
+                        "SELECT resolved_id AS k FROM user_references WHERE holder_id = '{h}'"
+                    ))
+                    .get_result::<KeyNorm>(conn)?
+                    .k)
+                })
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(resolved("h-backfill").await.as_deref(), Some("a"));
+    assert_eq!(resolved("h-render").await.as_deref(), Some("b"));
+    db.finish().await;
+}
