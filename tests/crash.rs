@@ -807,12 +807,12 @@ async fn crash_mode_sqlite_loses_merges_and_half_applies_nothing() {
     crash_run("sqlite", &url, 120, false).await;
 }
 
-/// PostgreSQL: no instance lock, so a killed daemon's claims wait out their lease; a short
-/// lease keeps recovery within the test's patience.
+/// PostgreSQL: a short lease (twice the target's connect and timeout) keeps recovery within
+/// the test's patience should a claim outlive its process.
 #[tokio::test]
 async fn crash_mode_postgres_loses_merges_and_half_applies_nothing() {
     let db = PgDb::create();
-    crash_run("postgres", &db.url, 5, true).await;
+    crash_run("postgres", &db.url, 6, true).await;
 }
 
 /// The two crash windows the crash mode found on SQLite, made deterministic (in process, the

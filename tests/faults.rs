@@ -70,8 +70,8 @@ type = "ldap"
 url = "{url}"
 bind_dn = "{bind}"
 bind_password_file = "{pw}"
-connect_timeout_secs = 2
-timeout_secs = 10
+connect_timeout_secs = 1
+timeout_secs = 2
 [targets.users]
 dn = "uid={{userName}},{PEOPLE}"
 object_classes = ["top", "person", "organizationalPerson", "inetOrgPerson"]

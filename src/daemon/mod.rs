@@ -149,7 +149,11 @@ impl Daemon {
         for name in &applied {
             tracing::info!(migration = %name, "Applied migration.");
         }
-        match store.release_stale_claims().await {
+        // A write the killed process sent may still land: its rows wait that long.
+        let due_ms = crate::http::server::now_ms().saturating_add(
+            i64::try_from(settings.longest_write().as_millis()).unwrap_or(i64::MAX),
+        );
+        match store.release_stale_claims(due_ms).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(
                 released = n,

@@ -41,6 +41,29 @@ pub struct Settings {
     pub raw: RawConfig,
 }
 
+/// The longest one target write can take, in seconds: a connect (and bind) and then the
+/// operation (`connect_timeout_secs + timeout_secs`).
+fn write_secs(t: &crate::config::target::RawTarget) -> u64 {
+    match t {
+        crate::config::target::RawTarget::Ldap(l) => {
+            l.connect_timeout_secs.saturating_add(l.timeout_secs)
+        }
+        crate::config::target::RawTarget::Sql(s) => {
+            s.connect_timeout_secs.saturating_add(s.timeout_secs)
+        }
+    }
+}
+
+impl Settings {
+    /// The longest one write of any target can take (`connect_timeout_secs + timeout_secs`):
+    /// how long a write a killed process sent may still land, so rows released at startup
+    /// wait that long.
+    #[must_use]
+    pub fn longest_write(&self) -> Duration {
+        Duration::from_secs(self.raw.targets.iter().map(write_secs).max().unwrap_or(0))
+    }
+}
+
 fn addr(key: &str, value: &str, errors: &mut Vec<ConfigError>) -> Option<SocketAddr> {
     match value.parse::<SocketAddr>() {
         Ok(a) => Some(a),
@@ -183,19 +206,16 @@ pub fn from_raw(raw: &RawConfig) -> Result<Settings, Vec<ConfigError>> {
             "must be at least 1",
         ));
     }
-    // A target write starts only while its timeout remains on the claim's lease, and the
-    // heartbeat renews the lease every lease/3: a lease under twice the timeout would leave
-    // too little for any write.
+    // A target write starts only while its timeout remains on the claim's lease (checked once
+    // the connection is up, which may take connect_timeout), and the heartbeat renews the
+    // lease every lease/3: a lease under twice a connect and a write would leave too little.
     for t in &raw.targets {
-        let timeout = match t {
-            crate::config::target::RawTarget::Ldap(l) => l.timeout_secs,
-            crate::config::target::RawTarget::Sql(s) => s.timeout_secs,
-        };
-        if raw.reconcile.lease_secs < timeout.saturating_mul(2) {
+        let write = write_secs(t);
+        if raw.reconcile.lease_secs < write.saturating_mul(2) {
             errors.push(ConfigError::invalid(
                 "reconcile.lease_secs",
                 format!(
-                    "must be at least twice the timeout_secs of target {} ({timeout}): a write starts only while its timeout remains on the lease",
+                    "must be at least twice the connect_timeout_secs + timeout_secs of target {} ({write}): a write starts only while its timeout remains on the lease",
                     t.name()
                 ),
             ));
@@ -357,8 +377,8 @@ mod tests {
     }
 
     #[test]
-    fn a_lease_shorter_than_twice_a_target_timeout_and_a_blank_instance_id_are_refused() {
-        let target = "[[targets]]\nname = \"corp\"\ntype = \"ldap\"\nurl = \"ldap://127.0.0.1:1\"\ntimeout_secs = 30\n[targets.users]\ndn = \"uid={userName},dc=x\"\nobject_classes = [\"inetOrgPerson\"]\n";
+    fn a_lease_shorter_than_twice_a_target_connect_and_write_and_a_blank_instance_id_are_refused() {
+        let target = "[[targets]]\nname = \"corp\"\ntype = \"ldap\"\nurl = \"ldap://127.0.0.1:1\"\nconnect_timeout_secs = 5\ntimeout_secs = 25\n[targets.users]\ndn = \"uid={userName},dc=x\"\nobject_classes = [\"inetOrgPerson\"]\n";
         let raw = parse(
             "c.toml",
             &format!("[reconcile]\nlease_secs = 59\ninstance_id = \" \"\n{target}"),

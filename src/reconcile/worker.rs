@@ -615,7 +615,15 @@ async fn process(rec: &Reconciler, t: &TargetRuntime, item: &OutboxItem) -> bool
                         ErrorClass::Permanent
                     }
                 };
-                fail(rec, t, item, class, &e.text(), now).await;
+                // A write that timed out on our side may still run in the server: the next
+                // attempt waits at least the timeout, so it cannot be overtaken by it.
+                let timed_out = matches!(&e, ApplyError::Target(te) if te.code.as_deref() == Some("timeout"));
+                let not_before = if timed_out {
+                    now.saturating_add(i64::try_from(t.target.timeout().as_millis()).unwrap_or(i64::MAX))
+                } else {
+                    now
+                };
+                fail_not_before(rec, t, item, class, &e.text(), now, not_before).await;
                 false
             }
         }
@@ -694,6 +702,19 @@ pub(crate) async fn fail(
     text: &str,
     now: i64,
 ) {
+    fail_not_before(rec, t, item, class, text, now, now).await;
+}
+
+/// [`fail`], with the next attempt no earlier than `not_before`.
+async fn fail_not_before(
+    rec: &Reconciler,
+    t: &TargetRuntime,
+    item: &OutboxItem,
+    class: ErrorClass,
+    text: &str,
+    now: i64,
+    not_before: i64,
+) {
     let settings = &rec.inner.settings;
     let attempt = u32::try_from(item.attempts.saturating_add(1)).unwrap_or(1);
     let delay = backoff::delay(
@@ -702,7 +723,9 @@ pub(crate) async fn fail(
         settings.backoff_max,
         rand::random::<f64>(),
     );
-    let next = now.saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
+    let next = now
+        .saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX))
+        .max(not_before);
     let dead = class == ErrorClass::Permanent && attempt >= settings.max_attempts;
     let resource_type = item.resource_type.as_str();
     if let Err(e) = rec

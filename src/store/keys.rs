@@ -182,14 +182,16 @@ pub(crate) fn fill(
         ))
         .load(conn)?;
     let mut duplicates = Vec::new();
-    for (id, ty, key, extra) in rows {
+    for (id, ty, stored_key, stored_extra) in rows {
         let Some(ty) = ResourceType::parse(&ty) else {
             continue;
         };
-        let key = match key {
-            Some(k) => decode_text(k),
+        let key = match &stored_key {
+            Some(k) => decode_text(k.clone()),
             None => {
-                let extra: Option<Value> = extra.and_then(|e| serde_json::from_str(&e).ok());
+                let extra: Option<Value> = stored_extra
+                    .as_deref()
+                    .and_then(|e| serde_json::from_str(e).ok());
                 match intent_key(extra.as_ref()) {
                     Some(k) => k.to_owned(),
                     None => continue,
@@ -197,7 +199,11 @@ pub(crate) fn fill(
             }
         };
         let key_norm = norm(ty, &key);
-        match hold(conn, target, &id, &key, &key_norm, false) {
+        let read = Read {
+            target_key: stored_key.as_deref(),
+            extra: stored_extra.as_deref(),
+        };
+        match fill_one(conn, target, &id, &key, &key_norm, &read) {
             Ok(()) => {}
             Err(StoreError::KeyConflict { holder, .. }) => {
                 duplicates.push((id, holder.unwrap_or_default(), key));
@@ -206,4 +212,46 @@ pub(crate) fn fill(
         }
     }
     Ok(duplicates)
+}
+
+/// What [`fill`] read of a row, outside any transaction.
+struct Read<'a> {
+    target_key: Option<&'a str>,
+    extra: Option<&'a str>,
+}
+
+/// Set one row's missing `key_norm`, only while the row still has none and still holds (or
+/// intends) the key read: a settle that recorded a newer key in between wins (on PostgreSQL
+/// the conditions are re-checked once its row lock is released).
+fn fill_one(
+    conn: &mut DbConnection,
+    target: &str,
+    resource_id: &str,
+    key: &str,
+    key_norm: &str,
+    read: &Read<'_>,
+) -> Result<(), StoreError> {
+    write_tx(conn, |conn| {
+        check_free(conn, target, resource_id, key, Some(key_norm))?;
+        let row = target_state::table
+            .filter(target_state::target.eq(target))
+            .filter(target_state::resource_id.eq(resource_id))
+            .filter(target_state::key_norm.is_null());
+        let set = target_state::key_norm.eq(Some(encode_text(key_norm)));
+        // One conditional statement: PostgreSQL re-checks it after a concurrent writer's lock.
+        match (read.target_key, read.extra) {
+            (Some(k), _) => diesel::update(row.filter(target_state::target_key.eq(k)))
+                .set(set)
+                .execute(conn),
+            (None, Some(e)) => diesel::update(
+                row.filter(target_state::target_key.is_null())
+                    .filter(target_state::extra.eq(e)),
+            )
+            .set(set)
+            .execute(conn),
+            (None, None) => return Ok(()),
+        }
+        .map_err(|e| unique_violation(e, target, key))?;
+        Ok(())
+    })
 }

@@ -327,6 +327,10 @@ struct Inner {
     instance_id: String,
     /// The instance lock on `<db>.lock`, held for the life of the store (file databases only).
     _instance_lock: Option<std::fs::File>,
+    /// PostgreSQL: the connection holding the instance's advisory lock (`take_pg_instance_lock`).
+    _pg_instance_lock: Option<std::sync::Mutex<diesel::PgConnection>>,
+    /// A SQLite memory database (no other process can hold claims in it).
+    memory: bool,
     /// The SQLite file, checked by [`Store::ping`] (an open connection keeps working on a
     /// deleted file, which a restart would then lose).
     sqlite_path: Option<PathBuf>,
@@ -349,7 +353,8 @@ pub struct StoreSettings {
     pub busy_timeout_ms: u64,
     /// Take the exclusive instance lock `<db>.lock` (SQLite files): `serve` does, so a second
     /// daemon on the same file refuses to start; one-shot CLI commands (token, status...) do not,
-    /// so they work while the daemon runs.
+    /// so they work while the daemon runs. On PostgreSQL the lock is an advisory lock on the
+    /// instance id: a second daemon under the same `reconcile.instance_id` refuses to start.
     pub instance_lock: bool,
     /// This instance's id, recorded on every outbox claim it takes (`outbox.claimed_by`), so a
     /// restarted daemon releases its own claims at once ([`Store::release_stale_claims`]).
@@ -442,6 +447,46 @@ fn redact_url(url: &str) -> String {
         None => url.to_owned(),
     }
 }
+
+/// Take the PostgreSQL instance lock: a session advisory lock on
+/// `hashtext('scim-sync/instance/' || instance_id)`, held by a connection of its own for the
+/// life of the store (it goes with the process, `kill -9` included). Two daemons under one
+/// instance id would release each other's live claims at startup.
+fn take_pg_instance_lock(url: &str, instance_id: &str) -> Result<diesel::PgConnection, StoreError> {
+    use diesel::sql_types::{Bool, Text};
+    use diesel::{Connection, RunQueryDsl};
+    #[derive(diesel::QueryableByName)]
+    struct Locked {
+        #[diesel(sql_type = Bool)]
+        locked: bool,
+    }
+    let mut conn = diesel::PgConnection::establish(url)
+        .map_err(|e| StoreError::Unavailable(format!("cannot open the store: {e}")))?;
+    // A process killed a moment ago holds the lock until the server notices its connection
+    // closed (at once on a live network): wait a little before refusing.
+    let give_up = std::time::Instant::now() + PG_INSTANCE_LOCK_WAIT;
+    loop {
+        let got: Locked = diesel::sql_query(
+            "SELECT pg_try_advisory_lock(hashtext('scim-sync/instance/' || $1)) AS locked",
+        )
+        .bind::<Text, _>(instance_id)
+        .get_result(&mut conn)?;
+        if got.locked {
+            return Ok(conn);
+        }
+        if std::time::Instant::now() >= give_up {
+            return Err(StoreError::Other(format!(
+                "another scim-sync daemon with instance id {instance_id:?} uses this database \
+                 (its instance lock is held): give each daemon its own reconcile.instance_id"
+            )));
+        }
+        #[allow(clippy::disallowed_methods)] // on the blocking pool (`Store::open`)
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// How long [`take_pg_instance_lock`] waits for a held lock.
+const PG_INSTANCE_LOCK_WAIT: Duration = Duration::from_secs(10);
 
 /// Take the instance lock `<db>.lock` next to a database file.
 fn take_instance_lock(db: &Path) -> Result<std::fs::File, StoreError> {
@@ -712,6 +757,8 @@ impl Store {
         };
         tokio::task::spawn_blocking(move || {
             let builder = diesel::r2d2::Pool::builder().connection_timeout(Duration::from_secs(10));
+            let memory = matches!(parsed, ParsedUrl::SqliteMemory);
+            let mut pg_lock = None;
             let (target, builder, lock) = match parsed {
                 ParsedUrl::SqliteMemory => (
                     ConnTarget::Sqlite {
@@ -750,7 +797,15 @@ impl Store {
                         lock,
                     )
                 }
-                ParsedUrl::Pg(url) => (ConnTarget::Pg { url }, builder.max_size(pool_size), None),
+                ParsedUrl::Pg(url) => {
+                    if want_lock {
+                        pg_lock = Some(std::sync::Mutex::new(take_pg_instance_lock(
+                            &url,
+                            &instance_id,
+                        )?));
+                    }
+                    (ConnTarget::Pg { url }, builder.max_size(pool_size), None)
+                }
             };
             let pool = builder
                 .build(Manager { target })
@@ -762,6 +817,8 @@ impl Store {
                     instance_id,
                     key_norms: RwLock::new(std::collections::HashMap::new()),
                     _instance_lock: lock,
+                    _pg_instance_lock: pg_lock,
+                    memory,
                     sqlite_path,
                 }),
             })
@@ -1257,7 +1314,8 @@ impl Store {
     /// Record success: upsert `state` (never lowering `applied_version`), then delete the outbox
     /// row only if its version did not move since the claim (else release it for another round).
     /// Writes an `applied:<target>` history row. When the claim was lost (another worker holds a
-    /// newer epoch), only a higher `applied_version` is recorded and the row is left alone.
+    /// newer epoch), nothing is written: the owner settles (a row that is gone was settled at
+    /// an equal or higher version).
     ///
     /// # Errors
     /// `Unavailable`.
@@ -1340,24 +1398,26 @@ impl Store {
 
     /// Release the outbox claims left by this instance's previous process, at startup: after
     /// a `kill -9`, claimed rows would otherwise wait out their lease before anyone retried
-    /// them. With the SQLite instance lock held (no other daemon can be applying) that is
-    /// every claim; on PostgreSQL, only those recorded under this store's
-    /// [`StoreSettings::instance_id`] (other instances may hold live claims). Returns how many
-    /// were released.
+    /// them. Only with the instance lock held (SQLite: `<db>.lock`; PostgreSQL: an advisory
+    /// lock on the instance id, so no other daemon runs under this id), and only the claims
+    /// recorded under this store's [`StoreSettings::instance_id`] (or under none): other
+    /// instances, and a CLI `reconcile --full` (`<host>/cli-<pid>`), may hold live claims.
+    /// Returns how many were released. A released row is due no earlier than `due_ms`: a
+    /// write the killed process sent may still be on its way to (or queued in) the target,
+    /// and must not land after the retry's newer one (the daemon passes now plus the longest
+    /// connect and operation timeout of its targets).
     ///
     /// # Errors
     /// `Unavailable`.
-    pub async fn release_stale_claims(&self) -> Result<u64, StoreError> {
-        let instance = match (&self.inner._instance_lock, &self.inner.sqlite_path) {
-            (Some(_), _) => None,
-            // A SQLite file opened without the lock: another process may be applying.
-            (None, Some(_)) => return Ok(0),
-            (None, None) => Some(self.inner.instance_id.clone()),
-        };
-        if instance.as_deref() == Some("") {
+    pub async fn release_stale_claims(&self, due_ms: i64) -> Result<u64, StoreError> {
+        let instance = self.inner.instance_id.clone();
+        let locked = self.inner._instance_lock.is_some() || self.inner._pg_instance_lock.is_some();
+        // Without the instance lock another process under this id may be applying; a SQLite
+        // memory database has no other process.
+        if instance.is_empty() || !(locked || self.inner.memory) {
             return Ok(0);
         }
-        self.run(move |conn| outbox::release_claims(conn, instance.as_deref()))
+        self.run(move |conn| outbox::release_claims(conn, &instance, due_ms))
             .await
     }
 

@@ -51,7 +51,10 @@ pub(crate) fn enqueue_all(
 /// UPDATE` over the table's unique (target, resource_id) constraint. One statement cannot
 /// drop the change: on PostgreSQL, a concurrent settle that locked and deleted the row makes
 /// the insert wait for it and then insert afresh (a select-then-update by id would hit 0 rows
-/// and be acknowledged all the same; test: `store::tests::races`).
+/// and be acknowledged all the same; test: `store::tests::races`). Only an expired claim is
+/// cleared (`excluded.enqueued_ms` is now), never a live one: clearing does not move the
+/// epoch, so the holder would keep writing while another worker claims the row (test:
+/// `store::tests::fencing`).
 const UPSERT_SQL: &str = "INSERT INTO outbox (target, resource_type, resource_id, version, \
      operation, request_id, attempts, next_attempt_ms, last_error, state, enqueued_ms, \
      claimed_until_ms, claim_epoch, generation) \
@@ -63,9 +66,10 @@ const UPSERT_SQL: &str = "INSERT INTO outbox (target, resource_type, resource_id
      next_attempt_ms = excluded.next_attempt_ms, last_error = NULL, \
      enqueued_ms = CASE WHEN outbox.state = 'dead' THEN excluded.enqueued_ms \
                    ELSE outbox.enqueued_ms END, \
-     claimed_until_ms = CASE WHEN outbox.state = 'dead' THEN NULL \
+     claimed_until_ms = CASE WHEN outbox.claimed_until_ms < excluded.enqueued_ms THEN NULL \
                         ELSE outbox.claimed_until_ms END, \
-     claimed_by = CASE WHEN outbox.state = 'dead' THEN NULL ELSE outbox.claimed_by END, \
+     claimed_by = CASE WHEN outbox.claimed_until_ms < excluded.enqueued_ms THEN NULL \
+                  ELSE outbox.claimed_by END, \
      state = 'pending', generation = outbox.generation + 1";
 
 /// `sql` with PostgreSQL's numbered placeholders (`$1`, `$2`, ...) for `?`.
@@ -401,6 +405,11 @@ pub(crate) fn settle_applied(
         let ours = row
             .as_ref()
             .is_some_and(|r| r.claim_epoch == item.claim_epoch && r.target == item.target);
+        if !ours {
+            // The claim was lost: the owner settles (a row gone was settled at an equal or
+            // higher version). Writing here could move a key the owner reserved.
+            return Ok(());
+        }
         upsert_target_state(conn, state, !ours, key_norm)?;
         if let (true, Some(row)) = (ours, row) {
             if !requeued_since_claim(&row, item) {
@@ -567,7 +576,17 @@ pub(crate) fn retry_dead(
                 outbox::attempts.eq(0),
                 outbox::next_attempt_ms.eq(now_ms),
                 outbox::enqueued_ms.eq(now_ms),
+            ))
+            .execute(conn)?;
+            // Only an expired claim is cleared: a live one (the epoch unmoved) stays exclusive.
+            diesel::update(
+                outbox::table
+                    .filter(outbox::id.eq_any(chunk))
+                    .filter(outbox::claimed_until_ms.lt(now_ms)),
+            )
+            .set((
                 outbox::claimed_until_ms.eq(None::<i64>),
+                outbox::claimed_by.eq(None::<&str>),
             ))
             .execute(conn)?;
             changed += n as u64;
@@ -826,6 +845,9 @@ pub(crate) fn claim_resource(
             outbox::claimed_until_ms.eq(Some(now_ms.saturating_add(lease_ms))),
             outbox::claim_epoch.eq(outbox::claim_epoch + 1),
             outbox::claimed_by.eq(Some(instance)),
+            // A dead letter being repaired is pending again: a dead row never holds a claim
+            // (its settle or a retry would otherwise clear a live one).
+            outbox::state.eq(PENDING),
         ))
         .execute(conn)?;
         if claimed != 1 {
@@ -842,26 +864,34 @@ pub(crate) fn claim_resource(
     })
 }
 
-/// Release claims at startup; see [`super::Store::release_stale_claims`]. `instance` `None`:
-/// every claim.
+/// Release claims at startup; see [`super::Store::release_stale_claims`]: those recorded under
+/// `instance` (and any recorded under none), never another process's (a CLI `reconcile
+/// --full` is `<host>/cli-<pid>` and takes no instance lock). Each released row is due no
+/// earlier than `due_ms`.
 pub(crate) fn release_claims(
     conn: &mut DbConnection,
-    instance: Option<&str>,
+    instance: &str,
+    due_ms: i64,
 ) -> Result<u64, StoreError> {
-    let claimed = outbox::table.filter(outbox::claimed_until_ms.is_not_null());
-    let n = match instance {
-        None => diesel::update(claimed)
+    write_tx(conn, |conn| {
+        let released = || {
+            outbox::table
+                .filter(outbox::claimed_until_ms.is_not_null())
+                .filter(
+                    outbox::claimed_by
+                        .is_null()
+                        .or(outbox::claimed_by.eq(instance)),
+                )
+        };
+        diesel::update(released().filter(outbox::next_attempt_ms.lt(due_ms)))
+            .set(outbox::next_attempt_ms.eq(due_ms))
+            .execute(conn)?;
+        let n = diesel::update(released())
             .set((
                 outbox::claimed_until_ms.eq(None::<i64>),
                 outbox::claimed_by.eq(None::<&str>),
             ))
-            .execute(conn)?,
-        Some(me) => diesel::update(claimed.filter(outbox::claimed_by.eq(me)))
-            .set((
-                outbox::claimed_until_ms.eq(None::<i64>),
-                outbox::claimed_by.eq(None::<&str>),
-            ))
-            .execute(conn)?,
-    };
-    Ok(u64::try_from(n).unwrap_or(0))
+            .execute(conn)?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    })
 }

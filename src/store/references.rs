@@ -55,11 +55,15 @@ fn rows_of(
         .collect())
 }
 
+/// Replace a holder's rows. A concurrent writer of the same rows (a rebuild's backfill and
+/// the holder's own render) is met with `ON CONFLICT` instead of a key violation: a render
+/// (`newer`) sets its resolution, a backfill leaves the row it met.
 fn replace_rows(
     conn: &mut DbConnection,
     target: &str,
     holder_id: &str,
     rows: &BTreeSet<Row>,
+    newer: bool,
 ) -> Result<(), StoreError> {
     diesel::delete(
         user_references::table
@@ -68,15 +72,33 @@ fn replace_rows(
     )
     .execute(conn)?;
     for (by, value, resolved) in rows {
-        diesel::insert_into(user_references::table)
-            .values((
-                user_references::target.eq(target),
-                user_references::holder_id.eq(holder_id),
-                user_references::ref_by.eq(by),
-                user_references::ref_value.eq(value),
-                user_references::resolved_id.eq(resolved.as_deref()),
-            ))
-            .execute(conn)?;
+        use diesel::sql_types::{Nullable, Text};
+        let on_conflict = if newer {
+            "DO UPDATE SET resolved_id = excluded.resolved_id"
+        } else {
+            "DO NOTHING"
+        };
+        let columns = "INSERT INTO user_references (target, holder_id, ref_by, ref_value, \
+                       resolved_id)";
+        let conflict = "ON CONFLICT (target, holder_id, ref_by, ref_value)";
+        macro_rules! run {
+            ($c:expr, $values:expr) => {
+                diesel::sql_query(format!(
+                    "{columns} VALUES {} {conflict} {on_conflict}",
+                    $values
+                ))
+                .bind::<Text, _>(target)
+                .bind::<Text, _>(holder_id)
+                .bind::<Text, _>(by)
+                .bind::<Text, _>(value)
+                .bind::<Nullable<Text>, _>(resolved.as_deref())
+                .execute($c)?
+            };
+        }
+        match &mut *conn {
+            DbConnection::Pg(c) => run!(c, "($1, $2, $3, $4, $5)"),
+            DbConnection::Sqlite(c) => run!(c, "(?, ?, ?, ?, ?)"),
+        };
     }
     Ok(())
 }
@@ -98,7 +120,7 @@ fn record(
     }
     write_tx(conn, |conn| {
         lock_resolved_states(conn, target, &want)?;
-        replace_rows(conn, target, holder_id, &want)
+        replace_rows(conn, target, holder_id, &want, true)
     })
 }
 
@@ -260,7 +282,7 @@ impl Store {
             }
             write_tx(conn, |conn| {
                 if rows_of(conn, &target, &holder)?.is_empty() {
-                    replace_rows(conn, &target, &holder, &want)?;
+                    replace_rows(conn, &target, &holder, &want, false)?;
                 }
                 Ok(())
             })

@@ -10,6 +10,7 @@ use futures_util::future::join_all;
 use serde_json::json;
 use std::time::Instant;
 
+mod fencing;
 mod races;
 
 const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1/postgres";
@@ -81,12 +82,12 @@ async fn pg_db() -> TestDb {
     })
     .await
     .expect("join");
-    let store = Store::open(
-        &settings(format!("postgres://postgres@127.0.0.1/{name}")),
-        vec![TARGET.to_owned()],
-    )
-    .await
-    .expect("open pg");
+    // Not the instance lock: tests open more stores under the same id on one database.
+    let mut pg_settings = settings(format!("postgres://postgres@127.0.0.1/{name}"));
+    pg_settings.instance_lock = false;
+    let store = Store::open(&pg_settings, vec![TARGET.to_owned()])
+        .await
+        .expect("open pg");
     store.migrate().await.expect("migrate pg");
     TestDb {
         store,
@@ -2052,9 +2053,10 @@ async fn concurrent_migrations_on_postgres_apply_once() {
     let a = Store::open(&settings(url.clone()), vec![TARGET.to_owned()])
         .await
         .unwrap();
-    let b = Store::open(&settings(url), vec![TARGET.to_owned()])
-        .await
-        .unwrap();
+    // Two instances: each its own id (one id per daemon on a database).
+    let mut other = settings(url);
+    other.instance_id = "other-instance".into();
+    let b = Store::open(&other, vec![TARGET.to_owned()]).await.unwrap();
     let (ra, rb) = futures_util::future::join(a.migrate(), b.migrate()).await;
     let mut applied = [ra.unwrap().len(), rb.unwrap().len()];
     applied.sort_unstable();

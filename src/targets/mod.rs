@@ -193,6 +193,16 @@ impl AnyTarget {
             AnyTarget::Sql(t) => &t.settings().name,
         }
     }
+
+    /// The operation timeout (`timeout_secs`): a write that timed out on our side may still
+    /// be executed by the server for about that long.
+    #[must_use]
+    pub fn timeout(&self) -> Duration {
+        match self {
+            AnyTarget::Ldap(t) => t.settings().timeout,
+            AnyTarget::Sql(t) => t.settings().timeout,
+        }
+    }
 }
 
 impl Target for AnyTarget {

@@ -6,9 +6,10 @@ use super::*;
 use scim_sync::reconcile::{worker::PAUSE_BEFORE_SYNC, Reconciler, TargetRuntime};
 use std::sync::Arc;
 
-const LEASE_SECS: u64 = 3;
+const LEASE_SECS: u64 = 4;
 
-/// The suite's config with a short lease (and an LDAP timeout that fits in it twice).
+/// The suite's config with a short lease (and an LDAP connect and timeout that fit in it
+/// twice).
 async fn start_with_short_lease() -> Env {
     let slapd = Slapd::start().await;
     let secrets = tempfile::tempdir().unwrap();
@@ -19,7 +20,10 @@ async fn start_with_short_lease() -> Env {
             "[reconcile]\n",
             &format!("[reconcile]\nlease_secs = {LEASE_SECS}\n"),
         )
-        .replace("type = \"ldap\"\n", "type = \"ldap\"\ntimeout_secs = 1\n");
+        .replace(
+            "type = \"ldap\"\n",
+            "type = \"ldap\"\nconnect_timeout_secs = 1\ntimeout_secs = 1\n",
+        );
     let t = TestDaemon::start_with(Backend::Sqlite, &toml).await;
     Env {
         t,

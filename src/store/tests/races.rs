@@ -315,11 +315,11 @@ async fn claims_a_restarted_instance_releases_its_own_claims_only() {
         1
     );
 
-    // "Restart": a new store under the same instance id.
+    // "Restart": a new store under the same instance id (with the instance lock).
     let restarted = Store::open(&settings(url), vec![TARGET.to_owned()])
         .await
         .unwrap();
-    assert_eq!(restarted.release_stale_claims().await.unwrap(), 1);
+    assert_eq!(restarted.release_stale_claims(200).await.unwrap(), 1);
     let again = restarted.claim(TARGET, 200, 600_000, 10).await.unwrap();
     assert_eq!(
         again
@@ -407,4 +407,138 @@ async fn claims_renewal_fails_once_another_worker_took_the_row() {
         );
     })
     .await;
+}
+
+/// Review finding 11: filling a missing `key_norm` (rows from before the index) reads the row,
+/// then writes; a settle that recorded a new key in between must win. Before: the fill's
+/// UPDATE by key overwrote the new key's `key_norm` with the old key's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn races_filling_a_missing_key_norm_never_overwrites_a_newer_key() {
+    let db = pg_db().await;
+    let (store, url) = (db.store.clone(), url_of(&db));
+    let id = store
+        .create_user(user("filler"), None, &ctx(100))
+        .await
+        .unwrap()
+        .id;
+    let item = store.claim(TARGET, 100, 1000, 10).await.unwrap().remove(0);
+    store
+        .settle_applied(&item, applied(&item, 1, 200), 200)
+        .await
+        .unwrap();
+    // A state from before the index: no key_norm.
+    let clear = id.clone();
+    store
+        .run(move |conn| {
+            diesel::sql_query(format!(
+                "UPDATE target_state SET key_norm = NULL WHERE resource_id = '{clear}'"
+            ))
+            .execute(conn)?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    // A settle records a new key (and its key_norm) and holds the row until told.
+    let moved = id.clone();
+    let (commit, settle) = open_transaction(&url, move |conn| {
+        diesel::sql_query(format!(
+            "UPDATE target_state SET target_key = 'uid=moved,ou=people', \
+             key_norm = 'uid=moved,ou=people' WHERE resource_id = '{moved}'"
+        ))
+        .execute(conn)
+        .unwrap();
+    })
+    .await;
+    let fill = {
+        let store = store.clone();
+        tokio::spawn(async move { store.fill_key_norms(TARGET).await })
+    };
+    lock_waiters(&url, 1).await;
+    commit.send(()).unwrap();
+    settle.join().unwrap();
+    fill.await.unwrap().unwrap();
+    let key = id.clone();
+    let stored = store
+        .run(move |conn| {
+            Ok(diesel::sql_query(format!(
+                "SELECT key_norm AS k FROM target_state WHERE resource_id = '{key}'"
+            ))
+            .get_result::<KeyNorm>(conn)?
+            .k)
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        stored.as_deref(),
+        Some("uid=moved,ou=people"),
+        "the fill overwrote the newer key's key_norm"
+    );
+    db.finish().await;
+}
+
+#[derive(QueryableByName)]
+struct KeyNorm {
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    k: Option<String>,
+}
+
+/// Review finding 8: a reference-index rebuild's backfill and a holder's own render record the
+/// same rows at once. Before: the second insert waited for the first, then failed on the
+/// primary key (the backfill, or the render's apply, errored).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn races_a_backfill_and_a_render_recording_the_same_references_both_succeed() {
+    let db = pg_db().await;
+    let (store, url) = (db.store.clone(), url_of(&db));
+    for (holder, concurrent_render_resolves) in [("h-backfill", None), ("h-render", Some("b"))] {
+        // One side inserted the row and has not committed yet.
+        let insert = holder.to_owned();
+        let (commit, first) = open_transaction(&url, move |conn| {
+            diesel::sql_query(format!(
+                "INSERT INTO user_references (target, holder_id, ref_by, ref_value, \
+                 resolved_id) VALUES ('{TARGET}', '{insert}', 'id', 'boss', 'a')"
+            ))
+            .execute(conn)
+            .unwrap();
+        })
+        .await;
+        let second = {
+            let (store, holder) = (store.clone(), holder.to_owned());
+            let refs = vec![(
+                "id".to_owned(),
+                "boss".to_owned(),
+                concurrent_render_resolves.map(str::to_owned),
+            )];
+            tokio::spawn(async move {
+                if concurrent_render_resolves.is_some() {
+                    store.record_references(TARGET, &holder, refs).await
+                } else {
+                    store.backfill_references(TARGET, &holder, refs).await
+                }
+            })
+        };
+        lock_waiters(&url, 1).await;
+        commit.send(()).unwrap();
+        first.join().unwrap();
+        let done = second.await.unwrap();
+        assert!(done.is_ok(), "{holder}: {:?}", done.err());
+    }
+    // The render is newer than what it met: its resolution stands; the backfill yields.
+    let resolved = |h: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .run(move |conn| {
+                    Ok(diesel::sql_query(format!(
+                        "SELECT resolved_id AS k FROM user_references WHERE holder_id = '{h}'"
+                    ))
+                    .get_result::<KeyNorm>(conn)?
+                    .k)
+                })
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(resolved("h-backfill").await.as_deref(), Some("a"));
+    assert_eq!(resolved("h-render").await.as_deref(), Some("b"));
+    db.finish().await;
 }

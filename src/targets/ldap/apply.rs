@@ -73,7 +73,11 @@ fn describe(m: &Mod, show_values: bool) -> String {
 }
 
 impl Exec<'_> {
-    fn fence(&self) -> Result<(), TargetError> {
+    /// Right before a write: the connection is up (a reconnect takes up to connect_timeout,
+    /// not counted after the check), then at least the operation's timeout remains on the
+    /// lease.
+    async fn fence(&self) -> Result<(), TargetError> {
+        self.t.connected().await?;
         self.lease.check(self.t.settings().timeout)
     }
 
@@ -86,7 +90,7 @@ impl Exec<'_> {
         if self.dry_run {
             return Ok(0);
         }
-        self.fence()?;
+        self.fence().await?;
         self.t.add(dn, attrs).await
     }
 
@@ -111,7 +115,7 @@ impl Exec<'_> {
         }
         let lmods: Vec<ldap3::Mod<String>> = mods.iter().map(to_ldap).collect();
         let ok = [codes::ATTRIBUTE_OR_VALUE_EXISTS, codes::NO_SUCH_ATTRIBUTE];
-        self.fence()?;
+        self.fence().await?;
         let rc = self.t.modify(dn, lmods, &ok).await?;
         if rc == 0 {
             return Ok(());
@@ -134,7 +138,7 @@ impl Exec<'_> {
                     Mod::Delete(..) => &[codes::NO_SUCH_ATTRIBUTE],
                     Mod::Replace(..) => &[],
                 };
-                self.fence()?;
+                self.fence().await?;
                 self.t.modify(dn, vec![to_ldap(&s)], tolerated).await?;
             }
         }
@@ -153,7 +157,7 @@ impl Exec<'_> {
         if self.dry_run {
             return Ok(true);
         }
-        self.fence()?;
+        self.fence().await?;
         match self.t.modrdn(old, &new_rdn, sup).await {
             Ok(rc) => Ok(rc == 0),
             Err(e) if e.code.as_deref() == Some("68") => Err(permanent(format!(
@@ -168,7 +172,7 @@ impl Exec<'_> {
         if self.dry_run {
             return Ok(());
         }
-        self.fence()?;
+        self.fence().await?;
         self.t.delete(dn).await.map(|_| ())
     }
 }
@@ -342,17 +346,17 @@ async fn locate(
 /// attempt for the same DN finds `prior.extra` = `{"creating": dn, "since_ms": first attempt,
 /// "prev_attempt_ms": the attempt before this one, "attempt_ms": this one}`. The entry is ours
 /// only when this resource's intent names this DN, our bind DN created it, and its
-/// `createTimestamp` lies between the intent and the end of the previous attempt's add (its
-/// start plus the connect and operation timeouts): an add of this attempt has not happened
-/// yet, and an entry we created earlier, for a resource that held the DN before, is older
-/// than the intent. Anything else at that DN stays unmanaged. `createTimestamp` has whole
+/// `createTimestamp` lies between the intent and the start of this attempt (the fence: an
+/// earlier attempt's add was done before the lease it ran under ended, and this attempt's
+/// claim came after): an add of this attempt has not happened yet, and an entry we created
+/// earlier, for a resource that held the DN before, is older than the intent. Anything else at that DN stays unmanaged. `createTimestamp` has whole
 /// seconds, so the lower bound is the intent's second.
 async fn created_by_interrupted_apply(
     t: &LdapTarget,
     prior: &Prior,
     dn: &str,
 ) -> Result<bool, TargetError> {
-    let Some(window) = intent_window(&t.settings, prior, dn) else {
+    let Some(window) = intent_window(prior, dn) else {
         return Ok(false);
     };
     created_in(t, dn, window).await
@@ -388,7 +392,7 @@ async fn created_in_any(
 
 /// The time window (ms) in which an add of ours for this resource at `dn` can have happened,
 /// from its recorded intent; `None` when the intent does not name `dn`.
-fn intent_window(settings: &Settings, prior: &Prior, dn: &str) -> Option<(i64, i64)> {
+fn intent_window(prior: &Prior, dn: &str) -> Option<(i64, i64)> {
     let extra = prior.extra.as_ref()?;
     let creating = extra.get("creating").and_then(Value::as_str)?;
     if !dn_eq(creating, dn) {
@@ -396,13 +400,14 @@ fn intent_window(settings: &Settings, prior: &Prior, dn: &str) -> Option<(i64, i
     }
     let since_ms = extra.get("since_ms").and_then(Value::as_i64)?;
     // The first attempt has no earlier add of ours to find.
-    let prev_ms = extra
-        .get("prev_attempt_ms")
-        .and_then(Value::as_i64)?
-        .max(since_ms);
+    extra.get("prev_attempt_ms").and_then(Value::as_i64)?;
+    // Up to this attempt's start: every earlier attempt's writes were done by then (a write
+    // starts only while its timeout remains on the lease, and this attempt's claim came
+    // after that lease), and this attempt has added nothing yet.
+    let attempt_ms = extra.get("attempt_ms").and_then(Value::as_i64)?;
     Some((
         since_ms - since_ms.rem_euclid(1000),
-        prev_ms.saturating_add(attempt_budget_ms(settings)),
+        attempt_ms.max(since_ms),
     ))
 }
 
@@ -1104,29 +1109,28 @@ mod tests {
 
     #[test]
     fn an_interrupted_create_counts_only_inside_its_intents_window() {
-        let s = settings("");
         let dn = "uid=a,ou=People,dc=x";
-        // From the intent's whole second to the end of the previous attempt's add (its start
-        // plus connect + 4 operations); this attempt has not added anything yet.
+        // From the intent's whole second to the start of this attempt (an earlier attempt's
+        // add, however slow, was done before its lease ended; this one added nothing yet).
         assert_eq!(
-            intent_window(&s, &intent(dn, 10_500, 60_000), dn),
-            Some((10_000, 60_000 + 2_000 + 4 * 5_000))
+            intent_window(&intent(dn, 10_500, 60_000), dn),
+            Some((10_000, 160_000))
         );
         // Another spelling of the same DN is the same intent.
-        assert!(intent_window(&s, &intent("UID=A,ou=people,dc=x", 1, 1), dn).is_some());
+        assert!(intent_window(&intent("UID=A,ou=people,dc=x", 1, 1), dn).is_some());
         // An intent naming another DN, or none at all, never recognises an entry.
         assert_eq!(
-            intent_window(&s, &intent("uid=b,ou=People,dc=x", 1, 1), dn),
+            intent_window(&intent("uid=b,ou=People,dc=x", 1, 1), dn),
             None
         );
-        assert_eq!(intent_window(&s, &Prior::default(), dn), None);
+        assert_eq!(intent_window(&Prior::default(), dn), None);
         // The first attempt (no previous one) has no add of ours to find.
         let first = Prior {
             key: None,
             extra: Some(json!({"creating": dn, "since_ms": 5_000, "attempt_ms": 5_000})),
             ..Prior::default()
         };
-        assert_eq!(intent_window(&s, &first, dn), None);
+        assert_eq!(intent_window(&first, dn), None);
     }
 
     #[test]

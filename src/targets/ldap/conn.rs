@@ -105,19 +105,42 @@ impl LdapTarget {
         Ok(ldap)
     }
 
+    /// Make sure a connection is up (connecting and binding first if needed). A write's
+    /// lease check comes after this, so a reconnect's time is not spent after the check.
+    pub(super) async fn connected(&self) -> Result<(), TargetError> {
+        self.handle().await.map(|_| ())
+    }
+
+    /// The live connection, never a new one: a write goes out on the connection that was up
+    /// when its lease was checked ([`LdapTarget::connected`]), or not at all.
+    async fn live(&self) -> Result<Ldap, TargetError> {
+        let mut slot = self.slot.lock().await;
+        if let Some(ldap) = slot.as_mut() {
+            if !ldap.is_closed() {
+                return Ok(ldap.clone());
+            }
+        }
+        Err(TargetError {
+            class: ErrorClass::Transient,
+            code: Some("connection".into()),
+            message: "the connection closed after the lease check; the write was not sent".into(),
+        })
+    }
+
     /// Forget the connection so the next operation reconnects.
     async fn drop_connection(&self) {
         *self.slot.lock().await = None;
     }
 
-    /// Run one operation; connection errors drop the connection. Returns the raw result
-    /// (the caller decides which result codes are fine).
+    /// Run one write on the live connection (the caller made it ready and checked its lease
+    /// since: [`LdapTarget::connected`]); connection errors drop the connection. Returns the
+    /// raw result (the caller decides which result codes are fine).
     async fn run<F, Fut>(&self, what: &str, op: F) -> Result<LdapResult, TargetError>
     where
         F: FnOnce(Ldap) -> Fut,
         Fut: Future<Output = Result<LdapResult, LdapError>>,
     {
-        let ldap = self.handle().await?;
+        let ldap = self.live().await?;
         match op(ldap).await {
             Ok(res) => Ok(res),
             Err(e) => {
