@@ -359,6 +359,30 @@ impl Slapd {
     /// like a hung server. [`Slapd::resume`] undoes it.
     pub fn pause(&self) {
         self.signal("-STOP");
+        // kill(2) returns once the signal is queued; every thread of slapd stops only when it
+        // next leaves the kernel. Wait until /proc shows the process stopped, so nothing sent
+        // after `pause` returns can be answered before `resume`.
+        let pid = self
+            .child
+            .as_ref()
+            .and_then(Child::id)
+            .expect("slapd is not running");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // The state follows the parenthesised command name.
+            let state = stat
+                .rsplit_once(") ")
+                .and_then(|(_, rest)| rest.chars().next());
+            if state == Some('T') {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "slapd {pid} did not stop: {stat}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
     }
 
     /// Resume a paused slapd (SIGCONT).

@@ -965,6 +965,17 @@ async fn hung_server_times_out_as_transient_and_recovers() {
     dir.sync(&map, &t, &user("first"), &Prior::default()).await;
     slapd.pause();
     let d = dir.desired(&map, &user("second"));
+    let now_ms = || {
+        i64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis(),
+        )
+        .unwrap()
+    };
+    // The intent the reconciler records before the first attempt.
+    let intent_ms = now_ms();
     let started = std::time::Instant::now();
     let err = t
         .sync(Some(&d), &Prior::default(), false)
@@ -981,17 +992,14 @@ async fn hung_server_times_out_as_transient_and_recovers() {
     // The timed-out add may still have been carried out once slapd resumed: with the intent the
     // reconciler records before a first create, the retry resumes that entry instead of
     // refusing it as unmanaged (and otherwise creates it). One change either way.
-    let since_ms = i64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis(),
-    )
-    .unwrap()
-        - 60_000;
+    // The retry's intent as the reconciler records it: first and previous attempt at
+    // `intent_ms`, this attempt now (an entry of ours created in between is the timed-out add).
     let intent = Prior {
         key: None,
-        extra: Some(serde_json::json!({"creating": d.entry.key, "since_ms": since_ms})),
+        extra: Some(
+            serde_json::json!({"creating": d.entry.key, "since_ms": intent_ms,
+                                       "prev_attempt_ms": intent_ms, "attempt_ms": now_ms()}),
+        ),
         ..Prior::default()
     };
     let o = t.sync(Some(&d), &intent, false).await.unwrap();
