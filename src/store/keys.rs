@@ -6,8 +6,15 @@
 //! is the target's business (LDAP: `mapping::dn::normalize_dn`; SQL: table and key as the
 //! database compares them); the reconciler registers it per target with
 //! [`super::Store::set_key_norm`]. Must not decide what a conflict does to the outbox row.
+//!
+//! A rename reserves its new key in `target_key_reservations` (at most one per resource and
+//! target) while the state keeps holding the old key, where the entry still is, until the
+//! settle records where the entry ended up and drops the reservation. A key is held or
+//! reserved by at most one resource per target: the two unique indexes decide among holders
+//! and among reservers; held against reserved is checked under a per-key lock ([`lock_key`])
+//! by every writer of either.
 
-use super::schema::target_state;
+use super::schema::{target_key_reservations, target_state};
 use super::{decode_text, encode_text, write_tx, DbConnection, StoreError};
 use crate::scim::resource::ResourceType;
 use diesel::prelude::*;
@@ -21,6 +28,9 @@ pub type KeyNormFn = Arc<dyn Fn(ResourceType, &str) -> String + Send + Sync>;
 /// Name of the unique index (PostgreSQL reports it; SQLite names its columns).
 const INDEX: &str = "target_state_key_norm";
 
+/// Name of the reservations' primary key (PostgreSQL's default name).
+const RESERVED_INDEX: &str = "target_key_reservations_pkey";
+
 /// The key an intent names (`extra.creating`), if the state is an intent.
 pub(crate) fn intent_key(extra: Option<&Value>) -> Option<&str> {
     extra
@@ -28,24 +38,52 @@ pub(crate) fn intent_key(extra: Option<&Value>) -> Option<&str> {
         .and_then(Value::as_str)
 }
 
-/// The resource other than `except` that holds `key_norm` in `target`.
+/// The resource other than `except` that holds (or intends) `key_norm` in `target`, or else
+/// the one that reserved it for a rename.
 pub(crate) fn holder(
     conn: &mut DbConnection,
     target: &str,
     key_norm: &str,
     except: &str,
 ) -> Result<Option<String>, StoreError> {
-    Ok(target_state::table
+    let held = target_state::table
         .filter(target_state::target.eq(target))
         .filter(target_state::key_norm.eq(encode_text(key_norm)))
         .filter(target_state::resource_id.ne(except))
         .select(target_state::resource_id)
         .first(conn)
+        .optional()?;
+    if held.is_some() {
+        return Ok(held);
+    }
+    Ok(target_key_reservations::table
+        .filter(target_key_reservations::target.eq(target))
+        .filter(target_key_reservations::key_norm.eq(encode_text(key_norm)))
+        .filter(target_key_reservations::resource_id.ne(except))
+        .select(target_key_reservations::resource_id)
+        .first(conn)
         .optional()?)
 }
 
-/// `KeyConflict` when another resource holds `key_norm` (for a useful message; the index is
-/// what guarantees it, see [`unique_violation`]).
+/// Serialise, until the transaction ends, the writers that check one key of `target` as held
+/// against reserved (the two live in different indexes, so neither index decides between
+/// them). PostgreSQL: a transaction advisory lock on the key's hash (a collision only
+/// serialises more); SQLite: its write lock (`BEGIN IMMEDIATE`) serialises every writer.
+/// Lock order: a transaction that locks a `target_state` row does so before this.
+fn lock_key(conn: &mut DbConnection, target: &str, key_norm: &str) -> Result<(), StoreError> {
+    if let DbConnection::Pg(c) = conn {
+        use diesel::sql_types::Text;
+        diesel::sql_query("SELECT pg_advisory_xact_lock(hashtext($1), hashtext($2))")
+            .bind::<Text, _>(target)
+            .bind::<Text, _>(encode_text(key_norm))
+            .execute(c)?;
+    }
+    Ok(())
+}
+
+/// `KeyConflict` when another resource holds or reserved `key_norm`, checked under the key's
+/// lock ([`lock_key`]); the unique indexes decide races among holders and among reservers
+/// (see [`unique_violation`]). Call it inside the transaction that writes the key.
 pub(crate) fn check_free(
     conn: &mut DbConnection,
     target: &str,
@@ -56,6 +94,7 @@ pub(crate) fn check_free(
     let Some(norm) = key_norm else {
         return Ok(());
     };
+    lock_key(conn, target, norm)?;
     match holder(conn, target, norm, resource_id)? {
         Some(h) => Err(StoreError::KeyConflict {
             target: target.to_owned(),
@@ -70,7 +109,8 @@ pub(crate) fn check_free(
 /// the key between the check and the write) is a `KeyConflict`, anything else the usual error.
 pub(crate) fn unique_violation(e: DieselError, target: &str, key: &str) -> StoreError {
     if let DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, info) = &e {
-        let ours = info.constraint_name() == Some(INDEX) || info.message().contains("key_norm");
+        let ours = matches!(info.constraint_name(), Some(INDEX | RESERVED_INDEX))
+            || info.message().contains("key_norm");
         if ours {
             return StoreError::KeyConflict {
                 target: target.to_owned(),
@@ -104,8 +144,10 @@ pub(crate) fn key_norm_of(
 pub const RENAMING: &str = "renaming";
 
 /// Reserve `key` for an existing state before the target renames its entry there: a rename
-/// to a key another resource holds or intends is refused before the target is touched. The
-/// key is noted in `extra` as [`RENAMING`].
+/// to a key another resource holds, intends or reserved is refused before the target is
+/// touched. The state keeps its held key (the entry is still there until the rename
+/// happened); the reservation replaces the resource's earlier one, and the key is noted in
+/// `extra` as [`RENAMING`]. Does nothing when the resource has no state in `target`.
 pub(crate) fn reserve(
     conn: &mut DbConnection,
     target: &str,
@@ -113,47 +155,56 @@ pub(crate) fn reserve(
     key: &str,
     key_norm: &str,
 ) -> Result<(), StoreError> {
-    hold(conn, target, resource_id, key, key_norm, true)
-}
-
-/// Give an existing state `key_norm` (refused when another resource holds it); `note`:
-/// record `key` as [`RENAMING`].
-fn hold(
-    conn: &mut DbConnection,
-    target: &str,
-    resource_id: &str,
-    key: &str,
-    key_norm: &str,
-    note: bool,
-) -> Result<(), StoreError> {
     write_tx(conn, |conn| {
-        check_free(conn, target, resource_id, key, Some(key_norm))?;
-        if !note {
-            diesel::update(target_state::table.find((target, resource_id)))
-                .set(target_state::key_norm.eq(Some(encode_text(key_norm))))
-                .execute(conn)
-                .map_err(|e| unique_violation(e, target, key))?;
+        // The state row first (lock order, see `lock_key`).
+        let row = target_state::table.find((target, resource_id));
+        let extra: Option<Option<String>> = match conn {
+            DbConnection::Pg(c) => row
+                .select(target_state::extra)
+                .for_update()
+                .first(c)
+                .optional()?,
+            DbConnection::Sqlite(c) => row.select(target_state::extra).first(c).optional()?,
+        };
+        let Some(extra) = extra else {
             return Ok(());
-        }
-        let extra: Option<Option<String>> = target_state::table
-            .find((target, resource_id))
-            .select(target_state::extra)
-            .first(conn)
-            .optional()?;
-        let mut map = match extra.flatten().and_then(|e| serde_json::from_str(&e).ok()) {
+        };
+        check_free(conn, target, resource_id, key, Some(key_norm))?;
+        release(conn, target, resource_id)?;
+        diesel::insert_into(target_key_reservations::table)
+            .values((
+                target_key_reservations::target.eq(target),
+                target_key_reservations::key_norm.eq(encode_text(key_norm)),
+                target_key_reservations::resource_id.eq(resource_id),
+            ))
+            .execute(conn)
+            .map_err(|e| unique_violation(e, target, key))?;
+        let mut map = match extra.and_then(|e| serde_json::from_str(&e).ok()) {
             Some(Value::Object(map)) => map,
             _ => serde_json::Map::new(),
         };
         map.insert(RENAMING.into(), Value::String(key.to_owned()));
-        diesel::update(target_state::table.find((target, resource_id)))
-            .set((
-                target_state::key_norm.eq(Some(encode_text(key_norm))),
-                target_state::extra.eq(Some(Value::Object(map).to_string())),
-            ))
-            .execute(conn)
-            .map_err(|e| unique_violation(e, target, key))?;
+        diesel::update(row)
+            .set(target_state::extra.eq(Some(Value::Object(map).to_string())))
+            .execute(conn)?;
         Ok(())
     })
+}
+
+/// Drop the resource's rename reservation in `target`, if any: its settle recorded where the
+/// entry is (the held key), inside the settle's transaction.
+pub(crate) fn release(
+    conn: &mut DbConnection,
+    target: &str,
+    resource_id: &str,
+) -> Result<(), StoreError> {
+    diesel::delete(
+        target_key_reservations::table
+            .filter(target_key_reservations::target.eq(target))
+            .filter(target_key_reservations::resource_id.eq(resource_id)),
+    )
+    .execute(conn)?;
+    Ok(())
 }
 
 /// Fill `key_norm` where it is missing (rows written before the index existed), one row per
@@ -232,6 +283,15 @@ fn fill_one(
     read: &Read<'_>,
 ) -> Result<(), StoreError> {
     write_tx(conn, |conn| {
+        // The state row first (lock order, see `lock_key`).
+        if let DbConnection::Pg(c) = conn {
+            target_state::table
+                .find((target, resource_id))
+                .select(target_state::resource_id)
+                .for_update()
+                .first::<String>(c)
+                .optional()?;
+        }
         check_free(conn, target, resource_id, key, Some(key_norm))?;
         let row = target_state::table
             .filter(target_state::target.eq(target))

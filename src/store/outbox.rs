@@ -411,6 +411,9 @@ pub(crate) fn settle_applied(
             return Ok(());
         }
         upsert_target_state(conn, state, !ours, key_norm)?;
+        // The settle records where the entry is: a rename's reservation becomes the held key
+        // (or, when the rename did not happen, is dropped), in this transaction.
+        keys::release(conn, &state.target, &state.resource_id)?;
         if let (true, Some(row)) = (ours, row) {
             if !requeued_since_claim(&row, item) {
                 diesel::delete(outbox::table.find(row.id)).execute(conn)?;

@@ -79,6 +79,14 @@ diesel::table! {
 }
 
 diesel::table! {
+    target_key_reservations (target, key_norm) {
+        target -> Text,
+        key_norm -> Text,
+        resource_id -> Text,
+    }
+}
+
+diesel::table! {
     target_state (target, resource_id) {
         target -> Text,
         resource_id -> Text,
@@ -121,6 +129,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     reference_index,
     resource_emails,
     resources,
+    target_key_reservations,
     target_state,
     tokens,
     user_references,

@@ -2431,6 +2431,44 @@ async fn racing_intents_for_one_key_record_exactly_one() {
     .await;
 }
 
+/// A rename reservation racing another resource's intent for the same key: exactly one wins,
+/// whatever the timing (held and reserved keys live in two indexes, so the per-key lock under
+/// which both writers check the other decides), and the loser's error names the winner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_a_reservation_and_an_intent_for_one_key_record_exactly_one() {
+    on_both(|store, backend| async move {
+        lowercase_keys(&store);
+        let a = store
+            .create_user(user("resa"), None, &ctx(100))
+            .await
+            .unwrap()
+            .id;
+        let b = store
+            .create_user(user("resb"), None, &ctx(100))
+            .await
+            .unwrap()
+            .id;
+        let items = store.claim(TARGET, 100, 10_000, 10).await.unwrap();
+        let item_a = items.iter().find(|i| i.resource_id == a).unwrap();
+        let mut held = applied(item_a, 1, 100);
+        held.target_key = Some("cn=resa".into());
+        store.settle_applied(item_a, held, 100).await.unwrap();
+        for round in 0..20 {
+            let key = format!("cn=race{round}");
+            let (ra, rb) = tokio::join!(
+                store.reserve_key(TARGET, ResourceType::User, &a, &key),
+                store.record_intent(intent(&b, &key.to_uppercase(), 100 + round)),
+            );
+            match (ra, rb) {
+                (Ok(()), Err(e)) => assert_eq!(holder_of(e), Some(a.clone()), "{backend}"),
+                (Err(e), Ok(())) => assert_eq!(holder_of(e), Some(b.clone()), "{backend}"),
+                (x, y) => panic!("{backend}: round {round}: {x:?} / {y:?}"),
+            }
+        }
+    })
+    .await;
+}
+
 /// States recorded before the key index existed get their key at start; two that already
 /// share one are reported, and the second is left without it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

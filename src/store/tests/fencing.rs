@@ -284,14 +284,12 @@ async fn fencing_a_second_daemon_with_the_same_instance_id_on_postgres_refuses_t
     db.finish().await;
 }
 
-/// Review finding 3 (not fixed here; the design is in the branch's report): while a rename
-/// of A from X to Y is reserved but not yet settled (pending, failed, or the process killed
-/// between the modrdn and the settle), A's entry still sits at X, so X must stay A's. Today
-/// the reservation moves A's `key_norm` from X to Y and another resource can record an intent
-/// for X (then adopt or conflict with A's live entry).
+/// Review finding 3: while a rename of A from X to Y is reserved but not yet settled (pending,
+/// failed, or the process killed between the modrdn and the settle), A's entry may still sit
+/// at X (or already at Y), so both must stay A's until a settle records where it is. Before:
+/// the reservation moved A's `key_norm` from X to Y and another resource could record an
+/// intent for X (then adopt or conflict with A's live entry).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "review finding 3: a rename reservation releases the held key before the rename \
-            happened; needs a reservation next to the held key (see the report)"]
 async fn fencing_a_reserved_rename_keeps_the_held_key_until_the_settle() {
     on_both(|store, backend| async move {
         let a = store
@@ -311,20 +309,76 @@ async fn fencing_a_reserved_rename_keeps_the_held_key_until_the_settle() {
             .reserve_key(TARGET, ResourceType::User, &a.id, "uid=y,ou=people")
             .await
             .unwrap();
-        let intent = TargetState {
-            target: TARGET.into(),
-            resource_type: ResourceType::User,
-            resource_id: b.id.clone(),
-            applied_version: 0,
-            target_key: None,
-            extra: Some(json!({"creating": "uid=x,ou=people", "since_ms": 300, "attempt_ms": 300})),
-            updated_ms: 300,
+        let refused = |key: &'static str, at: i64| {
+            let (store, b) = (store.clone(), b.id.clone());
+            async move {
+                match store.record_intent(intent(&b, key, at)).await {
+                    Err(e) => holder_of(e),
+                    Ok(()) => None,
+                }
+            }
         };
-        let taken = store.record_intent(intent).await;
-        assert!(
-            matches!(taken, Err(StoreError::KeyConflict { .. })),
-            "{backend}: another resource intends the key A's entry still sits at: {taken:?}"
+        assert_eq!(
+            refused("uid=x,ou=people", 300).await,
+            Some(a.id.clone()),
+            "{backend}: another resource intends the key A's entry still sits at"
         );
+        assert_eq!(
+            refused("uid=y,ou=people", 300).await,
+            Some(a.id.clone()),
+            "{backend}: another resource intends the key A reserved"
+        );
+        // The rename fails (target down): both keys stay A's.
+        store
+            .enqueue(TARGET, ResourceType::User, &a.id, "rename", 400)
+            .await
+            .unwrap();
+        let item = store.claim(TARGET, 400, 1000, 10).await.unwrap();
+        let item = item.iter().find(|i| i.resource_id == a.id).unwrap().clone();
+        store
+            .settle_failed(&item, "ldap down", 0, false, 450)
+            .await
+            .unwrap();
+        assert_eq!(
+            refused("uid=x,ou=people", 500).await,
+            Some(a.id.clone()),
+            "{backend}"
+        );
+        assert_eq!(
+            refused("uid=y,ou=people", 500).await,
+            Some(a.id.clone()),
+            "{backend}"
+        );
+        // A later reservation of another key replaces the earlier one (Y is free again) ...
+        store
+            .reserve_key(TARGET, ResourceType::User, &a.id, "uid=z,ou=people")
+            .await
+            .unwrap();
+        assert_eq!(refused("uid=y,ou=people", 600).await, None, "{backend}");
+        // ... and the settle of the done rename makes Z A's held key and frees X.
+        let item = store.claim(TARGET, 700, 1000, 10).await.unwrap();
+        let item = item.iter().find(|i| i.resource_id == a.id).unwrap().clone();
+        let mut moved = applied(&item, item.version, 700);
+        moved.target_key = Some("uid=z,ou=people".into());
+        store.settle_applied(&item, moved, 700).await.unwrap();
+        let c = store
+            .create_user(user("third"), None, &ctx(800))
+            .await
+            .unwrap();
+        assert_eq!(
+            holder_of(
+                store
+                    .record_intent(intent(&c.id, "uid=z,ou=people", 800))
+                    .await
+                    .unwrap_err()
+            ),
+            Some(a.id.clone()),
+            "{backend}"
+        );
+        store
+            .record_intent(intent(&c.id, "uid=x,ou=people", 800))
+            .await
+            .expect("the settle freed the old key");
     })
     .await;
 }
