@@ -157,6 +157,8 @@ async fn verify_target<F: Fn(u64, u64)>(
     // Normalised key -> holders; keys intended by a create that has not recorded its entry.
     let mut held: HashMap<String, Vec<String>> = HashMap::new();
     let mut intended: HashMap<String, Vec<String>> = HashMap::new();
+    // Keys reserved by a rename not settled yet (`extra.renaming`): the entry may be there.
+    let mut reserved: HashMap<String, Vec<String>> = HashMap::new();
     let mut parents: BTreeSet<String> = BTreeSet::new();
     let mut with_state: HashSet<String> = HashSet::new();
     let mut after = String::new();
@@ -172,9 +174,22 @@ async fn verify_target<F: Fn(u64, u64)>(
             with_state.insert(s.resource_id.clone());
             let who = label(s.resource_type, &s.resource_id);
             if let Some(k) = &s.target_key {
-                held.entry(key_norm(t, s.resource_type, k))
-                    .or_default()
-                    .push(who);
+                let norm = key_norm(t, s.resource_type, k);
+                let renaming = s
+                    .extra
+                    .as_ref()
+                    .and_then(|e| e.get(crate::store::RENAMING))
+                    .and_then(Value::as_str)
+                    .map(|r| (r, key_norm(t, s.resource_type, r)))
+                    .filter(|(_, n)| *n != norm);
+                if let Some((r, n)) = renaming {
+                    parents.insert(split_rdn(r).1);
+                    reserved
+                        .entry(n)
+                        .or_default()
+                        .push(format!("{who} (rename)"));
+                }
+                held.entry(norm).or_default().push(who);
                 parents.insert(split_rdn(k).1);
             } else if let Some(c) = s
                 .extra
@@ -221,10 +236,10 @@ async fn verify_target<F: Fn(u64, u64)>(
             }
         }
     }
-    // Held twice: two states at one key, or a create intent at a key another resource holds
-    // or intends.
+    // Held twice: two states at one key, or a create intent or rename reservation at a key
+    // another resource holds, intends or reserved.
     let mut keys: BTreeMap<&String, Vec<String>> = BTreeMap::new();
-    for (k, by) in held.iter().chain(intended.iter()) {
+    for (k, by) in held.iter().chain(intended.iter()).chain(reserved.iter()) {
         keys.entry(k).or_default().extend(by.iter().cloned());
     }
     for (k, by) in keys {
@@ -252,7 +267,10 @@ async fn verify_target<F: Fn(u64, u64)>(
             l.created_by_us(base, i32::try_from(PAGE).unwrap_or(500), |dns| {
                 for dn in dns {
                     let n = normalize_dn(&dn);
-                    if !held.contains_key(&n) && !intended.contains_key(&n) {
+                    let known = held.contains_key(&n)
+                        || intended.contains_key(&n)
+                        || reserved.contains_key(&n);
+                    if !known {
                         extra.push(dn);
                     }
                 }

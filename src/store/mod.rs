@@ -56,7 +56,7 @@ pub enum StoreError {
     },
 }
 
-pub use keys::KeyNormFn;
+pub use keys::{KeyNormFn, RENAMING};
 
 /// Who did what, written to the audit table with every mutation.
 #[derive(Debug, Clone, Default)]
