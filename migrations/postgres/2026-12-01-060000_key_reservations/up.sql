@@ -12,3 +12,11 @@ CREATE TABLE target_key_reservations (
 );
 CREATE UNIQUE INDEX target_key_reservations_resource
     ON target_key_reservations (target, resource_id);
+-- A reservation made before this table existed moved the state's key_norm to the reserved key
+-- (and noted it in extra.renaming): keep it as the reservation, and let the daemon's start
+-- fill the held key in again from target_key (it reports a key another resource took since).
+INSERT INTO target_key_reservations (target, key_norm, resource_id)
+    SELECT target, key_norm, resource_id FROM target_state
+    WHERE key_norm IS NOT NULL AND target_key IS NOT NULL AND extra LIKE '%"renaming"%';
+UPDATE target_state SET key_norm = NULL
+    WHERE key_norm IS NOT NULL AND target_key IS NOT NULL AND extra LIKE '%"renaming"%';

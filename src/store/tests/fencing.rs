@@ -382,3 +382,71 @@ async fn fencing_a_reserved_rename_keeps_the_held_key_until_the_settle() {
     })
     .await;
 }
+
+/// Review finding 3, for a database upgraded while a rename was reserved: the old reservation
+/// had moved the state's `key_norm` to the reserved key. The migration keeps that key as the
+/// reservation and clears `key_norm`, which the start's fill takes again from `target_key`:
+/// both keys stay the resource's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fencing_a_reservation_made_before_the_upgrade_keeps_both_keys() {
+    use diesel_migrations::MigrationHarness;
+    on_both(|store, backend| async move {
+        let a = store
+            .create_user(user("oldrenamer"), None, &ctx(100))
+            .await
+            .unwrap();
+        let b = store
+            .create_user(user("oldnewcomer"), None, &ctx(100))
+            .await
+            .unwrap();
+        let items = store.claim(TARGET, 100, 1000, 10).await.unwrap();
+        let item_a = items.iter().find(|i| i.resource_id == a.id).unwrap();
+        let mut held = applied(item_a, 1, 200);
+        held.target_key = Some("uid=x,ou=people".into());
+        store.settle_applied(item_a, held, 200).await.unwrap();
+        let id = a.id.clone();
+        store
+            .run(move |conn| {
+                let failed =
+                    |e: Box<dyn std::error::Error + Send + Sync>| StoreError::Other(e.to_string());
+                match conn {
+                    DbConnection::Sqlite(c) => {
+                        c.revert_last_migration(super::super::SQLITE_MIGRATIONS)
+                            .map_err(failed)?;
+                    }
+                    DbConnection::Pg(c) => {
+                        c.revert_last_migration(super::super::POSTGRES_MIGRATIONS)
+                            .map_err(failed)?;
+                    }
+                }
+                // What the old `reserve_key` wrote.
+                diesel::sql_query(format!(
+                    "UPDATE target_state SET key_norm = 'uid=y,ou=people', \
+                     extra = '{{\"renaming\":\"uid=y,ou=people\"}}' WHERE resource_id = '{id}'"
+                ))
+                .execute(conn)?;
+                match conn {
+                    DbConnection::Sqlite(c) => {
+                        c.run_pending_migrations(super::super::SQLITE_MIGRATIONS)
+                            .map_err(failed)?;
+                    }
+                    DbConnection::Pg(c) => {
+                        c.run_pending_migrations(super::super::POSTGRES_MIGRATIONS)
+                            .map_err(failed)?;
+                    }
+                }
+                Ok(())
+            })
+            .await
+            .unwrap();
+        assert!(store.fill_key_norms(TARGET).await.unwrap().is_empty());
+        for key in ["uid=x,ou=people", "uid=y,ou=people"] {
+            let e = store
+                .record_intent(intent(&b.id, key, 300))
+                .await
+                .expect_err("a key of the upgraded rename taken");
+            assert_eq!(holder_of(e), Some(a.id.clone()), "{backend}: {key}");
+        }
+    })
+    .await;
+}
