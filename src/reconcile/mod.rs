@@ -47,7 +47,7 @@ pub struct TargetRuntime {
     /// two workers never rebuild it at once.
     pub(crate) references_indexed: tokio::sync::Mutex<bool>,
     /// Whether the store's keys of this target were normalised (`worker::fill_key_norms`).
-    pub(crate) keys_filled: std::sync::atomic::AtomicBool,
+    pub(crate) keys_filled: tokio::sync::Mutex<bool>,
 }
 
 impl TargetRuntime {
@@ -59,7 +59,7 @@ impl TargetRuntime {
             map,
             target,
             references_indexed: tokio::sync::Mutex::new(false),
-            keys_filled: std::sync::atomic::AtomicBool::new(false),
+            keys_filled: tokio::sync::Mutex::new(false),
         }
     }
 }

@@ -854,26 +854,35 @@ async fn ensure_reference_index(rec: &Reconciler, t: &TargetRuntime) -> Result<(
 }
 
 /// Once per target runtime: give the states recorded before the key index existed their
-/// normalised key, and report the resources that already share an entry.
-async fn fill_key_norms(rec: &Reconciler, t: &TargetRuntime) {
-    if t.keys_filled.swap(true, Ordering::AcqRel) {
-        return;
+/// normalised key, and report the resources that already share an entry. Every claim waits
+/// for it (`turn`, `drain`): until it is done a state upgraded without a key (e.g. a rename
+/// reserved before the upgrade) would leave its entry's key free for another resource. A
+/// failed fill is tried again at the next turn; nothing is claimed meanwhile.
+async fn fill_key_norms(rec: &Reconciler, t: &TargetRuntime) -> bool {
+    let mut filled = t.keys_filled.lock().await;
+    if *filled {
+        return true;
     }
     match rec.inner.store.fill_key_norms(&t.name).await {
         Ok(shared) => {
             for (resource_id, holder, key) in shared {
                 tracing::error!(target = %t.name, resource_id = %resource_id, holder = %holder, dn = %key, "Two resources already share one target entry; the resource's next apply fails as a conflict until an operator resolves it.");
             }
+            *filled = true;
+            true
         }
         Err(e) => {
-            t.keys_filled.store(false, Ordering::Release);
-            tracing::error!(target = %t.name, error = %e, "Cannot fill in the normalised target keys; will try again.");
+            tracing::error!(target = %t.name, error = %e, "Cannot fill in the normalised target keys; nothing is claimed until it succeeds.");
+            false
         }
     }
 }
 
 /// Claim one batch and process it; returns how many rows were claimed.
 async fn turn(rec: &Reconciler, t: &TargetRuntime) -> usize {
+    if !fill_key_norms(rec, t).await {
+        return 0;
+    }
     let lease = lease_ms(rec);
     let items = match rec.inner.store.claim(&t.name, now_ms(), lease, BATCH).await {
         Ok(items) => items,
@@ -899,7 +908,6 @@ pub(crate) async fn run(
     let Some(t) = rec.inner.targets.get(index).cloned() else {
         return;
     };
-    fill_key_norms(&rec, &t).await;
     let poll = rec.inner.settings.poll_interval;
     loop {
         progress.fetch_add(1, Ordering::Relaxed);
@@ -946,7 +954,9 @@ pub(crate) async fn drain(rec: &Reconciler, index: usize) -> usize {
     let Some(t) = rec.inner.targets.get(index).cloned() else {
         return 0;
     };
-    fill_key_norms(rec, &t).await;
+    if !fill_key_norms(rec, &t).await {
+        return 0;
+    }
     let store = &rec.inner.store;
     if let Err(e) = store.expedite(&t.name, now_ms()).await {
         tracing::error!(target = %t.name, error = %e, "Cannot read the outbox; the store is unavailable.");
