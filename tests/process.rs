@@ -85,6 +85,9 @@ struct Proc {
     log: Arc<Mutex<Vec<String>>>,
     /// Stderr lines as they come.
     lines: mpsc::UnboundedReceiver<String>,
+    /// The task reading stderr into `log`; [`Proc::wait`] awaits it after the exit, so `log`
+    /// holds every line the daemon wrote (the exit can be seen before the last lines are read).
+    reader: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Proc {
@@ -119,7 +122,7 @@ impl Proc {
         let stderr = child.stderr.take().unwrap();
         let log = Arc::new(Mutex::new(Vec::new()));
         let (tx, lines) = mpsc::unbounded_channel();
-        {
+        let reader = {
             let log = log.clone();
             tokio::spawn(async move {
                 let mut reader = BufReader::new(stderr).lines();
@@ -127,14 +130,15 @@ impl Proc {
                     log.lock().unwrap().push(line.clone());
                     let _ = tx.send(line);
                 }
-            });
-        }
+            })
+        };
         let mut proc = Proc {
             child,
             scim: "0.0.0.0:0".parse().unwrap(),
             admin: "0.0.0.0:0".parse().unwrap(),
             log,
             lines,
+            reader: Some(reader),
         };
         let started = proc.wait_for_line("Started.").await;
         proc.scim = field(&started, "listen=").parse().unwrap();
@@ -180,13 +184,21 @@ impl Proc {
     }
 
     async fn wait(&mut self) -> ExitStatus {
-        match tokio::time::timeout(PATIENCE, self.child.wait()).await {
+        let status = match tokio::time::timeout(PATIENCE, self.child.wait()).await {
             Ok(status) => status.unwrap(),
             Err(_) => panic!(
                 "the daemon did not exit; stderr:\n{}",
                 self.log.lock().unwrap().join("\n")
             ),
+        };
+        // The pipe closed with the exit: read it to its end before anyone looks at `log`.
+        if let Some(reader) = self.reader.take() {
+            tokio::time::timeout(PATIENCE, reader)
+                .await
+                .expect("stderr reaches its end after the exit")
+                .unwrap();
         }
+        status
     }
 
     /// SIGTERM and wait: the exit status.
