@@ -1176,8 +1176,10 @@ async fn resuming_an_interrupted_inactive_create_unlocks_a_reactivated_user() {
     assert_eq!(r.status.as_u16(), 201, "{}", r.body);
     drop(paused);
     assert_eq!(t.d().run_pending_reconciles().await, 0);
-    slapd.start_again().await;
+    // Paused before the directory is back: a worker's retry must not create the entry before
+    // the hand-made add below (it would answer 68 there).
     let paused = t.d().pause_reconcilers().await.unwrap();
+    slapd.start_again().await;
     // The add of a later attempt, for the earlier inactive version, reached the directory as
     // our bind DN (after the intent), and its settle never did.
     let mut ldap = slapd.admin().await;
