@@ -157,17 +157,56 @@ pub fn split_rdn(dn: &str) -> (String, String) {
             b',' => {
                 let rdn = dn.get(..i).unwrap_or(dn);
                 let parent = dn.get(i + 1..).unwrap_or("");
-                return (rdn.trim().to_owned(), parent.trim().to_owned());
+                return (trim_spaces(rdn).to_owned(), trim_spaces(parent).to_owned());
             }
             _ => i += 1,
         }
     }
-    (dn.trim().to_owned(), String::new())
+    (trim_spaces(dn).to_owned(), String::new())
+}
+
+/// `part` without the ASCII spaces around it (the only ones a DN string may carry there), but
+/// never an escaped one (`a\ `) nor other Unicode white space, which are part of the value.
+fn trim_spaces(part: &str) -> &str {
+    let part = part.trim_start_matches(' ');
+    let bytes = part.as_bytes();
+    let mut end = bytes.len();
+    while end > 0 && bytes.get(end - 1) == Some(&b' ') {
+        let backslashes = bytes
+            .get(..end - 1)
+            .unwrap_or_default()
+            .iter()
+            .rev()
+            .take_while(|&&b| b == b'\\')
+            .count();
+        if backslashes % 2 == 1 {
+            break;
+        }
+        end -= 1;
+    }
+    part.get(..end).unwrap_or(part)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn split_rdn_keeps_escaped_and_unicode_spaces_of_the_value() {
+        // Found by `properties::dn_escape_then_parse_round_trips` (value "\u{2000}").
+        assert_eq!(
+            split_rdn("uid=\u{2000},ou=People"),
+            ("uid=\u{2000}".to_owned(), "ou=People".to_owned())
+        );
+        assert_eq!(
+            split_rdn(r"uid=a\ , ou=People "),
+            (r"uid=a\ ".to_owned(), "ou=People".to_owned())
+        );
+        assert_eq!(
+            split_rdn(r"uid=a\\ ,ou=x"),
+            (r"uid=a\\".to_owned(), "ou=x".to_owned())
+        );
+    }
 
     #[test]
     fn parses_escapes() {
