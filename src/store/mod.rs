@@ -13,6 +13,7 @@
 //! `encode_text` so a NUL survives PostgreSQL; the JSON body keeps the canonical value.
 
 mod batch;
+mod gate;
 mod history;
 mod keys;
 mod models;
@@ -334,6 +335,9 @@ struct Inner {
     /// The SQLite file, checked by [`Store::ping`] (an open connection keeps working on a
     /// deleted file, which a restart would then lose).
     sqlite_path: Option<PathBuf>,
+    /// The queue for SQLite's write lock (a database file; `None` on PostgreSQL and in memory,
+    /// where the one connection already serialises); see [`gate`].
+    write_gate: Option<Arc<gate::WriteGate>>,
 }
 
 /// A cheap-to-clone handle on the database pool.
@@ -611,12 +615,34 @@ pub(crate) fn normalise(s: &str) -> String {
 /// Run `f` in one write transaction: `BEGIN IMMEDIATE` on SQLite (the write lock is taken up
 /// front, so a read never has to upgrade and hit SQLITE_BUSY, R-25), a plain transaction on
 /// PostgreSQL (where callers lock rows with `FOR UPDATE`). Rolled back when `f` fails.
+///
+/// On SQLite the writer first waits its turn in the store's [`gate::WriteGate`] (installed by
+/// `Store::run`) as a background write; a client's mutation uses [`write_tx_for`], which goes
+/// ahead.
 pub(crate) fn write_tx<T>(
     conn: &mut DbConnection,
     f: impl FnOnce(&mut DbConnection) -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
+    write_tx_as(conn, gate::Priority::Background, None, f)
+}
+
+fn write_tx_as<T>(
+    conn: &mut DbConnection,
+    priority: gate::Priority,
+    until: Option<std::time::Instant>,
+    f: impl FnOnce(&mut DbConnection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
     use diesel::connection::{AnsiTransactionManager, TransactionManager};
     type Tm = <DbConnection as diesel::Connection>::TransactionManager;
+    let gate = match conn {
+        DbConnection::Sqlite(_) => gate::current(),
+        DbConnection::Pg(_) => None,
+    };
+    // Held until the commit or rollback below.
+    let _turn = match &gate {
+        Some(g) => Some(g.enter(priority, until)?),
+        None => None,
+    };
     match conn {
         DbConnection::Sqlite(c) => {
             AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE")?
@@ -637,15 +663,17 @@ pub(crate) fn write_tx<T>(
     }
 }
 
-/// [`write_tx`] for a client's mutation: rolled back instead of committed when the request's
-/// deadline passed meanwhile (e.g. waiting on the SQLite write lock or a row lock), so a client
-/// told 503 never finds the change made.
+/// [`write_tx`] for a client's mutation: ahead of background writes in the SQLite write
+/// queue (waiting for it at most until the request's deadline), and rolled back instead of
+/// committed when the request's deadline passed meanwhile (e.g. waiting on the SQLite write
+/// lock or a row lock), so a client told 503 never finds the change made.
 pub(crate) fn write_tx_for<T>(
     conn: &mut DbConnection,
     ctx: &AuditCtx,
     f: impl FnOnce(&mut DbConnection) -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
-    write_tx(conn, |conn| {
+    let until = ctx.deadline.as_ref().map(|d| d.at);
+    write_tx_as(conn, gate::Priority::Client, until, |conn| {
         // PostgreSQL: a row lock waited on past the deadline fails the statement (and the
         // request, 503) instead of holding the request open. SQLite waits `busy_timeout`.
         if let (DbConnection::Pg(_), Some(d)) = (&*conn, &ctx.deadline) {
@@ -719,6 +747,7 @@ impl Store {
     {
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || {
+            let _gate = gate::install(inner.write_gate.clone());
             let mut conn = inner
                 .pool
                 .get()
@@ -819,6 +848,9 @@ impl Store {
                     _instance_lock: lock,
                     _pg_instance_lock: pg_lock,
                     memory,
+                    write_gate: sqlite_path.as_ref().map(|_| {
+                        Arc::new(gate::WriteGate::new(Duration::from_millis(busy_timeout_ms)))
+                    }),
                     sqlite_path,
                 }),
             })

@@ -1,0 +1,227 @@
+//! The in-process queue for SQLite's one write lock.
+//!
+//! SQLite lets one connection write at a time, and a connection that finds the lock taken
+//! waits in SQLite's busy handler: it sleeps (1 ms, then longer, up to 100 ms) and tries again.
+//! Whoever tries at the right moment wins, so a writer that arrives while others write back to
+//! back can lose for seconds. That happened to a push during an LDAP outage: the workers'
+//! claims, heartbeats and failure settles kept the lock busy and a client's create waited over a
+//! second (`faults::ldap_outage_during_pushes_converges`; unit test
+//! `store::tests::a_client_write_goes_ahead_of_queued_background_writes`).
+//!
+//! So the daemon's own writers queue here first, and only the holder of the gate asks SQLite
+//! for the lock (other processes, e.g. a CLI command beside the daemon, still meet the busy
+//! handler). A client's mutation ([`Priority::Client`], from `write_tx_for`) goes ahead of
+//! waiting background writes (workers, drift repair, housekeeping), but after
+//! [`CLIENT_BURST`] client writes in a row a waiting background write goes next: a push waits
+//! at most for the write in progress and one background write, and the workers are never
+//! starved by a steady stream of pushes. PostgreSQL has row locks and needs no gate.
+
+use super::StoreError;
+use std::cell::RefCell;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+/// Client writes granted in a row while a background write waits.
+pub(crate) const CLIENT_BURST: u32 = 4;
+
+/// Who is writing: a client's mutation goes first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Priority {
+    /// A SCIM client's mutation (the HTTP path).
+    Client,
+    /// Everything else: workers, drift repair, retention, token bookkeeping.
+    Background,
+}
+
+#[derive(Default)]
+struct State {
+    held: bool,
+    clients_waiting: usize,
+    background_waiting: usize,
+    /// Client grants since the last background grant.
+    clients_in_row: u32,
+}
+
+/// See the module docs.
+pub(crate) struct WriteGate {
+    state: Mutex<State>,
+    turn: Condvar,
+    /// How long a writer waits for the gate, as for the SQLite lock (`busy_timeout_ms`).
+    timeout: Duration,
+}
+
+/// Holding it is the turn to write; dropping it gives the turn on.
+pub(crate) struct Turn<'a> {
+    gate: &'a WriteGate,
+}
+
+impl WriteGate {
+    pub(crate) fn new(timeout: Duration) -> WriteGate {
+        WriteGate {
+            state: Mutex::new(State::default()),
+            turn: Condvar::new(),
+            timeout,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Wait for the turn to write, at most until `until` (and the gate's timeout).
+    ///
+    /// # Errors
+    /// `Unavailable` when the turn did not come in time, like SQLITE_BUSY after the busy
+    /// timeout.
+    pub(crate) fn enter(
+        &self,
+        priority: Priority,
+        until: Option<Instant>,
+    ) -> Result<Turn<'_>, StoreError> {
+        let limit = Instant::now() + self.timeout;
+        let until = until.map_or(limit, |u| u.min(limit));
+        let mut state = self.lock();
+        match priority {
+            Priority::Client => state.clients_waiting += 1,
+            Priority::Background => state.background_waiting += 1,
+        }
+        loop {
+            let may = !state.held
+                && match priority {
+                    Priority::Client => {
+                        state.background_waiting == 0 || state.clients_in_row < CLIENT_BURST
+                    }
+                    Priority::Background => {
+                        state.clients_waiting == 0 || state.clients_in_row >= CLIENT_BURST
+                    }
+                };
+            if may {
+                state.held = true;
+                match priority {
+                    Priority::Client => {
+                        state.clients_waiting -= 1;
+                        state.clients_in_row += 1;
+                    }
+                    Priority::Background => {
+                        state.background_waiting -= 1;
+                        state.clients_in_row = 0;
+                    }
+                }
+                return Ok(Turn { gate: self });
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                match priority {
+                    Priority::Client => state.clients_waiting -= 1,
+                    Priority::Background => state.background_waiting -= 1,
+                }
+                // Who may go next can have changed with this writer gone.
+                self.turn.notify_all();
+                return Err(StoreError::Unavailable(
+                    "the database stayed busy with other writes; try again".into(),
+                ));
+            }
+            state = self
+                .turn
+                .wait_timeout(state, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        self.gate.lock().held = false;
+        // Few writers wait at once (workers, heartbeats, in-flight pushes); each rechecks.
+        self.gate.turn.notify_all();
+    }
+}
+
+thread_local! {
+    /// The gate of the store whose closure runs on this thread (set by `Store::run`), so
+    /// `write_tx` finds it without threading it through every store function.
+    static CURRENT: RefCell<Option<Arc<WriteGate>>> = const { RefCell::new(None) };
+}
+
+/// Installs a store's gate for the closure running on this thread; restores on drop.
+pub(crate) struct Installed {
+    previous: Option<Arc<WriteGate>>,
+}
+
+/// Make `gate` the one `write_tx` uses on this thread until the result is dropped.
+pub(crate) fn install(gate: Option<Arc<WriteGate>>) -> Installed {
+    Installed {
+        previous: CURRENT.with(|c| c.replace(gate)),
+    }
+}
+
+impl Drop for Installed {
+    fn drop(&mut self) {
+        let previous = self.previous.take();
+        CURRENT.with(|c| *c.borrow_mut() = previous);
+    }
+}
+
+/// The gate installed on this thread, if any (none on PostgreSQL, an in-memory database, or
+/// outside `Store::run`).
+pub(crate) fn current() -> Option<Arc<WriteGate>> {
+    CURRENT.with(|c| c.borrow().clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_waiting_client_goes_first_but_background_gets_every_fifth_turn() {
+        let gate = Arc::new(WriteGate::new(Duration::from_secs(10)));
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let first = gate.enter(Priority::Background, None).unwrap();
+        let mut threads = Vec::new();
+        for (i, p) in [Priority::Background, Priority::Background]
+            .into_iter()
+            .chain(std::iter::repeat_n(Priority::Client, 6))
+            .enumerate()
+        {
+            let (writer, order) = (gate.clone(), order.clone());
+            threads.push(std::thread::spawn(move || {
+                let _turn = writer.enter(p, None).unwrap();
+                order.lock().unwrap().push((i, p));
+            }));
+            // Each writer queued before the next one starts.
+            while {
+                let s = gate.lock();
+                s.clients_waiting + s.background_waiting
+            } <= i
+            {
+                std::thread::yield_now();
+            }
+        }
+        drop(first);
+        for t in threads {
+            t.join().unwrap();
+        }
+        let kinds: Vec<Priority> = order.lock().unwrap().iter().map(|(_, p)| *p).collect();
+        use Priority::{Background as B, Client as C};
+        assert_eq!(kinds, vec![C, C, C, C, B, C, C, B]);
+    }
+
+    #[test]
+    fn a_writer_that_waits_past_its_deadline_is_refused_and_leaves_the_queue() {
+        let gate = WriteGate::new(Duration::from_secs(10));
+        let held = gate.enter(Priority::Background, None).unwrap();
+        let e = gate
+            .enter(
+                Priority::Client,
+                Some(Instant::now() + Duration::from_millis(20)),
+            )
+            .err()
+            .expect("refused");
+        assert!(matches!(e, StoreError::Unavailable(_)), "{e:?}");
+        assert_eq!(gate.lock().clients_waiting, 0);
+        drop(held);
+        // A background writer is not held back by the client that gave up.
+        drop(gate.enter(Priority::Background, None).unwrap());
+    }
+}
