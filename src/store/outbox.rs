@@ -6,7 +6,7 @@ use super::history::audit;
 use super::keys;
 use super::models::{OutboxRow, TargetStateRow};
 use super::resources::lock_by_id;
-use super::schema::{outbox, target_state};
+use super::schema::{outbox, target_counts, target_state};
 use super::{
     has_nul, read_tx, sanitize_text, write_tx, AuditCtx, DbConnection, OutboxItem, StoreError,
     TargetState, TargetStatus,
@@ -655,12 +655,14 @@ pub(crate) fn status(
                 .filter(outbox::state.eq(DEAD))
                 .count()
                 .get_result(conn)?;
-            // Intent rows (`record_intent`, version 0) are not applies.
-            let applied: i64 = target_state::table
-                .filter(target_state::target.eq(target))
-                .filter(target_state::applied_version.gt(0))
-                .count()
-                .get_result(conn)?;
+            // Kept by triggers on target_state (migration `status_counts`): states applied
+            // and holding an entry; intents (version 0) and deleted resources are not.
+            let applied: i64 = target_counts::table
+                .filter(target_counts::target.eq(target))
+                .select(target_counts::applied)
+                .first(conn)
+                .optional()?
+                .unwrap_or(0);
             out.push(TargetStatus {
                 target: target.clone(),
                 pending: u64::try_from(pending).unwrap_or(0),

@@ -120,6 +120,14 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    /// Entries each target holds, kept by triggers on `target_state` (O(1) status).
+    target_counts (target) {
+        target -> Text,
+        applied -> BigInt,
+    }
+}
+
 diesel::joinable!(resource_emails -> resources (resource_seq));
 
 diesel::allow_tables_to_appear_in_same_query!(
@@ -129,6 +137,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     reference_index,
     resource_emails,
     resources,
+    target_counts,
     target_key_reservations,
     target_state,
     tokens,

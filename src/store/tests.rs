@@ -2582,3 +2582,85 @@ async fn a_client_write_goes_ahead_of_queued_background_writes() {
     db.finish().await;
 }
 
+/// `status` reads the applied count from a counter the triggers keep (O(1) at any size); it
+/// must equal a recount of the states holding an entry through creates, repeated settles,
+/// deletes and intents, and not count deleted resources (issue 13 item 6).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn status_counts_the_entries_held_as_a_recount_does() {
+    on_both(|store, backend| async move {
+        let recount = |store: Store| async move {
+            store
+                .run(|conn| {
+                    Ok(super::schema::target_state::table
+                        .filter(super::schema::target_state::target.eq(TARGET))
+                        .filter(super::schema::target_state::applied_version.gt(0))
+                        .filter(super::schema::target_state::target_key.is_not_null())
+                        .count()
+                        .get_result::<i64>(conn)?)
+                })
+                .await
+                .unwrap()
+        };
+        let held =
+            |store: Store| async move { store.status(&[TARGET.into()]).await.unwrap()[0].applied };
+        let mut ids = Vec::new();
+        for i in 0..5 {
+            ids.push(
+                store
+                    .create_user(user(&format!("count{i}")), None, &ctx(100))
+                    .await
+                    .unwrap()
+                    .id,
+            );
+        }
+        assert_eq!(held(store.clone()).await, 0, "{backend}");
+        for item in store.claim(TARGET, 100, 10_000, 10).await.unwrap() {
+            let state = applied(&item, item.version, 200);
+            store.settle_applied(&item, state, 200).await.unwrap();
+        }
+        assert_eq!(held(store.clone()).await, 5, "{backend}");
+        // A modify settles again: no double count.
+        store
+            .update_user(&ids[0], "patch", &ctx(300), |u| {
+                Ok(UserUpdate {
+                    input: user(&u.user_name),
+                    password_hash: None,
+                })
+            })
+            .await
+            .unwrap();
+        for id in &ids[1..3] {
+            store.delete_user(id, None, &ctx(300)).await.unwrap();
+        }
+        for item in store.claim(TARGET, 400, 10_000, 10).await.unwrap() {
+            let mut state = applied(&item, item.version, 400);
+            if item.resource_id != ids[0] {
+                state.target_key = None;
+            }
+            store.settle_applied(&item, state, 400).await.unwrap();
+        }
+        assert_eq!(held(store.clone()).await, 3, "{backend}");
+        assert_eq!(recount(store.clone()).await, 3, "{backend}");
+        // An intent (version 0) holds no entry yet.
+        let fresh = store
+            .create_user(user("count-new"), None, &ctx(500))
+            .await
+            .unwrap()
+            .id;
+        store
+            .record_intent(TargetState {
+                target: TARGET.into(),
+                resource_type: ResourceType::User,
+                resource_id: fresh,
+                applied_version: 0,
+                target_key: None,
+                extra: Some(json!({"creating": "uid=count-new,ou=people", "since_ms": 500})),
+                updated_ms: 500,
+            })
+            .await
+            .unwrap();
+        assert_eq!(held(store.clone()).await, 3, "{backend}");
+        assert_eq!(recount(store.clone()).await, 3, "{backend}");
+    })
+    .await;
+}

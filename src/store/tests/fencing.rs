@@ -409,14 +409,20 @@ async fn fencing_a_reservation_made_before_the_upgrade_keeps_both_keys() {
             .run(move |conn| {
                 let failed =
                     |e: Box<dyn std::error::Error + Send + Sync>| StoreError::Other(e.to_string());
-                match conn {
-                    DbConnection::Sqlite(c) => {
-                        c.revert_last_migration(super::super::SQLITE_MIGRATIONS)
-                            .map_err(failed)?;
-                    }
-                    DbConnection::Pg(c) => {
-                        c.revert_last_migration(super::super::POSTGRES_MIGRATIONS)
-                            .map_err(failed)?;
+                // Back to before `key_reservations` (later migrations first).
+                loop {
+                    let reverted = match conn {
+                        DbConnection::Sqlite(c) => c
+                            .revert_last_migration(super::super::SQLITE_MIGRATIONS)
+                            .map_err(failed)?
+                            .to_string(),
+                        DbConnection::Pg(c) => c
+                            .revert_last_migration(super::super::POSTGRES_MIGRATIONS)
+                            .map_err(failed)?
+                            .to_string(),
+                    };
+                    if reverted.contains("060000") {
+                        break;
                     }
                 }
                 // What the old `reserve_key` wrote.
