@@ -10,7 +10,7 @@
 //!
 //! So the daemon's own writers queue here first, and only the holder of the gate asks SQLite
 //! for the lock (other processes, e.g. a CLI command beside the daemon, still meet the busy
-//! handler). A client's mutation ([`Priority::Client`], from `write_tx_for`) goes ahead of
+//! handler). Each class is served in arrival order. A client's mutation ([`Priority::Client`], from `write_tx_for`) goes ahead of
 //! waiting background writes (workers, drift repair, housekeeping), but after
 //! [`CLIENT_BURST`] client writes in a row a waiting background write goes next: a push waits
 //! at most for the write in progress and one background write, and the workers are never
@@ -18,6 +18,7 @@
 
 use super::StoreError;
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -27,19 +28,35 @@ pub(crate) const CLIENT_BURST: u32 = 4;
 /// Who is writing: a client's mutation goes first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Priority {
-    /// A SCIM client's mutation (the HTTP path).
+    /// A SCIM client's mutation, or a write its request waits on (the token's last use).
     Client,
-    /// Everything else: workers, drift repair, retention, token bookkeeping.
+    /// Everything else: workers (claims, heartbeats, settles), drift repair, the CLI.
     Background,
 }
 
 #[derive(Default)]
 struct State {
     held: bool,
-    clients_waiting: usize,
-    background_waiting: usize,
+    /// Tickets of the waiting writers of each class, oldest first: a class is served in the
+    /// order it arrived, so no worker's settle loses to later ones until its timeout.
+    clients: VecDeque<u64>,
+    background: VecDeque<u64>,
+    next_ticket: u64,
     /// Client grants since the last background grant.
     clients_in_row: u32,
+}
+
+impl State {
+    fn queue(&mut self, priority: Priority) -> &mut VecDeque<u64> {
+        match priority {
+            Priority::Client => &mut self.clients,
+            Priority::Background => &mut self.background,
+        }
+    }
+
+    fn leave(&mut self, priority: Priority, ticket: u64) {
+        self.queue(priority).retain(|t| *t != ticket);
+    }
 }
 
 /// See the module docs.
@@ -81,40 +98,33 @@ impl WriteGate {
         let limit = Instant::now() + self.timeout;
         let until = until.map_or(limit, |u| u.min(limit));
         let mut state = self.lock();
-        match priority {
-            Priority::Client => state.clients_waiting += 1,
-            Priority::Background => state.background_waiting += 1,
-        }
+        let ticket = state.next_ticket;
+        state.next_ticket = state.next_ticket.wrapping_add(1);
+        state.queue(priority).push_back(ticket);
         loop {
+            let first = state.queue(priority).front() == Some(&ticket);
             let may = !state.held
+                && first
                 && match priority {
                     Priority::Client => {
-                        state.background_waiting == 0 || state.clients_in_row < CLIENT_BURST
+                        state.background.is_empty() || state.clients_in_row < CLIENT_BURST
                     }
                     Priority::Background => {
-                        state.clients_waiting == 0 || state.clients_in_row >= CLIENT_BURST
+                        state.clients.is_empty() || state.clients_in_row >= CLIENT_BURST
                     }
                 };
             if may {
                 state.held = true;
-                match priority {
-                    Priority::Client => {
-                        state.clients_waiting -= 1;
-                        state.clients_in_row += 1;
-                    }
-                    Priority::Background => {
-                        state.background_waiting -= 1;
-                        state.clients_in_row = 0;
-                    }
-                }
+                state.leave(priority, ticket);
+                state.clients_in_row = match priority {
+                    Priority::Client => state.clients_in_row.saturating_add(1),
+                    Priority::Background => 0,
+                };
                 return Ok(Turn { gate: self });
             }
             let left = until.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                match priority {
-                    Priority::Client => state.clients_waiting -= 1,
-                    Priority::Background => state.background_waiting -= 1,
-                }
+                state.leave(priority, ticket);
                 // Who may go next can have changed with this writer gone.
                 self.turn.notify_all();
                 return Err(StoreError::Unavailable(
@@ -192,7 +202,7 @@ mod tests {
             // Each writer queued before the next one starts.
             while {
                 let s = gate.lock();
-                s.clients_waiting + s.background_waiting
+                s.clients.len() + s.background.len()
             } <= i
             {
                 std::thread::yield_now();
@@ -202,9 +212,11 @@ mod tests {
         for t in threads {
             t.join().unwrap();
         }
-        let kinds: Vec<Priority> = order.lock().unwrap().iter().map(|(_, p)| *p).collect();
-        use Priority::{Background as B, Client as C};
-        assert_eq!(kinds, vec![C, C, C, C, B, C, C, B]);
+        // Writers 0 and 1 are background, 2 to 7 clients: four clients, then the oldest
+        // background write, the other clients, the other background write; each class in the
+        // order it arrived.
+        let served: Vec<usize> = order.lock().unwrap().iter().map(|(i, _)| *i).collect();
+        assert_eq!(served, vec![2, 3, 4, 5, 0, 6, 7, 1]);
     }
 
     #[test]
@@ -219,7 +231,7 @@ mod tests {
             .err()
             .expect("refused");
         assert!(matches!(e, StoreError::Unavailable(_)), "{e:?}");
-        assert_eq!(gate.lock().clients_waiting, 0);
+        assert!(gate.lock().clients.is_empty());
         drop(held);
         // A background writer is not held back by the client that gave up.
         drop(gate.enter(Priority::Background, None).unwrap());

@@ -626,6 +626,15 @@ pub(crate) fn write_tx<T>(
     write_tx_as(conn, gate::Priority::Background, None, f)
 }
 
+/// [`write_tx`] for a write a client's request waits on that is not its mutation (the token's
+/// last use): it queues as a client's write, with no deadline of its own.
+pub(crate) fn write_tx_client<T>(
+    conn: &mut DbConnection,
+    f: impl FnOnce(&mut DbConnection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    write_tx_as(conn, gate::Priority::Client, None, f)
+}
+
 fn write_tx_as<T>(
     conn: &mut DbConnection,
     priority: gate::Priority,

@@ -667,7 +667,10 @@ pub(crate) fn status(
                 target: target.clone(),
                 pending: u64::try_from(pending).unwrap_or(0),
                 oldest_pending_ms,
-                applied: u64::try_from(applied).unwrap_or(0),
+                applied: u64::try_from(applied).unwrap_or_else(|_| {
+                    tracing::error!(target = %target, applied, "The applied counter of a target is negative; the store's triggers were bypassed.");
+                    0
+                }),
                 dead: u64::try_from(dead).unwrap_or(0),
             });
         }
@@ -789,15 +792,19 @@ pub(crate) fn renew_claim(
     // The epoch alone decides: a claim whose lease ran out but that nobody took since (the
     // epoch did not move) is still exclusive, because taking it bumps the epoch. The row lock
     // orders this against a concurrent claim (which re-checks its lease condition).
-    let n = diesel::update(
-        outbox::table
-            .filter(outbox::id.eq(item.id))
-            .filter(outbox::target.eq(&item.target))
-            .filter(outbox::claim_epoch.eq(item.claim_epoch)),
-    )
-    .set(outbox::claimed_until_ms.eq(Some(now_ms.saturating_add(lease_ms))))
-    .execute(conn)?;
-    Ok(n == 1)
+    // In a write transaction so that on SQLite it takes its turn in the write gate instead of
+    // racing the gate's holder in the busy handler.
+    write_tx(conn, |conn| {
+        let n = diesel::update(
+            outbox::table
+                .filter(outbox::id.eq(item.id))
+                .filter(outbox::target.eq(&item.target))
+                .filter(outbox::claim_epoch.eq(item.claim_epoch)),
+        )
+        .set(outbox::claimed_until_ms.eq(Some(now_ms.saturating_add(lease_ms))))
+        .execute(conn)?;
+        Ok(n == 1)
+    })
 }
 
 /// Claim the row of one resource for drift repair; see [`super::Store::claim_resource`].

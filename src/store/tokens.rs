@@ -3,7 +3,7 @@
 
 use super::models::{NewToken, TokenRow};
 use super::schema::tokens;
-use super::{check_text, has_nul, write_tx, DbConnection, StoreError, TokenInfo};
+use super::{check_text, has_nul, write_tx, write_tx_client, DbConnection, StoreError, TokenInfo};
 use crate::scim::ScimError;
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
@@ -115,7 +115,8 @@ pub(crate) fn touch(
     if has_nul(name) {
         return Ok(());
     }
-    write_tx(conn, |conn| {
+    // The request that used the token waits for this: it queues as a client's write.
+    write_tx_client(conn, |conn| {
         diesel::update(
             tokens::table
                 .filter(tokens::revoked_ms.is_null())

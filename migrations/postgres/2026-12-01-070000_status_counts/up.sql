@@ -8,6 +8,9 @@
 -- transaction takes, so the counter row (one per target) is always the last lock taken and
 -- two transactions can never wait on each other through it; it is touched only when a state
 -- starts or stops holding an entry, never by a modify.
+-- No state may change between the count below and the trigger taking over (an older
+-- instance or a CLI command settling meanwhile would never be counted).
+LOCK TABLE target_state IN SHARE ROW EXCLUSIVE MODE;
 CREATE TABLE target_counts (
     target TEXT PRIMARY KEY NOT NULL,
     applied BIGINT NOT NULL DEFAULT 0
