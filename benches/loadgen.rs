@@ -1150,7 +1150,7 @@ async fn run(env: &Env, s: &Sizes, t: &mut Table) -> R<()> {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     t.info(
-        format!("setup: group of {g} members ({requests} requests of <= {CHUNK} members)"),
+        format!("setup: group of {g} members ({requests} request(s) of <= {CHUNK} members)"),
         format!(
             "pushed in {:.1} s, all in slapd after {:.1} s",
             pushed.as_secs_f64(),
