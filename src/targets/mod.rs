@@ -5,19 +5,12 @@
 pub mod ldap;
 pub mod sql;
 
+pub use crate::bookkeeping::{Bookkeeping, Kind};
 use crate::config::target::RawTarget;
 use crate::mapping::{CompiledTarget, ConfigError, Entry};
-use serde_json::Value;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-/// Users or groups.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    User,
-    Group,
-}
 
 /// The desired state of one resource in one target.
 #[derive(Debug, Clone, PartialEq)]
@@ -41,8 +34,8 @@ pub struct Desired {
 pub struct Prior {
     /// The key the entry had after the last successful apply; `None` if never applied.
     pub key: Option<String>,
-    /// Target-specific bookkeeping recorded by the last apply.
-    pub extra: Option<Value>,
+    /// The bookkeeping recorded by the last apply (and the reconciler's and store's notes).
+    pub extra: Option<Bookkeeping>,
     /// How long the reconciler's claim on this resource lasts (not bookkeeping: never stored).
     pub lease: Lease,
 }
@@ -108,7 +101,7 @@ pub struct Outcome {
     /// The entry's key now (`None` once deleted).
     pub key: Option<String>,
     /// Bookkeeping to remember for the next sync.
-    pub extra: Option<Value>,
+    pub extra: Option<Bookkeeping>,
     /// Human-readable changes made (or, in a dry run, that would be made), LDIF-like, one per line.
     pub changes: Vec<String>,
 }

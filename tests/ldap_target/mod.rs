@@ -174,7 +174,7 @@ async fn user_create_maps_every_feature() {
         ["uid=boss,ou=People,dc=example,dc=com"]
     );
     assert_eq!(attr(&e, "uid"), ["bjensen"]);
-    assert_eq!(out.extra.as_ref().unwrap()["uid"], "bjensen");
+    assert_eq!(out.extra.as_ref().unwrap().uid.as_deref(), Some("bjensen"));
 }
 
 #[tokio::test]
@@ -998,7 +998,8 @@ async fn hung_server_times_out_as_transient_and_recovers() {
         key: None,
         extra: Some(
             serde_json::json!({"creating": d.entry.key, "since_ms": intent_ms,
-                                       "prev_attempt_ms": intent_ms, "attempt_ms": now_ms()}),
+                                       "prev_attempt_ms": intent_ms, "attempt_ms": now_ms()})
+            .into(),
         ),
         ..Prior::default()
     };

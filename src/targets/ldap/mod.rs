@@ -2,8 +2,8 @@
 //! reconnect), `apply` (make one entry match), `codes` (result-code classification).
 //! Never sees SCIM types or the store: it gets a rendered [`Desired`] and a [`Prior`].
 //!
-//! Bookkeeping kept in `Outcome.extra` (a JSON object) for the next sync:
-//! `kind` (`"user"`/`"group"`, so a delete knows what it removes), `uid` (the user's `uid`,
+//! Bookkeeping kept in `Outcome.extra` ([`crate::bookkeeping::Bookkeeping`]) for the next
+//! sync: `kind` (`"user"`/`"group"`, so a delete knows what it removes), `uid` (the user's `uid`,
 //! what `memberUid` groups hold; see `mapping::CompiledTarget::member_key`), `disabled`
 //! (attributes set by deactivation, removed exactly on reactivation), `member` and
 //! `role_groups` (role-group memberships written), `password_sha256` (of the last written

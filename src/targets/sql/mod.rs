@@ -5,7 +5,7 @@
 //! rendered [`Desired`] (key = the key column's value, attrs = column -> values) and a
 //! [`Prior`].
 //!
-//! Bookkeeping kept in `Outcome.extra` (a JSON object): `kind` (`"user"`/`"group"`, so a
+//! Bookkeeping kept in `Outcome.extra` ([`crate::bookkeeping::Bookkeeping`]): `kind` (`"user"`/`"group"`, so a
 //! delete knows which table), `deleted_inactive` (policy `delete`), `disabled`
 //! (`on_delete = "disable"`).
 
