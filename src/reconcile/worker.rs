@@ -14,14 +14,16 @@
 //!
 //! Must not answer HTTP, hold a std lock across `.await`, or spawn outside the daemon's tracker.
 
-use super::{backoff, Reconciler, TargetRuntime};
+use super::{backoff, kind_of, Reconciler, TargetRuntime};
 use crate::bookkeeping::Bookkeeping;
 use crate::config::target::RefBy;
 use crate::http::server::now_ms;
 use crate::mapping::MapError;
 use crate::scim::resource::{render_group, render_user, ResourceType};
 use crate::store::{OutboxItem, StoreError, TargetState};
-use crate::targets::{Desired, ErrorClass, Kind, Lease, Outcome, Prior, Target, TargetError};
+use crate::targets::{
+    Change, Desired, ErrorClass, Kind, Lease, Outcome, Prior, Target, TargetError,
+};
 use crate::telemetry::{metrics, TargetLabels, TargetResultLabels};
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
@@ -472,7 +474,7 @@ pub(crate) async fn apply(
     // The key the target will give the entry: recorded (intent) or reserved (rename) first,
     // so no two resources ever hold or intend one key (the store's unique index).
     let planned = desired.as_ref().and_then(|d| t.target.planned_key(d));
-    let kind = desired.as_ref().map_or(Kind::User, |d| d.kind);
+    let kind = kind_of(resource_type);
     let prior = match (&desired, &prior.key, &planned, dry_run) {
         (Some(_), None, Some(k), false) => {
             record_intent(rec, t, resource_type, id, k, prior).await?
@@ -496,7 +498,11 @@ pub(crate) async fn apply(
         rec.pause_point(PAUSE_BEFORE_SYNC).await;
     }
     let started = Instant::now();
-    let result = t.target.sync(desired.as_ref(), &prior, dry_run).await;
+    let change = match &desired {
+        Some(d) => Change::Upsert(d),
+        None => Change::Remove { kind },
+    };
+    let result = t.target.sync(change, &prior, dry_run).await;
     metrics()
         .target_op_duration
         .get_or_create(&TargetLabels {

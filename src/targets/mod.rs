@@ -1,6 +1,7 @@
 //! Targets: the systems we provision into (LDAP directories, legacy SQL databases), behind one
-//! trait. Targets never see SCIM types or the store: the reconciler hands them a rendered
-//! [`Desired`] state and the [`Prior`] bookkeeping, and records the [`Outcome`].
+//! trait. Targets never see SCIM types or the store: the reconciler hands them a [`Change`]
+//! (a rendered [`Desired`] state, or a removal) and the [`Prior`] bookkeeping, and records
+//! the [`Outcome`].
 
 pub mod ldap;
 pub mod sql;
@@ -27,6 +28,35 @@ pub struct Desired {
     /// Users: DNs of the role groups the user must be a member of
     /// (`mapping::CompiledTarget::role_groups`). Groups: empty.
     pub role_groups: Vec<String>,
+}
+
+/// What one sync makes of a resource's entry.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Change<'a> {
+    /// Make the entry match the desired state.
+    Upsert(&'a Desired),
+    /// The resource was deleted in the store: remove its entry (or what `on_delete` says).
+    Remove { kind: Kind },
+}
+
+impl<'a> Change<'a> {
+    /// Users or groups.
+    #[must_use]
+    pub fn kind(&self) -> Kind {
+        match self {
+            Change::Upsert(d) => d.kind,
+            Change::Remove { kind } => *kind,
+        }
+    }
+
+    /// The desired state of an upsert.
+    #[must_use]
+    pub fn desired(&self) -> Option<&'a Desired> {
+        match self {
+            Change::Upsert(d) => Some(d),
+            Change::Remove { .. } => None,
+        }
+    }
 }
 
 /// What the store remembers of a resource in this target (from `target_state`).
@@ -144,15 +174,16 @@ pub trait Target {
     /// The failure, classified.
     async fn healthcheck(&self) -> Result<(), TargetError>;
 
-    /// Make the target match `desired` (`None`: the resource was deleted in the store). Reads
-    /// the live entry first and applies only the difference; safe to repeat. With `dry_run`,
-    /// changes nothing and reports what it would do.
+    /// Make the target match `change` (an upsert of the desired state, or the removal of a
+    /// resource deleted in the store). Reads the live entry first and applies only the
+    /// difference; safe to repeat. With `dry_run`, changes nothing and reports what it would
+    /// do.
     ///
     /// # Errors
     /// The failure, classified.
     async fn sync(
         &self,
-        desired: Option<&Desired>,
+        change: Change<'_>,
         prior: &Prior,
         dry_run: bool,
     ) -> Result<Outcome, TargetError>;
@@ -208,13 +239,13 @@ impl Target for AnyTarget {
 
     async fn sync(
         &self,
-        desired: Option<&Desired>,
+        change: Change<'_>,
         prior: &Prior,
         dry_run: bool,
     ) -> Result<Outcome, TargetError> {
         match self {
-            AnyTarget::Ldap(t) => t.sync(desired, prior, dry_run).await,
-            AnyTarget::Sql(t) => t.sync(desired, prior, dry_run).await,
+            AnyTarget::Ldap(t) => t.sync(change, prior, dry_run).await,
+            AnyTarget::Sql(t) => t.sync(change, prior, dry_run).await,
         }
     }
 

@@ -10,7 +10,7 @@ use crate::bookkeeping::{Bookkeeping, Disabled, Intent};
 use crate::config::target::{DeactivatePolicy, MemberValue, OnDelete, OnExisting, PasswordMode};
 use crate::mapping::dn::{dn_eq, normalize_dn, split_rdn};
 use crate::mapping::{diff, Entry, Mod};
-use crate::targets::{Desired, ErrorClass, Kind, Lease, Outcome, Prior, TargetError};
+use crate::targets::{Change, Desired, ErrorClass, Kind, Lease, Outcome, Prior, TargetError};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashSet};
 
@@ -169,7 +169,7 @@ impl Exec<'_> {
 /// Entry point of `Target::sync` for LDAP.
 pub(super) async fn sync(
     t: &LdapTarget,
-    desired: Option<&Desired>,
+    change: Change<'_>,
     prior: &Prior,
     dry_run: bool,
 ) -> Result<Outcome, TargetError> {
@@ -179,10 +179,10 @@ pub(super) async fn sync(
         changes: Vec::new(),
         lease: &prior.lease,
     };
-    let (key, extra) = match desired {
-        None => remove(&mut ex, prior).await?,
-        Some(d) if d.kind == Kind::User => sync_user(&mut ex, d, prior).await?,
-        Some(d) => sync_group(&mut ex, d, prior).await?,
+    let (key, extra) = match change {
+        Change::Remove { kind } => remove(&mut ex, prior, kind).await?,
+        Change::Upsert(d) if d.kind == Kind::User => sync_user(&mut ex, d, prior).await?,
+        Change::Upsert(d) => sync_group(&mut ex, d, prior).await?,
     };
     Ok(Outcome {
         key,
@@ -980,6 +980,7 @@ fn group_extra(entry_uuid: Option<String>) -> Bookkeeping {
 async fn remove(
     ex: &mut Exec<'_>,
     prior: &Prior,
+    kind: Kind,
 ) -> Result<(Option<String>, Option<Bookkeeping>), TargetError> {
     let t = ex.t;
     let Some(key) = &prior.key else {
@@ -996,7 +997,7 @@ async fn remove(
     };
     let key = &where_now(t, prior, key).await?;
     let prev = prior_extra(prior);
-    let is_user = prev.kind == Some(Kind::User);
+    let is_user = kind == Kind::User;
     let member_attr = t.settings.member_attribute().to_owned();
     let disable = is_user && t.settings.users.on_delete == OnDelete::Disable;
     if let (true, Some(deact)) = (disable, t.settings.users.deactivate.as_ref()) {

@@ -15,7 +15,7 @@ use crate::config::target::{
     OnDelete, OnExisting, RawSqlValue, SqlColumnType, SqlDeactivatePolicy,
 };
 use crate::mapping::{diff, Entry};
-use crate::targets::{Desired, ErrorClass, Kind, Outcome, Prior, TargetError};
+use crate::targets::{Change, Desired, ErrorClass, Kind, Outcome, Prior, TargetError};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Longest value shown in a change line.
@@ -36,7 +36,7 @@ fn permanent(message: String) -> TargetError {
 pub(super) fn sync(
     s: &Settings,
     conn: &mut Conn,
-    desired: Option<&Desired>,
+    change: Change<'_>,
     prior: &Prior,
     dry_run: bool,
 ) -> Result<Outcome, TargetError> {
@@ -48,10 +48,10 @@ pub(super) fn sync(
             dry_run,
             changes: Vec::new(),
         };
-        let (key, extra) = match desired {
-            None => remove(&mut tx, prior)?,
-            Some(d) if d.kind == Kind::User => sync_user(&mut tx, d, prior)?,
-            Some(d) => sync_group(&mut tx, d, prior)?,
+        let (key, extra) = match change {
+            Change::Remove { kind } => remove(&mut tx, prior, kind)?,
+            Change::Upsert(d) if d.kind == Kind::User => sync_user(&mut tx, d, prior)?,
+            Change::Upsert(d) => sync_group(&mut tx, d, prior)?,
         };
         if !dry_run {
             // The commit is the write: it starts only while its timeout remains on the claim
@@ -918,17 +918,12 @@ fn of_kind(kind: Kind) -> Bookkeeping {
 fn remove(
     tx: &mut Tx<'_>,
     prior: &Prior,
+    kind: Kind,
 ) -> Result<(Option<String>, Option<Bookkeeping>), TxError> {
     let Some(key) = &prior.key else {
         return Ok((None, prior.extra.clone()));
     };
     let s = tx.s;
-    let Some(kind) = prior.extra.as_ref().and_then(|e| e.kind) else {
-        return Err(permanent(format!(
-            "{key:?}: no record of whether it is a user or a group; not deleted"
-        ))
-        .into());
-    };
     if kind == Kind::User && s.on_delete == OnDelete::Disable {
         if let Some(col) = deact_column(s) {
             let t = &s.users;
