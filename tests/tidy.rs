@@ -201,3 +201,24 @@ fn bookkeeping_keys_are_named_only_by_its_struct() {
         }
     }
 }
+
+#[test]
+fn the_plan_is_pure() {
+    // `targets::plan` decides from what the targets read; it reads and writes nothing.
+    let file = src().join("targets").join("plan.rs");
+    let text = code(&std::fs::read_to_string(&file).unwrap());
+    for word in [
+        "tokio",
+        "diesel",
+        "ldap3",
+        "std::fs",
+        "std::net",
+        "crate::store",
+        "crate::scim",
+        "crate::targets::ldap",
+        "crate::targets::sql",
+        "async ",
+    ] {
+        assert!(!text.contains(word), "{} uses `{word}`", file.display());
+    }
+}

@@ -4,6 +4,7 @@
 //! the [`Outcome`].
 
 pub mod ldap;
+pub mod plan;
 pub mod sql;
 
 pub use crate::bookkeeping::{Bookkeeping, Kind};

@@ -10,6 +10,7 @@ use crate::bookkeeping::{Bookkeeping, Disabled, Intent};
 use crate::config::target::{DeactivatePolicy, MemberValue, OnDelete, OnExisting, PasswordMode};
 use crate::mapping::dn::{dn_eq, normalize_dn, split_rdn};
 use crate::mapping::{diff, Entry, Mod};
+use crate::targets::plan::{self, Found};
 use crate::targets::{Change, Desired, ErrorClass, Kind, Lease, Outcome, Prior, TargetError};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashSet};
@@ -275,26 +276,23 @@ async fn locate(
                 }
                 return Ok(None);
             }
-            if cur.is_some()
-                && (created_by_interrupted_apply(t, prior, desired_dn).await?
-                    || taken_from_an_orphan(t, prior, desired_dn).await?)
-            {
-                ex.changes.push(format!(
+            let ours = created_by_interrupted_apply(t, prior, desired_dn).await?
+                || taken_from_an_orphan(t, prior, desired_dn).await?;
+            match plan::unrecorded_entry(true, ours, t.settings.on_existing) {
+                Found::Create => {}
+                Found::Resume => ex.changes.push(format!(
                     "{RESUME}{desired_dn} (created by an interrupted apply)"
-                ));
-            } else if cur.is_some() {
-                match t.settings.on_existing {
-                    OnExisting::Conflict => {
-                        return Err(TargetError {
-                            class: ErrorClass::Permanent,
-                            code: Some(codes::ENTRY_ALREADY_EXISTS.to_string()),
-                            message: format!(
-                                "{desired_dn}: entry exists and is not managed by scim-sync \
-                                 (set on_existing = \"adopt\" to take it over)"
-                            ),
-                        })
-                    }
-                    OnExisting::Adopt => ex.changes.push(format!("adopt: {desired_dn}")),
+                )),
+                Found::Adopt => ex.changes.push(format!("adopt: {desired_dn}")),
+                Found::Refuse => {
+                    return Err(TargetError {
+                        class: ErrorClass::Permanent,
+                        code: Some(codes::ENTRY_ALREADY_EXISTS.to_string()),
+                        message: format!(
+                            "{desired_dn}: entry exists and is not managed by scim-sync \
+                             (set on_existing = \"adopt\" to take it over)"
+                        ),
+                    })
                 }
             }
             Ok(cur)
@@ -323,6 +321,18 @@ async fn created_by_interrupted_apply(
         return Ok(false);
     };
     created_in(t, dn, window).await
+}
+
+/// After an add found an entry already at `dn` (a race with another writer): whether it must
+/// be refused ([`plan::unrecorded_entry`]); a resource with a recorded entry converges.
+async fn raced_and_refused(t: &LdapTarget, prior: &Prior, dn: &str) -> Result<bool, TargetError> {
+    if prior.key.is_some() {
+        return Ok(false);
+    }
+    // Whether the entry is ours decides only under `on_existing = "conflict"` (no read else).
+    let policy = t.settings.on_existing;
+    let ours = policy == OnExisting::Conflict && created_by_interrupted_apply(t, prior, dn).await?;
+    Ok(plan::unrecorded_entry(true, ours, policy) == Found::Refuse)
 }
 
 /// Whether our bind DN created the entry at `dn` inside `window` (ms; see
@@ -706,10 +716,7 @@ async fn sync_user(
         fresh = true;
         if rc == codes::ENTRY_ALREADY_EXISTS {
             // Lost a race with another writer: converge only if we may own it.
-            if prior.key.is_none()
-                && t.settings.on_existing == OnExisting::Conflict
-                && !created_by_interrupted_apply(t, prior, &desired_dn).await?
-            {
+            if raced_and_refused(t, prior, &desired_dn).await? {
                 return Err(permanent(format!(
                     "{desired_dn}: entry exists and is not managed by scim-sync"
                 )));
@@ -895,10 +902,7 @@ async fn sync_group(
         }
         let rc = ex.add(&desired_dn, add_attrs(&d.entry, &extra)).await?;
         if rc == codes::ENTRY_ALREADY_EXISTS {
-            if prior.key.is_none()
-                && t.settings.on_existing == OnExisting::Conflict
-                && !created_by_interrupted_apply(t, prior, &desired_dn).await?
-            {
+            if raced_and_refused(t, prior, &desired_dn).await? {
                 return Err(permanent(format!(
                     "{desired_dn}: entry exists and is not managed by scim-sync"
                 )));

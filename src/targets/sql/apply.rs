@@ -11,10 +11,9 @@
 use super::conn::{Bind, Conn, Db, TxError};
 use super::settings::{Column, Settings, Table};
 use crate::bookkeeping::{Bookkeeping, Disabled};
-use crate::config::target::{
-    OnDelete, OnExisting, RawSqlValue, SqlColumnType, SqlDeactivatePolicy,
-};
+use crate::config::target::{OnDelete, RawSqlValue, SqlColumnType, SqlDeactivatePolicy};
 use crate::mapping::{diff, Entry};
+use crate::targets::plan::{self, Found};
 use crate::targets::{Change, Desired, ErrorClass, Kind, Outcome, Prior, TargetError};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -570,24 +569,24 @@ fn locate(
         Some(_) => tx.read(t, deact, key_bind, t.key_type),
         None => {
             let cur = tx.read(t, deact, key_bind, t.key_type)?;
-            if cur.is_some() {
-                match s.on_existing {
-                    OnExisting::Conflict => {
-                        return Err(TargetError {
-                            class: ErrorClass::Permanent,
-                            code: Some("conflict".into()),
-                            message: format!(
-                                "{}: a row with {} = {key:?} exists and is not managed by \
+            // SQL rows carry no creator marker: an interrupted insert is never recognised.
+            match plan::unrecorded_entry(cur.is_some(), false, s.on_existing) {
+                Found::Create | Found::Resume => {}
+                Found::Refuse => {
+                    return Err(TargetError {
+                        class: ErrorClass::Permanent,
+                        code: Some("conflict".into()),
+                        message: format!(
+                            "{}: a row with {} = {key:?} exists and is not managed by \
                                  scim-sync (set on_existing = \"adopt\" to take it over)",
-                                t.table, t.key_column
-                            ),
-                        }
-                        .into())
+                            t.table, t.key_column
+                        ),
                     }
-                    OnExisting::Adopt => tx
-                        .changes
-                        .push(format!("adopt: {} {} = {key:?}", t.table, t.key_column)),
+                    .into())
                 }
+                Found::Adopt => tx
+                    .changes
+                    .push(format!("adopt: {} {} = {key:?}", t.table, t.key_column)),
             }
             Ok(cur)
         }
