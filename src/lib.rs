@@ -10,7 +10,9 @@
 //! - [`http`]: the SCIM and admin listeners (thin).
 //! - [`daemon`]: startup, tasks, signals, systemd.
 //! - [`cli`]: one file per subcommand.
+//! - [`bookkeeping`]: what `target_state` remembers per resource and target (plain data).
 
+pub mod bookkeeping;
 pub mod cli;
 pub mod config;
 pub mod daemon;

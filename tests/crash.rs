@@ -864,7 +864,7 @@ mod windows {
                 resource_id: id.clone(),
                 applied_version: 0,
                 target_key: None,
-                extra: Some(json!({"creating": first, "since_ms": now})),
+                extra: Some(json!({"creating": first, "since_ms": now}).into()),
                 updated_ms: now,
             })
             .await
@@ -923,7 +923,7 @@ mod windows {
                 resource_id: id.clone(),
                 applied_version: 0,
                 target_key: None,
-                extra: Some(json!({"creating": dn, "since_ms": now, "attempt_ms": now})),
+                extra: Some(json!({"creating": dn, "since_ms": now, "attempt_ms": now}).into()),
                 updated_ms: now,
             }
         };
@@ -989,7 +989,7 @@ mod windows {
                 resource_id: id.clone(),
                 applied_version: 0,
                 target_key: None,
-                extra: Some(json!({"creating": dn, "since_ms": now})),
+                extra: Some(json!({"creating": dn, "since_ms": now}).into()),
                 updated_ms: now,
             })
             .await
@@ -1123,7 +1123,7 @@ mod windows {
                     resource_id: id.clone(),
                     applied_version: claimed[0].version,
                     target_key: Some(dn.clone()),
-                    extra: Some(json!({"kind": "user", "uid": "k1", "active": true})),
+                    extra: Some(json!({"kind": "user", "uid": "k1", "active": true}).into()),
                     updated_ms: now,
                 },
                 now,

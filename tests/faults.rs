@@ -784,12 +784,7 @@ async fn interrupted_creates(config: &Path, slapd: &Slapd) -> (usize, usize) {
     drop(store);
     let (mut added, mut not_added) = (0, 0);
     for s in states.iter().filter(|s| s.target_key.is_none()) {
-        let Some(dn) = s
-            .extra
-            .as_ref()
-            .and_then(|e| e.get("creating"))
-            .and_then(Value::as_str)
-        else {
+        let Some(dn) = s.extra.as_ref().and_then(|e| e.creating.as_deref()) else {
             continue;
         };
         if slapd.entry(dn, &["objectClass"]).await.is_some() {
@@ -1102,7 +1097,7 @@ async fn reactivation_after_an_interrupted_deactivation_unlocks() {
     let paused = t.d().pause_reconcilers().await.unwrap();
     // What an apply killed after its LDAP write leaves: the note, the values, no record.
     store
-        .note_target_extra("corp", &ids[0], "deactivating", json!(true))
+        .note_target_extra("corp", &ids[0], |e| e.deactivating = Some(true))
         .await
         .unwrap();
     let mut ldap = slapd.admin().await;
@@ -1152,7 +1147,7 @@ async fn reactivation_after_an_interrupted_deactivation_unlocks() {
     assert!(report.clean(), "{report:?}");
     let state = store.target_state("corp", &ids[0]).await.unwrap().unwrap();
     assert_eq!(
-        state.extra.as_ref().and_then(|e| e.get("deactivating")),
+        state.extra.as_ref().and_then(|e| e.deactivating),
         None,
         "the settle drops the note"
     );

@@ -151,3 +151,74 @@ fn no_replace_of_membership_attributes() {
         }
     }
 }
+
+#[test]
+fn bookkeeping_is_plain_data() {
+    // Shared by the store, the mapping, the targets and the reconciler: it uses none of them.
+    let file = src().join("bookkeeping.rs");
+    let text = code(&std::fs::read_to_string(&file).unwrap());
+    for word in [
+        "crate::", "tokio", "diesel", "hyper", "ldap3", "std::fs", "std::net",
+    ] {
+        assert!(!text.contains(word), "{} uses `{word}`", file.display());
+    }
+}
+
+#[test]
+fn bookkeeping_keys_are_named_only_by_its_struct() {
+    // `target_state.extra` is read and written through `bookkeeping::Bookkeeping` only: no
+    // JSON key of it spelt as a string literal elsewhere (unit tests may build stored JSON).
+    let keys = [
+        "creating",
+        "since_ms",
+        "prev_attempt_ms",
+        "attempt_ms",
+        "released_ms",
+        "orphans",
+        "renaming",
+        "entry_uuid",
+        "scim_active",
+        "deactivating",
+        "deleted_inactive",
+        "password_sha256",
+        "role_groups",
+    ];
+    for file in rust_files(&src()) {
+        let under_tests = file
+            .components()
+            .any(|c| c.as_os_str() == "tests" || c.as_os_str() == "tests.rs");
+        if file.ends_with("bookkeeping.rs") || under_tests {
+            continue;
+        }
+        let text = std::fs::read_to_string(&file).unwrap();
+        let text = code(text.split("#[cfg(test)]").next().unwrap_or(""));
+        for key in keys {
+            assert!(
+                !text.contains(&format!("\"{key}\"")),
+                "{}: the bookkeeping key \"{key}\" outside `bookkeeping::Bookkeeping`",
+                file.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn the_plan_is_pure() {
+    // `targets::plan` decides from what the targets read; it reads and writes nothing.
+    let file = src().join("targets").join("plan.rs");
+    let text = code(&std::fs::read_to_string(&file).unwrap());
+    for word in [
+        "tokio",
+        "diesel",
+        "ldap3",
+        "std::fs",
+        "std::net",
+        "crate::store",
+        "crate::scim",
+        "crate::targets::ldap",
+        "crate::targets::sql",
+        "async ",
+    ] {
+        assert!(!text.contains(word), "{} uses `{word}`", file.display());
+    }
+}

@@ -279,7 +279,7 @@ async fn verify_reports_an_entry_at_a_deleted_users_create_intent_as_extra() {
             resource_id: id.clone(),
             applied_version: 0,
             target_key: None,
-            extra: Some(json!({"creating": dn, "since_ms": now})),
+            extra: Some(json!({"creating": dn, "since_ms": now}).into()),
             updated_ms: now,
         })
         .await

@@ -22,9 +22,10 @@
 //!    the LDAP target recorded in `extra`; a user without a `uid` attribute is then left out). When [`CompiledTarget::remove_inactive_from_groups`]
 //!    is true, leave inactive users out, and re-sync a user's groups when `active` flips.
 //!    When a user's key changes (rename, move), re-sync the groups it belongs to.
-//! 4. `target.sync(Some(&desired), &prior, dry_run)` and store `Outcome.key/extra` (a user
-//!    deleted by the `delete` deactivation policy comes back with `key = None` and must be
-//!    re-created on reactivation: keep its `extra`). A store DELETE is `sync(None, &prior, ..)`.
+//! 4. `target.sync(Change::Upsert(&desired), &prior, dry_run)` and store `Outcome.key/extra`
+//!    (a user deleted by the `delete` deactivation policy comes back with `key = None` and
+//!    must be re-created on reactivation: keep its `extra`). A store DELETE is
+//!    `sync(Change::Remove { kind }, &prior, ..)`.
 //!
 //! Validation: the daemon's settings step calls both `CompiledTarget::compile` (rules, DN
 //! templates, role groups) and the target's own `Settings::from_raw` (URL, timeouts,

@@ -4,6 +4,7 @@
 
 use super::compile::{CompiledTarget, KindMap, Part, Rule, Source, Template, Transform};
 use super::Entry;
+use crate::bookkeeping::Bookkeeping;
 use crate::config::target::{MemberValue, RefBy};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -103,13 +104,10 @@ impl CompiledTarget {
     /// `target_state` in this target (`key` = its DN, `extra` = the recorded bookkeeping):
     /// the DN, or for `member_value = "uid"` the `uid` the LDAP target recorded in `extra`.
     #[must_use]
-    pub fn member_key(&self, key: &str, extra: Option<&Value>) -> Option<String> {
+    pub fn member_key(&self, key: &str, extra: Option<&Bookkeeping>) -> Option<String> {
         match self.member_value {
             MemberValue::Dn => Some(key.to_owned()),
-            MemberValue::Uid => extra
-                .and_then(|e| e.get("uid"))
-                .and_then(Value::as_str)
-                .map(str::to_owned),
+            MemberValue::Uid => extra.and_then(|e| e.uid.clone()),
         }
     }
 }
@@ -339,7 +337,7 @@ title = "title""#,
         );
         assert!(c.role_groups(&json!({"roles": "admin-ish"})).is_empty());
         assert_eq!(
-            c.member_key("uid=a", Some(&json!({"uid": "a"}))),
+            c.member_key("uid=a", Some(&json!({"uid": "a"}).into())),
             Some("a".into())
         );
         assert_eq!(c.member_key("uid=a", None), None);

@@ -15,7 +15,6 @@ use super::{Reconciler, TargetRuntime};
 use crate::mapping::dn::{normalize_dn, split_rdn};
 use crate::scim::resource::ResourceType;
 use crate::targets::{AnyTarget, Desired, Kind, Lease};
-use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
@@ -178,8 +177,7 @@ async fn verify_target<F: Fn(u64, u64)>(
                 let renaming = s
                     .extra
                     .as_ref()
-                    .and_then(|e| e.get(crate::store::RENAMING))
-                    .and_then(Value::as_str)
+                    .and_then(|e| e.renaming.as_deref())
                     .map(|r| (r, key_norm(t, s.resource_type, r)))
                     .filter(|(_, n)| *n != norm);
                 if let Some((r, n)) = renaming {
@@ -191,12 +189,7 @@ async fn verify_target<F: Fn(u64, u64)>(
                 }
                 held.entry(norm).or_default().push(who);
                 parents.insert(split_rdn(k).1);
-            } else if let Some(c) = s
-                .extra
-                .as_ref()
-                .and_then(|e| e.get("creating"))
-                .and_then(Value::as_str)
-            {
+            } else if let Some(c) = s.extra.as_ref().and_then(|e| e.creating.as_deref()) {
                 parents.insert(split_rdn(c).1);
                 // The intent of a deleted resource holds nothing: an entry there is extra.
                 if !live(rec, s.resource_type, &s.resource_id).await? {

@@ -14,13 +14,16 @@
 //!
 //! Must not answer HTTP, hold a std lock across `.await`, or spawn outside the daemon's tracker.
 
-use super::{backoff, Reconciler, TargetRuntime};
+use super::{backoff, kind_of, Reconciler, TargetRuntime};
+use crate::bookkeeping::Bookkeeping;
 use crate::config::target::RefBy;
 use crate::http::server::now_ms;
 use crate::mapping::MapError;
 use crate::scim::resource::{render_group, render_user, ResourceType};
 use crate::store::{OutboxItem, StoreError, TargetState};
-use crate::targets::{Desired, ErrorClass, Kind, Lease, Outcome, Prior, Target, TargetError};
+use crate::targets::{
+    Change, Desired, ErrorClass, Kind, Lease, Outcome, Prior, Target, TargetError,
+};
 use crate::telemetry::{metrics, TargetLabels, TargetResultLabels};
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
@@ -36,15 +39,9 @@ const BATCH: i64 = 16;
 const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(1);
 /// Upper bound of claim rounds in one `run_pending` drain of one target.
 const MAX_DRAIN_ROUNDS: usize = 100_000;
-/// Key of the reconciler's own bookkeeping in `target_state.extra` (a user's SCIM `active`
-/// at the last apply, to notice a flip). Targets ignore keys they do not know.
-pub(crate) const ACTIVE_KEY: &str = "scim_active";
 /// The named pause point between rendering a resource and syncing it (see
 /// [`Reconciler::arm_pause`]).
 pub const PAUSE_BEFORE_SYNC: &str = "before_sync";
-/// Key noted in `target_state.extra` before a deactivation is applied (see
-/// `note_deactivating`); targets with a reversible deactivation read it.
-pub(crate) const DEACTIVATING_KEY: &str = "deactivating";
 
 /// Why an apply failed.
 #[derive(Debug, thiserror::Error)]
@@ -109,17 +106,15 @@ pub(crate) struct Applied {
 }
 
 impl Applied {
-    /// `Outcome.extra` plus the reconciler's own bookkeeping, as stored in `target_state`.
-    pub(crate) fn extra_to_store(&self) -> Option<Value> {
+    /// `Outcome.extra` plus the reconciler's own bookkeeping (a user's SCIM `active` at this
+    /// apply, [`Bookkeeping::scim_active`], to notice a flip), as stored in `target_state`.
+    pub(crate) fn extra_to_store(&self) -> Option<Bookkeeping> {
         let Some(active) = self.active else {
             return self.outcome.extra.clone();
         };
-        let mut extra = match &self.outcome.extra {
-            Some(Value::Object(map)) => map.clone(),
-            Some(_) | None => serde_json::Map::new(),
-        };
-        extra.insert(ACTIVE_KEY.into(), Value::Bool(active));
-        Some(Value::Object(extra))
+        let mut extra = self.outcome.extra.clone().unwrap_or_default();
+        extra.scim_active = Some(active);
+        Some(extra)
     }
 }
 
@@ -280,11 +275,11 @@ pub(crate) async fn desired_of(
     }
 }
 
-/// Before a target first creates an entry, record the intent (`{"creating": key, "since_ms":
-/// now, "attempt_ms": now}` merged into the prior bookkeeping, which a `delete`-policy user
-/// must keep), so an entry left by an apply interrupted before its settle is recognised as
-/// ours ([`crate::store::Store::record_intent`]). The store refuses an intent for a key
-/// another resource holds or intends: a conflict naming both. Returns the prior with the
+/// Before a target first creates an entry, record the intent (`creating` = key, `since_ms` =
+/// `attempt_ms` = now, set in the prior bookkeeping, which a `delete`-policy user must
+/// keep), so an entry left by an apply interrupted before its settle is recognised as ours
+/// ([`crate::store::Store::record_intent`]). The store refuses an intent for a key another
+/// resource holds or intends: a conflict naming both. Returns the prior with the
 /// intent the store kept (an earlier one for the same key keeps its `since_ms`).
 async fn record_intent(
     rec: &Reconciler,
@@ -296,13 +291,10 @@ async fn record_intent(
 ) -> Result<Prior, ApplyError> {
     let store = &rec.inner.store;
     let now = now_ms();
-    let mut extra = match &prior.extra {
-        Some(Value::Object(map)) => map.clone(),
-        Some(_) | None => serde_json::Map::new(),
-    };
-    extra.insert("creating".into(), Value::String(key.to_owned()));
-    extra.insert("since_ms".into(), Value::from(now));
-    extra.insert("attempt_ms".into(), Value::from(now));
+    let mut extra = prior.extra.clone().unwrap_or_default();
+    extra.creating = Some(key.to_owned());
+    extra.since_ms = Some(now);
+    extra.attempt_ms = Some(now);
     let recorded = store
         .record_intent(TargetState {
             target: t.name.clone(),
@@ -310,7 +302,7 @@ async fn record_intent(
             resource_id: id.to_owned(),
             applied_version: 0,
             target_key: None,
-            extra: Some(Value::Object(extra)),
+            extra: Some(extra),
             updated_ms: now,
         })
         .await;
@@ -384,15 +376,12 @@ async fn unheld_orphans(
     id: &str,
     mut prior: Prior,
 ) -> Result<Prior, ApplyError> {
-    let Some(Value::Object(extra)) = prior.extra.as_mut() else {
-        return Ok(prior);
-    };
-    let Some(Value::Array(orphans)) = extra.get("orphans") else {
+    let Some(extra) = prior.extra.as_mut() else {
         return Ok(prior);
     };
     let mut kept = Vec::new();
-    for o in orphans {
-        let Some(key) = o.get("creating").and_then(Value::as_str) else {
+    for o in &extra.orphans {
+        let Some(key) = o.creating.as_deref() else {
             continue;
         };
         let held = rec
@@ -404,13 +393,13 @@ async fn unheld_orphans(
             kept.push(o.clone());
         }
     }
-    extra.insert("orphans".into(), Value::Array(kept));
+    extra.orphans = kept;
     Ok(prior)
 }
 
-/// Before a user last applied as active is deactivated, note `"deactivating": true` in its
-/// state, so that if the apply is interrupted after the target wrote its deactivation but
-/// before the settle, a later reactivation knows those values may be ours to undo (the
+/// Before a user last applied as active is deactivated, note `deactivating` in its state,
+/// so that if the apply is interrupted after the target wrote its deactivation but before
+/// the settle, a later reactivation knows those values may be ours to undo (the
 /// target's own record of them, written by the settle, never arrived). The settle replaces
 /// the whole `extra`, dropping the note.
 async fn note_deactivating(
@@ -420,27 +409,20 @@ async fn note_deactivating(
     prior: Prior,
 ) -> Result<Prior, ApplyError> {
     let extra = prior.extra.as_ref();
-    let was_active = extra
-        .and_then(|e| e.get(ACTIVE_KEY))
-        .and_then(Value::as_bool);
-    let noted = extra
-        .and_then(|e| e.get(DEACTIVATING_KEY))
-        .and_then(Value::as_bool);
+    let was_active = extra.and_then(|e| e.scim_active);
+    let noted = extra.and_then(|e| e.deactivating);
     if was_active == Some(false) || noted == Some(true) {
         return Ok(prior);
     }
     rec.inner
         .store
-        .note_target_extra(&t.name, id, DEACTIVATING_KEY, Value::Bool(true))
+        .note_target_extra(&t.name, id, |e| e.deactivating = Some(true))
         .await?;
-    let mut map = match prior.extra {
-        Some(Value::Object(map)) => map,
-        Some(_) | None => serde_json::Map::new(),
-    };
-    map.insert(DEACTIVATING_KEY.into(), Value::Bool(true));
+    let mut extra = prior.extra.unwrap_or_default();
+    extra.deactivating = Some(true);
     Ok(Prior {
         key: prior.key,
-        extra: Some(Value::Object(map)),
+        extra: Some(extra),
         lease: prior.lease,
     })
 }
@@ -492,7 +474,7 @@ pub(crate) async fn apply(
     // The key the target will give the entry: recorded (intent) or reserved (rename) first,
     // so no two resources ever hold or intend one key (the store's unique index).
     let planned = desired.as_ref().and_then(|d| t.target.planned_key(d));
-    let kind = desired.as_ref().map_or(Kind::User, |d| d.kind);
+    let kind = kind_of(resource_type);
     let prior = match (&desired, &prior.key, &planned, dry_run) {
         (Some(_), None, Some(k), false) => {
             record_intent(rec, t, resource_type, id, k, prior).await?
@@ -516,7 +498,11 @@ pub(crate) async fn apply(
         rec.pause_point(PAUSE_BEFORE_SYNC).await;
     }
     let started = Instant::now();
-    let result = t.target.sync(desired.as_ref(), &prior, dry_run).await;
+    let change = match &desired {
+        Some(d) => Change::Upsert(d),
+        None => Change::Remove { kind },
+    };
+    let result = t.target.sync(change, &prior, dry_run).await;
     metrics()
         .target_op_duration
         .get_or_create(&TargetLabels {
@@ -1004,7 +990,7 @@ mod tests {
             prior: Prior::default(),
             outcome: Outcome {
                 key: Some("uid=a,dc=x".into()),
-                extra,
+                extra: extra.map(Bookkeeping::from_json),
                 changes: Vec::new(),
             },
             active,
@@ -1029,24 +1015,33 @@ mod tests {
     fn stored_extra_keeps_the_targets_bookkeeping_and_adds_active() {
         let a = applied(Some(false), Some(json!({"kind": "user", "uid": "a"})));
         assert_eq!(
-            a.extra_to_store(),
+            a.extra_to_store().map(|e| e.to_json()),
             Some(json!({"kind": "user", "uid": "a", "scim_active": false}))
         );
         // No bookkeeping from the target, or a non-object: only ours.
         assert_eq!(
-            applied(Some(true), None).extra_to_store(),
+            applied(Some(true), None)
+                .extra_to_store()
+                .map(|e| e.to_json()),
             Some(json!({"scim_active": true}))
         );
         assert_eq!(
-            applied(Some(true), Some(json!([1, 2]))).extra_to_store(),
+            applied(Some(true), Some(json!([1, 2])))
+                .extra_to_store()
+                .map(|e| e.to_json()),
             Some(json!({"scim_active": true}))
         );
         // Groups and deleted users: the target's extra untouched.
         assert_eq!(
-            applied(None, Some(json!({"kind": "group"}))).extra_to_store(),
+            applied(None, Some(json!({"kind": "group"})))
+                .extra_to_store()
+                .map(|e| e.to_json()),
             Some(json!({"kind": "group"}))
         );
-        assert_eq!(applied(None, None).extra_to_store(), None);
+        assert_eq!(
+            applied(None, None).extra_to_store().map(|e| e.to_json()),
+            None
+        );
     }
 
     #[test]

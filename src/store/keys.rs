@@ -16,10 +16,10 @@
 
 use super::schema::{target_key_reservations, target_state};
 use super::{decode_text, encode_text, write_tx, DbConnection, StoreError};
+use crate::bookkeeping::{Bookkeeping, INTENT_MARKER};
 use crate::scim::resource::ResourceType;
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
-use serde_json::Value;
 use std::sync::Arc;
 
 /// How one target normalises a key of a user or group for the uniqueness index.
@@ -32,10 +32,8 @@ const INDEX: &str = "target_state_key_norm";
 const RESERVED_INDEX: &str = "target_key_reservations_pkey";
 
 /// The key an intent names (`extra.creating`), if the state is an intent.
-pub(crate) fn intent_key(extra: Option<&Value>) -> Option<&str> {
-    extra
-        .and_then(|e| e.get("creating"))
-        .and_then(Value::as_str)
+pub(crate) fn intent_key(extra: Option<&Bookkeeping>) -> Option<&str> {
+    extra.and_then(|e| e.creating.as_deref())
 }
 
 /// The resource other than `except` that holds (or intends) `key_norm` in `target`, or else
@@ -137,17 +135,14 @@ pub(crate) fn key_norm_of(
         .map(decode_text))
 }
 
-/// Bookkeeping key (in `extra`) of the key a rename was reserved for: written with the
-/// reservation, before the target renames anything, dropped by the settle (which replaces
-/// `extra`). A later apply (another rename, a delete) of a resource whose rename was
-/// interrupted after the target moved the entry finds it there.
-pub const RENAMING: &str = "renaming";
-
 /// Reserve `key` for an existing state before the target renames its entry there: a rename
 /// to a key another resource holds, intends or reserved is refused before the target is
 /// touched. The state keeps its held key (the entry is still there until the rename
 /// happened); the reservation replaces the resource's earlier one, and the key is noted in
-/// `extra` as [`RENAMING`]. Does nothing when the resource has no state in `target`.
+/// `extra` as [`Bookkeeping::renaming`] (dropped by the settle, which replaces `extra`: a
+/// later apply, another rename or a delete, of a resource whose rename was interrupted after
+/// the target moved the entry finds it there). Does nothing when the resource has no state
+/// in `target`.
 pub(crate) fn reserve(
     conn: &mut DbConnection,
     target: &str,
@@ -179,13 +174,12 @@ pub(crate) fn reserve(
             ))
             .execute(conn)
             .map_err(|e| unique_violation(e, target, key))?;
-        let mut map = match extra.and_then(|e| serde_json::from_str(&e).ok()) {
-            Some(Value::Object(map)) => map,
-            _ => serde_json::Map::new(),
-        };
-        map.insert(RENAMING.into(), Value::String(key.to_owned()));
+        let mut book = extra
+            .and_then(|e| Bookkeeping::from_text(&e).ok())
+            .unwrap_or_default();
+        book.renaming = Some(key.to_owned());
         diesel::update(row)
-            .set(target_state::extra.eq(Some(Value::Object(map).to_string())))
+            .set(target_state::extra.eq(Some(book.to_text())))
             .execute(conn)?;
         Ok(())
     })
@@ -222,7 +216,7 @@ pub(crate) fn fill(
         .filter(
             target_state::target_key
                 .is_not_null()
-                .or(target_state::extra.like("%\"creating\"%")),
+                .or(target_state::extra.like(format!("%{INTENT_MARKER}%"))),
         )
         .order(target_state::resource_id)
         .select((
@@ -240,9 +234,9 @@ pub(crate) fn fill(
         let key = match &stored_key {
             Some(k) => decode_text(k.clone()),
             None => {
-                let extra: Option<Value> = stored_extra
+                let extra = stored_extra
                     .as_deref()
-                    .and_then(|e| serde_json::from_str(e).ok());
+                    .and_then(|e| Bookkeeping::from_text(e).ok());
                 match intent_key(extra.as_ref()) {
                     Some(k) => k.to_owned(),
                     None => continue,

@@ -23,6 +23,7 @@ mod resources;
 mod schema;
 mod tokens;
 
+use crate::bookkeeping::Bookkeeping;
 use crate::scim::patch::MemberOp;
 use crate::scim::resource::{GroupInput, GroupRef, MemberRef, Meta, ResourceType, UserInput};
 use crate::scim::ScimError;
@@ -57,7 +58,7 @@ pub enum StoreError {
     },
 }
 
-pub use keys::{KeyNormFn, RENAMING};
+pub use keys::KeyNormFn;
 
 /// Who did what, written to the audit table with every mutation.
 #[derive(Debug, Clone, Default)]
@@ -198,8 +199,8 @@ pub struct TargetState {
     pub applied_version: i64,
     /// The entry's key in the target (an LDAP DN, a SQL key value); `None` once deleted.
     pub target_key: Option<String>,
-    /// Opaque per-target JSON (e.g. deactivation bookkeeping).
-    pub extra: Option<Value>,
+    /// The bookkeeping (stored as JSON; see [`crate::bookkeeping`]).
+    pub extra: Option<Bookkeeping>,
     pub updated_ms: i64,
 }
 
@@ -1608,9 +1609,9 @@ impl Store {
         })
     }
 
-    /// Merge `key: value` into the `extra` of a resource's existing state in one target,
-    /// leaving its version and key alone (an intent noted before an apply that may be
-    /// interrupted, e.g. a deactivation). Does nothing when there is no state yet.
+    /// Change the `extra` of a resource's existing state in one target with `note`, leaving
+    /// its version and key alone (an intent noted before an apply that may be interrupted,
+    /// e.g. a deactivation). Does nothing when there is no state yet.
     ///
     /// # Errors
     /// `Unavailable`.
@@ -1618,11 +1619,10 @@ impl Store {
         &self,
         target: &str,
         resource_id: &str,
-        key: &str,
-        value: Value,
+        note: impl FnOnce(&mut Bookkeeping) + Send + 'static,
     ) -> Result<(), StoreError> {
-        let (target, id, key) = (target.to_owned(), resource_id.to_owned(), key.to_owned());
-        self.run(move |conn| outbox::note_extra(conn, &target, &id, &key, value))
+        let (target, id) = (target.to_owned(), resource_id.to_owned());
+        self.run(move |conn| outbox::note_extra(conn, &target, &id, note))
             .await
     }
 

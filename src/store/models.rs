@@ -8,6 +8,7 @@ use super::{
     decode_text, encode_text, HistoryEntry, OutboxItem, StoreError, StoredGroup, StoredUser,
     TargetState, TokenInfo,
 };
+use crate::bookkeeping::Bookkeeping;
 use crate::scim::resource::{Meta, ResourceType};
 use diesel::prelude::*;
 use serde_json::{Map, Value};
@@ -189,7 +190,7 @@ impl TargetStateRow {
             resource_type: state.resource_type.as_str().to_owned(),
             applied_version: state.applied_version,
             target_key: state.target_key.as_deref().map(encode_text),
-            extra: state.extra.as_ref().map(Value::to_string),
+            extra: state.extra.as_ref().map(Bookkeeping::to_text),
             updated_ms: state.updated_ms,
             key_norm: None,
         }
@@ -198,7 +199,7 @@ impl TargetStateRow {
     pub(crate) fn into_state(self) -> Result<TargetState, StoreError> {
         let extra = match self.extra {
             None => None,
-            Some(text) => Some(serde_json::from_str(&text).map_err(|e| {
+            Some(text) => Some(Bookkeeping::from_text(&text).map_err(|e| {
                 StoreError::Other(format!(
                     "target_state {}/{}: bad extra JSON: {e}",
                     self.target, self.resource_id

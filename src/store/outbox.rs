@@ -11,10 +11,10 @@ use super::{
     has_nul, read_tx, sanitize_text, write_tx, AuditCtx, DbConnection, OutboxItem, StoreError,
     TargetState, TargetStatus,
 };
+use crate::bookkeeping::{Bookkeeping, Intent};
 use crate::scim::resource::ResourceType;
 use crate::scim::ScimError;
 use diesel::prelude::*;
-use serde_json::Value;
 
 const PENDING: &str = "pending";
 const DEAD: &str = "dead";
@@ -701,22 +701,16 @@ pub(crate) fn record_intent(
                 let same = keys::intent_key(cur.extra.as_ref()).is_some()
                     && keys::key_norm_of(conn, &state.target, &state.resource_id)?.as_deref()
                         == Some(key_norm);
-                let since = cur.extra.as_ref().and_then(|e| e.get("since_ms")).cloned();
-                let prev = cur
-                    .extra
-                    .as_ref()
-                    .and_then(|e| e.get("attempt_ms").or_else(|| e.get("since_ms")))
-                    .cloned();
-                if let (true, Some(since), Some(prev), Some(Value::Object(extra))) =
+                let since = cur.extra.as_ref().and_then(|e| e.since_ms);
+                let prev = cur.extra.as_ref().and_then(|e| e.attempt_ms.or(e.since_ms));
+                if let (true, Some(since), Some(prev), Some(extra)) =
                     (same, since, prev, row.extra.as_mut())
                 {
                     // Keep the first intent's time and note the previous attempt's: an entry
                     // left by an interrupted add is checked against them.
-                    extra.insert("since_ms".into(), since);
-                    extra.insert("prev_attempt_ms".into(), prev);
-                } else if let (Some(old), Some(Value::Object(extra))) =
-                    (cur.extra.as_ref(), row.extra.as_mut())
-                {
+                    extra.since_ms = Some(since);
+                    extra.prev_attempt_ms = Some(prev);
+                } else if let (Some(old), Some(extra)) = (cur.extra.as_ref(), row.extra.as_mut()) {
                     keep_orphan(extra, old, state.updated_ms);
                 }
                 upsert_target_state(conn, &row, false, Some(key_norm))
@@ -735,48 +729,35 @@ const MAX_ORPHANS: usize = 8;
 /// "attempt_ms": its last attempt, "released_ms": now}`), so the next apply (a create at the
 /// new key, a delete) can find that entry and take it along or remove it, by the same rules
 /// as an interrupted create (our creator, inside the old intent's window; the target decides).
-fn keep_orphan(extra: &mut serde_json::Map<String, Value>, old: &Value, now_ms: i64) {
+fn keep_orphan(extra: &mut Bookkeeping, old: &Bookkeeping, now_ms: i64) {
     let Some(key) = keys::intent_key(Some(old)) else {
         return;
     };
-    let since = old.get("since_ms").cloned().unwrap_or(Value::Null);
-    let attempt = old
-        .get("attempt_ms")
-        .or_else(|| old.get("since_ms"))
-        .cloned()
-        .unwrap_or(Value::Null);
-    let mut orphans: Vec<Value> = old
-        .get("orphans")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    orphans.push(serde_json::json!({"creating": key, "since_ms": since,
-                                    "attempt_ms": attempt, "released_ms": now_ms}));
+    let mut orphans = old.orphans.clone();
+    orphans.push(Intent {
+        creating: Some(key.to_owned()),
+        since_ms: old.since_ms,
+        attempt_ms: old.attempt_ms.or(old.since_ms),
+        released_ms: Some(now_ms),
+    });
     let skip = orphans.len().saturating_sub(MAX_ORPHANS);
-    extra.insert(
-        "orphans".into(),
-        Value::Array(orphans.into_iter().skip(skip).collect()),
-    );
+    extra.orphans = orphans.into_iter().skip(skip).collect();
 }
 
-/// Merge one key into an existing state's `extra`; see [`super::Store::note_target_extra`].
+/// Note something in an existing state's `extra`; see [`super::Store::note_target_extra`].
 pub(crate) fn note_extra(
     conn: &mut DbConnection,
     target: &str,
     resource_id: &str,
-    key: &str,
-    value: serde_json::Value,
+    note: impl FnOnce(&mut Bookkeeping),
 ) -> Result<(), StoreError> {
     write_tx(conn, |conn| {
         let Some(mut state) = target_state(conn, target, resource_id)? else {
             return Ok(());
         };
-        let mut extra = match state.extra.take() {
-            Some(serde_json::Value::Object(map)) => map,
-            Some(_) | None => serde_json::Map::new(),
-        };
-        extra.insert(key.to_owned(), value.clone());
-        state.extra = Some(serde_json::Value::Object(extra));
+        let mut extra = state.extra.take().unwrap_or_default();
+        note(&mut extra);
+        state.extra = Some(extra);
         let key_norm = keys::key_norm_of(conn, target, resource_id)?;
         upsert_target_state(conn, &state, false, key_norm.as_deref())
     })

@@ -953,7 +953,7 @@ fn applied(item: &OutboxItem, version: i64, now: i64) -> TargetState {
         resource_id: item.resource_id.clone(),
         applied_version: version,
         target_key: Some(format!("uid={},ou=people", item.resource_id)),
-        extra: Some(json!({"deactivated": false})),
+        extra: Some(json!({"deactivated": false}).into()),
         updated_ms: now,
     }
 }
@@ -1028,7 +1028,7 @@ async fn claims_are_exclusive_and_fenced() {
             (1, 1400),
             "equal version rewritten by the owner"
         );
-        assert_eq!(state.extra, Some(json!({"deactivated": false})));
+        assert_eq!(state.extra, Some(json!({"deactivated": false}).into()));
         assert!(store
             .history(&id)
             .await
@@ -2279,7 +2279,7 @@ fn intent(id: &str, key: &str, since: i64) -> TargetState {
         resource_id: id.to_owned(),
         applied_version: 0,
         target_key: None,
-        extra: Some(json!({"creating": key, "since_ms": since, "attempt_ms": since})),
+        extra: Some(json!({"creating": key, "since_ms": since, "attempt_ms": since}).into()),
         updated_ms: since,
     }
 }
@@ -2323,11 +2323,7 @@ async fn no_two_resources_hold_or_intend_one_target_key() {
         let kept = store.target_state(TARGET, &a).await.unwrap().unwrap();
         let extra = kept.extra.unwrap();
         assert_eq!(
-            (
-                extra["since_ms"].as_i64(),
-                extra["prev_attempt_ms"].as_i64(),
-                extra["attempt_ms"].as_i64()
-            ),
+            (extra.since_ms, extra.prev_attempt_ms, extra.attempt_ms),
             (Some(100), Some(100), Some(120))
         );
         // Settling: a takes the key; b cannot record it either.
@@ -2654,7 +2650,7 @@ async fn status_counts_the_entries_held_as_a_recount_does() {
                 resource_id: fresh,
                 applied_version: 0,
                 target_key: None,
-                extra: Some(json!({"creating": "uid=count-new,ou=people", "since_ms": 500})),
+                extra: Some(json!({"creating": "uid=count-new,ou=people", "since_ms": 500}).into()),
                 updated_ms: 500,
             })
             .await

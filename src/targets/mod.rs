@@ -1,23 +1,18 @@
 //! Targets: the systems we provision into (LDAP directories, legacy SQL databases), behind one
-//! trait. Targets never see SCIM types or the store: the reconciler hands them a rendered
-//! [`Desired`] state and the [`Prior`] bookkeeping, and records the [`Outcome`].
+//! trait. Targets never see SCIM types or the store: the reconciler hands them a [`Change`]
+//! (a rendered [`Desired`] state, or a removal) and the [`Prior`] bookkeeping, and records
+//! the [`Outcome`].
 
 pub mod ldap;
+pub mod plan;
 pub mod sql;
 
+pub use crate::bookkeeping::{Bookkeeping, Kind};
 use crate::config::target::RawTarget;
 use crate::mapping::{CompiledTarget, ConfigError, Entry};
-use serde_json::Value;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-/// Users or groups.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    User,
-    Group,
-}
 
 /// The desired state of one resource in one target.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,13 +31,42 @@ pub struct Desired {
     pub role_groups: Vec<String>,
 }
 
+/// What one sync makes of a resource's entry.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Change<'a> {
+    /// Make the entry match the desired state.
+    Upsert(&'a Desired),
+    /// The resource was deleted in the store: remove its entry (or what `on_delete` says).
+    Remove { kind: Kind },
+}
+
+impl<'a> Change<'a> {
+    /// Users or groups.
+    #[must_use]
+    pub fn kind(&self) -> Kind {
+        match self {
+            Change::Upsert(d) => d.kind,
+            Change::Remove { kind } => *kind,
+        }
+    }
+
+    /// The desired state of an upsert.
+    #[must_use]
+    pub fn desired(&self) -> Option<&'a Desired> {
+        match self {
+            Change::Upsert(d) => Some(d),
+            Change::Remove { .. } => None,
+        }
+    }
+}
+
 /// What the store remembers of a resource in this target (from `target_state`).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Prior {
     /// The key the entry had after the last successful apply; `None` if never applied.
     pub key: Option<String>,
-    /// Target-specific bookkeeping recorded by the last apply.
-    pub extra: Option<Value>,
+    /// The bookkeeping recorded by the last apply (and the reconciler's and store's notes).
+    pub extra: Option<Bookkeeping>,
     /// How long the reconciler's claim on this resource lasts (not bookkeeping: never stored).
     pub lease: Lease,
 }
@@ -108,7 +132,7 @@ pub struct Outcome {
     /// The entry's key now (`None` once deleted).
     pub key: Option<String>,
     /// Bookkeeping to remember for the next sync.
-    pub extra: Option<Value>,
+    pub extra: Option<Bookkeeping>,
     /// Human-readable changes made (or, in a dry run, that would be made), LDIF-like, one per line.
     pub changes: Vec<String>,
 }
@@ -151,15 +175,16 @@ pub trait Target {
     /// The failure, classified.
     async fn healthcheck(&self) -> Result<(), TargetError>;
 
-    /// Make the target match `desired` (`None`: the resource was deleted in the store). Reads
-    /// the live entry first and applies only the difference; safe to repeat. With `dry_run`,
-    /// changes nothing and reports what it would do.
+    /// Make the target match `change` (an upsert of the desired state, or the removal of a
+    /// resource deleted in the store). Reads the live entry first and applies only the
+    /// difference; safe to repeat. With `dry_run`, changes nothing and reports what it would
+    /// do.
     ///
     /// # Errors
     /// The failure, classified.
     async fn sync(
         &self,
-        desired: Option<&Desired>,
+        change: Change<'_>,
         prior: &Prior,
         dry_run: bool,
     ) -> Result<Outcome, TargetError>;
@@ -215,13 +240,13 @@ impl Target for AnyTarget {
 
     async fn sync(
         &self,
-        desired: Option<&Desired>,
+        change: Change<'_>,
         prior: &Prior,
         dry_run: bool,
     ) -> Result<Outcome, TargetError> {
         match self {
-            AnyTarget::Ldap(t) => t.sync(desired, prior, dry_run).await,
-            AnyTarget::Sql(t) => t.sync(desired, prior, dry_run).await,
+            AnyTarget::Ldap(t) => t.sync(change, prior, dry_run).await,
+            AnyTarget::Sql(t) => t.sync(change, prior, dry_run).await,
         }
     }
 

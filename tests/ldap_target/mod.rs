@@ -8,7 +8,7 @@ use crate::harness::slapd::Slapd;
 use scim_sync::config::target::{RawTarget, RefBy};
 use scim_sync::mapping::CompiledTarget;
 use scim_sync::targets::ldap::{LdapTarget, PasswordSource, Settings};
-use scim_sync::targets::{Desired, ErrorClass, Kind, Outcome, Prior, Target};
+use scim_sync::targets::{Change, Desired, ErrorClass, Kind, Outcome, Prior, Target};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 
@@ -99,7 +99,7 @@ impl Dir {
         prior: &Prior,
     ) -> Outcome {
         let d = self.desired(map, u);
-        let out = t.sync(Some(&d), prior, false).await.unwrap();
+        let out = t.sync(Change::Upsert(&d), prior, false).await.unwrap();
         if let (Some(id), Some(k)) = (u["id"].as_str(), &out.key) {
             self.dns.insert(id.to_owned(), k.clone());
         }
@@ -174,7 +174,7 @@ async fn user_create_maps_every_feature() {
         ["uid=boss,ou=People,dc=example,dc=com"]
     );
     assert_eq!(attr(&e, "uid"), ["bjensen"]);
-    assert_eq!(out.extra.as_ref().unwrap()["uid"], "bjensen");
+    assert_eq!(out.extra.as_ref().unwrap().uid.as_deref(), Some("bjensen"));
 }
 
 #[tokio::test]
@@ -265,7 +265,7 @@ description = "externalId"
     let member = o2.key.clone().unwrap();
     let g1 = t
         .sync(
-            Some(&group_desired(&map, &g, vec![member.clone()])),
+            Change::Upsert(&group_desired(&map, &g, vec![member.clone()])),
             &Prior::default(),
             false,
         )
@@ -274,7 +274,7 @@ description = "externalId"
     g["displayName"] = json!("Team B");
     let g2 = t
         .sync(
-            Some(&group_desired(&map, &g, vec![member.clone()])),
+            Change::Upsert(&group_desired(&map, &g, vec![member.clone()])),
             &prior(&g1),
             false,
         )
@@ -427,14 +427,20 @@ async fn scim_delete_removes_the_entry_and_repeats_safely() {
     let (map, t) = build(&slapd, "", USERS, "");
     let mut dir = Dir::default();
     let o1 = dir.sync(&map, &t, &user("del"), &Prior::default()).await;
-    let o2 = t.sync(None, &prior(&o1), false).await.unwrap();
+    let o2 = t
+        .sync(Change::Remove { kind: Kind::User }, &prior(&o1), false)
+        .await
+        .unwrap();
     assert_eq!(o2.key, None);
     assert!(slapd
         .entry("uid=del,ou=People,dc=example,dc=com", &["*"])
         .await
         .is_none());
     // Repeating (no such object) is done, not an error.
-    let o3 = t.sync(None, &prior(&o1), false).await.unwrap();
+    let o3 = t
+        .sync(Change::Remove { kind: Kind::User }, &prior(&o1), false)
+        .await
+        .unwrap();
     assert_eq!(o3.key, None);
     // on_delete = "disable" keeps the entry, locked.
     let users = USERS.replace(
@@ -445,7 +451,10 @@ async fn scim_delete_removes_the_entry_and_repeats_safely() {
     let mut u = user("keep");
     u["password"] = json!("pw-keep");
     let o1 = dir.sync(&map, &t, &u, &Prior::default()).await;
-    let o2 = t.sync(None, &prior(&o1), false).await.unwrap();
+    let o2 = t
+        .sync(Change::Remove { kind: Kind::User }, &prior(&o1), false)
+        .await
+        .unwrap();
     assert_eq!(o2.key, o1.key);
     assert!(!slapd.can_bind(o1.key.as_deref().unwrap(), "pw-keep").await);
 }
@@ -483,7 +492,7 @@ member_value = "{value}"
     let dn = "cn=Crew,ou=Groups,dc=example,dc=com";
     let g1 = t
         .sync(
-            Some(&group_desired(&map, &g, keys[..2].to_vec())),
+            Change::Upsert(&group_desired(&map, &g, keys[..2].to_vec())),
             &Prior::default(),
             false,
         )
@@ -495,7 +504,7 @@ member_value = "{value}"
     assert_eq!(have, keys[..2].to_vec());
     let g2 = t
         .sync(
-            Some(&group_desired(&map, &g, keys[1..].to_vec())),
+            Change::Upsert(&group_desired(&map, &g, keys[1..].to_vec())),
             &prior(&g1),
             false,
         )
@@ -525,7 +534,7 @@ member_value = "{value}"
     assert_eq!(have, keys[1..].to_vec());
     let g3 = t
         .sync(
-            Some(&group_desired(&map, &g, keys[1..].to_vec())),
+            Change::Upsert(&group_desired(&map, &g, keys[1..].to_vec())),
             &prior(&g2),
             false,
         )
@@ -533,7 +542,11 @@ member_value = "{value}"
         .unwrap();
     assert!(g3.changes.is_empty(), "{:?}", g3.changes);
     let g4 = t
-        .sync(Some(&group_desired(&map, &g, vec![])), &prior(&g3), false)
+        .sync(
+            Change::Upsert(&group_desired(&map, &g, vec![])),
+            &prior(&g3),
+            false,
+        )
         .await
         .unwrap();
     let have = attr(&slapd.entry(dn, &["*"]).await.unwrap(), &lower);
@@ -541,7 +554,7 @@ member_value = "{value}"
         assert_eq!(have, ["cn=nobody,dc=example,dc=com"], "{:?}", g4.changes);
         let g5 = t
             .sync(
-                Some(&group_desired(&map, &g, vec![keys[0].clone()])),
+                Change::Upsert(&group_desired(&map, &g, vec![keys[0].clone()])),
                 &prior(&g4),
                 false,
             )
@@ -656,7 +669,9 @@ group = "cn=app-admins,ou=Groups,dc=example,dc=com"
         o5.changes
     );
     // A SCIM delete removes the user from its role groups too.
-    t.sync(None, &prior(&o5), false).await.unwrap();
+    t.sync(Change::Remove { kind: Kind::User }, &prior(&o5), false)
+        .await
+        .unwrap();
     assert_eq!(g().await, ["cn=nobody,dc=example,dc=com"]);
 }
 
@@ -684,7 +699,7 @@ async fn ownership_conflict_and_adopt() {
     let dir = Dir::default();
     let d = dir.desired(&map, &user("taken"));
     let err = t
-        .sync(Some(&d), &Prior::default(), false)
+        .sync(Change::Upsert(&d), &Prior::default(), false)
         .await
         .unwrap_err();
     assert_eq!(err.class, ErrorClass::Permanent);
@@ -696,7 +711,10 @@ async fn ownership_conflict_and_adopt() {
     );
     assert_eq!(slapd.dump("ou=People,dc=example,dc=com").await, before);
     let (_, t) = build(&slapd, "on_existing = \"adopt\"", USERS, "");
-    let o = t.sync(Some(&d), &Prior::default(), false).await.unwrap();
+    let o = t
+        .sync(Change::Upsert(&d), &Prior::default(), false)
+        .await
+        .unwrap();
     assert_eq!(o.changes[0], "adopt: uid=taken,ou=People,dc=example,dc=com");
     let e = slapd
         .entry("uid=taken,ou=People,dc=example,dc=com", &["*"])
@@ -762,19 +780,25 @@ async fn dry_run_changes_nothing_and_reports_the_plan() {
     let before = slapd.dump(slapd.base()).await;
     let mut u = user("dry");
     let d = dir.desired(&map, &u);
-    let plan = t.sync(Some(&d), &Prior::default(), true).await.unwrap();
+    let plan = t
+        .sync(Change::Upsert(&d), &Prior::default(), true)
+        .await
+        .unwrap();
     assert_eq!(
         plan.changes,
         vec!["add: uid=dry,ou=People,dc=example,dc=com".to_owned()]
     );
     assert_eq!(slapd.dump("dc=example,dc=com").await, before);
-    let o1 = t.sync(Some(&d), &Prior::default(), false).await.unwrap();
+    let o1 = t
+        .sync(Change::Upsert(&d), &Prior::default(), false)
+        .await
+        .unwrap();
     let before = slapd.dump("dc=example,dc=com").await;
     u["userName"] = json!("dry2");
     u["title"] = json!("boss");
     u["active"] = json!(false);
     let d = dir.desired(&map, &u);
-    let plan = t.sync(Some(&d), &prior(&o1), true).await.unwrap();
+    let plan = t.sync(Change::Upsert(&d), &prior(&o1), true).await.unwrap();
     assert!(
         plan.changes[0].starts_with("modrdn: uid=dry,ou=People"),
         "{:?}",
@@ -790,7 +814,10 @@ async fn dry_run_changes_nothing_and_reports_the_plan() {
         "{:?}",
         plan.changes
     );
-    let del = t.sync(None, &prior(&o1), true).await.unwrap();
+    let del = t
+        .sync(Change::Remove { kind: Kind::User }, &prior(&o1), true)
+        .await
+        .unwrap();
     assert_eq!(
         del.changes,
         vec!["delete: uid=dry,ou=People,dc=example,dc=com".to_owned()]
@@ -812,14 +839,17 @@ async fn outage_is_transient_and_the_target_reconnects() {
     slapd.stop().await;
     let d = dir.desired(&map, &user("during"));
     let err = t
-        .sync(Some(&d), &Prior::default(), false)
+        .sync(Change::Upsert(&d), &Prior::default(), false)
         .await
         .unwrap_err();
     assert_eq!(err.class, ErrorClass::Transient, "{err:?}");
     let err = t.healthcheck().await.unwrap_err();
     assert_eq!(err.class, ErrorClass::Transient, "{err:?}");
     slapd.start_again().await;
-    let o2 = t.sync(Some(&d), &Prior::default(), false).await.unwrap();
+    let o2 = t
+        .sync(Change::Upsert(&d), &Prior::default(), false)
+        .await
+        .unwrap();
     assert_eq!(o2.changes.len(), 1);
     assert!(dir
         .sync(&map, &t, &user("before"), &prior(&o1))
@@ -848,7 +878,7 @@ async fn missing_parent_is_permanent() {
     let (map, t) = build(&slapd, "", &users, "");
     let d = Dir::default().desired(&map, &user("orphan"));
     let err = t
-        .sync(Some(&d), &Prior::default(), false)
+        .sync(Change::Upsert(&d), &Prior::default(), false)
         .await
         .unwrap_err();
     assert_eq!(err.class, ErrorClass::Permanent, "{err:?}");
@@ -886,7 +916,10 @@ async fn starttls_and_ldaps_verify_the_server_certificate() {
         let err = t.healthcheck().await.unwrap_err();
         assert_eq!(err.class, ErrorClass::Transient, "{err:?}");
         let d = Dir::default().desired(&map, &user("never"));
-        assert!(t.sync(Some(&d), &Prior::default(), false).await.is_err());
+        assert!(t
+            .sync(Change::Upsert(&d), &Prior::default(), false)
+            .await
+            .is_err());
     }
     assert!(slapd
         .entry("uid=never,ou=People,dc=example,dc=com", &["*"])
@@ -909,7 +942,7 @@ object_classes = ["groupOfNames"]
     let g = json!({"displayName": "Big"});
     let g1 = t
         .sync(
-            Some(&group_desired(&map, &g, members.clone())),
+            Change::Upsert(&group_desired(&map, &g, members.clone())),
             &Prior::default(),
             false,
         )
@@ -929,7 +962,7 @@ object_classes = ["groupOfNames"]
     assert_eq!(attr(&e, "member").len(), 1201);
     let g2 = t
         .sync(
-            Some(&group_desired(&map, &g, members[600..].to_vec())),
+            Change::Upsert(&group_desired(&map, &g, members[600..].to_vec())),
             &prior(&g1),
             false,
         )
@@ -943,7 +976,7 @@ object_classes = ["groupOfNames"]
     assert_eq!(attr(&e, "member").len(), 601);
     let g3 = t
         .sync(
-            Some(&group_desired(&map, &g, members[600..].to_vec())),
+            Change::Upsert(&group_desired(&map, &g, members[600..].to_vec())),
             &prior(&g2),
             false,
         )
@@ -978,7 +1011,7 @@ async fn hung_server_times_out_as_transient_and_recovers() {
     let intent_ms = now_ms();
     let started = std::time::Instant::now();
     let err = t
-        .sync(Some(&d), &Prior::default(), false)
+        .sync(Change::Upsert(&d), &Prior::default(), false)
         .await
         .unwrap_err();
     let waited = started.elapsed();
@@ -998,11 +1031,12 @@ async fn hung_server_times_out_as_transient_and_recovers() {
         key: None,
         extra: Some(
             serde_json::json!({"creating": d.entry.key, "since_ms": intent_ms,
-                                       "prev_attempt_ms": intent_ms, "attempt_ms": now_ms()}),
+                                       "prev_attempt_ms": intent_ms, "attempt_ms": now_ms()})
+            .into(),
         ),
         ..Prior::default()
     };
-    let o = t.sync(Some(&d), &intent, false).await.unwrap();
+    let o = t.sync(Change::Upsert(&d), &intent, false).await.unwrap();
     assert_eq!(o.changes.len(), 1, "{:?}", o.changes);
 }
 
@@ -1053,7 +1087,7 @@ remove_from_groups = true
     assert!(members().await.contains(&o1.key.clone().unwrap()));
     u["active"] = json!(false);
     let err = t
-        .sync(Some(&dir.desired(&map, &u)), &prior(&o1), false)
+        .sync(Change::Upsert(&dir.desired(&map, &u)), &prior(&o1), false)
         .await
         .unwrap_err();
     assert_eq!(err.class, ErrorClass::Permanent, "{err:?}");
@@ -1064,7 +1098,7 @@ remove_from_groups = true
     );
     // Retried (the same failure): still out, nothing else changes.
     let again = t
-        .sync(Some(&dir.desired(&map, &u)), &prior(&o1), false)
+        .sync(Change::Upsert(&dir.desired(&map, &u)), &prior(&o1), false)
         .await
         .unwrap_err();
     assert_eq!(again.class, ErrorClass::Permanent, "{again:?}");

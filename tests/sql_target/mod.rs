@@ -14,7 +14,7 @@ use diesel::{Connection, MysqlConnection, PgConnection, RunQueryDsl, SqliteConne
 use scim_sync::config::target::RawTarget;
 use scim_sync::mapping::CompiledTarget;
 use scim_sync::targets::sql::{Settings, SqlTarget};
-use scim_sync::targets::{Desired, ErrorClass, Kind, Outcome, Prior, Target};
+use scim_sync::targets::{Change, Desired, ErrorClass, Kind, Outcome, Prior, Target};
 use serde_json::{json, Value};
 
 const IRON: &str = "urn:ietf:params:scim:schemas:extension:ironclad:2.0:User";
@@ -333,7 +333,11 @@ async fn lifecycle(flavor: Flavor) {
     // Create, then a repeat is a no-op.
     let mut u = user("bjensen");
     let out = t
-        .sync(Some(&desired_user(&map, &u)), &Prior::default(), false)
+        .sync(
+            Change::Upsert(&desired_user(&map, &u)),
+            &Prior::default(),
+            false,
+        )
         .await
         .unwrap();
     assert_eq!(out.key.as_deref(), Some("bjensen"));
@@ -353,7 +357,7 @@ async fn lifecycle(flavor: Flavor) {
         .starts_with("2021-03-04 03:06:07"));
     let mut p = prior(&out);
     let again = t
-        .sync(Some(&desired_user(&map, &u)), &p, false)
+        .sync(Change::Upsert(&desired_user(&map, &u)), &p, false)
         .await
         .unwrap();
     assert!(again.changes.is_empty(), "{:?}", again.changes);
@@ -364,7 +368,7 @@ async fn lifecycle(flavor: Flavor) {
     u[IRON]["vip"] = json!(false);
     u.as_object_mut().unwrap().remove("displayName");
     let out = t
-        .sync(Some(&desired_user(&map, &u)), &p, false)
+        .sync(Change::Upsert(&desired_user(&map, &u)), &p, false)
         .await
         .unwrap();
     assert_eq!(out.changes.len(), 1, "{:?}", out.changes);
@@ -380,7 +384,7 @@ async fn lifecycle(flavor: Flavor) {
     let id_before = db.user("bjensen", "user_id");
     u["userName"] = json!("babs");
     let out = t
-        .sync(Some(&desired_user(&map, &u)), &p, false)
+        .sync(Change::Upsert(&desired_user(&map, &u)), &p, false)
         .await
         .unwrap();
     assert_eq!(out.key.as_deref(), Some("babs"));
@@ -391,14 +395,14 @@ async fn lifecycle(flavor: Flavor) {
     // A case-only key change (the same row under a case-insensitive collation) and back.
     u["userName"] = json!("Babs");
     let out = t
-        .sync(Some(&desired_user(&map, &u)), &p, false)
+        .sync(Change::Upsert(&desired_user(&map, &u)), &p, false)
         .await
         .unwrap();
     assert_eq!(out.key.as_deref(), Some("Babs"));
     assert_eq!(db.user("Babs", "user_id"), id_before);
     u["userName"] = json!("babs");
     let out = t
-        .sync(Some(&desired_user(&map, &u)), &prior(&out), false)
+        .sync(Change::Upsert(&desired_user(&map, &u)), &prior(&out), false)
         .await
         .unwrap();
     assert_eq!(out.key.as_deref(), Some("babs"));
@@ -408,14 +412,14 @@ async fn lifecycle(flavor: Flavor) {
     // Deactivate and reactivate.
     u["active"] = json!(false);
     let out = t
-        .sync(Some(&desired_user(&map, &u)), &p, false)
+        .sync(Change::Upsert(&desired_user(&map, &u)), &p, false)
         .await
         .unwrap();
     assert_eq!(db.user("babs", "enabled").as_deref(), Some("N"));
     p = prior(&out);
     u["active"] = json!(true);
     let out = t
-        .sync(Some(&desired_user(&map, &u)), &p, false)
+        .sync(Change::Upsert(&desired_user(&map, &u)), &p, false)
         .await
         .unwrap();
     assert_eq!(db.user("babs", "enabled").as_deref(), Some("Y"));
@@ -424,7 +428,7 @@ async fn lifecycle(flavor: Flavor) {
     // Unmanaged row with our key: conflict, untouched; adopt takes it over.
     let taken = desired_user(&map, &user("taken"));
     let e = t
-        .sync(Some(&taken), &Prior::default(), false)
+        .sync(Change::Upsert(&taken), &Prior::default(), false)
         .await
         .unwrap_err();
     assert_eq!(e.class, ErrorClass::Permanent);
@@ -432,7 +436,7 @@ async fn lifecycle(flavor: Flavor) {
     assert_eq!(db.user("taken", "first_name").as_deref(), Some("Someone"));
     let (_, adopting) = build(&db.url, "on_existing = \"adopt\"", MAPPING);
     let out = adopting
-        .sync(Some(&taken), &Prior::default(), false)
+        .sync(Change::Upsert(&taken), &Prior::default(), false)
         .await
         .unwrap();
     assert!(out.changes[0].starts_with("adopt:"), "{:?}", out.changes);
@@ -442,7 +446,7 @@ async fn lifecycle(flavor: Flavor) {
     // Groups: create with members, add and remove a member, rename, delete.
     let g = t
         .sync(
-            Some(&desired_group(&map, "ops", &["babs"])),
+            Change::Upsert(&desired_group(&map, "ops", &["babs"])),
             &Prior::default(),
             false,
         )
@@ -452,7 +456,7 @@ async fn lifecycle(flavor: Flavor) {
     assert_eq!(db.group("ops"), Some(Some("ops team".into())));
     let g = t
         .sync(
-            Some(&desired_group(&map, "ops", &["babs", "taken"])),
+            Change::Upsert(&desired_group(&map, "ops", &["babs", "taken"])),
             &prior(&g),
             false,
         )
@@ -461,7 +465,7 @@ async fn lifecycle(flavor: Flavor) {
     assert_eq!(db.members("ops"), ["babs", "taken"]);
     let g = t
         .sync(
-            Some(&desired_group(&map, "ops", &["taken"])),
+            Change::Upsert(&desired_group(&map, "ops", &["taken"])),
             &prior(&g),
             false,
         )
@@ -470,7 +474,7 @@ async fn lifecycle(flavor: Flavor) {
     assert_eq!(db.members("ops"), ["taken"]);
     let g = t
         .sync(
-            Some(&desired_group(&map, "operations", &["taken"])),
+            Change::Upsert(&desired_group(&map, "operations", &["taken"])),
             &prior(&g),
             false,
         )
@@ -478,7 +482,10 @@ async fn lifecycle(flavor: Flavor) {
         .unwrap();
     assert_eq!(db.group("ops"), None);
     assert_eq!(db.members("operations"), ["taken"]);
-    let gone = t.sync(None, &prior(&g), false).await.unwrap();
+    let gone = t
+        .sync(Change::Remove { kind: Kind::Group }, &prior(&g), false)
+        .await
+        .unwrap();
     assert_eq!(gone.key, None);
     assert_eq!(db.group("operations"), None);
     assert!(db.members("operations").is_empty());
@@ -489,32 +496,42 @@ async fn lifecycle(flavor: Flavor) {
     h["name"]["givenName"] = json!("a\0b'c");
     h["displayName"] = json!("x'y;--".repeat(1700));
     let out = t
-        .sync(Some(&desired_user(&map, &h)), &Prior::default(), false)
+        .sync(
+            Change::Upsert(&desired_user(&map, &h)),
+            &Prior::default(),
+            false,
+        )
         .await
         .unwrap();
     assert_eq!(out.key.as_deref(), Some(hostile));
     assert_eq!(db.user(hostile, "first_name").as_deref(), Some("ab'c"));
     assert_eq!(db.user(hostile, "display").unwrap().len(), 6 * 1700);
     let again = t
-        .sync(Some(&desired_user(&map, &h)), &prior(&out), false)
+        .sync(Change::Upsert(&desired_user(&map, &h)), &prior(&out), false)
         .await
         .unwrap();
     assert!(again.changes.is_empty(), "{:?}", again.changes);
     let hg = t
         .sync(
-            Some(&desired_group(&map, "o'ps\"; --", &[hostile])),
+            Change::Upsert(&desired_group(&map, "o'ps\"; --", &[hostile])),
             &Prior::default(),
             false,
         )
         .await
         .unwrap();
     assert_eq!(db.members("o'ps\"; --"), [hostile]);
-    t.sync(None, &prior(&hg), false).await.unwrap();
+    t.sync(Change::Remove { kind: Kind::Group }, &prior(&hg), false)
+        .await
+        .unwrap();
     assert!(db.members("o'ps\"; --").is_empty());
     let mut bad = user("numbers");
     bad["externalId"] = json!("12; DROP TABLE app_users");
     let e = t
-        .sync(Some(&desired_user(&map, &bad)), &Prior::default(), false)
+        .sync(
+            Change::Upsert(&desired_user(&map, &bad)),
+            &Prior::default(),
+            false,
+        )
         .await
         .unwrap_err();
     assert_eq!(e.class, ErrorClass::Permanent);
@@ -523,14 +540,14 @@ async fn lifecycle(flavor: Flavor) {
     // Drift: a manual edit is reported by a dry run (nothing written) and repaired.
     db.exec("UPDATE app_users SET first_name = 'Hacked', enabled = 'N' WHERE login = 'babs'");
     let dry = t
-        .sync(Some(&desired_user(&map, &u)), &p, true)
+        .sync(Change::Upsert(&desired_user(&map, &u)), &p, true)
         .await
         .unwrap();
     assert_eq!(dry.changes.len(), 1, "{:?}", dry.changes);
     assert!(dry.changes[0].contains("first_name") && dry.changes[0].contains("enabled"));
     assert_eq!(db.user("babs", "first_name").as_deref(), Some("Hacked"));
     let fixed = t
-        .sync(Some(&desired_user(&map, &u)), &p, false)
+        .sync(Change::Upsert(&desired_user(&map, &u)), &p, false)
         .await
         .unwrap();
     assert_eq!(fixed.changes, dry.changes);
@@ -538,11 +555,18 @@ async fn lifecycle(flavor: Flavor) {
     assert_eq!(db.user("babs", "enabled").as_deref(), Some("Y"));
 
     // Delete users (membership rows first); an already deleted row is done.
-    let out = t.sync(None, &taken_prior, false).await.unwrap();
+    let out = t
+        .sync(Change::Remove { kind: Kind::User }, &taken_prior, false)
+        .await
+        .unwrap();
     assert_eq!(out.key, None);
     assert!(!db.has_user("taken"));
-    t.sync(None, &taken_prior, false).await.unwrap();
-    t.sync(None, &p, false).await.unwrap();
+    t.sync(Change::Remove { kind: Kind::User }, &taken_prior, false)
+        .await
+        .unwrap();
+    t.sync(Change::Remove { kind: Kind::User }, &p, false)
+        .await
+        .unwrap();
     assert!(!db.has_user("babs"));
 
     // The unmanaged row was never touched.
@@ -562,7 +586,11 @@ async fn outage(flavor: Flavor) {
     let (map, t) = build(&db.url, head, MAPPING);
     let mut u = user("carol");
     let out = t
-        .sync(Some(&desired_user(&map, &u)), &Prior::default(), false)
+        .sync(
+            Change::Upsert(&desired_user(&map, &u)),
+            &Prior::default(),
+            false,
+        )
         .await
         .unwrap();
     let p = prior(&out);
@@ -573,19 +601,22 @@ async fn outage(flavor: Flavor) {
             // Another writer holds the file locked: transient, then converges.
             let mut locker = SqliteConnection::establish(&db.sqlite_path()).unwrap();
             locker.batch_execute("BEGIN EXCLUSIVE").unwrap();
-            let e = t.sync(Some(&d), &p, false).await.unwrap_err();
+            let e = t.sync(Change::Upsert(&d), &p, false).await.unwrap_err();
             assert_eq!(e.class, ErrorClass::Transient, "{e:?}");
             locker.batch_execute("COMMIT").unwrap();
             // A writer holding only the write (reserved) lock does not stop a dry run's reads.
             locker.batch_execute("BEGIN IMMEDIATE").unwrap();
-            let dry = t.sync(Some(&d), &p, true).await.unwrap();
+            let dry = t.sync(Change::Upsert(&d), &p, true).await.unwrap();
             assert_eq!(dry.changes.len(), 1, "{:?}", dry.changes);
             locker.batch_execute("COMMIT").unwrap();
         }
         _ => {
             // Unreachable server first, then connections killed under a live target.
             let (_, closed) = build(&db.closed_port_url(), head, MAPPING);
-            let e = closed.sync(Some(&d), &p, false).await.unwrap_err();
+            let e = closed
+                .sync(Change::Upsert(&d), &p, false)
+                .await
+                .unwrap_err();
             assert_eq!(e.class, ErrorClass::Transient, "{e:?}");
             assert_eq!(
                 closed.healthcheck().await.unwrap_err().class,
@@ -600,7 +631,7 @@ async fn outage(flavor: Flavor) {
             let dk = desired_user(&map, &killed);
             let before = db.user("carol", "first_name");
             db.kill_connections();
-            match t.sync(Some(&dk), &p, false).await {
+            match t.sync(Change::Upsert(&dk), &p, false).await {
                 Ok(out) => {
                     assert!(!out.changes.is_empty(), "{:?}", out.changes);
                     assert_eq!(db.user("carol", "first_name").as_deref(), Some("Carrie"));
@@ -612,7 +643,7 @@ async fn outage(flavor: Flavor) {
                         before,
                         "a failed sync wrote"
                     );
-                    t.sync(Some(&dk), &p, false).await.unwrap();
+                    t.sync(Change::Upsert(&dk), &p, false).await.unwrap();
                     assert_eq!(db.user("carol", "first_name").as_deref(), Some("Carrie"));
                 }
             }
@@ -622,14 +653,14 @@ async fn outage(flavor: Flavor) {
                 Flavor::Postgres => {
                     let mut locker = PgConnection::establish(&db.url).unwrap();
                     locker.batch_execute(locker_sql).unwrap();
-                    let e = t.sync(Some(&d), &p, false).await.unwrap_err();
+                    let e = t.sync(Change::Upsert(&d), &p, false).await.unwrap_err();
                     locker.batch_execute("ROLLBACK").unwrap();
                     e
                 }
                 _ => {
                     let mut locker = MysqlConnection::establish(&db.url).unwrap();
                     locker.batch_execute(locker_sql).unwrap();
-                    let e = t.sync(Some(&d), &p, false).await.unwrap_err();
+                    let e = t.sync(Change::Upsert(&d), &p, false).await.unwrap_err();
                     locker.batch_execute("ROLLBACK").unwrap();
                     e
                 }
@@ -637,9 +668,9 @@ async fn outage(flavor: Flavor) {
             assert_eq!(e.class, ErrorClass::Transient, "{e:?}");
         }
     }
-    t.sync(Some(&d), &p, false).await.unwrap();
+    t.sync(Change::Upsert(&d), &p, false).await.unwrap();
     assert_eq!(db.user("carol", "first_name").as_deref(), Some("Caroline"));
-    let again = t.sync(Some(&d), &p, false).await.unwrap();
+    let again = t.sync(Change::Upsert(&d), &p, false).await.unwrap();
     assert!(again.changes.is_empty());
 }
 
@@ -658,32 +689,39 @@ async fn deactivation_policies(flavor: Flavor) {
     let (map, t) = build(&db.url, "", &ts_mapping);
     let mut u = user("dave");
     let p = prior(
-        &t.sync(Some(&desired_user(&map, &u)), &Prior::default(), false)
-            .await
-            .unwrap(),
+        &t.sync(
+            Change::Upsert(&desired_user(&map, &u)),
+            &Prior::default(),
+            false,
+        )
+        .await
+        .unwrap(),
     );
     assert_eq!(db.user("dave", "disabled_at"), None);
     u["active"] = json!(false);
     let p = prior(
-        &t.sync(Some(&desired_user(&map, &u)), &p, false)
+        &t.sync(Change::Upsert(&desired_user(&map, &u)), &p, false)
             .await
             .unwrap(),
     );
     let at = db.user("dave", "disabled_at");
     assert!(at.is_some());
     let again = t
-        .sync(Some(&desired_user(&map, &u)), &p, false)
+        .sync(Change::Upsert(&desired_user(&map, &u)), &p, false)
         .await
         .unwrap();
     assert!(again.changes.is_empty(), "{:?}", again.changes);
     u["active"] = json!(true);
     let p = prior(
-        &t.sync(Some(&desired_user(&map, &u)), &p, false)
+        &t.sync(Change::Upsert(&desired_user(&map, &u)), &p, false)
             .await
             .unwrap(),
     );
     assert_eq!(db.user("dave", "disabled_at"), None);
-    let out = t.sync(None, &p, false).await.unwrap();
+    let out = t
+        .sync(Change::Remove { kind: Kind::User }, &p, false)
+        .await
+        .unwrap();
     assert_eq!(out.key.as_deref(), Some("dave"));
     assert!(db.user("dave", "disabled_at").is_some());
 
@@ -694,20 +732,24 @@ async fn deactivation_policies(flavor: Flavor) {
     let (map, t) = build(&db.url, "", &del_mapping);
     let mut u = user("erin");
     let p = prior(
-        &t.sync(Some(&desired_user(&map, &u)), &Prior::default(), false)
-            .await
-            .unwrap(),
+        &t.sync(
+            Change::Upsert(&desired_user(&map, &u)),
+            &Prior::default(),
+            false,
+        )
+        .await
+        .unwrap(),
     );
     u["active"] = json!(false);
     let out = t
-        .sync(Some(&desired_user(&map, &u)), &p, false)
+        .sync(Change::Upsert(&desired_user(&map, &u)), &p, false)
         .await
         .unwrap();
     assert_eq!(out.key, None);
     assert!(!db.has_user("erin"));
     u["active"] = json!(true);
     let out = t
-        .sync(Some(&desired_user(&map, &u)), &prior(&out), false)
+        .sync(Change::Upsert(&desired_user(&map, &u)), &prior(&out), false)
         .await
         .unwrap();
     assert_eq!(out.key.as_deref(), Some("erin"));
@@ -759,7 +801,7 @@ async fn surrogate_membership(flavor: Flavor) {
     for name in ["ann", "bob"] {
         let out = t
             .sync(
-                Some(&desired_user(&map, &user(name))),
+                Change::Upsert(&desired_user(&map, &user(name))),
                 &Prior::default(),
                 false,
             )
@@ -779,7 +821,7 @@ async fn surrogate_membership(flavor: Flavor) {
     };
     let g = t
         .sync(
-            Some(&group("admins", &["ann", "bob"])),
+            Change::Upsert(&group("admins", &["ann", "bob"])),
             &Prior::default(),
             false,
         )
@@ -789,34 +831,52 @@ async fn surrogate_membership(flavor: Flavor) {
     ids.sort();
     assert_eq!(id_rows("admins"), ids);
     let again = t
-        .sync(Some(&group("admins", &["ann", "bob"])), &prior(&g), false)
+        .sync(
+            Change::Upsert(&group("admins", &["ann", "bob"])),
+            &prior(&g),
+            false,
+        )
         .await
         .unwrap();
     assert!(again.changes.is_empty(), "{:?}", again.changes);
     // Renames of the role and of a user leave the id rows alone.
     let g = t
-        .sync(Some(&group("root", &["ann", "bob"])), &prior(&g), false)
+        .sync(
+            Change::Upsert(&group("root", &["ann", "bob"])),
+            &prior(&g),
+            false,
+        )
         .await
         .unwrap();
     assert_eq!(id_rows("root"), ids);
     let mut ann = user("ann");
     ann["userName"] = json!("anne");
     let out = t
-        .sync(Some(&desired_user(&map, &ann)), &users[0].1, false)
+        .sync(
+            Change::Upsert(&desired_user(&map, &ann)),
+            &users[0].1,
+            false,
+        )
         .await
         .unwrap();
     let g = t
-        .sync(Some(&group("root", &["anne", "bob"])), &prior(&g), false)
+        .sync(
+            Change::Upsert(&group("root", &["anne", "bob"])),
+            &prior(&g),
+            false,
+        )
         .await
         .unwrap();
     assert!(g.changes.is_empty(), "{:?}", g.changes);
     // Removing a member, then deleting a user, clean the join table.
     let g = t
-        .sync(Some(&group("root", &["anne"])), &prior(&g), false)
+        .sync(Change::Upsert(&group("root", &["anne"])), &prior(&g), false)
         .await
         .unwrap();
     assert_eq!(id_rows("root"), [users[0].2.clone()]);
-    t.sync(None, &prior(&out), false).await.unwrap();
+    t.sync(Change::Remove { kind: Kind::User }, &prior(&out), false)
+        .await
+        .unwrap();
     assert!(id_rows("root").is_empty());
 
     // A large group: 1,100 members in three INSERT statements; then emptied in three DELETEs.
@@ -828,18 +888,21 @@ async fn surrogate_membership(flavor: Flavor) {
     let names: Vec<String> = (0..1100).map(|i| format!("m{i:04}")).collect();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let big = t
-        .sync(Some(&group("root", &refs)), &prior(&g), false)
+        .sync(Change::Upsert(&group("root", &refs)), &prior(&g), false)
         .await
         .unwrap();
     assert_eq!(big.changes.len(), 3, "{}", big.changes.len());
     assert_eq!(id_rows("root").len(), 1100);
     let empty = t
-        .sync(Some(&group("root", &[])), &prior(&big), false)
+        .sync(Change::Upsert(&group("root", &[])), &prior(&big), false)
         .await
         .unwrap();
     assert_eq!(empty.changes.len(), 3);
     assert!(id_rows("root").is_empty());
-    let gone = t.sync(None, &prior(&empty), false).await.unwrap();
+    let gone = t
+        .sync(Change::Remove { kind: Kind::Group }, &prior(&empty), false)
+        .await
+        .unwrap();
     assert_eq!(gone.key, None);
 }
 
@@ -864,7 +927,7 @@ async fn permanent_errors(flavor: Flavor) {
     let (map, t) = build(&db.url, "", MAPPING);
     let p = prior(
         &t.sync(
-            Some(&desired_user(&map, &user("frank"))),
+            Change::Upsert(&desired_user(&map, &user("frank"))),
             &Prior::default(),
             false,
         )
@@ -872,7 +935,7 @@ async fn permanent_errors(flavor: Flavor) {
         .unwrap(),
     );
     t.sync(
-        Some(&desired_user(&map, &user("gina"))),
+        Change::Upsert(&desired_user(&map, &user("gina"))),
         &Prior::default(),
         false,
     )
@@ -882,7 +945,7 @@ async fn permanent_errors(flavor: Flavor) {
     let mut f = user("frank");
     f["userName"] = json!("gina");
     let e = t
-        .sync(Some(&desired_user(&map, &f)), &p, false)
+        .sync(Change::Upsert(&desired_user(&map, &f)), &p, false)
         .await
         .unwrap_err();
     assert_eq!(e.class, ErrorClass::Permanent);
@@ -894,7 +957,7 @@ async fn permanent_errors(flavor: Flavor) {
         f["name"]["givenName"] = json!("x".repeat(200));
         f["name"]["familyName"] = json!("Changed");
         let e = t
-            .sync(Some(&desired_user(&map, &f)), &p, false)
+            .sync(Change::Upsert(&desired_user(&map, &f)), &p, false)
             .await
             .unwrap_err();
         assert_eq!(e.class, ErrorClass::Permanent, "{e:?}");
@@ -906,7 +969,11 @@ async fn permanent_errors(flavor: Flavor) {
     let e = t2.healthcheck().await.unwrap_err();
     assert_eq!(e.class, ErrorClass::Permanent, "{e:?}");
     let e = t2
-        .sync(Some(&desired_user(&map2, &user("frank"))), &p, false)
+        .sync(
+            Change::Upsert(&desired_user(&map2, &user("frank"))),
+            &p,
+            false,
+        )
         .await
         .unwrap_err();
     assert_eq!(e.class, ErrorClass::Permanent, "{e:?}");
@@ -940,9 +1007,12 @@ async fn concurrent_syncs(flavor: Flavor) {
     let users: Vec<Value> = (0..24).map(|i| user(&format!("c{i:02}"))).collect();
     let desired: Vec<Desired> = users.iter().map(|u| desired_user(&map, u)).collect();
     let prior = Prior::default();
-    let results =
-        futures_util::future::join_all(desired.iter().map(|d| t.sync(Some(d), &prior, false)))
-            .await;
+    let results = futures_util::future::join_all(
+        desired
+            .iter()
+            .map(|d| t.sync(Change::Upsert(d), &prior, false)),
+    )
+    .await;
     for r in results {
         r.unwrap();
     }
@@ -982,6 +1052,35 @@ async fn mariadb_lifecycle() {
 #[tokio::test]
 async fn sqlite_lifecycle() {
     lifecycle(Flavor::Sqlite).await;
+}
+
+/// A removal names what it removes (`Change::Remove { kind }`): a row whose recorded
+/// bookkeeping lacks its kind (a state written without one) is deleted from the right table,
+/// not refused.
+#[tokio::test]
+async fn sqlite_a_removal_names_its_kind_when_the_bookkeeping_does_not() {
+    let db = LegacyDb::new(Flavor::Sqlite);
+    let (map, t) = build(&db.url, "", MAPPING);
+    let u = user("nokind");
+    let out = t
+        .sync(
+            Change::Upsert(&desired_user(&map, &u)),
+            &Prior::default(),
+            false,
+        )
+        .await
+        .unwrap();
+    assert!(db.has_user("nokind"));
+    let bare = Prior {
+        key: out.key.clone(),
+        ..Prior::default()
+    };
+    let gone = t
+        .sync(Change::Remove { kind: Kind::User }, &bare, false)
+        .await
+        .unwrap();
+    assert_eq!(gone.key, None);
+    assert!(!db.has_user("nokind"));
 }
 
 #[tokio::test]

@@ -6,27 +6,17 @@
 use super::codes;
 use super::conn::LdapTarget;
 use super::settings::Settings;
+use crate::bookkeeping::{Bookkeeping, Disabled, Intent};
 use crate::config::target::{DeactivatePolicy, MemberValue, OnDelete, OnExisting, PasswordMode};
 use crate::mapping::dn::{dn_eq, normalize_dn, split_rdn};
 use crate::mapping::{diff, Entry, Mod};
-use crate::targets::{Desired, ErrorClass, Kind, Lease, Outcome, Prior, TargetError};
-use serde_json::{json, Map, Value};
+use crate::targets::plan::{self, Found};
+use crate::targets::{Change, Desired, ErrorClass, Kind, Lease, Outcome, Prior, TargetError};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashSet};
 
 /// How `locate` reports an entry left by an interrupted create of ours (a dry-run line).
 const RESUME: &str = "resume: ";
-
-/// Bookkeeping key of the entry's `entryUUID`.
-const ENTRY_UUID: &str = "entry_uuid";
-
-/// Bookkeeping key of the DN a rename was reserved for before the modrdn (the store writes it
-/// with the reservation, `store::keys::RENAMING`; the settle drops it).
-const RENAMING: &str = "renaming";
-
-/// Bookkeeping key of earlier intents replaced by an intent for another DN (the resource was
-/// renamed or moved before its create settled; `store::outbox::keep_orphan`).
-const ORPHANS: &str = "orphans";
 
 /// Values per membership modify (large groups are changed in chunks).
 const MEMBER_CHUNK: usize = 500;
@@ -180,7 +170,7 @@ impl Exec<'_> {
 /// Entry point of `Target::sync` for LDAP.
 pub(super) async fn sync(
     t: &LdapTarget,
-    desired: Option<&Desired>,
+    change: Change<'_>,
     prior: &Prior,
     dry_run: bool,
 ) -> Result<Outcome, TargetError> {
@@ -190,10 +180,10 @@ pub(super) async fn sync(
         changes: Vec::new(),
         lease: &prior.lease,
     };
-    let (key, extra) = match desired {
-        None => remove(&mut ex, prior).await?,
-        Some(d) if d.kind == Kind::User => sync_user(&mut ex, d, prior).await?,
-        Some(d) => sync_group(&mut ex, d, prior).await?,
+    let (key, extra) = match change {
+        Change::Remove { kind } => remove(&mut ex, prior, kind).await?,
+        Change::Upsert(d) if d.kind == Kind::User => sync_user(&mut ex, d, prior).await?,
+        Change::Upsert(d) => sync_group(&mut ex, d, prior).await?,
     };
     Ok(Outcome {
         key,
@@ -219,34 +209,8 @@ pub(super) fn planned_dn(settings: &Settings, d: &Desired) -> Option<String> {
     }
 }
 
-fn prior_extra(prior: &Prior) -> Map<String, Value> {
-    prior
-        .extra
-        .as_ref()
-        .and_then(Value::as_object)
-        .cloned()
-        .unwrap_or_default()
-}
-
-fn str_list(v: Option<&Value>) -> Vec<String> {
-    v.and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_owned)
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn str_map(v: Option<&Value>) -> BTreeMap<String, Vec<String>> {
-    v.and_then(Value::as_object)
-        .map(|o| {
-            o.iter()
-                .map(|(k, v)| (k.clone(), str_list(Some(v))))
-                .collect()
-        })
-        .unwrap_or_default()
+fn prior_extra(prior: &Prior) -> Bookkeeping {
+    prior.extra.clone().unwrap_or_default()
 }
 
 fn same_set(a: &[String], b: &[String]) -> bool {
@@ -312,26 +276,23 @@ async fn locate(
                 }
                 return Ok(None);
             }
-            if cur.is_some()
-                && (created_by_interrupted_apply(t, prior, desired_dn).await?
-                    || taken_from_an_orphan(t, prior, desired_dn).await?)
-            {
-                ex.changes.push(format!(
+            let ours = created_by_interrupted_apply(t, prior, desired_dn).await?
+                || taken_from_an_orphan(t, prior, desired_dn).await?;
+            match plan::unrecorded_entry(true, ours, t.settings.on_existing) {
+                Found::Create => {}
+                Found::Resume => ex.changes.push(format!(
                     "{RESUME}{desired_dn} (created by an interrupted apply)"
-                ));
-            } else if cur.is_some() {
-                match t.settings.on_existing {
-                    OnExisting::Conflict => {
-                        return Err(TargetError {
-                            class: ErrorClass::Permanent,
-                            code: Some(codes::ENTRY_ALREADY_EXISTS.to_string()),
-                            message: format!(
-                                "{desired_dn}: entry exists and is not managed by scim-sync \
-                                 (set on_existing = \"adopt\" to take it over)"
-                            ),
-                        })
-                    }
-                    OnExisting::Adopt => ex.changes.push(format!("adopt: {desired_dn}")),
+                )),
+                Found::Adopt => ex.changes.push(format!("adopt: {desired_dn}")),
+                Found::Refuse => {
+                    return Err(TargetError {
+                        class: ErrorClass::Permanent,
+                        code: Some(codes::ENTRY_ALREADY_EXISTS.to_string()),
+                        message: format!(
+                            "{desired_dn}: entry exists and is not managed by scim-sync \
+                             (set on_existing = \"adopt\" to take it over)"
+                        ),
+                    })
                 }
             }
             Ok(cur)
@@ -343,8 +304,8 @@ async fn locate(
 /// interrupted before its outcome was recorded (a crash between the LDAP add and the store's
 /// commit). The reconciler records the intent first, and the store refuses an intent for a
 /// key another resource holds or intends (its unique index on the normalised DN); a later
-/// attempt for the same DN finds `prior.extra` = `{"creating": dn, "since_ms": first attempt,
-/// "prev_attempt_ms": the attempt before this one, "attempt_ms": this one}`. The entry is ours
+/// attempt for the same DN finds in `prior.extra` `creating` = dn, `since_ms` = the first
+/// attempt, `prev_attempt_ms` = the attempt before this one, `attempt_ms` = this one. The entry is ours
 /// only when this resource's intent names this DN, our bind DN created it, and its
 /// `createTimestamp` lies between the intent and the start of this attempt (the fence: an
 /// earlier attempt's add was done before the lease it ran under ended, and this attempt's
@@ -360,6 +321,18 @@ async fn created_by_interrupted_apply(
         return Ok(false);
     };
     created_in(t, dn, window).await
+}
+
+/// After an add found an entry already at `dn` (a race with another writer): whether it must
+/// be refused ([`plan::unrecorded_entry`]); a resource with a recorded entry converges.
+async fn raced_and_refused(t: &LdapTarget, prior: &Prior, dn: &str) -> Result<bool, TargetError> {
+    if prior.key.is_some() {
+        return Ok(false);
+    }
+    // Whether the entry is ours decides only under `on_existing = "conflict"` (no read else).
+    let policy = t.settings.on_existing;
+    let ours = policy == OnExisting::Conflict && created_by_interrupted_apply(t, prior, dn).await?;
+    Ok(plan::unrecorded_entry(true, ours, policy) == Found::Refuse)
 }
 
 /// Whether our bind DN created the entry at `dn` inside `window` (ms; see
@@ -394,17 +367,17 @@ async fn created_in_any(
 /// from its recorded intent; `None` when the intent does not name `dn`.
 fn intent_window(prior: &Prior, dn: &str) -> Option<(i64, i64)> {
     let extra = prior.extra.as_ref()?;
-    let creating = extra.get("creating").and_then(Value::as_str)?;
+    let creating = extra.creating.as_deref()?;
     if !dn_eq(creating, dn) {
         return None;
     }
-    let since_ms = extra.get("since_ms").and_then(Value::as_i64)?;
+    let since_ms = extra.since_ms?;
     // The first attempt has no earlier add of ours to find.
-    extra.get("prev_attempt_ms").and_then(Value::as_i64)?;
+    extra.prev_attempt_ms?;
     // Up to this attempt's start: every earlier attempt's writes were done by then (a write
     // starts only while its timeout remains on the lease, and this attempt's claim came
     // after that lease), and this attempt has added nothing yet.
-    let attempt_ms = extra.get("attempt_ms").and_then(Value::as_i64)?;
+    let attempt_ms = extra.attempt_ms?;
     Some((
         since_ms - since_ms.rem_euclid(1000),
         attempt_ms.max(since_ms),
@@ -424,16 +397,12 @@ fn attempt_budget_ms(settings: &Settings) -> i64 {
 /// deleted, or the intent was replaced by one for another DN: `released_ms`): from the
 /// intent's second to the end of its last recorded attempt's add, and never after it was
 /// released (another resource may intend that DN from then on).
-fn recorded_window(settings: &Settings, intent: &Value) -> Option<(String, (i64, i64))> {
-    let dn = intent.get("creating").and_then(Value::as_str)?;
-    let since_ms = intent.get("since_ms").and_then(Value::as_i64)?;
-    let last = intent
-        .get("attempt_ms")
-        .and_then(Value::as_i64)
-        .unwrap_or(since_ms)
-        .max(since_ms);
+fn recorded_window(settings: &Settings, intent: &Intent) -> Option<(String, (i64, i64))> {
+    let dn = intent.creating.as_deref()?;
+    let since_ms = intent.since_ms?;
+    let last = intent.attempt_ms.unwrap_or(since_ms).max(since_ms);
     let mut upper = last.saturating_add(attempt_budget_ms(settings));
-    if let Some(released) = intent.get("released_ms").and_then(Value::as_i64) {
+    if let Some(released) = intent.released_ms {
         upper = upper.min(released);
     }
     Some((dn.to_owned(), (since_ms - since_ms.rem_euclid(1000), upper)))
@@ -455,15 +424,13 @@ async fn interrupted_entries(
     let Some(extra) = prior.extra.as_ref() else {
         return Ok(Vec::new());
     };
-    let mut intents: Vec<&Value> = Vec::new();
+    let mut intents: Vec<Intent> = Vec::new();
     if with_intent {
-        intents.push(extra);
+        intents.extend(extra.intent());
     }
-    if let Some(orphans) = extra.get(ORPHANS).and_then(Value::as_array) {
-        intents.extend(orphans.iter().rev());
-    }
+    intents.extend(extra.orphans.iter().rev().cloned());
     let recorded: Vec<(String, (i64, i64))> = intents
-        .into_iter()
+        .iter()
         .filter_map(|i| recorded_window(&t.settings, i))
         .collect();
     // An entry an earlier attempt added under one intent may since have been renamed to
@@ -491,16 +458,11 @@ async fn taken_from_an_orphan(
 ) -> Result<bool, TargetError> {
     let windows: Vec<(i64, i64)> = prior
         .extra
-        .as_ref()
-        .and_then(|e| e.get(ORPHANS))
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|o| recorded_window(&t.settings, o))
-                .map(|(_, w)| w)
-                .collect()
-        })
-        .unwrap_or_default();
+        .iter()
+        .flat_map(|e| &e.orphans)
+        .filter_map(|o| recorded_window(&t.settings, o))
+        .map(|(_, w)| w)
+        .collect();
     created_in_any(t, dn, &windows).await
 }
 
@@ -514,10 +476,10 @@ async fn moved_entry(
     key: &str,
 ) -> Result<Option<String>, TargetError> {
     let prev = prior_extra(prior);
-    let Some(uuid) = prev.get(ENTRY_UUID).and_then(Value::as_str) else {
+    let Some(uuid) = prev.entry_uuid.as_deref() else {
         return Ok(None);
     };
-    if let Some(renaming) = prev.get(RENAMING).and_then(Value::as_str) {
+    if let Some(renaming) = prev.renaming.as_deref() {
         if let Some(e) = t.read(renaming, &["entryUUID".to_owned()]).await? {
             let same = e
                 .attrs
@@ -592,11 +554,11 @@ fn generalized_time_ms(ts: &str) -> Option<i64> {
 /// else the recorded one. `None` when the server has none (or in a dry run).
 async fn entry_uuid(
     ex: &Exec<'_>,
-    prev: &Map<String, Value>,
+    prev: &Bookkeeping,
     dn: &str,
     fresh: bool,
 ) -> Result<Option<String>, TargetError> {
-    let known = prev.get(ENTRY_UUID).and_then(Value::as_str);
+    let known = prev.entry_uuid.as_deref();
     if let (Some(u), false) = (known, fresh) {
         return Ok(Some(u.to_owned()));
     }
@@ -666,7 +628,7 @@ async fn sync_user(
     ex: &mut Exec<'_>,
     d: &Desired,
     prior: &Prior,
-) -> Result<(Option<String>, Option<Value>), TargetError> {
+) -> Result<(Option<String>, Option<Bookkeeping>), TargetError> {
     let t = ex.t;
     let us = &t.settings.users;
     let prev = prior_extra(prior);
@@ -693,7 +655,11 @@ async fn sync_user(
                 ex.delete(&dn).await?;
             }
         }
-        let extra = json!({"kind": "user", "deleted_inactive": true});
+        let extra = Bookkeeping {
+            kind: Some(Kind::User),
+            deleted_inactive: Some(true),
+            ..Bookkeeping::default()
+        };
         return Ok((None, Some(extra)));
     }
 
@@ -702,11 +668,11 @@ async fn sync_user(
         (Some(DeactivatePolicy::Disable), Some(x)) => x.set.clone(),
         _ => BTreeMap::new(),
     };
-    let mut prev_disabled = str_map(prev.get("disabled"));
+    let mut prev_disabled = prev.disabled_attrs();
     // A deactivation was started but its outcome never recorded (interrupted before the
     // settle): the configured values may be ours, and are removed below only if they still
     // are exactly what the configuration sets.
-    if prev_disabled.is_empty() && prev.get("deactivating").and_then(Value::as_bool) == Some(true) {
+    if prev_disabled.is_empty() && prev.deactivating == Some(true) {
         if let Some(x) = us.deactivate.as_ref() {
             prev_disabled.clone_from(&x.set);
         }
@@ -750,10 +716,7 @@ async fn sync_user(
         fresh = true;
         if rc == codes::ENTRY_ALREADY_EXISTS {
             // Lost a race with another writer: converge only if we may own it.
-            if prior.key.is_none()
-                && t.settings.on_existing == OnExisting::Conflict
-                && !created_by_interrupted_apply(t, prior, &desired_dn).await?
-            {
+            if raced_and_refused(t, prior, &desired_dn).await? {
                 return Err(permanent(format!(
                     "{desired_dn}: entry exists and is not managed by scim-sync"
                 )));
@@ -790,7 +753,7 @@ async fn sync_user(
             }
         }
         if let (Some(p), Some(sha)) = (&password, &pw_sha) {
-            if prev.get("password_sha256").and_then(Value::as_str) != Some(sha.as_str()) {
+            if prev.password_sha256.as_deref() != Some(sha.as_str()) {
                 mods.push(Mod::Replace("userPassword".into(), vec![p.clone()]));
             }
         }
@@ -811,11 +774,8 @@ async fn sync_user(
     } else {
         d.role_groups.clone()
     };
-    let prev_groups = str_list(prev.get("role_groups"));
-    let prev_member = prev
-        .get("member")
-        .and_then(Value::as_str)
-        .map(str::to_owned);
+    let prev_groups = prev.role_groups.clone();
+    let prev_member = prev.member.clone();
     let member_changed =
         prev_member.as_deref().map(normalize_dn) != member.as_deref().map(normalize_dn);
     for g in &prev_groups {
@@ -839,29 +799,23 @@ async fn sync_user(
         ex.modify(&desired_dn, entry_mods, false).await?;
     }
 
-    let mut extra = Map::new();
-    extra.insert("kind".into(), json!("user"));
-    if let Some(u) = &uid {
-        extra.insert("uid".into(), json!(u));
-    }
+    let mut extra = Bookkeeping {
+        kind: Some(Kind::User),
+        uid,
+        ..Bookkeeping::default()
+    };
     if !disable_set.is_empty() {
-        extra.insert("disabled".into(), json!(disable_set));
+        extra.disabled = Some(Disabled::Attrs(disable_set));
     }
     if let Some(m) = &member {
         if !applied_groups.is_empty() {
-            extra.insert("member".into(), json!(m));
-            extra.insert("role_groups".into(), json!(applied_groups));
+            extra.member = Some(m.clone());
+            extra.role_groups = applied_groups;
         }
     }
-    if let Some(sha) = pw_sha {
-        extra.insert("password_sha256".into(), json!(sha));
-    } else if let Some(old) = prev.get("password_sha256") {
-        extra.insert("password_sha256".into(), old.clone());
-    }
-    if let Some(u) = entry_uuid(ex, &prev, &desired_dn, fresh).await? {
-        extra.insert(ENTRY_UUID.into(), json!(u));
-    }
-    Ok((Some(desired_dn), Some(Value::Object(extra))))
+    extra.password_sha256 = pw_sha.or_else(|| prev.password_sha256.clone());
+    extra.entry_uuid = entry_uuid(ex, &prev, &desired_dn, fresh).await?;
+    Ok((Some(desired_dn), Some(extra)))
 }
 
 /// Where the entry recorded at `key` is: there, or where it moved (see [`moved_entry`]).
@@ -882,14 +836,14 @@ async fn member_value_change(ex: &mut Exec<'_>, group: &str, m: Mod) -> Result<(
 
 async fn remove_role_memberships(
     ex: &mut Exec<'_>,
-    prev: &Map<String, Value>,
+    prev: &Bookkeeping,
     member_attr: &str,
 ) -> Result<(), TargetError> {
-    if let Some(pm) = prev.get("member").and_then(Value::as_str) {
-        for g in str_list(prev.get("role_groups")) {
+    if let Some(pm) = &prev.member {
+        for g in &prev.role_groups {
             member_value_change(
                 ex,
-                &g,
+                g,
                 Mod::Delete(member_attr.to_owned(), vec![pm.to_owned()]),
             )
             .await?;
@@ -902,7 +856,7 @@ async fn sync_group(
     ex: &mut Exec<'_>,
     d: &Desired,
     prior: &Prior,
-) -> Result<(Option<String>, Option<Value>), TargetError> {
+) -> Result<(Option<String>, Option<Bookkeeping>), TargetError> {
     let t = ex.t;
     let gs = t
         .settings
@@ -948,10 +902,7 @@ async fn sync_group(
         }
         let rc = ex.add(&desired_dn, add_attrs(&d.entry, &extra)).await?;
         if rc == codes::ENTRY_ALREADY_EXISTS {
-            if prior.key.is_none()
-                && t.settings.on_existing == OnExisting::Conflict
-                && !created_by_interrupted_apply(t, prior, &desired_dn).await?
-            {
+            if raced_and_refused(t, prior, &desired_dn).await? {
                 return Err(permanent(format!(
                     "{desired_dn}: entry exists and is not managed by scim-sync"
                 )));
@@ -1021,10 +972,11 @@ async fn sync_group(
     Ok((Some(desired_dn), Some(extra)))
 }
 
-fn group_extra(uuid: Option<String>) -> Value {
-    match uuid {
-        Some(u) => json!({"kind": "group", ENTRY_UUID: u}),
-        None => json!({"kind": "group"}),
+fn group_extra(entry_uuid: Option<String>) -> Bookkeeping {
+    Bookkeeping {
+        kind: Some(Kind::Group),
+        entry_uuid,
+        ..Bookkeeping::default()
     }
 }
 
@@ -1032,7 +984,8 @@ fn group_extra(uuid: Option<String>) -> Value {
 async fn remove(
     ex: &mut Exec<'_>,
     prior: &Prior,
-) -> Result<(Option<String>, Option<Value>), TargetError> {
+    kind: Kind,
+) -> Result<(Option<String>, Option<Bookkeeping>), TargetError> {
     let t = ex.t;
     let Some(key) = &prior.key else {
         // Never settled; an interrupted create (under the intent or one it replaced) may
@@ -1048,7 +1001,7 @@ async fn remove(
     };
     let key = &where_now(t, prior, key).await?;
     let prev = prior_extra(prior);
-    let is_user = prev.get("kind").and_then(Value::as_str) == Some("user");
+    let is_user = kind == Kind::User;
     let member_attr = t.settings.member_attribute().to_owned();
     let disable = is_user && t.settings.users.on_delete == OnDelete::Disable;
     if let (true, Some(deact)) = (disable, t.settings.users.deactivate.as_ref()) {
@@ -1067,10 +1020,10 @@ async fn remove(
         ex.modify(key, mods, false).await?;
         remove_role_memberships(ex, &prev, &member_attr).await?;
         let mut extra = prev.clone();
-        extra.insert("disabled".into(), json!(deact.set));
-        extra.remove("role_groups");
-        extra.remove("member");
-        return Ok((Some(key.clone()), Some(Value::Object(extra))));
+        extra.disabled = Some(Disabled::Attrs(deact.set.clone()));
+        extra.role_groups.clear();
+        extra.member = None;
+        return Ok((Some(key.clone()), Some(extra)));
     }
     if is_user {
         remove_role_memberships(ex, &prev, &member_attr).await?;
@@ -1082,6 +1035,12 @@ async fn remove(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::{json, Value};
+
+    /// A recorded intent as stored.
+    fn stored(v: Value) -> Intent {
+        serde_json::from_value(v).unwrap()
+    }
 
     fn settings(users_extra: &str) -> Settings {
         let text = format!(
@@ -1101,7 +1060,8 @@ mod tests {
             key: None,
             extra: Some(
                 json!({"creating": dn, "since_ms": since, "prev_attempt_ms": prev,
-                               "attempt_ms": prev + 100_000}),
+                               "attempt_ms": prev + 100_000})
+                .into(),
             ),
             ..Prior::default()
         }
@@ -1127,7 +1087,7 @@ mod tests {
         // The first attempt (no previous one) has no add of ours to find.
         let first = Prior {
             key: None,
-            extra: Some(json!({"creating": dn, "since_ms": 5_000, "attempt_ms": 5_000})),
+            extra: Some(json!({"creating": dn, "since_ms": 5_000, "attempt_ms": 5_000}).into()),
             ..Prior::default()
         };
         assert_eq!(intent_window(&first, dn), None);
@@ -1139,25 +1099,27 @@ mod tests {
         let dn = "uid=a,ou=People,dc=x";
         let budget = 2_000 + 4 * 5_000;
         // A delete: no attempt of its own, so up to the end of the last recorded one.
-        let standing = json!({"creating": dn, "since_ms": 10_500, "attempt_ms": 20_000});
+        let standing = stored(json!({"creating": dn, "since_ms": 10_500, "attempt_ms": 20_000}));
         assert_eq!(
             recorded_window(&s, &standing),
             Some((dn.to_owned(), (10_000, 20_000 + budget)))
         );
         // Only the first attempt recorded.
-        let first = json!({"creating": dn, "since_ms": 10_500});
+        let first = stored(json!({"creating": dn, "since_ms": 10_500}));
         assert_eq!(
             recorded_window(&s, &first),
             Some((dn.to_owned(), (10_000, 10_500 + budget)))
         );
         // An orphan: another resource may intend the DN from its release on.
-        let orphan = json!({"creating": dn, "since_ms": 10_500, "attempt_ms": 20_000,
-                            "released_ms": 25_000});
+        let orphan = stored(
+            json!({"creating": dn, "since_ms": 10_500, "attempt_ms": 20_000,
+                            "released_ms": 25_000}),
+        );
         assert_eq!(
             recorded_window(&s, &orphan),
             Some((dn.to_owned(), (10_000, 25_000)))
         );
-        assert_eq!(recorded_window(&s, &json!({"since_ms": 1})), None);
+        assert_eq!(recorded_window(&s, &stored(json!({"since_ms": 1}))), None);
     }
 
     #[test]

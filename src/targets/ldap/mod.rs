@@ -1,9 +1,9 @@
 //! The LDAP target: `settings` (validated config, pure), `conn` (connection, bind, timeouts,
 //! reconnect), `apply` (make one entry match), `codes` (result-code classification).
-//! Never sees SCIM types or the store: it gets a rendered [`Desired`] and a [`Prior`].
+//! Never sees SCIM types or the store: it gets a [`Change`] and a [`Prior`].
 //!
-//! Bookkeeping kept in `Outcome.extra` (a JSON object) for the next sync:
-//! `kind` (`"user"`/`"group"`, so a delete knows what it removes), `uid` (the user's `uid`,
+//! Bookkeeping kept in `Outcome.extra` ([`crate::bookkeeping::Bookkeeping`]) for the next
+//! sync: `kind` (`"user"`/`"group"`, so a delete knows what it removes), `uid` (the user's `uid`,
 //! what `memberUid` groups hold; see `mapping::CompiledTarget::member_key`), `disabled`
 //! (attributes set by deactivation, removed exactly on reactivation), `member` and
 //! `role_groups` (role-group memberships written), `password_sha256` (of the last written
@@ -18,7 +18,7 @@ pub mod settings;
 pub use conn::LdapTarget;
 pub use settings::{PasswordSource, Settings};
 
-use crate::targets::{Desired, Kind, Outcome, Prior, Target, TargetError};
+use crate::targets::{Change, Desired, Kind, Outcome, Prior, Target, TargetError};
 
 impl Target for LdapTarget {
     async fn healthcheck(&self) -> Result<(), TargetError> {
@@ -27,11 +27,11 @@ impl Target for LdapTarget {
 
     async fn sync(
         &self,
-        desired: Option<&Desired>,
+        change: Change<'_>,
         prior: &Prior,
         dry_run: bool,
     ) -> Result<Outcome, TargetError> {
-        apply::sync(self, desired, prior, dry_run).await
+        apply::sync(self, change, prior, dry_run).await
     }
 
     fn planned_key(&self, desired: &Desired) -> Option<String> {
@@ -61,12 +61,13 @@ mod tests {
         };
         let t = LdapTarget::new(Settings::from_raw(l, 0).unwrap()).unwrap();
         let prior = Prior::default();
+        let remove = Change::Remove { kind: Kind::User };
         {
-            let fut = t.sync(None, &prior, true);
+            let fut = t.sync(remove, &prior, true);
             assert_send(&fut);
             assert_send(&t.healthcheck());
         }
         let any = crate::targets::AnyTarget::Ldap(t);
-        assert_send(&any.sync(None, &prior, true));
+        assert_send(&any.sync(remove, &prior, true));
     }
 }

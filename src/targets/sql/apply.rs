@@ -10,12 +10,11 @@
 
 use super::conn::{Bind, Conn, Db, TxError};
 use super::settings::{Column, Settings, Table};
-use crate::config::target::{
-    OnDelete, OnExisting, RawSqlValue, SqlColumnType, SqlDeactivatePolicy,
-};
+use crate::bookkeeping::{Bookkeeping, Disabled};
+use crate::config::target::{OnDelete, RawSqlValue, SqlColumnType, SqlDeactivatePolicy};
 use crate::mapping::{diff, Entry};
-use crate::targets::{Desired, ErrorClass, Kind, Outcome, Prior, TargetError};
-use serde_json::{json, Value};
+use crate::targets::plan::{self, Found};
+use crate::targets::{Change, Desired, ErrorClass, Kind, Outcome, Prior, TargetError};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Longest value shown in a change line.
@@ -36,7 +35,7 @@ fn permanent(message: String) -> TargetError {
 pub(super) fn sync(
     s: &Settings,
     conn: &mut Conn,
-    desired: Option<&Desired>,
+    change: Change<'_>,
     prior: &Prior,
     dry_run: bool,
 ) -> Result<Outcome, TargetError> {
@@ -48,10 +47,10 @@ pub(super) fn sync(
             dry_run,
             changes: Vec::new(),
         };
-        let (key, extra) = match desired {
-            None => remove(&mut tx, prior)?,
-            Some(d) if d.kind == Kind::User => sync_user(&mut tx, d, prior)?,
-            Some(d) => sync_group(&mut tx, d, prior)?,
+        let (key, extra) = match change {
+            Change::Remove { kind } => remove(&mut tx, prior, kind)?,
+            Change::Upsert(d) if d.kind == Kind::User => sync_user(&mut tx, d, prior)?,
+            Change::Upsert(d) => sync_group(&mut tx, d, prior)?,
         };
         if !dry_run {
             // The commit is the write: it starts only while its timeout remains on the claim
@@ -570,24 +569,24 @@ fn locate(
         Some(_) => tx.read(t, deact, key_bind, t.key_type),
         None => {
             let cur = tx.read(t, deact, key_bind, t.key_type)?;
-            if cur.is_some() {
-                match s.on_existing {
-                    OnExisting::Conflict => {
-                        return Err(TargetError {
-                            class: ErrorClass::Permanent,
-                            code: Some("conflict".into()),
-                            message: format!(
-                                "{}: a row with {} = {key:?} exists and is not managed by \
+            // SQL rows carry no creator marker: an interrupted insert is never recognised.
+            match plan::unrecorded_entry(cur.is_some(), false, s.on_existing) {
+                Found::Create | Found::Resume => {}
+                Found::Refuse => {
+                    return Err(TargetError {
+                        class: ErrorClass::Permanent,
+                        code: Some("conflict".into()),
+                        message: format!(
+                            "{}: a row with {} = {key:?} exists and is not managed by \
                                  scim-sync (set on_existing = \"adopt\" to take it over)",
-                                t.table, t.key_column
-                            ),
-                        }
-                        .into())
+                            t.table, t.key_column
+                        ),
                     }
-                    OnExisting::Adopt => tx
-                        .changes
-                        .push(format!("adopt: {} {} = {key:?}", t.table, t.key_column)),
+                    .into())
                 }
+                Found::Adopt => tx
+                    .changes
+                    .push(format!("adopt: {} {} = {key:?}", t.table, t.key_column)),
             }
             Ok(cur)
         }
@@ -719,7 +718,7 @@ fn sync_user(
     tx: &mut Tx<'_>,
     d: &Desired,
     prior: &Prior,
-) -> Result<(Option<String>, Option<Value>), TxError> {
+) -> Result<(Option<String>, Option<Bookkeeping>), TxError> {
     let s = tx.s;
     let t = &s.users;
     let (key_bind, key) = convert_key(t.key_type, &d.entry.key, &t.table)?;
@@ -731,23 +730,25 @@ fn sync_user(
         if let Some(k) = &prior.key {
             delete_row(tx, Kind::User, k)?;
         }
-        return Ok((
-            None,
-            Some(json!({"kind": "user", "deleted_inactive": true})),
-        ));
+        let extra = Bookkeeping {
+            kind: Some(Kind::User),
+            deleted_inactive: Some(true),
+            ..Bookkeeping::default()
+        };
+        return Ok((None, Some(extra)));
     }
     let deact = deact_column(s);
     let current = locate(tx, t, Kind::User, prior, &key, &key_bind, deact)?;
     let want = deact.map(|c| (c, deact_want(s, d.active)));
     upsert(tx, t, &key_bind, &d.entry, current.as_ref(), want)?;
-    Ok((Some(key), Some(json!({"kind": "user"}))))
+    Ok((Some(key), Some(of_kind(Kind::User))))
 }
 
 fn sync_group(
     tx: &mut Tx<'_>,
     d: &Desired,
     prior: &Prior,
-) -> Result<(Option<String>, Option<Value>), TxError> {
+) -> Result<(Option<String>, Option<Bookkeeping>), TxError> {
     let s = tx.s;
     let t = s
         .groups
@@ -843,7 +844,7 @@ fn sync_group(
             tx.write(&st)?;
         }
     }
-    Ok((Some(key), Some(json!({"kind": "group"}))))
+    Ok((Some(key), Some(of_kind(Kind::Group))))
 }
 
 /// Append what a join-table column holds for the user or group with this key: the key itself
@@ -904,27 +905,24 @@ fn delete_row(tx: &mut Tx<'_>, kind: Kind, key: &str) -> Result<(), TxError> {
     Ok(())
 }
 
+/// The bookkeeping of a row: what it is.
+fn of_kind(kind: Kind) -> Bookkeeping {
+    Bookkeeping {
+        kind: Some(kind),
+        ..Bookkeeping::default()
+    }
+}
+
 /// The resource was deleted in the store.
-fn remove(tx: &mut Tx<'_>, prior: &Prior) -> Result<(Option<String>, Option<Value>), TxError> {
+fn remove(
+    tx: &mut Tx<'_>,
+    prior: &Prior,
+    kind: Kind,
+) -> Result<(Option<String>, Option<Bookkeeping>), TxError> {
     let Some(key) = &prior.key else {
         return Ok((None, prior.extra.clone()));
     };
     let s = tx.s;
-    let kind = match prior
-        .extra
-        .as_ref()
-        .and_then(|e| e.get("kind"))
-        .and_then(Value::as_str)
-    {
-        Some("user") => Kind::User,
-        Some("group") => Kind::Group,
-        _ => {
-            return Err(permanent(format!(
-                "{key:?}: no record of whether it is a user or a group; not deleted"
-            ))
-            .into())
-        }
-    };
     if kind == Kind::User && s.on_delete == OnDelete::Disable {
         if let Some(col) = deact_column(s) {
             let t = &s.users;
@@ -939,10 +937,12 @@ fn remove(tx: &mut Tx<'_>, prior: &Prior) -> Result<(Option<String>, Option<Valu
                     .value(s, key_bind, t.key_type, false);
                 tx.write(&st)?;
             }
-            return Ok((
-                Some(key.clone()),
-                Some(json!({"kind": "user", "disabled": true})),
-            ));
+            let extra = Bookkeeping {
+                kind: Some(Kind::User),
+                disabled: Some(Disabled::Flag(true)),
+                ..Bookkeeping::default()
+            };
+            return Ok((Some(key.clone()), Some(extra)));
         }
     }
     delete_row(tx, kind, key)?;

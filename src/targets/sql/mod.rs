@@ -2,10 +2,10 @@
 //! validation and quoting, per-backend SQL text), `conn` (diesel connections to PostgreSQL,
 //! MariaDB/MySQL or SQLite, reconnect, blocking work off the runtime, error classification),
 //! `apply` (one resource in one transaction). Never sees SCIM types or the store: it gets a
-//! rendered [`Desired`] (key = the key column's value, attrs = column -> values) and a
-//! [`Prior`].
+//! [`Change`] (an upsert of a rendered [`Desired`]: key = the key column's value, attrs =
+//! column -> values; or a removal) and a [`Prior`].
 //!
-//! Bookkeeping kept in `Outcome.extra` (a JSON object): `kind` (`"user"`/`"group"`, so a
+//! Bookkeeping kept in `Outcome.extra` ([`crate::bookkeeping::Bookkeeping`]): `kind` (`"user"`/`"group"`, so a
 //! delete knows which table), `deleted_inactive` (policy `delete`), `disabled`
 //! (`on_delete = "disable"`).
 
@@ -17,7 +17,7 @@ pub mod settings;
 pub use conn::SqlTarget;
 pub use settings::Settings;
 
-use crate::targets::{Desired, Kind, Outcome, Prior, Target, TargetError};
+use crate::targets::{Change, Desired, Kind, Outcome, Prior, Target, TargetError};
 
 impl Target for SqlTarget {
     async fn healthcheck(&self) -> Result<(), TargetError> {
@@ -26,14 +26,19 @@ impl Target for SqlTarget {
 
     async fn sync(
         &self,
-        desired: Option<&Desired>,
+        change: Change<'_>,
         prior: &Prior,
         dry_run: bool,
     ) -> Result<Outcome, TargetError> {
-        let desired = desired.cloned();
+        // Owned for the blocking thread.
+        let (kind, desired) = (change.kind(), change.desired().cloned());
         let prior = prior.clone();
         self.with_conn("sync", move |s, conn| {
-            apply::sync(s, conn, desired.as_ref(), &prior, dry_run)
+            let change = match &desired {
+                Some(d) => Change::Upsert(d),
+                None => Change::Remove { kind },
+            };
+            apply::sync(s, conn, change, &prior, dry_run)
         })
         .await
     }
@@ -64,10 +69,11 @@ mod tests {
         };
         let t = SqlTarget::new(Settings::from_raw(l, 0).unwrap()).unwrap();
         let prior = Prior::default();
-        assert_send(&t.sync(None, &prior, true));
+        let remove = Change::Remove { kind: Kind::User };
+        assert_send(&t.sync(remove, &prior, true));
         assert_send(&t.healthcheck());
         let any = crate::targets::AnyTarget::Sql(t);
-        assert_send(&any.sync(None, &prior, true));
+        assert_send(&any.sync(remove, &prior, true));
     }
 
     #[tokio::test]
