@@ -102,11 +102,16 @@ pub enum StartError {
 /// # Errors
 /// Every problem found.
 pub fn load_settings(path: &Path) -> Result<Settings, Vec<ConfigError>> {
-    let raw = load(path).map_err(|e| vec![e])?;
+    let raw = load(path)?;
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let file = path.display().to_string();
-    settings::from_raw(&raw)
-        .map_err(|errs| errs.into_iter().map(|e| e.in_file(&file, &text)).collect())
+    settings::from_raw(&raw).map_err(|errs| {
+        let mut errs: Vec<ConfigError> =
+            errs.into_iter().map(|e| e.in_file(&file, &text)).collect();
+        // In file order (stable: errors of one line keep the validator's order).
+        errs.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
+        errs
+    })
 }
 
 /// The instance id used when `reconcile.instance_id` is unset: the host name (stable across
