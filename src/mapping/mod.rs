@@ -42,10 +42,12 @@ pub mod diff;
 pub mod dn;
 pub mod path;
 pub mod render;
+pub mod schema;
 
 pub use compile::{CompiledTarget, ConfigError, KindMap, Template};
 pub use diff::{diff, Mod};
 pub use render::MapError;
+pub use schema::Schemas;
 
 use std::collections::BTreeMap;
 
