@@ -404,6 +404,12 @@ level = "info"
                 &["c.toml:16: targets[0].users.deactivate.policy: unknown variant `flags`, expected one of `flag`, `timestamp`, `delete`"],
             ),
             (
+                "unknown key in [targets.users.deactivate] (it pointed at [log])",
+                "column = \"enabled\"",
+                "column = \"enabled\"\nremove_from_group = true",
+                &["c.toml:18: targets[0].users.deactivate.remove_from_group: unknown field `remove_from_group`, expected one of `policy`, `column`, `value`, `active_value`, `remove_from_groups`"],
+            ),
+            (
                 "missing required key names its table",
                 "key_column = \"login\"\n",
                 "",

@@ -408,13 +408,18 @@ fn compile_sql(
             &mut errors,
         )
     });
+    let remove_inactive_from_groups = t
+        .users
+        .deactivate
+        .as_ref()
+        .is_some_and(|d| d.remove_from_groups);
     match (users, groups) {
         (Some(users), groups) if errors.is_empty() => Ok(CompiledTarget {
             name: t.name.clone(),
             users,
             groups: groups.flatten(),
             role_groups: Vec::new(),
-            remove_inactive_from_groups: false,
+            remove_inactive_from_groups,
             member_value: MemberValue::Dn,
         }),
         _ => Err(errors),

@@ -3,6 +3,7 @@
 //! id, a join table): create, update, rename, deactivation, membership, deletes, hostile
 //! values, unmapped columns and unmanaged rows untouched, outages, drift repair and dry runs.
 
+mod deactivation;
 mod fanout;
 mod keys;
 
