@@ -197,9 +197,10 @@ fn section<T: for<'de> Deserialize<'de>>(
         if follows_removal {
             return None;
         }
+        let key = render_path(prefix, &steps);
         errors.push(FileError {
             line: span.map(|s| line_of(text, s.start)),
-            key: render_path(prefix, &steps),
+            key: if key.is_empty() { "-".into() } else { key },
             message,
         });
         // Remove the innermost key (an array element goes with its key).
