@@ -713,6 +713,80 @@ async fn bad_config_exits_2_naming_file_line_and_key() {
     assert!(stderr.contains(&missing.display().to_string()), "{stderr}");
 }
 
+/// Issue 13: `check-config` on a file with a typo in three SCIM paths refuses it (exit 2),
+/// naming each key with its line and a suggestion; a file whose target has two structural
+/// errors gets both, each at its own key path and line (not the `[[targets]]` header's).
+#[tokio::test]
+async fn check_config_refuses_unknown_scim_paths_and_reports_every_error_at_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = "[[targets]]\nname = \"app\"\ntype = \"sql\"\nurl = \"sqlite:///x.db\"\n\
+                  [targets.users]\ntable = \"users\"\nkey_column = \"login\"\nkey = \"userName\"\n\
+                  [targets.users.columns]\njob_title = \"tittle\"\nfirst_name = \"name.givenNam\"\n\
+                  dept_code = \"urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:departement\"\n";
+    let path = sqlite_config(dir.path(), target);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let line_of = |needle: &str| text.lines().position(|l| l.starts_with(needle)).unwrap() + 1;
+    let (code, stdout, stderr) = cli(&path, &["check-config"]).await;
+    assert_eq!(code, 2, "{stdout}{stderr}");
+    let file = path.display();
+    for (column, want) in [
+        (
+            "job_title",
+            "unknown SCIM attribute `tittle` (User schema); did you mean `title`?",
+        ),
+        (
+            "first_name",
+            "unknown SCIM attribute `name.givenNam` (User schema); did you mean `name.givenName`?",
+        ),
+        (
+            "dept_code",
+            "did you mean `urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:department`?",
+        ),
+    ] {
+        let line = format!(
+            "config error: {file}:{}: targets[0].users.columns.{column}: ",
+            line_of(column)
+        );
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.starts_with(&line) && l.ends_with(want)),
+            "{line}...{want} in\n{stderr}"
+        );
+    }
+    assert!(!stdout.contains("is valid"), "{stdout}");
+    // Two errors inside one target, in a sub-table and in a rule table: both, in file order.
+    let broken = target
+        .replace("[targets.users.columns]", "[targets.users.colums]")
+        .replace(
+            "url = \"sqlite:///x.db\"",
+            "url = \"sqlite:///x.db\"\ntimeout_secs = \"10\"",
+        );
+    let path = sqlite_config(dir.path(), &broken);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let line_of = |needle: &str| text.lines().position(|l| l.starts_with(needle)).unwrap() + 1;
+    let (code, _stdout, stderr) = cli(&path, &["check-config"]).await;
+    assert_eq!(code, 2, "{stderr}");
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("config error:"))
+        .collect();
+    assert_eq!(
+        errors,
+        [
+            format!(
+                "config error: {file}:{}: targets[0].timeout_secs: invalid type: string \"10\", expected u64",
+                line_of("timeout_secs")
+            ),
+            format!(
+                "config error: {file}:{}: targets[0].users.colums: unknown field `colums`, expected one of `table`, `key_column`, `key`, `columns`, `deactivate`, `on_delete`",
+                line_of("[targets.users.colums]")
+            ),
+        ],
+        "{stderr}"
+    );
+}
+
 /// (g) `token create` against the store of a running daemon gives a token that works at once;
 /// `token revoke` makes it fail on the next request. PostgreSQL: on SQLite the daemon holds the
 /// database's instance lock, so the CLI refuses to open it while the daemon runs (see

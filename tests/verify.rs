@@ -224,7 +224,8 @@ async fn verify_names_the_rows_of_an_sql_target_that_differ() {
     use crate::sql_target::{Flavor, LegacyDb, MAPPING};
     let db = LegacyDb::new(Flavor::Sqlite);
     let target = format!(
-        "[[targets]]\nname = \"legacy\"\ntype = \"sql\"\nurl = \"{}\"\n{}",
+        // MAPPING reads the ironclad extension, which must be declared to be mapped.
+        "[scim]\nuser_extensions = [\"urn:ietf:params:scim:schemas:extension:ironclad:2.0:User\"]\n[[targets]]\nname = \"legacy\"\ntype = \"sql\"\nurl = \"{}\"\n{}",
         db.url,
         MAPPING
             .replace("[users", "[targets.users")

@@ -33,8 +33,9 @@ pub fn run(config: &Path, connect: bool) -> ExitCode {
             }
         }
         let mut failed = false;
+        let schemas = crate::mapping::Schemas::new(&settings.raw.scim.user_extensions);
         for (i, raw) in settings.raw.targets.iter().enumerate() {
-            let target = match crate::targets::build(raw, i) {
+            let target = match crate::targets::build_with(raw, i, &schemas) {
                 Ok((_, t)) => t,
                 Err(errors) => {
                     for e in errors {

@@ -136,11 +136,12 @@ pub(crate) fn build_targets(
         }
     }
     let mut targets = Vec::new();
+    let schemas = crate::mapping::Schemas::new(&settings.raw.scim.user_extensions);
     for (i, raw) in settings.raw.targets.iter().enumerate() {
         if only.is_some_and(|t| t != raw.name()) {
             continue;
         }
-        match crate::targets::build(raw, i) {
+        match crate::targets::build_with(raw, i, &schemas) {
             Ok((map, t)) => targets.push(crate::reconcile::TargetRuntime::new(map, t)),
             Err(errors) => {
                 for e in errors {

@@ -39,13 +39,14 @@ impl ConfigError {
         }
     }
 
-    /// Attach the file (and the line where `key`'s last segment is defined, when found).
+    /// Attach the file (and the line of `key`, or of the innermost enclosing key the file has).
     pub fn in_file(mut self, file: &str, text: &str) -> Self {
         if self.file.is_none() {
             self.file = Some(file.to_string());
         }
         if self.line.is_none() {
-            self.line = find_key_line(text, &self.key);
+            self.line = super::spanned::key_line(text, &self.key)
+                .or_else(|| find_key_line(text, &self.key));
         }
         self
     }
@@ -104,15 +105,17 @@ fn find_in(text: &str, last: &str) -> Option<usize> {
 /// Read and parse the config file, apply environment overrides.
 ///
 /// # Errors
-/// A missing or unreadable file, TOML syntax, unknown keys, wrong types: each names the file,
-/// line and key.
-pub fn load(path: &Path) -> Result<RawConfig, ConfigError> {
+/// A missing or unreadable file, TOML syntax, unknown keys, wrong types: every one found, each
+/// naming the file, line and key.
+pub fn load(path: &Path) -> Result<RawConfig, Vec<ConfigError>> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|error| ConfigError {
-        file: Some(file.clone()),
-        line: None,
-        key: "-".into(),
-        message: format!("cannot read config file: {error}"),
+    let text = std::fs::read_to_string(path).map_err(|error| {
+        vec![ConfigError {
+            file: Some(file.clone()),
+            line: None,
+            key: "-".into(),
+            message: format!("cannot read config file: {error}"),
+        }]
     })?;
     let env: Vec<(String, String)> = std::env::vars()
         .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}__")))
@@ -124,16 +127,29 @@ pub fn load(path: &Path) -> Result<RawConfig, ConfigError> {
 ///
 /// # Errors
 /// As [`load`].
-pub fn parse(file: &str, text: &str, env: &[(String, String)]) -> Result<RawConfig, ConfigError> {
-    // First pass: the file alone, so errors carry the TOML span (line) and the key.
-    let mut tree: toml::Table = toml::from_str(text).map_err(|e| toml_error(file, text, &e))?;
-    if let Err(e) = RawConfig::deserialize(toml::Value::Table(tree.clone())) {
-        return Err(from_toml_str_error(file, text, e));
-    }
+pub fn parse(
+    file: &str,
+    text: &str,
+    env: &[(String, String)],
+) -> Result<RawConfig, Vec<ConfigError>> {
+    // First pass: the file alone, on the span-carrying tree, so every error names its own key
+    // path and line (targets included).
+    let parsed = super::spanned::parse_file(text).map_err(|errors| {
+        errors
+            .into_iter()
+            .map(|e| ConfigError {
+                file: Some(file.to_string()),
+                line: e.line,
+                key: e.key,
+                message: e.message,
+            })
+            .collect::<Vec<_>>()
+    })?;
     if env.is_empty() {
-        return RawConfig::deserialize(toml::Value::Table(tree))
-            .map_err(|e| from_toml_str_error(file, text, e));
+        return Ok(parsed);
     }
+    let mut tree: toml::Table =
+        toml::from_str(text).map_err(|e| vec![toml_error(file, text, &e)])?;
     // Second pass: overlay environment overrides, collected through the `config` crate.
     let mut builder = config::Config::builder();
     for (k, v) in env {
@@ -143,11 +159,11 @@ pub fn parse(file: &str, text: &str, env: &[(String, String)]) -> Result<RawConf
         let dotted = rest.to_ascii_lowercase().replace("__", ".");
         builder = builder
             .set_override(dotted.as_str(), v.as_str())
-            .map_err(|e| ConfigError::invalid(k.clone(), e.to_string()))?;
+            .map_err(|e| vec![ConfigError::invalid(k.clone(), e.to_string())])?;
     }
     let overrides = builder
         .build()
-        .map_err(|e| ConfigError::invalid(ENV_PREFIX, e.to_string()))?;
+        .map_err(|e| vec![ConfigError::invalid(ENV_PREFIX, e.to_string())])?;
     for (k, _) in env {
         let Some(rest) = k.strip_prefix(&format!("{ENV_PREFIX}__")) else {
             continue;
@@ -155,15 +171,17 @@ pub fn parse(file: &str, text: &str, env: &[(String, String)]) -> Result<RawConf
         let dotted = rest.to_ascii_lowercase().replace("__", ".");
         let value: String = overrides
             .get_string(&dotted)
-            .map_err(|e| ConfigError::invalid(k.clone(), e.to_string()))?;
+            .map_err(|e| vec![ConfigError::invalid(k.clone(), e.to_string())])?;
         set_dotted(&mut tree, &dotted, parse_scalar(&value))
-            .map_err(|message| ConfigError::invalid(k.clone(), message))?;
+            .map_err(|message| vec![ConfigError::invalid(k.clone(), message)])?;
     }
-    RawConfig::deserialize(toml::Value::Table(tree)).map_err(|e| ConfigError {
-        file: Some(format!("{file} + {ENV_PREFIX}__* environment")),
-        line: None,
-        key: "-".into(),
-        message: e.to_string(),
+    RawConfig::deserialize(toml::Value::Table(tree)).map_err(|e| {
+        vec![ConfigError {
+            file: Some(format!("{file} + {ENV_PREFIX}__* environment")),
+            line: None,
+            key: "-".into(),
+            message: e.to_string(),
+        }]
     })
 }
 
@@ -209,57 +227,21 @@ fn toml_error(file: &str, text: &str, e: &toml::de::Error) -> ConfigError {
     }
 }
 
-/// Deserialization errors from a `toml::Value` lose spans; find the key named in the message.
-fn from_toml_str_error(file: &str, text: &str, e: toml::de::Error) -> ConfigError {
-    // Re-run on the text to get the span-carrying error.
-    match toml::from_str::<RawConfig>(text) {
-        Err(spanned) => {
-            let mut err = toml_error(file, text, &spanned);
-            if let Some(span) = spanned.span() {
-                err.key = key_at(text, span.start).unwrap_or_else(|| "-".into());
-            }
-            err
-        }
-        Ok(_) => ConfigError {
-            file: Some(file.to_string()),
-            line: None,
-            key: "-".into(),
-            message: e.message().trim().to_string(),
-        },
-    }
-}
-
 fn line_of(text: &str, offset: usize) -> usize {
     text.get(..offset)
         .map_or(1, |t| t.matches('\n').count() + 1)
 }
 
-/// The dotted key at a byte offset: the nearest table header above plus the key on that line.
-fn key_at(text: &str, offset: usize) -> Option<String> {
-    let before = text.get(..offset)?;
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let line = text.get(line_start..)?.lines().next().unwrap_or("");
-    let header = before
-        .lines()
-        .rev()
-        .find(|l| l.trim_start().starts_with('['))
-        .map(|l| l.trim().trim_matches(['[', ']']).trim().to_string());
-    let key = line
-        .split('=')
-        .next()
-        .map(str::trim)
-        .filter(|k| !k.starts_with('['));
-    match (header, key) {
-        (Some(h), Some(k)) if !k.is_empty() => Some(format!("{h}.{k}")),
-        (Some(h), _) => Some(h),
-        (None, Some(k)) if !k.is_empty() => Some(k.to_string()),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The only error of a parse that must fail.
+    fn one(r: Result<RawConfig, Vec<ConfigError>>) -> ConfigError {
+        let mut errors = r.unwrap_err();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        errors.remove(0)
+    }
 
     #[test]
     fn defaults_from_empty_file() {
@@ -271,7 +253,7 @@ mod tests {
     #[test]
     fn unknown_key_names_file_line_and_key() {
         let text = "[server]\nlisten = \"127.0.0.1:1\"\nlisen = \"x\"\n";
-        let e = parse("/etc/scim-sync.toml", text, &[]).unwrap_err();
+        let e = one(parse("/etc/scim-sync.toml", text, &[]));
         assert_eq!(e.line, Some(3), "{e}");
         assert_eq!(e.key, "server.lisen", "{e}");
         assert!(
@@ -297,14 +279,16 @@ mod tests {
     #[test]
     fn wrong_type_names_key() {
         let text = "[reconcile]\nworkers = \"many\"\n";
-        let e = parse("c.toml", text, &[]).unwrap_err();
+        let e = one(parse("c.toml", text, &[]));
         assert_eq!(e.line, Some(2), "{e}");
         assert_eq!(e.key, "reconcile.workers", "{e}");
     }
 
     #[test]
     fn syntax_error_has_line() {
-        let e = parse("c.toml", "[server\nlisten=1", &[]).unwrap_err();
+        let e = parse("c.toml", "[server\nlisten=1", &[])
+            .unwrap_err()
+            .remove(0);
         assert_eq!(e.line, Some(1), "{e}");
     }
 
@@ -325,8 +309,175 @@ mod tests {
     #[test]
     fn bad_env_override_is_named() {
         let env = vec![("SCIM_SYNC__SERVER__NOPE".to_string(), "1".to_string())];
-        let e = parse("c.toml", "", &env).unwrap_err();
+        let e = one(parse("c.toml", "", &env));
         assert!(e.to_string().contains("SCIM_SYNC__"), "{e}");
         assert!(e.message.contains("nope"), "{e}");
+    }
+
+    /// A valid file with one SQL target; the golden cases below break it.
+    const BASE: &str = r#"[server]
+listen = "127.0.0.1:1"
+
+[[targets]]
+name = "app"
+type = "sql"
+url = "sqlite:///x.db"
+timeout_secs = 10
+[targets.users]
+table = "users"
+key_column = "login"
+key = "userName"
+[targets.users.columns]
+first_name = "name.givenName"
+[targets.users.deactivate]
+policy = "flag"
+column = "enabled"
+
+[log]
+level = "info"
+"#;
+
+    /// Every error of `text`, as `check-config` prints them.
+    fn all_errors(text: &str) -> Vec<String> {
+        match parse("c.toml", text, &[]) {
+            Ok(_) => Vec::new(),
+            Err(errors) => errors.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn golden_errors_inside_targets_name_their_own_key_path_and_line() {
+        assert_eq!(all_errors(BASE), Vec::<String>::new());
+        let cases: &[(&str, &str, &str, &[&str])] = &[
+            (
+                "nested unknown key inside [targets.users.columns]",
+                "first_name = \"name.givenName\"",
+                "first_name = { form = \"name.givenName\" }",
+                &["c.toml:14: targets[0].users.columns.first_name.form: unknown field `form`, expected one of `from`, `transform`, `default`, `constant`, `reference`, `by`, `type`, `true`, `false`"],
+            ),
+            (
+                "misspelled sub-table",
+                "[targets.users.columns]",
+                "[targets.users.colums]",
+                &["c.toml:13: targets[0].users.colums: unknown field `colums`, expected one of `table`, `key_column`, `key`, `columns`, `deactivate`, `on_delete`"],
+            ),
+            (
+                "unknown key in a target",
+                "timeout_secs = 10",
+                "timout_secs = 10",
+                &["c.toml:8: targets[0].timout_secs: unknown field `timout_secs`, expected one of `name`, `url`, `password_file`, `password_env`, `connect_timeout_secs`, `timeout_secs`, `on_existing`, `users`, `groups`"],
+            ),
+            (
+                "bad target type",
+                "type = \"sql\"",
+                "type = \"sqll\"",
+                &["c.toml:6: targets[0].type: unknown target type `sqll`, expected `ldap` or `sql`"],
+            ),
+            (
+                "target type of the wrong TOML type",
+                "type = \"sql\"",
+                "type = 1",
+                &["c.toml:6: targets[0].type: invalid type: integer, expected a string (`ldap` or `sql`)"],
+            ),
+            (
+                "missing target type",
+                "type = \"sql\"\n",
+                "",
+                &["c.toml:4: targets[0]: missing field `type` (`ldap` or `sql`)"],
+            ),
+            (
+                "string where an integer is wanted",
+                "timeout_secs = 10",
+                "timeout_secs = \"10\"",
+                &["c.toml:8: targets[0].timeout_secs: invalid type: string \"10\", expected u64"],
+            ),
+            (
+                "wrong type of a required key: no second error for the same key",
+                "table = \"users\"",
+                "table = 5",
+                &["c.toml:10: targets[0].users.table: invalid type: integer `5`, expected a string"],
+            ),
+            (
+                "bad enum value deep inside a target",
+                "policy = \"flag\"",
+                "policy = \"flags\"",
+                &["c.toml:16: targets[0].users.deactivate.policy: unknown variant `flags`, expected one of `flag`, `timestamp`, `delete`"],
+            ),
+            (
+                "unknown key in [targets.users.deactivate] (it pointed at [log])",
+                "column = \"enabled\"",
+                "column = \"enabled\"\nremove_from_group = true",
+                &["c.toml:18: targets[0].users.deactivate.remove_from_group: unknown field `remove_from_group`, expected one of `policy`, `column`, `value`, `active_value`, `remove_from_groups`"],
+            ),
+            (
+                "missing required key names its table",
+                "key_column = \"login\"\n",
+                "",
+                &["c.toml:9: targets[0].users: missing field `key_column`"],
+            ),
+        ];
+        for (what, from, to, want) in cases {
+            assert!(BASE.contains(from), "{what}: {from}");
+            let got = all_errors(&BASE.replacen(from, to, 1));
+            assert_eq!(&got, want, "{what}");
+        }
+        // Several errors at once: in [server], in a target's own keys, in its sub-tables and
+        // in a second target, all reported, in file order.
+        let text = BASE
+            .replacen(
+                "listen = \"127.0.0.1:1\"\n",
+                "listen = \"127.0.0.1:1\"\nlisen = 1\n",
+                1,
+            )
+            .replacen("timeout_secs = 10", "timeout_secs = \"10\"", 1)
+            .replacen(
+                "first_name = \"name.givenName\"",
+                "first_name = { form = \"name.givenName\" }\nlast_name = 5",
+                1,
+            )
+            .replacen(
+                "[log]",
+                "[[targets]]\nname = \"dir\"\ntype = \"ldapp\"\n\n[log]",
+                1,
+            );
+        assert_eq!(
+            all_errors(&text),
+            [
+                "c.toml:3: server.lisen: unknown field `lisen`, expected one of `listen`, `base_path`, `public_url`, `tls_cert_file`, `tls_key_file`, `max_body_users`, `max_body_groups`, `header_timeout_secs`, `request_timeout_secs`, `body_timeout_secs`, `idle_timeout_secs`, `max_connections`, `shutdown_grace_secs`",
+                "c.toml:9: targets[0].timeout_secs: invalid type: string \"10\", expected u64",
+                "c.toml:15: targets[0].users.columns.first_name.form: unknown field `form`, expected one of `from`, `transform`, `default`, `constant`, `reference`, `by`, `type`, `true`, `false`",
+                "c.toml:16: targets[0].users.columns.last_name: invalid type: integer `5`, expected a path or template string, or a column rule table",
+                "c.toml:23: targets[1].type: unknown target type `ldapp`, expected `ldap` or `sql`",
+            ]
+        );
+        // Env overrides still apply over a good file.
+        let env = vec![("SCIM_SYNC__LOG__LEVEL".to_string(), "debug".to_string())];
+        let c = parse("c.toml", BASE, &env).unwrap();
+        assert_eq!(c.log.level, "debug");
+        assert_eq!(c.targets.len(), 1);
+    }
+
+    #[test]
+    fn targets_must_be_an_array_of_tables() {
+        assert_eq!(
+            all_errors("targets = \"x\"\n"),
+            ["c.toml:1: targets: invalid type: string, expected an array of tables ([[targets]])"]
+        );
+        assert_eq!(
+            all_errors("targets = [1]\n"),
+            ["c.toml:1: targets[0]: invalid type, expected a table ([[targets]])"]
+        );
+    }
+
+    #[test]
+    fn the_line_of_a_validation_error_is_its_own_key() {
+        // `in_file` places a key path found by a validator (mapping, settings).
+        let line = |key: &str| ConfigError::invalid(key, "x").in_file("c.toml", BASE).line;
+        assert_eq!(line("targets[0].users.columns.first_name"), Some(14));
+        assert_eq!(line("targets[0].users.key"), Some(12));
+        assert_eq!(line("targets[0].users.deactivate.policy"), Some(16));
+        // A key the file does not have: the innermost table it has.
+        assert_eq!(line("targets[0].users.deactivate.value"), Some(15));
+        assert_eq!(line("log.level"), Some(20));
     }
 }

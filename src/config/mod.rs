@@ -5,6 +5,7 @@
 pub mod load;
 pub mod raw;
 pub mod secret;
+mod spanned;
 pub mod target;
 
 pub use load::{load, ConfigError};

@@ -383,6 +383,9 @@ pub struct RawSqlDeactivate {
     /// `flag`: the value while active (`"Y"`, `1`, `true`).
     #[serde(default)]
     pub active_value: Option<RawSqlValue>,
+    /// Inactive users leave every group's membership rows (the reconciler excludes them).
+    #[serde(default)]
+    pub remove_from_groups: bool,
 }
 
 /// A literal column value in the config: its TOML type decides how it is bound.

@@ -65,8 +65,9 @@ struct Running {
 fn build_targets(raw: &RawConfig) -> Result<Vec<TargetRuntime>, Vec<ConfigError>> {
     let mut out = Vec::new();
     let mut errors = Vec::new();
+    let schemas = crate::mapping::Schemas::new(&raw.scim.user_extensions);
     for (i, t) in raw.targets.iter().enumerate() {
-        match crate::targets::build(t, i) {
+        match crate::targets::build_with(t, i, &schemas) {
             Ok((map, target)) => out.push(TargetRuntime::new(map, target)),
             Err(errs) => errors.extend(
                 errs.into_iter()
@@ -102,11 +103,16 @@ pub enum StartError {
 /// # Errors
 /// Every problem found.
 pub fn load_settings(path: &Path) -> Result<Settings, Vec<ConfigError>> {
-    let raw = load(path).map_err(|e| vec![e])?;
+    let raw = load(path)?;
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let file = path.display().to_string();
-    settings::from_raw(&raw)
-        .map_err(|errs| errs.into_iter().map(|e| e.in_file(&file, &text)).collect())
+    settings::from_raw(&raw).map_err(|errs| {
+        let mut errs: Vec<ConfigError> =
+            errs.into_iter().map(|e| e.in_file(&file, &text)).collect();
+        // In file order (stable: errors of one line keep the validator's order).
+        errs.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
+        errs
+    })
 }
 
 /// The instance id used when `reconcile.instance_id` is unset: the host name (stable across

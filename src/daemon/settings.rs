@@ -265,8 +265,9 @@ pub fn from_raw(raw: &RawConfig) -> Result<Settings, Vec<ConfigError>> {
     }
     // The mapping and target settings are validated (and dropped) here so `check-config`
     // reports every mapping error; `Daemon::start` builds them again for use.
+    let schemas = crate::mapping::Schemas::new(&raw.scim.user_extensions);
     for (i, t) in raw.targets.iter().enumerate() {
-        if let Err(errs) = crate::targets::build(t, i) {
+        if let Err(errs) = crate::targets::build_with(t, i, &schemas) {
             errors.extend(
                 errs.into_iter()
                     .map(|e| ConfigError::invalid(e.key, e.message)),
@@ -416,5 +417,99 @@ mod tests {
                 "log.format"
             ]
         );
+    }
+
+    #[test]
+    fn a_typo_in_a_scim_path_is_refused_at_load_naming_key_line_and_suggestion() {
+        // Issue 13: these passed check-config and blanked the columns for every user.
+        let text = r#"[[targets]]
+name = "app"
+type = "sql"
+url = "sqlite:///x.db"
+[targets.users]
+table = "users"
+key_column = "login"
+key = "userName"
+[targets.users.columns]
+job_title = "tittle"
+first_name = "name.givenNam"
+dept_code = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:departement"
+"#;
+        let raw = parse("c.toml", text, &[]).unwrap();
+        let errs: Vec<String> = from_raw(&raw)
+            .unwrap_err()
+            .into_iter()
+            .map(|e| e.in_file("c.toml", text).to_string())
+            .collect();
+        assert_eq!(
+            errs,
+            [
+                "c.toml:12: targets[0].users.columns.dept_code: unknown SCIM attribute `urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:departement` (enterprise User extension); did you mean `urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:department`?",
+                "c.toml:11: targets[0].users.columns.first_name: unknown SCIM attribute `name.givenNam` (User schema); did you mean `name.givenName`?",
+                "c.toml:10: targets[0].users.columns.job_title: unknown SCIM attribute `tittle` (User schema); did you mean `title`?",
+            ]
+        );
+        // The same paths spelled right load.
+        let fixed = text
+            .replace("\"tittle\"", "\"title\"")
+            .replace("givenNam\"", "givenName\"")
+            .replace("departement", "department");
+        from_raw(&parse("c.toml", &fixed, &[]).unwrap()).unwrap();
+    }
+
+    #[test]
+    fn a_custom_extension_is_mappable_once_declared() {
+        let target = "[[targets]]\nname = \"app\"\ntype = \"sql\"\nurl = \"sqlite:///x.db\"\n[targets.users]\ntable = \"users\"\nkey_column = \"login\"\nkey = \"userName\"\n[targets.users.columns]\nlevel = \"urn:ietf:params:scim:schemas:extension:ironclad:2.0:User:managementLevel\"\n";
+        let errs = from_raw(&parse("c.toml", target, &[]).unwrap()).unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].key, "targets[0].users.columns.level");
+        assert!(
+            errs[0].message.contains("[scim] user_extensions"),
+            "{errs:?}"
+        );
+        let declared = format!("[scim]\nuser_extensions = [\"urn:ietf:params:scim:schemas:extension:ironclad:2.0:User\"]\n{target}");
+        from_raw(&parse("c.toml", &declared, &[]).unwrap()).unwrap();
+    }
+
+    /// Every config shipped in the repo loads with the strict parser and every path of its
+    /// mappings is served: `etc/` (the demo's config is `etc/scim-sync.toml`) and the TOML
+    /// examples in `docs/` that hold a whole `[[targets]]` entry.
+    #[test]
+    fn every_config_in_the_repo_loads_and_maps_only_served_attributes() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut files: Vec<(String, String)> = Vec::new();
+        let mut dirs = vec![root.join("etc")];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if path.extension().is_some_and(|e| e == "toml") {
+                    files.push((
+                        path.display().to_string(),
+                        std::fs::read_to_string(&path).unwrap(),
+                    ));
+                }
+            }
+        }
+        for entry in std::fs::read_dir(root.join("docs")).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            for (n, block) in text.split("```toml\n").skip(1).enumerate() {
+                let block = block.split("```").next().unwrap_or("");
+                if block.contains("[[targets]]") {
+                    files.push((format!("{} block {n}", path.display()), block.to_owned()));
+                }
+            }
+        }
+        assert!(files.len() >= 5, "{files:?}");
+        for (name, text) in &files {
+            let raw = parse(name, text, &[]).unwrap_or_else(|e| panic!("{name}: {e:?}"));
+            let schemas = crate::mapping::Schemas::new(&raw.scim.user_extensions);
+            for (i, t) in raw.targets.iter().enumerate() {
+                crate::mapping::CompiledTarget::compile_with(t, i, &schemas)
+                    .unwrap_or_else(|e| panic!("{name}: {e:?}"));
+            }
+        }
     }
 }

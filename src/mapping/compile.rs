@@ -4,6 +4,7 @@
 
 use super::dn::parse_dn;
 use super::path::Path;
+use super::schema::{Resource, Schemas};
 use crate::config::target::{
     MemberValue, RawLdapTarget, RawRule, RawSqlColumn, RawSqlTarget, RawTarget, RefBy,
 };
@@ -169,14 +170,29 @@ pub struct CompiledTarget {
 }
 
 impl CompiledTarget {
-    /// Compile the `index`th `[[targets]]` entry. Pure; returns every problem at once.
+    /// [`CompiledTarget::compile_with`] against the core User and Group schemas and the
+    /// enterprise extension only (no declared extension).
     ///
     /// # Errors
     /// Every problem found, each naming its full key.
     pub fn compile(raw: &RawTarget, index: usize) -> Result<CompiledTarget, Vec<ConfigError>> {
+        Self::compile_with(raw, index, &Schemas::default())
+    }
+
+    /// Compile the `index`th `[[targets]]` entry. Every SCIM path (in rules, templates, DN
+    /// templates, keys and references) must name an attribute `schemas` serves. Pure; returns
+    /// every problem at once.
+    ///
+    /// # Errors
+    /// Every problem found, each naming its full key.
+    pub fn compile_with(
+        raw: &RawTarget,
+        index: usize,
+        schemas: &Schemas,
+    ) -> Result<CompiledTarget, Vec<ConfigError>> {
         match raw {
-            RawTarget::Ldap(t) => compile_ldap(t, index),
-            RawTarget::Sql(t) => compile_sql(t, index),
+            RawTarget::Ldap(t) => compile_ldap(t, index, schemas),
+            RawTarget::Sql(t) => compile_sql(t, index, schemas),
         }
     }
 
@@ -188,7 +204,11 @@ impl CompiledTarget {
     }
 }
 
-fn compile_ldap(t: &RawLdapTarget, index: usize) -> Result<CompiledTarget, Vec<ConfigError>> {
+fn compile_ldap(
+    t: &RawLdapTarget,
+    index: usize,
+    schemas: &Schemas,
+) -> Result<CompiledTarget, Vec<ConfigError>> {
     let base = format!("targets[{index}]");
     let mut errors = Vec::new();
     if t.name.trim().is_empty() {
@@ -202,7 +222,7 @@ fn compile_ldap(t: &RawLdapTarget, index: usize) -> Result<CompiledTarget, Vec<C
         &t.users.dn,
         &t.users.object_classes,
         &t.users.attributes,
-        true,
+        Checker::new(schemas, Resource::User),
         &mut errors,
     );
     let groups = t.groups.as_ref().map(|g| {
@@ -211,7 +231,7 @@ fn compile_ldap(t: &RawLdapTarget, index: usize) -> Result<CompiledTarget, Vec<C
             &g.dn,
             &g.object_classes,
             &g.attributes,
-            false,
+            Checker::new(schemas, Resource::Group),
             &mut errors,
         )
     });
@@ -261,7 +281,7 @@ fn compile_kind(
     dn: &str,
     object_classes: &[String],
     attributes: &std::collections::BTreeMap<String, RawRule>,
-    allow_references: bool,
+    check: Checker<'_>,
     errors: &mut Vec<ConfigError>,
 ) -> Option<KindMap> {
     let before = errors.len();
@@ -294,6 +314,9 @@ fn compile_kind(
             }
             if !t.has_vars() {
                 errors.push(ConfigError::new(&dn_key, "must contain a {variable}"));
+            }
+            if let Err(e) = check.template(&t) {
+                errors.push(ConfigError::new(&dn_key, e));
             }
             Some(t)
         }
@@ -336,7 +359,7 @@ fn compile_kind(
             ));
             continue;
         }
-        match compile_rule(raw, allow_references) {
+        match compile_rule(raw, check) {
             Ok(rule) => rules.push((lower, rule)),
             Err(msg) => errors.push(ConfigError::new(&akey, msg)),
         }
@@ -356,7 +379,11 @@ fn compile_kind(
 /// SQL targets: the key rule and the column rules use the same compiler as LDAP attributes;
 /// the entry's key is the key rule's first value and `attrs` are the lower-cased columns.
 /// Identifiers, types and the deactivation options are checked by `targets::sql::Settings`.
-fn compile_sql(t: &RawSqlTarget, index: usize) -> Result<CompiledTarget, Vec<ConfigError>> {
+fn compile_sql(
+    t: &RawSqlTarget,
+    index: usize,
+    schemas: &Schemas,
+) -> Result<CompiledTarget, Vec<ConfigError>> {
     let base = format!("targets[{index}]");
     let mut errors = Vec::new();
     if t.name.trim().is_empty() {
@@ -369,7 +396,7 @@ fn compile_sql(t: &RawSqlTarget, index: usize) -> Result<CompiledTarget, Vec<Con
         &format!("{base}.users"),
         &t.users.key,
         &t.users.columns,
-        true,
+        Checker::new(schemas, Resource::User),
         &mut errors,
     );
     let groups = t.groups.as_ref().map(|g| {
@@ -377,17 +404,22 @@ fn compile_sql(t: &RawSqlTarget, index: usize) -> Result<CompiledTarget, Vec<Con
             &format!("{base}.groups"),
             &g.key,
             &g.columns,
-            false,
+            Checker::new(schemas, Resource::Group),
             &mut errors,
         )
     });
+    let remove_inactive_from_groups = t
+        .users
+        .deactivate
+        .as_ref()
+        .is_some_and(|d| d.remove_from_groups);
     match (users, groups) {
         (Some(users), groups) if errors.is_empty() => Ok(CompiledTarget {
             name: t.name.clone(),
             users,
             groups: groups.flatten(),
             role_groups: Vec::new(),
-            remove_inactive_from_groups: false,
+            remove_inactive_from_groups,
             member_value: MemberValue::Dn,
         }),
         _ => Err(errors),
@@ -398,7 +430,7 @@ fn compile_sql_kind(
     key: &str,
     key_rule: &RawSqlColumn,
     columns: &std::collections::BTreeMap<String, RawSqlColumn>,
-    allow_references: bool,
+    check: Checker<'_>,
     errors: &mut Vec<ConfigError>,
 ) -> Option<KindMap> {
     let before = errors.len();
@@ -406,7 +438,7 @@ fn compile_sql_kind(
         RawRule::Expr(e) => e,
         RawRule::Table(t) => t.from.unwrap_or_default(),
     };
-    let compiled_key = match compile_rule(&key_rule.rule(), false) {
+    let compiled_key = match compile_rule(&key_rule.rule(), check.no_references()) {
         Ok(r @ Rule::Expr { .. }) => Some(r),
         Ok(_) => {
             errors.push(ConfigError::new(
@@ -432,7 +464,7 @@ fn compile_sql_kind(
             ));
             continue;
         }
-        match compile_rule(&raw.rule(), allow_references) {
+        match compile_rule(&raw.rule(), check) {
             Ok(rule) => rules.push((lower, rule)),
             Err(msg) => errors.push(ConfigError::new(&ckey, msg)),
         }
@@ -455,7 +487,46 @@ fn valid_attr_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '-' || c == ';')
 }
 
-fn compile_source(text: &str) -> Result<Source, String> {
+/// How paths are checked while compiling one resource type's rules.
+#[derive(Debug, Clone, Copy)]
+struct Checker<'a> {
+    schemas: &'a Schemas,
+    resource: Resource,
+    allow_references: bool,
+}
+
+impl<'a> Checker<'a> {
+    fn new(schemas: &'a Schemas, resource: Resource) -> Self {
+        Checker {
+            schemas,
+            resource,
+            allow_references: resource == Resource::User,
+        }
+    }
+
+    fn no_references(self) -> Self {
+        Checker {
+            allow_references: false,
+            ..self
+        }
+    }
+
+    fn path(self, path: &Path) -> Result<(), String> {
+        self.schemas.check(self.resource, path)
+    }
+
+    /// Every variable of a template, the first problem reported.
+    fn template(self, t: &Template) -> Result<(), String> {
+        for part in &t.parts {
+            if let Part::Var(p) = part {
+                self.path(p)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn compile_source(text: &str, check: Checker<'_>) -> Result<Source, String> {
     if text.contains('{') || text.contains('}') {
         let t = Template::parse(text)?;
         if !t.has_vars() {
@@ -463,9 +534,12 @@ fn compile_source(text: &str) -> Result<Source, String> {
                 "template {text:?} has no variable; use {{ constant = .. }}"
             ));
         }
+        check.template(&t)?;
         Ok(Source::Template(t))
     } else {
-        Path::parse(text).map(Source::Path)
+        let p = Path::parse(text)?;
+        check.path(&p)?;
+        Ok(Source::Path(p))
     }
 }
 
@@ -484,10 +558,10 @@ fn compile_transforms(names: &[String]) -> Result<Vec<Transform>, String> {
         .collect()
 }
 
-fn compile_rule(raw: &RawRule, allow_references: bool) -> Result<Rule, String> {
+fn compile_rule(raw: &RawRule, check: Checker<'_>) -> Result<Rule, String> {
     match raw {
         RawRule::Expr(text) => Ok(Rule::Expr {
-            source: compile_source(text)?,
+            source: compile_source(text, check)?,
             transforms: Vec::new(),
             default: Vec::new(),
         }),
@@ -512,13 +586,14 @@ fn compile_rule(raw: &RawRule, allow_references: bool) -> Result<Rule, String> {
             }
             let transforms = compile_transforms(&t.transform)?;
             if let Some(r) = &t.reference {
-                if !allow_references {
+                if !check.allow_references {
                     return Err("reference rules are only supported for users".into());
                 }
                 if t.default.is_some() {
                     return Err("reference takes no default".into());
                 }
                 let path = Path::parse(r)?;
+                check.path(&path)?;
                 return Ok(Rule::Reference {
                     path,
                     by: t.by.unwrap_or_default(),
@@ -534,7 +609,7 @@ fn compile_rule(raw: &RawRule, allow_references: bool) -> Result<Rule, String> {
                 return Err("default values must not be empty".into());
             }
             Ok(Rule::Expr {
-                source: compile_source(from)?,
+                source: compile_source(from, check)?,
                 transforms,
                 default,
             })
@@ -664,7 +739,7 @@ title = { from = "title", transform = ["trim", "upper"], default = "none" }"#,
         let ok = CompiledTarget::compile(
             &sql_target(
                 "'emails[primary eq true].value'",
-                "first_name = \"name.givenName\"\nflag = { from = \"active\", type = \"flag\", true = \"Y\", false = \"N\" }\nmgr = { reference = \"manager.value\" }",
+                "first_name = \"name.givenName\"\nflag = { from = \"active\", type = \"flag\", true = \"Y\", false = \"N\" }\nmgr = { reference = \"urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:manager.value\" }",
             ),
             0,
         )
@@ -690,5 +765,86 @@ title = { from = "title", transform = ["trim", "upper"], default = "none" }"#,
         ] {
             assert!(e.iter().any(|m| m.starts_with(want)), "{want} in {e:?}");
         }
+    }
+
+    #[test]
+    fn unknown_scim_paths_are_refused_naming_the_key_with_a_suggestion() {
+        // Issue 13: each of these rendered NULL for every user before.
+        let e: Vec<String> = CompiledTarget::compile(
+            &sql_target(
+                "\"userName\"",
+                "job_title = \"tittle\"\nfirst_name = \"name.givenNam\"\ndept_code = \"urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:departement\"\ncn = \"{name.givenName} {name.familyNam}\"\nmgr = { reference = \"urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:manager.valeu\" }\nok = { from = \"title\", default = \"-\" }",
+            ),
+            0,
+        )
+        .unwrap_err()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+        assert_eq!(
+            e,
+            [
+                "targets[0].users.columns.cn: unknown SCIM attribute `name.familyNam` (User schema); did you mean `name.familyName`?",
+                "targets[0].users.columns.dept_code: unknown SCIM attribute `urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:departement` (enterprise User extension); did you mean `urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:department`?",
+                "targets[0].users.columns.first_name: unknown SCIM attribute `name.givenNam` (User schema); did you mean `name.givenName`?",
+                "targets[0].users.columns.job_title: unknown SCIM attribute `tittle` (User schema); did you mean `title`?",
+                "targets[0].users.columns.mgr: unknown SCIM attribute `urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:manager.valeu` (enterprise User extension); did you mean `urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:manager.value`?",
+            ]
+        );
+    }
+
+    #[test]
+    fn keys_dn_templates_and_group_rules_are_checked_against_their_schema() {
+        let e: Vec<String> = CompiledTarget::compile(&sql_target("\"usrName\"", ""), 1)
+            .unwrap_err()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            e,
+            ["targets[1].users.key: unknown SCIM attribute `usrName` (User schema); did you mean `userName`?"]
+        );
+        let mut t = target("cn = \"displayName\"");
+        let RawTarget::Ldap(l) = &mut t else {
+            panic!("ldap")
+        };
+        l.users.dn = "uid={userNam},ou=People,dc=example,dc=com".into();
+        l.groups = Some(crate::config::target::RawGroups {
+            dn: "cn={displayName},ou=Groups,dc=example,dc=com".into(),
+            object_classes: vec!["groupOfNames".into()],
+            attributes: [("description".to_owned(), RawRule::Expr("userName".into()))]
+                .into_iter()
+                .collect(),
+            member_attribute: "member".into(),
+            member_value: MemberValue::Dn,
+            placeholder_member: None,
+        });
+        let e: Vec<String> = CompiledTarget::compile(&t, 0)
+            .unwrap_err()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            e,
+            [
+                "targets[0].users.dn: unknown SCIM attribute `userNam` (User schema); did you mean `userName`?",
+                "targets[0].groups.attributes.description: unknown SCIM attribute `userName` (Group schema); GET /Schemas lists the attributes served",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_declared_extension_is_mappable_an_undeclared_one_is_not() {
+        let ironclad = "urn:ietf:params:scim:schemas:extension:ironclad:2.0:User";
+        let t = target(&format!("employeeType = \"{ironclad}:managementLevel\""));
+        assert!(CompiledTarget::compile_with(&t, 0, &Schemas::new(&[ironclad.to_owned()])).is_ok());
+        let e = CompiledTarget::compile(&t, 0).unwrap_err();
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0].key, "targets[0].users.attributes.employeeType");
+        assert!(
+            e[0].message
+                .starts_with(&format!("`{ironclad}` is not a schema of user resources")),
+            "{e:?}"
+        );
     }
 }

@@ -4,8 +4,9 @@
 //!
 //! # How the reconciler uses it
 //!
-//! At startup: [`CompiledTarget::compile`]`(&raw_target, index)` for each `[[targets]]` entry
-//! (all errors at once, each naming its key). Per outbox row, for target `t`:
+//! At startup: [`CompiledTarget::compile_with`]`(&raw_target, index, &schemas)` for each
+//! `[[targets]]` entry, `schemas` being [`Schemas::new`]`(&[scim] user_extensions)` (all errors
+//! at once, each naming its key; every SCIM path must name an attribute the server serves). Per outbox row, for target `t`:
 //!
 //! 1. Render the resource as SCIM JSON exactly as GET returns it (core attributes, the
 //!    enterprise extension object, custom extension objects, `active`, `groups`, `roles`).
@@ -43,10 +44,12 @@ pub mod diff;
 pub mod dn;
 pub mod path;
 pub mod render;
+pub mod schema;
 
 pub use compile::{CompiledTarget, ConfigError, KindMap, Template};
 pub use diff::{diff, Mod};
 pub use render::MapError;
+pub use schema::Schemas;
 
 use std::collections::BTreeMap;
 

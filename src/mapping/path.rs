@@ -73,6 +73,41 @@ impl Path {
         &self.text
     }
 
+    /// The schema URN the path starts with, as written (core URNs included); `None` when it
+    /// has none.
+    #[must_use]
+    pub(crate) fn schema_urn(&self) -> Option<&str> {
+        if !self
+            .text
+            .get(..4)
+            .is_some_and(|p| p.eq_ignore_ascii_case("urn:"))
+        {
+            return None;
+        }
+        let head = self
+            .text
+            .get(..self.text.find('[').unwrap_or(self.text.len()))?;
+        head.get(..head.rfind(':')?)
+    }
+
+    /// Each segment's attribute name and the attribute its `[... eq ...]` filter compares.
+    #[must_use]
+    pub(crate) fn steps(&self) -> Vec<(String, Option<String>)> {
+        self.segments
+            .iter()
+            .map(|s| (s.name.clone(), s.filter.as_ref().map(|(a, _)| a.clone())))
+            .collect()
+    }
+
+    /// Each segment's filter literal in JSON form (`"work"`, `true`), `None` without a filter.
+    #[must_use]
+    pub(crate) fn filter_literals(&self) -> Vec<Option<String>> {
+        self.segments
+            .iter()
+            .map(|s| s.filter.as_ref().map(|(_, v)| v.to_string()))
+            .collect()
+    }
+
     /// Every leaf value the path reaches, multi-valued attributes flattened, in document order.
     /// Strings as-is, booleans as LDAP `TRUE`/`FALSE`, numbers in JSON form; nulls, objects
     /// and empty strings yield nothing.

@@ -9,7 +9,7 @@ pub mod sql;
 
 pub use crate::bookkeeping::{Bookkeeping, Kind};
 use crate::config::target::RawTarget;
-use crate::mapping::{CompiledTarget, ConfigError, Entry};
+use crate::mapping::{CompiledTarget, ConfigError, Entry, Schemas};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -265,7 +265,8 @@ impl Target for AnyTarget {
     }
 }
 
-/// Validate the `index`th `[[targets]]` entry and build its mapping and target. Does not
+/// Validate the `index`th `[[targets]]` entry and build its mapping and target, its paths
+/// checked against the core and enterprise schemas only (see [`build_with`]). Does not
 /// connect (the healthcheck does); the bind password file or variable is resolved here, so a
 /// missing one is reported as a config error naming its key.
 ///
@@ -275,9 +276,22 @@ pub fn build(
     raw: &RawTarget,
     index: usize,
 ) -> Result<(CompiledTarget, AnyTarget), Vec<ConfigError>> {
+    build_with(raw, index, &Schemas::default())
+}
+
+/// [`build`] with the SCIM schemas the daemon serves (the declared `[scim] user_extensions`),
+/// against which every path of the mapping is checked.
+///
+/// # Errors
+/// As [`build`].
+pub fn build_with(
+    raw: &RawTarget,
+    index: usize,
+    schemas: &Schemas,
+) -> Result<(CompiledTarget, AnyTarget), Vec<ConfigError>> {
     match raw {
         RawTarget::Ldap(t) => {
-            let map = CompiledTarget::compile(raw, index);
+            let map = CompiledTarget::compile_with(raw, index, schemas);
             let settings = ldap::Settings::from_raw(t, index);
             match (map, settings) {
                 (Ok(map), Ok(settings)) => {
@@ -306,7 +320,7 @@ pub fn build(
             }
         }
         RawTarget::Sql(t) => {
-            let map = CompiledTarget::compile(raw, index);
+            let map = CompiledTarget::compile_with(raw, index, schemas);
             let settings = sql::Settings::from_raw(t, index);
             match (map, settings) {
                 (Ok(map), Ok(settings)) => {

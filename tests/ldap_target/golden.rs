@@ -4,7 +4,7 @@
 //! Pure: no LDAP server involved.
 
 use scim_sync::config::target::RawTarget;
-use scim_sync::mapping::{CompiledTarget, Entry};
+use scim_sync::mapping::{CompiledTarget, Entry, Schemas};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::Path;
@@ -40,7 +40,10 @@ fn mapping_golden_cases() {
         let raw: RawTarget =
             toml::from_str(&std::fs::read_to_string(case.join("map.toml")).unwrap())
                 .unwrap_or_else(|e| panic!("{}: {e}", case.display()));
-        let map = CompiledTarget::compile(&raw, 0)
+        // The cases map the ironclad extension, declared as `[scim] user_extensions` would.
+        let schemas =
+            Schemas::new(&["urn:ietf:params:scim:schemas:extension:ironclad:2.0:User".to_owned()]);
+        let map = CompiledTarget::compile_with(&raw, 0, &schemas)
             .unwrap_or_else(|e| panic!("{}: {e:?}", case.display()));
         let user: Value =
             serde_json::from_str(&std::fs::read_to_string(case.join("user.json")).unwrap())

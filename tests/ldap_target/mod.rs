@@ -6,7 +6,7 @@ mod golden;
 
 use crate::harness::slapd::Slapd;
 use scim_sync::config::target::{RawTarget, RefBy};
-use scim_sync::mapping::CompiledTarget;
+use scim_sync::mapping::{CompiledTarget, Schemas};
 use scim_sync::targets::ldap::{LdapTarget, PasswordSource, Settings};
 use scim_sync::targets::{Change, Desired, ErrorClass, Kind, Outcome, Prior, Target};
 use serde_json::{json, Value};
@@ -43,7 +43,10 @@ fn build(slapd: &Slapd, head: &str, users: &str, tail: &str) -> (CompiledTarget,
         slapd.bind_dn()
     );
     let raw: RawTarget = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
-    let map = CompiledTarget::compile(&raw, 0).unwrap();
+    // USERS maps the ironclad extension, which the daemon would declare in [scim].
+    let schemas =
+        Schemas::new(&["urn:ietf:params:scim:schemas:extension:ironclad:2.0:User".to_owned()]);
+    let map = CompiledTarget::compile_with(&raw, 0, &schemas).unwrap();
     let RawTarget::Ldap(l) = &raw else {
         panic!("ldap")
     };

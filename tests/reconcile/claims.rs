@@ -35,13 +35,14 @@ async fn start_with_short_lease() -> Env {
 /// A second reconciler over the daemon's store and config: "another worker".
 fn another_worker(env: &Env) -> Reconciler {
     let settings = scim_sync::daemon::load_settings(&env.t.config_path).unwrap();
+    let schemas = scim_sync::mapping::Schemas::new(&settings.raw.scim.user_extensions);
     let targets = settings
         .raw
         .targets
         .iter()
         .enumerate()
         .map(|(i, raw)| {
-            let (map, target) = scim_sync::targets::build(raw, i).unwrap();
+            let (map, target) = scim_sync::targets::build_with(raw, i, &schemas).unwrap();
             TargetRuntime::new(map, target)
         })
         .collect();

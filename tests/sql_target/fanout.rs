@@ -15,6 +15,9 @@ fn config(slapd: &Slapd, pw: &std::path::Path, legacy: &LegacyDb) -> String {
         .replace("[groups", "[targets.groups");
     format!(
         r#"
+[scim]
+# MAPPING reads the ironclad extension.
+user_extensions = ["{iron}"]
 [reconcile]
 # Several workers per target: a group applied while its member's create is in flight must
 # not lose the member's "membership" re-queue (the outbox generation column guards it).
@@ -49,6 +52,7 @@ url = "{legacy_url}"
         bind = slapd.bind_dn(),
         pw = pw.display(),
         legacy_url = legacy.url,
+        iron = super::IRON,
     )
 }
 

@@ -14,6 +14,9 @@ fn config(legacy: &LegacyDb, on_existing: &str) -> String {
         .replace("[groups", "[targets.groups");
     format!(
         r#"
+[scim]
+# MAPPING reads the ironclad extension.
+user_extensions = ["{iron}"]
 [reconcile]
 max_attempts = 3
 backoff_base_ms = 60000
@@ -26,6 +29,7 @@ on_existing = "{on_existing}"
 {sql}
 "#,
         url = legacy.url,
+        iron = super::IRON,
     )
 }
 

@@ -3,6 +3,7 @@
 //! id, a join table): create, update, rename, deactivation, membership, deletes, hostile
 //! values, unmapped columns and unmanaged rows untouched, outages, drift repair and dry runs.
 
+mod deactivation;
 mod fanout;
 mod keys;
 
@@ -12,7 +13,7 @@ use diesel::connection::SimpleConnection;
 use diesel::sql_types::{Nullable, Text};
 use diesel::{Connection, MysqlConnection, PgConnection, RunQueryDsl, SqliteConnection};
 use scim_sync::config::target::RawTarget;
-use scim_sync::mapping::CompiledTarget;
+use scim_sync::mapping::{CompiledTarget, Schemas};
 use scim_sync::targets::sql::{Settings, SqlTarget};
 use scim_sync::targets::{Change, Desired, ErrorClass, Kind, Outcome, Prior, Target};
 use serde_json::{json, Value};
@@ -268,7 +269,8 @@ user_column = "login"
 pub fn build(url: &str, head: &str, mapping: &str) -> (CompiledTarget, SqlTarget) {
     let text = format!("name = \"legacy\"\ntype = \"sql\"\nurl = \"{url}\"\n{head}\n{mapping}");
     let raw: RawTarget = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
-    let map = CompiledTarget::compile(&raw, 0).unwrap();
+    // MAPPING maps the ironclad extension, which the daemon would declare in [scim].
+    let map = CompiledTarget::compile_with(&raw, 0, &Schemas::new(&[IRON.to_owned()])).unwrap();
     let RawTarget::Sql(s) = &raw else {
         panic!("sql")
     };
@@ -1125,8 +1127,10 @@ fn every_example_config_is_valid() {
         let text = std::fs::read_to_string(&path).unwrap();
         let raw: scim_sync::config::raw::RawConfig =
             toml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let schemas = Schemas::new(&raw.scim.user_extensions);
         for (i, t) in raw.targets.iter().enumerate() {
-            CompiledTarget::compile(t, i).unwrap_or_else(|e| panic!("{}: {e:?}", path.display()));
+            CompiledTarget::compile_with(t, i, &schemas)
+                .unwrap_or_else(|e| panic!("{}: {e:?}", path.display()));
             if let RawTarget::Sql(s) = t {
                 Settings::from_raw(s, i).unwrap_or_else(|e| panic!("{}: {e:?}", path.display()));
                 seen += 1;
