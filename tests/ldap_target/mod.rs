@@ -1039,7 +1039,19 @@ async fn hung_server_times_out_as_transient_and_recovers() {
         ),
         ..Prior::default()
     };
-    let o = t.sync(Change::Upsert(&d), &intent, false).await.unwrap();
+    // The recovery runs with a generous operation timeout: slapd, just resumed, first carries out
+    // the queued add (an fsync), and on a loaded machine that alone took over the 1 s this
+    // test gives the hung phase (a flake: "add uid=second: timed out" on the retry).
+    let (_, recovering) = build(
+        &slapd,
+        "connect_timeout_secs = 1\ntimeout_secs = 10",
+        USERS,
+        "",
+    );
+    let o = recovering
+        .sync(Change::Upsert(&d), &intent, false)
+        .await
+        .unwrap();
     assert_eq!(o.changes.len(), 1, "{:?}", o.changes);
 }
 
