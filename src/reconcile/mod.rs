@@ -273,7 +273,7 @@ impl Reconciler {
     /// failed row once; a row that fails again is rescheduled with its backoff and left for the
     /// next call (the call always ends). Dependants queued by the applies (a user's groups, the
     /// users waiting for a manager) are applied in the same call. Background workers are held
-    /// off meanwhile, so nothing is in flight when this returns. Tests use it instead of sleeping.
+    /// off meanwhile, so nothing of this reconciler is in flight when this returns (another reconciler or process over the same store may still hold a claim). Tests use it instead of sleeping.
     pub async fn run_pending(&self) -> usize {
         let _exclusive = self.inner.gate.write().await;
         let mut applied = 0;

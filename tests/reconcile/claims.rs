@@ -6,10 +6,13 @@ use super::*;
 use scim_sync::reconcile::{worker::PAUSE_BEFORE_SYNC, Reconciler, TargetRuntime};
 use std::sync::Arc;
 
-const LEASE_SECS: u64 = 4;
+const LEASE_SECS: u64 = 8;
 
 /// The suite's config with a short lease (and an LDAP connect and timeout that fit in it
-/// twice).
+/// twice) and one worker: the stopped process stands for all of the daemon, so no second
+/// worker of it may take the row over mid-check (it did on a loaded machine: its apply was
+/// still running when the check read the group). The 3 s operation timeout keeps the
+/// takeover's fresh connection clear of a 1 s timeout under load.
 async fn start_with_short_lease() -> Env {
     let slapd = Slapd::start().await;
     let secrets = tempfile::tempdir().unwrap();
@@ -20,10 +23,15 @@ async fn start_with_short_lease() -> Env {
             "[reconcile]\n",
             &format!("[reconcile]\nlease_secs = {LEASE_SECS}\n"),
         )
+        .replace("workers = 2\n", "workers = 1\n")
         .replace(
             "type = \"ldap\"\n",
-            "type = \"ldap\"\nconnect_timeout_secs = 1\ntimeout_secs = 1\n",
+            "type = \"ldap\"\nconnect_timeout_secs = 1\ntimeout_secs = 3\n",
         );
+    assert!(
+        toml.contains("workers = 1\n") && toml.contains("timeout_secs = 3\n"),
+        "{toml}"
+    );
     let t = TestDaemon::start_with(Backend::Sqlite, &toml).await;
     Env {
         t,
@@ -90,8 +98,7 @@ async fn a_worker_stopped_past_its_lease_does_not_put_back_a_removed_member() {
         json!([{"op": "remove", "path": format!("members[value eq \"{u2}\"]")}]),
     )
     .await;
-    // Past the stopped worker's lease (wall-clock: leases are), then another one takes over:
-    // this one, or the daemon's second worker if its poll came first.
+    // Past the stopped worker's lease (wall-clock: leases are), then another one takes over.
     tokio::time::sleep(std::time::Duration::from_millis(LEASE_SECS * 1000 + 500)).await;
     another_worker(&env).run_pending().await;
     assert_eq!(
