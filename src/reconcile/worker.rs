@@ -500,7 +500,11 @@ pub(crate) async fn apply(
     let started = Instant::now();
     let change = match &desired {
         Some(d) => Change::Upsert(d),
-        None => Change::Remove { kind },
+        // What the target recorded it made wins (that is the entry to remove); the store's
+        // type only when the bookkeeping does not say (a row written before `kind` was kept).
+        None => Change::Remove {
+            kind: prior.extra.as_ref().and_then(|b| b.kind).unwrap_or(kind),
+        },
     };
     let result = t.target.sync(change, &prior, dry_run).await;
     metrics()
