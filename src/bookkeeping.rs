@@ -5,11 +5,13 @@
 //! mapping (`uid` for `memberUid` groups) and the targets (everything else); it uses no other
 //! module of the crate (`tests/tidy.rs`).
 //!
-//! Reading is lenient, as the code that read the JSON by hand was: a known key whose value
-//! has another shape reads as absent, a stored value that is not an object as empty. Keys
-//! this version does not know are kept in [`Bookkeeping::other`] and written back wherever
-//! the whole bookkeeping is carried over (a newer version's notes survive a downgrade's
-//! apply the way they did before).
+//! Reading is lenient per key: a known key whose value has another shape reads as absent
+//! (the hand-written reader was lenient per element for `role_groups`, `orphans` and
+//! `disabled`; only a hand-edited row can tell the difference, every writer writes the strict
+//! shapes), a stored value that is not an object as empty. Keys this version does not know
+//! are kept in [`Bookkeeping::other`] and written back wherever the whole bookkeeping is
+//! carried over; not kept: a known key of another shape (it is dropped at the next write) and
+//! unknown keys inside an orphan intent.
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
