@@ -12,6 +12,7 @@
 //! Client text kept in its own column (names, externalId, target keys) goes through
 //! `encode_text` so a NUL survives PostgreSQL; the JSON body keeps the canonical value.
 
+mod apply;
 mod batch;
 mod gate;
 mod history;
@@ -27,6 +28,7 @@ use crate::bookkeeping::Bookkeeping;
 use crate::scim::patch::MemberOp;
 use crate::scim::resource::{GroupInput, GroupRef, MemberRef, Meta, ResourceType, UserInput};
 use crate::scim::ScimError;
+pub use apply::{BeforeSync, BeforeSynced, ReferenceLookup, Resolved, Snapshot};
 use models::ResourceRow;
 pub use references::Reference;
 use serde_json::{Map, Value};
@@ -644,6 +646,11 @@ fn write_tx_as<T>(
 ) -> Result<T, StoreError> {
     use diesel::connection::{AnsiTransactionManager, TransactionManager};
     type Tm = <DbConnection as diesel::Connection>::TransactionManager;
+    if in_transaction(conn)? {
+        // Inside a batch's transaction ([`write_each`]): a savepoint, so this write's error
+        // rolls back this write only; the batch already holds its turn and the write lock.
+        return diesel::Connection::transaction(conn, f);
+    }
     let gate = match conn {
         DbConnection::Sqlite(_) => gate::current(),
         DbConnection::Pg(_) => None,
@@ -669,6 +676,55 @@ fn write_tx_as<T>(
             // connection marked broken and r2d2 discards it.
             let _ = Tm::rollback_transaction(conn);
             Err(e)
+        }
+    }
+}
+
+/// Whether `conn` is inside a transaction already.
+fn in_transaction(conn: &mut DbConnection) -> Result<bool, StoreError> {
+    use diesel::connection::{AnsiTransactionManager, TransactionManager};
+    let depth = match conn {
+        DbConnection::Sqlite(c) => AnsiTransactionManager::transaction_manager_status_mut(c)
+            .transaction_depth()?
+            .is_some(),
+        DbConnection::Pg(c) => AnsiTransactionManager::transaction_manager_status_mut(c)
+            .transaction_depth()?
+            .is_some(),
+    };
+    Ok(depth)
+}
+
+/// Run `each` for every row of a batch of the reconciler's writes, one result per row. On
+/// SQLite in one write transaction (one writer: one turn and one commit per batch instead of
+/// per row), each row in a savepoint, so a row's error undoes that row's writes only; when the
+/// commit fails every row gets its error. On PostgreSQL one transaction per row: a row's writes
+/// lock in the order its own write takes them (`outbox::settle_applied`), and one transaction
+/// spanning rows could deadlock with another worker's batch; PostgreSQL commits concurrently.
+pub(crate) fn write_each<R, T>(
+    conn: &mut DbConnection,
+    rows: Vec<R>,
+    each: impl Fn(&mut DbConnection, R) -> Result<T, StoreError>,
+) -> Vec<Result<T, StoreError>> {
+    if matches!(conn, DbConnection::Pg(_)) {
+        return rows
+            .into_iter()
+            .map(|row| write_tx(conn, |conn| each(conn, row)))
+            .collect();
+    }
+    let n = rows.len();
+    let outcome = write_tx(conn, |conn| {
+        Ok(rows
+            .into_iter()
+            .map(|row| diesel::Connection::transaction(conn, |conn| each(conn, row)))
+            .collect::<Vec<_>>())
+    });
+    match outcome {
+        Ok(results) => results,
+        Err(e) => {
+            let text = e.to_string();
+            (0..n)
+                .map(|_| Err(StoreError::Unavailable(text.clone())))
+                .collect()
         }
     }
 }

@@ -103,8 +103,21 @@ fn replace_rows(
     Ok(())
 }
 
+/// Whether recording `references` for `holder_id` would change its rows.
+pub(crate) fn differs(
+    conn: &mut DbConnection,
+    target: &str,
+    holder_id: &str,
+    references: &[Reference],
+) -> Result<bool, StoreError> {
+    if has_nul(target) || has_nul(holder_id) {
+        return Ok(false);
+    }
+    Ok(rows_of(conn, target, holder_id)? != stored(references))
+}
+
 /// See [`Store::record_references`].
-fn record(
+pub(crate) fn record(
     conn: &mut DbConnection,
     target: &str,
     holder_id: &str,
