@@ -1359,9 +1359,8 @@ impl Store {
     }
 
     /// Renew a claim's lease to `now_ms + lease_ms`; false when the claim was lost (another
-    /// worker claimed the row since: its epoch moved, or the row is gone). A worker calls it
-    /// when it starts a row (each row's lease counts from the start of its own apply) and
-    /// then every lease/3 while applying (the heartbeat).
+    /// worker claimed the row since: its epoch moved, or the row is gone). The workers renew
+    /// their batches with [`Store::renew_claims`], every lease/3 while applying.
     ///
     /// # Errors
     /// `Unavailable`.
@@ -1563,24 +1562,6 @@ impl Store {
             .run(move |conn| keys::reserve(conn, &target, &id, &key, &key_norm))
             .await;
         self.name_holder(result).await
-    }
-
-    /// The resource other than `except` that holds or intends `key` (normalised as the target
-    /// does) in `target`, if any.
-    ///
-    /// # Errors
-    /// `Unavailable`.
-    pub async fn key_holder(
-        &self,
-        target: &str,
-        resource_type: ResourceType,
-        key: &str,
-        except: &str,
-    ) -> Result<Option<String>, StoreError> {
-        let key_norm = self.norm_key(target, resource_type, key);
-        let (target, except) = (target.to_owned(), except.to_owned());
-        self.run(move |conn| keys::holder(conn, &target, &key_norm, &except))
-            .await
     }
 
     /// How `target` normalises its keys for the uniqueness index (LDAP: DNs as the server
