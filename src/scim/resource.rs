@@ -151,7 +151,7 @@ const NAME_SUBS: &[&str] = &[
     "honorificPrefix",
     "honorificSuffix",
 ];
-const MV_SUBS: &[&str] = &["value", "display", "type", "primary", "$ref"];
+const MV_SUBS: &[&str] = &["value", "display", "type", "primary"];
 const ADDRESS_SUBS: &[&str] = &[
     "formatted",
     "streetAddress",
@@ -439,7 +439,9 @@ pub(crate) fn keep_one_primary(items: &mut [Value]) {
     }
 }
 
-/// Canonical sub-attribute spelling; `primary` a boolean, other known sub-attributes strings.
+/// Canonical sub-attribute spelling; `primary` a boolean, the other sub-attributes strings.
+/// A sub-attribute the schema does not define is ignored (RFC 7644 §3.3 lets a server ignore
+/// what it does not know), so what is stored and returned is what `/Schemas` describes.
 fn normalize_complex(
     name: &str,
     subs: &[&'static str],
@@ -447,18 +449,17 @@ fn normalize_complex(
 ) -> Result<Map<String, Value>, ScimError> {
     let mut out = Map::new();
     for (k, v) in obj {
-        let key = subs
-            .iter()
-            .find(|s| s.eq_ignore_ascii_case(&k))
-            .map_or(k, |s| (*s).to_string());
-        let v = if key == "primary" {
+        let Some(key) = subs.iter().find(|s| s.eq_ignore_ascii_case(&k)) else {
+            continue;
+        };
+        let v = if *key == "primary" {
             Value::Bool(parse_bool(&format!("{name}.primary"), &v)?)
-        } else if subs.contains(&key.as_str()) && !v.is_string() {
+        } else if !v.is_string() {
             return Err(invalid(&format!("{name}.{key}"), "a string"));
         } else {
             v
         };
-        out.insert(key, v);
+        out.insert((*key).to_string(), v);
     }
     Ok(out)
 }

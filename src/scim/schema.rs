@@ -376,7 +376,8 @@ fn group_attributes() -> Vec<Value> {
             vec![
                 attr("value", "string", "exact immutable"),
                 attr("$ref", "reference", "exact immutable"),
-                attr("display", "string", "readOnly"),
+                // Kept as the client sent it and returned (not authoritative).
+                attr("display", "string", ""),
                 attr("type", "string", "immutable"),
             ],
         ),
@@ -398,7 +399,9 @@ fn enterprise_attributes() -> Vec<Value> {
             vec![
                 attr("value", "string", "exact"),
                 attr("$ref", "reference", "exact"),
-                attr("displayName", "string", "readOnly"),
+                // RFC 7643 says readOnly; the value a client sends (Okta does) is kept and
+                // returned, and /Schemas says what the server does.
+                attr("displayName", "string", ""),
             ],
         ),
     ]
