@@ -606,6 +606,59 @@ mod tests {
     }
 
     #[test]
+    fn declared_returned_never_request_and_always() {
+        use crate::scim::schema::ExtensionAttr;
+        let urn = "urn:x:ext:2.0:User";
+        let def = |name: &str, returned: &str| ExtensionAttr {
+            name: name.into(),
+            ty: "string".into(),
+            multi_valued: false,
+            case_exact: false,
+            mutability: "readWrite".into(),
+            returned: returned.into(),
+        };
+        let set = SchemaSet::with_attributes(
+            vec![urn.into()],
+            vec![(
+                urn.into(),
+                vec![
+                    def("pin", "never"),
+                    def("notes", "request"),
+                    def("tag", "always"),
+                    def("plain", "default"),
+                ],
+            )],
+        );
+        let full = json!({"schemas": [USER_SCHEMA, urn], "id": "1", "userName": "u",
+            urn: {"pin": "1", "notes": "n", "tag": "t", "plain": "p"}});
+        let run = |attributes: &str| {
+            let sel = AttrSelection {
+                attributes: split_list(attributes),
+                excluded: vec![],
+            };
+            let mut out = project(full.clone(), &sel);
+            apply_returned(&full, &mut out, &set, &sel);
+            out
+        };
+        assert_eq!(run("")[urn], json!({"tag": "t", "plain": "p"}));
+        assert_eq!(
+            run(&format!("{urn}:notes"))[urn],
+            json!({"notes": "n", "tag": "t"})
+        );
+        let only = run("userName");
+        assert_eq!(only[urn], json!({"tag": "t"}), "always comes back");
+        assert_eq!(only["schemas"], json!([USER_SCHEMA, urn]));
+        let hidden = json!({"schemas": [USER_SCHEMA, urn], "id": "1", urn: {"pin": "1"}});
+        let mut out = hidden.clone();
+        apply_returned(&hidden, &mut out, &set, &AttrSelection::default());
+        assert_eq!(
+            out,
+            json!({"schemas": [USER_SCHEMA], "id": "1"}),
+            "an emptied extension goes"
+        );
+    }
+
+    #[test]
     fn wants() {
         let sel = AttrSelection {
             attributes: vec!["username".into(), "members.value".into()],
