@@ -52,7 +52,11 @@ mutability = "immutable"
 "#;
 
 async fn declared() -> TestDaemon {
-    TestDaemon::start_full(Backend::Sqlite, "request_timeout_secs = 120", DECLARED).await
+    declared_on(Backend::Sqlite).await
+}
+
+async fn declared_on(backend: Backend) -> TestDaemon {
+    TestDaemon::start_full(backend, "request_timeout_secs = 120", DECLARED).await
 }
 
 fn patch(ops: Value) -> Value {
@@ -879,8 +883,17 @@ async fn bulk(t: &TestDaemon, body: &Value) -> Resp {
 }
 
 #[tokio::test]
-async fn bulk_of_1000_operations_with_cross_references() {
-    let t = declared().await;
+async fn bulk_of_1000_operations_with_cross_references_sqlite() {
+    bulk_of_1000_operations_with_cross_references(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn bulk_of_1000_operations_with_cross_references_postgres() {
+    bulk_of_1000_operations_with_cross_references(Backend::Postgres).await;
+}
+
+async fn bulk_of_1000_operations_with_cross_references(backend: Backend) {
+    let t = declared_on(backend).await;
     let spc = t.get("/ServiceProviderConfig").await.body;
     assert_eq!(
         spc["bulk"],
