@@ -9,6 +9,8 @@
 
 use crate::harness::daemon::{Backend, TestDaemon};
 use crate::harness::slapd::Slapd;
+
+mod multi;
 use ldap3::{Scope, SearchEntry};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};

@@ -344,6 +344,18 @@ pub struct RawReconcile {
     /// unset: the host name. Must differ between instances sharing a PostgreSQL store.
     #[serde(default)]
     pub instance_id: Option<String>,
+    /// How often this instance renews its heartbeat in the store's instance registry.
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat_secs: u64,
+    /// How long after an instance's last heartbeat the other instances take its claims over
+    /// (and it writes nothing more under them); unset: the larger of 15 and the longest
+    /// target write (`connect_timeout_secs + timeout_secs`) plus twice `heartbeat_secs`.
+    #[serde(default)]
+    pub takeover_secs: Option<u64>,
+}
+
+fn default_heartbeat() -> u64 {
+    2
 }
 
 fn default_workers() -> u32 {
@@ -376,6 +388,8 @@ impl Default for RawReconcile {
             lease_secs: default_lease(),
             full_interval_secs: 0,
             instance_id: None,
+            heartbeat_secs: default_heartbeat(),
+            takeover_secs: None,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! READY=1), the tasks (all spawned through one `TaskTracker`, each with the root cancellation
 //! token), reload, and shutdown within the grace period.
 
+pub mod instance;
 pub mod settings;
 pub mod signals;
 pub mod systemd;
@@ -13,7 +14,7 @@ use crate::http::auth::Auth;
 use crate::http::server::{load_tls, serve_scim};
 use crate::http::{HttpSettings, ScimContext};
 use crate::reconcile::{FullReport, Reconciler, TargetRuntime};
-use crate::store::Store;
+use crate::store::{Registration, Store};
 use settings::Settings;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -49,6 +50,8 @@ pub struct Daemon {
     failed: Arc<AtomicBool>,
     config_path: Option<PathBuf>,
     health: Arc<Mutex<BTreeMap<String, TargetHealth>>>,
+    /// What the instance heartbeat registers (the fingerprint follows reloads).
+    registration: Arc<Mutex<Registration>>,
 }
 
 /// One generation of reconciler workers.
@@ -167,6 +170,15 @@ impl Daemon {
             ),
             Err(error) => tracing::warn!(error = %error, "Cannot release stale outbox claims."),
         }
+        let registration = Arc::new(Mutex::new(instance::registration(&settings)));
+        let reg = registration
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_else(|p| p.into_inner().clone());
+        store
+            .register_instance(reg, crate::http::server::now_ms())
+            .await
+            .map_err(|e| StartError::Store(e.to_string()))?;
         let built = build_targets(&settings.raw).map_err(StartError::Config)?;
         match store.live_token_digests().await {
             Ok(t) if t.is_empty() => tracing::warn!(
@@ -259,6 +271,12 @@ impl Daemon {
                 cancel,
             ));
         }
+        tracker.spawn(instance::heartbeat(
+            store.clone(),
+            registration.clone(),
+            settings.reconcile.heartbeat,
+            cancel.clone(),
+        ));
         let progress: systemd::WatchList = Arc::new(Mutex::new(vec![accept_progress]));
         let reconciler = Reconciler::new(
             store.clone(),
@@ -300,6 +318,7 @@ impl Daemon {
             failed,
             config_path,
             health,
+            registration,
         })
     }
 
@@ -449,6 +468,11 @@ impl Daemon {
         let _ = self.tls_tx.send(tls);
         crate::telemetry::set_log_level(&new.log_level);
         self.auth.invalidate();
+        // The takeover bound is registered at start only (the others fence by it).
+        match self.registration.lock() {
+            Ok(mut r) => r.fingerprint = instance::fingerprint(&new),
+            Err(p) => p.into_inner().fingerprint = instance::fingerprint(&new),
+        }
         *current = new;
         tracing::info!("Reloaded the configuration.");
         Ok(())
@@ -535,6 +559,12 @@ impl Daemon {
         )
         .await
         .is_ok();
+        // Every task ended, no write is in flight: the claims are free for the others now.
+        if done {
+            if let Err(error) = self.store.stop_instance().await {
+                tracing::warn!(error = %error, "Cannot mark this instance stopped; its claims are taken over when its heartbeat runs out.");
+            }
+        }
         done
     }
 }

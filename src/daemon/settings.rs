@@ -22,6 +22,24 @@ pub struct ReconcileSettings {
     pub backoff_max: Duration,
     pub lease: Duration,
     pub full_interval: Option<Duration>,
+    /// The instance heartbeat's period (`reconcile.heartbeat_secs`).
+    pub heartbeat: Duration,
+    /// How long after its last heartbeat an instance's claims are taken over
+    /// (`reconcile.takeover_secs`, see [`takeover_secs`]).
+    pub takeover: Duration,
+}
+
+/// `reconcile.takeover_secs`, or its default: the larger of 15 and the longest target write
+/// plus twice the heartbeat (a write starts only while its timeout remains on the instance
+/// fence, which each heartbeat moves to its start plus the takeover bound).
+#[must_use]
+pub fn takeover_secs(raw: &RawConfig) -> u64 {
+    raw.reconcile.takeover_secs.unwrap_or_else(|| {
+        let longest = raw.targets.iter().map(write_secs).max().unwrap_or(0);
+        longest
+            .saturating_add(raw.reconcile.heartbeat_secs.max(1).saturating_mul(2))
+            .max(15)
+    })
 }
 
 /// Everything the daemon runs with.
@@ -221,6 +239,29 @@ pub fn from_raw(raw: &RawConfig) -> Result<Settings, Vec<ConfigError>> {
             ));
         }
     }
+    if raw.reconcile.heartbeat_secs == 0 {
+        errors.push(ConfigError::invalid(
+            "reconcile.heartbeat_secs",
+            "must be at least 1",
+        ));
+    }
+    // The instance fence: each heartbeat moves it to its start plus the takeover bound, and a
+    // write starts only while its timeout remains on it.
+    if let Some(takeover) = raw.reconcile.takeover_secs {
+        for t in &raw.targets {
+            let needed =
+                write_secs(t).saturating_add(raw.reconcile.heartbeat_secs.saturating_mul(2));
+            if takeover < needed {
+                errors.push(ConfigError::invalid(
+                    "reconcile.takeover_secs",
+                    format!(
+                        "must be at least the connect_timeout_secs + timeout_secs of target {} plus twice reconcile.heartbeat_secs ({needed}): a write starts only while its timeout remains before the takeover",
+                        t.name()
+                    ),
+                ));
+            }
+        }
+    }
     if let Some(id) = &raw.reconcile.instance_id {
         if id.trim().is_empty() || id.len() > 200 || id.chars().any(char::is_control) {
             errors.push(ConfigError::invalid(
@@ -325,6 +366,8 @@ pub fn from_raw(raw: &RawConfig) -> Result<Settings, Vec<ConfigError>> {
             lease: Duration::from_secs(raw.reconcile.lease_secs.max(1)),
             full_interval: (raw.reconcile.full_interval_secs > 0)
                 .then(|| Duration::from_secs(raw.reconcile.full_interval_secs)),
+            heartbeat: Duration::from_secs(raw.reconcile.heartbeat_secs.max(1)),
+            takeover: Duration::from_secs(takeover_secs(raw)),
         },
         log_format: raw.log.format.clone(),
         log_level: raw.log.level.clone(),

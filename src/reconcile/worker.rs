@@ -721,6 +721,8 @@ pub(crate) async fn process_batch(
 ) -> Vec<Processed> {
     let store = &rec.inner.store;
     let lease = lease_ms(rec);
+    let fence = store.fence();
+
     let untils: Vec<Arc<AtomicI64>> = items
         .iter()
         .map(|_| Arc::new(AtomicI64::new(claimed_ms.saturating_add(lease))))
@@ -764,7 +766,11 @@ pub(crate) async fn process_batch(
         .map(|(item, until)| Job {
             resource_type: item.resource_type,
             id: item.resource_id.clone(),
-            lease: Lease::until(until.clone()),
+            lease: Lease::until(until.clone()).fenced(
+                fence.alive_until_ms.clone(),
+                fence.incarnation.clone(),
+                item.incarnation,
+            ),
             span: tracing::debug_span!(
                 "apply",
                 resource_id = %item.resource_id,

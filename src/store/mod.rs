@@ -16,6 +16,7 @@ mod apply;
 mod batch;
 mod gate;
 mod history;
+mod instances;
 mod keys;
 mod models;
 mod outbox;
@@ -29,6 +30,7 @@ use crate::scim::patch::MemberOp;
 use crate::scim::resource::{GroupInput, GroupRef, MemberRef, Meta, ResourceType, UserInput};
 use crate::scim::ScimError;
 pub use apply::{BeforeSync, BeforeSynced, ReferenceLookup, Resolved, Snapshot};
+pub use instances::{Fence, InstanceInfo, Registration};
 use models::ResourceRow;
 pub use references::Reference;
 use serde_json::{Map, Value};
@@ -190,6 +192,9 @@ pub struct OutboxItem {
     /// Bumped by every re-queue of the row; settling deletes the row only when neither
     /// `version` nor `generation` moved since the claim.
     pub generation: i64,
+    /// The instance incarnation read before the claim (see [`Fence`]): a lease is this
+    /// process's only while the fence still reads it. 0 for a row not claimed by this process.
+    pub incarnation: i64,
 }
 
 /// What a target holds for one resource.
@@ -329,6 +334,8 @@ struct Inner {
     key_norms: RwLock<std::collections::HashMap<String, KeyNormFn>>,
     /// Recorded on every claim this store takes ([`StoreSettings::instance_id`]).
     instance_id: String,
+    /// How long this process's claims stay its own (`instances`).
+    fence: instances::Fence,
     /// The instance lock on `<db>.lock`, held for the life of the store (file databases only).
     _instance_lock: Option<std::fs::File>,
     /// PostgreSQL: the connection holding the instance's advisory lock (`take_pg_instance_lock`).
@@ -910,6 +917,7 @@ impl Store {
                     pool,
                     targets: RwLock::new(Arc::new(targets)),
                     instance_id,
+                    fence: instances::Fence::default(),
                     key_norms: RwLock::new(std::collections::HashMap::new()),
                     _instance_lock: lock,
                     _pg_instance_lock: pg_lock,
@@ -1354,8 +1362,18 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<OutboxItem>, StoreError> {
         let (target, instance) = (target.to_owned(), self.inner.instance_id.clone());
-        self.run(move |conn| outbox::claim(conn, &instance, &target, now_ms, lease_ms, limit))
-            .await
+        let incarnation = self
+            .inner
+            .fence
+            .incarnation
+            .load(std::sync::atomic::Ordering::SeqCst);
+        let mut items = self
+            .run(move |conn| outbox::claim(conn, &instance, &target, now_ms, lease_ms, limit))
+            .await?;
+        for item in &mut items {
+            item.incarnation = incarnation;
+        }
+        Ok(items)
     }
 
     /// Renew a claim's lease to `now_ms + lease_ms`; false when the claim was lost (another
@@ -1394,18 +1412,28 @@ impl Store {
             resource_id.to_owned(),
             self.inner.instance_id.clone(),
         );
-        self.run(move |conn| {
-            outbox::claim_resource(
-                conn,
-                &instance,
-                &target,
-                resource_type,
-                &id,
-                now_ms,
-                lease_ms,
-            )
-        })
-        .await
+        let incarnation = self
+            .inner
+            .fence
+            .incarnation
+            .load(std::sync::atomic::Ordering::SeqCst);
+        let item = self
+            .run(move |conn| {
+                outbox::claim_resource(
+                    conn,
+                    &instance,
+                    &target,
+                    resource_type,
+                    &id,
+                    now_ms,
+                    lease_ms,
+                )
+            })
+            .await?;
+        Ok(item.map(|mut item| {
+            item.incarnation = incarnation;
+            item
+        }))
     }
 
     /// Record success: upsert `state` (never lowering `applied_version`), then delete the outbox

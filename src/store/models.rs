@@ -161,6 +161,7 @@ impl OutboxRow {
             enqueued_ms: self.enqueued_ms,
             claim_epoch: self.claim_epoch,
             generation: self.generation,
+            incarnation: 0,
         })
     }
 }

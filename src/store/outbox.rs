@@ -173,6 +173,10 @@ pub(crate) fn claim(
         return Ok(Vec::new());
     }
     write_tx(conn, |conn| {
+        // Claims of instances whose heartbeat ran out are taken over (their fence ran out
+        // with it: `instances`); "" matches no claim (ids are never empty).
+        let mut taken = super::instances::take_over(conn, instance, Some(target), now_ms)?;
+        taken.push(String::new());
         let due = outbox::table
             .filter(outbox::target.eq(target))
             .filter(outbox::state.eq(PENDING))
@@ -180,7 +184,8 @@ pub(crate) fn claim(
             .filter(
                 outbox::claimed_until_ms
                     .is_null()
-                    .or(outbox::claimed_until_ms.lt(now_ms)),
+                    .or(outbox::claimed_until_ms.lt(now_ms))
+                    .or(outbox::claimed_by.eq_any(&taken)),
             )
             .order((outbox::next_attempt_ms, outbox::id))
             .limit(limit)
@@ -801,15 +806,24 @@ pub(crate) fn claim_resource(
     write_tx(conn, |conn| {
         // A resource purged from the store still has a row to claim (its entry is removed).
         let version = lock_by_id(conn, resource_id)?.map_or(0, |(_, _, v)| v);
-        let existing: Option<(i64, Option<i64>)> = outbox::table
+        let existing: Option<(i64, Option<i64>, Option<String>)> = outbox::table
             .filter(outbox::target.eq(target))
             .filter(outbox::resource_id.eq(resource_id))
-            .select((outbox::id, outbox::claimed_until_ms))
+            .select((outbox::id, outbox::claimed_until_ms, outbox::claimed_by))
             .first(conn)
             .optional()?;
-        match existing {
-            // A worker holds it: it is applying the current state anyway.
-            Some((_, Some(until))) if until >= now_ms => return Ok(None),
+        let mut taken = Vec::new();
+        if let Some((_, Some(until), Some(_))) = &existing {
+            if *until >= now_ms {
+                taken = super::instances::take_over(conn, instance, Some(target), now_ms)?;
+            }
+        }
+        taken.push(String::new());
+        let held_by_dead = |by: &Option<String>| by.as_ref().is_some_and(|b| taken.contains(b));
+        match &existing {
+            // A worker holds it: it is applying the current state anyway (unless its
+            // instance's heartbeat ran out: taken over).
+            Some((_, Some(until), by)) if *until >= now_ms && !held_by_dead(by) => return Ok(None),
             Some(_) => {}
             None => upsert(
                 conn,
@@ -831,7 +845,8 @@ pub(crate) fn claim_resource(
                 .filter(
                     outbox::claimed_until_ms
                         .is_null()
-                        .or(outbox::claimed_until_ms.lt(now_ms)),
+                        .or(outbox::claimed_until_ms.lt(now_ms))
+                        .or(outbox::claimed_by.eq_any(&taken)),
                 ),
         )
         .set((

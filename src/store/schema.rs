@@ -128,11 +128,26 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    /// The daemons sharing the store, with their heartbeat (takeover of a dead one's claims).
+    instances (id) {
+        id -> Text,
+        host -> Text,
+        version -> Text,
+        fingerprint -> Text,
+        started_ms -> BigInt,
+        heartbeat_ms -> BigInt,
+        takeover_ms -> BigInt,
+        incarnation -> BigInt,
+    }
+}
+
 diesel::joinable!(resource_emails -> resources (resource_seq));
 
 diesel::allow_tables_to_appear_in_same_query!(
     audit,
     group_members,
+    instances,
     outbox,
     reference_index,
     resource_emails,

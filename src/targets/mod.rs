@@ -77,10 +77,22 @@ pub struct Prior {
 /// write only while at least that write's timeout remains ([`Lease::check`]), so an apply that
 /// lost its claim (its process stopped past the lease while another worker took over) cannot
 /// write after the other worker started: LDAP has no fencing token, this bounds it in time.
-/// The default is unlimited (dry runs, tests of a target alone).
+/// The default is unlimited (dry runs, tests of a target alone). An instance sharing the
+/// store with others also bounds it by its instance fence ([`Lease::fenced`]).
 #[derive(Debug, Clone, Default)]
 pub struct Lease {
     until_ms: Option<Arc<AtomicI64>>,
+    fence: Option<InstanceFence>,
+}
+
+/// The process's own bound on its claims (the store's instance registry): its claims are its
+/// own until `alive_until_ms` (after which the other instances may take them over), and only
+/// while `incarnation` still reads `held` (a takeover that happened moves it).
+#[derive(Debug, Clone)]
+struct InstanceFence {
+    alive_until_ms: Arc<AtomicI64>,
+    incarnation: Arc<AtomicI64>,
+    held: i64,
 }
 
 impl PartialEq for Lease {
@@ -96,7 +108,25 @@ impl Lease {
     pub fn until(until_ms: Arc<AtomicI64>) -> Lease {
         Lease {
             until_ms: Some(until_ms),
+            fence: None,
         }
+    }
+
+    /// This lease, also ending at the instance fence: at `alive_until_ms`, or once
+    /// `incarnation` no longer reads `held` (read before the claim).
+    #[must_use]
+    pub fn fenced(
+        mut self,
+        alive_until_ms: Arc<AtomicI64>,
+        incarnation: Arc<AtomicI64>,
+        held: i64,
+    ) -> Lease {
+        self.fence = Some(InstanceFence {
+            alive_until_ms,
+            incarnation,
+            held,
+        });
+        self
     }
 
     /// Before a write that may take up to `timeout`: fine while at least `timeout` remains.
@@ -113,7 +143,15 @@ impl Lease {
             .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
             .unwrap_or(0);
         let needed = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
-        if now.saturating_add(needed) <= until.load(Ordering::SeqCst) {
+        let mut end = until.load(Ordering::SeqCst);
+        if let Some(f) = &self.fence {
+            end = if f.incarnation.load(Ordering::SeqCst) == f.held {
+                end.min(f.alive_until_ms.load(Ordering::SeqCst))
+            } else {
+                i64::MIN
+            };
+        }
+        if now.saturating_add(needed) <= end {
             return Ok(());
         }
         Err(TargetError {
@@ -349,6 +387,35 @@ pub fn build_with(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The instance fence bounds a lease: a write starts only while its timeout remains before
+    /// the fence, and never once the incarnation the claim was taken under moved (a takeover
+    /// happened), even after a later heartbeat moved the fence forward again.
+    #[test]
+    fn a_fenced_lease_ends_at_the_fence_or_with_the_incarnation() {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+            .unwrap_or(0);
+        let until = Arc::new(AtomicI64::new(now + 600_000));
+        let alive = Arc::new(AtomicI64::new(now + 60_000));
+        let incarnation = Arc::new(AtomicI64::new(3));
+        let lease = Lease::until(until).fenced(alive.clone(), incarnation.clone(), 3);
+        assert!(lease.check(Duration::from_secs(30)).is_ok());
+        assert!(
+            lease.check(Duration::from_secs(90)).is_err(),
+            "past the fence"
+        );
+        alive.store(now - 1, Ordering::SeqCst);
+        assert!(
+            lease.check(Duration::from_millis(1)).is_err(),
+            "the fence ran out"
+        );
+        incarnation.store(4, Ordering::SeqCst);
+        alive.store(now + 60_000, Ordering::SeqCst);
+        let err = lease.check(Duration::from_millis(1)).unwrap_err();
+        assert_eq!(err.code.as_deref(), Some("lease"), "taken over meanwhile");
+    }
 
     fn raw(extra: &str, url: &str, dn: &str) -> RawTarget {
         toml::from_str(&format!(

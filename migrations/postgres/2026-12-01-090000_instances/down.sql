@@ -1,0 +1,2 @@
+DROP INDEX outbox_claimed_by;
+DROP TABLE instances;

@@ -1,0 +1,328 @@
+//! The registry of daemons sharing the store (`instances`): registration, the instance
+//! heartbeat, the takeover of a dead instance's claims and the listing `status` shows. The
+//! fence an instance keeps on itself (how long its claims stay its own) is [`Fence`]: the
+//! reconciler's target writes check it (see docs/ARCHITECTURE.md, "Several instances").
+
+use super::schema::{instances, outbox};
+use super::{write_tx, DbConnection, Store, StoreError};
+use diesel::prelude::*;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+/// What an instance registers.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    pub host: String,
+    pub version: String,
+    /// Digest of the mapping configuration (instances with different ones fight over entries).
+    pub fingerprint: String,
+    /// How long after its last heartbeat the others take over its claims.
+    pub takeover_ms: i64,
+}
+
+/// One registered instance, as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceInfo {
+    pub id: String,
+    pub host: String,
+    pub version: String,
+    pub fingerprint: String,
+    pub started_ms: i64,
+    /// 0 once it stopped cleanly.
+    pub heartbeat_ms: i64,
+    pub takeover_ms: i64,
+    /// Outbox rows it holds under a live lease.
+    pub claims: i64,
+}
+
+impl InstanceInfo {
+    /// Whether its claims are still its own at `now_ms` (its heartbeat is recent enough).
+    #[must_use]
+    pub fn live(&self, now_ms: i64) -> bool {
+        self.heartbeat_ms > 0 && self.heartbeat_ms.saturating_add(self.takeover_ms) >= now_ms
+    }
+}
+
+/// How long this process's claims stay its own: until `alive_until_ms` (its last successful
+/// heartbeat's start plus its takeover bound, the time after which the others may take its
+/// claims over), and only under the `incarnation` it held when it claimed (a takeover bumps
+/// it in the store; the next heartbeat notices and takes a new one, so leases taken before
+/// stay refused). Unregistered (a CLI, a test): no bound.
+#[derive(Debug)]
+pub struct Fence {
+    pub alive_until_ms: Arc<AtomicI64>,
+    pub incarnation: Arc<AtomicI64>,
+}
+
+impl Default for Fence {
+    fn default() -> Fence {
+        Fence {
+            alive_until_ms: Arc::new(AtomicI64::new(i64::MAX)),
+            incarnation: Arc::new(AtomicI64::new(0)),
+        }
+    }
+}
+
+fn register(
+    conn: &mut DbConnection,
+    id: &str,
+    reg: &Registration,
+    now_ms: i64,
+) -> Result<i64, StoreError> {
+    write_tx(conn, |conn| {
+        // One process per id (the instance lock): update, else insert.
+        let n = diesel::update(instances::table.find(id))
+            .set((
+                instances::host.eq(&reg.host),
+                instances::version.eq(&reg.version),
+                instances::fingerprint.eq(&reg.fingerprint),
+                instances::started_ms.eq(now_ms),
+                instances::heartbeat_ms.eq(now_ms),
+                instances::takeover_ms.eq(reg.takeover_ms),
+                instances::incarnation.eq(instances::incarnation + 1),
+            ))
+            .execute(conn)?;
+        if n == 0 {
+            diesel::insert_into(instances::table)
+                .values((
+                    instances::id.eq(id),
+                    instances::host.eq(&reg.host),
+                    instances::version.eq(&reg.version),
+                    instances::fingerprint.eq(&reg.fingerprint),
+                    instances::started_ms.eq(now_ms),
+                    instances::heartbeat_ms.eq(now_ms),
+                    instances::takeover_ms.eq(reg.takeover_ms),
+                    instances::incarnation.eq(1i64),
+                ))
+                .execute(conn)?;
+        }
+        Ok(instances::table
+            .find(id)
+            .select(instances::incarnation)
+            .first(conn)?)
+    })
+}
+
+/// Renew the heartbeat under `incarnation`: false when another instance took this one's
+/// claims over since (the incarnation moved), or the row is gone.
+fn heartbeat(
+    conn: &mut DbConnection,
+    id: &str,
+    incarnation: i64,
+    fingerprint: &str,
+    now_ms: i64,
+) -> Result<bool, StoreError> {
+    write_tx(conn, |conn| {
+        let n = diesel::update(
+            instances::table
+                .filter(instances::id.eq(id))
+                .filter(instances::incarnation.eq(incarnation)),
+        )
+        .set((
+            instances::heartbeat_ms.eq(now_ms),
+            instances::fingerprint.eq(fingerprint),
+        ))
+        .execute(conn)?;
+        Ok(n == 1)
+    })
+}
+
+/// The instances whose claims on `target`'s rows `me` may take over at `now_ms`: registered,
+/// not `me`, heartbeat older than their own takeover bound, holding a live lease there. Their
+/// incarnation is bumped under the row's lock (PostgreSQL re-checks the heartbeat after
+/// waiting for a concurrent heartbeat's commit: a heartbeat that committed first keeps its
+/// instance alive), so the late heartbeat of a stopped instance finds it moved. Runs in the
+/// claim's transaction.
+pub(crate) fn take_over(
+    conn: &mut DbConnection,
+    me: &str,
+    target: Option<&str>,
+    now_ms: i64,
+) -> Result<Vec<String>, StoreError> {
+    macro_rules! stale {
+        () => {
+            (instances::heartbeat_ms + instances::takeover_ms).lt(now_ms)
+        };
+    }
+    let dead: Vec<String> = instances::table
+        .filter(instances::id.ne(me))
+        .filter(stale!())
+        .select(instances::id)
+        .load(conn)?;
+    if dead.is_empty() {
+        return Ok(dead);
+    }
+    let mut holding = outbox::table
+        .filter(outbox::claimed_by.eq_any(&dead))
+        .filter(outbox::claimed_until_ms.ge(now_ms))
+        .select(outbox::claimed_by)
+        .distinct()
+        .into_boxed();
+    if let Some(target) = target {
+        holding = holding.filter(outbox::target.eq(target.to_owned()));
+    }
+    let holding: Vec<String> = holding
+        .load::<Option<String>>(conn)?
+        .into_iter()
+        .flatten()
+        .collect();
+    if holding.is_empty() {
+        return Ok(holding);
+    }
+    diesel::update(
+        instances::table
+            .filter(instances::id.eq_any(&holding))
+            .filter(stale!()),
+    )
+    .set(instances::incarnation.eq(instances::incarnation + 1))
+    .execute(conn)?;
+    // The rows just updated are locked by this transaction: their heartbeat cannot move
+    // before the claim commits.
+    Ok(instances::table
+        .filter(instances::id.eq_any(&holding))
+        .filter(stale!())
+        .select(instances::id)
+        .load(conn)?)
+}
+
+fn list(conn: &mut DbConnection, now_ms: i64) -> Result<Vec<InstanceInfo>, StoreError> {
+    let rows: Vec<(String, String, String, String, i64, i64, i64)> = instances::table
+        .order(instances::id)
+        .select((
+            instances::id,
+            instances::host,
+            instances::version,
+            instances::fingerprint,
+            instances::started_ms,
+            instances::heartbeat_ms,
+            instances::takeover_ms,
+        ))
+        .load(conn)?;
+    let held: Vec<(Option<String>, i64)> = outbox::table
+        .filter(outbox::claimed_by.is_not_null())
+        .filter(outbox::claimed_until_ms.ge(now_ms))
+        .group_by(outbox::claimed_by)
+        .select((outbox::claimed_by, diesel::dsl::count_star()))
+        .load(conn)?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(id, host, version, fingerprint, started_ms, heartbeat_ms, takeover_ms)| {
+                let claims = held
+                    .iter()
+                    .find(|(by, _)| by.as_deref() == Some(id.as_str()))
+                    .map_or(0, |(_, n)| *n);
+                InstanceInfo {
+                    id,
+                    host,
+                    version,
+                    fingerprint,
+                    started_ms,
+                    heartbeat_ms,
+                    takeover_ms,
+                    claims,
+                }
+            },
+        )
+        .collect())
+}
+
+impl Store {
+    /// This process's fence (see [`Fence`]); unbounded until [`Store::register_instance`].
+    #[must_use]
+    pub fn fence(&self) -> &Fence {
+        &self.inner.fence
+    }
+
+    /// Register this store's instance id (a new incarnation; the heartbeat starts now) and
+    /// bound its fence by `reg.takeover_ms`. Call once the instance lock is held and before
+    /// any claim.
+    ///
+    /// # Errors
+    /// The store's errors.
+    pub async fn register_instance(
+        &self,
+        reg: Registration,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let id = self.inner.instance_id.clone();
+        let takeover = reg.takeover_ms;
+        let incarnation = self
+            .run(move |conn| register(conn, &id, &reg, now_ms))
+            .await?;
+        let fence = &self.inner.fence;
+        fence.incarnation.store(incarnation, Ordering::SeqCst);
+        fence
+            .alive_until_ms
+            .store(now_ms.saturating_add(takeover), Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Renew the instance heartbeat, started at `now_ms` (read before the call). When another
+    /// instance took this one's claims over meanwhile, take a new incarnation: every lease
+    /// taken under the old one stays refused. Returns false in that case.
+    ///
+    /// # Errors
+    /// The store's errors (the fence then runs out on its own and writes stop).
+    pub async fn instance_heartbeat(
+        &self,
+        reg: Registration,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let id = self.inner.instance_id.clone();
+        let fence = &self.inner.fence;
+        let incarnation = fence.incarnation.load(Ordering::SeqCst);
+        let takeover = reg.takeover_ms;
+        let kept = {
+            let fingerprint = reg.fingerprint.clone();
+            self.run(move |conn| heartbeat(conn, &id, incarnation, &fingerprint, now_ms))
+                .await?
+        };
+        if kept {
+            // Heartbeats are sequential (one task): each moves the fence to its own start.
+            fence
+                .alive_until_ms
+                .store(now_ms.saturating_add(takeover), Ordering::SeqCst);
+            return Ok(true);
+        }
+        // Taken over: the claims held under the old incarnation are another's now.
+        fence.incarnation.store(-1, Ordering::SeqCst);
+        self.register_instance(reg, now_ms).await?;
+        Ok(false)
+    }
+
+    /// Mark this instance stopped (its claims are free for the others at once): after its
+    /// workers finished.
+    ///
+    /// # Errors
+    /// The store's errors.
+    pub async fn stop_instance(&self) -> Result<(), StoreError> {
+        let id = self.inner.instance_id.clone();
+        let incarnation = self.inner.fence.incarnation.load(Ordering::SeqCst);
+        self.inner
+            .fence
+            .alive_until_ms
+            .store(i64::MIN, Ordering::SeqCst);
+        self.run(move |conn| {
+            write_tx(conn, |conn| {
+                diesel::update(
+                    instances::table
+                        .filter(instances::id.eq(&id))
+                        .filter(instances::incarnation.eq(incarnation)),
+                )
+                .set(instances::heartbeat_ms.eq(0i64))
+                .execute(conn)?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    /// Every registered instance, by id, with the claims it holds.
+    ///
+    /// # Errors
+    /// The store's errors.
+    pub async fn instances(&self, now_ms: i64) -> Result<Vec<InstanceInfo>, StoreError> {
+        self.run(move |conn| list(conn, now_ms)).await
+    }
+}

@@ -1,0 +1,92 @@
+//! The instance registry: a dead instance's claims are taken over once its heartbeat is older
+//! than its takeover bound (not before), the takeover moves its incarnation so its late
+//! heartbeat finds it gone (and leases taken before stay refused), and a heartbeat that
+//! committed first keeps its claims.
+
+use super::*;
+use std::sync::atomic::Ordering;
+
+fn reg(takeover_ms: i64) -> Registration {
+    Registration {
+        host: "host".into(),
+        version: "test".into(),
+        fingerprint: "f".into(),
+        takeover_ms,
+    }
+}
+
+async fn second(db: &TestDb, id: &str) -> Store {
+    let mut s = settings(format!(
+        "postgres://postgres@127.0.0.1/{}",
+        db.pg_name.as_ref().unwrap()
+    ));
+    s.instance_lock = false;
+    s.instance_id = id.into();
+    Store::open(&s, vec![TARGET.to_owned()]).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn instances_a_dead_instance_is_taken_over_after_its_bound_and_its_late_heartbeat_finds_it_gone(
+) {
+    let db = pg_db().await;
+    let a = db.store.clone();
+    let b = second(&db, "other").await;
+    let t0 = crate::http::server::now_ms();
+    a.register_instance(reg(1_000), t0).await.unwrap();
+    b.register_instance(reg(1_000), t0).await.unwrap();
+    let u = a.create_user(user("held"), None, &ctx(t0)).await.unwrap();
+    let held = a.claim(TARGET, t0, 600_000, 10).await.unwrap().remove(0);
+    let first = a.fence().incarnation.load(Ordering::SeqCst);
+    assert_eq!(held.incarnation, first);
+    assert_eq!(a.fence().alive_until_ms.load(Ordering::SeqCst), t0 + 1_000);
+
+    // Within the bound: a's claim is its own (the lease runs 600 s).
+    assert!(b
+        .claim(TARGET, t0 + 1_000, 600_000, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(b
+        .claim_resource(TARGET, ResourceType::User, &u.id, t0 + 1_000, 600_000)
+        .await
+        .unwrap()
+        .is_none());
+    // A heartbeat at t0 + 900 moves the bound: still a's at t0 + 1_500.
+    assert!(a.instance_heartbeat(reg(1_000), t0 + 900).await.unwrap());
+    assert_eq!(a.fence().alive_until_ms.load(Ordering::SeqCst), t0 + 1_900);
+    assert!(b
+        .claim(TARGET, t0 + 1_500, 600_000, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let live = b.instances(t0 + 1_500).await.unwrap();
+    let mine = live.iter().find(|i| i.id == "test-instance").unwrap();
+    assert_eq!((mine.claims, mine.live(t0 + 1_500)), (1, true));
+
+    // Past it: b takes the row over (a new epoch), and a's incarnation moved in the store.
+    let taken = b.claim(TARGET, t0 + 2_000, 600_000, 10).await.unwrap();
+    assert_eq!(taken.len(), 1);
+    assert!(taken[0].claim_epoch > held.claim_epoch);
+    // a's late heartbeat: refused, a new incarnation (leases under the old one stay refused).
+    assert!(!a.instance_heartbeat(reg(1_000), t0 + 2_100).await.unwrap());
+    let now = a.fence().incarnation.load(Ordering::SeqCst);
+    assert_ne!(now, first);
+    assert!(a.instance_heartbeat(reg(1_000), t0 + 2_200).await.unwrap());
+    // a's renewal and settle of the lost claim write nothing.
+    assert!(!a.renew_claim(&held, t0 + 2_200, 600_000).await.unwrap());
+    // A stopped instance's claims are free at once.
+    b.stop_instance().await.unwrap();
+    let again = a
+        .claim_resource(TARGET, ResourceType::User, &u.id, t0 + 2_300, 600_000)
+        .await
+        .unwrap();
+    assert!(again.is_some(), "a stopped instance's claim is taken over");
+    let gone = a.instances(t0 + 2_300).await.unwrap();
+    assert!(!gone
+        .iter()
+        .find(|i| i.id == "other")
+        .unwrap()
+        .live(t0 + 2_300));
+    drop(b);
+    db.finish().await;
+}

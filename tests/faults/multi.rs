@@ -1,0 +1,161 @@
+//! Several daemons (`scim-sync serve` processes) on one throwaway PostgreSQL database and one
+//! slapd: an Okta-shaped burst spread over all of them, one SIGKILLed mid-burst. The dead
+//! instance's claims are taken over within 15 s (its heartbeat runs out; the lease stays the
+//! default 120 s, so only the takeover can explain convergence), and every acknowledged
+//! change reaches the directory exactly once, `verify` clean.
+
+use super::*;
+use crate::harness::pg::PgDb;
+
+/// A config for instance `id` on `store_url`: heartbeat 1 s, takeover 5 s (the least the
+/// target's 1 s connect + 2 s timeout allow: 3 + 2 heartbeats).
+fn instance_config(dir: &Path, store_url: &str, id: &str, slapd: &Slapd) -> PathBuf {
+    let pw = dir.join("ldap.pw");
+    std::fs::write(&pw, format!("{}\n", slapd.password())).unwrap();
+    let target = target_toml(slapd, &pw).replacen(
+        "[reconcile]\n",
+        &format!("[reconcile]\ninstance_id = \"{id}\"\nheartbeat_secs = 1\ntakeover_secs = 5\n"),
+        1,
+    );
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace_secs = 10\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n[store]\nurl = \"{store_url}\"\n\
+         [log]\nlevel = \"info\"\n{target}"
+    );
+    let path = dir.join("scim-sync.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn three_instances_one_killed_mid_burst_take_over_within_15_s_and_lose_nothing() {
+    const CLIENTS: usize = 6;
+    const INSTANCES: usize = 3;
+    let slapd = Slapd::start().await;
+    let db = PgDb::create();
+    let dirs: Vec<tempfile::TempDir> = (0..INSTANCES)
+        .map(|_| tempfile::tempdir().unwrap())
+        .collect();
+    let ids = ["a", "b", "c"];
+    let configs: Vec<PathBuf> = dirs
+        .iter()
+        .zip(ids)
+        .map(|(d, id)| instance_config(d.path(), &db.url, id, &slapd))
+        .collect();
+    let token = create_token(&configs[0], "burst").await;
+    let mut procs = Vec::new();
+    for c in &configs {
+        procs.push(Proc::start(c).await);
+    }
+    let settings = scim_sync::daemon::load_settings(&configs[1]).unwrap();
+    let store = scim_sync::store::Store::open(&settings.store, settings.target_names())
+        .await
+        .unwrap();
+
+    let mut models: Vec<ClientModel> = (0..CLIENTS).map(|_| ClientModel::default()).collect();
+    let rngs: Vec<XorShift> = (0..CLIENTS)
+        .map(|c| XorShift(0x2545_F491_4F6C_DD1D ^ ((c as u64 + 7) << 32)))
+        .collect();
+    let acked_now = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (hit_tx, mut hit_rx) = mpsc::channel::<u64>(4);
+    let mut clients = Vec::new();
+    for (c, (mut m, mut r)) in std::mem::take(&mut models)
+        .into_iter()
+        .zip(rngs)
+        .enumerate()
+    {
+        let (base, token, acked_now, stop, hit_tx) = (
+            procs[c % INSTANCES].base(),
+            token.clone(),
+            acked_now.clone(),
+            stop.clone(),
+            hit_tx.clone(),
+        );
+        clients.push(tokio::spawn(async move {
+            let client = reqwest::Client::builder()
+                .timeout(Duration::from_secs(20))
+                .build()
+                .unwrap();
+            // A broken or refused connection: this client's instance is gone, it stops.
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                if step(c, &mut r, &client, &base, &token, &mut m).await != Seen::Acked {
+                    break;
+                }
+                let n = acked_now.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                if n == 90 || n == 180 {
+                    let _ = hit_tx.try_send(n);
+                }
+            }
+            m
+        }));
+    }
+    drop(hit_tx);
+    tokio::time::timeout(PATIENCE, hit_rx.recv())
+        .await
+        .expect("the burst stalled")
+        .unwrap();
+    let held = store
+        .instances(scim_sync::http::server::now_ms())
+        .await
+        .unwrap()
+        .iter()
+        .find(|i| i.id == "a")
+        .map_or(0, |i| i.claims);
+    procs[0].signal("KILL");
+    let killed_at = Instant::now();
+    assert_eq!(procs[0].wait().await.code(), None);
+    // The dead instance's claims are taken over: none left under its id within 15 s (the
+    // lease alone would hold them 120 s).
+    let takeover = loop {
+        let now = scim_sync::http::server::now_ms();
+        let left = store
+            .instances(now)
+            .await
+            .unwrap()
+            .iter()
+            .find(|i| i.id == "a")
+            .map_or(0, |i| i.claims);
+        if left == 0 {
+            break killed_at.elapsed();
+        }
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(15),
+            "instance a still holds {left} claims 15 s after its kill"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // The survivors keep taking the burst for a while, then it ends.
+    tokio::time::timeout(PATIENCE, hit_rx.recv())
+        .await
+        .expect("the burst stalled")
+        .unwrap();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for c in clients {
+        models.push(tokio::time::timeout(PATIENCE, c).await.unwrap().unwrap());
+    }
+    let unexpected: Vec<&String> = models.iter().flat_map(|m| &m.unexpected).collect();
+    assert!(unexpected.is_empty(), "non-2xx answers: {unexpected:?}");
+    let (view, took) = converge(&procs[1], &slapd, &token).await;
+    check_store_against_acks(&models, &view);
+    let logs: Vec<String> = procs.iter().map(Proc::log_text).collect();
+    let all_logs = logs.join("\n");
+    assert!(
+        !all_logs.contains("not managed") && !all_logs.contains("dead letter"),
+        "{all_logs}"
+    );
+    eprintln!(
+        "instance a held {held} claims at its kill; taken over {takeover:?} after it, \
+         converged {:?} after it ({took:?} after the burst ended): {} users, {} groups, \
+         {} acknowledged",
+        killed_at.elapsed(),
+        view.users.len(),
+        view.groups.len(),
+        models.iter().map(|m| m.acked).sum::<u64>()
+    );
+    for p in &mut procs[1..] {
+        p.signal("TERM");
+        assert_eq!(p.wait().await.code(), Some(0));
+    }
+    drop(store);
+}
