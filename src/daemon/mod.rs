@@ -271,6 +271,17 @@ impl Daemon {
                 cancel,
             ));
         }
+        {
+            // Commits on other instances wake this one's workers (PostgreSQL `LISTEN`).
+            let stop = Arc::new(AtomicBool::new(false));
+            let wake = wake.clone();
+            store.listen_for_changes(Arc::new(move || wake.notify_waiters()), stop.clone());
+            let cancel = cancel.clone();
+            tracker.spawn(async move {
+                cancel.cancelled().await;
+                stop.store(true, Ordering::SeqCst);
+            });
+        }
         tracker.spawn(instance::heartbeat(
             store.clone(),
             registration.clone(),

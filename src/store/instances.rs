@@ -227,7 +227,91 @@ fn list(conn: &mut DbConnection, now_ms: i64) -> Result<Vec<InstanceInfo>, Store
         .collect())
 }
 
+/// The channel a commit that queued outbox rows notifies (PostgreSQL), so every instance's
+/// workers wake, not only the committing one's.
+pub(crate) const CHANNEL: &str = "scim_sync_outbox";
+
+/// In the transaction that queued rows (PostgreSQL): notify [`CHANNEL`] at its commit (one
+/// notification per transaction, whatever the rows; none when it rolls back).
+pub(crate) fn notify_queued(conn: &mut DbConnection) -> Result<(), StoreError> {
+    if let DbConnection::Pg(c) = conn {
+        diesel::sql_query(format!("NOTIFY {CHANNEL}")).execute(c)?;
+    }
+    Ok(())
+}
+
+/// How often the change listener looks for notifications, and how long it waits before
+/// connecting again after losing its connection.
+const LISTEN_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+const LISTEN_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The listener's loop (a thread of its own): `LISTEN`, call `on_change` for every
+/// notification (and once after each (re)connect: notifications sent while it was away are
+/// lost), until `stop`. Sleeps on its own thread, never a runtime's.
+#[allow(clippy::disallowed_methods)]
+fn listen(url: &str, on_change: &(dyn Fn() + Send + Sync), stop: &std::sync::atomic::AtomicBool) {
+    use diesel::Connection;
+    let mut logged = false;
+    while !stop.load(Ordering::SeqCst) {
+        let conn = diesel::PgConnection::establish(url)
+            .map_err(|e| e.to_string())
+            .and_then(|mut c| {
+                diesel::sql_query(format!("LISTEN {CHANNEL}"))
+                    .execute(&mut c)
+                    .map_err(|e| e.to_string())?;
+                Ok(c)
+            });
+        let mut conn = match conn {
+            Ok(c) => {
+                logged = false;
+                c
+            }
+            Err(e) => {
+                if !logged {
+                    tracing::warn!(error = %e, "Cannot listen for other instances' changes; retrying (their pushes wait for the poll interval meanwhile).");
+                    logged = true;
+                }
+                std::thread::sleep(LISTEN_RETRY);
+                continue;
+            }
+        };
+        on_change();
+        'connected: while !stop.load(Ordering::SeqCst) {
+            let mut woke = false;
+            for n in conn.notifications_iter() {
+                match n {
+                    Ok(_) => woke = true,
+                    Err(_) => break 'connected,
+                }
+            }
+            if woke {
+                on_change();
+            }
+            std::thread::sleep(LISTEN_POLL);
+        }
+    }
+}
+
 impl Store {
+    /// PostgreSQL: call `on_change` whenever any instance committed queued outbox rows (a
+    /// `LISTEN` on a connection of its own, on a thread of its own, reconnecting by itself),
+    /// until `stop` is set. Nothing on SQLite (one instance; its own wake-ups suffice).
+    pub fn listen_for_changes(
+        &self,
+        on_change: Arc<dyn Fn() + Send + Sync>,
+        stop: Arc<std::sync::atomic::AtomicBool>,
+    ) {
+        let Some(url) = self.inner.pg_url.clone() else {
+            return;
+        };
+        let spawned = std::thread::Builder::new()
+            .name("scim-sync-listen".into())
+            .spawn(move || listen(&url, on_change.as_ref(), &stop));
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "Cannot start the change listener.");
+        }
+    }
+
     /// This process's fence (see [`Fence`]); unbounded until [`Store::register_instance`].
     #[must_use]
     pub fn fence(&self) -> &Fence {

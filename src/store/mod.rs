@@ -336,6 +336,8 @@ struct Inner {
     instance_id: String,
     /// How long this process's claims stay its own (`instances`).
     fence: instances::Fence,
+    /// PostgreSQL: the URL, for the change listener's own connection ([`Store::listen_for_changes`]).
+    pg_url: Option<String>,
     /// The instance lock on `<db>.lock`, held for the life of the store (file databases only).
     _instance_lock: Option<std::fs::File>,
     /// PostgreSQL: the connection holding the instance's advisory lock (`take_pg_instance_lock`).
@@ -861,6 +863,7 @@ impl Store {
             let builder = diesel::r2d2::Pool::builder().connection_timeout(Duration::from_secs(10));
             let memory = matches!(parsed, ParsedUrl::SqliteMemory);
             let mut pg_lock = None;
+            let mut pg_url = None;
             let (target, builder, lock) = match parsed {
                 ParsedUrl::SqliteMemory => (
                     ConnTarget::Sqlite {
@@ -906,6 +909,7 @@ impl Store {
                             &instance_id,
                         )?));
                     }
+                    pg_url = Some(url.clone());
                     (ConnTarget::Pg { url }, builder.max_size(pool_size), None)
                 }
             };
@@ -918,6 +922,7 @@ impl Store {
                     targets: RwLock::new(Arc::new(targets)),
                     instance_id,
                     fence: instances::Fence::default(),
+                    pg_url,
                     key_norms: RwLock::new(std::collections::HashMap::new()),
                     _instance_lock: lock,
                     _pg_instance_lock: pg_lock,

@@ -32,6 +32,9 @@ pub(crate) fn enqueue_all(
     ctx: &AuditCtx,
 ) -> Result<(), StoreError> {
     let request_id = (!ctx.request_id.is_empty()).then_some(ctx.request_id.as_str());
+    if !targets.is_empty() {
+        super::instances::notify_queued(conn)?;
+    }
     for target in targets {
         upsert(
             conn,
@@ -598,6 +601,9 @@ pub(crate) fn retry_dead(
             ))
             .execute(conn)?;
             changed += n as u64;
+        }
+        if changed > 0 {
+            super::instances::notify_queued(conn)?;
         }
         Ok(changed)
     })

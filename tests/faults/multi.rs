@@ -159,3 +159,64 @@ async fn three_instances_one_killed_mid_burst_take_over_within_15_s_and_lose_not
     }
     drop(store);
 }
+
+/// A push to instance A wakes instance B's workers (PostgreSQL `LISTEN/NOTIFY`): A's workers
+/// are paused, B polls only every 600 s and has one worker. The first user reaches the
+/// directory through B (its first pass or the wake-up); after that B's worker is idle, so the
+/// second can only arrive by A's commit waking it.
+#[tokio::test]
+async fn a_push_to_one_instance_wakes_the_workers_of_another() {
+    let slapd = Slapd::start().await;
+    let db = PgDb::create();
+    let mut daemons = Vec::new();
+    let mut dirs = Vec::new();
+    for id in ["a", "b"] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = instance_config(dir.path(), &db.url, id, &slapd);
+        let text = std::fs::read_to_string(&config)
+            .unwrap()
+            .replacen("workers = 4", "workers = 1", 1)
+            .replacen("poll_interval_ms = 200", "poll_interval_ms = 600000", 1);
+        std::fs::write(&config, text).unwrap();
+        let settings = scim_sync::daemon::load_settings(&config).unwrap();
+        daemons.push(
+            scim_sync::daemon::Daemon::start(settings, Some(config))
+                .await
+                .unwrap(),
+        );
+        dirs.push(dir);
+    }
+    let token = scim_sync::http::auth::generate_token();
+    daemons[0]
+        .store
+        .create_token("t", scim_sync::http::auth::digest(&token), 0)
+        .await
+        .unwrap();
+    let paused = daemons[0].pause_reconcilers().await;
+    let base = format!("http://{}/scim/v2", daemons[0].scim_addr);
+    let client = reqwest::Client::new();
+    for name in ["woken1", "woken2"] {
+        let resp = client
+            .post(format!("{base}/Users"))
+            .bearer_auth(&token)
+            .header("content-type", "application/scim+json")
+            .body(serde_json::to_vec(&user_body(name, "T", true)).unwrap())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 201);
+        let started = Instant::now();
+        while slapd.entry(&user_dn(name), &["uid"]).await.is_none() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "{name} did not reach the directory through instance b"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    drop(paused);
+    for d in daemons {
+        assert!(d.shutdown().await);
+    }
+    drop(dirs);
+}
