@@ -11,11 +11,32 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// The mapping fingerprint: a digest of the targets as configured (their mappings, keys and
-/// options; never a secret, which the configuration names by file or variable).
+/// The mapping fingerprint: a digest of what decides the entries each target gets (per
+/// target: name, `on_existing`, the user and group mappings), not of how it is reached
+/// (URLs, credentials' files, timeouts may differ between hosts).
 #[must_use]
 pub fn fingerprint(settings: &Settings) -> String {
-    let digest = Sha256::digest(format!("{:?}", settings.raw.targets).as_bytes());
+    use crate::config::target::RawTarget;
+    let mapping: Vec<String> = settings
+        .raw
+        .targets
+        .iter()
+        .map(|t| match t {
+            RawTarget::Ldap(l) => {
+                format!(
+                    "ldap {:?} {:?} {:?} {:?}",
+                    l.name, l.on_existing, l.users, l.groups
+                )
+            }
+            RawTarget::Sql(s) => {
+                format!(
+                    "sql {:?} {:?} {:?} {:?}",
+                    s.name, s.on_existing, s.users, s.groups
+                )
+            }
+        })
+        .collect();
+    let digest = Sha256::digest(mapping.join("\n").as_bytes());
     digest.iter().take(8).fold(String::new(), |mut s, b| {
         let _ = write!(s, "{b:02x}");
         s

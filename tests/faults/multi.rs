@@ -153,6 +153,36 @@ async fn three_instances_one_killed_mid_burst_take_over_within_15_s_and_lose_not
         view.groups.len(),
         models.iter().map(|m| m.acked).sum::<u64>()
     );
+    // `status` lists the two live instances (the killed one's heartbeat ran out).
+    let out = std::process::Command::new(BIN)
+        .arg("--config")
+        .arg(&configs[1])
+        .arg("status")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&out.stdout).into_owned();
+    let ids_listed: Vec<&str> = listed
+        .lines()
+        .skip_while(|l| !l.starts_with("INSTANCE"))
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|id| *id != "*")
+        .collect();
+    assert_eq!(
+        ids_listed,
+        ["b", "c"],
+        "{listed}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !listed.contains("another configuration"),
+        "one configuration: {listed}"
+    );
+    // The survivors log no fingerprint warning either.
+    assert!(!logs
+        .iter()
+        .any(|l| l.contains("maps with a different configuration")));
     for p in &mut procs[1..] {
         p.signal("TERM");
         assert_eq!(p.wait().await.code(), Some(0));
