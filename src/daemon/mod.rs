@@ -665,14 +665,31 @@ fn start_workers(
     if let Some(interval) = settings.reconcile.full_interval {
         let (rec, token) = (reconciler.clone(), child.clone());
         tracker.spawn(async move {
+            // One instance at a time, once per interval across the instances sharing the
+            // store (`Store::try_job`): after the first interval, try every quarter of it.
+            let store = rec.inner.store.clone();
+            let interval_ms = i64::try_from(interval.as_millis()).unwrap_or(i64::MAX);
+            let mut wait = interval;
             loop {
                 tokio::select! {
                     () = token.cancelled() => return,
-                    () = tokio::time::sleep(interval) => {}
+                    () = tokio::time::sleep(wait) => {}
                 }
+                wait = (interval / 4).max(std::time::Duration::from_secs(1));
+                let turn = match store.try_job("drift-repair", interval_ms, crate::http::server::now_ms()).await {
+                    Ok(Some(turn)) => turn,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Cannot take the turn for the scheduled drift repair; trying again later.");
+                        continue;
+                    }
+                };
                 tokio::select! {
                     () = token.cancelled() => return,
                     _ = rec.reconcile_full(None, false, |_, _| {}) => {}
+                }
+                if let Err(e) = store.job_done(turn, crate::http::server::now_ms()).await {
+                    tracing::warn!(error = %e, "Cannot record the scheduled drift repair's run.");
                 }
             }
         });

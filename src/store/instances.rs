@@ -3,7 +3,7 @@
 //! fence an instance keeps on itself (how long its claims stay its own) is [`Fence`]: the
 //! reconciler's target writes check it (see docs/ARCHITECTURE.md, "Several instances").
 
-use super::schema::{instances, outbox};
+use super::schema::{instances, outbox, periodic_jobs};
 use super::{write_tx, DbConnection, Store, StoreError};
 use diesel::prelude::*;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -292,7 +292,113 @@ fn listen(url: &str, on_change: &(dyn Fn() + Send + Sync), stop: &std::sync::ato
     }
 }
 
+/// A periodic job's turn ([`Store::try_job`]): on PostgreSQL a connection of its own holding
+/// the job's session advisory lock (released when the connection closes, a crash included).
+pub struct JobTurn {
+    name: String,
+    _lock: Option<diesel::PgConnection>,
+}
+
+impl std::fmt::Debug for JobTurn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobTurn").field("name", &self.name).finish()
+    }
+}
+
+fn last_run(conn: &mut DbConnection, name: &str) -> Result<Option<i64>, StoreError> {
+    Ok(periodic_jobs::table
+        .find(name)
+        .select(periodic_jobs::last_run_ms)
+        .first(conn)
+        .optional()?)
+}
+
+fn record_run(conn: &mut DbConnection, name: &str, now_ms: i64) -> Result<(), StoreError> {
+    write_tx(conn, |conn| {
+        let n = diesel::update(periodic_jobs::table.find(name))
+            .set(periodic_jobs::last_run_ms.eq(now_ms))
+            .execute(conn)?;
+        if n == 0 {
+            diesel::insert_into(periodic_jobs::table)
+                .values((
+                    periodic_jobs::name.eq(name),
+                    periodic_jobs::last_run_ms.eq(now_ms),
+                ))
+                .execute(conn)?;
+        }
+        Ok(())
+    })
+}
+
 impl Store {
+    /// The turn to run periodic job `name` at `now_ms`: `None` while another instance runs it
+    /// (PostgreSQL: `pg_try_advisory_lock` on a connection of its own), or when it last ran
+    /// less than `interval_ms` ago (any instance). The lock only keeps the instances from
+    /// running a job twice at once; what the job writes is fenced as any write (drift repair
+    /// takes claims). Finish with [`Store::job_done`].
+    ///
+    /// # Errors
+    /// The store's errors.
+    pub async fn try_job(
+        &self,
+        name: &str,
+        interval_ms: i64,
+        now_ms: i64,
+    ) -> Result<Option<JobTurn>, StoreError> {
+        let url = self.inner.pg_url.clone();
+        let key = name.to_owned();
+        let lock = tokio::task::spawn_blocking(
+            move || -> Result<Option<Option<diesel::PgConnection>>, StoreError> {
+                use diesel::sql_types::{Bool, Text};
+                use diesel::Connection;
+                let Some(url) = url else {
+                    return Ok(Some(None));
+                };
+                let mut conn = diesel::PgConnection::establish(&url)
+                    .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+                #[derive(diesel::QueryableByName)]
+                struct Locked {
+                    #[diesel(sql_type = Bool)]
+                    locked: bool,
+                }
+                let got: Locked = diesel::sql_query(
+                    "SELECT pg_try_advisory_lock(hashtext('scim-sync/job/' || $1)) AS locked",
+                )
+                .bind::<Text, _>(&key)
+                .get_result(&mut conn)?;
+                Ok(got.locked.then_some(Some(conn)))
+            },
+        )
+        .await
+        .map_err(|e| StoreError::Other(format!("store task failed: {e}")))??;
+        let Some(lock) = lock else {
+            return Ok(None);
+        };
+        let key = name.to_owned();
+        let last = self.run(move |conn| last_run(conn, &key)).await?;
+        if last.is_some_and(|l| l.saturating_add(interval_ms) > now_ms) {
+            return Ok(None);
+        }
+        Ok(Some(JobTurn {
+            name: name.to_owned(),
+            _lock: lock,
+        }))
+    }
+
+    /// Record that the job of `turn` ran (at `now_ms`) and give the turn up.
+    ///
+    /// # Errors
+    /// The store's errors.
+    pub async fn job_done(&self, turn: JobTurn, now_ms: i64) -> Result<(), StoreError> {
+        let name = turn.name.clone();
+        let recorded = self.run(move |conn| record_run(conn, &name, now_ms)).await;
+        // The lock goes with its connection, after the record.
+        tokio::task::spawn_blocking(move || drop(turn))
+            .await
+            .map_err(|e| StoreError::Other(format!("store task failed: {e}")))?;
+        recorded
+    }
+
     /// PostgreSQL: call `on_change` whenever any instance committed queued outbox rows (a
     /// `LISTEN` on a connection of its own, on a thread of its own, reconnecting by itself),
     /// until `stop` is set. Nothing on SQLite (one instance; its own wake-ups suffice).

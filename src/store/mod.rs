@@ -30,7 +30,7 @@ use crate::scim::patch::MemberOp;
 use crate::scim::resource::{GroupInput, GroupRef, MemberRef, Meta, ResourceType, UserInput};
 use crate::scim::ScimError;
 pub use apply::{BeforeSync, BeforeSynced, ReferenceLookup, Resolved, Snapshot};
-pub use instances::{Fence, InstanceInfo, Registration};
+pub use instances::{Fence, InstanceInfo, JobTurn, Registration};
 use models::ResourceRow;
 pub use references::Reference;
 use serde_json::{Map, Value};

@@ -142,6 +142,14 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    /// When each periodic job last ran (one instance at a time, once per interval).
+    periodic_jobs (name) {
+        name -> Text,
+        last_run_ms -> BigInt,
+    }
+}
+
 diesel::joinable!(resource_emails -> resources (resource_seq));
 
 diesel::allow_tables_to_appear_in_same_query!(
@@ -149,6 +157,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     group_members,
     instances,
     outbox,
+    periodic_jobs,
     reference_index,
     resource_emails,
     resources,

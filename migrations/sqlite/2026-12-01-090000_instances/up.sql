@@ -16,3 +16,9 @@ CREATE TABLE instances (
 );
 -- Claims held per instance (takeover, `status`).
 CREATE INDEX outbox_claimed_by ON outbox (claimed_by) WHERE claimed_by IS NOT NULL;
+-- Periodic jobs (scheduled drift repair): when each last ran, so that across the instances
+-- (one at a time, under an advisory lock on PostgreSQL) it runs once per interval.
+CREATE TABLE periodic_jobs (
+    name TEXT PRIMARY KEY NOT NULL,
+    last_run_ms BIGINT NOT NULL
+);

@@ -90,3 +90,47 @@ async fn instances_a_dead_instance_is_taken_over_after_its_bound_and_its_late_he
     drop(b);
     db.finish().await;
 }
+
+/// A periodic job runs on one instance at a time (the advisory lock) and once per interval
+/// across them (the recorded last run).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn instances_a_periodic_job_runs_on_one_instance_at_a_time_once_per_interval() {
+    let db = pg_db().await;
+    let a = db.store.clone();
+    let b = second(&db, "other").await;
+    let turn = a.try_job("drift-repair", 1_000, 10_000).await.unwrap();
+    let turn = turn.expect("the first try runs");
+    assert!(
+        b.try_job("drift-repair", 1_000, 10_000)
+            .await
+            .unwrap()
+            .is_none(),
+        "held by a"
+    );
+    assert!(
+        b.try_job("retention", 1_000, 10_000)
+            .await
+            .unwrap()
+            .is_some(),
+        "another job"
+    );
+    a.job_done(turn, 10_500).await.unwrap();
+    assert!(
+        b.try_job("drift-repair", 1_000, 11_499)
+            .await
+            .unwrap()
+            .is_none(),
+        "ran 999 ms ago"
+    );
+    let again = b.try_job("drift-repair", 1_000, 11_500).await.unwrap();
+    assert!(again.is_some(), "an interval after the last run");
+    // A turn given up without its record (a crash): the lock goes with the connection.
+    drop(again);
+    assert!(a
+        .try_job("drift-repair", 1_000, 11_600)
+        .await
+        .unwrap()
+        .is_some());
+    drop(b);
+    db.finish().await;
+}
