@@ -837,6 +837,36 @@ pub(crate) async fn process_batch(
     out
 }
 
+/// How often, and how many times, [`give_back`] tries a store that does not answer.
+const GIVE_BACK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+const GIVE_BACK_TRIES: u32 = 30;
+
+/// Give a claimed row back to the outbox, due now, after the store failed under it (a
+/// PostgreSQL restart or failover): tried every second while the store does not answer, so
+/// the row runs again once it is back instead of waiting out its lease. The claim's epoch is
+/// checked (`settle_failed`): a row another worker took meanwhile is left alone. After the
+/// last try the lease expires on its own.
+async fn give_back(rec: &Reconciler, t: &TargetRuntime, item: &OutboxItem, why: &str) {
+    for _ in 0..GIVE_BACK_TRIES {
+        let now = now_ms();
+        match rec
+            .inner
+            .store
+            .settle_failed(item, why, now, false, now)
+            .await
+        {
+            Ok(()) => return,
+            Err(StoreError::Unavailable(_)) => {
+                tokio::time::sleep(GIVE_BACK_EVERY).await;
+            }
+            Err(e) => {
+                tracing::error!(target = %t.name, resource_id = %item.resource_id, outbox_id = item.id, error = %e, "Cannot give the row back; it re-applies when the lease expires.");
+                return;
+            }
+        }
+    }
+}
+
 /// What follows one row's apply and settle: the failure recorded, or the success counted and
 /// its dependants queued.
 async fn finish(
@@ -857,7 +887,8 @@ async fn finish(
                 return Processed::Failed(ApplyError::Conflict(text.clone()));
             }
             if let Err(e) = settled {
-                tracing::error!(target = %t.name, resource_id = %item.resource_id, outbox_id = item.id, error = %e, "Applied, but cannot record it in the store; it re-applies when the lease expires.");
+                tracing::error!(target = %t.name, resource_id = %item.resource_id, outbox_id = item.id, error = %e, "Applied, but cannot record it in the store; the row goes back to the outbox once the store answers (it re-applies).");
+                give_back(rec, t, item, &e.to_string()).await;
                 return Processed::Failed(e);
             }
             count(&t.name, "applied");
@@ -867,7 +898,8 @@ async fn finish(
             Processed::Applied(Box::new(done))
         }
         Err(ApplyError::Store(e)) => {
-            tracing::error!(target = %t.name, resource_id = %item.resource_id, outbox_id = item.id, error = %e, "Cannot read the resource from the store; it re-applies when the lease expires.");
+            tracing::error!(target = %t.name, resource_id = %item.resource_id, outbox_id = item.id, error = %e, "Cannot read the resource from the store; the row goes back to the outbox once the store answers.");
+            give_back(rec, t, item, &e.to_string()).await;
             Processed::Failed(ApplyError::Store(e))
         }
         Err(ApplyError::Target(e)) if e.code.as_deref() == Some("lease") => {

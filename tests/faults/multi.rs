@@ -250,3 +250,186 @@ async fn a_push_to_one_instance_wakes_the_workers_of_another() {
     }
     drop(dirs);
 }
+
+/// A PostgreSQL server of this test's own (initdb in a temporary directory, a free port), so it
+/// can be restarted without touching the shared one. Stopped and removed on drop.
+struct OwnedPg {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+impl OwnedPg {
+    fn pg_ctl(&self, args: &[&str]) {
+        let data = self.dir.path().join("data");
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1",
+            self.port,
+            self.dir.path().display()
+        );
+        let mut cmd = std::process::Command::new("runuser");
+        cmd.args(["-u", "postgres", "--"])
+            .arg(format!("{PG_BIN}/pg_ctl"))
+            .arg("-D")
+            .arg(&data)
+            .arg("-o")
+            .arg(&opts)
+            .arg("-l")
+            .arg(self.dir.path().join("log"))
+            .args(args)
+            .stdout(Stdio::null());
+        let ok = cmd.status().unwrap().success();
+        assert!(ok, "pg_ctl {args:?} failed");
+    }
+
+    fn start() -> OwnedPg {
+        let dir = tempfile::tempdir().unwrap();
+        let chown = std::process::Command::new("chown")
+            .arg("postgres")
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(chown.success());
+        let init = std::process::Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(format!("{PG_BIN}/initdb"))
+            .arg("-D")
+            .arg(dir.path().join("data"))
+            .args(["-A", "trust", "-U", "postgres"])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(init.success(), "initdb failed");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let pg = OwnedPg { dir, port };
+        pg.pg_ctl(&["-w", "start"]);
+        pg
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for OwnedPg {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(format!("{PG_BIN}/pg_ctl"))
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-m", "immediate", "-w", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// PostgreSQL restarted (fast shutdown, then started again) while two instances take pushes:
+/// every push is answered 201 or 503 (never another answer), every one answered 201 is in the
+/// store and the directory afterwards, and the daemons recover by themselves (pushes are
+/// acknowledged again after the restart, `verify` clean).
+#[tokio::test]
+async fn a_postgresql_restart_mid_burst_loses_no_acknowledged_push_and_the_daemons_recover() {
+    if !std::path::Path::new(PG_BIN).join("initdb").exists() {
+        panic!("this test needs PostgreSQL 15's server binaries in {PG_BIN}");
+    }
+    let slapd = Slapd::start().await;
+    let pg = OwnedPg::start();
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let configs: Vec<PathBuf> = dirs
+        .iter()
+        .zip(["a", "b"])
+        .map(|(d, id)| instance_config(d.path(), &pg.url(), id, &slapd))
+        .collect();
+    let token = create_token(&configs[0], "restart").await;
+    let mut procs = Vec::new();
+    for c in &configs {
+        procs.push(Proc::start(c).await);
+    }
+    let acked = Arc::new(Mutex::new(BTreeSet::<String>::new()));
+    let odd = Arc::new(Mutex::new(Vec::<String>::new()));
+    let count = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for c in 0..4 {
+        let (base, token, acked, odd, count, stop) = (
+            procs[c % 2].base(),
+            token.clone(),
+            acked.clone(),
+            odd.clone(),
+            count.clone(),
+            stop.clone(),
+        );
+        clients.push(tokio::spawn(async move {
+            let client = reqwest::Client::builder()
+                .timeout(Duration::from_secs(20))
+                .build()
+                .unwrap();
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                i += 1;
+                let name = format!("r{c}-{i}");
+                let resp = client
+                    .post(format!("{base}/Users"))
+                    .bearer_auth(&token)
+                    .header("content-type", "application/scim+json")
+                    .body(serde_json::to_vec(&user_body(&name, "T", true)).unwrap())
+                    .send()
+                    .await;
+                match resp.map(|r| r.status().as_u16()) {
+                    Ok(201) => {
+                        acked.lock().unwrap().insert(name);
+                        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    Ok(503) => tokio::time::sleep(Duration::from_millis(20)).await,
+                    other => odd.lock().unwrap().push(format!("{name}: {other:?}")),
+                }
+            }
+        }));
+    }
+    let wait_for = |n: u64| {
+        let count = count.clone();
+        async move {
+            let started = Instant::now();
+            while count.load(std::sync::atomic::Ordering::SeqCst) < n {
+                assert!(
+                    started.elapsed() < PATIENCE,
+                    "pushes stopped being acknowledged"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    wait_for(60).await;
+    pg.pg_ctl(&["-m", "fast", "-w", "stop"]);
+    let at_stop = count.load(std::sync::atomic::Ordering::SeqCst);
+    pg.pg_ctl(&["-w", "start"]);
+    // Recovered by themselves: pushes are acknowledged again, on both instances.
+    wait_for(at_stop + 60).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for c in clients {
+        tokio::time::timeout(PATIENCE, c).await.unwrap().unwrap();
+    }
+    let odd = odd.lock().unwrap().clone();
+    assert!(odd.is_empty(), "answers other than 201 and 503: {odd:?}");
+    let (view, _) = converge(&procs[0], &slapd, &token).await;
+    let stored: BTreeSet<String> = view.users.values().map(|(n, _, _)| n.clone()).collect();
+    let acked = acked.lock().unwrap().clone();
+    let lost: Vec<_> = acked.difference(&stored).collect();
+    assert!(lost.is_empty(), "acknowledged but lost: {lost:?}");
+    eprintln!(
+        "{} acknowledged ({at_stop} before the stop), {} stored",
+        acked.len(),
+        stored.len()
+    );
+    for p in &mut procs {
+        p.signal("TERM");
+        assert_eq!(p.wait().await.code(), Some(0), "{}", p.log_text());
+    }
+}
