@@ -27,6 +27,7 @@ fn dry_job(resource_type: ResourceType, id: &str) -> Job {
         resource_type,
         id: id.to_owned(),
         lease: Lease::default(),
+        claim: None,
         span: tracing::Span::current(),
     }
 }
@@ -184,8 +185,10 @@ pub(crate) async fn reconcile_full<F: Fn(u64, u64)>(
                     Ok(Some(_)) => match processed.next() {
                         Some(Processed::Applied(done)) => Some(Ok(*done)),
                         Some(Processed::Failed(e)) => Some(Err(e.text())),
-                        // Another worker took the row: it applies the current state.
-                        Some(Processed::Lost) | None => None,
+                        // Not repaired: the claim was lost (a worker applies the current state)
+                        // or its lease ran short; the row went back to the outbox.
+                        Some(Processed::Lost(text)) => Some(Err(text)),
+                        None => None,
                     },
                     Ok(None) => None,
                     Err(e) => Some(Err(ApplyError::Store(e).text())),
