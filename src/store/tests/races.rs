@@ -462,10 +462,12 @@ async fn claims_writes_before_a_sync_need_the_claim_still_held() {
         let second = store.claim(TARGET, 2000, 1000, 10).await.unwrap().remove(0);
         assert!(second.claim_epoch > first.claim_epoch);
         let intent = |item: &OutboxItem| {
-            let mut extra = Bookkeeping::default();
-            extra.creating = Some("uid=stalled,ou=People,dc=example,dc=com".into());
-            extra.since_ms = Some(2100);
-            extra.attempt_ms = Some(2100);
+            let extra = Bookkeeping {
+                creating: Some("uid=stalled,ou=People,dc=example,dc=com".into()),
+                since_ms: Some(2100),
+                attempt_ms: Some(2100),
+                ..Bookkeeping::default()
+            };
             BeforeSync {
                 claim: Some(item.clone()),
                 resource_type: ResourceType::User,
