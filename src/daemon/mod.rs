@@ -8,7 +8,8 @@ pub mod systemd;
 
 use crate::config::load::{load, ConfigError};
 use crate::config::raw::RawConfig;
-use crate::http::admin::{serve_admin, AdminContext, TargetHealth};
+use crate::health::{Health, TargetHealth};
+use crate::http::admin::{serve_admin, AdminContext};
 use crate::http::auth::Auth;
 use crate::http::server::{load_tls, serve_scim};
 use crate::http::{HttpSettings, ScimContext};
@@ -48,7 +49,7 @@ pub struct Daemon {
     /// Set when a long-running task ended on its own: the daemon must stop, non-zero.
     failed: Arc<AtomicBool>,
     config_path: Option<PathBuf>,
-    health: Arc<Mutex<BTreeMap<String, TargetHealth>>>,
+    health: Health,
 }
 
 /// One generation of reconciler workers.
@@ -156,7 +157,7 @@ impl Daemon {
             tracing::info!(migration = %name, "Applied migration.");
         }
         // A write the killed process sent may still land: its rows wait that long.
-        let due_ms = crate::http::server::now_ms().saturating_add(
+        let due_ms = crate::clock::now_ms().saturating_add(
             i64::try_from(settings.longest_write().as_millis()).unwrap_or(i64::MAX),
         );
         match store.release_stale_claims(due_ms).await {
@@ -207,12 +208,7 @@ impl Daemon {
         let auth = Arc::new(Auth::new(store.clone()));
         let wake = Arc::new(Notify::new());
         let accept_progress = Arc::new(AtomicU64::new(0));
-        let health = Arc::new(Mutex::new(
-            target_names
-                .iter()
-                .map(|n| (n.clone(), TargetHealth::default()))
-                .collect::<BTreeMap<_, _>>(),
-        ));
+        let health = Health::new(&target_names);
 
         let ctx = ScimContext {
             store: store.clone(),
@@ -373,11 +369,7 @@ impl Daemon {
 
     /// A one-line summary for systemd's `STATUS=` (the SCIM address and each target's health).
     pub fn status_line(&self) -> String {
-        let health = match self.health.lock() {
-            Ok(h) => h.clone(),
-            Err(p) => p.into_inner().clone(),
-        };
-        status_line(self.scim_addr, &health)
+        status_line(self.scim_addr, &self.health.snapshot())
     }
 
     /// Reload from the config file the daemon was started with: on any error, log them all and
@@ -460,16 +452,7 @@ impl Daemon {
     fn restart_reconciler(&self, new: &Settings, built: Vec<TargetRuntime>, targets_changed: bool) {
         let names: Vec<String> = built.iter().map(|t| t.name.clone()).collect();
         self.store.set_targets(names.clone());
-        {
-            let mut health = match self.health.lock() {
-                Ok(h) => h,
-                Err(p) => p.into_inner(),
-            };
-            health.retain(|k, _| names.contains(k));
-            for n in &names {
-                health.entry(n.clone()).or_default();
-            }
-        }
+        self.health.retain(&names);
         let mut slot = match self.reconciler.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
@@ -556,15 +539,7 @@ fn status_line(addr: SocketAddr, health: &BTreeMap<String, TargetHealth>) -> Str
     if !health.is_empty() {
         let parts: Vec<String> = health
             .iter()
-            .map(|(name, h)| {
-                if h.healthy {
-                    format!("{name} ok")
-                } else if h.detail.is_empty() {
-                    format!("{name} unchecked")
-                } else {
-                    format!("{name} failing: {}", h.detail)
-                }
-            })
+            .map(|(name, h)| format!("{name} {}", h.summary()))
             .collect();
         line.push_str("; targets: ");
         line.push_str(&parts.join(", "));
@@ -602,11 +577,7 @@ fn start_workers(
                 c = rec.healthcheck_all() => c,
             };
             if !checks.is_empty() {
-                let health = match rec.health().lock() {
-                    Ok(h) => h.clone(),
-                    Err(p) => p.into_inner().clone(),
-                };
-                systemd::status(&status_line(scim_addr, &health));
+                systemd::status(&status_line(scim_addr, &rec.health().snapshot()));
             }
             if boot == Boot::HealthcheckAndRequeue {
                 let queued = tokio::select! {
@@ -773,16 +744,18 @@ mod tests {
         health.insert(
             "a".to_owned(),
             TargetHealth {
-                healthy: true,
+                reachable: true,
                 detail: "ok".into(),
+                refused: BTreeMap::new(),
             },
         );
         health.insert("b".to_owned(), TargetHealth::default());
         health.insert(
             "c".to_owned(),
             TargetHealth {
-                healthy: false,
+                reachable: false,
                 detail: "connection refused".into(),
+                refused: BTreeMap::new(),
             },
         );
         assert_eq!(

@@ -14,7 +14,7 @@
 
 use super::worker::{apply, apply_claimed, enqueue_dependants, fail, ApplyError};
 use super::{Reconciler, TargetRuntime};
-use crate::http::server::now_ms;
+use crate::clock::now_ms;
 use crate::scim::resource::ResourceType;
 use crate::store::{OutboxItem, StoreError, TargetState};
 use crate::targets::{ErrorClass, Lease};
@@ -41,11 +41,12 @@ pub struct FullItem {
 /// The summary of a full reconciliation.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct FullReport {
-    /// Resources checked (synced or compared).
+    /// Resources checked (synced or compared), the failed ones included.
     pub checked: u64,
     /// Resources that changed (or, in a dry run, would change).
     pub changed: u64,
-    /// Resources that could not be synced.
+    /// Resources that could not be synced (a part of `checked`). A target whose managed
+    /// resources could not be listed is an item with an error and an empty resource id.
     pub failed: u64,
     /// The changed and failed resources, in the order they were checked.
     pub items: Vec<FullItem>,
@@ -99,7 +100,7 @@ pub(crate) async fn reconcile_full<F: Fn(u64, u64)>(
         match managed(rec, t).await {
             Ok(list) => work.extend(list.into_iter().map(|(ty, id)| (t.clone(), ty, id))),
             Err(e) => {
-                report.failed += 1;
+                // Not a resource: an item with an error and no resource id (not in `failed`).
                 report.items.push(FullItem {
                     target: t.name.clone(),
                     resource_type: ResourceType::User,
@@ -149,6 +150,7 @@ pub(crate) async fn reconcile_full<F: Fn(u64, u64)>(
                 report.checked += 1;
                 let moved = done.prior.key != done.outcome.key;
                 if let Some(item) = &claimed {
+                    rec.inner.health.applied(&t.name, &id);
                     settle(rec, &t, item, &done).await;
                 }
                 if !done.outcome.changes.is_empty() || moved {
@@ -167,6 +169,8 @@ pub(crate) async fn reconcile_full<F: Fn(u64, u64)>(
                 }
             }
             Some(Err(e)) => {
+                // Checked, and failed: `failed` is a part of `checked`.
+                report.checked += 1;
                 report.failed += 1;
                 if let Some(item) = &claimed {
                     let class = match &e {

@@ -5,14 +5,16 @@
 
 pub mod ldap;
 pub mod plan;
+pub mod secret;
 pub mod sql;
 
 pub use crate::bookkeeping::{Bookkeeping, Kind};
 use crate::config::target::RawTarget;
 use crate::mapping::{CompiledTarget, ConfigError, Entry, Schemas};
+pub use secret::PasswordSource;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// The desired state of one resource in one target.
 #[derive(Debug, Clone, PartialEq)]
@@ -108,10 +110,7 @@ impl Lease {
         let Some(until) = &self.until_ms else {
             return Ok(());
         };
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-            .unwrap_or(0);
+        let now = crate::clock::now_ms();
         let needed = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
         if now.saturating_add(needed) <= until.load(Ordering::SeqCst) {
             return Ok(());
@@ -296,7 +295,7 @@ pub fn build_with(
             match (map, settings) {
                 (Ok(map), Ok(settings)) => {
                     let password_key = match &settings.bind_password {
-                        ldap::PasswordSource::Env(_) => "bind_password_env",
+                        PasswordSource::Env(_) => "bind_password_env",
                         _ => "bind_password_file",
                     };
                     let target = ldap::LdapTarget::new(settings).map_err(|e| {
@@ -325,7 +324,7 @@ pub fn build_with(
             match (map, settings) {
                 (Ok(map), Ok(settings)) => {
                     let key = match &settings.password {
-                        ldap::PasswordSource::Env(_) => "password_env",
+                        PasswordSource::Env(_) => "password_env",
                         _ => "password_file",
                     };
                     let target = sql::SqlTarget::new(settings).map_err(|e| {

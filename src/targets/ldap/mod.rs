@@ -16,7 +16,7 @@ pub mod conn;
 pub mod settings;
 
 pub use conn::LdapTarget;
-pub use settings::{PasswordSource, Settings};
+pub use settings::Settings;
 
 use crate::targets::{Change, Desired, Kind, Outcome, Prior, Target, TargetError};
 

@@ -452,7 +452,7 @@ mod tests {
     #[test]
     fn debug_never_shows_the_password() {
         let mut s = settings("postgres://app@h/db");
-        s.password = crate::targets::ldap::PasswordSource::Value("hunter2".into());
+        s.password = crate::targets::PasswordSource::Value("hunter2".into());
         let t = SqlTarget::new(s).unwrap();
         assert!(!format!("{t:?}").contains("hunter2"));
     }

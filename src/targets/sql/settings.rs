@@ -9,7 +9,7 @@ use crate::config::target::{
     SqlDeactivatePolicy,
 };
 use crate::mapping::ConfigError;
-use crate::targets::ldap::PasswordSource;
+use crate::targets::PasswordSource;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
