@@ -619,7 +619,7 @@ async fn reload_with_a_changed_map_reapplies_every_managed_entry() {
         "[targets.users.attributes]\ndescription = { constant = \"Managed\" }\n",
     );
     std::fs::write(path, text).unwrap();
-    env.t.d().reload().unwrap();
+    env.t.d().reload().await.unwrap();
     env.run().await;
     for n in ["r1", "r2"] {
         assert_eq!(
@@ -632,7 +632,7 @@ async fn reload_with_a_changed_map_reapplies_every_managed_entry() {
         .unwrap()
         .replace("title = \"title\"", "title = \"{unclosed\"");
     std::fs::write(path, text).unwrap();
-    let errors = env.t.d().reload().unwrap_err();
+    let errors = env.t.d().reload().await.unwrap_err();
     assert!(
         errors
             .iter()

@@ -377,12 +377,62 @@ impl Daemon {
     ///
     /// # Errors
     /// The problems found (the old settings stay in force).
-    pub fn reload(&self) -> Result<(), Vec<ConfigError>> {
+    pub async fn reload(&self) -> Result<(), Vec<ConfigError>> {
         let Some(path) = &self.config_path else {
             return Ok(());
         };
         let new = load_settings(path)?;
+        self.check_targets(&new, path).await?;
         self.apply(new)
+    }
+
+    /// When a reload changes the targets: check each of the new config's targets live, as
+    /// `check-config --connect` does (`targets::check_live`). A problem in the config (a
+    /// missing table or column, a type the rule cannot write, an object class or attribute
+    /// the directory's schema lacks) refuses the reload; a target that cannot be reached
+    /// right now does not (its changes wait, as for a target down at startup), with a
+    /// warning.
+    async fn check_targets(&self, new: &Settings, path: &Path) -> Result<(), Vec<ConfigError>> {
+        let changed = {
+            let current = match self.settings.lock() {
+                Ok(s) => s,
+                Err(p) => p.into_inner(),
+            };
+            new.raw.targets != current.raw.targets
+        };
+        if !changed {
+            return Ok(());
+        }
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let file = path.display().to_string();
+        let schemas = crate::mapping::Schemas::new(&new.raw.scim.user_extensions);
+        let mut errors = Vec::new();
+        for (i, raw) in new.raw.targets.iter().enumerate() {
+            let (map, target) = match crate::targets::build_with(raw, i, &schemas) {
+                Ok(built) => built,
+                Err(errs) => {
+                    errors.extend(
+                        errs.into_iter()
+                            .map(|e| ConfigError::invalid(e.key, e.message).in_file(&file, &text)),
+                    );
+                    continue;
+                }
+            };
+            match crate::targets::check_live(&map, &target, i).await {
+                Ok(()) => {}
+                Err(e) if e.class == crate::targets::ErrorClass::Transient => {
+                    tracing::warn!(target = %raw.name(), error = %e, "Cannot check the reloaded target against its server (unreachable); the reload goes ahead and its changes wait until it is reachable.");
+                }
+                Err(e) => errors.push(
+                    ConfigError::invalid(format!("targets[{i}]"), e.message).in_file(&file, &text),
+                ),
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
     }
 
     /// Swap in validated settings. Listen addresses and the store URL need a restart: a change
@@ -663,7 +713,7 @@ pub fn run(config_path: &Path) -> ExitCode {
                 () = &mut signal_loop => {}
                 () = cancelled.cancelled() => break,
                 control = controls.recv() => match control {
-                    Some(signals::Control::Reload) => match daemon.reload() {
+                    Some(signals::Control::Reload) => match daemon.reload().await {
                         Ok(()) => systemd::status(&format!("{} (reloaded)", daemon.status_line())),
                         Err(errors) => {
                             for e in &errors {

@@ -264,6 +264,50 @@ impl Target for AnyTarget {
     }
 }
 
+/// What `check-config --connect`, a reload and nothing else check against a live target
+/// before its config is used: the healthcheck (a real connection, bind and read; SQL: every
+/// mapped table and column exists and takes what its rule writes, `sql::types`), and for LDAP
+/// that every object class and attribute the mapping writes is in the server's schema
+/// (`ldap::schema`). Every problem is in the one error (permanent for a config problem,
+/// transient for a target that cannot be reached).
+///
+/// # Errors
+/// The first failure of the healthcheck, or every schema problem.
+pub async fn check_live(
+    map: &CompiledTarget,
+    target: &AnyTarget,
+    index: usize,
+) -> Result<(), TargetError> {
+    target.healthcheck().await?;
+    let AnyTarget::Ldap(l) = target else {
+        return Ok(());
+    };
+    let base = format!("targets[{index}]");
+    let mut wanted = ldap::schema::Wanted::default();
+    let mut kinds = vec![("users", &map.users)];
+    if let Some(g) = &map.groups {
+        kinds.push(("groups", g));
+    }
+    for (kind, m) in kinds {
+        for class in m.object_classes() {
+            wanted
+                .object_classes
+                .push((format!("{base}.{kind}.object_classes"), class.clone()));
+        }
+        for attr in m.attribute_names() {
+            wanted
+                .attributes
+                .push((format!("{base}.{kind}.attributes.{attr}"), attr));
+        }
+    }
+    let problems = l.schema_problems(&wanted).await?;
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(config_error(problems.join("; ")))
+    }
+}
+
 /// Validate the `index`th `[[targets]]` entry and build its mapping and target, its paths
 /// checked against the core and enterprise schemas only (see [`build_with`]). Does not
 /// connect (the healthcheck does); the bind password file or variable is resolved here, so a

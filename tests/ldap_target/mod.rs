@@ -3,6 +3,7 @@
 //! run and outages; plus the golden mapping cases in `tests/mapping/`.
 
 mod golden;
+mod schema;
 
 use crate::harness::slapd::Slapd;
 use scim_sync::config::target::{RawTarget, RefBy};

@@ -432,7 +432,19 @@ fn desired_values<'c>(t: &'c Table, entry: &Entry) -> Result<Wanted<'c>, TargetE
         .iter()
         .map(|c| {
             let v = entry.attrs.get(&c.name).and_then(|v| v.first());
-            convert(c, v.map(String::as_str), &t.table).map(|(b, canon)| (c, b, canon))
+            convert(c, v.map(String::as_str), &t.table)
+                .map(|(b, canon)| (c, b, canon))
+                // Name the target and the config key too (`origin`: target and section).
+                .map_err(|e| TargetError {
+                    message: format!(
+                        "{}: {} (config key {}.columns.{})",
+                        t.origin,
+                        e.message,
+                        t.origin.rsplit(", ").next().unwrap_or_default(),
+                        c.quoted.replace(['"', '`'], "")
+                    ),
+                    ..e
+                })
         })
         .collect()
 }

@@ -1,6 +1,7 @@
 //! The legacy SQL database target: `settings` (validated config, pure), `dialect` (identifier
 //! validation and quoting, per-backend SQL text), `conn` (diesel connections to PostgreSQL,
 //! MariaDB/MySQL or SQLite, reconnect, blocking work off the runtime, error classification),
+//! `types` (the live column types against the rules' conversions, at the healthcheck),
 //! `apply` (one resource in one transaction). Never sees SCIM types or the store: it gets a
 //! [`Change`] (an upsert of a rendered [`Desired`]: key = the key column's value, attrs =
 //! column -> values; or a removal) and a [`Prior`].
@@ -13,6 +14,7 @@ pub mod apply;
 pub mod conn;
 pub mod dialect;
 pub mod settings;
+pub mod types;
 
 pub use conn::SqlTarget;
 pub use settings::Settings;
@@ -21,7 +23,11 @@ use crate::targets::{Change, Desired, Kind, Outcome, Prior, Target, TargetError}
 
 impl Target for SqlTarget {
     async fn healthcheck(&self) -> Result<(), TargetError> {
-        self.with_conn("healthcheck", apply::healthcheck).await
+        self.with_conn("healthcheck", |s, conn| {
+            apply::healthcheck(s, conn)?;
+            types::check(s, conn)
+        })
+        .await
     }
 
     async fn sync(
