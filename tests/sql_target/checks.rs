@@ -230,3 +230,27 @@ async fn the_documented_flag_and_timestamp_deactivation_works_on_postgres() {
 async fn the_documented_flag_and_timestamp_deactivation_works_on_sqlite() {
     documented_flag_and_timestamp(Flavor::Sqlite).await;
 }
+
+/// A database error that names no column ("value too long for type character varying(100)")
+/// comes with the statement (placeholders, no values), which names the table and column.
+#[tokio::test]
+async fn postgres_a_write_error_names_the_statements_table_and_columns() {
+    use scim_sync::targets::{Change, Prior, Target};
+    let db = LegacyDb::new(Flavor::Postgres);
+    let mapping = "[users]\ntable = \"app_users\"\nkey_column = \"login\"\nkey = \"userName\"\n[users.columns]\nfirst_name = \"name.givenName\"\n";
+    let (map, target) = super::build(&db.url, "", mapping);
+    let mut u = super::user("long");
+    u["name"]["givenName"] = json!("x".repeat(150));
+    let d = super::desired_user(&map, &u);
+    let e = target
+        .sync(Change::Upsert(&d), &Prior::default(), false)
+        .await
+        .expect_err("a 150-character value went into a VARCHAR(100)");
+    assert_eq!(e.class, ErrorClass::Permanent, "{e:?}");
+    assert!(
+        e.message.contains("target legacy") && e.message.contains("\"first_name\""),
+        "{}",
+        e.message
+    );
+    assert!(!e.message.contains(&"x".repeat(150)), "{}", e.message);
+}

@@ -190,7 +190,14 @@ impl Tx<'_> {
         if self.dry_run {
             return Ok(1);
         }
-        Ok(self.db.execute(&st.sql, &st.binds)?)
+        // Some database messages name no column ("value too long for type character
+        // varying(1)"): the statement (placeholders, never values) names table and columns.
+        self.db.execute(&st.sql, &st.binds).map_err(|e| {
+            TxError::Target(super::conn::classify(
+                &e,
+                &format!("target {}: {}", self.s.name, st.sql),
+            ))
+        })
     }
 
     /// Read the row with this key: (column -> text) for the key, the mapped columns and the
