@@ -802,7 +802,8 @@ async fn cli_status_history_dead_letters_and_full_reconcile() {
     let (code, out, err) = cli(&config, &["reconcile", "--full", "--target", "corp"]);
     assert_eq!(code, 1, "the broken user fails: {out}{err}");
     assert!(
-        out.contains("Checked 1 resource(s): 1 changed, 1 failed."),
+        // The failed user is checked too (issue 13: this printed "Checked 1 ... 1 failed").
+        out.contains("Checked 2 resource(s): 1 changed, 1 failed."),
         "{out}"
     );
     assert_eq!(

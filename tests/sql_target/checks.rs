@@ -254,3 +254,31 @@ async fn postgres_a_write_error_names_the_statements_table_and_columns() {
     );
     assert!(!e.message.contains(&"x".repeat(150)), "{}", e.message);
 }
+
+/// A flag written with TOML booleans into a VARCHAR column: PostgreSQL would store the text
+/// 'true' (an assignment cast). The first sync runs the live type check itself (no
+/// healthcheck ran: a target down at start) and writes nothing.
+#[tokio::test]
+async fn postgres_a_sync_through_a_column_that_cannot_take_its_value_writes_nothing() {
+    use scim_sync::targets::{Change, Prior, Target};
+    let db = LegacyDb::new(Flavor::Postgres);
+    db.exec("CREATE TABLE flags (login VARCHAR(200) NOT NULL, active_text VARCHAR(10) NULL)");
+    let mapping = "[users]\ntable = \"flags\"\nkey_column = \"login\"\nkey = \"userName\"\n[users.columns]\nactive_text = { from = \"active\", type = \"flag\", true = true, false = false }\n";
+    let (map, target) = super::build(&db.url, "", mapping);
+    let d = super::desired_user(&map, &super::user("tom"));
+    for _ in 0..2 {
+        let e = target
+            .sync(Change::Upsert(&d), &Prior::default(), false)
+            .await
+            .expect_err("a boolean went into a VARCHAR");
+        assert_eq!(e.class, ErrorClass::Permanent, "{e:?}");
+        assert!(
+            e.message.contains("targets[0].users.columns.active_text"),
+            "{}",
+            e.message
+        );
+    }
+    assert!(db
+        .rows("SELECT login AS v FROM flags WHERE login = ?", "tom")
+        .is_empty());
+}

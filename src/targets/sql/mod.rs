@@ -23,9 +23,10 @@ use crate::targets::{Change, Desired, Kind, Outcome, Prior, Target, TargetError}
 
 impl Target for SqlTarget {
     async fn healthcheck(&self) -> Result<(), TargetError> {
-        self.with_conn("healthcheck", |s, conn| {
+        let cache = std::sync::Arc::clone(&self.types_checked);
+        self.with_conn("healthcheck", move |s, conn| {
             apply::healthcheck(s, conn)?;
-            types::check(s, conn)
+            types::checked(s, conn, &cache)
         })
         .await
     }
@@ -39,7 +40,10 @@ impl Target for SqlTarget {
         // Owned for the blocking thread.
         let (kind, desired) = (change.kind(), change.desired().cloned());
         let prior = prior.clone();
+        let cache = std::sync::Arc::clone(&self.types_checked);
         self.with_conn("sync", move |s, conn| {
+            // Nothing is written through a column that cannot take what its rule writes.
+            types::checked(s, conn, &cache)?;
             let change = match &desired {
                 Some(d) => Change::Upsert(d),
                 None => Change::Remove { kind },

@@ -290,6 +290,39 @@ pub(super) fn check(s: &Settings, conn: &mut Conn) -> Result<(), TargetError> {
     })
 }
 
+/// [`check`] once per target (its first healthcheck or sync), the answer kept in `cache`
+/// unless it was a transient failure: a sync whose columns cannot take what the rules write
+/// fails before anything is written, even when no check ran before it (a target that was
+/// down at start). A column altered afterwards is seen after a reload or a restart.
+///
+/// # Errors
+/// The problems found (permanent), or a database error.
+pub(super) fn checked(
+    s: &Settings,
+    conn: &mut Conn,
+    cache: &std::sync::Mutex<Option<Result<(), TargetError>>>,
+) -> Result<(), TargetError> {
+    let known = match cache.lock() {
+        Ok(g) => g.clone(),
+        Err(p) => p.into_inner().clone(),
+    };
+    if let Some(answer) = known {
+        return answer;
+    }
+    let answer = check(s, conn);
+    if answer
+        .as_ref()
+        .err()
+        .is_none_or(|e| e.class == ErrorClass::Permanent)
+    {
+        match cache.lock() {
+            Ok(mut g) => *g = Some(answer.clone()),
+            Err(p) => *p.into_inner() = Some(answer.clone()),
+        }
+    }
+    answer
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
