@@ -282,3 +282,49 @@ async fn postgres_a_sync_through_a_column_that_cannot_take_its_value_writes_noth
         .rows("SELECT login AS v FROM flags WHERE login = ?", "tom")
         .is_empty());
 }
+
+/// A membership column of another kind than what it holds is refused by the live check: the
+/// integer `app_role_members.user_id` told to hold the text key `app_users.login` (named by
+/// `user_column`) or the text `app_users.email` (named by `user_holds`); the surrogate-id
+/// mapping as documented passes. On each backend.
+async fn membership_holds_are_checked(flavor: Flavor) {
+    let db = LegacyDb::new(flavor);
+    for (holds, key) in [
+        ("login", "targets[0].groups.membership.user_column"),
+        ("email", "targets[0].groups.membership.user_holds"),
+    ] {
+        let bad = super::SURROGATE.replace(
+            "user_holds = \"user_id\"",
+            &format!("user_holds = \"{holds}\""),
+        );
+        assert_ne!(bad, super::SURROGATE);
+        let (map, target) = super::build(&db.url, "", &bad);
+        let e = check_live(&map, &AnyTarget::Sql(target), 0)
+            .await
+            .expect_err("an integer join column holding text passed");
+        assert!(
+            e.message.contains(key) && e.message.contains("app_role_members.user_id"),
+            "{flavor:?}: {}",
+            e.message
+        );
+    }
+    let (map, target) = super::build(&db.url, "", super::SURROGATE);
+    check_live(&map, &AnyTarget::Sql(target), 0)
+        .await
+        .unwrap_or_else(|e| panic!("{flavor:?}: {e:?}"));
+}
+
+#[tokio::test]
+async fn postgres_membership_holds_are_checked() {
+    membership_holds_are_checked(Flavor::Postgres).await;
+}
+
+#[tokio::test]
+async fn mariadb_membership_holds_are_checked() {
+    membership_holds_are_checked(Flavor::Mariadb).await;
+}
+
+#[tokio::test]
+async fn sqlite_membership_holds_are_checked() {
+    membership_holds_are_checked(Flavor::Sqlite).await;
+}

@@ -762,7 +762,7 @@ async fn deactivation_policies(flavor: Flavor) {
     assert!(db.has_user("erin"));
 }
 
-const SURROGATE: &str = r#"
+pub const SURROGATE: &str = r#"
 [users]
 table = "app_users"
 key_column = "login"

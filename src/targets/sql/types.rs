@@ -9,7 +9,8 @@
 //!   text column, where it would land as the text `true`/`1`, or into a timestamp column
 //!   (and, on PostgreSQL, an integer column);
 //! - an integer into a timestamp column (and, on PostgreSQL, a boolean column);
-//! - a timestamp into an integer or boolean column.
+//! - a timestamp into an integer or boolean column;
+//! - a membership column of another kind than the key (or `*_holds` column) it holds.
 //!
 //! A type we do not classify (uuid, json, ...) is not checked.
 
@@ -183,6 +184,26 @@ fn checks(s: &Settings) -> Vec<Check> {
             });
         }
     }
+    // A join-table column holding a key is bound as that key; one holding another column
+    // (`user_holds`, `group_holds`) is compared with it in [`pairs`].
+    if let Some(m) = &s.membership {
+        if m.user_holds.is_none() {
+            out.push(Check {
+                key: format!("{base}.groups.membership.user_column"),
+                table: m.table.clone(),
+                column: m.user_column.clone(),
+                written: Written::of(s.users.key_type, None),
+            });
+        }
+        if let (None, Some(g)) = (&m.group_holds, &s.groups) {
+            out.push(Check {
+                key: format!("{base}.groups.membership.group_column"),
+                table: m.table.clone(),
+                column: m.group_column.clone(),
+                written: Written::of(g.key_type, None),
+            });
+        }
+    }
     if let Some(d) = &s.deactivate {
         if let Some(column) = &d.column {
             let written = match (d.policy, &d.flag) {
@@ -196,6 +217,34 @@ fn checks(s: &Settings) -> Vec<Check> {
                 column: column.clone(),
                 written,
             });
+        }
+    }
+    out
+}
+
+/// Join-table columns that hold another table's column: (config key, join table, join column,
+/// held table, held column).
+fn pairs(s: &Settings) -> Vec<(String, String, String, String, String)> {
+    let base = format!("targets[{}]", s.index);
+    let mut out = Vec::new();
+    if let Some(m) = &s.membership {
+        if let Some(h) = &m.user_holds {
+            out.push((
+                format!("{base}.groups.membership.user_holds"),
+                m.table.clone(),
+                m.user_column.clone(),
+                s.users.table.clone(),
+                h.clone(),
+            ));
+        }
+        if let (Some(h), Some(g)) = (&m.group_holds, &s.groups) {
+            out.push((
+                format!("{base}.groups.membership.group_holds"),
+                m.table.clone(),
+                m.group_column.clone(),
+                g.table.clone(),
+                h.clone(),
+            ));
         }
     }
     out
@@ -266,6 +315,25 @@ pub(super) fn problems(s: &Settings, db: &mut dyn Db) -> Result<Vec<String>, Die
                 unquote(&c.table),
                 unquote(&c.column),
                 c.key
+            ));
+        }
+    }
+    for (key, join_table, join_col, held_table, held_col) in pairs(s) {
+        let (Some(join), Some(held)) = (
+            declared(db, s.backend, &join_table, &join_col)?,
+            declared(db, s.backend, &held_table, &held_col)?,
+        ) else {
+            continue;
+        };
+        let (a, b) = (classify(s.backend, &join), classify(s.backend, &held));
+        if a != b && a != Class::Other && b != Class::Other {
+            out.push(format!(
+                "target {}: {}.{} is {join} but holds {}.{}, which is {held}: the two must hold the same kind of value (config key {key})",
+                s.name,
+                unquote(&join_table),
+                unquote(&join_col),
+                unquote(&held_table),
+                unquote(&held_col),
             ));
         }
     }
