@@ -1047,10 +1047,22 @@ async fn sighup_with_a_config_the_target_cannot_take_keeps_the_old_one() {
     .into_iter()
     .enumerate()
     {
-        std::fs::write(&config, config_text(&store_url, &target(columns))).unwrap();
+        let text = config_text(&store_url, &target(columns));
+        std::fs::write(&config, &text).unwrap();
         proc.signal("HUP");
         let rejected = proc.wait_for_line("Reload rejected").await;
         assert!(rejected.contains(why), "{rejected}");
+        if n == 1 {
+            // At the line of the key the problem names.
+            let line = 1 + text
+                .lines()
+                .position(|l| l.starts_with("hired_at"))
+                .unwrap();
+            assert!(
+                rejected.contains(&format!("{}:{line}:", config.display())),
+                "{rejected}"
+            );
+        }
         // A change after the rejected reload: written with the old mapping.
         let given = format!("Given{n}");
         let r = client

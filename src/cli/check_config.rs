@@ -49,7 +49,12 @@ pub fn run(config: &Path, connect: bool) -> ExitCode {
             match crate::targets::check_live(&map, &target, i).await {
                 Ok(()) => println!("target {}: ok", raw.name()),
                 Err(e) => {
-                    eprintln!("target {}: {e}", raw.name());
+                    // One line per problem (the live check joins them with "; target T: ").
+                    let prefix = format!("target {}: ", raw.name());
+                    let text = e.message.strip_prefix(&prefix).unwrap_or(&e.message);
+                    for problem in text.split(&format!("; {prefix}")) {
+                        eprintln!("{prefix}{problem}");
+                    }
                     failed = true;
                 }
             }

@@ -423,9 +423,18 @@ impl Daemon {
                 Err(e) if e.class == crate::targets::ErrorClass::Transient => {
                     tracing::warn!(target = %raw.name(), error = %e, "Cannot check the reloaded target against its server (unreachable); the reload goes ahead and its changes wait until it is reachable.");
                 }
-                Err(e) => errors.push(
-                    ConfigError::invalid(format!("targets[{i}]"), e.message).in_file(&file, &text),
-                ),
+                Err(e) => {
+                    // One error per problem, at the config key it names (so at its line).
+                    let prefix = format!("target {}: ", raw.name());
+                    let all = e.message.strip_prefix(&prefix).unwrap_or(&e.message);
+                    for problem in all.split(&format!("; {prefix}")) {
+                        let key = problem_key(problem).unwrap_or_else(|| format!("targets[{i}]"));
+                        errors.push(
+                            ConfigError::invalid(key, format!("{prefix}{problem}"))
+                                .in_file(&file, &text),
+                        );
+                    }
+                }
             }
         }
         if errors.is_empty() {
@@ -570,6 +579,14 @@ impl Daemon {
         .is_ok();
         done
     }
+}
+
+/// The config key a live-check problem names at its end: `(config key targets[0].users.x)`
+/// or `(targets[0].users.object_classes)`.
+fn problem_key(problem: &str) -> Option<String> {
+    let inner = problem.strip_suffix(')')?.rsplit_once('(')?.1;
+    let key = inner.strip_prefix("config key ").unwrap_or(inner);
+    key.starts_with("targets[").then(|| key.to_owned())
 }
 
 /// What a new generation of workers does first.
@@ -781,6 +798,19 @@ mod tests {
         if let Err(errs) = load_settings(&path) {
             assert!(!errs.iter().any(|e| e.key == "targets[0].url"), "{errs:?}");
         }
+    }
+
+    #[test]
+    fn a_live_check_problem_is_reported_at_the_key_it_names() {
+        assert_eq!(
+            problem_key("t.c is INTEGER, ... (config key targets[0].users.columns.c)").as_deref(),
+            Some("targets[0].users.columns.c")
+        );
+        assert_eq!(
+            problem_key("no object class `x` (targets[1].users.object_classes)").as_deref(),
+            Some("targets[1].users.object_classes")
+        );
+        assert_eq!(problem_key("healthcheck: no such column: x"), None);
     }
 
     #[test]
