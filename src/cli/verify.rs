@@ -87,7 +87,7 @@ pub fn run(config: &Path, target: Option<String>) -> ExitCode {
             settings.reconcile.clone(),
             targets,
             std::sync::Arc::new(tokio::sync::Notify::new()),
-            std::sync::Arc::default(),
+            crate::health::Health::default(),
         );
         let bar = super::progress_bar("{bar:40} {pos}/{len} resources compared");
         let report = rec

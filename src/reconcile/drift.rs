@@ -14,7 +14,7 @@
 
 use super::worker::{apply, apply_many, process_batch, Applied, ApplyError, Job, Processed};
 use super::{Reconciler, TargetRuntime};
-use crate::http::server::now_ms;
+use crate::clock::now_ms;
 use crate::scim::resource::ResourceType;
 use crate::store::{OutboxItem, StoreError};
 use crate::targets::Lease;
@@ -54,11 +54,12 @@ pub struct FullItem {
 /// The summary of a full reconciliation.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct FullReport {
-    /// Resources checked (synced or compared).
+    /// Resources checked (synced or compared), the failed ones included.
     pub checked: u64,
     /// Resources that changed (or, in a dry run, would change).
     pub changed: u64,
-    /// Resources that could not be synced.
+    /// Resources that could not be synced (a part of `checked`). A target whose managed
+    /// resources could not be listed is an item with an error and an empty resource id.
     pub failed: u64,
     /// The changed and failed resources, in the order they were checked.
     pub items: Vec<FullItem>,
@@ -112,7 +113,7 @@ pub(crate) async fn reconcile_full<F: Fn(u64, u64)>(
         match managed(rec, t).await {
             Ok(list) => work.extend(list.into_iter().map(|(ty, id)| (t.clone(), ty, id))),
             Err(e) => {
-                report.failed += 1;
+                // Not a resource: an item with an error and no resource id (not in `failed`).
                 report.items.push(FullItem {
                     target: t.name.clone(),
                     resource_type: ResourceType::User,
@@ -215,6 +216,8 @@ pub(crate) async fn reconcile_full<F: Fn(u64, u64)>(
                     }
                 }
                 Some(Err(text)) => {
+                    // Checked, and failed: `failed` is a part of `checked`.
+                    report.checked += 1;
                     report.failed += 1;
                     tracing::warn!(target = %t.name, resource_type = ty.as_str(), resource_id = %id, error = %text, "Drift repair could not sync a resource.");
                     report.items.push(FullItem {

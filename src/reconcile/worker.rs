@@ -18,8 +18,8 @@
 
 use super::{backoff, kind_of, Reconciler, TargetRuntime};
 use crate::bookkeeping::Bookkeeping;
+use crate::clock::now_ms;
 use crate::config::target::RefBy;
-use crate::http::server::now_ms;
 use crate::mapping::MapError;
 use crate::scim::resource::{render_group, render_user, GroupRef, ResourceType};
 use crate::store::{
@@ -1005,6 +1005,11 @@ async fn settle_group(
             ))
         })
         .collect();
+    // Before the settle: the next apply of a resource (claimed after it) writes its own
+    // outcome after this one (`crate::health`).
+    for (item, _) in &settles {
+        rec.inner.health.applied(&t.name, &item.resource_id);
+    }
     let mut settled = if settles.is_empty() {
         Vec::new()
     } else {
@@ -1052,7 +1057,6 @@ async fn finish(
             }
             count(&t.name, "applied");
             tracing::debug!(target = %t.name, resource_id = %item.resource_id, changes = done.outcome.changes.len(), "Applied.");
-            rec.set_health(&t.name, true, "ok".into());
             enqueue_dependants(rec, t, item.resource_type, &item.resource_id, &done).await;
             Processed::Applied(Box::new(done))
         }
@@ -1135,6 +1139,15 @@ async fn fail_not_before(
         .max(not_before);
     let dead = class == ErrorClass::Permanent && attempt >= settings.max_attempts;
     let resource_type = item.resource_type.as_str();
+    // Before the settle, as for a success (`crate::health`).
+    match class {
+        ErrorClass::Permanent => {
+            rec.inner
+                .health
+                .refused(&t.name, &item.resource_id, text, now, item.claim_epoch);
+        }
+        ErrorClass::Transient => rec.inner.health.contact(&t.name, Err(text)),
+    }
     if let Err(e) = rec
         .inner
         .store
@@ -1155,6 +1168,10 @@ async fn fail_not_before(
             Err(_) => true,
         };
     if dead {
+        // The store counts it from now on (`/readyz` adds its dead letters).
+        rec.inner
+            .health
+            .dead(&t.name, &item.resource_id, item.claim_epoch);
         count(&t.name, "dead");
         metrics().dead_letters.get_or_create(&labels).inc();
         tracing::error!(target = %t.name, resource_type, resource_id = %item.resource_id, outbox_id = item.id, attempt, error = %text, "Apply failed permanently; the change is now a dead letter (see `scim-sync dead-letters list`).");
@@ -1162,7 +1179,6 @@ async fn fail_not_before(
         count(&t.name, "failed");
         metrics().retries.get_or_create(&labels).inc();
         if class == ErrorClass::Transient {
-            rec.set_health(&t.name, false, text.to_owned());
             tracing::warn!(target = %t.name, resource_type, resource_id = %item.resource_id, outbox_id = item.id, attempt, retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), error = %text, "Apply failed; will retry.");
         } else {
             tracing::warn!(target = %t.name, resource_type, resource_id = %item.resource_id, outbox_id = item.id, attempt, max_attempts = settings.max_attempts, error = %text, "Apply refused by the target; will retry before making it a dead letter.");

@@ -5,14 +5,16 @@
 
 pub mod ldap;
 pub mod plan;
+pub mod secret;
 pub mod sql;
 
 pub use crate::bookkeeping::{Bookkeeping, Kind};
 use crate::config::target::RawTarget;
 use crate::mapping::{CompiledTarget, ConfigError, Entry, Schemas};
+pub use secret::PasswordSource;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// The desired state of one resource in one target.
 #[derive(Debug, Clone, PartialEq)]
@@ -108,10 +110,7 @@ impl Lease {
         let Some(until) = &self.until_ms else {
             return Ok(());
         };
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-            .unwrap_or(0);
+        let now = crate::clock::now_ms();
         let needed = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
         if now.saturating_add(needed) <= until.load(Ordering::SeqCst) {
             return Ok(());
@@ -265,6 +264,50 @@ impl Target for AnyTarget {
     }
 }
 
+/// What `check-config --connect`, a reload and nothing else check against a live target
+/// before its config is used: the healthcheck (a real connection, bind and read; SQL: every
+/// mapped table and column exists and takes what its rule writes, `sql::types`), and for LDAP
+/// that every object class and attribute the mapping writes is in the server's schema
+/// (`ldap::schema`). Every problem is in the one error (permanent for a config problem,
+/// transient for a target that cannot be reached).
+///
+/// # Errors
+/// The first failure of the healthcheck, or every schema problem.
+pub async fn check_live(
+    map: &CompiledTarget,
+    target: &AnyTarget,
+    index: usize,
+) -> Result<(), TargetError> {
+    target.healthcheck().await?;
+    let AnyTarget::Ldap(l) = target else {
+        return Ok(());
+    };
+    let base = format!("targets[{index}]");
+    let mut wanted = ldap::schema::Wanted::default();
+    let mut kinds = vec![("users", &map.users)];
+    if let Some(g) = &map.groups {
+        kinds.push(("groups", g));
+    }
+    for (kind, m) in kinds {
+        for class in m.object_classes() {
+            wanted
+                .object_classes
+                .push((format!("{base}.{kind}.object_classes"), class.clone()));
+        }
+        for attr in m.attribute_names() {
+            wanted
+                .attributes
+                .push((format!("{base}.{kind}.attributes.{attr}"), attr));
+        }
+    }
+    let problems = l.schema_problems(&wanted).await?;
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(config_error(problems.join("; ")))
+    }
+}
+
 /// Validate the `index`th `[[targets]]` entry and build its mapping and target, its paths
 /// checked against the core and enterprise schemas only (see [`build_with`]). Does not
 /// connect (the healthcheck does); the bind password file or variable is resolved here, so a
@@ -296,7 +339,7 @@ pub fn build_with(
             match (map, settings) {
                 (Ok(map), Ok(settings)) => {
                     let password_key = match &settings.bind_password {
-                        ldap::PasswordSource::Env(_) => "bind_password_env",
+                        PasswordSource::Env(_) => "bind_password_env",
                         _ => "bind_password_file",
                     };
                     let target = ldap::LdapTarget::new(settings).map_err(|e| {
@@ -325,7 +368,7 @@ pub fn build_with(
             match (map, settings) {
                 (Ok(map), Ok(settings)) => {
                     let key = match &settings.password {
-                        ldap::PasswordSource::Env(_) => "password_env",
+                        PasswordSource::Env(_) => "password_env",
                         _ => "password_file",
                     };
                     let target = sql::SqlTarget::new(settings).map_err(|e| {

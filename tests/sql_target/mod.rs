@@ -3,6 +3,7 @@
 //! id, a join table): create, update, rename, deactivation, membership, deletes, hostile
 //! values, unmapped columns and unmanaged rows untouched, outages, drift repair and dry runs.
 
+mod checks;
 mod deactivation;
 mod fanout;
 mod keys;
@@ -157,7 +158,10 @@ impl LegacyDb {
             Flavor::Postgres => q.load(&mut PgConnection::establish(&self.url).unwrap()),
             Flavor::Mariadb => q.load(&mut MysqlConnection::establish(&self.url).unwrap()),
             Flavor::Sqlite => {
-                q.load(&mut SqliteConnection::establish(&self.sqlite_path()).unwrap())
+                // A daemon may be writing the file: wait for its lock instead of failing.
+                let mut c = SqliteConnection::establish(&self.sqlite_path()).unwrap();
+                c.batch_execute("PRAGMA busy_timeout = 10000").unwrap();
+                q.load(&mut c)
             }
         }
         .unwrap();
@@ -758,7 +762,7 @@ async fn deactivation_policies(flavor: Flavor) {
     assert!(db.has_user("erin"));
 }
 
-const SURROGATE: &str = r#"
+pub const SURROGATE: &str = r#"
 [users]
 table = "app_users"
 key_column = "login"

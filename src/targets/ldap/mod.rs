@@ -1,5 +1,6 @@
 //! The LDAP target: `settings` (validated config, pure), `conn` (connection, bind, timeouts,
-//! reconnect), `apply` (make one entry match), `codes` (result-code classification).
+//! reconnect), `apply` (make one entry match), `codes` (result-code classification), `schema`
+//! (the server's schema against the mapping).
 //! Never sees SCIM types or the store: it gets a [`Change`] and a [`Prior`].
 //!
 //! Bookkeeping kept in `Outcome.extra` ([`crate::bookkeeping::Bookkeeping`]) for the next
@@ -13,10 +14,11 @@
 pub mod apply;
 pub mod codes;
 pub mod conn;
+pub mod schema;
 pub mod settings;
 
 pub use conn::LdapTarget;
-pub use settings::{PasswordSource, Settings};
+pub use settings::Settings;
 
 use crate::targets::{Change, Desired, Kind, Outcome, Prior, Target, TargetError};
 

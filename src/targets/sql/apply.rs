@@ -190,7 +190,14 @@ impl Tx<'_> {
         if self.dry_run {
             return Ok(1);
         }
-        Ok(self.db.execute(&st.sql, &st.binds)?)
+        // Some database messages name no column ("value too long for type character
+        // varying(1)"): the statement (placeholders, never values) names table and columns.
+        self.db.execute(&st.sql, &st.binds).map_err(|e| {
+            TxError::Target(super::conn::classify(
+                &e,
+                &format!("target {}: {}", self.s.name, st.sql),
+            ))
+        })
     }
 
     /// Read the row with this key: (column -> text) for the key, the mapped columns and the
@@ -432,7 +439,19 @@ fn desired_values<'c>(t: &'c Table, entry: &Entry) -> Result<Wanted<'c>, TargetE
         .iter()
         .map(|c| {
             let v = entry.attrs.get(&c.name).and_then(|v| v.first());
-            convert(c, v.map(String::as_str), &t.table).map(|(b, canon)| (c, b, canon))
+            convert(c, v.map(String::as_str), &t.table)
+                .map(|(b, canon)| (c, b, canon))
+                // Name the target and the config key too (`origin`: target and section).
+                .map_err(|e| TargetError {
+                    message: format!(
+                        "{}: {} (config key {}.columns.{})",
+                        t.origin,
+                        e.message,
+                        t.origin.rsplit(", ").next().unwrap_or_default(),
+                        c.quoted.replace(['"', '`'], "")
+                    ),
+                    ..e
+                })
         })
         .collect()
 }
