@@ -3,6 +3,7 @@
 //! manager references waiting for their user), outages, dead letters, drift repair, status.
 
 mod claims;
+mod members;
 
 use crate::harness::daemon::{Backend, TestDaemon, BACKENDS};
 use crate::harness::slapd::Slapd;

@@ -133,7 +133,8 @@ pub(crate) async fn reconcile_full<F: Fn(u64, u64)>(
                 .await
             {
                 Ok(Some(item)) => {
-                    let result = apply_claimed(rec, &t, &item).await;
+                    // Drift repair reads and diffs the whole membership (never the change log).
+                    let result = apply_claimed(rec, &t, &item, false).await;
                     claimed = Some(item);
                     result
                 }
@@ -216,6 +217,9 @@ async fn settle(
     item: &OutboxItem,
     done: &super::worker::Applied,
 ) {
+    if !super::members::settle(rec, t, item, done.members.as_ref()).await {
+        return;
+    }
     let now = now_ms();
     let state = TargetState {
         target: t.name.clone(),
@@ -228,5 +232,9 @@ async fn settle(
     };
     if let Err(e) = rec.inner.store.settle_applied(item, state, now).await {
         tracing::error!(target = %t.name, resource_id = %item.resource_id, error = %e, "Repaired, but cannot record it in the store; it re-applies when the lease expires.");
+        return;
+    }
+    if item.resource_type == crate::scim::resource::ResourceType::Group {
+        super::members::prune(rec, t, &item.resource_id).await;
     }
 }

@@ -12,6 +12,7 @@
 
 pub mod backoff;
 pub mod drift;
+mod members;
 pub mod verify;
 pub mod worker;
 

@@ -14,15 +14,15 @@
 //!
 //! Must not answer HTTP, hold a std lock across `.await`, or spawn outside the daemon's tracker.
 
-use super::{backoff, kind_of, Reconciler, TargetRuntime};
+use super::{backoff, kind_of, members, Reconciler, TargetRuntime};
 use crate::bookkeeping::Bookkeeping;
 use crate::config::target::RefBy;
 use crate::http::server::now_ms;
 use crate::mapping::MapError;
-use crate::scim::resource::{render_group, render_user, ResourceType};
-use crate::store::{OutboxItem, StoreError, TargetState};
+use crate::scim::resource::{render_user, ResourceType};
+use crate::store::{MembersSettle, OutboxItem, StoreError, TargetState};
 use crate::targets::{
-    Change, Desired, ErrorClass, Kind, Lease, Outcome, Prior, Target, TargetError,
+    Change, Desired, ErrorClass, Kind, Lease, Outcome, Prior, Target, TargetError, MEMBERS_FULL,
 };
 use crate::telemetry::{metrics, TargetLabels, TargetResultLabels};
 use serde_json::Value;
@@ -103,12 +103,22 @@ pub(crate) struct Applied {
     pub(crate) outcome: Outcome,
     /// Users: the SCIM `active` flag rendered (`None` for deleted users and groups).
     pub(crate) active: Option<bool>,
+    /// Groups: what the store forgets of its record of our member values once this apply is
+    /// settled (`members::settle`); `None` for users.
+    pub(crate) members: Option<MembersSettle>,
+    /// Groups: the member configuration the record was kept for ([`Bookkeeping::members_record`]).
+    pub(crate) members_record: Option<String>,
 }
 
 impl Applied {
     /// `Outcome.extra` plus the reconciler's own bookkeeping (a user's SCIM `active` at this
     /// apply, [`Bookkeeping::scim_active`], to notice a flip), as stored in `target_state`.
     pub(crate) fn extra_to_store(&self) -> Option<Bookkeeping> {
+        if let (Some(fp), Some(_)) = (&self.members_record, &self.outcome.key) {
+            let mut extra = self.outcome.extra.clone().unwrap_or_default();
+            extra.members_record = Some(fp.clone());
+            return Some(extra);
+        }
         let Some(active) = self.active else {
             return self.outcome.extra.clone();
         };
@@ -204,60 +214,9 @@ async fn desired_user(
         members: Vec::new(),
         password_hash: user.password_hash.clone(),
         role_groups: t.map.role_groups(&json),
+        member_changes: None,
     };
     Ok((user.meta.version, Some(desired), Some(user.active)))
-}
-
-/// Desired state of a group; members are the member keys of the member users provisioned in
-/// this target (two batch queries, whatever the group size).
-async fn desired_group(
-    rec: &Reconciler,
-    t: &TargetRuntime,
-    id: &str,
-) -> Result<(i64, Option<Desired>), ApplyError> {
-    let store = &rec.inner.store;
-    let Some(group) = store.get_group_any(id).await? else {
-        return Ok((0, None));
-    };
-    if group.deleted {
-        return Ok((group.meta.version, None));
-    }
-    let members = store.group_members(id).await?;
-    let ids: Vec<String> = members.iter().map(|m| m.value.clone()).collect();
-    let states = store.target_states_of(&t.name, &ids).await?;
-    let active = if t.map.remove_inactive_from_groups() {
-        Some(store.active_flags(&ids).await?)
-    } else {
-        None
-    };
-    let mut keys = Vec::with_capacity(ids.len());
-    for member in &ids {
-        if let Some(active) = &active {
-            if !active.get(member).copied().unwrap_or(false) {
-                continue;
-            }
-        }
-        let Some(state) = states.get(member) else {
-            continue;
-        };
-        let Some(key) = &state.target_key else {
-            continue;
-        };
-        if let Some(k) = t.map.member_key(key, state.extra.as_ref()) {
-            keys.push(k);
-        }
-    }
-    let json = render_group(&group.id, &group.data, &group.meta, Some(&members), "");
-    let entry = t.map.render_group(&json)?;
-    let desired = Desired {
-        kind: Kind::Group,
-        entry,
-        active: true,
-        members: keys,
-        password_hash: None,
-        role_groups: Vec::new(),
-    };
-    Ok((group.meta.version, Some(desired)))
 }
 
 /// The rendered desired state of one resource in one target as an apply would render it now
@@ -271,7 +230,17 @@ pub(crate) async fn desired_of(
     match resource_type {
         ResourceType::User => Ok(desired_user(rec, t, id, true).await?.1),
         ResourceType::Group if t.map.groups.is_none() => Ok(None),
-        ResourceType::Group => Ok(desired_group(rec, t, id).await?.1),
+        ResourceType::Group => {
+            let state = rec.inner.store.target_state(&t.name, id).await?;
+            let prior = Prior {
+                key: state.as_ref().and_then(|s| s.target_key.clone()),
+                extra: state.and_then(|s| s.extra),
+                ..Prior::default()
+            };
+            Ok(members::plan_group(rec, t, id, &prior, 0, false, true)
+                .await?
+                .desired)
+        }
     }
 }
 
@@ -312,6 +281,7 @@ async fn record_intent(
         key: state.as_ref().and_then(|s| s.target_key.clone()),
         extra: state.and_then(|s| s.extra),
         lease: prior.lease,
+        members_ours: prior.members_ours,
     })
 }
 
@@ -424,12 +394,13 @@ async fn note_deactivating(
         key: prior.key,
         extra: Some(extra),
         lease: prior.lease,
+        members_ours: prior.members_ours,
     })
 }
 
 /// Render one resource for one target and sync it (or, with `dry_run`, report what would
 /// change). Does not settle anything. `lease` is the claim's (the target writes only while
-/// enough of it remains).
+/// enough of it remains). Groups get their whole membership applied (see [`apply_with`]).
 pub(crate) async fn apply(
     rec: &Reconciler,
     t: &TargetRuntime,
@@ -438,12 +409,49 @@ pub(crate) async fn apply(
     dry_run: bool,
     lease: Lease,
 ) -> Result<Applied, ApplyError> {
+    apply_with(rec, t, resource_type, id, dry_run, lease, false).await
+}
+
+/// [`apply`]; with `delta`, a group whose change record can be trusted gets only the member
+/// values that changed since its applied version (`members::plan_group`), and when the
+/// target cannot apply them alone ([`MEMBERS_FULL`]) its whole membership in the same call.
+pub(crate) async fn apply_with(
+    rec: &Reconciler,
+    t: &TargetRuntime,
+    resource_type: ResourceType,
+    id: &str,
+    dry_run: bool,
+    lease: Lease,
+    delta: bool,
+) -> Result<Applied, ApplyError> {
+    let delta = delta && !dry_run && resource_type == ResourceType::Group;
+    match apply_once(rec, t, resource_type, id, dry_run, lease.clone(), delta).await {
+        Err(ApplyError::Target(e)) if delta && e.code.as_deref() == Some(MEMBERS_FULL) => {
+            tracing::debug!(target = %t.name, resource_id = %id, reason = %e.message, "Applying the group's whole membership.");
+            apply_once(rec, t, resource_type, id, dry_run, lease, false).await
+        }
+        other => other,
+    }
+}
+
+async fn apply_once(
+    rec: &Reconciler,
+    t: &TargetRuntime,
+    resource_type: ResourceType,
+    id: &str,
+    dry_run: bool,
+    lease: Lease,
+    delta: bool,
+) -> Result<Applied, ApplyError> {
     let state = rec.inner.store.target_state(&t.name, id).await?;
+    let applied_version = state.as_ref().map_or(0, |s| s.applied_version);
     let prior = Prior {
         key: state.as_ref().and_then(|s| s.target_key.clone()),
         extra: state.and_then(|s| s.extra),
         lease,
+        members_ours: None,
     };
+    let mut group_plan = None;
     let (version, desired, active) = match resource_type {
         ResourceType::User => desired_user(rec, t, id, dry_run).await?,
         ResourceType::Group if t.map.groups.is_none() => {
@@ -457,19 +465,28 @@ pub(crate) async fn apply(
             let outcome = Outcome {
                 key: prior.key.clone(),
                 extra: prior.extra.clone(),
-                changes: Vec::new(),
+                ..Outcome::default()
             };
             return Ok(Applied {
                 version,
                 prior,
                 outcome,
                 active: None,
+                members: None,
+                members_record: None,
             });
         }
         ResourceType::Group => {
-            let (v, d) = desired_group(rec, t, id).await?;
+            let plan =
+                members::plan_group(rec, t, id, &prior, applied_version, delta, dry_run).await?;
+            let (v, d) = (plan.version, plan.desired.clone());
+            group_plan = Some(plan);
             (v, d, None)
         }
+    };
+    let prior = Prior {
+        members_ours: group_plan.as_ref().and_then(|p| p.ours.clone()),
+        ..prior
     };
     // The key the target will give the entry: recorded (intent) or reserved (rename) first,
     // so no two resources ever hold or intend one key (the store's unique index).
@@ -494,6 +511,10 @@ pub(crate) async fn apply(
         }
         _ => prior,
     };
+    if let (Some(plan), false) = (&group_plan, dry_run) {
+        // The values about to be written are ours before they are written.
+        members::record(rec, t, id, plan).await?;
+    }
     if !dry_run {
         rec.pause_point(PAUSE_BEFORE_SYNC).await;
     }
@@ -514,11 +535,17 @@ pub(crate) async fn apply(
         })
         .observe(started.elapsed().as_secs_f64());
     let outcome = result?;
+    let members_record = group_plan
+        .as_ref()
+        .filter(|p| p.desired.is_some())
+        .map(|_| t.map.members_fingerprint().to_owned());
     Ok(Applied {
         version,
         prior,
         outcome,
         active,
+        members: group_plan.map(|p| p.settle),
+        members_record,
     })
 }
 
@@ -543,7 +570,7 @@ async fn process(rec: &Reconciler, t: &TargetRuntime, item: &OutboxItem) -> bool
         request_id = item.request_id.as_deref().unwrap_or(""),
     );
     async move {
-        let Some(result) = apply_claimed(rec, t, item).await else {
+        let Some(result) = apply_claimed(rec, t, item, true).await else {
             return false;
         };
         let now = now_ms();
@@ -558,6 +585,9 @@ async fn process(rec: &Reconciler, t: &TargetRuntime, item: &OutboxItem) -> bool
                     if let Err(e) = ensure_reference_index(rec, t).await {
                         tracing::error!(target = %t.name, resource_id = %item.resource_id, error = %e, "Cannot fill the reference index; drift repair will fix references.");
                     }
+                }
+                if !members::settle(rec, t, item, done.members.as_ref()).await {
+                    return false;
                 }
                 let state = TargetState {
                     target: t.name.clone(),
@@ -581,6 +611,9 @@ async fn process(rec: &Reconciler, t: &TargetRuntime, item: &OutboxItem) -> bool
                 count(&t.name, "applied");
                 tracing::debug!(target = %t.name, resource_id = %item.resource_id, changes = done.outcome.changes.len(), "Applied.");
                 rec.set_health(&t.name, true, "ok".into());
+                if item.resource_type == ResourceType::Group {
+                    members::prune(rec, t, &item.resource_id).await;
+                }
                 enqueue_dependants(rec, t, item.resource_type, &item.resource_id, &done).await;
                 true
             }
@@ -636,6 +669,7 @@ pub(crate) async fn apply_claimed(
     rec: &Reconciler,
     t: &TargetRuntime,
     item: &OutboxItem,
+    delta: bool,
 ) -> Option<Result<Applied, ApplyError>> {
     let store = &rec.inner.store;
     let lease = lease_ms(rec);
@@ -677,7 +711,7 @@ pub(crate) async fn apply_claimed(
     };
     let lease = Lease::until(until.clone());
     tokio::select! {
-        result = apply(rec, t, item.resource_type, &item.resource_id, false, lease) => Some(result),
+        result = apply_with(rec, t, item.resource_type, &item.resource_id, false, lease, delta) => Some(result),
         () = heartbeat => None,
     }
 }
@@ -995,9 +1029,11 @@ mod tests {
             outcome: Outcome {
                 key: Some("uid=a,dc=x".into()),
                 extra: extra.map(Bookkeeping::from_json),
-                changes: Vec::new(),
+                ..Outcome::default()
             },
             active,
+            members: None,
+            members_record: None,
         }
     }
 

@@ -16,6 +16,7 @@ mod batch;
 mod gate;
 mod history;
 mod keys;
+mod members;
 mod models;
 mod outbox;
 mod references;
@@ -59,6 +60,7 @@ pub enum StoreError {
 }
 
 pub use keys::KeyNormFn;
+pub use members::{MemberDelta, MembersSettle, Recorded};
 
 /// Who did what, written to the audit table with every mutation.
 #[derive(Debug, Clone, Default)]

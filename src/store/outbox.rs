@@ -398,6 +398,16 @@ pub(crate) fn settle_applied(
                 None,
                 now_ms,
             )?;
+            if *ty == ResourceType::Group {
+                // The user's member value in the group changed: an O(change) apply of the
+                // group looks at it (`store::members`).
+                super::members::mark_dirty(
+                    conn,
+                    &item.target,
+                    std::slice::from_ref(id),
+                    &item.resource_id,
+                )?;
+            }
         }
         if !own_locked {
             row = lock_outbox_row(conn, item.id)?;

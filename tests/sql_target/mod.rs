@@ -6,6 +6,7 @@
 mod deactivation;
 mod fanout;
 mod keys;
+mod members;
 
 use crate::harness::mariadb::MariaDb;
 use crate::harness::pg::PgDb;
@@ -299,6 +300,7 @@ pub fn desired_user(map: &CompiledTarget, u: &Value) -> Desired {
         members: vec![],
         password_hash: None,
         role_groups: vec![],
+        member_changes: None,
     }
 }
 
@@ -312,6 +314,7 @@ fn desired_group(map: &CompiledTarget, name: &str, members: &[&str]) -> Desired 
         members: members.iter().map(|m| (*m).to_owned()).collect(),
         password_hash: None,
         role_groups: vec![],
+        member_changes: None,
     }
 }
 
@@ -820,6 +823,7 @@ async fn surrogate_membership(flavor: Flavor) {
         members: members.iter().map(|m| (*m).to_owned()).collect(),
         password_hash: None,
         role_groups: vec![],
+        member_changes: None,
     };
     let g = t
         .sync(

@@ -13,6 +13,7 @@
 pub mod apply;
 pub mod codes;
 pub mod conn;
+pub mod ops;
 pub mod settings;
 
 pub use conn::LdapTarget;
