@@ -512,7 +512,9 @@ async fn apply_once(
         _ => prior,
     };
     if let (Some(plan), false) = (&group_plan, dry_run) {
-        // The values about to be written are ours before they are written.
+        // The values about to be written are ours before they are written; under the same
+        // fence as the target's writes (an apply that lost its claim records nothing).
+        prior.lease.check(t.target.timeout())?;
         members::record(rec, t, id, plan).await?;
     }
     if !dry_run {

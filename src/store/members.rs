@@ -8,8 +8,10 @@
 //!   bump by this release calls [`bumped`]: the log is contiguous while each bump finds the
 //!   previous version logged; a bump that does not (the group was changed by an older
 //!   release, or before the table existed) restarts the log at its own version. The worker
-//!   trusts the log for (applied, current] only when it is contiguous over that range
-//!   ([`MemberDelta::trusted`]); anything else is a gap and it reads the whole membership.
+//!   trusts the log for (applied, current] only when it is contiguous over that range and
+//!   nothing in it was pruned (`pruned_to`: pruning keeps the rows of every *configured*
+//!   target; one configured again later applied below the floor) ([`MemberDelta::trusted`]);
+//!   anything else is a gap and it reads the whole membership.
 //! - `member_dirty`: per target, members whose rendered value may have changed without a
 //!   membership change (their key appeared, changed or vanished: the settle marks them;
 //!   their `active` flipped: the mutation marks them), marked in the transaction that queues
@@ -186,16 +188,22 @@ fn delta(
         if deleted {
             return Ok(None);
         }
-        let log: Option<(i64, i64)> = member_log::table
+        let log: Option<(i64, i64, i64)> = member_log::table
             .find(seq)
-            .select((member_log::logged_version, member_log::complete_from))
+            .select((
+                member_log::logged_version,
+                member_log::complete_from,
+                member_log::pruned_to,
+            ))
             .first(conn)
             .optional()?;
         // Nothing to cover at the applied version itself (a dependant re-queue); else the log
-        // must hold every version after it up to this one.
+        // must hold every version after it up to this one, none of them pruned.
         let trusted = version == applied
             || (version > applied
-                && log.is_some_and(|(logged, from)| logged == version && from <= applied + 1));
+                && log.is_some_and(|(logged, from, pruned)| {
+                    logged == version && from <= applied + 1 && pruned <= applied
+                }));
         let dirty: Vec<(String, i64)> = member_dirty::table
             .filter(member_dirty::target.eq(target))
             .filter(member_dirty::group_id.eq(group_id))
@@ -452,12 +460,23 @@ fn prune(conn: &mut DbConnection, group_id: &str, targets: &[String]) -> Result<
         };
         // A row touched again after this read carries a newer version and stays (PostgreSQL
         // re-checks the condition on the updated row).
-        diesel::delete(
+        let pruned = diesel::delete(
             member_changes::table
                 .filter(member_changes::group_seq.eq(seq))
                 .filter(member_changes::version.le(floor)),
         )
         .execute(conn)?;
+        if pruned > 0 {
+            // Whoever applied below the floor (a target not configured now) cannot trust the
+            // log any more.
+            diesel::update(
+                member_log::table
+                    .find(seq)
+                    .filter(member_log::pruned_to.lt(floor)),
+            )
+            .set(member_log::pruned_to.eq(floor))
+            .execute(conn)?;
+        }
         Ok(())
     })
 }

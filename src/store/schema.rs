@@ -134,6 +134,7 @@ diesel::table! {
         group_seq -> BigInt,
         logged_version -> BigInt,
         complete_from -> BigInt,
+        pruned_to -> BigInt,
     }
 }
 

@@ -4,13 +4,16 @@
 -- member_log: per group, the versions whose membership changes member_changes holds. Every
 -- version bump of a group by this release moves logged_version to the new version; one that
 -- finds logged_version short of the previous version (a group changed by an older release, or
--- before this table existed) restarts the log there (complete_from = the new version). The
--- log covers (applied, current] only when complete_from <= applied + 1 and logged_version =
--- current; anything else is a gap and the worker reads the whole membership.
+-- before this table existed) restarts the log there (complete_from = the new version).
+-- pruned_to: the highest version whose rows were pruned (every configured target had applied
+-- it). The log covers (applied, current] only when complete_from <= applied + 1, pruned_to <=
+-- applied and logged_version = current; anything else is a gap and the worker reads the whole
+-- membership.
 CREATE TABLE member_log (
     group_seq BIGINT PRIMARY KEY NOT NULL,
     logged_version BIGINT NOT NULL,
-    complete_from BIGINT NOT NULL
+    complete_from BIGINT NOT NULL,
+    pruned_to BIGINT NOT NULL DEFAULT 0
 );
 -- The members whose membership changed, with the last group version that changed it (one row
 -- per member: a burst coalesces). Pruned once every target applied past it.

@@ -217,3 +217,58 @@ async fn members_dirty_marks_and_forgotten_values_are_written_by_the_claims_owne
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn members_pruned_changes_are_a_gap_for_a_target_applied_below_them() {
+    on_both(|store, backend| async move {
+        let ids = users(&store, &["a", "b"]).await;
+        let g = store
+            .create_group(group("g", Some(vec![ids[0].clone()])), &ctx(2))
+            .await
+            .unwrap();
+        let add = members_update(vec![MemberOp::Add(vec![member(ids[1].clone())])]);
+        store
+            .update_group(&g.id, "patch", &ctx(3), add)
+            .await
+            .unwrap();
+        // The configured target applied version 2.
+        let claimed = store.claim(TARGET, 100, 600_000, 10).await.unwrap();
+        let item = claimed.iter().find(|i| i.resource_id == g.id).unwrap();
+        let state = TargetState {
+            target: TARGET.into(),
+            resource_type: ResourceType::Group,
+            resource_id: g.id.clone(),
+            applied_version: 2,
+            target_key: Some("cn=g".into()),
+            extra: None,
+            updated_ms: 100,
+        };
+        store.settle_applied(item, state, 100).await.unwrap();
+        // Not pruned while a configured target never applied the group.
+        store
+            .prune_member_changes(&g.id, &[TARGET.to_owned(), "other".to_owned()])
+            .await
+            .unwrap();
+        let d = store
+            .member_delta("other", &g.id, 1)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(d.trusted && d.members.len() == 1, "{backend}: {d:?}");
+        // Pruned to 2 for the configured target: a target applied at 1 (configured again
+        // later) finds a gap, one applied at 2 does not.
+        store
+            .prune_member_changes(&g.id, &[TARGET.to_owned()])
+            .await
+            .unwrap();
+        let d = store
+            .member_delta("other", &g.id, 1)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!d.trusted, "{backend}: {d:?}");
+        let d = store.member_delta(TARGET, &g.id, 2).await.unwrap().unwrap();
+        assert!(d.trusted && d.members.is_empty(), "{backend}: {d:?}");
+    })
+    .await;
+}

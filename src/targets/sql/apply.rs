@@ -791,6 +791,12 @@ fn sync_group(
                         only.push((b, canon));
                     }
                 }
+                if only.len() > MEMBER_CHUNK {
+                    // One read of that many keys would pass the databases' bind limits.
+                    return Err(
+                        TargetError::members_full("more changed members than one read").into(),
+                    );
+                }
                 Some(only)
             }
         };
