@@ -458,25 +458,25 @@ fn prune(conn: &mut DbConnection, group_id: &str, targets: &[String]) -> Result<
         let Some(floor) = applied.iter().map(|(_, v)| *v).min() else {
             return Ok(());
         };
+        // Lock order as a membership change's (`bumped` before `touched`): the log's row
+        // first, then the change rows (the other order deadlocked against a PATCH on
+        // PostgreSQL). Whoever applied below the floor (a target not configured now) cannot
+        // trust the log from here on.
+        diesel::update(
+            member_log::table
+                .find(seq)
+                .filter(member_log::pruned_to.lt(floor)),
+        )
+        .set(member_log::pruned_to.eq(floor))
+        .execute(conn)?;
         // A row touched again after this read carries a newer version and stays (PostgreSQL
         // re-checks the condition on the updated row).
-        let pruned = diesel::delete(
+        diesel::delete(
             member_changes::table
                 .filter(member_changes::group_seq.eq(seq))
                 .filter(member_changes::version.le(floor)),
         )
         .execute(conn)?;
-        if pruned > 0 {
-            // Whoever applied below the floor (a target not configured now) cannot trust the
-            // log any more.
-            diesel::update(
-                member_log::table
-                    .find(seq)
-                    .filter(member_log::pruned_to.lt(floor)),
-            )
-            .set(member_log::pruned_to.eq(floor))
-            .execute(conn)?;
-        }
         Ok(())
     })
 }
