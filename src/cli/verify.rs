@@ -177,4 +177,30 @@ mod tests {
         let clean = render_report(&VerifyReport::default());
         assert!(clean.ends_with("0 difference(s); the targets agree with the store.\n"));
     }
+
+    #[test]
+    fn foreign_members_are_listed_and_leave_the_report_clean() {
+        let report = VerifyReport {
+            checked: 1,
+            foreign: vec![Difference {
+                target: "corp".into(),
+                resource: Some((ResourceType::Group, "g1".into())),
+                key: "cn=staff,ou=Groups,dc=example,dc=com".into(),
+                problem: Problem::Foreign(vec!["uid=x,ou=People,dc=example,dc=com".into()]),
+            }],
+            ..VerifyReport::default()
+        };
+        let text = render_report(&report);
+        assert!(
+            text.contains(
+                "corp Group g1 cn=staff,ou=Groups,dc=example,dc=com: foreign members (not written \
+                 by scim-sync, kept by foreign_members = \"keep\"): [\"uid=x,ou=People,dc=example,dc=com\"]\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("0 difference(s); the targets agree with the store.\n"),
+            "{text}"
+        );
+    }
 }
