@@ -504,3 +504,74 @@ async fn foreign_member_values_are_removed_under_remove() {
         assert!(report.clean() && report.foreign.is_empty(), "{report:#?}");
     }
 }
+
+/// A `memberUid` group holds the user's `uid`, which can change while its DN stays (a DN made
+/// of something else): the user's settle queues its groups and marks it in them, so the value
+/// follows. Before, only a key change queued the groups, and the group kept the old uid with
+/// nothing pending.
+#[tokio::test]
+async fn a_member_uid_that_changes_under_the_same_dn_follows_in_its_groups() {
+    let slapd = Slapd::start().await;
+    let secrets = tempfile::tempdir().unwrap();
+    let pw = secrets.path().join("ldap.pw");
+    std::fs::write(&pw, format!("{}\n", slapd.password())).unwrap();
+    let toml = format!(
+        r#"
+[reconcile]
+workers = 2
+[[targets]]
+name = "corp"
+type = "ldap"
+url = "{url}"
+bind_dn = "{bind}"
+bind_password_file = "{pw}"
+[targets.users]
+dn = "cn={{externalId}},{PEOPLE}"
+object_classes = ["top", "person", "organizationalPerson", "inetOrgPerson"]
+[targets.users.attributes]
+sn = "name.familyName"
+uid = "userName"
+[targets.groups]
+dn = "cn={{displayName}},{GROUPS}"
+object_classes = ["posixGroup"]
+member_attribute = "memberUid"
+member_value = "uid"
+[targets.groups.attributes]
+gidNumber = {{ constant = "5000" }}
+"#,
+        url = slapd.uri(),
+        bind = slapd.bind_dn(),
+        pw = pw.display(),
+    );
+    let t = TestDaemon::start_with(Backend::Sqlite, &toml).await;
+    let env = Env {
+        t,
+        slapd,
+        _secrets: secrets,
+    };
+    let body = |user_name: &str| {
+        json!({"schemas": [CORE], "userName": user_name, "externalId": "e1",
+               "name": {"givenName": "G", "familyName": "F"}, "active": true})
+    };
+    let u = env.create_user(&body("uold")).await;
+    let other = env
+        .create_user(&json!({"schemas": [CORE], "userName": "keeps",
+        "externalId": "e2", "name": {"givenName": "G", "familyName": "F"}}))
+        .await;
+    let _g = env.create_group("posix", &[&u, &other]).await;
+    env.run().await;
+    assert_eq!(
+        sorted(env.attr(&group_dn("posix"), "memberUid").await.unwrap()),
+        ["keeps", "uold"]
+    );
+    let r = env.t.put(&format!("/Users/{u}"), &body("unew")).await;
+    assert!(r.status.is_success(), "{}", r.body);
+    env.run().await;
+    assert!(env.exists(&format!("cn=e1,{PEOPLE}")).await);
+    assert_eq!(
+        sorted(env.attr(&group_dn("posix"), "memberUid").await.unwrap()),
+        ["keeps", "unew"]
+    );
+    let report = env.t.d().verify(None, |_, _| {}).await;
+    assert!(report.clean(), "{report:#?}");
+}
