@@ -687,6 +687,27 @@ object_classes = ["inetOrgPerson"]
     }
 
     #[test]
+    fn a_group_rule_naming_members_is_seen_and_the_member_configuration_fingerprinted() {
+        let with = |group_attrs: &str, member: &str| {
+            let text = format!(
+                "name = \"corp\"\ntype = \"ldap\"\nurl = \"ldap://127.0.0.1\"\n\
+                 [users]\ndn = \"uid={{userName}},dc=x\"\nobject_classes = [\"person\"]\n\
+                 [groups]\ndn = \"cn={{displayName}},dc=x\"\nobject_classes = [\"groupOfNames\"]\n\
+                 {member}\n[groups.attributes]\n{group_attrs}\n"
+            );
+            let raw: RawTarget = toml::from_str(&text).unwrap();
+            CompiledTarget::compile(&raw, 0).unwrap()
+        };
+        let plain = with("description = \"externalId\"", "");
+        assert!(!plain.group_renders_members());
+        assert!(with("description = \"members.display\"", "").group_renders_members());
+        assert_eq!(plain.members_fingerprint(), "ldap/member/Dn");
+        let unique = with("", "member_attribute = \"uniqueMember\"");
+        assert_ne!(unique.members_fingerprint(), plain.members_fingerprint());
+        assert_eq!(plain.foreign_members(), ForeignMembers::Keep);
+    }
+
+    #[test]
     fn errors_name_the_key_and_are_all_reported() {
         let e = errors(
             r#"cn = { from = "userName", transform = ["lowr"] }
