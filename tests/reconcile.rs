@@ -4,6 +4,7 @@
 
 mod batches;
 mod claims;
+mod members;
 
 use crate::harness::daemon::{Backend, TestDaemon, BACKENDS};
 use crate::harness::slapd::Slapd;

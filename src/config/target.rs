@@ -59,6 +59,18 @@ pub enum OnExisting {
     Adopt,
 }
 
+/// Member values in a managed group that scim-sync did not write (LDAP member values, SQL
+/// membership rows): see `docs/mapping.md`, "Foreign members".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ForeignMembers {
+    /// Leave them (a value we wrote ourselves and no longer want is still removed).
+    #[default]
+    Keep,
+    /// Remove every value the store does not render (the behaviour before `foreign_members`).
+    Remove,
+}
+
 /// What a SCIM DELETE does to the entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -175,6 +187,10 @@ pub struct RawLdapTarget {
     /// An unmanaged entry at the desired DN: `conflict` or `adopt`.
     #[serde(default)]
     pub on_existing: OnExisting,
+    /// Member values (LDAP) or membership rows (SQL) of a managed group that scim-sync did not
+    /// write: `keep` (the default) or `remove`.
+    #[serde(default)]
+    pub foreign_members: ForeignMembers,
     /// How users are mapped.
     pub users: RawUsers,
     /// How groups are mapped (groups are not provisioned when absent).
@@ -327,6 +343,10 @@ pub struct RawSqlTarget {
     /// A row with our key that scim-sync did not create: `conflict` or `adopt`.
     #[serde(default)]
     pub on_existing: OnExisting,
+    /// Member values (LDAP) or membership rows (SQL) of a managed group that scim-sync did not
+    /// write: `keep` (the default) or `remove`.
+    #[serde(default)]
+    pub foreign_members: ForeignMembers,
     /// How users are mapped.
     pub users: RawSqlUsers,
     /// How groups are mapped (groups are not provisioned when absent).

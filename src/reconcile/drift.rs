@@ -28,6 +28,7 @@ fn dry_job(resource_type: ResourceType, id: &str) -> Job {
         id: id.to_owned(),
         lease: Lease::default(),
         claim: None,
+        delta: false,
         span: tracing::Span::current(),
     }
 }
@@ -177,7 +178,7 @@ pub(crate) async fn reconcile_full<F: Fn(u64, u64)>(
             let mut processed = if claimed.is_empty() {
                 Vec::new()
             } else {
-                process_batch(rec, &t, &claimed, claimed_ms).await
+                process_batch(rec, &t, &claimed, claimed_ms, false).await
             }
             .into_iter();
             claims

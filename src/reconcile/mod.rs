@@ -13,6 +13,7 @@
 
 pub mod backoff;
 pub mod drift;
+mod members;
 pub mod settings;
 pub mod verify;
 pub mod worker;

@@ -16,18 +16,18 @@
 //!
 //! Must not answer HTTP, hold a std lock across `.await`, or spawn outside the daemon's tracker.
 
-use super::{backoff, kind_of, Reconciler, TargetRuntime};
+use super::{backoff, kind_of, members, Reconciler, TargetRuntime};
 use crate::bookkeeping::Bookkeeping;
 use crate::clock::now_ms;
 use crate::config::target::RefBy;
 use crate::mapping::MapError;
-use crate::scim::resource::{render_group, render_user, GroupRef, ResourceType};
+use crate::scim::resource::{render_user, GroupRef, ResourceType};
 use crate::store::{
-    BeforeSync, OutboxItem, ReferenceLookup, Resolved, Snapshot, StoreError, StoredGroup,
+    BeforeSync, MembersSettle, OutboxItem, ReferenceLookup, Resolved, Snapshot, StoreError,
     StoredUser, TargetState,
 };
 use crate::targets::{
-    Change, Desired, ErrorClass, Kind, Lease, Outcome, Prior, Target, TargetError,
+    Change, Desired, ErrorClass, Kind, Lease, Outcome, Prior, Target, TargetError, MEMBERS_FULL,
 };
 use crate::telemetry::{metrics, TargetLabels, TargetResultLabels};
 use futures_util::{FutureExt, StreamExt};
@@ -109,12 +109,22 @@ pub(crate) struct Applied {
     pub(crate) outcome: Outcome,
     /// Users: the SCIM `active` flag rendered (`None` for deleted users and groups).
     pub(crate) active: Option<bool>,
+    /// Groups: what the store forgets of its record of our member values once this apply is
+    /// settled (`members::settle`); `None` for users.
+    pub(crate) members: Option<MembersSettle>,
+    /// Groups: the member configuration the record was kept for ([`Bookkeeping::members_record`]).
+    pub(crate) members_record: Option<String>,
 }
 
 impl Applied {
     /// `Outcome.extra` plus the reconciler's own bookkeeping (a user's SCIM `active` at this
     /// apply, [`Bookkeeping::scim_active`], to notice a flip), as stored in `target_state`.
     pub(crate) fn extra_to_store(&self) -> Option<Bookkeeping> {
+        if let (Some(fp), Some(_)) = (&self.members_record, &self.outcome.key) {
+            let mut extra = self.outcome.extra.clone().unwrap_or_default();
+            extra.members_record = Some(fp.clone());
+            return Some(extra);
+        }
         let Some(active) = self.active else {
             return self.outcome.extra.clone();
         };
@@ -170,6 +180,7 @@ fn desired_user(
         members: Vec::new(),
         password_hash: user.password_hash.clone(),
         role_groups: t.map.role_groups(json),
+        member_changes: None,
     })
 }
 
@@ -180,52 +191,6 @@ fn user_json(user: &StoredUser, groups: Option<&[GroupRef]>) -> Value {
         o.insert("active".into(), Value::Bool(user.active));
     }
     json
-}
-
-/// Desired state of a live group; members are the member keys of the member users provisioned
-/// in this target (two batch queries, whatever the group size).
-async fn desired_group(
-    rec: &Reconciler,
-    t: &TargetRuntime,
-    group: &StoredGroup,
-) -> Result<Desired, ApplyError> {
-    let store = &rec.inner.store;
-    let id = group.id.as_str();
-    let members = store.group_members(id).await?;
-    let ids: Vec<String> = members.iter().map(|m| m.value.clone()).collect();
-    let states = store.target_states_of(&t.name, &ids).await?;
-    let active = if t.map.remove_inactive_from_groups() {
-        Some(store.active_flags(&ids).await?)
-    } else {
-        None
-    };
-    let mut keys = Vec::with_capacity(ids.len());
-    for member in &ids {
-        if let Some(active) = &active {
-            if !active.get(member).copied().unwrap_or(false) {
-                continue;
-            }
-        }
-        let Some(state) = states.get(member) else {
-            continue;
-        };
-        let Some(key) = &state.target_key else {
-            continue;
-        };
-        if let Some(k) = t.map.member_key(key, state.extra.as_ref()) {
-            keys.push(k);
-        }
-    }
-    let json = render_group(&group.id, &group.data, &group.meta, Some(&members), "");
-    let entry = t.map.render_group(&json)?;
-    Ok(Desired {
-        kind: Kind::Group,
-        entry,
-        active: true,
-        members: keys,
-        password_hash: None,
-        role_groups: Vec::new(),
-    })
 }
 
 /// The rendered desired state of one resource in one target as an apply would render it now
@@ -255,10 +220,17 @@ pub(crate) async fn desired_of(
             Ok(Some(desired_user(t, &user, &json, &refs)?))
         }
         ResourceType::Group if t.map.groups.is_none() => Ok(None),
-        ResourceType::Group => match snap.group.filter(|g| !g.deleted) {
-            Some(g) => Ok(Some(desired_group(rec, t, &g).await?)),
-            None => Ok(None),
-        },
+        ResourceType::Group => {
+            let state = snap.state;
+            let prior = Prior {
+                key: state.as_ref().and_then(|s| s.target_key.clone()),
+                extra: state.and_then(|s| s.extra),
+                ..Prior::default()
+            };
+            Ok(members::plan_group(rec, t, id, &prior, 0, false, true)
+                .await?
+                .desired)
+        }
     }
 }
 
@@ -304,6 +276,9 @@ pub(crate) struct Job {
     /// The claim itself (`None`: a dry run): the writes before the sync are made only while
     /// it is held.
     pub(crate) claim: Option<OutboxItem>,
+    /// A group may take the O(change) membership path (`members::plan_group`: the workers'
+    /// applies; never drift repair or a dry run).
+    pub(crate) delta: bool,
     /// The span the row's sync runs in (its ids and request id in every log line).
     pub(crate) span: tracing::Span,
 }
@@ -317,6 +292,8 @@ pub(crate) struct Draft {
     active: Option<bool>,
     /// Groups are not provisioned in this target: nothing to do, nothing to change.
     skip: bool,
+    /// Groups: the membership plan (what the store records around the write).
+    plan: Option<members::GroupPlan>,
 }
 
 /// What an apply writes before its target is touched: the intent before a first create
@@ -418,6 +395,7 @@ pub(crate) async fn apply(
         id: id.to_owned(),
         lease,
         claim: None,
+        delta: false,
         span: tracing::Span::current(),
     };
     match apply_many(rec, t, vec![job], dry_run).await.pop() {
@@ -439,7 +417,7 @@ pub(crate) async fn apply_many(
     let prepared = prepare(rec, t, jobs, dry_run).await;
     let syncs = prepared.into_iter().map(|p| async move {
         match p {
-            Prepared::Ready(job, draft) => sync_one(rec, t, &job, *draft, dry_run).await,
+            Prepared::Ready(job, draft) => sync_row(rec, t, job, *draft, dry_run).await,
             Prepared::Done(result) => *result,
             Prepared::Deferred(job, e) => conflict_or(rec, t, &job.id, Err(e)).await,
         }
@@ -564,10 +542,12 @@ pub(crate) async fn prepare(
             continue;
         }
         let state = row.snap.state.take();
+        let applied_version = state.as_ref().map_or(0, |s| s.applied_version);
         let prior = Prior {
             key: state.as_ref().and_then(|s| s.target_key.clone()),
             extra: state.and_then(|s| s.extra),
             lease: row.job.lease.clone(),
+            members_ours: None,
         };
         let draft = match row.job.resource_type {
             ResourceType::User => {
@@ -580,6 +560,7 @@ pub(crate) async fn prepare(
                         active: Some(user.active),
                         desired: Some(d),
                         skip: false,
+                        plan: None,
                     }),
                     _ => Ok(Draft {
                         version,
@@ -587,35 +568,33 @@ pub(crate) async fn prepare(
                         desired: None,
                         active: None,
                         skip: false,
+                        plan: None,
                     }),
                 }
             }
+            ResourceType::Group if t.map.groups.is_none() => Ok(Draft {
+                version: row.snap.group.as_ref().map_or(0, |g| g.meta.version),
+                prior,
+                desired: None,
+                active: None,
+                skip: true,
+                plan: None,
+            }),
             ResourceType::Group => {
-                let version = row.snap.group.as_ref().map_or(0, |g| g.meta.version);
-                let live = row.snap.group.as_ref().filter(|g| !g.deleted);
-                match live {
-                    _ if t.map.groups.is_none() => Ok(Draft {
-                        version,
-                        prior,
-                        desired: None,
-                        active: None,
-                        skip: true,
-                    }),
-                    Some(g) => desired_group(rec, t, g).await.map(|d| Draft {
-                        version,
-                        prior,
-                        desired: Some(d),
+                let delta = row.job.delta && !dry_run;
+                members::plan_group(rec, t, &row.job.id, &prior, applied_version, delta, dry_run)
+                    .await
+                    .map(|plan| Draft {
+                        version: plan.version,
+                        prior: Prior {
+                            members_ours: plan.ours.clone(),
+                            ..prior
+                        },
+                        desired: plan.desired.clone(),
                         active: None,
                         skip: false,
-                    }),
-                    None => Ok(Draft {
-                        version,
-                        prior,
-                        desired: None,
-                        active: None,
-                        skip: false,
-                    }),
-                }
+                        plan: Some(plan),
+                    })
             }
         };
         match draft {
@@ -701,13 +680,15 @@ pub(crate) async fn prepare(
                 let outcome = Outcome {
                     key: draft.prior.key.clone(),
                     extra: draft.prior.extra.clone(),
-                    changes: Vec::new(),
+                    ..Outcome::default()
                 };
                 Prepared::Done(Box::new(Ok(Applied {
                     version: draft.version,
                     prior: draft.prior,
                     outcome,
                     active: None,
+                    members: None,
+                    members_record: None,
                 })))
             }
             (None, None, Some(draft)) => Prepared::Ready(row.job, Box::new(draft)),
@@ -726,6 +707,12 @@ async fn sync_one(
     draft: Draft,
     dry_run: bool,
 ) -> Result<Applied, ApplyError> {
+    if let (Some(plan), false) = (&draft.plan, dry_run) {
+        // The values about to be written are ours before they are written; under the same
+        // fence as the target's writes (an apply that lost its claim records nothing).
+        draft.prior.lease.check(t.target.timeout())?;
+        members::record(rec, t, &job.id, plan).await?;
+    }
     let sync = async {
         if !dry_run {
             rec.pause_point(PAUSE_BEFORE_SYNC).await;
@@ -756,12 +743,48 @@ async fn sync_one(
         result
     };
     let outcome = sync.instrument(job.span.clone()).await?;
+    let members_record = draft
+        .plan
+        .as_ref()
+        .filter(|p| p.desired.is_some())
+        .map(|_| t.map.members_fingerprint().to_owned());
     Ok(Applied {
         version: draft.version,
         prior: draft.prior,
         outcome,
         active: draft.active,
+        members: draft.plan.map(|p| p.settle),
+        members_record,
     })
+}
+
+/// [`sync_one`]; a group the target cannot give its changed member values alone
+/// ([`MEMBERS_FULL`]) is prepared again with its whole membership and synced in the same call.
+async fn sync_row(
+    rec: &Reconciler,
+    t: &TargetRuntime,
+    job: Job,
+    draft: Draft,
+    dry_run: bool,
+) -> Result<Applied, ApplyError> {
+    match sync_one(rec, t, &job, draft, dry_run).await {
+        Err(ApplyError::Target(e)) if job.delta && e.code.as_deref() == Some(MEMBERS_FULL) => {
+            tracing::debug!(target = %t.name, resource_id = %job.id, reason = %e.message, "Applying the group's whole membership.");
+            let whole = Job {
+                delta: false,
+                ..job
+            };
+            match prepare(rec, t, vec![whole], dry_run).await.pop() {
+                Some(Prepared::Ready(job, draft)) => sync_one(rec, t, &job, *draft, dry_run).await,
+                Some(Prepared::Done(result)) => *result,
+                Some(Prepared::Deferred(job, e)) => conflict_or(rec, t, &job.id, Err(e)).await,
+                None => Err(ApplyError::Store(StoreError::Other(
+                    "an apply of one row gave no result".into(),
+                ))),
+            }
+        }
+        other => other,
+    }
 }
 
 fn count(target: &str, result: &str) {
@@ -800,13 +823,15 @@ fn lease_ms(rec: &Reconciler) -> i64 {
 /// once); a heartbeat renews the rows not settled yet every lease/3, and a row whose claim was
 /// lost (another worker took it: the epoch moved) writes nothing more (its [`Lease`] is set to
 /// the past); the target writes only while at least its operation timeout remains
-/// (`Lease::check`). The heartbeat is stopped, and a renewal in flight awaited, before this
+/// (`Lease::check`). `delta`: groups may take the O(change) membership path (the workers;
+/// drift repair reads and diffs the whole membership). The heartbeat is stopped, and a renewal in flight awaited, before this
 /// returns. One result per row, in order.
 pub(crate) async fn process_batch(
     rec: &Reconciler,
     t: &TargetRuntime,
     items: &[OutboxItem],
     claimed_ms: i64,
+    delta: bool,
 ) -> Vec<Processed> {
     let store = &rec.inner.store;
     let lease = lease_ms(rec);
@@ -877,6 +902,7 @@ pub(crate) async fn process_batch(
             .get(i)
             .map_or_else(Lease::default, |u| Lease::until(u.clone())),
         claim: Some(item.clone()),
+        delta,
         span: tracing::debug_span!(
             "apply",
             resource_id = %item.resource_id,
@@ -900,8 +926,9 @@ pub(crate) async fn process_batch(
             let mut deferred = Vec::new();
             for (&i, p) in round.iter().zip(prepared) {
                 match p {
-                    Prepared::Ready(job, draft) => running
-                        .push(async move { (i, sync_one(rec, t, &job, *draft, false).await) }),
+                    Prepared::Ready(job, draft) => {
+                        running.push(async move { (i, sync_row(rec, t, job, *draft, false).await) })
+                    }
                     Prepared::Done(result) => ready.push((i, *result)),
                     Prepared::Deferred(_, e) if second => {
                         ready.push((
@@ -986,6 +1013,20 @@ async fn settle_group(
             tracing::error!(target = %t.name, error = %e, "Cannot fill the reference index; drift repair will fix references.");
         }
     }
+    // A group's record of our member values first, fenced by its claim (`members::settle`):
+    // a row whose record cannot be settled is not settled either (it re-applies when its
+    // lease expires).
+    let mut group = group;
+    for (i, result) in &mut group {
+        let (Ok(done), Some(item)) = (&*result, items.get(*i)) else {
+            continue;
+        };
+        if !members::settle(rec, t, item, done.members.as_ref()).await {
+            *result = Err(ApplyError::Store(StoreError::Unavailable(
+                "the group's record of its member values could not be settled".into(),
+            )));
+        }
+    }
     let settles: Vec<(OutboxItem, TargetState)> = group
         .iter()
         .filter_map(|(i, result)| {
@@ -1022,11 +1063,17 @@ async fn settle_group(
             continue;
         };
         let settle = result.is_ok().then(|| settled.next()).flatten();
+        let prune = item.resource_type == ResourceType::Group
+            && matches!(settle, Some(Ok(())))
+            && result.is_ok();
         let processed = finish(rec, t, item, result, settle, now)
             .instrument(
                 tracing::debug_span!("settle", resource_id = %item.resource_id, target = %t.name),
             )
             .await;
+        if prune {
+            members::prune(rec, t, &item.resource_id).await;
+        }
         out.push((i, processed));
     }
     out
@@ -1329,7 +1376,7 @@ async fn turn(rec: &Reconciler, t: &TargetRuntime) -> usize {
         }
     };
     if !items.is_empty() {
-        process_batch(rec, t, &items, claimed_ms).await;
+        process_batch(rec, t, &items, claimed_ms, true).await;
     }
     items.len()
 }
@@ -1419,7 +1466,7 @@ pub(crate) async fn drain(rec: &Reconciler, index: usize) -> usize {
         let only_repeats = items.iter().all(|i| failed.contains(&i.id));
         for (item, done) in items
             .iter()
-            .zip(process_batch(rec, &t, &items, claimed_ms).await)
+            .zip(process_batch(rec, &t, &items, claimed_ms, true).await)
         {
             if matches!(done, Processed::Applied(_)) {
                 applied += 1;
@@ -1446,9 +1493,11 @@ mod tests {
             outcome: Outcome {
                 key: Some("uid=a,dc=x".into()),
                 extra: extra.map(Bookkeeping::from_json),
-                changes: Vec::new(),
+                ..Outcome::default()
             },
             active,
+            members: None,
+            members_record: None,
         }
     }
 

@@ -17,6 +17,7 @@ mod batch;
 mod gate;
 mod history;
 mod keys;
+mod members;
 mod models;
 mod outbox;
 mod references;
@@ -61,6 +62,7 @@ pub enum StoreError {
 }
 
 pub use keys::KeyNormFn;
+pub use members::{MemberDelta, MembersSettle, Recorded};
 
 /// Who did what, written to the audit table with every mutation.
 #[derive(Debug, Clone, Default)]

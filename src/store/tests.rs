@@ -11,6 +11,7 @@ use serde_json::json;
 use std::time::Instant;
 
 mod fencing;
+mod members;
 mod races;
 
 const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1/postgres";

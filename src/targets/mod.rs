@@ -31,6 +31,37 @@ pub struct Desired {
     /// Users: DNs of the role groups the user must be a member of
     /// (`mapping::CompiledTarget::role_groups`). Groups: empty.
     pub role_groups: Vec<String>,
+    /// Groups: when set, apply only these member value changes (the O(change) path: the
+    /// target neither reads nor writes any other member value, and `members` is empty);
+    /// `None`: make the member values match `members`.
+    pub member_changes: Option<MemberChanges>,
+}
+
+/// The member values one O(change) apply of a group adds and deletes (the reconciler's net
+/// of what changed since the applied version). Adding a value already there or deleting one
+/// already gone is done, not an error. A target that cannot apply them alone (no entry at the
+/// recorded key, a placeholder member to keep right) fails with [`MEMBERS_FULL`] and the
+/// reconciler applies the whole membership instead.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MemberChanges {
+    pub add: Vec<String>,
+    pub delete: Vec<String>,
+}
+
+/// The [`TargetError::code`] of a group apply that needs the whole membership (see
+/// [`MemberChanges`]).
+pub const MEMBERS_FULL: &str = "members_full";
+
+impl TargetError {
+    /// See [`MEMBERS_FULL`].
+    #[must_use]
+    pub fn members_full(why: &str) -> TargetError {
+        TargetError {
+            class: ErrorClass::Transient,
+            code: Some(MEMBERS_FULL.into()),
+            message: format!("the membership must be applied whole: {why}"),
+        }
+    }
 }
 
 /// What one sync makes of a resource's entry.
@@ -71,6 +102,11 @@ pub struct Prior {
     pub extra: Option<Bookkeeping>,
     /// How long the reconciler's claim on this resource lasts (not bookkeeping: never stored).
     pub lease: Lease,
+    /// Groups, full applies: the member values we wrote (the store's record). `None`: every
+    /// value the desired state does not hold is removed (`foreign_members = "remove"`, or no
+    /// record yet); `Some`: only those of them in this list are, the others are foreign and
+    /// kept (reported in [`Outcome::foreign`]).
+    pub members_ours: Option<Vec<String>>,
 }
 
 /// The lease of the reconciler's claim on the resource being synced, as the target sees it:
@@ -134,6 +170,9 @@ pub struct Outcome {
     pub extra: Option<Bookkeeping>,
     /// Human-readable changes made (or, in a dry run, that would be made), LDIF-like, one per line.
     pub changes: Vec<String>,
+    /// Groups: member values found that we did not write and kept (`foreign_members =
+    /// "keep"`).
+    pub foreign: Vec<String>,
 }
 
 /// How a failure should be handled by the reconciler.

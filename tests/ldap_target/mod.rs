@@ -93,6 +93,7 @@ impl Dir {
             members: vec![],
             password_hash: u["password"].as_str().map(str::to_owned),
             role_groups: map.role_groups(u),
+            member_changes: None,
         }
     }
 
@@ -135,6 +136,7 @@ fn group_desired(map: &CompiledTarget, g: &Value, members: Vec<String>) -> Desir
         members,
         password_hash: None,
         role_groups: vec![],
+        member_changes: None,
     }
 }
 

@@ -7,6 +7,7 @@ mod checks;
 mod deactivation;
 mod fanout;
 mod keys;
+mod members;
 
 use crate::harness::mariadb::MariaDb;
 use crate::harness::pg::PgDb;
@@ -303,6 +304,7 @@ pub fn desired_user(map: &CompiledTarget, u: &Value) -> Desired {
         members: vec![],
         password_hash: None,
         role_groups: vec![],
+        member_changes: None,
     }
 }
 
@@ -316,6 +318,7 @@ fn desired_group(map: &CompiledTarget, name: &str, members: &[&str]) -> Desired 
         members: members.iter().map(|m| (*m).to_owned()).collect(),
         password_hash: None,
         role_groups: vec![],
+        member_changes: None,
     }
 }
 
@@ -824,6 +827,7 @@ async fn surrogate_membership(flavor: Flavor) {
         members: members.iter().map(|m| (*m).to_owned()).collect(),
         password_hash: None,
         role_groups: vec![],
+        member_changes: None,
     };
     let g = t
         .sync(

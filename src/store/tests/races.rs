@@ -642,3 +642,94 @@ async fn races_a_backfill_and_a_render_recording_the_same_references_both_succee
     assert_eq!(resolved("h-render").await.as_deref(), Some("b"));
     db.finish().await;
 }
+
+/// Pruning a group's membership changes meets a PATCH of the group (which holds the group's
+/// `member_log` row and then writes its change rows): pruning takes the log's row first, as
+/// the PATCH does, and waits. Before: it deleted the change rows first, then waited on the
+/// log's row while the PATCH waited on a change row: a deadlock, one of them aborted (40P01),
+/// the PATCH answered 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn races_pruning_membership_changes_waits_for_a_patch_of_the_group_never_deadlocks() {
+    let db = pg_db().await;
+    let (store, url) = (db.store.clone(), url_of(&db));
+    let a = store
+        .create_user(user("a"), None, &ctx(1))
+        .await
+        .unwrap()
+        .id;
+    let b = store
+        .create_user(user("b"), None, &ctx(1))
+        .await
+        .unwrap()
+        .id;
+    let g = store
+        .create_group(group("g", Some(vec![a])), &ctx(2))
+        .await
+        .unwrap();
+    let add = members_update(vec![MemberOp::Add(vec![member(b)])]);
+    store
+        .update_group(&g.id, "patch", &ctx(3), add)
+        .await
+        .unwrap();
+    let claimed = store.claim(TARGET, 100, 600_000, 10).await.unwrap();
+    let item = claimed.iter().find(|i| i.resource_id == g.id).unwrap();
+    let state = TargetState {
+        target: TARGET.into(),
+        resource_type: ResourceType::Group,
+        resource_id: g.id.clone(),
+        applied_version: 2,
+        target_key: Some("cn=g".into()),
+        extra: None,
+        updated_ms: 100,
+    };
+    store.settle_applied(item, state, 100).await.unwrap();
+    // The PATCH: its version bump holds the log's row; its change rows come next.
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let patch = {
+        let (url, id) = (url.clone(), g.id.clone());
+        std::thread::spawn(move || -> Result<(), String> {
+            let mut conn = DbConnection::Pg(diesel::PgConnection::establish(&url).unwrap());
+            type Tm = <DbConnection as diesel::Connection>::TransactionManager;
+            Tm::begin_transaction(&mut conn).unwrap();
+            let seq = format!("(SELECT seq FROM resources WHERE id = '{id}')");
+            diesel::sql_query(format!(
+                "UPDATE member_log SET logged_version = logged_version WHERE group_seq = {seq}"
+            ))
+            .execute(&mut conn)
+            .unwrap();
+            ready_tx.send(()).unwrap();
+            go_rx.recv().unwrap();
+            let touched = diesel::sql_query(format!(
+                "UPDATE member_changes SET version = version WHERE group_seq = {seq}"
+            ))
+            .execute(&mut conn)
+            .map_err(|e| e.to_string());
+            match touched {
+                Ok(_) => Tm::commit_transaction(&mut conn).map_err(|e| e.to_string()),
+                Err(e) => {
+                    let _ = Tm::rollback_transaction(&mut conn);
+                    Err(e)
+                }
+            }
+        })
+    };
+    tokio::task::spawn_blocking(move || ready_rx.recv().unwrap())
+        .await
+        .unwrap();
+    let prune = {
+        let (store, id) = (store.clone(), g.id.clone());
+        tokio::spawn(async move { store.prune_member_changes(&id, &[TARGET.to_owned()]).await })
+    };
+    // Pruning waits on the log's row (the PATCH holds it); then the PATCH writes its rows.
+    lock_waiters(&url, 1).await;
+    go_tx.send(()).unwrap();
+    let patched = tokio::task::spawn_blocking(move || patch.join().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(patched, Ok(()), "the PATCH");
+    prune.await.unwrap().expect("the prune");
+    let d = store.member_delta(TARGET, &g.id, 2).await.unwrap().unwrap();
+    assert!(d.trusted, "{d:?}");
+    db.finish().await;
+}

@@ -11,7 +11,9 @@ use crate::config::target::{DeactivatePolicy, MemberValue, OnDelete, OnExisting,
 use crate::mapping::dn::{dn_eq, normalize_dn, split_rdn};
 use crate::mapping::{diff, Entry, Mod};
 use crate::targets::plan::{self, Found};
-use crate::targets::{Change, Desired, ErrorClass, Kind, Lease, Outcome, Prior, TargetError};
+use crate::targets::{
+    Change, Desired, ErrorClass, Kind, Lease, MemberChanges, Outcome, Prior, TargetError,
+};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashSet};
 
@@ -28,6 +30,8 @@ struct Exec<'a> {
     changes: Vec<String>,
     /// Checked before every write: none starts unless its timeout remains on the claim.
     lease: &'a Lease,
+    /// Member values found that we did not write and kept (see [`Outcome::foreign`]).
+    foreign: Vec<String>,
 }
 
 fn permanent(message: String) -> TargetError {
@@ -179,6 +183,7 @@ pub(super) async fn sync(
         dry_run,
         changes: Vec::new(),
         lease: &prior.lease,
+        foreign: Vec::new(),
     };
     let (key, extra) = match change {
         Change::Remove { kind } => remove(&mut ex, prior, kind).await?,
@@ -189,6 +194,7 @@ pub(super) async fn sync(
         key,
         extra,
         changes: ex.changes,
+        foreign: ex.foreign,
     })
 }
 
@@ -873,6 +879,20 @@ async fn sync_group(
     };
     let attr = gs.member_attribute.clone();
     let desired_dn = d.entry.key.clone();
+    if let Some(changes) = &d.member_changes {
+        let placeholder = gs.placeholder_member.as_deref();
+        return sync_group_changes(
+            ex,
+            d,
+            prior,
+            &gs.attributes,
+            &attr,
+            placeholder,
+            norm,
+            changes,
+        )
+        .await;
+    }
 
     // Desired members, deduplicated; the placeholder only when otherwise empty.
     let mut seen = HashSet::new();
@@ -940,16 +960,24 @@ async fn sync_group(
         let have: Vec<String> = cur.attrs.get(&attr).cloned().unwrap_or_default();
         let have_norm: HashSet<String> = have.iter().map(|h| norm(h)).collect();
         let want_norm: HashSet<String> = want.iter().map(|w| norm(w)).collect();
+        // The values we wrote (the placeholder is always ours); `None`: every value is.
+        let ours: Option<HashSet<String>> = prior.members_ours.as_ref().map(|o| {
+            o.iter()
+                .chain(gs.placeholder_member.iter())
+                .map(|v| norm(v))
+                .collect()
+        });
         let to_add: Vec<String> = want
             .iter()
             .filter(|w| !have_norm.contains(&norm(w)))
             .cloned()
             .collect();
-        let to_del: Vec<String> = have
+        let (to_del, foreign): (Vec<String>, Vec<String>) = have
             .iter()
             .filter(|h| !want_norm.contains(&norm(h)))
             .cloned()
-            .collect();
+            .partition(|h| ours.as_ref().is_none_or(|o| o.contains(&norm(h))));
+        ex.foreign = foreign;
         // Adds before deletes, so a group never passes through "empty" (groupOfNames).
         for chunk in to_add.chunks(MEMBER_CHUNK) {
             ex.modify(
@@ -969,6 +997,136 @@ async fn sync_group(
         }
     }
     let extra = group_extra(entry_uuid(ex, &prev, &desired_dn, fresh).await?);
+    Ok((Some(desired_dn), Some(extra)))
+}
+
+/// The O(change) path of a group: the entry's own attributes as usual (read without the
+/// member attribute), then only `changes` to the member values, in one modify when they fit
+/// one chunk (a value already there, or already gone, is done). No entry at the recorded key
+/// (nor where it moved): [`TargetError::members_full`], the reconciler applies it whole.
+///
+/// With a `placeholder`, asked without reading the members: adds also delete it when the
+/// entry holds it (`(member=<placeholder>)`, in the same modify); after deletes, an entry
+/// left without any value (`(member=*)` no longer matches) gets it back, and a schema that
+/// refuses the delete alone (objectClassViolation, 65: `groupOfNames` must keep a member)
+/// gets the placeholder added in the same modify.
+#[allow(clippy::too_many_arguments)]
+async fn sync_group_changes(
+    ex: &mut Exec<'_>,
+    d: &Desired,
+    prior: &Prior,
+    attributes: &[String],
+    attr: &str,
+    placeholder: Option<&str>,
+    norm: impl Fn(&str) -> String,
+    changes: &MemberChanges,
+) -> Result<(Option<String>, Option<Bookkeeping>), TargetError> {
+    let desired_dn = d.entry.key.clone();
+    let mut read_attrs: Vec<String> = attributes.to_vec();
+    read_attrs.extend(d.entry.attrs.keys().cloned());
+    // Never the member attribute: reading every member is what this path avoids.
+    read_attrs.retain(|a| !a.eq_ignore_ascii_case(attr));
+    if prior.key.is_none() {
+        return Err(TargetError::members_full("the group was never applied"));
+    }
+    let Some(cur) = locate(ex, prior, &desired_dn, &read_attrs).await? else {
+        return Err(TargetError::members_full("no entry at the recorded key"));
+    };
+    let mut mods = Vec::new();
+    mods.extend(missing_object_classes(
+        &d.entry.object_classes,
+        &cur.object_classes,
+    ));
+    mods.extend(diff(&d.entry, &align_dn_values(&d.entry, &cur)));
+    ex.modify(&desired_dn, mods, false).await?;
+
+    let mut seen = HashSet::new();
+    let add: Vec<String> = changes
+        .add
+        .iter()
+        .filter(|v| seen.insert(norm(v)))
+        .cloned()
+        .collect();
+    // A value both wanted (for one member) and unwanted (recorded for another) stays.
+    let delete: Vec<String> = changes
+        .delete
+        .iter()
+        .filter(|v| seen.insert(norm(v)))
+        .cloned()
+        .collect();
+    let t = ex.t;
+    let has = |value: &str| format!("({attr}={})", ldap3::ldap_escape(value));
+    // The placeholder goes once a real member is added (never one of ours to delete else).
+    let mut delete = delete;
+    if let Some(p) = placeholder {
+        let p_norm = norm(p);
+        delete.retain(|v| norm(v) != p_norm);
+        if !add.is_empty() && !add.iter().any(|v| norm(v) == p_norm) {
+            let present = if ex.dry_run {
+                false
+            } else {
+                t.matches(&desired_dn, &has(p)).await?
+            };
+            if present {
+                delete.push(p.to_owned());
+            }
+        }
+    }
+    let deletes_only = add.is_empty() && !delete.is_empty();
+    if add.len() + delete.len() <= MEMBER_CHUNK {
+        let mut member_mods = Vec::new();
+        if !add.is_empty() {
+            member_mods.push(Mod::Add(attr.to_owned(), add));
+        }
+        if !delete.is_empty() {
+            member_mods.push(Mod::Delete(attr.to_owned(), delete.clone()));
+        }
+        match ex.modify(&desired_dn, member_mods, true).await {
+            Err(e) if deletes_only && placeholder.is_some() && e.code.as_deref() == Some("65") => {
+                // The last member went: the placeholder stands in, in the same modify.
+                let p = placeholder.unwrap_or_default().to_owned();
+                let mods = vec![
+                    Mod::Add(attr.to_owned(), vec![p]),
+                    Mod::Delete(attr.to_owned(), delete),
+                ];
+                ex.modify(&desired_dn, mods, true).await?;
+                let prev = prior_extra(prior);
+                let extra = group_extra(entry_uuid(ex, &prev, &desired_dn, false).await?);
+                return Ok((Some(desired_dn), Some(extra)));
+            }
+            other => other?,
+        }
+    } else {
+        for chunk in add.chunks(MEMBER_CHUNK) {
+            ex.modify(
+                &desired_dn,
+                vec![Mod::Add(attr.to_owned(), chunk.to_vec())],
+                true,
+            )
+            .await?;
+        }
+        for chunk in delete.chunks(MEMBER_CHUNK) {
+            ex.modify(
+                &desired_dn,
+                vec![Mod::Delete(attr.to_owned(), chunk.to_vec())],
+                true,
+            )
+            .await?;
+        }
+    }
+    if let (Some(p), true, false) = (placeholder, deletes_only, ex.dry_run) {
+        // A schema that lets the attribute go empty (posixGroup): the placeholder stands in.
+        if !t.matches(&desired_dn, &format!("({attr}=*)")).await? {
+            ex.modify(
+                &desired_dn,
+                vec![Mod::Add(attr.to_owned(), vec![p.to_owned()])],
+                true,
+            )
+            .await?;
+        }
+    }
+    let prev = prior_extra(prior);
+    let extra = group_extra(entry_uuid(ex, &prev, &desired_dn, false).await?);
     Ok((Some(desired_dn), Some(extra)))
 }
 
@@ -1136,6 +1294,7 @@ mod tests {
             members: vec![],
             password_hash: None,
             role_groups: vec![],
+            member_changes: None,
         };
         let plain = settings("");
         assert_eq!(

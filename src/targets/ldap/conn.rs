@@ -19,6 +19,8 @@ pub struct LdapTarget {
     password: Option<String>,
     tls: Option<Arc<rustls::ClientConfig>>,
     slot: tokio::sync::Mutex<Option<Ldap>>,
+    /// Writes sent (see [`super::ops`]).
+    ops: Arc<super::ops::OpCounts>,
 }
 
 impl std::fmt::Debug for LdapTarget {
@@ -49,11 +51,13 @@ impl LdapTarget {
                 ))
             })?)),
         };
+        let ops = super::ops::for_url(&settings.url);
         Ok(LdapTarget {
             settings,
             password,
             tls,
             slot: tokio::sync::Mutex::new(None),
+            ops,
         })
     }
 
@@ -191,6 +195,7 @@ impl LdapTarget {
             return Ok(None);
         };
         let se = SearchEntry::construct(raw);
+        self.ops.read(se.attrs.values().map(Vec::len).sum());
         let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
         let mut object_classes = Vec::new();
         for (k, v) in se.attrs {
@@ -205,6 +210,39 @@ impl LdapTarget {
             object_classes,
             attrs: out,
         }))
+    }
+
+    /// Whether the entry at `dn` matches `filter` (a base search returning no attributes):
+    /// what a group's member values hold, asked without reading them (`(member=<dn>)`,
+    /// `(member=*)`). False when the entry is gone.
+    pub(super) async fn matches(&self, dn: &str, filter: &str) -> Result<bool, TargetError> {
+        let what = format!("search {dn} for {filter}");
+        let ldap = self.handle().await?;
+        let t = self.settings.timeout;
+        let (owned_dn, owned_filter) = (dn.to_owned(), filter.to_owned());
+        let res = async move {
+            let mut ldap = ldap;
+            ldap.with_timeout(t)
+                .search(&owned_dn, Scope::Base, &owned_filter, vec!["1.1"])
+                .await
+        }
+        .await;
+        let res = match res {
+            Ok(r) => r,
+            Err(e) => {
+                if codes::is_connection_error(&e) {
+                    self.drop_connection().await;
+                }
+                return Err(codes::from_ldap_error(&e, &what));
+            }
+        };
+        if res.1.rc == codes::NO_SUCH_OBJECT {
+            return Ok(false);
+        }
+        if res.1.rc != 0 {
+            return Err(codes::from_result(res.1.rc, &res.1.text, &what));
+        }
+        Ok(!res.0.is_empty())
     }
 
     /// The DN of the entry whose `entryUUID` is `uuid` in the subtree of `base` (an entry
@@ -261,6 +299,7 @@ impl LdapTarget {
             .map(|(k, v)| (k, v.into_iter().collect()))
             .collect();
         let dn = dn.to_owned();
+        self.ops.add();
         let res = self
             .run(&what, |mut l| async move {
                 l.with_timeout(t).add(&dn, attrs).await
@@ -279,6 +318,16 @@ impl LdapTarget {
         let what = format!("modify {dn}");
         let t = self.settings.timeout;
         let dn = dn.to_owned();
+        let values = mods
+            .iter()
+            .map(|m| match m {
+                ldap3::Mod::Add(_, v) | ldap3::Mod::Delete(_, v) | ldap3::Mod::Replace(_, v) => {
+                    v.len()
+                }
+                ldap3::Mod::Increment(..) => 1,
+            })
+            .sum();
+        self.ops.modify(values);
         let res = self
             .run(&what, |mut l| async move {
                 l.with_timeout(t).modify(&dn, mods).await
@@ -297,6 +346,7 @@ impl LdapTarget {
         let what = format!("modrdn {dn}");
         let t = self.settings.timeout;
         let (dn, rdn, sup) = (dn.to_owned(), rdn.to_owned(), new_sup.map(str::to_owned));
+        self.ops.modrdn();
         let res = self
             .run(&what, |mut l| async move {
                 l.with_timeout(t)
@@ -312,6 +362,7 @@ impl LdapTarget {
         let what = format!("delete {dn}");
         let t = self.settings.timeout;
         let dn = dn.to_owned();
+        self.ops.delete();
         let res = self
             .run(
                 &what,

@@ -14,6 +14,7 @@
 pub mod apply;
 pub mod codes;
 pub mod conn;
+pub mod ops;
 pub mod schema;
 pub mod settings;
 
