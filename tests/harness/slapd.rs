@@ -181,15 +181,23 @@ fn make_ca(dir: &Path, name: &str) {
 /// A test PKI in `dir`: `ca.pem` (a CA) and `server.pem` / `server.key` for 127.0.0.1 signed by
 /// it. Also used by the HTTPS listener tests.
 pub fn make_test_pki(dir: &Path) {
-    make_ca(dir, "ca");
-    make_server_cert(dir);
+    make_test_pki_for(dir, "127.0.0.1");
 }
 
-fn make_server_cert(dir: &Path) {
+/// Like [`make_test_pki`], the server certificate for `ip` (the Samba harness's own loopback
+/// address).
+pub fn make_test_pki_for(dir: &Path, ip: &str) {
+    make_ca(dir, "ca");
+    make_server_cert(dir, ip);
+}
+
+fn make_server_cert(dir: &Path, ip: &str) {
     std::fs::write(
         dir.join("server.ext"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
-         keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+        format!(
+            "subjectAltName=IP:{ip},DNS:localhost\nbasicConstraints=CA:FALSE\n\
+             keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n"
+        ),
     )
     .unwrap();
     openssl(
@@ -229,7 +237,7 @@ fn make_server_cert(dir: &Path) {
     );
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
     l.local_addr().expect("local addr").port()
 }
@@ -256,7 +264,7 @@ impl Slapd {
         let config = dir.path().join("config.ldif");
         if tls {
             make_ca(dir.path(), "ca");
-            make_server_cert(dir.path());
+            make_server_cert(dir.path(), "127.0.0.1");
         }
         std::fs::write(&config, config_ldif(dir.path(), tls)).unwrap();
         let data = dir.path().join("data.ldif");
@@ -517,7 +525,7 @@ impl Slapd {
     }
 }
 
-fn normalise(e: SearchEntry) -> (String, Attrs) {
+pub(crate) fn normalise(e: SearchEntry) -> (String, Attrs) {
     let mut attrs: Attrs = e
         .attrs
         .into_iter()
@@ -532,7 +540,7 @@ fn normalise(e: SearchEntry) -> (String, Attrs) {
 
 /// Test-only background tasks (the daemon's TaskTracker is not involved here).
 #[allow(clippy::disallowed_methods)]
-fn spawn_conn(conn: LdapConnAsync) {
+pub(crate) fn spawn_conn(conn: LdapConnAsync) {
     tokio::spawn(async move {
         let _ = conn.drive().await;
     });
