@@ -3,6 +3,8 @@
 //! One multiplexed connection is kept behind a tokio `Mutex`; when an operation fails with a
 //! connection error the connection is dropped and the next operation reconnects. Every LDAP
 //! failure leaves this file as a classified [`TargetError`]. Must not decide what to change.
+//! The first connect reads the root DSE and settles the flavour (configured or detected,
+//! logged); AD's `member` is read ranged and merged (`flavour::merge_ranged`).
 
 use super::codes;
 use super::flavour::{self, Flavour};
