@@ -1,10 +1,10 @@
 //! A throwaway OpenLDAP server: cn=config built with `slapadd -n0` from LDIF in a temp dir
-//! (modules back_mdb + ppolicy; schemas core, cosine, inetorgperson, nis; an mdb database for
+//! (modules back_mdb, ppolicy and refint, whose overlay on `member` only `start_with_refint`
+//! configures; schemas core, cosine, inetorgperson, nis; an mdb database for
 //! dc=example,dc=com; a default password policy with `pwdLockout: TRUE`, without which
 //! OpenLDAP 2.5 ignores `pwdAccountLockedTime`), seeded with ou=People, ou=Groups and
 //! ou=Disabled, served on a free loopback port. `stop()`/`start_again()` keep port and data
 //! (outage tests). Killed on `Drop`. Fails loudly when slapd is not installed.
-
 use ldap3::{Ldap, LdapConnAsync, Scope, SearchEntry};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -38,7 +38,7 @@ fn find(path: &str) -> PathBuf {
     p
 }
 
-fn config_ldif(dir: &Path, tls: bool) -> String {
+fn config_ldif(dir: &Path, tls: bool, refint: bool) -> String {
     let data = dir.join("data");
     let tls = if tls {
         format!(
@@ -62,6 +62,7 @@ olcModulePath: /usr/lib/ldap
 olcModuleLoad: back_mdb
 olcModuleLoad: ppolicy
 olcModuleLoad: pw-sha2
+olcModuleLoad: refint
 
 dn: cn=schema,cn=config
 objectClass: olcSchemaConfig
@@ -102,8 +103,22 @@ objectClass: olcOverlayConfig
 objectClass: olcPPolicyConfig
 olcOverlay: {{0}}ppolicy
 olcPPolicyDefault: cn=default,ou=Policies,{BASE}
-",
+{refint}",
         pid = dir.join("slapd.pid").display(),
+        refint = if refint {
+            format!(
+                "
+dn: olcOverlay={{1}}refint,olcDatabase={{1}}mdb,cn=config
+objectClass: olcOverlayConfig
+objectClass: olcRefintConfig
+olcOverlay: {{1}}refint
+olcRefintAttribute: member
+olcRefintNothing: cn=nobody,{BASE}
+"
+            )
+        } else {
+            String::new()
+        },
         data = data.display(),
     )
 }
@@ -245,16 +260,22 @@ pub(crate) fn free_port() -> u16 {
 impl Slapd {
     /// Build a fresh directory and start slapd on a free loopback port.
     pub async fn start() -> Slapd {
-        Slapd::build(false).await
+        Slapd::build(false, false).await
+    }
+
+    /// Like [`Slapd::start`], with the `refint` overlay on `member` (a deleted or renamed entry
+    /// is dropped from or renamed in the groups naming it by slapd itself).
+    pub async fn start_with_refint() -> Slapd {
+        Slapd::build(false, true).await
     }
 
     /// Like [`Slapd::start`], with TLS: a fresh CA (`ca_file()`) and a server certificate for
     /// 127.0.0.1; StartTLS on `uri()` and TLS on `ldaps_uri()`.
     pub async fn start_tls() -> Slapd {
-        Slapd::build(true).await
+        Slapd::build(true, false).await
     }
 
-    async fn build(tls: bool) -> Slapd {
+    async fn build(tls: bool, refint: bool) -> Slapd {
         let slapadd = find(SLAPADD);
         find(SLAPD);
         let dir = tempfile::tempdir().expect("temp dir");
@@ -266,7 +287,7 @@ impl Slapd {
             make_ca(dir.path(), "ca");
             make_server_cert(dir.path(), "127.0.0.1");
         }
-        std::fs::write(&config, config_ldif(dir.path(), tls)).unwrap();
+        std::fs::write(&config, config_ldif(dir.path(), tls, refint)).unwrap();
         let data = dir.path().join("data.ldif");
         std::fs::write(&data, data_ldif()).unwrap();
         let confs = conf.to_str().unwrap();
