@@ -5,6 +5,7 @@
 //! OpenLDAP 2.5 ignores `pwdAccountLockedTime`), seeded with ou=People, ou=Groups and
 //! ou=Disabled, served on a free loopback port. `stop()`/`start_again()` keep port and data
 //! (outage tests). Killed on `Drop`. Fails loudly when slapd is not installed.
+
 use ldap3::{Ldap, LdapConnAsync, Scope, SearchEntry};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
