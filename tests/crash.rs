@@ -1145,3 +1145,143 @@ mod windows {
         assert!(report.clean(), "{report:#?}");
     }
 }
+
+/// Issue 11: `POST /Bulk` makes each operation its own acknowledged change. A daemon killed in
+/// the middle of a bulk job keeps every operation it committed whole (a user with all its
+/// attributes, a group with exactly the members its operation named), has none half-applied,
+/// and every committed one reaches the directory.
+#[tokio::test]
+async fn a_kill_mid_bulk_leaves_each_committed_operation_whole_and_applied() {
+    let slapd = Slapd::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/bulk.db", dir.path().display());
+    let config = write_config(dir.path(), &slapd, &url, 120);
+    let text = std::fs::read_to_string(&config).unwrap().replacen(
+        "shutdown_grace_secs = 10\n",
+        "shutdown_grace_secs = 10\nrequest_timeout_secs = 600\n",
+        1,
+    ) + "[scim]\nbulk_max_operations = 2000\nbulk_max_payload_bytes = 4194304\n";
+    std::fs::write(&config, text).unwrap();
+    let token = create_token(&config, "bulk").await;
+    let mut proc = Proc::start(&config).await;
+    const USERS: usize = 1500;
+    let mut ops = Vec::new();
+    for i in 0..USERS {
+        ops.push(
+            json!({"method": "POST", "path": "/Users", "bulkId": format!("u{i}"),
+            "data": {"schemas": [CORE], "userName": format!("bulk{i}"), "title": format!("T{i}"),
+                "name": {"givenName": format!("G{i}"), "familyName": format!("F{i}")}}}),
+        );
+        if i % 5 == 4 {
+            let members: Vec<Value> = (i - 4..=i)
+                .map(|k| json!({"value": format!("bulkId:u{k}")}))
+                .collect();
+            ops.push(
+                json!({"method": "POST", "path": "/Groups", "bulkId": format!("g{i}"),
+                "data": {"schemas": [GROUP], "displayName": format!("BG{i}"), "members": members}}),
+            );
+        }
+    }
+    let body = serde_json::to_vec(&json!({
+        "schemas": ["urn:ietf:params:scim:api:messages:2.0:BulkRequest"], "Operations": ops}))
+    .unwrap();
+    let http = reqwest::Client::new();
+    let request = http
+        .post(format!("{}/Bulk", proc.base()))
+        .bearer_auth(&token)
+        .header("content-type", "application/scim+json")
+        .body(body)
+        .send();
+    let sent = tokio::spawn(request);
+    // Kill once some operations are committed, while the job is still running.
+    let started = Instant::now();
+    loop {
+        let n = list_total(&proc.base(), &token, "Users").await;
+        if n >= 30 {
+            break;
+        }
+        assert!(
+            started.elapsed() < PATIENCE,
+            "the bulk job committed nothing"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    proc.signal("KILL");
+    assert_eq!(proc.wait().await.code(), None, "killed by a signal");
+    assert!(
+        sent.await.unwrap().is_err(),
+        "the killed job must not be answered"
+    );
+    let proc = Proc::start(&config).await;
+    let users = list_all(&proc.base(), &token, "Users").await;
+    assert!(
+        (30..USERS).contains(&users.len()),
+        "killed mid-bulk: {} of {USERS} users",
+        users.len()
+    );
+    eprintln!(
+        "killed mid-bulk: {} of {USERS} users committed",
+        users.len()
+    );
+    let mut by_name = BTreeMap::new();
+    for u in &users {
+        let name = u["userName"].as_str().unwrap();
+        let i: usize = name.trim_start_matches("bulk").parse().unwrap();
+        // Whole: every attribute of its operation.
+        assert_eq!(u["title"], format!("T{i}"), "{u}");
+        assert_eq!(u["name"]["givenName"], format!("G{i}"), "{u}");
+        assert_eq!(u["name"]["familyName"], format!("F{i}"), "{u}");
+        by_name.insert(i, u["id"].as_str().unwrap().to_owned());
+    }
+    // Committed in request order: the users are exactly the first n.
+    assert_eq!(
+        by_name.keys().copied().collect::<Vec<_>>(),
+        (0..users.len()).collect::<Vec<_>>()
+    );
+    let groups = list_all(&proc.base(), &token, "Groups").await;
+    for g in &groups {
+        let i: usize = g["displayName"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("BG")
+            .parse()
+            .unwrap();
+        let members: BTreeSet<String> = g["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["value"].as_str().unwrap().to_owned())
+            .collect();
+        let want: BTreeSet<String> = (i - 4..=i).map(|k| by_name[&k].clone()).collect();
+        assert_eq!(members, want, "group BG{i} is whole");
+    }
+    assert!(groups.len() >= users.len() / 5 - 1 && groups.len() <= users.len() / 5);
+    // Every committed operation reaches the directory.
+    let settled = Instant::now();
+    loop {
+        let (status, pending, dead) = proc.readyz().await;
+        assert_eq!(dead, 0, "dead letters; stderr:\n{}", proc.log_text());
+        if status == 200 && pending == 0 && verify(&config).is_ok() {
+            break;
+        }
+        assert!(
+            settled.elapsed() < PATIENCE,
+            "no convergence: {:?}",
+            verify(&config)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn list_total(base: &str, token: &str, what: &str) -> u64 {
+    let body: Value = reqwest::Client::new()
+        .get(format!("{base}/{what}?count=0"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    body["totalResults"].as_u64().unwrap()
+}

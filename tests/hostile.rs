@@ -596,7 +596,7 @@ fn check(
     }
 }
 
-/// The 14 authenticated routes, each with a payload that would upset a parser were it reached.
+/// The 16 authenticated routes, each with a payload that would upset a parser were it reached.
 fn authenticated_routes(uid: &str, gid: &str) -> Vec<(Method, String, Option<Vec<u8>>)> {
     let deep_filter = url_encode(&format!(
         "{}userName pr{}",
@@ -639,6 +639,8 @@ fn authenticated_routes(uid: &str, gid: &str) -> Vec<(Method, String, Option<Vec
             Some(broken.clone()),
         ));
     }
+    routes.push((Method::POST, "/.search".to_string(), Some(broken.clone())));
+    routes.push((Method::POST, "/Bulk".to_string(), Some(deep_json.clone())));
     routes
 }
 
@@ -1133,6 +1135,14 @@ fn filter_cases() -> Vec<Case> {
         "userName eq \"x\" not",
         too_deep.as_str(),
         too_long.as_str(),
+        // Attributes no schema defines (issue 11): an error, never an empty or a full list.
+        "noSuchAttribute eq \"x\"",
+        "noSuchAttribute ne \"x\"",
+        "not (noSuchAttribute pr)",
+        "externalId eq \"x\" or noSuchAttribute gt 1",
+        "emails[noSuch eq \"x\"]",
+        "urn:ietf:params:scim:schemas:extension:nope:2.0:User:x eq \"y\"",
+        "password eq \"x\"",
     ];
     let mut cases = Vec::new();
     for f in filters {
@@ -1157,6 +1167,16 @@ fn filter_cases() -> Vec<Case> {
                 .error(400, Some("invalidFilter")),
             );
         }
+        cases.push(
+            Case::new(
+                "filters",
+                format!(".search root {f:.50}"),
+                Method::POST,
+                "/.search".to_string(),
+            )
+            .json(&json!({"schemas": [SEARCH_SCHEMA], "filter": f}))
+            .error(400, Some("invalidFilter")),
+        );
     }
     cases
 }
@@ -1513,7 +1533,13 @@ fn route_and_header_cases(uid: &str, gid: &str) -> Vec<Case> {
         Case::new("routes", "unknown schema", Method::GET, "/Schemas/urn:nope").error(404, None),
         Case::new("routes", "unknown endpoint", Method::GET, "/Nope").error(404, None),
         Case::new("routes", "users sub-path", Method::GET, "/Users/a/b").error(404, None),
-        Case::new("routes", "bulk (unsupported)", Method::POST, "/Bulk").error(404, None),
+        Case::new("routes", "bulk without a body", Method::POST, "/Bulk")
+            .error(400, Some("invalidSyntax")),
+        Case::new("routes", "bulk by GET", Method::GET, "/Bulk").error(405, None),
+        Case::new("routes", "bulk not a BulkRequest", Method::POST, "/Bulk")
+            .json(&json!({"Operations": [{"method": "GET", "path": "/Users"}]}))
+            .error(400, Some("invalidSyntax")),
+        Case::new("routes", "root search by GET", Method::GET, "/.search").error(405, None),
         Case::new("routes", "me (unsupported)", Method::GET, "/Me").error(404, None),
     ];
     for (endpoint, id, body) in [("Users", uid, user("ifm@x")), ("Groups", gid, group("Ifm"))] {

@@ -2,6 +2,7 @@
 //! (no sleeps), and a real slapd. Okta lifecycle, coalescing, dependants (group members and
 //! manager references waiting for their user), outages, dead letters, drift repair, status.
 
+mod batches;
 mod claims;
 
 use crate::harness::daemon::{Backend, TestDaemon, BACKENDS};

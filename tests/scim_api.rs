@@ -1109,3 +1109,5 @@ async fn a_token_records_its_last_use_at_most_once_a_minute() {
     }
     assert_eq!(last_used().await, Some(first), "no write per request");
 }
+
+mod conformance;

@@ -187,6 +187,10 @@ pub struct RawScim {
     /// User extension schema URNs besides the enterprise one.
     #[serde(default)]
     pub user_extensions: Vec<String>,
+    /// Attribute definitions of declared user extensions, by URN (each one of
+    /// `user_extensions`): `/Schemas` describes them and only they are accepted under it.
+    #[serde(default)]
+    pub extension_attributes: std::collections::BTreeMap<String, Vec<RawExtensionAttr>>,
     #[serde(default = "default_max_filter_len")]
     pub max_filter_length: usize,
     #[serde(default = "default_max_filter_depth")]
@@ -195,6 +199,12 @@ pub struct RawScim {
     pub max_page_size: u64,
     #[serde(default = "default_max_ops")]
     pub max_patch_operations: usize,
+    /// Operations per `POST /Bulk` (413 above; 0 turns Bulk off).
+    #[serde(default = "default_bulk_ops")]
+    pub bulk_max_operations: usize,
+    /// Largest `POST /Bulk` body in bytes (413 above).
+    #[serde(default = "default_bulk_payload")]
+    pub bulk_max_payload_bytes: u64,
     /// Longest string value (and attribute name) in a User or Group, in bytes (400 naming the
     /// attribute above it).
     #[serde(default = "default_max_value_bytes")]
@@ -202,6 +212,37 @@ pub struct RawScim {
     /// `off` (drop passwords), `ssha512` or `argon2` (hash at once, for LDAP `userPassword`).
     #[serde(default = "default_password_sync")]
     pub password_sync: String,
+}
+
+/// One attribute of a declared extension (`[[scim.extension_attributes."<urn>"]]`), spelt as
+/// RFC 7643 §7 spells its characteristics.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawExtensionAttr {
+    pub name: String,
+    /// `string` (default), `boolean`, `decimal`, `integer`, `dateTime`, `reference`, `binary`.
+    #[serde(rename = "type", default = "default_attr_type")]
+    pub ty: String,
+    #[serde(rename = "multiValued", default)]
+    pub multi_valued: bool,
+    #[serde(rename = "caseExact", default)]
+    pub case_exact: bool,
+    /// `readWrite` (default), `readOnly`, `writeOnly`, `immutable`.
+    #[serde(default = "default_mutability")]
+    pub mutability: String,
+    /// `default` (default), `always`, `never`, `request`.
+    #[serde(default = "default_returned")]
+    pub returned: String,
+}
+
+fn default_attr_type() -> String {
+    "string".into()
+}
+fn default_mutability() -> String {
+    "readWrite".into()
+}
+fn default_returned() -> String {
+    "default".into()
 }
 
 fn default_max_filter_len() -> usize {
@@ -216,6 +257,12 @@ fn default_max_page() -> u64 {
 fn default_max_ops() -> usize {
     1000
 }
+fn default_bulk_ops() -> usize {
+    1000
+}
+fn default_bulk_payload() -> u64 {
+    1_048_576
+}
 fn default_max_value_bytes() -> usize {
     8192
 }
@@ -223,14 +270,48 @@ fn default_password_sync() -> String {
     "off".into()
 }
 
+impl RawScim {
+    /// The schemas these settings declare (URNs and attribute definitions), as served.
+    pub fn schema_set(&self) -> crate::scim::schema::SchemaSet {
+        let attributes = self
+            .extension_attributes
+            .iter()
+            .map(|(urn, attrs)| {
+                let canonical = self
+                    .user_extensions
+                    .iter()
+                    .find(|u| u.eq_ignore_ascii_case(urn))
+                    .cloned()
+                    .unwrap_or_else(|| urn.clone());
+                let defs = attrs
+                    .iter()
+                    .map(|a| crate::scim::schema::ExtensionAttr {
+                        name: a.name.clone(),
+                        ty: a.ty.clone(),
+                        multi_valued: a.multi_valued,
+                        case_exact: a.case_exact,
+                        mutability: a.mutability.clone(),
+                        returned: a.returned.clone(),
+                    })
+                    .collect();
+                (canonical, defs)
+            })
+            .collect();
+        crate::scim::schema::SchemaSet::with_attributes(self.user_extensions.clone(), attributes)
+    }
+}
+
 impl Default for RawScim {
     fn default() -> Self {
         Self {
             user_extensions: Vec::new(),
+            extension_attributes: std::collections::BTreeMap::new(),
             max_filter_length: default_max_filter_len(),
             max_filter_depth: default_max_filter_depth(),
             max_page_size: default_max_page(),
             max_patch_operations: default_max_ops(),
+            bulk_max_operations: default_bulk_ops(),
+            bulk_max_payload_bytes: default_bulk_payload(),
             max_value_bytes: default_max_value_bytes(),
             password_sync: default_password_sync(),
         }

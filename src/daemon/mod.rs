@@ -65,7 +65,7 @@ struct Running {
 fn build_targets(raw: &RawConfig) -> Result<Vec<TargetRuntime>, Vec<ConfigError>> {
     let mut out = Vec::new();
     let mut errors = Vec::new();
-    let schemas = crate::mapping::Schemas::new(&raw.scim.user_extensions);
+    let schemas = crate::mapping::Schemas::from_set(&raw.scim.schema_set());
     for (i, t) in raw.targets.iter().enumerate() {
         match crate::targets::build_with(t, i, &schemas) {
             Ok((map, target)) => out.push(TargetRuntime::new(map, target)),

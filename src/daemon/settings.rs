@@ -8,7 +8,6 @@ use crate::http::password::PasswordSync;
 use crate::http::server::ConnLimits;
 use crate::http::HttpSettings;
 use crate::scim::filter::FilterLimits;
-use crate::scim::schema::SchemaSet;
 use crate::store::StoreSettings;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -171,6 +170,7 @@ pub fn from_raw(raw: &RawConfig) -> Result<Settings, Vec<ConfigError>> {
             ));
         }
     }
+    errors.extend(extension_attribute_errors(&raw.scim));
     if !matches!(raw.log.format.as_str(), "human" | "json") {
         errors.push(ConfigError::invalid("log.format", "must be human or json"));
     }
@@ -265,7 +265,7 @@ pub fn from_raw(raw: &RawConfig) -> Result<Settings, Vec<ConfigError>> {
     }
     // The mapping and target settings are validated (and dropped) here so `check-config`
     // reports every mapping error; `Daemon::start` builds them again for use.
-    let schemas = crate::mapping::Schemas::new(&raw.scim.user_extensions);
+    let schemas = crate::mapping::Schemas::from_set(&raw.scim.schema_set());
     for (i, t) in raw.targets.iter().enumerate() {
         if let Err(errs) = crate::targets::build_with(t, i, &schemas) {
             errors.extend(
@@ -295,8 +295,10 @@ pub fn from_raw(raw: &RawConfig) -> Result<Settings, Vec<ConfigError>> {
             },
             max_page_size: raw.scim.max_page_size,
             max_patch_operations: raw.scim.max_patch_operations,
+            bulk_max_operations: raw.scim.bulk_max_operations,
+            bulk_max_payload_bytes: raw.scim.bulk_max_payload_bytes,
             password_sync,
-            schemas: SchemaSet::new(raw.scim.user_extensions.clone()),
+            schemas: raw.scim.schema_set(),
         },
         limits: ConnLimits {
             header_timeout: Duration::from_secs(raw.server.header_timeout_secs),
@@ -340,6 +342,67 @@ impl Settings {
             .map(|t| t.name().to_owned())
             .collect()
     }
+}
+
+/// `[scim.extension_attributes]`: each URN one of `user_extensions` (not the enterprise one,
+/// whose attributes RFC 7643 defines), each attribute a valid, unique name with RFC 7643 §7
+/// characteristics.
+fn extension_attribute_errors(scim: &crate::config::raw::RawScim) -> Vec<ConfigError> {
+    use crate::scim::schema::{ENTERPRISE_USER, EXTENSION_TYPES, MUTABILITIES, RETURNED};
+    let mut errors = Vec::new();
+    for (urn, attrs) in &scim.extension_attributes {
+        let key = format!("scim.extension_attributes.\"{urn}\"");
+        if urn.eq_ignore_ascii_case(ENTERPRISE_USER) {
+            errors.push(ConfigError::invalid(
+                key.clone(),
+                "the enterprise extension's attributes are defined by RFC 7643 and cannot be redeclared",
+            ));
+            continue;
+        }
+        if !scim
+            .user_extensions
+            .iter()
+            .any(|u| u.eq_ignore_ascii_case(urn))
+        {
+            errors.push(ConfigError::invalid(
+                key.clone(),
+                "names a URN that is not in [scim] user_extensions; declare it there too",
+            ));
+        }
+        let mut seen: Vec<String> = Vec::new();
+        for (i, a) in attrs.iter().enumerate() {
+            let at = |field: &str| format!("{key}[{i}].{field}");
+            let mut chars = a.name.chars();
+            let valid = chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+                && chars.all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                && a.name.len() <= 128;
+            if !valid {
+                errors.push(ConfigError::invalid(
+                    at("name"),
+                    "must be an attribute name (a letter, then letters, digits, - or _)",
+                ));
+            } else if seen.iter().any(|n| n.eq_ignore_ascii_case(&a.name)) {
+                errors.push(ConfigError::invalid(
+                    at("name"),
+                    "is declared twice (attribute names are case-insensitive)",
+                ));
+            }
+            seen.push(a.name.clone());
+            let one_of =
+                |field: &str, value: &str, allowed: &[&str], errors: &mut Vec<ConfigError>| {
+                    if !allowed.contains(&value) {
+                        errors.push(ConfigError::invalid(
+                            at(field),
+                            format!("must be one of {}", allowed.join(", ")),
+                        ));
+                    }
+                };
+            one_of("type", &a.ty, EXTENSION_TYPES, &mut errors);
+            one_of("mutability", &a.mutability, MUTABILITIES, &mut errors);
+            one_of("returned", &a.returned, RETURNED, &mut errors);
+        }
+    }
+    errors
 }
 
 #[cfg(test)]
@@ -469,6 +532,37 @@ dept_code = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:departem
         );
         let declared = format!("[scim]\nuser_extensions = [\"urn:ietf:params:scim:schemas:extension:ironclad:2.0:User\"]\n{target}");
         from_raw(&parse("c.toml", &declared, &[]).unwrap()).unwrap();
+    }
+
+    #[test]
+    fn declared_extension_attributes_are_validated_and_mapped() {
+        let urn = "urn:ietf:params:scim:schemas:extension:ironclad:2.0:User";
+        let target = format!("[[targets]]\nname = \"app\"\ntype = \"sql\"\nurl = \"sqlite:///x.db\"\n[targets.users]\ntable = \"users\"\nkey_column = \"login\"\nkey = \"userName\"\n[targets.users.columns]\nlevel = \"{urn}:managementLevl\"\n");
+        let scim = format!("[scim]\nuser_extensions = [\"{urn}\"]\n[[scim.extension_attributes.\"{urn}\"]]\nname = \"managementLevel\"\n[[scim.extension_attributes.\"{urn}\"]]\nname = \"1bad\"\ntype = \"text\"\nmutability = \"sometimes\"\nreturned = \"maybe\"\n[[scim.extension_attributes.\"{urn}\"]]\nname = \"MANAGEMENTLEVEL\"\n[[scim.extension_attributes.\"urn:x:y:2.0:User\"]]\nname = \"a\"\n");
+        let errs =
+            from_raw(&parse("c.toml", &format!("{scim}{target}"), &[]).unwrap()).unwrap_err();
+        let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
+        let ext = format!("scim.extension_attributes.\"{urn}\"");
+        assert_eq!(
+            keys,
+            [
+                format!("{ext}[1].name"),
+                format!("{ext}[1].type"),
+                format!("{ext}[1].mutability"),
+                format!("{ext}[1].returned"),
+                format!("{ext}[2].name"),
+                "scim.extension_attributes.\"urn:x:y:2.0:User\"".to_string(),
+                "targets[0].users.columns.level".to_string(),
+            ],
+            "{errs:?}"
+        );
+        assert!(errs[6].message.contains("did you mean"), "{errs:?}");
+        let good = format!("[scim]\nuser_extensions = [\"{urn}\"]\n[[scim.extension_attributes.\"{urn}\"]]\nname = \"managementLevel\"\n{}", target.replace("managementLevl", "managementLevel"));
+        let settings = from_raw(&parse("c.toml", &good, &[]).unwrap()).unwrap();
+        assert_eq!(
+            settings.http.schemas.extension_defs(urn).map(|d| d.len()),
+            Some(1)
+        );
     }
 
     /// Every config shipped in the repo loads with the strict parser and every path of its

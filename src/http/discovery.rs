@@ -15,7 +15,12 @@ pub fn get(call: &Call, endpoint: &str, rest: Option<&str>) -> Result<Resp, Scim
     match (endpoint, rest) {
         ("ServiceProviderConfig", None) => Ok(json(
             200,
-            &schema::service_provider_config(&call.base_url, call.settings.max_page_size),
+            &schema::service_provider_config(
+                &call.base_url,
+                call.settings.max_page_size,
+                call.settings.bulk_max_operations,
+                call.settings.bulk_max_payload_bytes,
+            ),
         )),
         ("ResourceTypes", None) => Ok(json(
             200,

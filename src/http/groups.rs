@@ -4,10 +4,10 @@
 use crate::http::body::{query_pairs, read_json};
 use crate::http::error::{json, no_content, Resp};
 use crate::http::router::{check_if_match, created, selection, store_error, with_etag, Call};
-use crate::scim::list::{list_response, parse_list_query, project, AttrSelection};
+use crate::scim::list::{project, AttrSelection};
 use crate::scim::patch::{apply_group_patch, parse_patch, MemberOp};
 use crate::scim::resource::{
-    check_patch_value_sizes, check_value_sizes, parse_group, render_group,
+    check_patch_value_sizes, check_value_sizes, parse_group, render_group, ResourceType,
 };
 use crate::scim::ScimError;
 use crate::store::{GroupUpdate, StoredGroup};
@@ -15,7 +15,11 @@ use hyper::body::Incoming;
 use hyper::Request;
 use serde_json::Value;
 
-async fn render(call: &Call, group: &StoredGroup, sel: &AttrSelection) -> Result<Value, ScimError> {
+pub(crate) async fn render(
+    call: &Call,
+    group: &StoredGroup,
+    sel: &AttrSelection,
+) -> Result<Value, ScimError> {
     let members = if sel.wants("members") {
         Some(
             call.ctx
@@ -39,30 +43,7 @@ async fn render(call: &Call, group: &StoredGroup, sel: &AttrSelection) -> Result
 
 /// `GET /Groups`: members only when asked for (Entra sends `excludedAttributes=members`).
 pub async fn list(call: &Call, pairs: Vec<(String, String)>) -> Result<Resp, ScimError> {
-    let q = parse_list_query(
-        &pairs,
-        call.settings.filter_limits,
-        call.settings.max_page_size,
-    )?;
-    let page = call
-        .ctx
-        .store
-        .list_groups(
-            q.filter.clone(),
-            q.start_index,
-            q.count,
-            call.base_url.clone(),
-        )
-        .await
-        .map_err(store_error)?;
-    let mut resources = Vec::with_capacity(page.items.len());
-    for group in &page.items {
-        resources.push(render(call, group, &q.attributes).await?);
-    }
-    Ok(json(
-        200,
-        &list_response(resources, page.total, q.start_index),
-    ))
+    crate::http::search::list(call, Some(ResourceType::Group), pairs).await
 }
 
 /// `POST /Groups` (Okta Push Groups sends `members: []`, Entra no members).
@@ -74,6 +55,15 @@ pub async fn create(call: &Call, req: Request<Incoming>) -> Result<Resp, ScimErr
         call.settings.body_timeout,
     )
     .await?;
+    create_body(call, body, query).await
+}
+
+/// `POST /Groups` with its body read (also one operation of a Bulk request).
+pub(crate) async fn create_body(
+    call: &Call,
+    body: Value,
+    query: Option<String>,
+) -> Result<Resp, ScimError> {
     check_value_sizes("", &body, call.settings.max_value_bytes)?;
     let input = parse_group(body, &call.settings.schemas)?;
     let group = call
@@ -123,6 +113,17 @@ pub async fn replace(
         call.settings.body_timeout,
     )
     .await?;
+    replace_body(call, id, body, query, if_match).await
+}
+
+/// `PUT /Groups/{id}` with its body read (also one operation of a Bulk request).
+pub(crate) async fn replace_body(
+    call: &Call,
+    id: &str,
+    body: Value,
+    query: Option<String>,
+    if_match: Option<String>,
+) -> Result<Resp, ScimError> {
     check_value_sizes("", &body, call.settings.max_value_bytes)?;
     let input = parse_group(body, &call.settings.schemas)?;
     let group = call
@@ -161,6 +162,17 @@ pub async fn patch(
         call.settings.body_timeout,
     )
     .await?;
+    patch_body(call, id, body, query, if_match).await
+}
+
+/// `PATCH /Groups/{id}` with its body read (also one operation of a Bulk request).
+pub(crate) async fn patch_body(
+    call: &Call,
+    id: &str,
+    body: Value,
+    query: Option<String>,
+    if_match: Option<String>,
+) -> Result<Resp, ScimError> {
     check_patch_value_sizes(&body, call.settings.max_value_bytes)?;
     let ops = parse_patch(body, call.settings.max_patch_operations)?;
     let schemas = call.settings.schemas.clone();

@@ -4,11 +4,13 @@
 pub mod admin;
 pub mod auth;
 pub mod body;
+pub mod bulk;
 pub mod discovery;
 pub mod error;
 pub mod groups;
 pub mod password;
 pub mod router;
+pub mod search;
 pub mod server;
 pub mod users;
 
@@ -36,6 +38,9 @@ pub struct HttpSettings {
     pub filter_limits: FilterLimits,
     pub max_page_size: u64,
     pub max_patch_operations: usize,
+    /// `POST /Bulk`: most operations (0: Bulk is off) and largest body.
+    pub bulk_max_operations: usize,
+    pub bulk_max_payload_bytes: u64,
     pub password_sync: password::PasswordSync,
     pub schemas: SchemaSet,
 }

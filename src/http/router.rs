@@ -5,7 +5,7 @@
 use crate::http::auth::Auth;
 use crate::http::body::{query_pairs, read_json};
 use crate::http::error::{self, Resp};
-use crate::http::{discovery, groups, users, HttpSettings, ScimContext};
+use crate::http::{bulk, discovery, groups, search, users, HttpSettings, ScimContext};
 use crate::scim::list::{parse_list_query, AttrSelection};
 use crate::scim::resource::etag;
 use crate::scim::ScimError;
@@ -152,6 +152,8 @@ pub fn route_template(base_path: &str, path: &str) -> &'static str {
         ["Groups"] => "/Groups",
         ["Groups", ".search"] => "/Groups/.search",
         ["Groups", _] => "/Groups/{id}",
+        [".search"] => "/.search",
+        ["Bulk"] => "/Bulk",
         ["ServiceProviderConfig"] => "/ServiceProviderConfig",
         ["ResourceTypes", ..] => "/ResourceTypes",
         ["Schemas", ..] => "/Schemas",
@@ -277,6 +279,12 @@ async fn dispatch(call: &Call, req: Request<Incoming>, segs: &[&str]) -> Result<
         (["Groups", id], &Method::PUT) => groups::replace(call, id, req, if_match?).await,
         (["Groups", id], &Method::PATCH) => groups::patch(call, id, req, if_match?).await,
         (["Groups", id], &Method::DELETE) => groups::delete(call, id, if_match?).await,
+        ([".search"], &Method::POST) => {
+            search::list(call, None, search_pairs(call, req).await?).await
+        }
+        ([".search"], _) => Err(method_not_allowed()),
+        (["Bulk"], &Method::POST) => bulk::bulk(call, req).await,
+        (["Bulk"], _) => Err(method_not_allowed()),
         ([endpoint], &Method::GET) if is_discovery(segs) => discovery::get(call, endpoint, None),
         ([endpoint, rest], &Method::GET) if is_discovery(segs) => {
             discovery::get(call, endpoint, Some(rest))

@@ -5,10 +5,11 @@ use crate::http::body::read_json;
 use crate::http::error::{json, no_content, Resp};
 use crate::http::password::PasswordSync;
 use crate::http::router::{check_if_match, created, selection, store_error, with_etag, Call};
-use crate::scim::list::{list_response, parse_list_query, project, AttrSelection};
+use crate::scim::list::{apply_returned, project, AttrSelection};
 use crate::scim::patch::{apply_user_patch, parse_patch};
 use crate::scim::resource::{
-    check_patch_value_sizes, check_value_sizes, parse_user, render_user, Password, UserInput,
+    check_immutable, check_patch_value_sizes, check_value_sizes, parse_user, render_user, Password,
+    ResourceType, UserInput,
 };
 use crate::scim::ScimError;
 use crate::store::{StoredUser, UserUpdate};
@@ -17,7 +18,11 @@ use hyper::Request;
 use serde_json::Value;
 
 /// Render a stored user with its groups (when wanted) and apply the attribute selection.
-async fn render(call: &Call, user: &StoredUser, sel: &AttrSelection) -> Result<Value, ScimError> {
+pub(crate) async fn render(
+    call: &Call,
+    user: &StoredUser,
+    sel: &AttrSelection,
+) -> Result<Value, ScimError> {
     let groups = if sel.wants("groups") {
         Some(
             call.ctx
@@ -36,7 +41,13 @@ async fn render(call: &Call, user: &StoredUser, sel: &AttrSelection) -> Result<V
         groups.as_deref(),
         &call.base_url,
     );
-    Ok(project(value, sel))
+    let schemas = &call.settings.schemas;
+    if schemas.extension_attributes.is_empty() {
+        return Ok(project(value, sel));
+    }
+    let mut out = project(value.clone(), sel);
+    apply_returned(&value, &mut out, schemas, sel);
+    Ok(out)
 }
 
 /// Fix `active` (default `fallback`) into the body and take the password out, hashed on the
@@ -58,32 +69,9 @@ async fn settle_input(
     (input, hash)
 }
 
-/// `GET /Users`.
+/// `GET /Users` and `POST /Users/.search`.
 pub async fn list(call: &Call, pairs: Vec<(String, String)>) -> Result<Resp, ScimError> {
-    let q = parse_list_query(
-        &pairs,
-        call.settings.filter_limits,
-        call.settings.max_page_size,
-    )?;
-    let page = call
-        .ctx
-        .store
-        .list_users(
-            q.filter.clone(),
-            q.start_index,
-            q.count,
-            call.base_url.clone(),
-        )
-        .await
-        .map_err(store_error)?;
-    let mut resources = Vec::with_capacity(page.items.len());
-    for user in &page.items {
-        resources.push(render(call, user, &q.attributes).await?);
-    }
-    Ok(json(
-        200,
-        &list_response(resources, page.total, q.start_index),
-    ))
+    crate::http::search::list(call, Some(ResourceType::User), pairs).await
 }
 
 /// `POST /Users`.
@@ -95,6 +83,15 @@ pub async fn create(call: &Call, req: Request<Incoming>) -> Result<Resp, ScimErr
         call.settings.body_timeout,
     )
     .await?;
+    create_body(call, body, query).await
+}
+
+/// `POST /Users` with its body read (also one operation of a Bulk request).
+pub(crate) async fn create_body(
+    call: &Call,
+    body: Value,
+    query: Option<String>,
+) -> Result<Resp, ScimError> {
     check_value_sizes("", &body, call.settings.max_value_bytes)?;
     let input = parse_user(body, &call.settings.schemas)?;
     let (input, hash) = settle_input(call, input, true).await;
@@ -145,8 +142,20 @@ pub async fn replace(
         call.settings.body_timeout,
     )
     .await?;
+    replace_body(call, id, body, query, if_match).await
+}
+
+/// `PUT /Users/{id}` with its body read (also one operation of a Bulk request).
+pub(crate) async fn replace_body(
+    call: &Call,
+    id: &str,
+    body: Value,
+    query: Option<String>,
+    if_match: Option<String>,
+) -> Result<Resp, ScimError> {
     check_value_sizes("", &body, call.settings.max_value_bytes)?;
     let mut input = parse_user(body, &call.settings.schemas)?;
+    let schemas = call.settings.schemas.clone();
     let password_hash = call
         .settings
         .password_sync
@@ -158,9 +167,8 @@ pub async fn replace(
         .update_user(id, "replace", &call.audit, move |current| {
             check_if_match(if_match.as_deref(), current.meta.version)?;
             let mut input = input;
-            let active = input.active.unwrap_or(current.active);
-            input.active = Some(active);
-            input.data.insert("active".into(), Value::Bool(active));
+            check_immutable(&current.data, &input.data, &schemas)?;
+            keep_active(&mut input, current);
             Ok(UserUpdate {
                 input,
                 password_hash,
@@ -172,6 +180,22 @@ pub async fn replace(
     let sel = selection(call, query.as_deref())?;
     let value = render(call, &user, &sel).await?;
     Ok(with_etag(json(200, &value), user.meta.version))
+}
+
+/// A PUT without `active` keeps the current value (never reactivates by omission); one the
+/// user does not have (removed by a PATCH) stays unassigned, the store's flag false.
+fn keep_active(input: &mut UserInput, current: &StoredUser) {
+    if input.active.is_some() {
+        return;
+    }
+    if current.data.contains_key("active") {
+        input.active = Some(current.active);
+        input
+            .data
+            .insert("active".into(), Value::Bool(current.active));
+    } else {
+        input.active = Some(false);
+    }
 }
 
 /// `PATCH /Users/{id}`: RFC 7644 §3.5.2 in the Okta and Entra dialects; answers 200 with the user.
@@ -188,6 +212,17 @@ pub async fn patch(
         call.settings.body_timeout,
     )
     .await?;
+    patch_body(call, id, body, query, if_match).await
+}
+
+/// `PATCH /Users/{id}` with its body read (also one operation of a Bulk request).
+pub(crate) async fn patch_body(
+    call: &Call,
+    id: &str,
+    body: Value,
+    query: Option<String>,
+    if_match: Option<String>,
+) -> Result<Resp, ScimError> {
     check_patch_value_sizes(&body, call.settings.max_value_bytes)?;
     let ops = parse_patch(body, call.settings.max_patch_operations)?;
     let schemas = call.settings.schemas.clone();
@@ -201,9 +236,9 @@ pub async fn patch(
             let mut data = current.data.clone();
             let password = apply_user_patch(&mut data, &ops, &schemas)?;
             let mut input = parse_user(Value::Object(data), &schemas)?;
-            let active = input.active.unwrap_or(current.active);
-            input.active = Some(active);
-            input.data.insert("active".into(), Value::Bool(active));
+            check_immutable(&current.data, &input.data, &schemas)?;
+            // A PATCH that removed `active` leaves it unassigned: inactive (fail closed).
+            input.active = Some(input.active.unwrap_or(false));
             let password = password.or(input.password.take());
             let password_hash = match (password, prehashed) {
                 (None, _) => None,

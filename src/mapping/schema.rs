@@ -5,9 +5,10 @@
 //! so that a typo (`tittle`, `name.givenNam`) is a config error with a "did you mean" and never
 //! an attribute that renders empty for every user. Pure: no I/O.
 //!
-//! A declared extension without attribute definitions (what `[scim] user_extensions` declares
-//! today) accepts any attribute name under its URN; a URN that is neither served nor declared
-//! is refused. See `docs/mapping.md`, "Paths are checked".
+//! A declared extension without attribute definitions (a URN in `[scim] user_extensions` alone)
+//! accepts any attribute name under its URN; one with definitions
+//! (`[scim.extension_attributes]`) accepts exactly those; a URN that is neither served nor
+//! declared is refused. See `docs/mapping.md`, "Paths are checked".
 
 use super::path::Path;
 use crate::scim::schema::{resource_types, schemas, SchemaSet, ENTERPRISE_USER};
@@ -94,9 +95,15 @@ impl Schemas {
     /// The schemas served with these declared user extensions (`[scim] user_extensions`).
     #[must_use]
     pub fn new(user_extensions: &[String]) -> Schemas {
-        let set = SchemaSet::new(user_extensions.to_vec());
-        let docs = schemas("", &set);
-        let types = resource_types("", &set);
+        Schemas::from_set(&SchemaSet::new(user_extensions.to_vec()))
+    }
+
+    /// The schemas served for this set: declared extensions with attribute definitions
+    /// (`[scim.extension_attributes]`) accept exactly those attributes.
+    #[must_use]
+    pub fn from_set(set: &SchemaSet) -> Schemas {
+        let docs = schemas("", set);
+        let types = resource_types("", set);
         let resources = |v: &Value| {
             v.get("Resources")
                 .and_then(Value::as_array)
@@ -555,6 +562,39 @@ mod tests {
         );
         // User extensions are not group schemas.
         assert!(check(Resource::Group, &[ironclad], &path).is_err());
+    }
+
+    #[test]
+    fn declared_extension_attributes_are_checked_like_served_ones() {
+        use crate::scim::schema::ExtensionAttr;
+        let ironclad = "urn:ietf:params:scim:schemas:extension:ironclad:2.0:User";
+        let def = |name: &str, returned: &str| ExtensionAttr {
+            name: name.into(),
+            ty: "string".into(),
+            multi_valued: false,
+            case_exact: false,
+            mutability: "readWrite".into(),
+            returned: returned.into(),
+        };
+        let set = SchemaSet::with_attributes(
+            vec![ironclad.into()],
+            vec![(
+                ironclad.into(),
+                vec![def("managementLevel", "default"), def("pin", "never")],
+            )],
+        );
+        let schemas = Schemas::from_set(&set);
+        let check = |p: &str| schemas.check(Resource::User, &Path::parse(p).unwrap());
+        assert_eq!(check(&format!("{ironclad}:managementLevel")), Ok(()));
+        assert_eq!(
+            check(&format!("{ironclad}:managementLevl")),
+            Err(format!(
+                "unknown SCIM attribute `{ironclad}:managementLevl` (extension {ironclad}); did you mean `{ironclad}:managementLevel`?"
+            ))
+        );
+        assert!(check(&format!("{ironclad}:pin"))
+            .unwrap_err()
+            .contains("write-only"));
     }
 
     #[test]

@@ -12,12 +12,25 @@
 //! groups with the old DNs and reported the same users on every run). A resource a worker
 //! holds is skipped: the worker applies its current state. A dry run claims nothing.
 
-use super::worker::{apply, apply_claimed, enqueue_dependants, fail, ApplyError};
+use super::worker::{apply, apply_many, process_batch, Applied, ApplyError, Job, Processed};
 use super::{Reconciler, TargetRuntime};
 use crate::http::server::now_ms;
 use crate::scim::resource::ResourceType;
-use crate::store::{OutboxItem, StoreError, TargetState};
-use crate::targets::{ErrorClass, Lease};
+use crate::store::{OutboxItem, StoreError};
+use crate::targets::Lease;
+
+/// Resources repaired together (one claim batch, one settle).
+const REPAIR_BATCH: usize = 16;
+
+fn dry_job(resource_type: ResourceType, id: &str) -> Job {
+    Job {
+        resource_type,
+        id: id.to_owned(),
+        lease: Lease::default(),
+        claim: None,
+        span: tracing::Span::current(),
+    }
+}
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -113,89 +126,110 @@ pub(crate) async fn reconcile_full<F: Fn(u64, u64)>(
     }
     let total = u64::try_from(work.len()).unwrap_or(u64::MAX);
     progress(0, total);
-    for (done_count, (t, ty, id)) in work.into_iter().enumerate() {
-        let mut claimed = None;
-        let result = if dry_run {
-            // A worker may be applying the same resource at this moment (its entry already
-            // made, its state not yet recorded): one more try reads the state it recorded.
-            Some(
-                match apply(rec, &t, ty, &id, true, Lease::default()).await {
-                    Err(_) => apply(rec, &t, ty, &id, true, Lease::default()).await,
+    let lease = i64::try_from(rec.inner.settings.lease.as_millis()).unwrap_or(i64::MAX);
+    let mut done_count: u64 = 0;
+    // Batches of one target and one type (users before groups, so members and references
+    // resolve), applied together as the workers apply theirs.
+    let mut rest = work.as_slice();
+    while let Some((t0, ty0, _)) = rest.first() {
+        let len = rest
+            .iter()
+            .take(REPAIR_BATCH)
+            .take_while(|(t, ty, _)| Arc::ptr_eq(t, t0) && ty == ty0)
+            .count();
+        let (chunk, tail) = rest.split_at(len);
+        rest = tail;
+        let t = t0.clone();
+        let ty = *ty0;
+        let ids: Vec<String> = chunk.iter().map(|(_, _, id)| id.clone()).collect();
+        let results: Vec<Option<Result<Applied, String>>> = if dry_run {
+            let jobs = ids.iter().map(|id| dry_job(ty, id)).collect();
+            let mut out = Vec::with_capacity(ids.len());
+            for (id, r) in ids.iter().zip(apply_many(rec, &t, jobs, true).await) {
+                // A worker may be applying the same resource at this moment (its entry
+                // already made, its state not yet recorded): one more try reads the state
+                // it recorded.
+                let r = match r {
+                    Err(_) => apply(rec, &t, ty, id, true, Lease::default()).await,
                     ok => ok,
-                },
-            )
-        } else {
-            let lease = i64::try_from(rec.inner.settings.lease.as_millis()).unwrap_or(i64::MAX);
-            match rec
-                .inner
-                .store
-                .claim_resource(&t.name, ty, &id, now_ms(), lease)
-                .await
-            {
-                Ok(Some(item)) => {
-                    let result = apply_claimed(rec, &t, &item).await;
-                    claimed = Some(item);
-                    result
-                }
-                // A worker holds the row: it applies the current state.
-                Ok(None) => None,
-                Err(e) => Some(Err(ApplyError::Store(e))),
+                };
+                out.push(Some(r.map_err(|e| e.text())));
             }
+            out
+        } else {
+            let claimed_ms = now_ms();
+            // Per resource: its claim, or `None` when a worker holds the row (it applies the
+            // current state), or the store's error.
+            let mut claims: Vec<Result<Option<OutboxItem>, StoreError>> = Vec::new();
+            for id in &ids {
+                claims.push(
+                    rec.inner
+                        .store
+                        .claim_resource(&t.name, ty, id, claimed_ms, lease)
+                        .await,
+                );
+            }
+            let claimed: Vec<OutboxItem> = claims
+                .iter()
+                .filter_map(|c| c.as_ref().ok().cloned().flatten())
+                .collect();
+            let mut processed = if claimed.is_empty() {
+                Vec::new()
+            } else {
+                process_batch(rec, &t, &claimed, claimed_ms).await
+            }
+            .into_iter();
+            claims
+                .into_iter()
+                .map(|c| match c {
+                    Ok(Some(_)) => match processed.next() {
+                        Some(Processed::Applied(done)) => Some(Ok(*done)),
+                        Some(Processed::Failed(e)) => Some(Err(e.text())),
+                        // Not repaired: the claim was lost (a worker applies the current state)
+                        // or its lease ran short; the row went back to the outbox.
+                        Some(Processed::Lost(text)) => Some(Err(text)),
+                        None => None,
+                    },
+                    Ok(None) => None,
+                    Err(e) => Some(Err(ApplyError::Store(e).text())),
+                })
+                .collect()
         };
-        match result {
-            // Skipped: a worker holds (or took) the claim and applies the current state.
-            None => report.checked += 1,
-            Some(Ok(done)) => {
-                report.checked += 1;
-                let moved = done.prior.key != done.outcome.key;
-                if let Some(item) = &claimed {
-                    settle(rec, &t, item, &done).await;
+        for (id, result) in ids.into_iter().zip(results) {
+            match result {
+                // Skipped: a worker holds (or took) the claim and applies the current state.
+                None => report.checked += 1,
+                Some(Ok(done)) => {
+                    report.checked += 1;
+                    let moved = done.prior.key != done.outcome.key;
+                    if !done.outcome.changes.is_empty() || moved {
+                        report.changed += 1;
+                        report.items.push(FullItem {
+                            target: t.name.clone(),
+                            resource_type: ty,
+                            resource_id: id,
+                            key: done.outcome.key.clone(),
+                            changes: done.outcome.changes.clone(),
+                            error: None,
+                        });
+                    }
                 }
-                if !done.outcome.changes.is_empty() || moved {
-                    report.changed += 1;
+                Some(Err(text)) => {
+                    report.failed += 1;
+                    tracing::warn!(target = %t.name, resource_type = ty.as_str(), resource_id = %id, error = %text, "Drift repair could not sync a resource.");
                     report.items.push(FullItem {
                         target: t.name.clone(),
                         resource_type: ty,
-                        resource_id: id.clone(),
-                        key: done.outcome.key.clone(),
-                        changes: done.outcome.changes.clone(),
-                        error: None,
+                        resource_id: id,
+                        key: None,
+                        changes: Vec::new(),
+                        error: Some(text),
                     });
-                    if !dry_run {
-                        enqueue_dependants(rec, &t, ty, &id, &done).await;
-                    }
                 }
             }
-            Some(Err(e)) => {
-                report.failed += 1;
-                if let Some(item) = &claimed {
-                    let class = match &e {
-                        ApplyError::Target(te) => te.class,
-                        ApplyError::Map(_) | ApplyError::Store(_) | ApplyError::Conflict(_) => {
-                            ErrorClass::Permanent
-                        }
-                    };
-                    if !matches!(e, ApplyError::Store(_)) {
-                        fail(rec, &t, item, class, &e.text(), now_ms()).await;
-                    }
-                }
-                tracing::warn!(target = %t.name, resource_type = ty.as_str(), resource_id = %id, error = %e.text(), "Drift repair could not sync a resource.");
-                report.items.push(FullItem {
-                    target: t.name.clone(),
-                    resource_type: ty,
-                    resource_id: id.clone(),
-                    key: None,
-                    changes: Vec::new(),
-                    error: Some(e.text()),
-                });
-            }
+            done_count = done_count.saturating_add(1);
+            progress(done_count, total);
         }
-        progress(
-            u64::try_from(done_count)
-                .unwrap_or(u64::MAX)
-                .saturating_add(1),
-            total,
-        );
     }
     if !dry_run {
         tracing::info!(
@@ -206,27 +240,4 @@ pub(crate) async fn reconcile_full<F: Fn(u64, u64)>(
         );
     }
     report
-}
-
-/// Settle a repaired resource as the owner of its claim (the worker's settle: records the key
-/// and bookkeeping even at an equal version, keeps the row when it was queued again).
-async fn settle(
-    rec: &Reconciler,
-    t: &TargetRuntime,
-    item: &OutboxItem,
-    done: &super::worker::Applied,
-) {
-    let now = now_ms();
-    let state = TargetState {
-        target: t.name.clone(),
-        resource_type: item.resource_type,
-        resource_id: item.resource_id.clone(),
-        applied_version: done.version,
-        target_key: done.outcome.key.clone(),
-        extra: done.extra_to_store(),
-        updated_ms: now,
-    };
-    if let Err(e) = rec.inner.store.settle_applied(item, state, now).await {
-        tracing::error!(target = %t.name, resource_id = %item.resource_id, error = %e, "Repaired, but cannot record it in the store; it re-applies when the lease expires.");
-    }
 }

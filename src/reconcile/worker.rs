@@ -1,8 +1,10 @@
-//! The worker loops and the per-row apply. A loop registers for the wake-up *before* claiming
-//! (so a push committed between the claim and the sleep is never missed), claims a batch with
-//! a lease, applies each row, settles it, then sleeps until woken or `poll_interval`. The apply
-//! is level-triggered: it renders the resource as stored *now*, so three quick PUTs coalesce
-//! into one apply of the last state.
+//! The worker loops and the batch apply. A loop registers for the wake-up *before* claiming
+//! (so a push committed between the claim and the sleep is never missed), claims a batch of
+//! up to [`BATCH`] rows with a lease, applies them together ([`process_batch`]: one store
+//! snapshot, the writes before the syncs in one batch, every sync at once, settles as the
+//! syncs finish), then sleeps until woken or `poll_interval`. The apply is level-triggered: it
+//! renders the resource as stored *now*, so three quick PUTs coalesce into one apply of the
+//! last state.
 //!
 //! Dependants, in the same target, are queued after a successful apply: a user whose key
 //! appeared, changed or vanished queues its groups (how a membership naming a
@@ -19,12 +21,16 @@ use crate::bookkeeping::Bookkeeping;
 use crate::config::target::RefBy;
 use crate::http::server::now_ms;
 use crate::mapping::MapError;
-use crate::scim::resource::{render_group, render_user, ResourceType};
-use crate::store::{OutboxItem, StoreError, TargetState};
+use crate::scim::resource::{render_group, render_user, GroupRef, ResourceType};
+use crate::store::{
+    BeforeSync, OutboxItem, ReferenceLookup, Resolved, Snapshot, StoreError, StoredGroup,
+    StoredUser, TargetState,
+};
 use crate::targets::{
     Change, Desired, ErrorClass, Kind, Lease, Outcome, Prior, Target, TargetError,
 };
 use crate::telemetry::{metrics, TargetLabels, TargetResultLabels};
+use futures_util::{FutureExt, StreamExt};
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -126,102 +132,65 @@ fn store_by(by: RefBy) -> &'static str {
     }
 }
 
-/// Who each of a user's references names now: `(by, value, resolved user id)`.
-async fn resolve_references(
-    rec: &Reconciler,
+/// The references of a user's render as the store takes them: `(by, value)`.
+fn lookup_of(t: &TargetRuntime, holder: &str, json: &Value, record: bool) -> ReferenceLookup {
+    ReferenceLookup {
+        holder: holder.to_owned(),
+        references: t
+            .map
+            .references(json)
+            .into_iter()
+            .map(|(by, value)| (store_by(by).to_owned(), value))
+            .collect(),
+        record,
+    }
+}
+
+/// Desired state of a live user (`desired`, `active`) from its snapshot and its references as
+/// resolved (`refs`, one per `t.map.references(json)`, in that order).
+fn desired_user(
     t: &TargetRuntime,
+    user: &StoredUser,
     json: &Value,
-) -> Result<Vec<(RefBy, String, Option<String>)>, StoreError> {
-    let mut out = Vec::new();
-    for (by, value) in t.map.references(json) {
-        let other = rec.inner.store.find_user(store_by(by), &value).await?;
-        out.push((by, value, other.map(|u| u.id)));
-    }
-    Ok(out)
-}
-
-fn to_index(refs: &[(RefBy, String, Option<String>)]) -> Vec<crate::store::Reference> {
-    refs.iter()
-        .map(|(by, v, r)| (store_by(*by).to_owned(), v.clone(), r.clone()))
-        .collect()
-}
-
-/// Desired state of a user: `(version, desired, active)`; `desired` is `None` for
-/// a deleted (or purged) user. Unless `dry_run`, records the user's references in the store's
-/// reference index (cleared for a deleted user).
-async fn desired_user(
-    rec: &Reconciler,
-    t: &TargetRuntime,
-    id: &str,
-    dry_run: bool,
-) -> Result<(i64, Option<Desired>, Option<bool>), ApplyError> {
-    let store = &rec.inner.store;
-    let indexed = !dry_run && !t.map.reference_rules().is_empty();
-    let user = store.get_user_any(id).await?;
-    let version = user.as_ref().map_or(0, |u| u.meta.version);
-    let Some(user) = user.filter(|u| !u.deleted) else {
-        if indexed {
-            store.record_references(&t.name, id, Vec::new()).await?;
-        }
-        return Ok((version, None, None));
-    };
-    let groups = store.groups_of_user(id).await?;
-    let mut json = render_user(&user.id, &user.data, &user.meta, Some(&groups), "");
-    if let Some(o) = json.as_object_mut() {
-        o.insert("active".into(), Value::Bool(user.active));
-    }
-    let refs = resolve_references(rec, t, &json).await?;
-    // Recorded before the referenced users' keys are read: a referenced user whose key
-    // changes asks the index whom to re-queue inside its settle, after locking its state row,
-    // which a new record share-locks (`store::outbox::settle_applied`). So either this render
-    // reads the new key, or the record committed before the lookup and it finds this user
-    // (issue 8 item 2); the worker looks again after the settle (`enqueue_dependants`).
-    if indexed {
-        store
-            .record_references(&t.name, id, to_index(&refs))
-            .await?;
-    }
+    refs: &[Resolved],
+) -> Result<Desired, ApplyError> {
     let mut resolved: HashMap<(RefBy, String), String> = HashMap::new();
-    for (by, value, other) in refs {
-        let key = match other {
-            Some(other) => store
-                .target_state(&t.name, &other)
-                .await?
-                .and_then(|s| s.target_key),
-            None => None,
-        };
-        if let Some(k) = key {
-            resolved.insert((by, value), k);
+    for ((by, value), r) in t.map.references(json).into_iter().zip(refs) {
+        if let Some(k) = &r.key {
+            resolved.insert((by, value), k.clone());
         }
     }
     let entry = t
         .map
-        .render_user(&json, &|by, v| resolved.get(&(by, v.to_owned())).cloned())?;
-    let desired = Desired {
+        .render_user(json, &|by, v| resolved.get(&(by, v.to_owned())).cloned())?;
+    Ok(Desired {
         kind: Kind::User,
         entry,
         active: user.active,
         members: Vec::new(),
         password_hash: user.password_hash.clone(),
-        role_groups: t.map.role_groups(&json),
-    };
-    Ok((user.meta.version, Some(desired), Some(user.active)))
+        role_groups: t.map.role_groups(json),
+    })
 }
 
-/// Desired state of a group; members are the member keys of the member users provisioned in
-/// this target (two batch queries, whatever the group size).
+/// A user's SCIM representation as the mapping reads it (with its groups and `active`).
+fn user_json(user: &StoredUser, groups: Option<&[GroupRef]>) -> Value {
+    let mut json = render_user(&user.id, &user.data, &user.meta, groups, "");
+    if let Some(o) = json.as_object_mut() {
+        o.insert("active".into(), Value::Bool(user.active));
+    }
+    json
+}
+
+/// Desired state of a live group; members are the member keys of the member users provisioned
+/// in this target (two batch queries, whatever the group size).
 async fn desired_group(
     rec: &Reconciler,
     t: &TargetRuntime,
-    id: &str,
-) -> Result<(i64, Option<Desired>), ApplyError> {
+    group: &StoredGroup,
+) -> Result<Desired, ApplyError> {
     let store = &rec.inner.store;
-    let Some(group) = store.get_group_any(id).await? else {
-        return Ok((0, None));
-    };
-    if group.deleted {
-        return Ok((group.meta.version, None));
-    }
+    let id = group.id.as_str();
     let members = store.group_members(id).await?;
     let ids: Vec<String> = members.iter().map(|m| m.value.clone()).collect();
     let states = store.target_states_of(&t.name, &ids).await?;
@@ -249,15 +218,14 @@ async fn desired_group(
     }
     let json = render_group(&group.id, &group.data, &group.meta, Some(&members), "");
     let entry = t.map.render_group(&json)?;
-    let desired = Desired {
+    Ok(Desired {
         kind: Kind::Group,
         entry,
         active: true,
         members: keys,
         password_hash: None,
         role_groups: Vec::new(),
-    };
-    Ok((group.meta.version, Some(desired)))
+    })
 }
 
 /// The rendered desired state of one resource in one target as an apply would render it now
@@ -268,61 +236,40 @@ pub(crate) async fn desired_of(
     resource_type: ResourceType,
     id: &str,
 ) -> Result<Option<Desired>, ApplyError> {
-    match resource_type {
-        ResourceType::User => Ok(desired_user(rec, t, id, true).await?.1),
-        ResourceType::Group if t.map.groups.is_none() => Ok(None),
-        ResourceType::Group => Ok(desired_group(rec, t, id).await?.1),
-    }
-}
-
-/// Before a target first creates an entry, record the intent (`creating` = key, `since_ms` =
-/// `attempt_ms` = now, set in the prior bookkeeping, which a `delete`-policy user must
-/// keep), so an entry left by an apply interrupted before its settle is recognised as ours
-/// ([`crate::store::Store::record_intent`]). The store refuses an intent for a key another
-/// resource holds or intends: a conflict naming both. Returns the prior with the
-/// intent the store kept (an earlier one for the same key keeps its `since_ms`).
-async fn record_intent(
-    rec: &Reconciler,
-    t: &TargetRuntime,
-    resource_type: ResourceType,
-    id: &str,
-    key: &str,
-    prior: Prior,
-) -> Result<Prior, ApplyError> {
     let store = &rec.inner.store;
-    let now = now_ms();
-    let mut extra = prior.extra.clone().unwrap_or_default();
-    extra.creating = Some(key.to_owned());
-    extra.since_ms = Some(now);
-    extra.attempt_ms = Some(now);
-    let recorded = store
-        .record_intent(TargetState {
-            target: t.name.clone(),
-            resource_type,
-            resource_id: id.to_owned(),
-            applied_version: 0,
-            target_key: None,
-            extra: Some(extra),
-            updated_ms: now,
-        })
-        .await;
-    conflict_or(rec, t, id, recorded).await?;
-    let state = store.target_state(&t.name, id).await?;
-    Ok(Prior {
-        key: state.as_ref().and_then(|s| s.target_key.clone()),
-        extra: state.and_then(|s| s.extra),
-        lease: prior.lease,
-    })
+    let mut snaps = store
+        .load_for_apply(&t.name, vec![(resource_type, id.to_owned())])
+        .await?;
+    let snap = snaps.pop().unwrap_or_else(|| Ok(Snapshot::default()))?;
+    match resource_type {
+        ResourceType::User => {
+            let Some(user) = snap.user.filter(|u| !u.deleted) else {
+                return Ok(None);
+            };
+            let json = user_json(&user, Some(&snap.groups));
+            let lookup = lookup_of(t, id, &json, false);
+            let refs = match store.resolve_references(&t.name, vec![lookup]).await.pop() {
+                Some(r) => r?,
+                None => Vec::new(),
+            };
+            Ok(Some(desired_user(t, &user, &json, &refs)?))
+        }
+        ResourceType::Group if t.map.groups.is_none() => Ok(None),
+        ResourceType::Group => match snap.group.filter(|g| !g.deleted) {
+            Some(g) => Ok(Some(desired_group(rec, t, &g).await?)),
+            None => Ok(None),
+        },
+    }
 }
 
 /// A store result with a `KeyConflict` turned into [`ApplyError::Conflict`], its text naming
 /// both resources (id and `userName` / `displayName`).
-async fn conflict_or(
+async fn conflict_or<T>(
     rec: &Reconciler,
     t: &TargetRuntime,
     id: &str,
-    result: Result<(), StoreError>,
-) -> Result<(), ApplyError> {
+    result: Result<T, StoreError>,
+) -> Result<T, ApplyError> {
     let Err(StoreError::KeyConflict { key, holder, .. }) = result else {
         return Ok(result?);
     };
@@ -348,83 +295,111 @@ async fn conflict_or(
     )))
 }
 
-/// Before a target renames an entry (the key it will give it differs from the recorded
-/// one), reserve the new key in the store, so a rename onto a key another resource holds or
-/// intends is a conflict before the target is touched.
-async fn reserve_key(
-    rec: &Reconciler,
-    t: &TargetRuntime,
-    resource_type: ResourceType,
-    id: &str,
-    key: &str,
-) -> Result<(), ApplyError> {
-    let reserved = rec
-        .inner
-        .store
-        .reserve_key(&t.name, resource_type, id, key)
-        .await;
-    conflict_or(rec, t, id, reserved).await
+/// One resource to apply in a batch ([`apply_many`]).
+pub(crate) struct Job {
+    pub(crate) resource_type: ResourceType,
+    pub(crate) id: String,
+    /// The claim's lease (the target writes only while enough of it remains).
+    pub(crate) lease: Lease,
+    /// The claim itself (`None`: a dry run): the writes before the sync are made only while
+    /// it is held.
+    pub(crate) claim: Option<OutboxItem>,
+    /// The span the row's sync runs in (its ids and request id in every log line).
+    pub(crate) span: tracing::Span,
 }
 
-/// The earlier intents an intent keeps (`extra.orphans`, see `store::outbox::keep_orphan`)
-/// whose key another resource now holds or intends are dropped before the target sees them:
-/// an entry there may be that resource's, never ours to take along or remove.
-async fn unheld_orphans(
-    rec: &Reconciler,
+/// One row between its render and its sync.
+pub(crate) struct Draft {
+    version: i64,
+    prior: Prior,
+    /// `None`: deleted in the store (the entry is removed).
+    desired: Option<Desired>,
+    active: Option<bool>,
+    /// Groups are not provisioned in this target: nothing to do, nothing to change.
+    skip: bool,
+}
+
+/// What an apply writes before its target is touched: the intent before a first create
+/// (`creating` = key, `since_ms` = `attempt_ms` = now, set in the prior bookkeeping, which a
+/// `delete`-policy user must keep), so an entry left by an apply interrupted before its settle
+/// is recognised as ours; the reservation of a rename's new key, so a rename onto a key
+/// another resource holds or intends is a conflict before the target is touched (the store
+/// refuses both with a conflict naming the other resource); and before a user last applied as
+/// active is deactivated, the note `deactivating`, so that if the apply is interrupted after
+/// the target wrote its deactivation but before the settle, a later reactivation knows those
+/// values may be ours to undo (the settle replaces the whole `extra`, dropping the note). It
+/// also asks which earlier intents (`extra.orphans`, see `store::outbox::keep_orphan`) another
+/// resource now holds or intends: those are dropped before the target sees them (an entry
+/// there may be that resource's, never ours to take along or remove).
+fn before_sync_of(
     t: &TargetRuntime,
-    resource_type: ResourceType,
-    id: &str,
-    mut prior: Prior,
-) -> Result<Prior, ApplyError> {
-    let Some(extra) = prior.extra.as_mut() else {
-        return Ok(prior);
+    job: &Job,
+    draft: &Draft,
+    dry_run: bool,
+) -> Option<BeforeSync> {
+    let (resource_type, id) = (job.resource_type, job.id.as_str());
+    let prior = &draft.prior;
+    let orphans: Vec<String> = prior
+        .extra
+        .as_ref()
+        .map(|e| {
+            e.orphans
+                .iter()
+                .filter_map(|o| o.creating.clone())
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut out = BeforeSync {
+        claim: job.claim.clone(),
+        resource_type,
+        resource_id: id.to_owned(),
+        intent: None,
+        reserve: None,
+        deactivating: false,
+        orphans,
     };
-    let mut kept = Vec::new();
-    for o in &extra.orphans {
-        let Some(key) = o.creating.as_deref() else {
-            continue;
-        };
-        let held = rec
-            .inner
-            .store
-            .key_holder(&t.name, resource_type, key, id)
-            .await?;
-        if held.is_none() {
-            kept.push(o.clone());
+    if !dry_run {
+        let planned = draft.desired.as_ref().and_then(|d| t.target.planned_key(d));
+        let kind = kind_of(resource_type);
+        match (&draft.desired, &prior.key, &planned) {
+            (Some(_), None, Some(k)) => {
+                let now = now_ms();
+                let mut extra = prior.extra.clone().unwrap_or_default();
+                extra.creating = Some(k.clone());
+                extra.since_ms = Some(now);
+                extra.attempt_ms = Some(now);
+                out.intent = Some(TargetState {
+                    target: t.name.clone(),
+                    resource_type,
+                    resource_id: id.to_owned(),
+                    applied_version: 0,
+                    target_key: None,
+                    extra: Some(extra),
+                    updated_ms: now,
+                });
+            }
+            (Some(_), Some(old), Some(k))
+                if t.target.key_norm(kind, old) != t.target.key_norm(kind, k) =>
+            {
+                out.reserve = Some(k.clone());
+            }
+            _ => {}
+        }
+        if let (Some(d), Some(_)) = (&draft.desired, &prior.key) {
+            let extra = prior.extra.as_ref();
+            let was_active = extra.and_then(|e| e.scim_active);
+            let noted = extra.and_then(|e| e.deactivating);
+            out.deactivating = d.kind == Kind::User
+                && !d.active
+                && was_active != Some(false)
+                && noted != Some(true);
         }
     }
-    extra.orphans = kept;
-    Ok(prior)
-}
-
-/// Before a user last applied as active is deactivated, note `deactivating` in its state,
-/// so that if the apply is interrupted after the target wrote its deactivation but before
-/// the settle, a later reactivation knows those values may be ours to undo (the
-/// target's own record of them, written by the settle, never arrived). The settle replaces
-/// the whole `extra`, dropping the note.
-async fn note_deactivating(
-    rec: &Reconciler,
-    t: &TargetRuntime,
-    id: &str,
-    prior: Prior,
-) -> Result<Prior, ApplyError> {
-    let extra = prior.extra.as_ref();
-    let was_active = extra.and_then(|e| e.scim_active);
-    let noted = extra.and_then(|e| e.deactivating);
-    if was_active == Some(false) || noted == Some(true) {
-        return Ok(prior);
-    }
-    rec.inner
-        .store
-        .note_target_extra(&t.name, id, |e| e.deactivating = Some(true))
-        .await?;
-    let mut extra = prior.extra.unwrap_or_default();
-    extra.deactivating = Some(true);
-    Ok(Prior {
-        key: prior.key,
-        extra: Some(extra),
-        lease: prior.lease,
-    })
+    let needed = out.intent.is_some()
+        || out.reserve.is_some()
+        || out.deactivating
+        || !out.orphans.is_empty();
+    needed.then_some(out)
 }
 
 /// Render one resource for one target and sync it (or, with `dry_run`, report what would
@@ -438,87 +413,354 @@ pub(crate) async fn apply(
     dry_run: bool,
     lease: Lease,
 ) -> Result<Applied, ApplyError> {
-    let state = rec.inner.store.target_state(&t.name, id).await?;
-    let prior = Prior {
-        key: state.as_ref().and_then(|s| s.target_key.clone()),
-        extra: state.and_then(|s| s.extra),
+    let job = Job {
+        resource_type,
+        id: id.to_owned(),
         lease,
+        claim: None,
+        span: tracing::Span::current(),
     };
-    let (version, desired, active) = match resource_type {
-        ResourceType::User => desired_user(rec, t, id, dry_run).await?,
-        ResourceType::Group if t.map.groups.is_none() => {
-            // Groups are not provisioned in this target: nothing to do, nothing to change.
-            let version = rec
-                .inner
-                .store
-                .get_group_any(id)
-                .await?
-                .map_or(0, |g| g.meta.version);
-            let outcome = Outcome {
-                key: prior.key.clone(),
-                extra: prior.extra.clone(),
-                changes: Vec::new(),
-            };
-            return Ok(Applied {
-                version,
-                prior,
-                outcome,
-                active: None,
-            });
-        }
-        ResourceType::Group => {
-            let (v, d) = desired_group(rec, t, id).await?;
-            (v, d, None)
-        }
-    };
-    // The key the target will give the entry: recorded (intent) or reserved (rename) first,
-    // so no two resources ever hold or intend one key (the store's unique index).
-    let planned = desired.as_ref().and_then(|d| t.target.planned_key(d));
-    let kind = kind_of(resource_type);
-    let prior = match (&desired, &prior.key, &planned, dry_run) {
-        (Some(_), None, Some(k), false) => {
-            record_intent(rec, t, resource_type, id, k, prior).await?
-        }
-        (Some(_), Some(old), Some(k), false)
-            if t.target.key_norm(kind, old) != t.target.key_norm(kind, k) =>
-        {
-            reserve_key(rec, t, resource_type, id, k).await?;
-            prior
-        }
-        _ => prior,
-    };
-    let prior = unheld_orphans(rec, t, resource_type, id, prior).await?;
-    let prior = match (&desired, &prior.key, dry_run) {
-        (Some(d), Some(_), false) if d.kind == Kind::User && !d.active => {
-            note_deactivating(rec, t, id, prior).await?
-        }
-        _ => prior,
-    };
-    if !dry_run {
-        rec.pause_point(PAUSE_BEFORE_SYNC).await;
+    match apply_many(rec, t, vec![job], dry_run).await.pop() {
+        Some(result) => result,
+        None => Err(ApplyError::Store(StoreError::Other(
+            "an apply of one row gave no result".into(),
+        ))),
     }
-    let started = Instant::now();
-    let change = match &desired {
-        Some(d) => Change::Upsert(d),
-        // What the target recorded it made wins (that is the entry to remove); the store's
-        // type only when the bookkeeping does not say (a row written before `kind` was kept).
-        None => Change::Remove {
-            kind: prior.extra.as_ref().and_then(|b| b.kind).unwrap_or(kind),
-        },
+}
+
+/// Render many resources for one target and sync them, together ([`prepare`], then every
+/// [`sync_one`] at once). Does not settle anything. One result per job, in order.
+pub(crate) async fn apply_many(
+    rec: &Reconciler,
+    t: &TargetRuntime,
+    jobs: Vec<Job>,
+    dry_run: bool,
+) -> Vec<Result<Applied, ApplyError>> {
+    let prepared = prepare(rec, t, jobs, dry_run).await;
+    let syncs = prepared.into_iter().map(|p| async move {
+        match p {
+            Prepared::Ready(job, draft) => sync_one(rec, t, &job, *draft, dry_run).await,
+            Prepared::Done(result) => *result,
+            Prepared::Deferred(job, e) => conflict_or(rec, t, &job.id, Err(e)).await,
+        }
+    });
+    futures_util::future::join_all(syncs).await
+}
+
+/// A row of a batch after [`prepare`].
+pub(crate) enum Prepared {
+    /// Rendered, its writes before the sync made: ready to sync.
+    Ready(Job, Box<Draft>),
+    /// Finished already (an error, or nothing to do).
+    Done(Box<Result<Applied, ApplyError>>),
+    /// Its key is held by another row of the same batch (a rename or delete that frees it
+    /// settles first): prepared again once the rest of the batch settled. The conflict, if
+    /// it is still one then.
+    Deferred(Job, StoreError),
+}
+
+/// Render the resources of a batch and make the writes their syncs need first: one store
+/// snapshot for the batch, their references resolved (and recorded, unless `dry_run`) in one
+/// batch, the writes before the target is touched in one batch ([`before_sync_of`]). One
+/// result per job, in order.
+pub(crate) async fn prepare(
+    rec: &Reconciler,
+    t: &TargetRuntime,
+    jobs: Vec<Job>,
+    dry_run: bool,
+) -> Vec<Prepared> {
+    /// One row on its way: its snapshot, then its draft, or its result once it has one.
+    struct Row {
+        job: Job,
+        snap: Snapshot,
+        json: Option<Value>,
+        lookup: Option<ReferenceLookup>,
+        draft: Option<Draft>,
+        write: Option<BeforeSync>,
+        result: Option<Result<Applied, ApplyError>>,
+        deferred: Option<StoreError>,
+    }
+    let store = &rec.inner.store;
+    let keys: Vec<(ResourceType, String)> = jobs
+        .iter()
+        .map(|j| (j.resource_type, j.id.clone()))
+        .collect();
+    let snaps = match store.load_for_apply(&t.name, keys).await {
+        Ok(s) => s,
+        Err(e) => {
+            let text = e.to_string();
+            return jobs
+                .iter()
+                .map(|_| {
+                    Prepared::Done(Box::new(Err(ApplyError::Store(StoreError::Unavailable(
+                        text.clone(),
+                    )))))
+                })
+                .collect();
+        }
     };
-    let result = t.target.sync(change, &prior, dry_run).await;
-    metrics()
-        .target_op_duration
-        .get_or_create(&TargetLabels {
-            target: t.name.clone(),
+    // References: recorded (unless a dry run) and committed before the referenced users' keys
+    // are read: a referenced user whose key changes asks the index whom to re-queue inside its
+    // settle, after locking its state row, which a new record share-locks
+    // (`store::outbox::settle_applied`). So either this render reads the new key, or the record
+    // committed first and the settle finds this user (issue 8 item 2); the worker looks again
+    // after the settle (`enqueue_dependants`).
+    let indexed = !dry_run && !t.map.reference_rules().is_empty();
+    let mut rows: Vec<Row> = jobs
+        .into_iter()
+        .zip(snaps)
+        .map(|(job, snap)| {
+            let (snap, result) = match snap {
+                Ok(s) => (s, None),
+                Err(e) => (Snapshot::default(), Some(Err(ApplyError::Store(e)))),
+            };
+            let json = snap
+                .user
+                .as_ref()
+                .filter(|u| !u.deleted)
+                .map(|u| user_json(u, Some(&snap.groups)));
+            let lookup = match (&json, job.resource_type) {
+                _ if result.is_some() => None,
+                (_, ResourceType::Group) => None,
+                (Some(json), _) => Some(lookup_of(t, &job.id, json, indexed)),
+                // A deleted user's references are cleared.
+                (None, _) if indexed => Some(ReferenceLookup {
+                    holder: job.id.clone(),
+                    references: Vec::new(),
+                    record: true,
+                }),
+                (None, _) => None,
+            }
+            .filter(|l| l.record || !l.references.is_empty());
+            Row {
+                job,
+                snap,
+                json,
+                lookup,
+                draft: None,
+                write: None,
+                result,
+                deferred: None,
+            }
         })
-        .observe(started.elapsed().as_secs_f64());
-    let outcome = result?;
+        .collect();
+    let lookups: Vec<ReferenceLookup> = rows.iter().filter_map(|r| r.lookup.clone()).collect();
+    let mut resolved = if lookups.is_empty() {
+        Vec::new()
+    } else {
+        store.resolve_references(&t.name, lookups).await
+    }
+    .into_iter();
+    for row in &mut rows {
+        let refs = match row.lookup.as_ref().map(|_| resolved.next()) {
+            Some(Some(Ok(r))) => r,
+            Some(Some(Err(e))) => {
+                row.result = Some(Err(ApplyError::Store(e)));
+                continue;
+            }
+            Some(None) | None => Vec::new(),
+        };
+        if row.result.is_some() {
+            continue;
+        }
+        let state = row.snap.state.take();
+        let prior = Prior {
+            key: state.as_ref().and_then(|s| s.target_key.clone()),
+            extra: state.and_then(|s| s.extra),
+            lease: row.job.lease.clone(),
+        };
+        let draft = match row.job.resource_type {
+            ResourceType::User => {
+                let version = row.snap.user.as_ref().map_or(0, |u| u.meta.version);
+                let live = row.snap.user.as_ref().filter(|u| !u.deleted);
+                match (live, &row.json) {
+                    (Some(user), Some(json)) => desired_user(t, user, json, &refs).map(|d| Draft {
+                        version,
+                        prior,
+                        active: Some(user.active),
+                        desired: Some(d),
+                        skip: false,
+                    }),
+                    _ => Ok(Draft {
+                        version,
+                        prior,
+                        desired: None,
+                        active: None,
+                        skip: false,
+                    }),
+                }
+            }
+            ResourceType::Group => {
+                let version = row.snap.group.as_ref().map_or(0, |g| g.meta.version);
+                let live = row.snap.group.as_ref().filter(|g| !g.deleted);
+                match live {
+                    _ if t.map.groups.is_none() => Ok(Draft {
+                        version,
+                        prior,
+                        desired: None,
+                        active: None,
+                        skip: true,
+                    }),
+                    Some(g) => desired_group(rec, t, g).await.map(|d| Draft {
+                        version,
+                        prior,
+                        desired: Some(d),
+                        active: None,
+                        skip: false,
+                    }),
+                    None => Ok(Draft {
+                        version,
+                        prior,
+                        desired: None,
+                        active: None,
+                        skip: false,
+                    }),
+                }
+            }
+        };
+        match draft {
+            Ok(d) => {
+                if !d.skip {
+                    row.write = before_sync_of(t, &row.job, &d, dry_run);
+                }
+                row.draft = Some(d);
+            }
+            Err(e) => row.result = Some(Err(e)),
+        }
+    }
+    // The writes before the targets are touched, for the whole batch.
+    let writes: Vec<BeforeSync> = rows.iter().filter_map(|r| r.write.clone()).collect();
+    if !writes.is_empty() {
+        let batch_ids: HashSet<String> = rows.iter().map(|r| r.job.id.clone()).collect();
+        let mut wrote = store.before_sync(&t.name, writes).await.into_iter();
+        for row in &mut rows {
+            let Some(w) = row.write.take() else {
+                continue;
+            };
+            let result = wrote.next().unwrap_or_else(|| {
+                Err(StoreError::Other(
+                    "a write of the batch gave no result".into(),
+                ))
+            });
+            let Some(draft) = row.draft.as_mut() else {
+                continue;
+            };
+            match result {
+                Ok(done) if done.lost => {
+                    row.result = Some(Err(ApplyError::Target(TargetError {
+                        class: ErrorClass::Transient,
+                        code: Some("lease".into()),
+                        message: "the claim was lost before the apply wrote anything".into(),
+                    })));
+                    row.draft = None;
+                }
+                Ok(done) => {
+                    if w.intent.is_some() {
+                        // The intent as the store kept it (an earlier one for the same key
+                        // keeps its `since_ms`).
+                        draft.prior.key = done.state.as_ref().and_then(|s| s.target_key.clone());
+                        draft.prior.extra = done.state.and_then(|s| s.extra);
+                    }
+                    if let Some(extra) = draft.prior.extra.as_mut() {
+                        extra.orphans.retain(|o| {
+                            o.creating.as_ref().is_some_and(|k| !done.held.contains(k))
+                        });
+                    }
+                    if w.deactivating {
+                        draft
+                            .prior
+                            .extra
+                            .get_or_insert_with(Bookkeeping::default)
+                            .deactivating = Some(true);
+                    }
+                }
+                Err(StoreError::KeyConflict {
+                    target,
+                    key,
+                    holder: Some(holder),
+                }) if holder != row.job.id && batch_ids.contains(&holder) => {
+                    row.deferred = Some(StoreError::KeyConflict {
+                        target,
+                        key,
+                        holder: Some(holder),
+                    });
+                    row.draft = None;
+                }
+                Err(e) => {
+                    row.result = Some(conflict_or(rec, t, &row.job.id, Err(e)).await);
+                    row.draft = None;
+                }
+            }
+        }
+    }
+    rows.into_iter()
+        .map(|row| match (row.result, row.deferred, row.draft) {
+            (Some(result), _, _) => Prepared::Done(Box::new(result)),
+            (None, Some(e), _) => Prepared::Deferred(row.job, e),
+            (None, None, Some(draft)) if draft.skip => {
+                let outcome = Outcome {
+                    key: draft.prior.key.clone(),
+                    extra: draft.prior.extra.clone(),
+                    changes: Vec::new(),
+                };
+                Prepared::Done(Box::new(Ok(Applied {
+                    version: draft.version,
+                    prior: draft.prior,
+                    outcome,
+                    active: None,
+                })))
+            }
+            (None, None, Some(draft)) => Prepared::Ready(row.job, Box::new(draft)),
+            (None, None, None) => Prepared::Done(Box::new(Err(ApplyError::Store(
+                StoreError::Other("a row of the batch gave no result".into()),
+            )))),
+        })
+        .collect()
+}
+
+/// Sync one prepared row with its target (in the row's span).
+async fn sync_one(
+    rec: &Reconciler,
+    t: &TargetRuntime,
+    job: &Job,
+    draft: Draft,
+    dry_run: bool,
+) -> Result<Applied, ApplyError> {
+    let sync = async {
+        if !dry_run {
+            rec.pause_point(PAUSE_BEFORE_SYNC).await;
+        }
+        let started = Instant::now();
+        let kind = kind_of(job.resource_type);
+        let change = match &draft.desired {
+            Some(d) => Change::Upsert(d),
+            // What the target recorded it made wins (that is the entry to remove); the store's
+            // type only when the bookkeeping does not say (a row written before `kind` was
+            // kept).
+            None => Change::Remove {
+                kind: draft
+                    .prior
+                    .extra
+                    .as_ref()
+                    .and_then(|b| b.kind)
+                    .unwrap_or(kind),
+            },
+        };
+        let result = t.target.sync(change, &draft.prior, dry_run).await;
+        metrics()
+            .target_op_duration
+            .get_or_create(&TargetLabels {
+                target: t.name.clone(),
+            })
+            .observe(started.elapsed().as_secs_f64());
+        result
+    };
+    let outcome = sync.instrument(job.span.clone()).await?;
     Ok(Applied {
-        version,
-        prior,
+        version: draft.version,
+        prior: draft.prior,
         outcome,
-        active,
+        active: draft.active,
     })
 }
 
@@ -532,94 +774,16 @@ fn count(target: &str, result: &str) {
         .inc();
 }
 
-/// Apply and settle one claimed row. Returns true when it was applied.
-async fn process(rec: &Reconciler, t: &TargetRuntime, item: &OutboxItem) -> bool {
-    let attempt = item.attempts.saturating_add(1);
-    let span = tracing::debug_span!(
-        "apply",
-        resource_id = %item.resource_id,
-        target = %t.name,
-        attempt,
-        request_id = item.request_id.as_deref().unwrap_or(""),
-    );
-    async move {
-        let Some(result) = apply_claimed(rec, t, item).await else {
-            return false;
-        };
-        let now = now_ms();
-        match result {
-            Ok(done) => {
-                // The settle queues the dependants of a key that appeared, changed or vanished
-                // in its own transaction (`store::outbox::settle_applied`): a crash after its
-                // commit cannot lose them, and a group applied before it (reading no key)
-                // runs again. The reference index it looks holders up in is filled first; the
-                // queueing after the settle only repeats it (idempotent, coalescing).
-                if item.resource_type == ResourceType::User && !t.map.reference_rules().is_empty() {
-                    if let Err(e) = ensure_reference_index(rec, t).await {
-                        tracing::error!(target = %t.name, resource_id = %item.resource_id, error = %e, "Cannot fill the reference index; drift repair will fix references.");
-                    }
-                }
-                let state = TargetState {
-                    target: t.name.clone(),
-                    resource_type: item.resource_type,
-                    resource_id: item.resource_id.clone(),
-                    applied_version: done.version,
-                    target_key: done.outcome.key.clone(),
-                    extra: done.extra_to_store(),
-                    updated_ms: now,
-                };
-                let settled = rec.inner.store.settle_applied(item, state, now).await;
-                let settled = conflict_or(rec, t, &item.resource_id, settled).await;
-                if let Err(ApplyError::Conflict(text)) = &settled {
-                    fail(rec, t, item, ErrorClass::Permanent, text, now).await;
-                    return false;
-                }
-                if let Err(e) = settled {
-                    tracing::error!(target = %t.name, resource_id = %item.resource_id, outbox_id = item.id, error = %e, "Applied, but cannot record it in the store; it re-applies when the lease expires.");
-                    return false;
-                }
-                count(&t.name, "applied");
-                tracing::debug!(target = %t.name, resource_id = %item.resource_id, changes = done.outcome.changes.len(), "Applied.");
-                rec.set_health(&t.name, true, "ok".into());
-                enqueue_dependants(rec, t, item.resource_type, &item.resource_id, &done).await;
-                true
-            }
-            Err(ApplyError::Store(e)) => {
-                tracing::error!(target = %t.name, resource_id = %item.resource_id, outbox_id = item.id, error = %e, "Cannot read the resource from the store; it re-applies when the lease expires.");
-                false
-            }
-            Err(ApplyError::Target(e)) if e.code.as_deref() == Some("lease") => {
-                // Not the target's fault: the claim ran short (a stalled process, a store that
-                // could not renew it) or was lost. Give the row back, due now; a settle of a
-                // lost claim changes nothing.
-                tracing::warn!(target = %t.name, resource_id = %item.resource_id, outbox_id = item.id, "The claim's lease ran short during the apply; nothing more was written and the row goes back to the outbox.");
-                if let Err(e) = rec.inner.store.settle_failed(item, &e.message, now, false, now).await {
-                    tracing::error!(target = %t.name, resource_id = %item.resource_id, outbox_id = item.id, error = %e, "Cannot give the row back; it re-applies when the lease expires.");
-                }
-                false
-            }
-            Err(e) => {
-                let class = match &e {
-                    ApplyError::Target(te) => te.class,
-                    ApplyError::Map(_) | ApplyError::Store(_) | ApplyError::Conflict(_) => {
-                        ErrorClass::Permanent
-                    }
-                };
-                // A write that timed out on our side may still run in the server: the next
-                // attempt waits at least the timeout, so it cannot be overtaken by it.
-                let timed_out = matches!(&e, ApplyError::Target(te) if te.code.as_deref() == Some("timeout"));
-                let not_before = if timed_out {
-                    now.saturating_add(i64::try_from(t.target.timeout().as_millis()).unwrap_or(i64::MAX))
-                } else {
-                    now
-                };
-                fail_not_before(rec, t, item, class, &e.text(), now, not_before).await;
-                false
-            }
-        }
-    }
-    .instrument(span)
-    .await
+/// What became of one claimed row ([`process_batch`]).
+pub(crate) enum Processed {
+    /// Applied and settled.
+    Applied(Box<Applied>),
+    /// Not applied: the failure was recorded (a retry, a dead letter) or, for a store error or
+    /// a settle that could not be recorded, the row re-applies when its lease expires.
+    Failed(ApplyError),
+    /// The claim was lost, or its lease ran short, before the apply finished: the row went
+    /// back to the outbox (a worker holding it now applies the current state).
+    Lost(String),
 }
 
 /// The claim's lease in ms.
@@ -627,58 +791,311 @@ fn lease_ms(rec: &Reconciler) -> i64 {
     i64::try_from(rec.inner.settings.lease.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// Apply a claimed row under its lease: the lease counts from the start of this row's apply
-/// (not from the batch's claim), a heartbeat renews it every lease/3 while the apply runs, and
-/// the target writes only while at least its operation timeout remains (`Lease::check`).
-/// `None` when the claim was lost before the apply started (another worker took the row after
-/// the lease of this batch ran out) or the store cannot renew it.
-pub(crate) async fn apply_claimed(
+/// Apply and settle rows claimed together at `claimed_ms` (with the configured lease), as one
+/// batch: [`prepare`] them together, sync every row at once, and settle the rows as their syncs
+/// finish (those finished by then together, in one settle batch: a slow row does not hold the
+/// others' settles back), then each failure recorded and each success's dependants queued.
+/// A row whose key another row of the batch holds (a delete or rename freeing it) is prepared
+/// again once the others settled. The claim started every row's lease (they are applied at
+/// once); a heartbeat renews the rows not settled yet every lease/3, and a row whose claim was
+/// lost (another worker took it: the epoch moved) writes nothing more (its [`Lease`] is set to
+/// the past); the target writes only while at least its operation timeout remains
+/// (`Lease::check`). The heartbeat is stopped, and a renewal in flight awaited, before this
+/// returns. One result per row, in order.
+pub(crate) async fn process_batch(
     rec: &Reconciler,
     t: &TargetRuntime,
-    item: &OutboxItem,
-) -> Option<Result<Applied, ApplyError>> {
+    items: &[OutboxItem],
+    claimed_ms: i64,
+) -> Vec<Processed> {
     let store = &rec.inner.store;
     let lease = lease_ms(rec);
-    let start = now_ms();
-    match store.renew_claim(item, start, lease).await {
-        Ok(true) => {}
-        Ok(false) => {
-            tracing::debug!(target = %t.name, resource_id = %item.resource_id, outbox_id = item.id, "Claim lost before the apply started; another worker has the row.");
-            return None;
-        }
-        Err(e) => {
-            tracing::error!(target = %t.name, resource_id = %item.resource_id, outbox_id = item.id, error = %e, "Cannot renew the claim; the row re-applies when the lease expires.");
-            return None;
-        }
-    }
-    let until = Arc::new(AtomicI64::new(start.saturating_add(lease)));
+    let untils: Vec<Arc<AtomicI64>> = items
+        .iter()
+        .map(|_| Arc::new(AtomicI64::new(claimed_ms.saturating_add(lease))))
+        .collect();
+    // Rows settled (or given back): the heartbeat leaves them alone.
+    let finished: std::sync::Mutex<HashSet<usize>> = std::sync::Mutex::new(HashSet::new());
+    let stop = CancellationToken::new();
     let heartbeat = async {
         let period = (rec.inner.settings.lease / 3).max(std::time::Duration::from_millis(10));
+        let mut lost: HashSet<usize> = HashSet::new();
         loop {
-            tokio::time::sleep(period).await;
+            tokio::select! {
+                () = tokio::time::sleep(period) => {}
+                () = stop.cancelled() => return,
+            }
             if rec.pause_holding() {
                 // A paused apply stands for a stopped process: its heartbeat stops too.
                 continue;
             }
+            let live: Vec<(usize, &OutboxItem)> = {
+                let done = finished
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                items
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| !done.contains(i) && !lost.contains(i))
+                    .collect()
+            };
+            if live.is_empty() {
+                continue;
+            }
             let now = now_ms();
-            match store.renew_claim(item, now, lease).await {
-                Ok(true) => until.store(now.saturating_add(lease), Ordering::SeqCst),
-                Ok(false) => {
-                    tracing::warn!(target = %t.name, resource_id = %item.resource_id, outbox_id = item.id, "Claim lost while applying; this apply writes nothing more.");
-                    until.store(i64::MIN, Ordering::SeqCst);
-                    std::future::pending::<()>().await;
-                }
-                // The store is down: the lease runs out on its own and writes stop.
-                Err(e) => {
-                    tracing::warn!(target = %t.name, resource_id = %item.resource_id, error = %e, "Cannot renew the claim.");
+            let batch: Vec<OutboxItem> = live.iter().map(|(_, item)| (*item).clone()).collect();
+            let renewed = store.renew_claims(batch, now, lease).await;
+            for ((i, item), result) in live.into_iter().zip(renewed) {
+                let Some(until) = untils.get(i) else {
+                    continue;
+                };
+                match result {
+                    Ok(true) => until.store(now.saturating_add(lease), Ordering::SeqCst),
+                    Ok(false) => {
+                        let settled = finished
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .contains(&i);
+                        if !settled {
+                            tracing::warn!(target = %t.name, resource_id = %item.resource_id, outbox_id = item.id, "Claim lost while applying; this apply writes nothing more.");
+                            until.store(i64::MIN, Ordering::SeqCst);
+                        }
+                        lost.insert(i);
+                    }
+                    // The store is down: the lease runs out on its own and writes stop.
+                    Err(e) => {
+                        tracing::warn!(target = %t.name, resource_id = %item.resource_id, error = %e, "Cannot renew the claim.");
+                    }
                 }
             }
         }
     };
-    let lease = Lease::until(until.clone());
-    tokio::select! {
-        result = apply(rec, t, item.resource_type, &item.resource_id, false, lease) => Some(result),
-        () = heartbeat => None,
+    let job_of = |i: usize, item: &OutboxItem| Job {
+        resource_type: item.resource_type,
+        id: item.resource_id.clone(),
+        lease: untils
+            .get(i)
+            .map_or_else(Lease::default, |u| Lease::until(u.clone())),
+        claim: Some(item.clone()),
+        span: tracing::debug_span!(
+            "apply",
+            resource_id = %item.resource_id,
+            target = %t.name,
+            attempt = item.attempts.saturating_add(1),
+            request_id = item.request_id.as_deref().unwrap_or(""),
+        ),
+    };
+    let work = async {
+        let mut out: Vec<Option<Processed>> =
+            std::iter::repeat_with(|| None).take(items.len()).collect();
+        let mut round: Vec<usize> = (0..items.len()).collect();
+        for second in [false, true] {
+            let jobs: Vec<Job> = round
+                .iter()
+                .filter_map(|&i| items.get(i).map(|item| job_of(i, item)))
+                .collect();
+            let prepared = prepare(rec, t, jobs, false).await;
+            let mut running = futures_util::stream::FuturesUnordered::new();
+            let mut ready: Vec<(usize, Result<Applied, ApplyError>)> = Vec::new();
+            let mut deferred = Vec::new();
+            for (&i, p) in round.iter().zip(prepared) {
+                match p {
+                    Prepared::Ready(job, draft) => running
+                        .push(async move { (i, sync_one(rec, t, &job, *draft, false).await) }),
+                    Prepared::Done(result) => ready.push((i, *result)),
+                    Prepared::Deferred(_, e) if second => {
+                        ready.push((
+                            i,
+                            conflict_or(
+                                rec,
+                                t,
+                                items.get(i).map_or("", |x| x.resource_id.as_str()),
+                                Err(e),
+                            )
+                            .await,
+                        ));
+                    }
+                    Prepared::Deferred(..) => deferred.push(i),
+                }
+            }
+            loop {
+                if ready.is_empty() {
+                    match running.next().await {
+                        Some(done) => ready.push(done),
+                        None => break,
+                    }
+                }
+                // Whatever else finished meanwhile goes in the same settle.
+                while let Some(Some(done)) = running.next().now_or_never() {
+                    ready.push(done);
+                }
+                let group = std::mem::take(&mut ready);
+                for (i, processed) in settle_group(rec, t, items, group).await {
+                    finished
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .insert(i);
+                    if let Some(slot) = out.get_mut(i) {
+                        *slot = Some(processed);
+                    }
+                }
+            }
+            if deferred.is_empty() {
+                break;
+            }
+            round = deferred;
+        }
+        stop.cancel();
+        out
+    };
+    let ((), out) = tokio::join!(heartbeat, work);
+    out.into_iter()
+        .map(|p| {
+            p.unwrap_or_else(|| {
+                Processed::Failed(ApplyError::Store(StoreError::Other(
+                    "a row of the batch gave no result".into(),
+                )))
+            })
+        })
+        .collect()
+}
+
+/// Settle the rows of a batch that finished (the successes in one settle batch), then record
+/// each failure and queue each success's dependants.
+async fn settle_group(
+    rec: &Reconciler,
+    t: &TargetRuntime,
+    items: &[OutboxItem],
+    group: Vec<(usize, Result<Applied, ApplyError>)>,
+) -> Vec<(usize, Processed)> {
+    let store = &rec.inner.store;
+    let now = now_ms();
+    // The settle queues the dependants of a key that appeared, changed or vanished in its own
+    // transaction (`store::outbox::settle_applied`): a crash after its commit cannot lose
+    // them, and a group applied before it (reading no key) runs again. The reference index it
+    // looks holders up in is filled first; the queueing after the settle only repeats it
+    // (idempotent, coalescing).
+    let any_user = group.iter().any(|(i, r)| {
+        r.is_ok()
+            && items
+                .get(*i)
+                .is_some_and(|x| x.resource_type == ResourceType::User)
+    });
+    if any_user && !t.map.reference_rules().is_empty() {
+        if let Err(e) = ensure_reference_index(rec, t).await {
+            tracing::error!(target = %t.name, error = %e, "Cannot fill the reference index; drift repair will fix references.");
+        }
+    }
+    let settles: Vec<(OutboxItem, TargetState)> = group
+        .iter()
+        .filter_map(|(i, result)| {
+            let done = result.as_ref().ok()?;
+            let item = items.get(*i)?;
+            Some((
+                item.clone(),
+                TargetState {
+                    target: t.name.clone(),
+                    resource_type: item.resource_type,
+                    resource_id: item.resource_id.clone(),
+                    applied_version: done.version,
+                    target_key: done.outcome.key.clone(),
+                    extra: done.extra_to_store(),
+                    updated_ms: now,
+                },
+            ))
+        })
+        .collect();
+    let mut settled = if settles.is_empty() {
+        Vec::new()
+    } else {
+        store.settle_applied_many(settles, now).await
+    }
+    .into_iter();
+    let mut out = Vec::with_capacity(group.len());
+    for (i, result) in group {
+        let Some(item) = items.get(i) else {
+            continue;
+        };
+        let settle = result.is_ok().then(|| settled.next()).flatten();
+        let processed = finish(rec, t, item, result, settle, now)
+            .instrument(
+                tracing::debug_span!("settle", resource_id = %item.resource_id, target = %t.name),
+            )
+            .await;
+        out.push((i, processed));
+    }
+    out
+}
+
+/// What follows one row's apply and settle: the failure recorded, or the success counted and
+/// its dependants queued.
+async fn finish(
+    rec: &Reconciler,
+    t: &TargetRuntime,
+    item: &OutboxItem,
+    result: Result<Applied, ApplyError>,
+    settle: Option<Result<(), StoreError>>,
+    now: i64,
+) -> Processed {
+    match result {
+        Ok(done) => {
+            let settled =
+                settle.unwrap_or_else(|| Err(StoreError::Other("the row was not settled".into())));
+            let settled = conflict_or(rec, t, &item.resource_id, settled).await;
+            if let Err(ApplyError::Conflict(text)) = &settled {
+                fail(rec, t, item, ErrorClass::Permanent, text, now).await;
+                return Processed::Failed(ApplyError::Conflict(text.clone()));
+            }
+            if let Err(e) = settled {
+                tracing::error!(target = %t.name, resource_id = %item.resource_id, outbox_id = item.id, error = %e, "Applied, but cannot record it in the store; it re-applies when the lease expires.");
+                return Processed::Failed(e);
+            }
+            count(&t.name, "applied");
+            tracing::debug!(target = %t.name, resource_id = %item.resource_id, changes = done.outcome.changes.len(), "Applied.");
+            rec.set_health(&t.name, true, "ok".into());
+            enqueue_dependants(rec, t, item.resource_type, &item.resource_id, &done).await;
+            Processed::Applied(Box::new(done))
+        }
+        Err(ApplyError::Store(e)) => {
+            tracing::error!(target = %t.name, resource_id = %item.resource_id, outbox_id = item.id, error = %e, "Cannot read the resource from the store; it re-applies when the lease expires.");
+            Processed::Failed(ApplyError::Store(e))
+        }
+        Err(ApplyError::Target(e)) if e.code.as_deref() == Some("lease") => {
+            // Not the target's fault: the claim ran short (a stalled process, a store that
+            // could not renew it) or was lost. Give the row back, due now; a settle of a
+            // lost claim changes nothing.
+            tracing::warn!(target = %t.name, resource_id = %item.resource_id, outbox_id = item.id, "The claim's lease ran short during the apply; nothing more was written and the row goes back to the outbox.");
+            if let Err(e) = rec
+                .inner
+                .store
+                .settle_failed(item, &e.message, now, false, now)
+                .await
+            {
+                tracing::error!(target = %t.name, resource_id = %item.resource_id, outbox_id = item.id, error = %e, "Cannot give the row back; it re-applies when the lease expires.");
+            }
+            Processed::Lost(e.message)
+        }
+        Err(e) => {
+            let class = match &e {
+                ApplyError::Target(te) => te.class,
+                ApplyError::Map(_) | ApplyError::Store(_) | ApplyError::Conflict(_) => {
+                    ErrorClass::Permanent
+                }
+            };
+            // A write that timed out on our side may still run in the server: the next
+            // attempt waits at least the timeout, so it cannot be overtaken by it.
+            let timed_out =
+                matches!(&e, ApplyError::Target(te) if te.code.as_deref() == Some("timeout"));
+            let not_before = if timed_out {
+                now.saturating_add(
+                    i64::try_from(t.target.timeout().as_millis()).unwrap_or(i64::MAX),
+                )
+            } else {
+                now
+            };
+            fail_not_before(rec, t, item, class, &e.text(), now, not_before).await;
+            Processed::Failed(e)
+        }
     }
 }
 
@@ -830,10 +1247,18 @@ async fn ensure_reference_index(rec: &Reconciler, t: &TargetRuntime) -> Result<(
                     continue;
                 };
                 let json = render_user(&user.id, &user.data, &user.meta, None, "");
-                let refs = resolve_references(rec, t, &json).await?;
-                store
-                    .backfill_references(&t.name, &holder, to_index(&refs))
-                    .await?;
+                let lookup = lookup_of(t, &holder, &json, false);
+                let names = lookup.references.clone();
+                let refs = match store.resolve_references(&t.name, vec![lookup]).await.pop() {
+                    Some(r) => r?,
+                    None => Vec::new(),
+                };
+                let index = names
+                    .into_iter()
+                    .zip(refs)
+                    .map(|((by, value), r)| (by, value, r.id))
+                    .collect();
+                store.backfill_references(&t.name, &holder, index).await?;
             }
             store.finish_reference_index(&t.name, &rules).await?;
             tracing::info!(target = %t.name, "Rebuilt the reference index.");
@@ -874,15 +1299,21 @@ async fn turn(rec: &Reconciler, t: &TargetRuntime) -> usize {
         return 0;
     }
     let lease = lease_ms(rec);
-    let items = match rec.inner.store.claim(&t.name, now_ms(), lease, BATCH).await {
+    let claimed_ms = now_ms();
+    let items = match rec
+        .inner
+        .store
+        .claim(&t.name, claimed_ms, lease, BATCH)
+        .await
+    {
         Ok(items) => items,
         Err(e) => {
             tracing::error!(target = %t.name, error = %e, "Cannot claim outbox rows; the store is unavailable.");
             return 0;
         }
     };
-    for item in &items {
-        process(rec, t, item).await;
+    if !items.is_empty() {
+        process_batch(rec, t, &items, claimed_ms).await;
     }
     items.len()
 }
@@ -956,7 +1387,8 @@ pub(crate) async fn drain(rec: &Reconciler, index: usize) -> usize {
     let mut applied = 0;
     let mut failed: HashSet<i64> = HashSet::new();
     for _ in 0..MAX_DRAIN_ROUNDS {
-        let items = match store.claim(&t.name, now_ms(), lease, BATCH).await {
+        let claimed_ms = now_ms();
+        let items = match store.claim(&t.name, claimed_ms, lease, BATCH).await {
             Ok(items) => items,
             Err(e) => {
                 tracing::error!(target = %t.name, error = %e, "Cannot claim outbox rows; the store is unavailable.");
@@ -969,8 +1401,11 @@ pub(crate) async fn drain(rec: &Reconciler, index: usize) -> usize {
         // A row that failed in this drain and came due again (a short backoff) gets this one
         // more attempt, and then the drain ends: it must not spin on a target that is down.
         let only_repeats = items.iter().all(|i| failed.contains(&i.id));
-        for item in &items {
-            if process(rec, &t, item).await {
+        for (item, done) in items
+            .iter()
+            .zip(process_batch(rec, &t, &items, claimed_ms).await)
+        {
+            if matches!(done, Processed::Applied(_)) {
                 applied += 1;
             } else {
                 failed.insert(item.id);

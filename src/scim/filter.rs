@@ -608,6 +608,9 @@ fn resolve<'a>(root: &'a Value, path: &AttrPath) -> Vec<&'a Value> {
 /// Case-exact attributes (RFC 7643 §4, §8.7.1): ids, `$ref`, `meta.version` and the `value`
 /// of references. Everything else compares case-insensitively.
 fn case_exact(path: &AttrPath, parent: Option<&str>) -> bool {
+    if let Some(exact) = path.case_exact {
+        return exact;
+    }
     let (top, sub) = match parent {
         Some(p) => (p, Some(path.attr.as_str())),
         None => (path.attr.as_str(), path.sub_attr.as_deref()),

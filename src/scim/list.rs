@@ -1,13 +1,13 @@
 //! List and query parameters (RFC 7644 §3.4.2): `filter`, `startIndex`, `count`, `attributes`,
 //! `excludedAttributes`, the `ListResponse` envelope and attribute projection.
 //!
-//! Owns query parsing and projection of rendered resources; sorting is not offered (the
-//! ServiceProviderConfig says so) and paging is done by the store. No I/O.
+//! Owns query parsing, projection and sort keys of rendered resources (`sortBy` on
+//! [`SORTABLE`]); paging of unsorted lists is done by the store. No I/O.
 
 use crate::scim::error::ScimError;
 use crate::scim::filter::{parse_filter, Filter, FilterLimits};
 use crate::scim::resource::is_urn;
-use crate::scim::schema::{GROUP_SCHEMA, USER_SCHEMA};
+use crate::scim::schema::{SchemaSet, GROUP_SCHEMA, USER_SCHEMA};
 use serde_json::{Map, Value};
 
 /// A validated list query.
@@ -21,6 +21,107 @@ pub struct ListQuery {
     pub count: u64,
     /// `attributes` / `excludedAttributes`.
     pub attributes: AttrSelection,
+    /// `sortBy` / `sortOrder`, when asked for.
+    pub sort: Option<Sort>,
+}
+
+/// The attributes `sortBy` accepts (RFC 7644 §3.4.2.3), in their schema spelling;
+/// `urn:...:core:2.0:User:`-qualified spellings are accepted too.
+pub const SORTABLE: &[&str] = &[
+    "userName",
+    "displayName",
+    "name.formatted",
+    "name.familyName",
+    "name.givenName",
+    "name.middleName",
+    "name.honorificPrefix",
+    "name.honorificSuffix",
+    "emails.value",
+    "meta.created",
+    "meta.lastModified",
+];
+
+/// A validated sort request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sort {
+    /// One of [`SORTABLE`].
+    pub by: &'static str,
+    /// `sortOrder=descending`.
+    pub descending: bool,
+}
+
+impl Sort {
+    /// The value a rendered resource sorts by: strings folded as the filter folds them
+    /// (userName, displayName, name.* and emails.value are caseExact false), the primary email
+    /// or else the first (RFC 7644 §3.4.2.3), timestamps as rendered (one fixed-width UTC
+    /// format, so their text order is their time order). `None`: unassigned.
+    pub fn key(&self, resource: &Value) -> Option<String> {
+        let get = |v: &Value, k: &str| crate::scim::filter::get_ci(v, k).cloned();
+        let value = match self.by.split_once('.') {
+            None => get(resource, self.by),
+            Some(("emails", sub)) => {
+                let items = get(resource, "emails")?;
+                let items = items.as_array()?;
+                let chosen = items
+                    .iter()
+                    .find(|e| get(e, "primary") == Some(Value::Bool(true)))
+                    .or_else(|| items.first())?;
+                get(chosen, sub)
+            }
+            Some((top, sub)) => get(&get(resource, top)?, sub),
+        }?;
+        let text = value.as_str()?;
+        Some(if self.by.starts_with("meta.") {
+            text.to_string()
+        } else {
+            crate::scim::filter::fold(text)
+        })
+    }
+
+    /// Sort `items` (in creation order) by their keys: stable, so equal keys stay in
+    /// creation order in both directions; unassigned values last when ascending and first
+    /// when descending (RFC 7644 §3.4.2.3).
+    pub fn sort<T>(&self, items: &mut [(Option<String>, T)]) {
+        items.sort_by(|(a, _), (b, _)| {
+            let ord = match (a, b) {
+                (None, None) => std::cmp::Ordering::Equal,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (Some(a), Some(b)) => a.cmp(b),
+            };
+            if self.descending {
+                ord.reverse()
+            } else {
+                ord
+            }
+        });
+    }
+}
+
+/// `sortBy` and `sortOrder` as a [`Sort`].
+fn parse_sort(by: Option<&str>, order: Option<&str>) -> Result<Option<Sort>, ScimError> {
+    let descending = match order.map(str::trim) {
+        None | Some("") => false,
+        Some(o) if o.eq_ignore_ascii_case("ascending") => false,
+        Some(o) if o.eq_ignore_ascii_case("descending") => true,
+        Some(_) => {
+            return Err(ScimError::invalid_value(
+                "sortOrder must be ascending or descending",
+            ))
+        }
+    };
+    let Some(by) = by.map(str::trim).filter(|b| !b.is_empty()) else {
+        return Ok(None);
+    };
+    let lowered = by.to_ascii_lowercase();
+    let name = strip_core(&lowered);
+    let by = SORTABLE
+        .iter()
+        .find(|s| s.eq_ignore_ascii_case(name))
+        .ok_or_else(|| {
+            ScimError::invalid_value(format!("sortBy supports {} only", SORTABLE.join(", ")))
+        })?;
+    Ok(Some(Sort { by, descending }))
 }
 
 /// `attributes` / `excludedAttributes` selection.
@@ -56,13 +157,13 @@ impl AttrSelection {
 
 /// Parse list parameters from decoded query pairs (`filter`, `startIndex`, `count`,
 /// `attributes`, `excludedAttributes`, `sortBy`, `sortOrder`); unknown parameters are ignored.
-/// `sortBy`/`sortOrder` are ignored too: sorting is advertised as unsupported and the order is
-/// always the stable creation order. An empty `filter` means no filter; a missing `count` means
-/// `max_count`.
+/// Without `sortBy` the order is the stable creation order. An empty `filter` means no filter;
+/// a missing `count` means `max_count`. Whether the filter's attributes exist is checked by
+/// the caller, who knows the resource type (`schema::check_filter`).
 ///
 /// # Errors
 /// 400 `invalidFilter` for a bad filter, 400 `invalidValue` for a non-integer `startIndex` or
-/// `count`.
+/// `count`, a `sortBy` outside [`SORTABLE`] or a `sortOrder` other than ascending/descending.
 pub fn parse_list_query(
     pairs: &[(String, String)],
     limits: FilterLimits,
@@ -73,7 +174,9 @@ pub fn parse_list_query(
         start_index: 1,
         count: max_count,
         attributes: AttrSelection::default(),
+        sort: None,
     };
+    let (mut sort_by, mut sort_order) = (None, None);
     for (key, value) in pairs {
         match key.to_ascii_lowercase().as_str() {
             "filter" if value.trim().is_empty() => query.filter = None,
@@ -91,9 +194,12 @@ pub fn parse_list_query(
             }
             "attributes" => query.attributes.attributes = split_list(value),
             "excludedattributes" => query.attributes.excluded = split_list(value),
+            "sortby" => sort_by = Some(value.as_str()),
+            "sortorder" => sort_order = Some(value.as_str()),
             _ => {}
         }
     }
+    query.sort = parse_sort(sort_by, sort_order)?;
     Ok(query)
 }
 
@@ -289,6 +395,81 @@ fn exclude(obj: &mut Map<String, Value>, entry: &str) {
     }
 }
 
+/// RFC 7643 §7 `returned` of declared extension attributes, on a projected resource: `never`
+/// ones are dropped, `request` ones kept only when `attributes` names them, `always` ones put
+/// back from `full` (the resource before projection) whatever the selection says. An
+/// extension left empty goes, with its URN in `schemas`.
+pub fn apply_returned(
+    full: &Value,
+    projected: &mut Value,
+    schemas: &SchemaSet,
+    sel: &AttrSelection,
+) {
+    let Some(obj) = projected.as_object_mut() else {
+        return;
+    };
+    for (urn, defs) in &schemas.extension_attributes {
+        let named = |name: &str| {
+            let whole = urn.to_ascii_lowercase();
+            let attr = format!("{whole}:{}", name.to_ascii_lowercase());
+            sel.attributes
+                .iter()
+                .any(|a| *a == attr || a.starts_with(&format!("{attr}.")))
+        };
+        let key = obj.keys().find(|k| k.eq_ignore_ascii_case(urn)).cloned();
+        for d in defs {
+            let hide = match d.returned.as_str() {
+                "never" => true,
+                "request" => !named(&d.name),
+                _ => false,
+            };
+            if hide {
+                if let Some(ext) = key
+                    .as_ref()
+                    .and_then(|k| obj.get_mut(k))
+                    .and_then(Value::as_object_mut)
+                {
+                    ext.retain(|k, _| !k.eq_ignore_ascii_case(&d.name));
+                }
+            } else if d.returned == "always" {
+                let value = full
+                    .as_object()
+                    .and_then(|f| f.iter().find(|(k, _)| k.eq_ignore_ascii_case(urn)))
+                    .and_then(|(_, e)| e.get(&d.name))
+                    .cloned();
+                if let Some(v) = value {
+                    let k = key.clone().unwrap_or_else(|| urn.clone());
+                    if let Some(ext) = obj
+                        .entry(k)
+                        .or_insert_with(|| Value::Object(Map::new()))
+                        .as_object_mut()
+                    {
+                        ext.insert(d.name.clone(), v);
+                    }
+                }
+            }
+        }
+        let empty = obj
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(urn))
+            .is_some_and(|(_, v)| v.as_object().is_some_and(Map::is_empty));
+        if empty {
+            obj.retain(|k, _| !k.eq_ignore_ascii_case(urn));
+        }
+        let present = obj.keys().any(|k| k.eq_ignore_ascii_case(urn));
+        if let Some(Value::Array(list)) = obj.get_mut("schemas") {
+            let listed = list
+                .iter()
+                .any(|s| s.as_str().is_some_and(|s| s.eq_ignore_ascii_case(urn)));
+            if !present {
+                list.retain(|s| !s.as_str().is_some_and(|s| s.eq_ignore_ascii_case(urn)));
+            } else if !listed {
+                list.push(Value::String(urn.clone()));
+            }
+        }
+    }
+}
+
 /// The ListResponse envelope; `totalResults`, `startIndex`, `itemsPerPage` are integers.
 pub fn list_response(resources: Vec<Value>, total: u64, start_index: u64) -> Value {
     serde_json::json!({
@@ -367,12 +548,114 @@ mod tests {
         }
         let err = q(&[("filter", "TEST@EXAMPLE.COM")]).unwrap_err();
         assert_eq!(err.scim_type, Some(ScimType::InvalidFilter));
-        assert!(q(&[
-            ("sortBy", "userName"),
+        let sorted = q(&[
+            (
+                "sortBy",
+                "urn:ietf:params:scim:schemas:core:2.0:User:USERNAME",
+            ),
             ("sortOrder", "descending"),
-            ("unknown", "x")
+            ("unknown", "x"),
         ])
-        .is_ok());
+        .unwrap();
+        assert_eq!(
+            sorted.sort,
+            Some(Sort {
+                by: "userName",
+                descending: true
+            })
+        );
+        assert_eq!(q(&[("sortOrder", "descending")]).unwrap().sort, None);
+        for (k, v) in [("sortBy", "title"), ("sortOrder", "down")] {
+            assert_eq!(
+                q(&[("sortBy", "userName"), (k, v)]).unwrap_err().scim_type,
+                Some(ScimType::InvalidValue),
+                "{k}={v}"
+            );
+        }
+    }
+
+    #[test]
+    fn sort_keys_and_order() {
+        let by = |b: &'static str, descending| Sort { by: b, descending };
+        let u = json!({"userName": "Bob", "name": {"givenName": "Zoë"},
+            "emails": [{"value": "B@x"}, {"value": "A@x", "primary": true}],
+            "meta": {"created": "2026-01-01T00:00:00.000Z"}});
+        assert_eq!(by("userName", false).key(&u).as_deref(), Some("bob"));
+        assert_eq!(by("name.givenName", false).key(&u).as_deref(), Some("zoë"));
+        assert_eq!(by("emails.value", false).key(&u).as_deref(), Some("a@x"));
+        assert_eq!(
+            by("meta.created", false).key(&u).as_deref(),
+            Some("2026-01-01T00:00:00.000Z")
+        );
+        assert_eq!(by("displayName", false).key(&u), None);
+        let first = json!({"emails": [{"value": "C@x"}, {"value": "d@x"}]});
+        assert_eq!(
+            by("emails.value", false).key(&first).as_deref(),
+            Some("c@x")
+        );
+        let mut items = vec![
+            (Some("b".to_string()), 1),
+            (None, 2),
+            (Some("a".to_string()), 3),
+            (Some("b".to_string()), 4),
+        ];
+        by("userName", false).sort(&mut items);
+        assert_eq!(items.iter().map(|i| i.1).collect::<Vec<_>>(), [3, 1, 4, 2]);
+        by("userName", true).sort(&mut items);
+        assert_eq!(items.iter().map(|i| i.1).collect::<Vec<_>>(), [2, 1, 4, 3]);
+    }
+
+    #[test]
+    fn declared_returned_never_request_and_always() {
+        use crate::scim::schema::ExtensionAttr;
+        let urn = "urn:x:ext:2.0:User";
+        let def = |name: &str, returned: &str| ExtensionAttr {
+            name: name.into(),
+            ty: "string".into(),
+            multi_valued: false,
+            case_exact: false,
+            mutability: "readWrite".into(),
+            returned: returned.into(),
+        };
+        let set = SchemaSet::with_attributes(
+            vec![urn.into()],
+            vec![(
+                urn.into(),
+                vec![
+                    def("pin", "never"),
+                    def("notes", "request"),
+                    def("tag", "always"),
+                    def("plain", "default"),
+                ],
+            )],
+        );
+        let full = json!({"schemas": [USER_SCHEMA, urn], "id": "1", "userName": "u",
+            urn: {"pin": "1", "notes": "n", "tag": "t", "plain": "p"}});
+        let run = |attributes: &str| {
+            let sel = AttrSelection {
+                attributes: split_list(attributes),
+                excluded: vec![],
+            };
+            let mut out = project(full.clone(), &sel);
+            apply_returned(&full, &mut out, &set, &sel);
+            out
+        };
+        assert_eq!(run("")[urn], json!({"tag": "t", "plain": "p"}));
+        assert_eq!(
+            run(&format!("{urn}:notes"))[urn],
+            json!({"notes": "n", "tag": "t"})
+        );
+        let only = run("userName");
+        assert_eq!(only[urn], json!({"tag": "t"}), "always comes back");
+        assert_eq!(only["schemas"], json!([USER_SCHEMA, urn]));
+        let hidden = json!({"schemas": [USER_SCHEMA, urn], "id": "1", urn: {"pin": "1"}});
+        let mut out = hidden.clone();
+        apply_returned(&hidden, &mut out, &set, &AttrSelection::default());
+        assert_eq!(
+            out,
+            json!({"schemas": [USER_SCHEMA], "id": "1"}),
+            "an emptied extension goes"
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! Must not do I/O: no tokio, diesel, hyper or ldap3 here (the tidy test enforces it). This is the
 //! code that reads the most hostile input, so every parser is bounded while it parses.
 
+pub mod bulk;
 pub mod error;
 pub mod filter;
 pub mod list;

@@ -400,7 +400,29 @@ impl UserCtx<'_> {
                     let current = self.data.get(ENTERPRISE_USER).and_then(Value::as_object);
                     (known_or_existing(current, &path.attr)?, None)
                 }
-                _ => (path.attr.clone(), None),
+                _ => match self.schemas.extension_defs(&ext) {
+                    // A declared extension with definitions: its attributes only.
+                    Some(defs) => {
+                        let def = defs
+                            .iter()
+                            .find(|d| d.name.eq_ignore_ascii_case(&path.attr))
+                            .ok_or_else(|| ScimError::invalid_path("unknown attribute"))?;
+                        if def.mutability == "readOnly" {
+                            return Err(ScimError::mutability(format!(
+                                "{} is read-only",
+                                def.name
+                            )));
+                        }
+                        if path.sub_attr.is_some() {
+                            return Err(ScimError::invalid_path(format!(
+                                "{} has no sub-attributes",
+                                def.name
+                            )));
+                        }
+                        (def.name.clone(), None)
+                    }
+                    None => (path.attr.clone(), None),
+                },
             };
             return Ok(Target::Attr {
                 container: Some(ext),
@@ -832,6 +854,7 @@ pub fn apply_group_patch(
                             attr: k.clone(),
                             value_filter: None,
                             sub_attr: None,
+                            case_exact: None,
                         }
                     } else {
                         parse_path(k)?
@@ -1344,6 +1367,94 @@ mod tests {
         let again = parse_user(Value::Object(data.clone()), &SchemaSet::default())?;
         assert_eq!(again.data, data);
         Ok((data, pw))
+    }
+
+    #[test]
+    fn an_extension_urn_path_sets_and_merges_the_extension_object() {
+        for op in ["add", "replace", "Replace"] {
+            let (d, _) = user_patch(json!([{"op": op, "path": ENT,
+                "value": {"department": "D", "manager": "m-1"}}]))
+            .unwrap();
+            assert_eq!(
+                d[ENT],
+                json!({"employeeNumber": "1", "department": "D", "manager": {"value": "m-1"}}),
+                "{op}"
+            );
+        }
+        let (d, _) = user_patch(json!([{"op": "remove", "path": ENT}])).unwrap();
+        assert!(d.get(ENT).is_none());
+        assert_eq!(
+            user_patch(json!([{"op": "add", "path": ENT, "value": "x"}]))
+                .unwrap_err()
+                .scim_type,
+            Some(ScimType::InvalidValue)
+        );
+    }
+
+    #[test]
+    fn removing_active_and_other_optional_attributes_unassigns_them() {
+        for path in ["active", "externalId", "name", "emails", "name.givenName"] {
+            let (d, _) = user_patch(json!([{"op": "remove", "path": path}])).unwrap();
+            let top = path.split('.').next().unwrap();
+            match path.split_once('.') {
+                None => assert!(d.get(top).is_none(), "{path}: {d:?}"),
+                Some((_, sub)) => assert!(d[top].get(sub).is_none(), "{path}"),
+            }
+        }
+        let (d, _) =
+            user_patch(json!([{"op": "replace", "path": "active", "value": null}])).unwrap();
+        assert!(d.get("active").is_none());
+    }
+
+    #[test]
+    fn declared_extension_attributes_are_the_only_ones_under_their_urn() {
+        use crate::scim::schema::ExtensionAttr;
+        let urn = "urn:ietf:params:scim:schemas:extension:ironclad:2.0:User";
+        let def = |name: &str, mutability: &str| ExtensionAttr {
+            name: name.into(),
+            ty: "string".into(),
+            multi_valued: false,
+            case_exact: false,
+            mutability: mutability.into(),
+            returned: "default".into(),
+        };
+        let set = SchemaSet::with_attributes(
+            vec![urn.into()],
+            vec![(
+                urn.into(),
+                vec![def("level", "readWrite"), def("stamp", "readOnly")],
+            )],
+        );
+        let run = |ops: Value| {
+            let mut data = base_user();
+            let parsed = parse_patch(patch(ops), 100)?;
+            apply_user_patch(&mut data, &parsed, &set)?;
+            Ok::<_, ScimError>(data)
+        };
+        let d = run(json!([{"op": "add", "path": format!("{urn}:LEVEL"), "value": "L1"}])).unwrap();
+        assert_eq!(d[urn], json!({"level": "L1"}));
+        let d = run(json!([{"op": "add", "path": urn, "value": {"Level": "L2"}}])).unwrap();
+        assert_eq!(d[urn], json!({"level": "L2"}));
+        for (ops, want) in [
+            (
+                json!([{"op": "add", "path": format!("{urn}:other"), "value": "x"}]),
+                ScimType::InvalidPath,
+            ),
+            (
+                json!([{"op": "add", "path": urn, "value": {"other": "x"}}]),
+                ScimType::InvalidPath,
+            ),
+            (
+                json!([{"op": "add", "path": format!("{urn}:stamp"), "value": "x"}]),
+                ScimType::Mutability,
+            ),
+            (
+                json!([{"op": "add", "path": format!("{urn}:level.sub"), "value": "x"}]),
+                ScimType::InvalidPath,
+            ),
+        ] {
+            assert_eq!(run(ops.clone()).unwrap_err().scim_type, Some(want), "{ops}");
+        }
     }
 
     #[test]

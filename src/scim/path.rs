@@ -23,6 +23,10 @@ pub struct AttrPath {
     pub value_filter: Option<Box<Filter>>,
     /// Optional sub-attribute: `name.givenName` or `emails[...].value`.
     pub sub_attr: Option<String>,
+    /// How a filter compares this attribute's strings when the schema says so (a declared
+    /// extension attribute's `caseExact`, set by `schema::check_filter`); `None`: by name
+    /// (`filter::case_exact`).
+    pub case_exact: Option<bool>,
 }
 
 impl AttrPath {
@@ -33,6 +37,7 @@ impl AttrPath {
             attr: attr.to_string(),
             value_filter: None,
             sub_attr: sub_attr.map(str::to_string),
+            case_exact: None,
         }
     }
 }
@@ -118,6 +123,7 @@ pub(crate) fn parse_attr_word(word: &str) -> Result<AttrPath, ScimError> {
         attr: attr.to_string(),
         value_filter: None,
         sub_attr: sub.map(str::to_string),
+        case_exact: None,
     })
 }
 

@@ -8,7 +8,7 @@
 //! (timestamps come in as epoch milliseconds).
 
 use crate::scim::error::ScimError;
-use crate::scim::schema::{SchemaSet, ENTERPRISE_USER, GROUP_SCHEMA, USER_SCHEMA};
+use crate::scim::schema::{ExtensionAttr, SchemaSet, ENTERPRISE_USER, GROUP_SCHEMA, USER_SCHEMA};
 use serde_json::{json, Map, Value};
 
 /// The two resource types.
@@ -151,7 +151,7 @@ const NAME_SUBS: &[&str] = &[
     "honorificPrefix",
     "honorificSuffix",
 ];
-const MV_SUBS: &[&str] = &["value", "display", "type", "primary", "$ref"];
+const MV_SUBS: &[&str] = &["value", "display", "type", "primary"];
 const ADDRESS_SUBS: &[&str] = &[
     "formatted",
     "streetAddress",
@@ -439,7 +439,9 @@ pub(crate) fn keep_one_primary(items: &mut [Value]) {
     }
 }
 
-/// Canonical sub-attribute spelling; `primary` a boolean, other known sub-attributes strings.
+/// Canonical sub-attribute spelling; `primary` a boolean, the other sub-attributes strings.
+/// A sub-attribute the schema does not define is ignored (RFC 7644 §3.3 lets a server ignore
+/// what it does not know), so what is stored and returned is what `/Schemas` describes.
 fn normalize_complex(
     name: &str,
     subs: &[&'static str],
@@ -447,28 +449,53 @@ fn normalize_complex(
 ) -> Result<Map<String, Value>, ScimError> {
     let mut out = Map::new();
     for (k, v) in obj {
-        let key = subs
-            .iter()
-            .find(|s| s.eq_ignore_ascii_case(&k))
-            .map_or(k, |s| (*s).to_string());
-        let v = if key == "primary" {
+        let Some(key) = subs.iter().find(|s| s.eq_ignore_ascii_case(&k)) else {
+            continue;
+        };
+        let v = if *key == "primary" {
             Value::Bool(parse_bool(&format!("{name}.primary"), &v)?)
-        } else if subs.contains(&key.as_str()) && !v.is_string() {
+        } else if !v.is_string() {
             return Err(invalid(&format!("{name}.{key}"), "a string"));
         } else {
             v
         };
-        out.insert(key, v);
+        out.insert((*key).to_string(), v);
     }
     Ok(out)
 }
 
 /// An extension object. Enterprise attributes are type-checked and `manager` given as a bare
-/// string (Entra) becomes `{"value": ...}`; other extensions are kept verbatim.
-pub(crate) fn normalize_extension(urn: &str, v: Value) -> Result<Value, ScimError> {
+/// string (Entra) becomes `{"value": ...}`; a declared extension with attribute definitions
+/// takes exactly those (in their declared spelling, values of their type, `readOnly` ones
+/// ignored on input as RFC 7644 §3.3 says); other extensions are kept verbatim.
+pub(crate) fn normalize_extension(
+    urn: &str,
+    v: Value,
+    schemas: &SchemaSet,
+) -> Result<Value, ScimError> {
     let Value::Object(obj) = v else {
         return Err(invalid(urn, "an object"));
     };
+    if let Some(defs) = schemas.extension_defs(urn) {
+        let mut out = Map::new();
+        for (k, v) in obj {
+            let def = defs
+                .iter()
+                .find(|d| d.name.eq_ignore_ascii_case(&k))
+                .ok_or_else(|| {
+                    ScimError::invalid_value(format!(
+                        "{} is not an attribute of {} (GET /Schemas lists them)",
+                        attribute_label(&k),
+                        attribute_label(urn)
+                    ))
+                })?;
+            if def.mutability == "readOnly" {
+                continue;
+            }
+            out.insert(def.name.clone(), declared_value(def, v)?);
+        }
+        return Ok(Value::Object(out));
+    }
     if urn != ENTERPRISE_USER {
         return Ok(Value::Object(obj));
     }
@@ -487,6 +514,76 @@ pub(crate) fn normalize_extension(urn: &str, v: Value) -> Result<Value, ScimErro
         }
     }
     Ok(Value::Object(out))
+}
+
+/// A value of a declared extension attribute, checked against its type; a single value of a
+/// multi-valued attribute becomes a list of one.
+fn declared_value(def: &ExtensionAttr, v: Value) -> Result<Value, ScimError> {
+    let name = def.name.as_str();
+    let one = |v: Value| -> Result<Value, ScimError> {
+        match def.ty.as_str() {
+            "boolean" => parse_bool(name, &v).map(Value::Bool),
+            "integer" if v.is_i64() || v.is_u64() => Ok(v),
+            "integer" => Err(invalid(name, "an integer")),
+            "decimal" if v.is_number() => Ok(v),
+            "decimal" => Err(invalid(name, "a number")),
+            "dateTime" => match &v {
+                Value::String(s)
+                    if time::OffsetDateTime::parse(
+                        s,
+                        &time::format_description::well_known::Rfc3339,
+                    )
+                    .is_ok() =>
+                {
+                    Ok(v)
+                }
+                _ => Err(invalid(name, "an RFC 3339 date-time")),
+            },
+            _ if v.is_string() => Ok(v),
+            _ => Err(invalid(name, "a string")),
+        }
+    };
+    match v {
+        Value::Array(items) if def.multi_valued => items
+            .into_iter()
+            .map(one)
+            .collect::<Result<Vec<_>, _>>()
+            .map(Value::Array),
+        Value::Array(_) => Err(invalid(name, "a single value")),
+        v if def.multi_valued => one(v).map(|x| Value::Array(vec![x])),
+        v => one(v),
+    }
+}
+
+/// `immutable` attributes of declared extensions (RFC 7643 §7): once assigned, a PUT or PATCH
+/// may repeat the value but not change or remove it.
+///
+/// # Errors
+/// 400 `mutability` naming the attribute.
+pub fn check_immutable(
+    old: &Map<String, Value>,
+    new: &Map<String, Value>,
+    schemas: &SchemaSet,
+) -> Result<(), ScimError> {
+    for (urn, defs) in &schemas.extension_attributes {
+        let get = |m: &Map<String, Value>, name: &str| {
+            m.iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(urn))
+                .and_then(|(_, v)| v.get(name))
+                .cloned()
+        };
+        for d in defs.iter().filter(|d| d.mutability == "immutable") {
+            let before = get(old, &d.name);
+            if before.is_some() && before != get(new, &d.name) {
+                return Err(ScimError::mutability(format!(
+                    "{}:{} is immutable",
+                    attribute_label(urn),
+                    attribute_label(&d.name)
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `schemas`, when present, must be an array of strings; non-URN entries are tolerated.
@@ -557,7 +654,7 @@ pub fn parse_user(body: Value, schemas: &SchemaSet) -> Result<UserInput, ScimErr
     for (k, v) in prepare(body, USER_SCHEMA)? {
         if is_urn(&k) {
             let urn = canonical_urn(&k, schemas);
-            let ext = normalize_extension(&urn, v)?;
+            let ext = normalize_extension(&urn, v, schemas)?;
             data.insert(urn, ext);
             continue;
         }
@@ -613,7 +710,7 @@ pub fn parse_group(body: Value, schemas: &SchemaSet) -> Result<GroupInput, ScimE
     for (k, v) in prepare(body, GROUP_SCHEMA)? {
         if is_urn(&k) {
             let urn = canonical_urn(&k, schemas);
-            let ext = normalize_extension(&urn, v)?;
+            let ext = normalize_extension(&urn, v, schemas)?;
             data.insert(urn, ext);
         } else if k.eq_ignore_ascii_case("members") {
             members = Some(parse_members(&v)?);
@@ -768,12 +865,17 @@ pub fn render_user(
     {
         out.insert(k.clone(), render_value(k, v));
     }
-    if !out.get("active").is_some_and(Value::is_boolean) {
-        let active = out
-            .get("active")
-            .and_then(|v| parse_bool("active", v).ok())
-            .unwrap_or(true);
-        out.insert("active".into(), Value::Bool(active));
+    // An unassigned `active` (removed by a PATCH) is not rendered: the store's flag is then
+    // false and targets treat the user as inactive (fail closed; docs/mapping.md).
+    if let Some(v) = out.get("active").filter(|v| !v.is_boolean()) {
+        match parse_bool("active", v) {
+            Ok(b) => {
+                out.insert("active".into(), Value::Bool(b));
+            }
+            Err(_) => {
+                out.remove("active");
+            }
+        }
     }
     if let Some(groups) = groups {
         let list = groups
@@ -1133,7 +1235,8 @@ mod tests {
         let r = render_user("id1", &u.data, &meta, Some(&groups), "https://h/scim/v2/");
         assert_eq!(r["schemas"], json!([USER_SCHEMA, ENTERPRISE_USER]));
         assert_eq!(r["id"], "id1");
-        assert_eq!(r["active"], true);
+        // Unassigned `active` is not invented (the handlers store one on create).
+        assert!(r.get("active").is_none());
         assert!(r.get("password").is_none());
         assert_eq!(r[ENTERPRISE_USER]["manager"], json!({"value": "m"}));
         assert_eq!(

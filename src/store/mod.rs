@@ -12,6 +12,7 @@
 //! Client text kept in its own column (names, externalId, target keys) goes through
 //! `encode_text` so a NUL survives PostgreSQL; the JSON body keeps the canonical value.
 
+mod apply;
 mod batch;
 mod gate;
 mod history;
@@ -27,6 +28,7 @@ use crate::bookkeeping::Bookkeeping;
 use crate::scim::patch::MemberOp;
 use crate::scim::resource::{GroupInput, GroupRef, MemberRef, Meta, ResourceType, UserInput};
 use crate::scim::ScimError;
+pub use apply::{BeforeSync, BeforeSynced, ReferenceLookup, Resolved, Snapshot};
 use models::ResourceRow;
 pub use references::Reference;
 use serde_json::{Map, Value};
@@ -644,6 +646,11 @@ fn write_tx_as<T>(
 ) -> Result<T, StoreError> {
     use diesel::connection::{AnsiTransactionManager, TransactionManager};
     type Tm = <DbConnection as diesel::Connection>::TransactionManager;
+    if in_transaction(conn)? {
+        // Inside a batch's transaction ([`write_each`]): a savepoint, so this write's error
+        // rolls back this write only; the batch already holds its turn and the write lock.
+        return diesel::Connection::transaction(conn, f);
+    }
     let gate = match conn {
         DbConnection::Sqlite(_) => gate::current(),
         DbConnection::Pg(_) => None,
@@ -671,6 +678,79 @@ fn write_tx_as<T>(
             Err(e)
         }
     }
+}
+
+/// Whether `conn` is inside a transaction already.
+fn in_transaction(conn: &mut DbConnection) -> Result<bool, StoreError> {
+    use diesel::connection::{AnsiTransactionManager, TransactionManager};
+    let depth = match conn {
+        DbConnection::Sqlite(c) => AnsiTransactionManager::transaction_manager_status_mut(c)
+            .transaction_depth()?
+            .is_some(),
+        DbConnection::Pg(c) => AnsiTransactionManager::transaction_manager_status_mut(c)
+            .transaction_depth()?
+            .is_some(),
+    };
+    Ok(depth)
+}
+
+/// Run `each` for every row of a batch of the reconciler's writes, one result per row. On
+/// SQLite in one write transaction (one writer: one turn and one commit per batch instead of
+/// per row), each row in a savepoint, so a row's error undoes that row's writes only; when the
+/// commit fails every row of that transaction gets its error. The batch gives its turn up
+/// between rows when a client's write waits ([`gate::WriteGate::client_waiting`]: it commits
+/// the rows so far and queues again for the rest), so a push waits for one row's writes, not a
+/// batch's. When SQLite itself rolled the transaction back (a full disk, an I/O error), the
+/// rows after it are not run. On PostgreSQL one transaction per row: a row's writes lock in
+/// the order its own write takes them (`outbox::settle_applied`), and one transaction spanning
+/// rows could deadlock with another worker's batch; PostgreSQL commits concurrently.
+pub(crate) fn write_each<R, T>(
+    conn: &mut DbConnection,
+    rows: Vec<R>,
+    each: impl Fn(&mut DbConnection, R) -> Result<T, StoreError>,
+) -> Vec<Result<T, StoreError>> {
+    if matches!(conn, DbConnection::Pg(_)) {
+        return rows
+            .into_iter()
+            .map(|row| write_tx(conn, |conn| each(conn, row)))
+            .collect();
+    }
+    let gate = gate::current();
+    let mut out: Vec<Result<T, StoreError>> = Vec::with_capacity(rows.len());
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        let mut done: Vec<Result<T, StoreError>> = Vec::new();
+        let committed = write_tx(conn, |conn| {
+            while let Some(row) = rows.next() {
+                let result = diesel::Connection::transaction(conn, |conn| each(conn, row));
+                let failed = result.is_err();
+                done.push(result);
+                if failed && !in_transaction(conn)? {
+                    return Err(StoreError::Unavailable(
+                        "the database rolled the batch back".into(),
+                    ));
+                }
+                if rows.peek().is_some() && gate.as_ref().is_some_and(|g| g.client_waiting()) {
+                    break;
+                }
+            }
+            Ok(())
+        });
+        match committed {
+            Ok(()) => out.extend(done),
+            Err(e) => {
+                let text = e.to_string();
+                let n = done.len();
+                out.extend((0..n).map(|_| Err(StoreError::Unavailable(text.clone()))));
+                // Nothing after a failed commit is tried: the rows left fail alike.
+                out.extend(
+                    rows.by_ref()
+                        .map(|_| Err(StoreError::Unavailable(text.clone()))),
+                );
+            }
+        }
+    }
+    out
 }
 
 /// [`write_tx`] for a client's mutation: ahead of background writes in the SQLite write
@@ -1303,9 +1383,8 @@ impl Store {
     }
 
     /// Renew a claim's lease to `now_ms + lease_ms`; false when the claim was lost (another
-    /// worker claimed the row since: its epoch moved, or the row is gone). A worker calls it
-    /// when it starts a row (each row's lease counts from the start of its own apply) and
-    /// then every lease/3 while applying (the heartbeat).
+    /// worker claimed the row since: its epoch moved, or the row is gone). The workers renew
+    /// their batches with [`Store::renew_claims`], every lease/3 while applying.
     ///
     /// # Errors
     /// `Unavailable`.
@@ -1507,24 +1586,6 @@ impl Store {
             .run(move |conn| keys::reserve(conn, &target, &id, &key, &key_norm))
             .await;
         self.name_holder(result).await
-    }
-
-    /// The resource other than `except` that holds or intends `key` (normalised as the target
-    /// does) in `target`, if any.
-    ///
-    /// # Errors
-    /// `Unavailable`.
-    pub async fn key_holder(
-        &self,
-        target: &str,
-        resource_type: ResourceType,
-        key: &str,
-        except: &str,
-    ) -> Result<Option<String>, StoreError> {
-        let key_norm = self.norm_key(target, resource_type, key);
-        let (target, except) = (target.to_owned(), except.to_owned());
-        self.run(move |conn| keys::holder(conn, &target, &key_norm, &except))
-            .await
     }
 
     /// How `target` normalises its keys for the uniqueness index (LDAP: DNs as the server

@@ -211,6 +211,14 @@ pub(crate) fn claim(
     })
 }
 
+/// Whether `item`'s claim is still held: its row is there with the claim's epoch and a lease
+/// (row-locked on PostgreSQL, so a claim taking it over waits for this transaction).
+pub(crate) fn claim_held(conn: &mut DbConnection, item: &OutboxItem) -> Result<bool, StoreError> {
+    Ok(lock_outbox_row(conn, item.id)?.is_some_and(|r| {
+        r.claim_epoch == item.claim_epoch && r.target == item.target && r.claimed_until_ms.is_some()
+    }))
+}
+
 fn lock_outbox_row(conn: &mut DbConnection, id: i64) -> Result<Option<OutboxRow>, StoreError> {
     if let DbConnection::Pg(c) = conn {
         outbox::table
@@ -780,7 +788,10 @@ pub(crate) fn renew_claim(
             outbox::table
                 .filter(outbox::id.eq(item.id))
                 .filter(outbox::target.eq(&item.target))
-                .filter(outbox::claim_epoch.eq(item.claim_epoch)),
+                .filter(outbox::claim_epoch.eq(item.claim_epoch))
+                // A row its settle released (or a give-back) is no longer claimed: a late
+                // heartbeat must not claim it again for a whole lease.
+                .filter(outbox::claimed_until_ms.is_not_null()),
         )
         .set(outbox::claimed_until_ms.eq(Some(now_ms.saturating_add(lease_ms))))
         .execute(conn)?;

@@ -409,6 +409,106 @@ async fn claims_renewal_fails_once_another_worker_took_the_row() {
     .await;
 }
 
+/// A settle that released a re-queued row (`claimed_until` cleared, same epoch) is not undone
+/// by a heartbeat's renewal still on its way: the row stays unclaimed and due. Before: the
+/// late renewal claimed it again for a whole lease, for nobody.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn claims_a_late_renewal_does_not_claim_a_released_row_again() {
+    on_both(|store, backend| async move {
+        let id = store
+            .create_user(user("released"), None, &ctx(100))
+            .await
+            .unwrap()
+            .id;
+        let item = store.claim(TARGET, 100, 1000, 10).await.unwrap().remove(0);
+        // A re-queue while applying: the settle keeps the row and releases it.
+        let queued = store
+            .enqueue_many(
+                TARGET,
+                ResourceType::User,
+                std::slice::from_ref(&id),
+                "membership",
+                150,
+            )
+            .await
+            .unwrap();
+        assert_eq!(queued, 1);
+        store
+            .settle_applied(&item, applied(&item, item.version, 200), 200)
+            .await
+            .unwrap();
+        assert!(
+            !store.renew_claim(&item, 250, 1000).await.unwrap(),
+            "{backend}: a released row is no longer the claim's"
+        );
+        let again = store.claim(TARGET, 300, 1000, 10).await.unwrap();
+        assert_eq!(again.len(), 1, "{backend}: the released row is due at once");
+    })
+    .await;
+}
+
+/// The writes before a sync are made only under the claim: once another worker took the row
+/// (its lease ran out), a stalled apply's intent is not recorded. Before: the batch wrote it
+/// on the strength of its claim time alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn claims_writes_before_a_sync_need_the_claim_still_held() {
+    on_both(|store, backend| async move {
+        let id = store
+            .create_user(user("stalled"), None, &ctx(100))
+            .await
+            .unwrap()
+            .id;
+        let first = store.claim(TARGET, 100, 1000, 10).await.unwrap().remove(0);
+        let second = store.claim(TARGET, 2000, 1000, 10).await.unwrap().remove(0);
+        assert!(second.claim_epoch > first.claim_epoch);
+        let intent = |item: &OutboxItem| {
+            let extra = Bookkeeping {
+                creating: Some("uid=stalled,ou=People,dc=example,dc=com".into()),
+                since_ms: Some(2100),
+                attempt_ms: Some(2100),
+                ..Bookkeeping::default()
+            };
+            BeforeSync {
+                claim: Some(item.clone()),
+                resource_type: ResourceType::User,
+                resource_id: id.clone(),
+                intent: Some(TargetState {
+                    target: TARGET.into(),
+                    resource_type: ResourceType::User,
+                    resource_id: id.clone(),
+                    applied_version: 0,
+                    target_key: None,
+                    extra: Some(extra),
+                    updated_ms: 2100,
+                }),
+                reserve: None,
+                deactivating: false,
+                orphans: Vec::new(),
+            }
+        };
+        let stale = store.before_sync(TARGET, vec![intent(&first)]).await;
+        assert!(
+            matches!(stale.as_slice(), [Ok(done)] if done.lost),
+            "{backend}: {stale:?}"
+        );
+        assert_eq!(
+            store.target_state(TARGET, &id).await.unwrap(),
+            None,
+            "{backend}"
+        );
+        let held = store.before_sync(TARGET, vec![intent(&second)]).await;
+        assert!(
+            matches!(held.as_slice(), [Ok(done)] if !done.lost),
+            "{backend}: {held:?}"
+        );
+        assert!(
+            store.target_state(TARGET, &id).await.unwrap().is_some(),
+            "{backend}: the claim's owner records its intent"
+        );
+    })
+    .await;
+}
+
 /// Review finding 11: filling a missing `key_norm` (rows from before the index) reads the row,
 /// then writes; a settle that recorded a new key in between must win. Before: the fill's
 /// UPDATE by key overwrote the new key's `key_norm` with the old key's.
