@@ -48,6 +48,21 @@ impl RawTarget {
     }
 }
 
+/// Which directory an LDAP target is (`targets::ldap::flavour`): its result codes, stable
+/// ids, account disable and large-group reads differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+pub enum LdapFlavour {
+    /// OpenLDAP (and any directory not recognised).
+    #[serde(rename = "openldap")]
+    OpenLdap,
+    /// 389 Directory Server (FreeIPA, RHDS).
+    #[serde(rename = "389ds")]
+    Ds389,
+    /// Active Directory (and Samba AD DC).
+    #[serde(rename = "ad")]
+    Ad,
+}
+
 /// What to do when an entry we never created already sits at the desired DN.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -159,6 +174,9 @@ pub struct RawLdapTarget {
     pub name: String,
     /// `ldap://host[:port]` or `ldaps://host[:port]`.
     pub url: String,
+    /// `openldap`, `389ds` or `ad`; detected from the root DSE at connect when absent.
+    #[serde(default)]
+    pub flavour: Option<LdapFlavour>,
     /// Upgrade an `ldap://` connection with StartTLS.
     #[serde(default)]
     pub starttls: bool,
