@@ -94,6 +94,13 @@ pub struct Bookkeeping {
     /// Noted before a deactivation is applied; the settle drops it.
     #[serde(deserialize_with = "lenient", skip_serializing_if = "Option::is_none")]
     pub deactivating: Option<bool>,
+    /// Groups: the member configuration (`CompiledTarget::members_fingerprint`) the store's
+    /// record of the member values we wrote (`target_members`) was kept for by the last
+    /// apply. Absent (a group applied before the record existed) or another one: the record
+    /// is not trusted, the next apply reads the whole membership (and, under `keep`, treats
+    /// every value it does not render as ours that once).
+    #[serde(deserialize_with = "lenient", skip_serializing_if = "Option::is_none")]
+    pub members_record: Option<String>,
 
     // The create intent (see [`Intent`]), recorded by the reconciler and the store.
     /// The key the first create gives the entry (the state has no key yet).

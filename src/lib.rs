@@ -11,11 +11,15 @@
 //! - [`daemon`]: startup, tasks, signals, systemd.
 //! - [`cli`]: one file per subcommand.
 //! - [`bookkeeping`]: what `target_state` remembers per resource and target (plain data).
+//! - [`health`]: each target's health, written by the reconciler, read by `/readyz` (plain data).
+//! - [`clock`]: the wall clock.
 
 pub mod bookkeeping;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod daemon;
+pub mod health;
 pub mod http;
 pub mod mapping;
 pub mod reconcile;

@@ -9,6 +9,7 @@
 )]
 
 mod crash;
+mod directories;
 mod faults;
 #[allow(dead_code)]
 mod harness;

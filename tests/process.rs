@@ -788,8 +788,7 @@ async fn check_config_refuses_unknown_scim_paths_and_reports_every_error_at_its_
 }
 
 /// (g) `token create` against the store of a running daemon gives a token that works at once;
-/// `token revoke` makes it fail on the next request. PostgreSQL: on SQLite the daemon holds the
-/// database's instance lock, so the CLI refuses to open it while the daemon runs (see
+/// `token revoke` makes it fail on the next request. PostgreSQL (SQLite:
 /// `token_commands_on_sqlite_while_the_daemon_runs`).
 #[tokio::test]
 async fn token_create_and_revoke_against_a_running_daemon() {
@@ -874,6 +873,278 @@ async fn token_commands_on_sqlite_while_the_daemon_runs() {
         second.2.contains("in use by another scim-sync process"),
         "{}",
         second.2
+    );
+    assert_eq!(proc.stop().await.code(), Some(0));
+}
+
+/// The README's "Try the demo" runs as written: `scripts/demo` (given this build's binary and
+/// an env file of the test's own), its last line `source <file>`, then the README's block in
+/// a fresh shell: the `source`, the `curl` (201) and the `ldapsearch` finding the user. The
+/// ldapsearch is repeated (bounded) until the entry is there: the reconciler applies a few
+/// milliseconds after the SCIM answer. Stopping the demo removes its env file. Before: the
+/// README's `eval "$(scripts/demo | ...)" &` waited for the demo to exit and exported into a
+/// background subshell, so nothing after it had the variables.
+#[tokio::test]
+async fn the_readme_demo_runs_as_written() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let block = readme
+        .split("Try the demo")
+        .nth(1)
+        .and_then(|rest| rest.split("```sh\n").nth(1))
+        .and_then(|b| b.split("```").next())
+        .expect("the README has a Try the demo sh block")
+        .to_owned();
+    assert!(
+        block.starts_with("source /tmp/scim-sync-demo.env\n"),
+        "{block}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let env_file = dir.path().join("demo.env");
+    let block = block.replace("/tmp/scim-sync-demo.env", &env_file.display().to_string());
+    let (before_search, search) = block
+        .split_once("ldapsearch")
+        .map(|(a, b)| (a.to_owned(), format!("ldapsearch{b}")))
+        .expect("the block ends with an ldapsearch");
+
+    let mut demo = Command::new(root.join("scripts/demo"))
+        .env("SCIM_SYNC_BIN", BIN)
+        .env("SCIM_SYNC_DEMO_ENV", &env_file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(demo.stdout.take().unwrap()).lines();
+    let want = format!("source {}", env_file.display());
+    let mut printed = Vec::new();
+    let ready = tokio::time::timeout(PATIENCE, async {
+        while let Some(line) = stdout.next_line().await.unwrap() {
+            let last = line == want;
+            printed.push(line);
+            if last {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    if ready != Ok(true) {
+        let mut err = String::new();
+        let _ = demo.stderr.take().unwrap().read_to_string(&mut err).await;
+        panic!("the demo did not print `{want}`: {printed:?}\n{err}");
+    }
+    assert!(
+        printed.iter().any(|l| l.starts_with("SCIM_TOKEN=scim_")),
+        "{printed:?}"
+    );
+
+    let run = |script: String| async move {
+        let out = Command::new("bash")
+            .arg("-c")
+            .arg(format!("set -e\n{script}"))
+            .env_remove("SCIM_BASE_URL")
+            .env_remove("SCIM_TOKEN")
+            .output()
+            .await
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, out, err) = run(before_search.clone()).await;
+    assert!(ok, "{out}\n{err}");
+    let answer: Value = serde_json::from_str(&out).unwrap_or_else(|_| panic!("{out}\n{err}"));
+    assert_eq!(answer["userName"], "ada@example.com", "{answer}");
+    let source = before_search.lines().next().unwrap().to_owned();
+    let mut found = String::new();
+    for _ in 0..100 {
+        let (ok, out, err) = run(format!("{source}\n{search}")).await;
+        assert!(ok, "{out}\n{err}");
+        if out.contains("givenName: Ada") {
+            found = out;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(found.contains("sn: Lovelace"), "{found}");
+
+    let pid = demo.id().unwrap();
+    let status = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::time::timeout(PATIENCE, demo.wait())
+        .await
+        .expect("the demo stops on SIGTERM")
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
+    assert!(!env_file.exists(), "the demo leaves no env file behind");
+}
+
+/// Poll (bounded) until `f` holds; panics with `what` past [`PATIENCE`].
+async fn until(what: &str, mut f: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !f() {
+        assert!(start.elapsed() < PATIENCE, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Issue 13 item 3: a SIGHUP whose config the SQL target cannot take is rejected, the log
+/// saying why, and the old config stays in force: first a column the table lacks (`nickname`,
+/// beside a remapped `first_name`), then a conversion the column cannot take (text into the
+/// `hired_at` timestamp). Each time a change made afterwards is written with the old mapping
+/// (`first_name` from `name.givenName`), never with the new one (`first_name` from `title`).
+/// Before: the reload was taken and every later change became a dead letter.
+#[tokio::test]
+async fn sighup_with_a_config_the_target_cannot_take_keeps_the_old_one() {
+    use crate::sql_target::{Flavor, LegacyDb};
+    let dir = tempfile::tempdir().unwrap();
+    let legacy = LegacyDb::new(Flavor::Sqlite);
+    let target = |columns: &str| {
+        format!(
+            "[[targets]]\nname = \"legacy\"\ntype = \"sql\"\nurl = \"{}\"\n[targets.users]\ntable = \"app_users\"\nkey_column = \"login\"\nkey = \"userName\"\n[targets.users.columns]\n{columns}",
+            legacy.url
+        )
+    };
+    let config = sqlite_config(dir.path(), &target("first_name = \"name.givenName\"\n"));
+    let store_url = format!("sqlite://{}/state/scim-sync.db", dir.path().display());
+    let token = create_token(&config, "reload").await;
+    let mut proc = Proc::start(&config, &[]).await;
+    let client = reqwest::Client::new();
+    let r = client
+        .post(format!("{}/Users", proc.base()))
+        .bearer_auth(&token)
+        .json(&user("ann"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    until("ann's row", || {
+        legacy.has_user("ann") && legacy.user("ann", "first_name").as_deref() == Some("Given")
+    })
+    .await;
+
+    for (n, (columns, why)) in [
+        (
+            "first_name = \"title\"\nnickname = \"nickName\"\n",
+            "nickname",
+        ),
+        (
+            "first_name = \"title\"\nhired_at = \"title\"\n",
+            "targets[0].users.columns.hired_at",
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let text = config_text(&store_url, &target(columns));
+        std::fs::write(&config, &text).unwrap();
+        proc.signal("HUP");
+        let rejected = proc.wait_for_line("Reload rejected").await;
+        assert!(rejected.contains(why), "{rejected}");
+        if n == 1 {
+            // At the line of the key the problem names.
+            let line = 1 + text
+                .lines()
+                .position(|l| l.starts_with("hired_at"))
+                .unwrap();
+            assert!(
+                rejected.contains(&format!("{}:{line}:", config.display())),
+                "{rejected}"
+            );
+        }
+        // A change after the rejected reload: written with the old mapping.
+        let given = format!("Given{n}");
+        let r = client
+            .patch(format!("{}/Users/{id}", proc.base()))
+            .bearer_auth(&token)
+            .json(
+                &json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+                "Operations": [{"op": "replace", "path": "name.givenName", "value": given},
+                               {"op": "replace", "path": "title", "value": "Boss"}]}),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+        until("the change under the old mapping", || {
+            legacy.user("ann", "first_name").as_deref() == Some(given.as_str())
+        })
+        .await;
+    }
+    assert!(
+        !proc
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("Reloaded the configuration.")),
+        "a reload was taken"
+    );
+    assert_eq!(proc.stop().await.code(), Some(0));
+}
+
+/// Issue 13 item 6: `dead-letters list` names the resource beside its id, and `reconcile
+/// --full` counts a failed resource among the checked ones ("Checked 2 resource(s): 0
+/// changed, 1 failed.", where it printed "Checked 1 ... 1 failed").
+#[tokio::test]
+async fn dead_letters_list_names_the_resource_and_reconcile_counts_failures_as_checked() {
+    use crate::sql_target::{Flavor, LegacyDb};
+    let dir = tempfile::tempdir().unwrap();
+    let legacy = LegacyDb::new(Flavor::Sqlite);
+    let extra = format!(
+        "[reconcile]\nmax_attempts = 1\n[[targets]]\nname = \"legacy\"\ntype = \"sql\"\nurl = \"{}\"\n[targets.users]\ntable = \"app_users\"\nkey_column = \"login\"\nkey = \"userName\"\n[targets.users.columns]\nemp_no = {{ from = \"externalId\", type = \"integer\" }}\n",
+        legacy.url
+    );
+    let config = sqlite_config(dir.path(), &extra);
+    let token = create_token(&config, "dl").await;
+    let mut proc = Proc::start(&config, &[]).await;
+    let client = reqwest::Client::new();
+    for (name, ext) in [("grace@example.com", "L2"), ("alan@example.com", "7")] {
+        let mut body = user(name);
+        body["externalId"] = json!(ext);
+        let r = client
+            .post(format!("{}/Users", proc.base()))
+            .bearer_auth(&token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 201);
+    }
+    until("alan's row", || legacy.has_user("alan@example.com")).await;
+    let mut listed = String::new();
+    for _ in 0..200 {
+        let (code, stdout, stderr) = cli(&config, &["dead-letters", "list"]).await;
+        assert_eq!(code, 0, "{stderr}");
+        if stdout.contains("grace@example.com") {
+            listed = stdout;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let header = listed.lines().next().unwrap_or_default();
+    assert!(header.contains(" NAME "), "{listed}");
+    let row = listed
+        .lines()
+        .find(|l| l.contains("grace@example.com"))
+        .unwrap_or_else(|| panic!("no dead letter names grace: {listed}"));
+    assert!(row.contains("emp_no"), "{row}");
+    let (code, stdout, _stderr) = cli(&config, &["reconcile", "--full"]).await;
+    assert_eq!(code, 1, "{stdout}");
+    assert!(
+        stdout.ends_with("Checked 2 resource(s): 0 changed, 1 failed.\n"),
+        "{stdout}"
     );
     assert_eq!(proc.stop().await.code(), Some(0));
 }

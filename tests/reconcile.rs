@@ -2,7 +2,9 @@
 //! (no sleeps), and a real slapd. Okta lifecycle, coalescing, dependants (group members and
 //! manager references waiting for their user), outages, dead letters, drift repair, status.
 
+mod batches;
 mod claims;
+mod members;
 
 use crate::harness::daemon::{Backend, TestDaemon, BACKENDS};
 use crate::harness::slapd::Slapd;
@@ -619,7 +621,7 @@ async fn reload_with_a_changed_map_reapplies_every_managed_entry() {
         "[targets.users.attributes]\ndescription = { constant = \"Managed\" }\n",
     );
     std::fs::write(path, text).unwrap();
-    env.t.d().reload().unwrap();
+    env.t.d().reload().await.unwrap();
     env.run().await;
     for n in ["r1", "r2"] {
         assert_eq!(
@@ -632,7 +634,7 @@ async fn reload_with_a_changed_map_reapplies_every_managed_entry() {
         .unwrap()
         .replace("title = \"title\"", "title = \"{unclosed\"");
     std::fs::write(path, text).unwrap();
-    let errors = env.t.d().reload().unwrap_err();
+    let errors = env.t.d().reload().await.unwrap_err();
     assert!(
         errors
             .iter()
@@ -802,7 +804,8 @@ async fn cli_status_history_dead_letters_and_full_reconcile() {
     let (code, out, err) = cli(&config, &["reconcile", "--full", "--target", "corp"]);
     assert_eq!(code, 1, "the broken user fails: {out}{err}");
     assert!(
-        out.contains("Checked 1 resource(s): 1 changed, 1 failed."),
+        // The failed user is checked too (issue 13: this printed "Checked 1 ... 1 failed").
+        out.contains("Checked 2 resource(s): 1 changed, 1 failed."),
         "{out}"
     );
     assert_eq!(

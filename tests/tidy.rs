@@ -182,6 +182,7 @@ fn bookkeeping_keys_are_named_only_by_its_struct() {
         "deleted_inactive",
         "password_sha256",
         "role_groups",
+        "members_record",
     ];
     for file in rust_files(&src()) {
         let under_tests = file
@@ -221,4 +222,127 @@ fn the_plan_is_pure() {
     ] {
         assert!(!text.contains(word), "{} uses `{word}`", file.display());
     }
+}
+
+/// The top-level modules a file names through `crate::`: every `crate::name` path (in a `use`
+/// or inline) and the first segment of each item of a grouped import
+/// (`use crate::{a, b::c, d::{e, f}}` names `a`, `b` and `d`). Comments are dropped first.
+fn crate_modules(text: &str) -> std::collections::BTreeSet<String> {
+    let text = code(text);
+    let ident = |s: &str| -> String {
+        s.trim_start()
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect()
+    };
+    let mut out = std::collections::BTreeSet::new();
+    let mut rest = text.as_str();
+    while let Some(at) = rest.find("crate::") {
+        // `scim_sync::crate::` does not occur; `$crate::` (macros) is not a module path.
+        let before = rest[..at].chars().next_back();
+        rest = &rest[at + "crate::".len()..];
+        if before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$') {
+            continue;
+        }
+        let tail = rest.trim_start();
+        if let Some(group) = tail.strip_prefix('{') {
+            // The items at depth 0 of the group, up to its closing brace.
+            let (mut depth, mut item) = (0usize, String::new());
+            for c in group.chars() {
+                match c {
+                    '{' => depth += 1,
+                    '}' if depth == 0 => break,
+                    '}' => depth -= 1,
+                    ',' if depth == 0 => {
+                        out.insert(ident(&item));
+                        item.clear();
+                        continue;
+                    }
+                    _ => {}
+                }
+                if depth == 0 {
+                    item.push(c);
+                }
+            }
+            out.insert(ident(&item));
+        } else {
+            out.insert(ident(tail));
+        }
+    }
+    out.retain(|m| !m.is_empty() && m != "self");
+    out
+}
+
+#[test]
+fn crate_modules_reads_plain_grouped_and_inline_paths() {
+    let text = "use crate::a::B;\nuse crate::{c, d::e, f::{g, h}};\npub use crate::{\n    i::J,\n    k,\n};\n// use crate::commented;\nfn x() { crate::l::m(); $crate::n::o(); }\n";
+    let got: Vec<String> = crate_modules(text).into_iter().collect();
+    assert_eq!(got, ["a", "c", "d", "f", "i", "k", "l"]);
+}
+
+/// The direction table of `docs/ARCHITECTURE.md` ("Module direction"): each top-level module
+/// of `src/` and the modules it may use. Every module has a row; every `crate::` path in a
+/// module's files (tests included) names itself or one it may use.
+#[test]
+fn modules_use_only_what_the_direction_table_allows() {
+    use std::collections::{BTreeMap, BTreeSet};
+    let doc =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/ARCHITECTURE.md"))
+            .unwrap();
+    let section = doc
+        .split("## Module direction")
+        .nth(1)
+        .expect("docs/ARCHITECTURE.md has a `## Module direction` section");
+    let section = section.split("\n## ").next().unwrap_or("");
+    let mut table: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for line in section.lines().filter(|l| l.starts_with("| `")) {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        let (Some(module), Some(uses)) = (cells.get(1), cells.get(2)) else {
+            continue;
+        };
+        let names = |cell: &str| -> BTreeSet<String> {
+            cell.split('`')
+                .skip(1)
+                .step_by(2)
+                .map(|s| s.trim_end_matches('/').to_owned())
+                .collect()
+        };
+        let module = names(module).into_iter().next().unwrap_or_default();
+        table.insert(module, names(uses));
+    }
+    let mut modules = BTreeSet::new();
+    for entry in std::fs::read_dir(src()).unwrap() {
+        let p = entry.unwrap().path();
+        let name = p.file_stem().unwrap().to_string_lossy().into_owned();
+        if name != "lib" && name != "main" {
+            modules.insert(name);
+        }
+    }
+    let rows: BTreeSet<String> = table.keys().cloned().collect();
+    assert_eq!(
+        rows, modules,
+        "docs/ARCHITECTURE.md's direction table must have one row per module of src/"
+    );
+    let mut wrong = Vec::new();
+    for module in &modules {
+        let dir = src().join(module);
+        let files = if dir.is_dir() {
+            rust_files(&dir)
+        } else {
+            vec![src().join(format!("{module}.rs"))]
+        };
+        for file in files {
+            let text = std::fs::read_to_string(&file).unwrap();
+            for used in crate_modules(&text) {
+                if &used != module && !table[module].contains(&used) {
+                    wrong.push(format!("{} uses crate::{used}", file.display()));
+                }
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "against docs/ARCHITECTURE.md's direction table:\n{}",
+        wrong.join("\n")
+    );
 }

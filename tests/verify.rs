@@ -68,7 +68,14 @@ async fn verify_is_clean_after_convergence_and_names_each_hand_made_drift() {
     let secrets = tempfile::tempdir().unwrap();
     let pw = secrets.path().join("ldap.pw");
     std::fs::write(&pw, format!("{}\n", slapd.password())).unwrap();
-    let t = TestDaemon::start_with(Backend::Sqlite, &target_toml(&slapd, &pw)).await;
+    // `remove`: the member value added by hand below is drift to repair, not a foreign value
+    // to keep (`reconcile::members::foreign_member_values_are_kept_under_keep_*`).
+    let toml = target_toml(&slapd, &pw).replace(
+        "type = \"ldap\"\n",
+        "type = \"ldap\"\nforeign_members = \"remove\"\n",
+    );
+    assert!(toml.contains("foreign_members"), "{toml}");
+    let t = TestDaemon::start_with(Backend::Sqlite, &toml).await;
     let mut ids = Vec::new();
     for name in ["ann", "bob", "cy"] {
         let r = t.post("/Users", &user(name)).await;

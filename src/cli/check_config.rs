@@ -1,5 +1,7 @@
 //! `scim-sync check-config [--connect]`: validate the config; with `--connect`, also open the
-//! store and run every target's healthcheck (a real bind and read).
+//! store and check every target live (`targets::check_live`: a real bind and read; SQL:
+//! tables, columns and their types; LDAP: object classes and attributes in the server's
+//! schema), the same checks a reload runs before it takes a changed config.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -35,8 +37,8 @@ pub fn run(config: &Path, connect: bool) -> ExitCode {
         let mut failed = false;
         let schemas = crate::mapping::Schemas::new(&settings.raw.scim.user_extensions);
         for (i, raw) in settings.raw.targets.iter().enumerate() {
-            let target = match crate::targets::build_with(raw, i, &schemas) {
-                Ok((_, t)) => t,
+            let (map, target) = match crate::targets::build_with(raw, i, &schemas) {
+                Ok(built) => built,
                 Err(errors) => {
                     for e in errors {
                         eprintln!("config error: {e}");
@@ -44,10 +46,15 @@ pub fn run(config: &Path, connect: bool) -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            match crate::targets::Target::healthcheck(&target).await {
+            match crate::targets::check_live(&map, &target, i).await {
                 Ok(()) => println!("target {}: ok", raw.name()),
                 Err(e) => {
-                    eprintln!("target {}: {e}", raw.name());
+                    // One line per problem (the live check joins them with "; target T: ").
+                    let prefix = format!("target {}: ", raw.name());
+                    let text = e.message.strip_prefix(&prefix).unwrap_or(&e.message);
+                    for problem in text.split(&format!("; {prefix}")) {
+                        eprintln!("{prefix}{problem}");
+                    }
                     failed = true;
                 }
             }

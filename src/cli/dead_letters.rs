@@ -8,7 +8,7 @@ use std::process::ExitCode;
 /// Dead-letter subcommands.
 #[derive(Debug, Subcommand)]
 pub enum DeadLettersCommand {
-    /// List dead letters (id, target, resource, attempts, last error).
+    /// List dead letters (id, target, resource id and name, attempts, last error).
     List {
         /// Only this target.
         #[arg(long)]
@@ -66,22 +66,11 @@ pub fn run(config: &Path, cmd: DeadLettersCommand) -> ExitCode {
                             println!("No dead letters.");
                             return ExitCode::SUCCESS;
                         }
-                        println!(
-                            "{:<6} {:<16} {:<6} {:<38} {:>8} {:<26} ERROR",
-                            "ID", "TARGET", "TYPE", "RESOURCE", "ATTEMPTS", "QUEUED"
-                        );
-                        for r in rows {
-                            println!(
-                                "{:<6} {:<16} {:<6} {:<38} {:>8} {:<26} {}",
-                                r.id,
-                                r.target,
-                                r.resource_type.as_str(),
-                                r.resource_id,
-                                r.attempts,
-                                super::format_ms(r.enqueued_ms),
-                                r.last_error.as_deref().unwrap_or("-")
-                            );
+                        let mut names = Vec::with_capacity(rows.len());
+                        for r in &rows {
+                            names.push(resource_name(&store, r).await);
                         }
+                        print!("{}", render_list(&rows, &names));
                         ExitCode::SUCCESS
                     }
                     Err(e) => {
@@ -95,7 +84,7 @@ pub fn run(config: &Path, cmd: DeadLettersCommand) -> ExitCode {
                     eprintln!("name a dead letter by id, or pass --all");
                     return ExitCode::from(2);
                 };
-                let now = crate::http::server::now_ms();
+                let now = crate::clock::now_ms();
                 match store.retry_dead(which, target.as_deref(), now).await {
                     Ok(n) => {
                         println!("{n} dead letter(s) queued again; the daemon applies them now.");
@@ -131,6 +120,53 @@ pub fn run(config: &Path, cmd: DeadLettersCommand) -> ExitCode {
             }
         }
     })
+}
+
+/// The resource's `userName` (users) or `displayName` (groups), "(deleted)" appended for a
+/// deleted one; "-" when the store has no such resource.
+async fn resource_name(store: &crate::store::Store, r: &crate::store::OutboxItem) -> String {
+    use crate::scim::resource::ResourceType;
+    let found = match r.resource_type {
+        ResourceType::User => store
+            .get_user_any(&r.resource_id)
+            .await
+            .ok()
+            .flatten()
+            .map(|u| (u.user_name, u.deleted)),
+        ResourceType::Group => store
+            .get_group_any(&r.resource_id)
+            .await
+            .ok()
+            .flatten()
+            .map(|g| (g.display_name, g.deleted)),
+    };
+    match found {
+        Some((name, false)) => name,
+        Some((name, true)) => format!("{name} (deleted)"),
+        None => "-".to_owned(),
+    }
+}
+
+/// The `list` table: one line per dead letter, the resource's name beside its id.
+fn render_list(rows: &[crate::store::OutboxItem], names: &[String]) -> String {
+    let mut out = format!(
+        "{:<6} {:<16} {:<6} {:<38} {:<32} {:>8} {:<26} ERROR\n",
+        "ID", "TARGET", "TYPE", "RESOURCE", "NAME", "ATTEMPTS", "QUEUED"
+    );
+    for (r, name) in rows.iter().zip(names) {
+        out.push_str(&format!(
+            "{:<6} {:<16} {:<6} {:<38} {:<32} {:>8} {:<26} {}\n",
+            r.id,
+            r.target,
+            r.resource_type.as_str(),
+            r.resource_id,
+            name,
+            r.attempts,
+            super::format_ms(r.enqueued_ms),
+            r.last_error.as_deref().unwrap_or("-")
+        ));
+    }
+    out
 }
 
 #[cfg(test)]

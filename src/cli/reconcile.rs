@@ -5,21 +5,25 @@
 //! stderr is a terminal.
 
 use crate::reconcile::{FullReport, Reconciler};
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// Print the plan (dry run) or the changes made, then the summary line.
 pub(crate) fn render_report(report: &FullReport, dry_run: bool) -> String {
     let mut out = String::new();
     for item in &report.items {
-        let what = format!(
-            "{} {} {}",
-            item.target,
-            item.resource_type.as_str(),
-            item.resource_id
-        );
+        let what = if item.resource_id.is_empty() {
+            // A target whose resources could not be listed.
+            item.target.clone()
+        } else {
+            format!(
+                "{} {} {}",
+                item.target,
+                item.resource_type.as_str(),
+                item.resource_id
+            )
+        };
         match &item.error {
             Some(e) => out.push_str(&format!("! {what}: {e}\n")),
             None => {
@@ -63,7 +67,7 @@ pub fn run(config: &Path, full: bool, dry_run: bool, target: Option<String>) -> 
             settings.reconcile.clone(),
             targets,
             Arc::new(tokio::sync::Notify::new()),
-            Arc::new(Mutex::new(BTreeMap::new())),
+            crate::health::Health::default(),
         );
         let bar = super::progress_bar("{bar:40} {pos}/{len} resources ({eta} left)");
         let report = rec
@@ -78,7 +82,7 @@ pub fn run(config: &Path, full: bool, dry_run: bool, target: Option<String>) -> 
             bar.finish_and_clear();
         }
         print!("{}", render_report(&report, dry_run));
-        if report.failed > 0 {
+        if report.failed > 0 || report.items.iter().any(|i| i.error.is_some()) {
             ExitCode::from(1)
         } else {
             ExitCode::SUCCESS
@@ -124,5 +128,21 @@ mod tests {
         assert!(text.contains("! corp Group g1: 53: unwilling\n"));
         assert!(text.ends_with("Checked 3 resource(s): 1 would change, 1 failed.\n"));
         assert!(render_report(&FullReport::default(), false).contains("0 changed"));
+        // A target whose resources could not be listed: named alone, not a failed resource.
+        let listing = FullReport {
+            items: vec![FullItem {
+                target: "corp".into(),
+                resource_type: ResourceType::User,
+                resource_id: String::new(),
+                key: None,
+                changes: Vec::new(),
+                error: Some("cannot list managed resources: down".into()),
+            }],
+            ..FullReport::default()
+        };
+        assert_eq!(
+            render_report(&listing, false),
+            "! corp: cannot list managed resources: down\nChecked 0 resource(s): 0 changed, 0 failed.\n"
+        );
     }
 }

@@ -78,7 +78,7 @@ pub fn run(config: &Path) -> ExitCode {
         }
         match store.status(&names).await {
             Ok(rows) => {
-                let now = crate::http::server::now_ms();
+                let now = crate::clock::now_ms();
                 println!(
                     "{:<20} {:>8} {:>14} {:>8} {:>6}",
                     "TARGET", "PENDING", "OLDEST", "APPLIED", "DEAD"

@@ -38,7 +38,7 @@ pub fn run(config: &Path, cmd: TokenCommand) -> ExitCode {
             Ok(s) => s,
             Err(code) => return code,
         };
-        let now = crate::http::server::now_ms();
+        let now = crate::clock::now_ms();
         match cmd {
             TokenCommand::Create { name } => {
                 if name.is_empty() || name.len() > 100 || name.chars().any(char::is_control) {

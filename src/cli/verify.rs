@@ -36,6 +36,9 @@ pub(crate) fn render_report(report: &VerifyReport) -> String {
             }
             Problem::HeldTwice { by } => format!("held twice: by {}", by.join(", ")),
             Problem::Change(line) => format!("differs: {line}"),
+            Problem::Foreign(values) => {
+                format!("foreign members (not written by scim-sync, kept): {values:?}")
+            }
             Problem::Failed(e) => format!("cannot compare: {e}"),
         };
         let _ = writeln!(out, "{}{who} {}: {what}", d.target, d.key);
@@ -46,6 +49,20 @@ pub(crate) fn render_report(report: &VerifyReport) -> String {
             "... and {} more",
             report.found - u64::try_from(report.differences.len()).unwrap_or(0)
         );
+    }
+    for d in &report.foreign {
+        let who = d
+            .resource
+            .as_ref()
+            .map(|(ty, id)| format!(" {} {id}", ty.as_str()))
+            .unwrap_or_default();
+        if let Problem::Foreign(values) = &d.problem {
+            let _ = writeln!(
+                out,
+                "{}{who} {}: foreign members (not written by scim-sync, kept by foreign_members = \"keep\"): {values:?}",
+                d.target, d.key
+            );
+        }
     }
     if report.pending > 0 {
         let _ = writeln!(
@@ -87,7 +104,7 @@ pub fn run(config: &Path, target: Option<String>) -> ExitCode {
             settings.reconcile.clone(),
             targets,
             std::sync::Arc::new(tokio::sync::Notify::new()),
-            std::sync::Arc::default(),
+            crate::health::Health::default(),
         );
         let bar = super::progress_bar("{bar:40} {pos}/{len} resources compared");
         let report = rec
@@ -122,6 +139,7 @@ mod tests {
             checked: 4,
             found: 3,
             pending: 0,
+            foreign: Vec::new(),
             differences: vec![
                 Difference {
                     target: "corp".into(),
@@ -158,5 +176,31 @@ mod tests {
         assert!(text.ends_with("Verified 4 resource(s): 3 difference(s); differences found.\n"));
         let clean = render_report(&VerifyReport::default());
         assert!(clean.ends_with("0 difference(s); the targets agree with the store.\n"));
+    }
+
+    #[test]
+    fn foreign_members_are_listed_and_leave_the_report_clean() {
+        let report = VerifyReport {
+            checked: 1,
+            foreign: vec![Difference {
+                target: "corp".into(),
+                resource: Some((ResourceType::Group, "g1".into())),
+                key: "cn=staff,ou=Groups,dc=example,dc=com".into(),
+                problem: Problem::Foreign(vec!["uid=x,ou=People,dc=example,dc=com".into()]),
+            }],
+            ..VerifyReport::default()
+        };
+        let text = render_report(&report);
+        assert!(
+            text.contains(
+                "corp Group g1 cn=staff,ou=Groups,dc=example,dc=com: foreign members (not written \
+                 by scim-sync, kept by foreign_members = \"keep\"): [\"uid=x,ou=People,dc=example,dc=com\"]\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("0 difference(s); the targets agree with the store.\n"),
+            "{text}"
+        );
     }
 }

@@ -365,7 +365,7 @@ level = "info"
                 "unknown key in a target",
                 "timeout_secs = 10",
                 "timout_secs = 10",
-                &["c.toml:8: targets[0].timout_secs: unknown field `timout_secs`, expected one of `name`, `url`, `password_file`, `password_env`, `connect_timeout_secs`, `timeout_secs`, `on_existing`, `users`, `groups`"],
+                &["c.toml:8: targets[0].timout_secs: unknown field `timout_secs`, expected one of `name`, `url`, `password_file`, `password_env`, `connect_timeout_secs`, `timeout_secs`, `on_existing`, `foreign_members`, `users`, `groups`"],
             ),
             (
                 "bad target type",

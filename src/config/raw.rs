@@ -270,37 +270,6 @@ fn default_password_sync() -> String {
     "off".into()
 }
 
-impl RawScim {
-    /// The schemas these settings declare (URNs and attribute definitions), as served.
-    pub fn schema_set(&self) -> crate::scim::schema::SchemaSet {
-        let attributes = self
-            .extension_attributes
-            .iter()
-            .map(|(urn, attrs)| {
-                let canonical = self
-                    .user_extensions
-                    .iter()
-                    .find(|u| u.eq_ignore_ascii_case(urn))
-                    .cloned()
-                    .unwrap_or_else(|| urn.clone());
-                let defs = attrs
-                    .iter()
-                    .map(|a| crate::scim::schema::ExtensionAttr {
-                        name: a.name.clone(),
-                        ty: a.ty.clone(),
-                        multi_valued: a.multi_valued,
-                        case_exact: a.case_exact,
-                        mutability: a.mutability.clone(),
-                        returned: a.returned.clone(),
-                    })
-                    .collect();
-                (canonical, defs)
-            })
-            .collect();
-        crate::scim::schema::SchemaSet::with_attributes(self.user_extensions.clone(), attributes)
-    }
-}
-
 impl Default for RawScim {
     fn default() -> Self {
         Self {

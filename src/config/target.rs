@@ -48,6 +48,21 @@ impl RawTarget {
     }
 }
 
+/// Which directory an LDAP target is (`targets::ldap::flavour`): its result codes, stable
+/// ids, account disable and large-group reads differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+pub enum LdapFlavour {
+    /// OpenLDAP (and any directory not recognised).
+    #[serde(rename = "openldap")]
+    OpenLdap,
+    /// 389 Directory Server (FreeIPA, RHDS).
+    #[serde(rename = "389ds")]
+    Ds389,
+    /// Active Directory (and Samba AD DC).
+    #[serde(rename = "ad")]
+    Ad,
+}
+
 /// What to do when an entry we never created already sits at the desired DN.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -57,6 +72,18 @@ pub enum OnExisting {
     Conflict,
     /// Take the entry over and manage its mapped attributes from now on.
     Adopt,
+}
+
+/// Member values in a managed group that scim-sync did not write (LDAP member values, SQL
+/// membership rows): see `docs/mapping.md`, "Foreign members".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ForeignMembers {
+    /// Leave them (a value we wrote ourselves and no longer want is still removed).
+    #[default]
+    Keep,
+    /// Remove every value the store does not render (the behaviour before `foreign_members`).
+    Remove,
 }
 
 /// What a SCIM DELETE does to the entry.
@@ -147,6 +174,9 @@ pub struct RawLdapTarget {
     pub name: String,
     /// `ldap://host[:port]` or `ldaps://host[:port]`.
     pub url: String,
+    /// `openldap`, `389ds` or `ad`; detected from the root DSE at connect when absent.
+    #[serde(default)]
+    pub flavour: Option<LdapFlavour>,
     /// Upgrade an `ldap://` connection with StartTLS.
     #[serde(default)]
     pub starttls: bool,
@@ -175,6 +205,10 @@ pub struct RawLdapTarget {
     /// An unmanaged entry at the desired DN: `conflict` or `adopt`.
     #[serde(default)]
     pub on_existing: OnExisting,
+    /// Member values (LDAP) or membership rows (SQL) of a managed group that scim-sync did not
+    /// write: `keep` (the default) or `remove`.
+    #[serde(default)]
+    pub foreign_members: ForeignMembers,
     /// How users are mapped.
     pub users: RawUsers,
     /// How groups are mapped (groups are not provisioned when absent).
@@ -327,6 +361,10 @@ pub struct RawSqlTarget {
     /// A row with our key that scim-sync did not create: `conflict` or `adopt`.
     #[serde(default)]
     pub on_existing: OnExisting,
+    /// Member values (LDAP) or membership rows (SQL) of a managed group that scim-sync did not
+    /// write: `keep` (the default) or `remove`.
+    #[serde(default)]
+    pub foreign_members: ForeignMembers,
     /// How users are mapped.
     pub users: RawSqlUsers,
     /// How groups are mapped (groups are not provisioned when absent).

@@ -80,7 +80,7 @@ pub async fn heartbeat(
             () = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let now = crate::http::server::now_ms();
+        let now = crate::clock::now_ms();
         let current = match reg.lock() {
             Ok(r) => r.clone(),
             Err(p) => p.into_inner().clone(),

@@ -9,7 +9,8 @@ pub mod systemd;
 
 use crate::config::load::{load, ConfigError};
 use crate::config::raw::RawConfig;
-use crate::http::admin::{serve_admin, AdminContext, TargetHealth};
+use crate::health::{Health, TargetHealth};
+use crate::http::admin::{serve_admin, AdminContext};
 use crate::http::auth::Auth;
 use crate::http::server::{load_tls, serve_scim};
 use crate::http::{HttpSettings, ScimContext};
@@ -49,7 +50,7 @@ pub struct Daemon {
     /// Set when a long-running task ended on its own: the daemon must stop, non-zero.
     failed: Arc<AtomicBool>,
     config_path: Option<PathBuf>,
-    health: Arc<Mutex<BTreeMap<String, TargetHealth>>>,
+    health: Health,
     /// What the instance heartbeat registers (the fingerprint follows reloads).
     registration: Arc<Mutex<Registration>>,
 }
@@ -68,7 +69,7 @@ struct Running {
 fn build_targets(raw: &RawConfig) -> Result<Vec<TargetRuntime>, Vec<ConfigError>> {
     let mut out = Vec::new();
     let mut errors = Vec::new();
-    let schemas = crate::mapping::Schemas::from_set(&raw.scim.schema_set());
+    let schemas = crate::mapping::Schemas::from_set(&settings::schema_set(&raw.scim));
     for (i, t) in raw.targets.iter().enumerate() {
         match crate::targets::build_with(t, i, &schemas) {
             Ok((map, target)) => out.push(TargetRuntime::new(map, target)),
@@ -159,7 +160,7 @@ impl Daemon {
             tracing::info!(migration = %name, "Applied migration.");
         }
         // A write the killed process sent may still land: its rows wait that long.
-        let due_ms = crate::http::server::now_ms().saturating_add(
+        let due_ms = crate::clock::now_ms().saturating_add(
             i64::try_from(settings.longest_write().as_millis()).unwrap_or(i64::MAX),
         );
         match store.release_stale_claims(due_ms).await {
@@ -176,7 +177,7 @@ impl Daemon {
             .map(|r| r.clone())
             .unwrap_or_else(|p| p.into_inner().clone());
         store
-            .register_instance(reg, crate::http::server::now_ms())
+            .register_instance(reg, crate::clock::now_ms())
             .await
             .map_err(|e| StartError::Store(e.to_string()))?;
         let built = build_targets(&settings.raw).map_err(StartError::Config)?;
@@ -219,12 +220,7 @@ impl Daemon {
         let auth = Arc::new(Auth::new(store.clone()));
         let wake = Arc::new(Notify::new());
         let accept_progress = Arc::new(AtomicU64::new(0));
-        let health = Arc::new(Mutex::new(
-            target_names
-                .iter()
-                .map(|n| (n.clone(), TargetHealth::default()))
-                .collect::<BTreeMap<_, _>>(),
-        ));
+        let health = Health::new(&target_names);
 
         let ctx = ScimContext {
             store: store.clone(),
@@ -403,11 +399,7 @@ impl Daemon {
 
     /// A one-line summary for systemd's `STATUS=` (the SCIM address and each target's health).
     pub fn status_line(&self) -> String {
-        let health = match self.health.lock() {
-            Ok(h) => h.clone(),
-            Err(p) => p.into_inner().clone(),
-        };
-        status_line(self.scim_addr, &health)
+        status_line(self.scim_addr, &self.health.snapshot())
     }
 
     /// Reload from the config file the daemon was started with: on any error, log them all and
@@ -415,12 +407,71 @@ impl Daemon {
     ///
     /// # Errors
     /// The problems found (the old settings stay in force).
-    pub fn reload(&self) -> Result<(), Vec<ConfigError>> {
+    pub async fn reload(&self) -> Result<(), Vec<ConfigError>> {
         let Some(path) = &self.config_path else {
             return Ok(());
         };
         let new = load_settings(path)?;
+        self.check_targets(&new, path).await?;
         self.apply(new)
+    }
+
+    /// When a reload changes the targets: check each of the new config's targets live, as
+    /// `check-config --connect` does (`targets::check_live`). A problem in the config (a
+    /// missing table or column, a type the rule cannot write, an object class or attribute
+    /// the directory's schema lacks) refuses the reload; a target that cannot be reached
+    /// right now does not (its changes wait, as for a target down at startup), with a
+    /// warning.
+    async fn check_targets(&self, new: &Settings, path: &Path) -> Result<(), Vec<ConfigError>> {
+        let changed = {
+            let current = match self.settings.lock() {
+                Ok(s) => s,
+                Err(p) => p.into_inner(),
+            };
+            new.raw.targets != current.raw.targets
+        };
+        if !changed {
+            return Ok(());
+        }
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let file = path.display().to_string();
+        let schemas = crate::mapping::Schemas::new(&new.raw.scim.user_extensions);
+        let mut errors = Vec::new();
+        for (i, raw) in new.raw.targets.iter().enumerate() {
+            let (map, target) = match crate::targets::build_with(raw, i, &schemas) {
+                Ok(built) => built,
+                Err(errs) => {
+                    errors.extend(
+                        errs.into_iter()
+                            .map(|e| ConfigError::invalid(e.key, e.message).in_file(&file, &text)),
+                    );
+                    continue;
+                }
+            };
+            match crate::targets::check_live(&map, &target, i).await {
+                Ok(()) => {}
+                Err(e) if e.class == crate::targets::ErrorClass::Transient => {
+                    tracing::warn!(target = %raw.name(), error = %e, "Cannot check the reloaded target against its server (unreachable); the reload goes ahead and its changes wait until it is reachable.");
+                }
+                Err(e) => {
+                    // One error per problem, at the config key it names (so at its line).
+                    let prefix = format!("target {}: ", raw.name());
+                    let all = e.message.strip_prefix(&prefix).unwrap_or(&e.message);
+                    for problem in all.split(&format!("; {prefix}")) {
+                        let key = problem_key(problem).unwrap_or_else(|| format!("targets[{i}]"));
+                        errors.push(
+                            ConfigError::invalid(key, format!("{prefix}{problem}"))
+                                .in_file(&file, &text),
+                        );
+                    }
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
     }
 
     /// Swap in validated settings. Listen addresses and the store URL need a restart: a change
@@ -495,16 +546,7 @@ impl Daemon {
     fn restart_reconciler(&self, new: &Settings, built: Vec<TargetRuntime>, targets_changed: bool) {
         let names: Vec<String> = built.iter().map(|t| t.name.clone()).collect();
         self.store.set_targets(names.clone());
-        {
-            let mut health = match self.health.lock() {
-                Ok(h) => h,
-                Err(p) => p.into_inner(),
-            };
-            health.retain(|k, _| names.contains(k));
-            for n in &names {
-                health.entry(n.clone()).or_default();
-            }
-        }
+        self.health.retain(&names);
         let mut slot = match self.reconciler.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
@@ -580,6 +622,14 @@ impl Daemon {
     }
 }
 
+/// The config key a live-check problem names at its end: `(config key targets[0].users.x)`
+/// or `(targets[0].users.object_classes)`.
+fn problem_key(problem: &str) -> Option<String> {
+    let inner = problem.strip_suffix(')')?.rsplit_once('(')?.1;
+    let key = inner.strip_prefix("config key ").unwrap_or(inner);
+    key.starts_with("targets[").then(|| key.to_owned())
+}
+
 /// What a new generation of workers does first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Boot {
@@ -597,15 +647,7 @@ fn status_line(addr: SocketAddr, health: &BTreeMap<String, TargetHealth>) -> Str
     if !health.is_empty() {
         let parts: Vec<String> = health
             .iter()
-            .map(|(name, h)| {
-                if h.healthy {
-                    format!("{name} ok")
-                } else if h.detail.is_empty() {
-                    format!("{name} unchecked")
-                } else {
-                    format!("{name} failing: {}", h.detail)
-                }
-            })
+            .map(|(name, h)| format!("{name} {}", h.summary()))
             .collect();
         line.push_str("; targets: ");
         line.push_str(&parts.join(", "));
@@ -643,11 +685,7 @@ fn start_workers(
                 c = rec.healthcheck_all() => c,
             };
             if !checks.is_empty() {
-                let health = match rec.health().lock() {
-                    Ok(h) => h.clone(),
-                    Err(p) => p.into_inner().clone(),
-                };
-                systemd::status(&status_line(scim_addr, &health));
+                systemd::status(&status_line(scim_addr, &rec.health().snapshot()));
             }
             if boot == Boot::HealthcheckAndRequeue {
                 let queued = tokio::select! {
@@ -676,7 +714,7 @@ fn start_workers(
                     () = tokio::time::sleep(wait) => {}
                 }
                 wait = (interval / 4).max(std::time::Duration::from_secs(1));
-                let turn = match store.try_job("drift-repair", interval_ms, crate::http::server::now_ms()).await {
+                let turn = match store.try_job("drift-repair", interval_ms, crate::clock::now_ms()).await {
                     Ok(Some(turn)) => turn,
                     Ok(None) => continue,
                     Err(e) => {
@@ -688,7 +726,7 @@ fn start_workers(
                     () = token.cancelled() => return,
                     _ = rec.reconcile_full(None, false, |_, _| {}) => {}
                 }
-                if let Err(e) = store.job_done(turn, crate::http::server::now_ms()).await {
+                if let Err(e) = store.job_done(turn, crate::clock::now_ms()).await {
                     tracing::warn!(error = %e, "Cannot record the scheduled drift repair's run.");
                 }
             }
@@ -750,7 +788,7 @@ pub fn run(config_path: &Path) -> ExitCode {
                 () = &mut signal_loop => {}
                 () = cancelled.cancelled() => break,
                 control = controls.recv() => match control {
-                    Some(signals::Control::Reload) => match daemon.reload() {
+                    Some(signals::Control::Reload) => match daemon.reload().await {
                         Ok(()) => systemd::status(&format!("{} (reloaded)", daemon.status_line())),
                         Err(errors) => {
                             for e in &errors {
@@ -821,6 +859,19 @@ mod tests {
     }
 
     #[test]
+    fn a_live_check_problem_is_reported_at_the_key_it_names() {
+        assert_eq!(
+            problem_key("t.c is INTEGER, ... (config key targets[0].users.columns.c)").as_deref(),
+            Some("targets[0].users.columns.c")
+        );
+        assert_eq!(
+            problem_key("no object class `x` (targets[1].users.object_classes)").as_deref(),
+            Some("targets[1].users.object_classes")
+        );
+        assert_eq!(problem_key("healthcheck: no such column: x"), None);
+    }
+
+    #[test]
     fn status_line_names_each_targets_health() {
         let addr: SocketAddr = "127.0.0.1:8443".parse().unwrap();
         assert_eq!(
@@ -831,16 +882,18 @@ mod tests {
         health.insert(
             "a".to_owned(),
             TargetHealth {
-                healthy: true,
+                reachable: true,
                 detail: "ok".into(),
+                refused: BTreeMap::new(),
             },
         );
         health.insert("b".to_owned(), TargetHealth::default());
         health.insert(
             "c".to_owned(),
             TargetHealth {
-                healthy: false,
+                reachable: false,
                 detail: "connection refused".into(),
+                refused: BTreeMap::new(),
             },
         );
         assert_eq!(

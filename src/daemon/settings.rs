@@ -1,5 +1,8 @@
 //! Validation: the raw config becomes the runtime settings with a pure function (no I/O but
-//! reading secret files). Every problem is reported, each naming its key.
+//! reading secret files). Every problem is reported, each naming its key. Sections with a
+//! module of their own are validated there (`reconcile::settings`, each target's
+//! `from_raw` and the mapping's `compile`); this file assembles them and checks the HTTP,
+//! store and log sections.
 
 use crate::config::load::ConfigError;
 use crate::config::raw::RawConfig;
@@ -7,40 +10,12 @@ use crate::config::secret::read_secret;
 use crate::http::password::PasswordSync;
 use crate::http::server::ConnLimits;
 use crate::http::HttpSettings;
+use crate::reconcile::settings::write_secs;
+pub use crate::reconcile::settings::ReconcileSettings;
 use crate::scim::filter::FilterLimits;
 use crate::store::StoreSettings;
 use std::net::SocketAddr;
 use std::time::Duration;
-
-/// Reconciler settings.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ReconcileSettings {
-    pub workers: u32,
-    pub poll_interval: Duration,
-    pub max_attempts: u32,
-    pub backoff_base: Duration,
-    pub backoff_max: Duration,
-    pub lease: Duration,
-    pub full_interval: Option<Duration>,
-    /// The instance heartbeat's period (`reconcile.heartbeat_secs`).
-    pub heartbeat: Duration,
-    /// How long after its last heartbeat an instance's claims are taken over
-    /// (`reconcile.takeover_secs`, see [`takeover_secs`]).
-    pub takeover: Duration,
-}
-
-/// `reconcile.takeover_secs`, or its default: the larger of 15 and the longest target write
-/// plus twice the heartbeat (a write starts only while its timeout remains on the instance
-/// fence, which each heartbeat moves to its start plus the takeover bound).
-#[must_use]
-pub fn takeover_secs(raw: &RawConfig) -> u64 {
-    raw.reconcile.takeover_secs.unwrap_or_else(|| {
-        let longest = raw.targets.iter().map(write_secs).max().unwrap_or(0);
-        longest
-            .saturating_add(raw.reconcile.heartbeat_secs.max(1).saturating_mul(2))
-            .max(15)
-    })
-}
 
 /// Everything the daemon runs with.
 #[derive(Debug, Clone)]
@@ -56,19 +31,6 @@ pub struct Settings {
     pub log_format: String,
     pub log_level: String,
     pub raw: RawConfig,
-}
-
-/// The longest one target write can take, in seconds: a connect (and bind) and then the
-/// operation (`connect_timeout_secs + timeout_secs`).
-fn write_secs(t: &crate::config::target::RawTarget) -> u64 {
-    match t {
-        crate::config::target::RawTarget::Ldap(l) => {
-            l.connect_timeout_secs.saturating_add(l.timeout_secs)
-        }
-        crate::config::target::RawTarget::Sql(s) => {
-            s.connect_timeout_secs.saturating_add(s.timeout_secs)
-        }
-    }
 }
 
 impl Settings {
@@ -218,72 +180,9 @@ pub fn from_raw(raw: &RawConfig) -> Result<Settings, Vec<ConfigError>> {
             None
         }
     };
-    if raw.reconcile.workers == 0 {
-        errors.push(ConfigError::invalid(
-            "reconcile.workers",
-            "must be at least 1",
-        ));
-    }
-    // A target write starts only while its timeout remains on the claim's lease (checked once
-    // the connection is up, which may take connect_timeout), and the heartbeat renews the
-    // lease every lease/3: a lease under twice a connect and a write would leave too little.
-    for t in &raw.targets {
-        let write = write_secs(t);
-        if raw.reconcile.lease_secs < write.saturating_mul(2) {
-            errors.push(ConfigError::invalid(
-                "reconcile.lease_secs",
-                format!(
-                    "must be at least twice the connect_timeout_secs + timeout_secs of target {} ({write}): a write starts only while its timeout remains on the lease",
-                    t.name()
-                ),
-            ));
-        }
-    }
-    if raw.reconcile.heartbeat_secs == 0 {
-        errors.push(ConfigError::invalid(
-            "reconcile.heartbeat_secs",
-            "must be at least 1",
-        ));
-    }
-    // The instance fence: each heartbeat moves it to its start plus the takeover bound, and a
-    // write starts only while its timeout remains on it.
-    if let Some(takeover) = raw.reconcile.takeover_secs {
-        for t in &raw.targets {
-            let needed =
-                write_secs(t).saturating_add(raw.reconcile.heartbeat_secs.saturating_mul(2));
-            if takeover < needed {
-                errors.push(ConfigError::invalid(
-                    "reconcile.takeover_secs",
-                    format!(
-                        "must be at least the connect_timeout_secs + timeout_secs of target {} plus twice reconcile.heartbeat_secs ({needed}): a write starts only while its timeout remains before the takeover",
-                        t.name()
-                    ),
-                ));
-            }
-        }
-    }
-    if let Some(id) = &raw.reconcile.instance_id {
-        if id.trim().is_empty() || id.len() > 200 || id.chars().any(char::is_control) {
-            errors.push(ConfigError::invalid(
-                "reconcile.instance_id",
-                "must be 1 to 200 printable characters",
-            ));
-        }
-    }
-    if raw.reconcile.max_attempts == 0 {
-        errors.push(ConfigError::invalid(
-            "reconcile.max_attempts",
-            "must be at least 1",
-        ));
-    }
-    if raw.reconcile.backoff_base_ms == 0
-        || raw.reconcile.backoff_max_ms < raw.reconcile.backoff_base_ms
-    {
-        errors.push(ConfigError::invalid(
-            "reconcile.backoff_max_ms",
-            "needs 0 < backoff_base_ms <= backoff_max_ms",
-        ));
-    }
+    let reconcile = crate::reconcile::settings::from_raw(&raw.reconcile, &raw.targets)
+        .map_err(|e| errors.extend(e))
+        .ok();
     let mut names = std::collections::BTreeSet::new();
     for (i, t) in raw.targets.iter().enumerate() {
         if !names.insert(t.name().to_owned()) {
@@ -306,7 +205,7 @@ pub fn from_raw(raw: &RawConfig) -> Result<Settings, Vec<ConfigError>> {
     }
     // The mapping and target settings are validated (and dropped) here so `check-config`
     // reports every mapping error; `Daemon::start` builds them again for use.
-    let schemas = crate::mapping::Schemas::from_set(&raw.scim.schema_set());
+    let schemas = crate::mapping::Schemas::from_set(&schema_set(&raw.scim));
     for (i, t) in raw.targets.iter().enumerate() {
         if let Err(errs) = crate::targets::build_with(t, i, &schemas) {
             errors.extend(
@@ -315,7 +214,7 @@ pub fn from_raw(raw: &RawConfig) -> Result<Settings, Vec<ConfigError>> {
             );
         }
     }
-    let (Some(listen), true) = (listen, errors.is_empty()) else {
+    let (Some(listen), Some(reconcile), true) = (listen, reconcile, errors.is_empty()) else {
         return Err(errors);
     };
     Ok(Settings {
@@ -339,7 +238,7 @@ pub fn from_raw(raw: &RawConfig) -> Result<Settings, Vec<ConfigError>> {
             bulk_max_operations: raw.scim.bulk_max_operations,
             bulk_max_payload_bytes: raw.scim.bulk_max_payload_bytes,
             password_sync,
-            schemas: raw.scim.schema_set(),
+            schemas: schema_set(&raw.scim),
         },
         limits: ConnLimits {
             header_timeout: Duration::from_secs(raw.server.header_timeout_secs),
@@ -357,18 +256,7 @@ pub fn from_raw(raw: &RawConfig) -> Result<Settings, Vec<ConfigError>> {
             // Empty: the daemon fills in the host name at start (`daemon::default_instance_id`).
             instance_id: raw.reconcile.instance_id.clone().unwrap_or_default(),
         },
-        reconcile: ReconcileSettings {
-            workers: raw.reconcile.workers,
-            poll_interval: Duration::from_millis(raw.reconcile.poll_interval_ms.max(10)),
-            max_attempts: raw.reconcile.max_attempts,
-            backoff_base: Duration::from_millis(raw.reconcile.backoff_base_ms),
-            backoff_max: Duration::from_millis(raw.reconcile.backoff_max_ms),
-            lease: Duration::from_secs(raw.reconcile.lease_secs.max(1)),
-            full_interval: (raw.reconcile.full_interval_secs > 0)
-                .then(|| Duration::from_secs(raw.reconcile.full_interval_secs)),
-            heartbeat: Duration::from_secs(raw.reconcile.heartbeat_secs.max(1)),
-            takeover: Duration::from_secs(takeover_secs(raw)),
-        },
+        reconcile,
         log_format: raw.log.format.clone(),
         log_level: raw.log.level.clone(),
         raw: raw.clone(),
@@ -446,6 +334,35 @@ fn extension_attribute_errors(scim: &crate::config::raw::RawScim) -> Vec<ConfigE
         }
     }
     errors
+}
+
+/// The schemas `[scim]` declares (URNs and attribute definitions), as served.
+pub fn schema_set(scim: &crate::config::raw::RawScim) -> crate::scim::schema::SchemaSet {
+    let attributes = scim
+        .extension_attributes
+        .iter()
+        .map(|(urn, attrs)| {
+            let canonical = scim
+                .user_extensions
+                .iter()
+                .find(|u| u.eq_ignore_ascii_case(urn))
+                .cloned()
+                .unwrap_or_else(|| urn.clone());
+            let defs = attrs
+                .iter()
+                .map(|a| crate::scim::schema::ExtensionAttr {
+                    name: a.name.clone(),
+                    ty: a.ty.clone(),
+                    multi_valued: a.multi_valued,
+                    case_exact: a.case_exact,
+                    mutability: a.mutability.clone(),
+                    returned: a.returned.clone(),
+                })
+                .collect();
+            (canonical, defs)
+        })
+        .collect();
+    crate::scim::schema::SchemaSet::with_attributes(scim.user_extensions.clone(), attributes)
 }
 
 #[cfg(test)]

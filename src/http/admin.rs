@@ -3,6 +3,7 @@
 //! No authentication: keep it on loopback or behind a firewall. It has its own connection cap
 //! (`admin.max_connections`) and the SCIM listener's timeouts (`http::server::serve_connection`).
 
+use crate::health::Health;
 use crate::http::error::{text, Resp};
 use crate::http::server::{builder, drain, permits, serve_connection, ConnLimits, Refusals};
 use crate::store::Store;
@@ -11,40 +12,18 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderValue, ALLOW};
 use hyper::{Method, Request};
 use serde_json::json;
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// The last known health of each target, written by the reconciler.
-#[derive(Debug, Clone, Default)]
-pub struct TargetHealth {
-    pub healthy: bool,
-    pub detail: String,
-}
-
 /// Shared state of the admin endpoints.
 #[derive(Clone)]
 pub struct AdminContext {
     pub store: Store,
-    pub targets: Arc<Mutex<BTreeMap<String, TargetHealth>>>,
-}
-
-impl AdminContext {
-    fn target_names(&self) -> Vec<String> {
-        match self.targets.lock() {
-            Ok(t) => t.keys().cloned().collect(),
-            Err(p) => p.into_inner().keys().cloned().collect(),
-        }
-    }
-    fn snapshot(&self) -> BTreeMap<String, TargetHealth> {
-        match self.targets.lock() {
-            Ok(t) => t.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
-    }
+    /// Written by the reconciler (`crate::health`).
+    pub targets: Health,
 }
 
 async fn handle(ctx: AdminContext, req: Request<Incoming>) -> Resp {
@@ -76,9 +55,9 @@ async fn handle(ctx: AdminContext, req: Request<Incoming>) -> Resp {
 
 async fn readyz(ctx: &AdminContext) -> Resp {
     let store_ok = ctx.store.ping().await.is_ok();
-    let names = ctx.target_names();
+    let names = ctx.targets.names();
     let status = ctx.store.status(&names).await.unwrap_or_default();
-    let health = ctx.snapshot();
+    let health = ctx.targets.snapshot();
     let targets: Vec<_> = names
         .iter()
         .map(|name| {
@@ -88,10 +67,29 @@ async fn readyz(ctx: &AdminContext) -> Resp {
                 .find(|s| &s.target == name)
                 .cloned()
                 .unwrap_or_default();
+            // Failing while unreachable, refusing a resource, or holding dead letters (see
+            // `crate::health`); the status code stays the store's.
+            let failing = h.failing(s.dead);
+            let detail = if !failing {
+                "ok".to_owned()
+            } else if h.healthy() {
+                format!(
+                    "failing: {} dead letter(s) (scim-sync dead-letters list)",
+                    s.dead
+                )
+            } else {
+                h.summary()
+            };
+            let latest = h
+                .latest_refusal()
+                .map(|(id, r)| json!({ "resource_id": id, "error": r.error, "at_ms": r.at_ms }));
             json!({
                 "name": name,
-                "healthy": h.healthy,
-                "detail": h.detail,
+                "healthy": !failing,
+                "reachable": h.reachable,
+                "detail": detail,
+                "refused": h.refused.len(),
+                "latest_refusal": latest,
                 "pending": s.pending,
                 "dead_letters": s.dead,
                 "applied": s.applied,
@@ -108,11 +106,11 @@ async fn readyz(ctx: &AdminContext) -> Resp {
 }
 
 async fn refresh_gauges(ctx: &AdminContext) {
-    let names = ctx.target_names();
+    let names = ctx.targets.names();
     let Ok(status) = ctx.store.status(&names).await else {
         return;
     };
-    let now = crate::http::server::now_ms();
+    let now = crate::clock::now_ms();
     let m = metrics();
     for s in status {
         let labels = TargetLabels {

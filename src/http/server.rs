@@ -27,7 +27,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
@@ -217,13 +217,8 @@ pub(crate) fn builder(limits: &ConnLimits) -> Builder<TokioExecutor> {
     builder
 }
 
-/// Milliseconds since the Unix epoch (the one wall-clock read of the HTTP edge).
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
+/// The wall clock (kept here for the handlers and the tests that name it; see [`crate::clock`]).
+pub use crate::clock::now_ms;
 
 /// Load a rustls acceptor from PEM files.
 ///

@@ -6,7 +6,8 @@ use super::dn::parse_dn;
 use super::path::Path;
 use super::schema::{Resource, Schemas};
 use crate::config::target::{
-    MemberValue, RawLdapTarget, RawRule, RawSqlColumn, RawSqlTarget, RawTarget, RefBy,
+    ForeignMembers, MemberValue, RawLdapTarget, RawRule, RawSqlColumn, RawSqlTarget, RawTarget,
+    RefBy,
 };
 use std::collections::BTreeSet;
 
@@ -167,6 +168,8 @@ pub struct CompiledTarget {
     pub(crate) role_groups: Vec<(String, String)>,
     pub(crate) remove_inactive_from_groups: bool,
     pub(crate) member_value: MemberValue,
+    pub(crate) foreign_members: ForeignMembers,
+    pub(crate) members_fingerprint: String,
 }
 
 impl CompiledTarget {
@@ -201,6 +204,31 @@ impl CompiledTarget {
     #[must_use]
     pub fn remove_inactive_from_groups(&self) -> bool {
         self.remove_inactive_from_groups
+    }
+
+    /// Whether a group rule or the group DN template names `members` (then a group's entry
+    /// depends on its whole membership, and the reconciler never applies member changes
+    /// alone). Conservative: any rule whose path spells `members` counts.
+    #[must_use]
+    pub fn group_renders_members(&self) -> bool {
+        self.groups.as_ref().is_some_and(|g| {
+            let text = format!("{:?} {:?} {:?}", g.dn, g.key_rule, g.rules).to_ascii_lowercase();
+            text.contains("members")
+        })
+    }
+
+    /// `foreign_members`: what happens to member values of a managed group we did not write.
+    #[must_use]
+    pub fn foreign_members(&self) -> ForeignMembers {
+        self.foreign_members
+    }
+
+    /// Where and how member values are written (the LDAP member attribute and value form, the
+    /// SQL join table and columns): a group's record of the values we wrote
+    /// (`store::members`) holds for this fingerprint only.
+    #[must_use]
+    pub fn members_fingerprint(&self) -> &str {
+        &self.members_fingerprint
     }
 }
 
@@ -271,6 +299,14 @@ fn compile_ldap(
             role_groups,
             remove_inactive_from_groups,
             member_value,
+            foreign_members: t.foreign_members,
+            members_fingerprint: t.groups.as_ref().map_or_else(String::new, |g| {
+                format!(
+                    "ldap/{}/{:?}",
+                    g.member_attribute.to_ascii_lowercase(),
+                    g.member_value
+                )
+            }),
         }),
         _ => Err(errors),
     }
@@ -421,6 +457,12 @@ fn compile_sql(
             role_groups: Vec::new(),
             remove_inactive_from_groups,
             member_value: MemberValue::Dn,
+            foreign_members: t.foreign_members,
+            members_fingerprint: t
+                .groups
+                .as_ref()
+                .and_then(|g| g.membership.as_ref())
+                .map_or_else(String::new, |m| format!("sql/{m:?}")),
         }),
         _ => Err(errors),
     }
@@ -642,6 +684,27 @@ object_classes = ["inetOrgPerson"]
             Ok(_) => Vec::new(),
             Err(e) => e.iter().map(ToString::to_string).collect(),
         }
+    }
+
+    #[test]
+    fn a_group_rule_naming_members_is_seen_and_the_member_configuration_fingerprinted() {
+        let with = |group_attrs: &str, member: &str| {
+            let text = format!(
+                "name = \"corp\"\ntype = \"ldap\"\nurl = \"ldap://127.0.0.1\"\n\
+                 [users]\ndn = \"uid={{userName}},dc=x\"\nobject_classes = [\"person\"]\n\
+                 [groups]\ndn = \"cn={{displayName}},dc=x\"\nobject_classes = [\"groupOfNames\"]\n\
+                 {member}\n[groups.attributes]\n{group_attrs}\n"
+            );
+            let raw: RawTarget = toml::from_str(&text).unwrap();
+            CompiledTarget::compile(&raw, 0).unwrap()
+        };
+        let plain = with("description = \"externalId\"", "");
+        assert!(!plain.group_renders_members());
+        assert!(with("description = \"members.display\"", "").group_renders_members());
+        assert_eq!(plain.members_fingerprint(), "ldap/member/Dn");
+        let unique = with("", "member_attribute = \"uniqueMember\"");
+        assert_ne!(unique.members_fingerprint(), plain.members_fingerprint());
+        assert_eq!(plain.foreign_members(), ForeignMembers::Keep);
     }
 
     #[test]

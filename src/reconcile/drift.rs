@@ -14,7 +14,7 @@
 
 use super::worker::{apply, apply_many, process_batch, Applied, ApplyError, Job, Processed};
 use super::{Reconciler, TargetRuntime};
-use crate::http::server::now_ms;
+use crate::clock::now_ms;
 use crate::scim::resource::ResourceType;
 use crate::store::{OutboxItem, StoreError};
 use crate::targets::Lease;
@@ -27,6 +27,8 @@ fn dry_job(resource_type: ResourceType, id: &str) -> Job {
         resource_type,
         id: id.to_owned(),
         lease: Lease::default(),
+        claim: None,
+        delta: false,
         span: tracing::Span::current(),
     }
 }
@@ -53,11 +55,12 @@ pub struct FullItem {
 /// The summary of a full reconciliation.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct FullReport {
-    /// Resources checked (synced or compared).
+    /// Resources checked (synced or compared), the failed ones included.
     pub checked: u64,
     /// Resources that changed (or, in a dry run, would change).
     pub changed: u64,
-    /// Resources that could not be synced.
+    /// Resources that could not be synced (a part of `checked`). A target whose managed
+    /// resources could not be listed is an item with an error and an empty resource id.
     pub failed: u64,
     /// The changed and failed resources, in the order they were checked.
     pub items: Vec<FullItem>,
@@ -111,7 +114,7 @@ pub(crate) async fn reconcile_full<F: Fn(u64, u64)>(
         match managed(rec, t).await {
             Ok(list) => work.extend(list.into_iter().map(|(ty, id)| (t.clone(), ty, id))),
             Err(e) => {
-                report.failed += 1;
+                // Not a resource: an item with an error and no resource id (not in `failed`).
                 report.items.push(FullItem {
                     target: t.name.clone(),
                     resource_type: ResourceType::User,
@@ -175,7 +178,7 @@ pub(crate) async fn reconcile_full<F: Fn(u64, u64)>(
             let mut processed = if claimed.is_empty() {
                 Vec::new()
             } else {
-                process_batch(rec, &t, &claimed, claimed_ms).await
+                process_batch(rec, &t, &claimed, claimed_ms, false).await
             }
             .into_iter();
             claims
@@ -184,8 +187,10 @@ pub(crate) async fn reconcile_full<F: Fn(u64, u64)>(
                     Ok(Some(_)) => match processed.next() {
                         Some(Processed::Applied(done)) => Some(Ok(*done)),
                         Some(Processed::Failed(e)) => Some(Err(e.text())),
-                        // Another worker took the row: it applies the current state.
-                        Some(Processed::Lost) | None => None,
+                        // Not repaired: the claim was lost (a worker applies the current state)
+                        // or its lease ran short; the row went back to the outbox.
+                        Some(Processed::Lost(text)) => Some(Err(text)),
+                        None => None,
                     },
                     Ok(None) => None,
                     Err(e) => Some(Err(ApplyError::Store(e).text())),
@@ -212,6 +217,8 @@ pub(crate) async fn reconcile_full<F: Fn(u64, u64)>(
                     }
                 }
                 Some(Err(text)) => {
+                    // Checked, and failed: `failed` is a part of `checked`.
+                    report.checked += 1;
                     report.failed += 1;
                     tracing::warn!(target = %t.name, resource_type = ty.as_str(), resource_id = %id, error = %text, "Drift repair could not sync a resource.");
                     report.items.push(FullItem {

@@ -6,33 +6,35 @@
 //! - [`drift`]: full reconciliation (drift repair), also behind `scim-sync reconcile --full`.
 //! - [`verify`]: compare every target with the store, changing nothing (`scim-sync verify`).
 //! - [`backoff`]: the retry schedule (pure).
+//! - [`settings`]: `[reconcile]`, validated.
 //!
 //! A [`Reconciler`] is built from validated settings and built targets; it never reads the
 //! config file and never spawns outside the tracker it is given. Must not answer HTTP.
 
 pub mod backoff;
 pub mod drift;
+mod members;
+pub mod settings;
 pub mod verify;
 pub mod worker;
 
 pub use drift::{FullItem, FullReport};
 pub use verify::{Difference, Problem, VerifyReport};
 
-use crate::daemon::settings::ReconcileSettings;
-use crate::http::admin::TargetHealth;
+use crate::health::Health;
 use crate::mapping::CompiledTarget;
 use crate::scim::resource::ResourceType;
 use crate::store::{Store, StoreError};
 use crate::targets::{AnyTarget, Target, TargetError};
-use std::collections::BTreeMap;
+pub use settings::ReconcileSettings;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// The shared per-target health map (`/readyz`, `STATUS=`).
-pub type HealthMap = Arc<Mutex<BTreeMap<String, TargetHealth>>>;
+/// The shared per-target health map (`/readyz`, `STATUS=`): see [`crate::health`].
+pub type HealthMap = Health;
 
 /// One target with its compiled mapping.
 pub struct TargetRuntime {
@@ -224,11 +226,15 @@ impl Reconciler {
             match &result {
                 Ok(()) => {
                     tracing::info!(target = %t.name, "Target healthcheck passed.");
-                    self.set_health(&t.name, true, "ok".into());
+                    self.inner.health.contact(&t.name, Ok(()));
                 }
                 Err(e) => {
-                    tracing::warn!(target = %t.name, error = %e, "Target healthcheck failed; changes stay queued until it recovers.");
-                    self.set_health(&t.name, false, e.to_string());
+                    if e.class == crate::targets::ErrorClass::Permanent {
+                        tracing::error!(target = %t.name, error = %e, "Target check failed: the config does not match the target; changes it refuses become dead letters until the config or the target is fixed.");
+                    } else {
+                        tracing::warn!(target = %t.name, error = %e, "Target healthcheck failed; changes stay queued until it recovers.");
+                    }
+                    self.inner.health.contact(&t.name, Err(&e.to_string()));
                 }
             }
             out.push((t.name.clone(), result));
@@ -240,14 +246,6 @@ impl Reconciler {
     #[must_use]
     pub fn health(&self) -> &HealthMap {
         &self.inner.health
-    }
-
-    pub(crate) fn set_health(&self, target: &str, healthy: bool, detail: String) {
-        let mut map = match self.inner.health.lock() {
-            Ok(m) => m,
-            Err(p) => p.into_inner(),
-        };
-        map.insert(target.to_owned(), TargetHealth { healthy, detail });
     }
 
     /// Spawn `reconcile.workers` loops per target through `tracker`; they stop when `cancel`
@@ -316,7 +314,7 @@ impl Reconciler {
         let store = &self.inner.store;
         let users = store.all_resource_ids(ResourceType::User, false).await?;
         let groups = store.all_resource_ids(ResourceType::Group, false).await?;
-        let now = crate::http::server::now_ms();
+        let now = crate::clock::now_ms();
         let mut queued = 0;
         for t in &self.inner.targets {
             queued += store

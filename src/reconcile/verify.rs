@@ -55,6 +55,10 @@ pub enum Problem {
     },
     /// A change an apply would make, as the target describes it (SQL statements).
     Change(String),
+    /// Member values (LDAP) or membership rows (SQL) of a managed group that scim-sync did
+    /// not write, kept under `foreign_members = "keep"`. Not a difference: listed in
+    /// [`VerifyReport::foreign`], the report stays clean.
+    Foreign(Vec<String>),
     /// The resource could not be compared.
     Failed(String),
 }
@@ -83,6 +87,9 @@ pub struct VerifyReport {
     pub differences: Vec<Difference>,
     /// Outbox rows still pending when the run started (their differences may be in flight).
     pub pending: u64,
+    /// Groups holding member values we did not write (`Problem::Foreign`, kept by the
+    /// `foreign_members = "keep"` policy), the first `KEEP` of them.
+    pub foreign: Vec<Difference>,
 }
 
 impl VerifyReport {
@@ -321,6 +328,12 @@ async fn compare(
             return;
         }
     };
+    if !done.outcome.foreign.is_empty() && report.foreign.len() < KEEP {
+        report.foreign.push(diff(
+            done.outcome.key.clone().unwrap_or_default(),
+            Problem::Foreign(done.outcome.foreign.clone()),
+        ));
+    }
     let recorded = done.prior.key.clone();
     let at = done.outcome.key.clone();
     if done.outcome.changes.is_empty() {

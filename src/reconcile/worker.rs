@@ -1,8 +1,10 @@
-//! The worker loops and the per-row apply. A loop registers for the wake-up *before* claiming
-//! (so a push committed between the claim and the sleep is never missed), claims a batch with
-//! a lease, applies each row, settles it, then sleeps until woken or `poll_interval`. The apply
-//! is level-triggered: it renders the resource as stored *now*, so three quick PUTs coalesce
-//! into one apply of the last state.
+//! The worker loops and the batch apply. A loop registers for the wake-up *before* claiming
+//! (so a push committed between the claim and the sleep is never missed), claims a batch of
+//! up to [`BATCH`] rows with a lease, applies them together ([`process_batch`]: one store
+//! snapshot, the writes before the syncs in one batch, every sync at once, settles as the
+//! syncs finish), then sleeps until woken or `poll_interval`. The apply is level-triggered: it
+//! renders the resource as stored *now*, so three quick PUTs coalesce into one apply of the
+//! last state.
 //!
 //! Dependants, in the same target, are queued after a successful apply: a user whose key
 //! appeared, changed or vanished queues its groups (how a membership naming a
@@ -14,20 +16,21 @@
 //!
 //! Must not answer HTTP, hold a std lock across `.await`, or spawn outside the daemon's tracker.
 
-use super::{backoff, kind_of, Reconciler, TargetRuntime};
+use super::{backoff, kind_of, members, Reconciler, TargetRuntime};
 use crate::bookkeeping::Bookkeeping;
+use crate::clock::now_ms;
 use crate::config::target::RefBy;
-use crate::http::server::now_ms;
 use crate::mapping::MapError;
-use crate::scim::resource::{render_group, render_user, GroupRef, ResourceType};
+use crate::scim::resource::{render_user, GroupRef, ResourceType};
 use crate::store::{
-    BeforeSync, OutboxItem, ReferenceLookup, Resolved, Snapshot, StoreError, StoredGroup,
+    BeforeSync, MembersSettle, OutboxItem, ReferenceLookup, Resolved, Snapshot, StoreError,
     StoredUser, TargetState,
 };
 use crate::targets::{
-    Change, Desired, ErrorClass, Kind, Lease, Outcome, Prior, Target, TargetError,
+    Change, Desired, ErrorClass, Kind, Lease, Outcome, Prior, Target, TargetError, MEMBERS_FULL,
 };
 use crate::telemetry::{metrics, TargetLabels, TargetResultLabels};
+use futures_util::{FutureExt, StreamExt};
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -106,12 +109,22 @@ pub(crate) struct Applied {
     pub(crate) outcome: Outcome,
     /// Users: the SCIM `active` flag rendered (`None` for deleted users and groups).
     pub(crate) active: Option<bool>,
+    /// Groups: what the store forgets of its record of our member values once this apply is
+    /// settled (`members::settle`); `None` for users.
+    pub(crate) members: Option<MembersSettle>,
+    /// Groups: the member configuration the record was kept for ([`Bookkeeping::members_record`]).
+    pub(crate) members_record: Option<String>,
 }
 
 impl Applied {
     /// `Outcome.extra` plus the reconciler's own bookkeeping (a user's SCIM `active` at this
     /// apply, [`Bookkeeping::scim_active`], to notice a flip), as stored in `target_state`.
     pub(crate) fn extra_to_store(&self) -> Option<Bookkeeping> {
+        if let (Some(fp), Some(_)) = (&self.members_record, &self.outcome.key) {
+            let mut extra = self.outcome.extra.clone().unwrap_or_default();
+            extra.members_record = Some(fp.clone());
+            return Some(extra);
+        }
         let Some(active) = self.active else {
             return self.outcome.extra.clone();
         };
@@ -167,6 +180,7 @@ fn desired_user(
         members: Vec::new(),
         password_hash: user.password_hash.clone(),
         role_groups: t.map.role_groups(json),
+        member_changes: None,
     })
 }
 
@@ -177,52 +191,6 @@ fn user_json(user: &StoredUser, groups: Option<&[GroupRef]>) -> Value {
         o.insert("active".into(), Value::Bool(user.active));
     }
     json
-}
-
-/// Desired state of a live group; members are the member keys of the member users provisioned
-/// in this target (two batch queries, whatever the group size).
-async fn desired_group(
-    rec: &Reconciler,
-    t: &TargetRuntime,
-    group: &StoredGroup,
-) -> Result<Desired, ApplyError> {
-    let store = &rec.inner.store;
-    let id = group.id.as_str();
-    let members = store.group_members(id).await?;
-    let ids: Vec<String> = members.iter().map(|m| m.value.clone()).collect();
-    let states = store.target_states_of(&t.name, &ids).await?;
-    let active = if t.map.remove_inactive_from_groups() {
-        Some(store.active_flags(&ids).await?)
-    } else {
-        None
-    };
-    let mut keys = Vec::with_capacity(ids.len());
-    for member in &ids {
-        if let Some(active) = &active {
-            if !active.get(member).copied().unwrap_or(false) {
-                continue;
-            }
-        }
-        let Some(state) = states.get(member) else {
-            continue;
-        };
-        let Some(key) = &state.target_key else {
-            continue;
-        };
-        if let Some(k) = t.map.member_key(key, state.extra.as_ref()) {
-            keys.push(k);
-        }
-    }
-    let json = render_group(&group.id, &group.data, &group.meta, Some(&members), "");
-    let entry = t.map.render_group(&json)?;
-    Ok(Desired {
-        kind: Kind::Group,
-        entry,
-        active: true,
-        members: keys,
-        password_hash: None,
-        role_groups: Vec::new(),
-    })
 }
 
 /// The rendered desired state of one resource in one target as an apply would render it now
@@ -237,7 +205,7 @@ pub(crate) async fn desired_of(
     let mut snaps = store
         .load_for_apply(&t.name, vec![(resource_type, id.to_owned())])
         .await?;
-    let snap = snaps.pop().unwrap_or_default();
+    let snap = snaps.pop().unwrap_or_else(|| Ok(Snapshot::default()))?;
     match resource_type {
         ResourceType::User => {
             let Some(user) = snap.user.filter(|u| !u.deleted) else {
@@ -252,10 +220,17 @@ pub(crate) async fn desired_of(
             Ok(Some(desired_user(t, &user, &json, &refs)?))
         }
         ResourceType::Group if t.map.groups.is_none() => Ok(None),
-        ResourceType::Group => match snap.group.filter(|g| !g.deleted) {
-            Some(g) => Ok(Some(desired_group(rec, t, &g).await?)),
-            None => Ok(None),
-        },
+        ResourceType::Group => {
+            let state = snap.state;
+            let prior = Prior {
+                key: state.as_ref().and_then(|s| s.target_key.clone()),
+                extra: state.and_then(|s| s.extra),
+                ..Prior::default()
+            };
+            Ok(members::plan_group(rec, t, id, &prior, 0, false, true)
+                .await?
+                .desired)
+        }
     }
 }
 
@@ -298,12 +273,18 @@ pub(crate) struct Job {
     pub(crate) id: String,
     /// The claim's lease (the target writes only while enough of it remains).
     pub(crate) lease: Lease,
+    /// The claim itself (`None`: a dry run): the writes before the sync are made only while
+    /// it is held.
+    pub(crate) claim: Option<OutboxItem>,
+    /// A group may take the O(change) membership path (`members::plan_group`: the workers'
+    /// applies; never drift repair or a dry run).
+    pub(crate) delta: bool,
     /// The span the row's sync runs in (its ids and request id in every log line).
     pub(crate) span: tracing::Span,
 }
 
 /// One row between its render and its sync.
-struct Draft {
+pub(crate) struct Draft {
     version: i64,
     prior: Prior,
     /// `None`: deleted in the store (the entry is removed).
@@ -311,6 +292,8 @@ struct Draft {
     active: Option<bool>,
     /// Groups are not provisioned in this target: nothing to do, nothing to change.
     skip: bool,
+    /// Groups: the membership plan (what the store records around the write).
+    plan: Option<members::GroupPlan>,
 }
 
 /// What an apply writes before its target is touched: the intent before a first create
@@ -327,11 +310,11 @@ struct Draft {
 /// there may be that resource's, never ours to take along or remove).
 fn before_sync_of(
     t: &TargetRuntime,
-    resource_type: ResourceType,
-    id: &str,
+    job: &Job,
     draft: &Draft,
     dry_run: bool,
 ) -> Option<BeforeSync> {
+    let (resource_type, id) = (job.resource_type, job.id.as_str());
     let prior = &draft.prior;
     let orphans: Vec<String> = prior
         .extra
@@ -344,6 +327,7 @@ fn before_sync_of(
         })
         .unwrap_or_default();
     let mut out = BeforeSync {
+        claim: job.claim.clone(),
         resource_type,
         resource_id: id.to_owned(),
         intent: None,
@@ -410,6 +394,8 @@ pub(crate) async fn apply(
         resource_type,
         id: id.to_owned(),
         lease,
+        claim: None,
+        delta: false,
         span: tracing::Span::current(),
     };
     match apply_many(rec, t, vec![job], dry_run).await.pop() {
@@ -420,17 +406,47 @@ pub(crate) async fn apply(
     }
 }
 
-/// Render many resources for one target and sync them, together: one store snapshot for the
-/// batch, their references resolved (and recorded, unless `dry_run`) in one batch, the writes
-/// before the target is touched in one batch ([`before_sync_of`]), then every sync at once
-/// (the target pipelines them: one resource is in one row, so changes to one resource stay
-/// ordered). Does not settle anything. One result per job, in order.
+/// Render many resources for one target and sync them, together ([`prepare`], then every
+/// [`sync_one`] at once). Does not settle anything. One result per job, in order.
 pub(crate) async fn apply_many(
     rec: &Reconciler,
     t: &TargetRuntime,
     jobs: Vec<Job>,
     dry_run: bool,
 ) -> Vec<Result<Applied, ApplyError>> {
+    let prepared = prepare(rec, t, jobs, dry_run).await;
+    let syncs = prepared.into_iter().map(|p| async move {
+        match p {
+            Prepared::Ready(job, draft) => sync_row(rec, t, job, *draft, dry_run).await,
+            Prepared::Done(result) => *result,
+            Prepared::Deferred(job, e) => conflict_or(rec, t, &job.id, Err(e)).await,
+        }
+    });
+    futures_util::future::join_all(syncs).await
+}
+
+/// A row of a batch after [`prepare`].
+pub(crate) enum Prepared {
+    /// Rendered, its writes before the sync made: ready to sync.
+    Ready(Job, Box<Draft>),
+    /// Finished already (an error, or nothing to do).
+    Done(Box<Result<Applied, ApplyError>>),
+    /// Its key is held by another row of the same batch (a rename or delete that frees it
+    /// settles first): prepared again once the rest of the batch settled. The conflict, if
+    /// it is still one then.
+    Deferred(Job, StoreError),
+}
+
+/// Render the resources of a batch and make the writes their syncs need first: one store
+/// snapshot for the batch, their references resolved (and recorded, unless `dry_run`) in one
+/// batch, the writes before the target is touched in one batch ([`before_sync_of`]). One
+/// result per job, in order.
+pub(crate) async fn prepare(
+    rec: &Reconciler,
+    t: &TargetRuntime,
+    jobs: Vec<Job>,
+    dry_run: bool,
+) -> Vec<Prepared> {
     /// One row on its way: its snapshot, then its draft, or its result once it has one.
     struct Row {
         job: Job,
@@ -440,6 +456,7 @@ pub(crate) async fn apply_many(
         draft: Option<Draft>,
         write: Option<BeforeSync>,
         result: Option<Result<Applied, ApplyError>>,
+        deferred: Option<StoreError>,
     }
     let store = &rec.inner.store;
     let keys: Vec<(ResourceType, String)> = jobs
@@ -452,27 +469,36 @@ pub(crate) async fn apply_many(
             let text = e.to_string();
             return jobs
                 .iter()
-                .map(|_| Err(ApplyError::Store(StoreError::Unavailable(text.clone()))))
+                .map(|_| {
+                    Prepared::Done(Box::new(Err(ApplyError::Store(StoreError::Unavailable(
+                        text.clone(),
+                    )))))
+                })
                 .collect();
         }
     };
-    // References: recorded (unless a dry run) before the referenced users' keys are read, in
-    // one transaction with that read: a referenced user whose key changes asks the index whom
-    // to re-queue inside its settle, after locking its state row, which a new record
-    // share-locks (`store::outbox::settle_applied`). So either this render reads the new key,
-    // or the record committed first and the settle finds this user (issue 8 item 2); the
-    // worker looks again after the settle (`enqueue_dependants`).
+    // References: recorded (unless a dry run) and committed before the referenced users' keys
+    // are read: a referenced user whose key changes asks the index whom to re-queue inside its
+    // settle, after locking its state row, which a new record share-locks
+    // (`store::outbox::settle_applied`). So either this render reads the new key, or the record
+    // committed first and the settle finds this user (issue 8 item 2); the worker looks again
+    // after the settle (`enqueue_dependants`).
     let indexed = !dry_run && !t.map.reference_rules().is_empty();
     let mut rows: Vec<Row> = jobs
         .into_iter()
         .zip(snaps)
         .map(|(job, snap)| {
+            let (snap, result) = match snap {
+                Ok(s) => (s, None),
+                Err(e) => (Snapshot::default(), Some(Err(ApplyError::Store(e)))),
+            };
             let json = snap
                 .user
                 .as_ref()
                 .filter(|u| !u.deleted)
                 .map(|u| user_json(u, Some(&snap.groups)));
             let lookup = match (&json, job.resource_type) {
+                _ if result.is_some() => None,
                 (_, ResourceType::Group) => None,
                 (Some(json), _) => Some(lookup_of(t, &job.id, json, indexed)),
                 // A deleted user's references are cleared.
@@ -491,7 +517,8 @@ pub(crate) async fn apply_many(
                 lookup,
                 draft: None,
                 write: None,
-                result: None,
+                result,
+                deferred: None,
             }
         })
         .collect();
@@ -503,12 +530,6 @@ pub(crate) async fn apply_many(
     }
     .into_iter();
     for row in &mut rows {
-        let state = row.snap.state.take();
-        let prior = Prior {
-            key: state.as_ref().and_then(|s| s.target_key.clone()),
-            extra: state.and_then(|s| s.extra),
-            lease: row.job.lease.clone(),
-        };
         let refs = match row.lookup.as_ref().map(|_| resolved.next()) {
             Some(Some(Ok(r))) => r,
             Some(Some(Err(e))) => {
@@ -516,6 +537,17 @@ pub(crate) async fn apply_many(
                 continue;
             }
             Some(None) | None => Vec::new(),
+        };
+        if row.result.is_some() {
+            continue;
+        }
+        let state = row.snap.state.take();
+        let applied_version = state.as_ref().map_or(0, |s| s.applied_version);
+        let prior = Prior {
+            key: state.as_ref().and_then(|s| s.target_key.clone()),
+            extra: state.and_then(|s| s.extra),
+            lease: row.job.lease.clone(),
+            members_ours: None,
         };
         let draft = match row.job.resource_type {
             ResourceType::User => {
@@ -528,6 +560,7 @@ pub(crate) async fn apply_many(
                         active: Some(user.active),
                         desired: Some(d),
                         skip: false,
+                        plan: None,
                     }),
                     _ => Ok(Draft {
                         version,
@@ -535,41 +568,39 @@ pub(crate) async fn apply_many(
                         desired: None,
                         active: None,
                         skip: false,
+                        plan: None,
                     }),
                 }
             }
+            ResourceType::Group if t.map.groups.is_none() => Ok(Draft {
+                version: row.snap.group.as_ref().map_or(0, |g| g.meta.version),
+                prior,
+                desired: None,
+                active: None,
+                skip: true,
+                plan: None,
+            }),
             ResourceType::Group => {
-                let version = row.snap.group.as_ref().map_or(0, |g| g.meta.version);
-                let live = row.snap.group.as_ref().filter(|g| !g.deleted);
-                match live {
-                    _ if t.map.groups.is_none() => Ok(Draft {
-                        version,
-                        prior,
-                        desired: None,
-                        active: None,
-                        skip: true,
-                    }),
-                    Some(g) => desired_group(rec, t, g).await.map(|d| Draft {
-                        version,
-                        prior,
-                        desired: Some(d),
+                let delta = row.job.delta && !dry_run;
+                members::plan_group(rec, t, &row.job.id, &prior, applied_version, delta, dry_run)
+                    .await
+                    .map(|plan| Draft {
+                        version: plan.version,
+                        prior: Prior {
+                            members_ours: plan.ours.clone(),
+                            ..prior
+                        },
+                        desired: plan.desired.clone(),
                         active: None,
                         skip: false,
-                    }),
-                    None => Ok(Draft {
-                        version,
-                        prior,
-                        desired: None,
-                        active: None,
-                        skip: false,
-                    }),
-                }
+                        plan: Some(plan),
+                    })
             }
         };
         match draft {
             Ok(d) => {
                 if !d.skip {
-                    row.write = before_sync_of(t, row.job.resource_type, &row.job.id, &d, dry_run);
+                    row.write = before_sync_of(t, &row.job, &d, dry_run);
                 }
                 row.draft = Some(d);
             }
@@ -579,6 +610,7 @@ pub(crate) async fn apply_many(
     // The writes before the targets are touched, for the whole batch.
     let writes: Vec<BeforeSync> = rows.iter().filter_map(|r| r.write.clone()).collect();
     if !writes.is_empty() {
+        let batch_ids: HashSet<String> = rows.iter().map(|r| r.job.id.clone()).collect();
         let mut wrote = store.before_sync(&t.name, writes).await.into_iter();
         for row in &mut rows {
             let Some(w) = row.write.take() else {
@@ -592,7 +624,15 @@ pub(crate) async fn apply_many(
             let Some(draft) = row.draft.as_mut() else {
                 continue;
             };
-            match conflict_or(rec, t, &row.job.id, result).await {
+            match result {
+                Ok(done) if done.lost => {
+                    row.result = Some(Err(ApplyError::Target(TargetError {
+                        class: ErrorClass::Transient,
+                        code: Some("lease".into()),
+                        message: "the claim was lost before the apply wrote anything".into(),
+                    })));
+                    row.draft = None;
+                }
                 Ok(done) => {
                     if w.intent.is_some() {
                         // The intent as the store kept it (an earlier one for the same key
@@ -600,84 +640,151 @@ pub(crate) async fn apply_many(
                         draft.prior.key = done.state.as_ref().and_then(|s| s.target_key.clone());
                         draft.prior.extra = done.state.and_then(|s| s.extra);
                     }
-                    let extra = draft.prior.extra.get_or_insert_with(Bookkeeping::default);
-                    extra
-                        .orphans
-                        .retain(|o| o.creating.as_ref().is_some_and(|k| !done.held.contains(k)));
+                    if let Some(extra) = draft.prior.extra.as_mut() {
+                        extra.orphans.retain(|o| {
+                            o.creating.as_ref().is_some_and(|k| !done.held.contains(k))
+                        });
+                    }
                     if w.deactivating {
-                        extra.deactivating = Some(true);
+                        draft
+                            .prior
+                            .extra
+                            .get_or_insert_with(Bookkeeping::default)
+                            .deactivating = Some(true);
                     }
                 }
+                Err(StoreError::KeyConflict {
+                    target,
+                    key,
+                    holder: Some(holder),
+                }) if holder != row.job.id && batch_ids.contains(&holder) => {
+                    row.deferred = Some(StoreError::KeyConflict {
+                        target,
+                        key,
+                        holder: Some(holder),
+                    });
+                    row.draft = None;
+                }
                 Err(e) => {
-                    row.result = Some(Err(e));
+                    row.result = Some(conflict_or(rec, t, &row.job.id, Err(e)).await);
                     row.draft = None;
                 }
             }
         }
     }
-    // Every sync at once.
-    let syncs = rows.into_iter().map(|row| async move {
-        let Row {
-            job, draft, result, ..
-        } = row;
-        let Some(draft) = draft.filter(|_| result.is_none()) else {
-            return result.unwrap_or_else(|| {
-                Err(ApplyError::Store(StoreError::Other(
-                    "a row of the batch gave no result".into(),
-                )))
-            });
-        };
-        if draft.skip {
-            let outcome = Outcome {
-                key: draft.prior.key.clone(),
-                extra: draft.prior.extra.clone(),
-                changes: Vec::new(),
-            };
-            return Ok(Applied {
-                version: draft.version,
-                prior: draft.prior,
-                outcome,
-                active: None,
-            });
-        }
-        let sync = async {
-            if !dry_run {
-                rec.pause_point(PAUSE_BEFORE_SYNC).await;
+    rows.into_iter()
+        .map(|row| match (row.result, row.deferred, row.draft) {
+            (Some(result), _, _) => Prepared::Done(Box::new(result)),
+            (None, Some(e), _) => Prepared::Deferred(row.job, e),
+            (None, None, Some(draft)) if draft.skip => {
+                let outcome = Outcome {
+                    key: draft.prior.key.clone(),
+                    extra: draft.prior.extra.clone(),
+                    ..Outcome::default()
+                };
+                Prepared::Done(Box::new(Ok(Applied {
+                    version: draft.version,
+                    prior: draft.prior,
+                    outcome,
+                    active: None,
+                    members: None,
+                    members_record: None,
+                })))
             }
-            let started = Instant::now();
-            let kind = kind_of(job.resource_type);
-            let change = match &draft.desired {
-                Some(d) => Change::Upsert(d),
-                // What the target recorded it made wins (that is the entry to remove); the
-                // store's type only when the bookkeeping does not say (a row written before
-                // `kind` was kept).
-                None => Change::Remove {
-                    kind: draft
-                        .prior
-                        .extra
-                        .as_ref()
-                        .and_then(|b| b.kind)
-                        .unwrap_or(kind),
-                },
-            };
-            let result = t.target.sync(change, &draft.prior, dry_run).await;
-            metrics()
-                .target_op_duration
-                .get_or_create(&TargetLabels {
-                    target: t.name.clone(),
-                })
-                .observe(started.elapsed().as_secs_f64());
-            result
-        };
-        let outcome = sync.instrument(job.span.clone()).await?;
-        Ok(Applied {
-            version: draft.version,
-            prior: draft.prior,
-            outcome,
-            active: draft.active,
+            (None, None, Some(draft)) => Prepared::Ready(row.job, Box::new(draft)),
+            (None, None, None) => Prepared::Done(Box::new(Err(ApplyError::Store(
+                StoreError::Other("a row of the batch gave no result".into()),
+            )))),
         })
-    });
-    futures_util::future::join_all(syncs).await
+        .collect()
+}
+
+/// Sync one prepared row with its target (in the row's span).
+async fn sync_one(
+    rec: &Reconciler,
+    t: &TargetRuntime,
+    job: &Job,
+    draft: Draft,
+    dry_run: bool,
+) -> Result<Applied, ApplyError> {
+    if let (Some(plan), false) = (&draft.plan, dry_run) {
+        // The values about to be written are ours before they are written; under the same
+        // fence as the target's writes (an apply that lost its claim records nothing).
+        draft.prior.lease.check(t.target.timeout())?;
+        members::record(rec, t, &job.id, plan).await?;
+    }
+    let sync = async {
+        if !dry_run {
+            rec.pause_point(PAUSE_BEFORE_SYNC).await;
+        }
+        let started = Instant::now();
+        let kind = kind_of(job.resource_type);
+        let change = match &draft.desired {
+            Some(d) => Change::Upsert(d),
+            // What the target recorded it made wins (that is the entry to remove); the store's
+            // type only when the bookkeeping does not say (a row written before `kind` was
+            // kept).
+            None => Change::Remove {
+                kind: draft
+                    .prior
+                    .extra
+                    .as_ref()
+                    .and_then(|b| b.kind)
+                    .unwrap_or(kind),
+            },
+        };
+        let result = t.target.sync(change, &draft.prior, dry_run).await;
+        metrics()
+            .target_op_duration
+            .get_or_create(&TargetLabels {
+                target: t.name.clone(),
+            })
+            .observe(started.elapsed().as_secs_f64());
+        result
+    };
+    let outcome = sync.instrument(job.span.clone()).await?;
+    let members_record = draft
+        .plan
+        .as_ref()
+        .filter(|p| p.desired.is_some())
+        .map(|_| t.map.members_fingerprint().to_owned());
+    Ok(Applied {
+        version: draft.version,
+        prior: draft.prior,
+        outcome,
+        active: draft.active,
+        members: draft.plan.map(|p| p.settle),
+        members_record,
+    })
+}
+
+/// [`sync_one`]; a group the target cannot give its changed member values alone
+/// ([`MEMBERS_FULL`]) is prepared again with its whole membership and synced in the same call.
+async fn sync_row(
+    rec: &Reconciler,
+    t: &TargetRuntime,
+    job: Job,
+    draft: Draft,
+    dry_run: bool,
+) -> Result<Applied, ApplyError> {
+    match sync_one(rec, t, &job, draft, dry_run).await {
+        Err(ApplyError::Target(e)) if job.delta && e.code.as_deref() == Some(MEMBERS_FULL) => {
+            tracing::debug!(target = %t.name, resource_id = %job.id, reason = %e.message, "Applying the group's whole membership.");
+            let whole = Job {
+                delta: false,
+                ..job
+            };
+            match prepare(rec, t, vec![whole], dry_run).await.pop() {
+                Some(Prepared::Ready(job, draft)) => sync_one(rec, t, &job, *draft, dry_run).await,
+                Some(Prepared::Done(result)) => *result,
+                Some(Prepared::Deferred(job, e)) => conflict_or(rec, t, &job.id, Err(e)).await,
+                None => Err(ApplyError::Store(StoreError::Other(
+                    "an apply of one row gave no result".into(),
+                ))),
+            }
+        }
+        other => other,
+    }
 }
 
 fn count(target: &str, result: &str) {
@@ -697,8 +804,9 @@ pub(crate) enum Processed {
     /// Not applied: the failure was recorded (a retry, a dead letter) or, for a store error or
     /// a settle that could not be recorded, the row re-applies when its lease expires.
     Failed(ApplyError),
-    /// The claim was lost before the apply finished: the worker holding it now applies.
-    Lost,
+    /// The claim was lost, or its lease ran short, before the apply finished: the row went
+    /// back to the outbox (a worker holding it now applies the current state).
+    Lost(String),
 }
 
 /// The claim's lease in ms.
@@ -707,17 +815,23 @@ fn lease_ms(rec: &Reconciler) -> i64 {
 }
 
 /// Apply and settle rows claimed together at `claimed_ms` (with the configured lease), as one
-/// batch: [`apply_many`], then one settle of every success, then each failure recorded and each
-/// success's dependants queued. The claim started every row's lease (they are applied at
-/// once); a heartbeat renews them all every lease/3 while the batch applies, and a row whose
-/// claim was lost (another worker took it: the epoch moved) writes nothing more (its
-/// [`Lease`] is set to the past), and the target writes only while at least its operation
-/// timeout remains (`Lease::check`). One result per row, in order.
+/// batch: [`prepare`] them together, sync every row at once, and settle the rows as their syncs
+/// finish (those finished by then together, in one settle batch: a slow row does not hold the
+/// others' settles back), then each failure recorded and each success's dependants queued.
+/// A row whose key another row of the batch holds (a delete or rename freeing it) is prepared
+/// again once the others settled. The claim started every row's lease (they are applied at
+/// once); a heartbeat renews the rows not settled yet every lease/3, and a row whose claim was
+/// lost (another worker took it: the epoch moved) writes nothing more (its [`Lease`] is set to
+/// the past); the target writes only while at least its operation timeout remains
+/// (`Lease::check`). `delta`: groups may take the O(change) membership path (the workers;
+/// drift repair reads and diffs the whole membership). The heartbeat is stopped, and a renewal in flight awaited, before this
+/// returns. One result per row, in order.
 pub(crate) async fn process_batch(
     rec: &Reconciler,
     t: &TargetRuntime,
     items: &[OutboxItem],
     claimed_ms: i64,
+    delta: bool,
 ) -> Vec<Processed> {
     let store = &rec.inner.store;
     let lease = lease_ms(rec);
@@ -727,83 +841,203 @@ pub(crate) async fn process_batch(
         .iter()
         .map(|_| Arc::new(AtomicI64::new(claimed_ms.saturating_add(lease))))
         .collect();
+    // Rows settled (or given back): the heartbeat leaves them alone.
+    let finished: std::sync::Mutex<HashSet<usize>> = std::sync::Mutex::new(HashSet::new());
+    let stop = CancellationToken::new();
     let heartbeat = async {
         let period = (rec.inner.settings.lease / 3).max(std::time::Duration::from_millis(10));
-        let mut live: Vec<(&OutboxItem, &Arc<AtomicI64>)> = items.iter().zip(&untils).collect();
+        let mut lost: HashSet<usize> = HashSet::new();
         loop {
-            tokio::time::sleep(period).await;
+            tokio::select! {
+                () = tokio::time::sleep(period) => {}
+                () = stop.cancelled() => return,
+            }
             if rec.pause_holding() {
                 // A paused apply stands for a stopped process: its heartbeat stops too.
                 continue;
             }
+            let live: Vec<(usize, &OutboxItem)> = {
+                let done = finished
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                items
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| !done.contains(i) && !lost.contains(i))
+                    .collect()
+            };
+            if live.is_empty() {
+                continue;
+            }
             let now = now_ms();
-            let batch: Vec<OutboxItem> = live.iter().map(|(item, _)| (*item).clone()).collect();
+            let batch: Vec<OutboxItem> = live.iter().map(|(_, item)| (*item).clone()).collect();
             let renewed = store.renew_claims(batch, now, lease).await;
-            let mut still = Vec::with_capacity(live.len());
-            for ((item, until), result) in live.into_iter().zip(renewed) {
+            for ((i, item), result) in live.into_iter().zip(renewed) {
+                let Some(until) = untils.get(i) else {
+                    continue;
+                };
                 match result {
-                    Ok(true) => {
-                        until.store(now.saturating_add(lease), Ordering::SeqCst);
-                        still.push((item, until));
-                    }
+                    Ok(true) => until.store(now.saturating_add(lease), Ordering::SeqCst),
                     Ok(false) => {
-                        tracing::warn!(target = %t.name, resource_id = %item.resource_id, outbox_id = item.id, "Claim lost while applying; this apply writes nothing more.");
-                        until.store(i64::MIN, Ordering::SeqCst);
+                        let settled = finished
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .contains(&i);
+                        if !settled {
+                            tracing::warn!(target = %t.name, resource_id = %item.resource_id, outbox_id = item.id, "Claim lost while applying; this apply writes nothing more.");
+                            until.store(i64::MIN, Ordering::SeqCst);
+                        }
+                        lost.insert(i);
                     }
                     // The store is down: the lease runs out on its own and writes stop.
                     Err(e) => {
                         tracing::warn!(target = %t.name, resource_id = %item.resource_id, error = %e, "Cannot renew the claim.");
-                        still.push((item, until));
                     }
                 }
             }
-            live = still;
         }
     };
-    let jobs: Vec<Job> = items
-        .iter()
-        .zip(&untils)
-        .map(|(item, until)| Job {
-            resource_type: item.resource_type,
-            id: item.resource_id.clone(),
-            lease: Lease::until(until.clone()).fenced(
+    let job_of = |i: usize, item: &OutboxItem| Job {
+        resource_type: item.resource_type,
+        id: item.resource_id.clone(),
+        lease: untils.get(i).map_or_else(Lease::default, |u| {
+            Lease::until(u.clone()).fenced(
                 fence.alive_until_ms.clone(),
                 fence.incarnation.clone(),
                 item.incarnation,
-            ),
-            span: tracing::debug_span!(
-                "apply",
-                resource_id = %item.resource_id,
-                target = %t.name,
-                attempt = item.attempts.saturating_add(1),
-                request_id = item.request_id.as_deref().unwrap_or(""),
-            ),
-        })
-        .collect();
-    let results = tokio::select! {
-        results = apply_many(rec, t, jobs, false) => results,
-        () = heartbeat => unreachable!("the heartbeat never ends"),
+            )
+        }),
+        claim: Some(item.clone()),
+        delta,
+        span: tracing::debug_span!(
+            "apply",
+            resource_id = %item.resource_id,
+            target = %t.name,
+            attempt = item.attempts.saturating_add(1),
+            request_id = item.request_id.as_deref().unwrap_or(""),
+        ),
     };
+    let work = async {
+        let mut out: Vec<Option<Processed>> =
+            std::iter::repeat_with(|| None).take(items.len()).collect();
+        let mut round: Vec<usize> = (0..items.len()).collect();
+        for second in [false, true] {
+            let jobs: Vec<Job> = round
+                .iter()
+                .filter_map(|&i| items.get(i).map(|item| job_of(i, item)))
+                .collect();
+            let prepared = prepare(rec, t, jobs, false).await;
+            let mut running = futures_util::stream::FuturesUnordered::new();
+            let mut ready: Vec<(usize, Result<Applied, ApplyError>)> = Vec::new();
+            let mut deferred = Vec::new();
+            for (&i, p) in round.iter().zip(prepared) {
+                match p {
+                    Prepared::Ready(job, draft) => {
+                        running.push(async move { (i, sync_row(rec, t, job, *draft, false).await) })
+                    }
+                    Prepared::Done(result) => ready.push((i, *result)),
+                    Prepared::Deferred(_, e) if second => {
+                        ready.push((
+                            i,
+                            conflict_or(
+                                rec,
+                                t,
+                                items.get(i).map_or("", |x| x.resource_id.as_str()),
+                                Err(e),
+                            )
+                            .await,
+                        ));
+                    }
+                    Prepared::Deferred(..) => deferred.push(i),
+                }
+            }
+            loop {
+                if ready.is_empty() {
+                    match running.next().await {
+                        Some(done) => ready.push(done),
+                        None => break,
+                    }
+                }
+                // Whatever else finished meanwhile goes in the same settle.
+                while let Some(Some(done)) = running.next().now_or_never() {
+                    ready.push(done);
+                }
+                let group = std::mem::take(&mut ready);
+                for (i, processed) in settle_group(rec, t, items, group).await {
+                    finished
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .insert(i);
+                    if let Some(slot) = out.get_mut(i) {
+                        *slot = Some(processed);
+                    }
+                }
+            }
+            if deferred.is_empty() {
+                break;
+            }
+            round = deferred;
+        }
+        stop.cancel();
+        out
+    };
+    let ((), out) = tokio::join!(heartbeat, work);
+    out.into_iter()
+        .map(|p| {
+            p.unwrap_or_else(|| {
+                Processed::Failed(ApplyError::Store(StoreError::Other(
+                    "a row of the batch gave no result".into(),
+                )))
+            })
+        })
+        .collect()
+}
+
+/// Settle the rows of a batch that finished (the successes in one settle batch), then record
+/// each failure and queue each success's dependants.
+async fn settle_group(
+    rec: &Reconciler,
+    t: &TargetRuntime,
+    items: &[OutboxItem],
+    group: Vec<(usize, Result<Applied, ApplyError>)>,
+) -> Vec<(usize, Processed)> {
+    let store = &rec.inner.store;
     let now = now_ms();
     // The settle queues the dependants of a key that appeared, changed or vanished in its own
     // transaction (`store::outbox::settle_applied`): a crash after its commit cannot lose
     // them, and a group applied before it (reading no key) runs again. The reference index it
     // looks holders up in is filled first; the queueing after the settle only repeats it
     // (idempotent, coalescing).
-    let any_user = items
-        .iter()
-        .zip(&results)
-        .any(|(item, r)| item.resource_type == ResourceType::User && r.is_ok());
+    let any_user = group.iter().any(|(i, r)| {
+        r.is_ok()
+            && items
+                .get(*i)
+                .is_some_and(|x| x.resource_type == ResourceType::User)
+    });
     if any_user && !t.map.reference_rules().is_empty() {
         if let Err(e) = ensure_reference_index(rec, t).await {
             tracing::error!(target = %t.name, error = %e, "Cannot fill the reference index; drift repair will fix references.");
         }
     }
-    let settles: Vec<(OutboxItem, TargetState)> = items
+    // A group's record of our member values first, fenced by its claim (`members::settle`):
+    // a row whose record cannot be settled is not settled either (it re-applies when its
+    // lease expires).
+    let mut group = group;
+    for (i, result) in &mut group {
+        let (Ok(done), Some(item)) = (&*result, items.get(*i)) else {
+            continue;
+        };
+        if !members::settle(rec, t, item, done.members.as_ref()).await {
+            *result = Err(ApplyError::Store(StoreError::Unavailable(
+                "the group's record of its member values could not be settled".into(),
+            )));
+        }
+    }
+    let settles: Vec<(OutboxItem, TargetState)> = group
         .iter()
-        .zip(&results)
-        .filter_map(|(item, result)| {
+        .filter_map(|(i, result)| {
             let done = result.as_ref().ok()?;
+            let item = items.get(*i)?;
             Some((
                 item.clone(),
                 TargetState {
@@ -818,21 +1052,35 @@ pub(crate) async fn process_batch(
             ))
         })
         .collect();
+    // Before the settle: the next apply of a resource (claimed after it) writes its own
+    // outcome after this one (`crate::health`).
+    for (item, _) in &settles {
+        rec.inner.health.applied(&t.name, &item.resource_id);
+    }
     let mut settled = if settles.is_empty() {
         Vec::new()
     } else {
         store.settle_applied_many(settles, now).await
     }
     .into_iter();
-    let mut out = Vec::with_capacity(items.len());
-    for (item, result) in items.iter().zip(results) {
+    let mut out = Vec::with_capacity(group.len());
+    for (i, result) in group {
+        let Some(item) = items.get(i) else {
+            continue;
+        };
         let settle = result.is_ok().then(|| settled.next()).flatten();
+        let prune = item.resource_type == ResourceType::Group
+            && matches!(settle, Some(Ok(())))
+            && result.is_ok();
         let processed = finish(rec, t, item, result, settle, now)
             .instrument(
                 tracing::debug_span!("settle", resource_id = %item.resource_id, target = %t.name),
             )
             .await;
-        out.push(processed);
+        if prune {
+            members::prune(rec, t, &item.resource_id).await;
+        }
+        out.push((i, processed));
     }
     out
 }
@@ -893,7 +1141,6 @@ async fn finish(
             }
             count(&t.name, "applied");
             tracing::debug!(target = %t.name, resource_id = %item.resource_id, changes = done.outcome.changes.len(), "Applied.");
-            rec.set_health(&t.name, true, "ok".into());
             enqueue_dependants(rec, t, item.resource_type, &item.resource_id, &done).await;
             Processed::Applied(Box::new(done))
         }
@@ -915,7 +1162,7 @@ async fn finish(
             {
                 tracing::error!(target = %t.name, resource_id = %item.resource_id, outbox_id = item.id, error = %e, "Cannot give the row back; it re-applies when the lease expires.");
             }
-            Processed::Lost
+            Processed::Lost(e.message)
         }
         Err(e) => {
             let class = match &e {
@@ -977,6 +1224,15 @@ async fn fail_not_before(
         .max(not_before);
     let dead = class == ErrorClass::Permanent && attempt >= settings.max_attempts;
     let resource_type = item.resource_type.as_str();
+    // Before the settle, as for a success (`crate::health`).
+    match class {
+        ErrorClass::Permanent => {
+            rec.inner
+                .health
+                .refused(&t.name, &item.resource_id, text, now, item.claim_epoch);
+        }
+        ErrorClass::Transient => rec.inner.health.contact(&t.name, Err(text)),
+    }
     if let Err(e) = rec
         .inner
         .store
@@ -997,6 +1253,10 @@ async fn fail_not_before(
             Err(_) => true,
         };
     if dead {
+        // The store counts it from now on (`/readyz` adds its dead letters).
+        rec.inner
+            .health
+            .dead(&t.name, &item.resource_id, item.claim_epoch);
         count(&t.name, "dead");
         metrics().dead_letters.get_or_create(&labels).inc();
         tracing::error!(target = %t.name, resource_type, resource_id = %item.resource_id, outbox_id = item.id, attempt, error = %text, "Apply failed permanently; the change is now a dead letter (see `scim-sync dead-letters list`).");
@@ -1004,7 +1264,6 @@ async fn fail_not_before(
         count(&t.name, "failed");
         metrics().retries.get_or_create(&labels).inc();
         if class == ErrorClass::Transient {
-            rec.set_health(&t.name, false, text.to_owned());
             tracing::warn!(target = %t.name, resource_type, resource_id = %item.resource_id, outbox_id = item.id, attempt, retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), error = %text, "Apply failed; will retry.");
         } else {
             tracing::warn!(target = %t.name, resource_type, resource_id = %item.resource_id, outbox_id = item.id, attempt, max_attempts = settings.max_attempts, error = %text, "Apply refused by the target; will retry before making it a dead letter.");
@@ -1155,7 +1414,7 @@ async fn turn(rec: &Reconciler, t: &TargetRuntime) -> usize {
         }
     };
     if !items.is_empty() {
-        process_batch(rec, t, &items, claimed_ms).await;
+        process_batch(rec, t, &items, claimed_ms, true).await;
     }
     items.len()
 }
@@ -1245,7 +1504,7 @@ pub(crate) async fn drain(rec: &Reconciler, index: usize) -> usize {
         let only_repeats = items.iter().all(|i| failed.contains(&i.id));
         for (item, done) in items
             .iter()
-            .zip(process_batch(rec, &t, &items, claimed_ms).await)
+            .zip(process_batch(rec, &t, &items, claimed_ms, true).await)
         {
             if matches!(done, Processed::Applied(_)) {
                 applied += 1;
@@ -1272,9 +1531,11 @@ mod tests {
             outcome: Outcome {
                 key: Some("uid=a,dc=x".into()),
                 extra: extra.map(Bookkeeping::from_json),
-                changes: Vec::new(),
+                ..Outcome::default()
             },
             active,
+            members: None,
+            members_record: None,
         }
     }
 

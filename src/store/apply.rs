@@ -51,6 +51,9 @@ pub struct Resolved {
 /// when `intent` is set: the intent's own state names them then).
 #[derive(Debug, Clone)]
 pub struct BeforeSync {
+    /// The claim the apply runs under (`None`: a dry run): its writes are made only while it
+    /// is still held, checked in the same transaction.
+    pub claim: Option<OutboxItem>,
     pub resource_type: ResourceType,
     pub resource_id: String,
     pub intent: Option<TargetState>,
@@ -65,6 +68,14 @@ pub struct BeforeSync {
 pub struct BeforeSynced {
     pub state: Option<TargetState>,
     pub held: HashSet<String>,
+    /// The claim was lost (another worker took the row): nothing was written.
+    pub lost: bool,
+}
+
+impl BeforeSync {
+    fn writes(&self) -> bool {
+        self.intent.is_some() || self.reserve.is_some() || self.deactivating
+    }
 }
 
 fn snapshot(
@@ -116,19 +127,16 @@ fn record_changes(
     references::differs(conn, target, &lookup.holder, &index)
 }
 
+/// The users `lookup`'s references name and their keys in `target`.
 fn resolve(
     conn: &mut DbConnection,
     target: &str,
     lookup: &ReferenceLookup,
-    record: bool,
 ) -> Result<Vec<Resolved>, StoreError> {
-    let index = index_of(conn, lookup)?;
-    if record {
-        // Recorded before the referenced users' keys are read, in this transaction (see
-        // `reconcile::worker::desired_user`).
-        references::record(conn, target, &lookup.holder, &index)?;
-    }
-    let ids: Vec<Option<String>> = index.into_iter().map(|(_, _, id)| id).collect();
+    let ids: Vec<Option<String>> = index_of(conn, lookup)?
+        .into_iter()
+        .map(|(_, _, id)| id)
+        .collect();
     let mut out = Vec::with_capacity(ids.len());
     for id in ids {
         let key = match &id {
@@ -143,29 +151,32 @@ fn resolve(
 impl Store {
     /// One snapshot for the applies of a batch: each row's state in `target`, its resource
     /// (tombstones included) and a live user's groups, in one read transaction. A row whose
-    /// resource is gone reads as `Snapshot { user: None, group: None, .. }`.
+    /// resource is gone reads as `Snapshot { user: None, group: None, .. }`; a row that
+    /// cannot be decoded is an error of its own.
     ///
     /// # Errors
-    /// `Unavailable`.
+    /// `Unavailable` when the snapshot cannot be read at all.
     pub async fn load_for_apply(
         &self,
         target: &str,
         rows: Vec<(ResourceType, String)>,
-    ) -> Result<Vec<Snapshot>, StoreError> {
+    ) -> Result<Vec<Result<Snapshot, StoreError>>, StoreError> {
         let target = target.to_owned();
         self.run(move |conn| {
             read_tx(conn, |conn| {
-                rows.iter()
+                // One result per row: a row that cannot be decoded fails alone.
+                Ok(rows
+                    .iter()
                     .map(|(ty, id)| snapshot(conn, &target, *ty, id))
-                    .collect()
+                    .collect())
             })
         })
         .await
     }
 
     /// Resolve the references of many users (each to the live user it names and that user's
-    /// key in `target`), recording those with `record` in the reference index first, in the
-    /// same transaction as the keys are read (the order `reconcile::worker::desired_user`
+    /// key in `target`), recording those with `record` in the reference index first: the
+    /// records commit before the keys are read (the order `reconcile::worker::apply_many`
     /// relies on). A holder whose recorded references are already those is only read (no
     /// write lock): its record committed at an earlier render. One result per lookup.
     pub async fn resolve_references(
@@ -187,7 +198,7 @@ impl Store {
                                 if l.record && record_changes(conn, &target, l)? {
                                     return Ok(None);
                                 }
-                                resolve(conn, &target, l, false).map(Some)
+                                resolve(conn, &target, l).map(Some)
                             })
                             .collect())
                     })?;
@@ -197,8 +208,24 @@ impl Store {
                     .filter(|(_, r)| matches!(r, Ok(None)))
                     .map(|(l, _)| l)
                     .collect();
-                let mut written =
-                    write_each(conn, again, |conn, l| resolve(conn, &target, l, true)).into_iter();
+                // Recorded and committed before the referenced users' keys are read (in a
+                // new snapshot): on PostgreSQL the record's share lock covers only users that
+                // have a state already, so a key read in the record's own transaction could
+                // miss the settle of a referenced user's first create, and that settle the
+                // uncommitted record.
+                let recorded = write_each(conn, again.clone(), |conn, l| {
+                    let index = index_of(conn, l)?;
+                    references::record(conn, &target, &l.holder, &index)
+                });
+                let reads: Vec<(&ReferenceLookup, Result<(), StoreError>)> =
+                    again.into_iter().zip(recorded).collect();
+                let mut written = read_tx(conn, |conn| {
+                    Ok(reads
+                        .into_iter()
+                        .map(|(l, recorded)| recorded.and_then(|()| resolve(conn, &target, l)))
+                        .collect::<Vec<_>>())
+                })?
+                .into_iter();
                 let out: Vec<Result<Vec<Resolved>, StoreError>> = first
                     .into_iter()
                     .map(|r| match r {
@@ -250,14 +277,20 @@ impl Store {
                 (r, intent_norm, reserve_norm)
             })
             .collect();
+        let writes = rows.iter().any(|(r, _, _)| r.writes());
         let done = self
             .run(move |conn| {
-                Ok(write_each(
-                    conn,
-                    rows,
-                    |conn, (row, intent_norm, reserve_norm)| {
+                let each =
+                    |conn: &mut DbConnection, row: (BeforeSync, Option<String>, Option<String>)| {
+                        let (row, intent_norm, reserve_norm) = row;
                         let target = target_name.as_str();
                         let mut out = BeforeSynced::default();
+                        if let (Some(item), true) = (&row.claim, row.writes()) {
+                            if !outbox::claim_held(conn, item)? {
+                                out.lost = true;
+                                return Ok(out);
+                            }
+                        }
                         let mut orphans = row.orphans.clone();
                         if let Some(state) = &row.intent {
                             let Some(key_norm) = intent_norm.as_deref() else {
@@ -295,8 +328,16 @@ impl Store {
                             })?;
                         }
                         Ok(out)
-                    },
-                ))
+                    };
+                if writes {
+                    Ok(write_each(conn, rows, each))
+                } else {
+                    // Only earlier intents to look up (a dry run, or nothing to record): a
+                    // read, no turn for the write lock.
+                    read_tx(conn, |conn| {
+                        Ok(rows.into_iter().map(|row| each(conn, row)).collect())
+                    })
+                }
             })
             .await;
         let results = match done {

@@ -160,6 +160,19 @@ pub(crate) struct Installed {
 }
 
 /// Make `gate` the one `write_tx` uses on this thread until the result is dropped.
+impl WriteGate {
+    /// Whether a client's write waits for the turn (a batch of background writes then gives
+    /// the turn up between rows: `store::write_each`).
+    pub(crate) fn client_waiting(&self) -> bool {
+        !self
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clients
+            .is_empty()
+    }
+}
+
 pub(crate) fn install(gate: Option<Arc<WriteGate>>) -> Installed {
     Installed {
         previous: CURRENT.with(|c| c.replace(gate)),

@@ -18,6 +18,7 @@ mod gate;
 mod history;
 mod instances;
 mod keys;
+mod members;
 mod models;
 mod outbox;
 mod references;
@@ -63,6 +64,7 @@ pub enum StoreError {
 }
 
 pub use keys::KeyNormFn;
+pub use members::{MemberDelta, MembersSettle, Recorded};
 
 /// Who did what, written to the audit table with every mutation.
 #[derive(Debug, Clone, Default)]
@@ -706,9 +708,13 @@ fn in_transaction(conn: &mut DbConnection) -> Result<bool, StoreError> {
 /// Run `each` for every row of a batch of the reconciler's writes, one result per row. On
 /// SQLite in one write transaction (one writer: one turn and one commit per batch instead of
 /// per row), each row in a savepoint, so a row's error undoes that row's writes only; when the
-/// commit fails every row gets its error. On PostgreSQL one transaction per row: a row's writes
-/// lock in the order its own write takes them (`outbox::settle_applied`), and one transaction
-/// spanning rows could deadlock with another worker's batch; PostgreSQL commits concurrently.
+/// commit fails every row of that transaction gets its error. The batch gives its turn up
+/// between rows when a client's write waits ([`gate::WriteGate::client_waiting`]: it commits
+/// the rows so far and queues again for the rest), so a push waits for one row's writes, not a
+/// batch's. When SQLite itself rolled the transaction back (a full disk, an I/O error), the
+/// rows after it are not run. On PostgreSQL one transaction per row: a row's writes lock in
+/// the order its own write takes them (`outbox::settle_applied`), and one transaction spanning
+/// rows could deadlock with another worker's batch; PostgreSQL commits concurrently.
 pub(crate) fn write_each<R, T>(
     conn: &mut DbConnection,
     rows: Vec<R>,
@@ -720,22 +726,42 @@ pub(crate) fn write_each<R, T>(
             .map(|row| write_tx(conn, |conn| each(conn, row)))
             .collect();
     }
-    let n = rows.len();
-    let outcome = write_tx(conn, |conn| {
-        Ok(rows
-            .into_iter()
-            .map(|row| diesel::Connection::transaction(conn, |conn| each(conn, row)))
-            .collect::<Vec<_>>())
-    });
-    match outcome {
-        Ok(results) => results,
-        Err(e) => {
-            let text = e.to_string();
-            (0..n)
-                .map(|_| Err(StoreError::Unavailable(text.clone())))
-                .collect()
+    let gate = gate::current();
+    let mut out: Vec<Result<T, StoreError>> = Vec::with_capacity(rows.len());
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        let mut done: Vec<Result<T, StoreError>> = Vec::new();
+        let committed = write_tx(conn, |conn| {
+            while let Some(row) = rows.next() {
+                let result = diesel::Connection::transaction(conn, |conn| each(conn, row));
+                let failed = result.is_err();
+                done.push(result);
+                if failed && !in_transaction(conn)? {
+                    return Err(StoreError::Unavailable(
+                        "the database rolled the batch back".into(),
+                    ));
+                }
+                if rows.peek().is_some() && gate.as_ref().is_some_and(|g| g.client_waiting()) {
+                    break;
+                }
+            }
+            Ok(())
+        });
+        match committed {
+            Ok(()) => out.extend(done),
+            Err(e) => {
+                let text = e.to_string();
+                let n = done.len();
+                out.extend((0..n).map(|_| Err(StoreError::Unavailable(text.clone()))));
+                // Nothing after a failed commit is tried: the rows left fail alike.
+                out.extend(
+                    rows.by_ref()
+                        .map(|_| Err(StoreError::Unavailable(text.clone()))),
+                );
+            }
         }
     }
+    out
 }
 
 /// [`write_tx`] for a client's mutation: ahead of background writes in the SQLite write

@@ -219,6 +219,14 @@ pub(crate) fn claim(
     })
 }
 
+/// Whether `item`'s claim is still held: its row is there with the claim's epoch and a lease
+/// (row-locked on PostgreSQL, so a claim taking it over waits for this transaction).
+pub(crate) fn claim_held(conn: &mut DbConnection, item: &OutboxItem) -> Result<bool, StoreError> {
+    Ok(lock_outbox_row(conn, item.id)?.is_some_and(|r| {
+        r.claim_epoch == item.claim_epoch && r.target == item.target && r.claimed_until_ms.is_some()
+    }))
+}
+
 fn lock_outbox_row(conn: &mut DbConnection, id: i64) -> Result<Option<OutboxRow>, StoreError> {
     if let DbConnection::Pg(c) = conn {
         outbox::table
@@ -331,7 +339,14 @@ fn dependants_of_key_change(
         Some(s) => (s.applied_version, s.target_key.as_deref()),
         None => (i64::MIN, None),
     };
-    if stored_key == state.target_key.as_deref() || state.applied_version < stored_version {
+    // The member value a `memberUid` group holds is the user's `uid`, which may change with
+    // the key staying (a DN not made of it): its groups render it anew too (`store::members`
+    // marks it in them), its reference holders (which name the key) need nothing.
+    let uid_of =
+        |s: Option<&TargetState>| s.and_then(|s| s.extra.as_ref()).and_then(|e| e.uid.clone());
+    let key_changed = stored_key != state.target_key.as_deref();
+    let uid_changed = state.target_key.is_some() && uid_of(stored.as_ref()) != uid_of(Some(state));
+    if !(key_changed || uid_changed) || state.applied_version < stored_version {
         return Ok(Vec::new());
     }
     let mut out = Vec::new();
@@ -354,6 +369,9 @@ fn dependants_of_key_change(
                 .into_iter()
                 .map(|(id, v)| (ResourceType::Group, id, v)),
         );
+    }
+    if !key_changed {
+        return Ok(out);
     }
     let mut holders = super::references::referencing(conn, &state.target, &item.resource_id)?;
     holders.retain(|h| h != &item.resource_id);
@@ -406,6 +424,16 @@ pub(crate) fn settle_applied(
                 None,
                 now_ms,
             )?;
+            if *ty == ResourceType::Group {
+                // The user's member value in the group changed: an O(change) apply of the
+                // group looks at it (`store::members`).
+                super::members::mark_dirty(
+                    conn,
+                    &item.target,
+                    std::slice::from_ref(id),
+                    &item.resource_id,
+                )?;
+            }
         }
         if !own_locked {
             row = lock_outbox_row(conn, item.id)?;
@@ -791,7 +819,10 @@ pub(crate) fn renew_claim(
             outbox::table
                 .filter(outbox::id.eq(item.id))
                 .filter(outbox::target.eq(&item.target))
-                .filter(outbox::claim_epoch.eq(item.claim_epoch)),
+                .filter(outbox::claim_epoch.eq(item.claim_epoch))
+                // A row its settle released (or a give-back) is no longer claimed: a late
+                // heartbeat must not claim it again for a whole lease.
+                .filter(outbox::claimed_until_ms.is_not_null()),
         )
         .set(outbox::claimed_until_ms.eq(Some(now_ms.saturating_add(lease_ms))))
         .execute(conn)?;

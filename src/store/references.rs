@@ -2,7 +2,7 @@
 //! target, and whom they resolved to at its last render, so that a user whose entry is created,
 //! renamed, moved or deleted re-queues exactly the holders of references to it (O(holders)
 //! through an index, never a scan of all users). The reconciler records a holder's references
-//! before it reads the referenced users' keys (see `reconcile::worker::desired_user` for why
+//! before it reads the referenced users' keys (see `reconcile::worker::prepare` for why
 //! that order makes a concurrent rename impossible to miss). Must not decide which attributes
 //! are references: the mapping does, the reconciler passes the pairs.
 

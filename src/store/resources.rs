@@ -321,7 +321,7 @@ where
         // Outbox rows like resource rows: groups before users (a settle queues a user's
         // groups before it locks the user's row, `outbox::settle_applied`).
         if active != current.active {
-            enqueue_groups_of(conn, targets, seq, ctx)?;
+            enqueue_groups_of(conn, targets, seq, id, ctx)?;
         }
         enqueue_all(
             conn,
@@ -374,6 +374,7 @@ fn enqueue_groups_of(
     conn: &mut DbConnection,
     targets: &[String],
     user_seq: i64,
+    user_id: &str,
     ctx: &AuditCtx,
 ) -> Result<(), StoreError> {
     let groups: Vec<i64> = group_members::table
@@ -403,6 +404,11 @@ fn enqueue_groups_of(
             "membership",
             ctx,
         )?;
+        // The member's rendered value in this group may change (`remove_from_groups`): an
+        // O(change) apply looks at it (`store::members`), after the outbox row (lock order).
+        for target in targets {
+            super::members::mark_dirty(conn, target, std::slice::from_ref(&group_id), user_id)?;
+        }
     }
     Ok(())
 }
@@ -468,6 +474,8 @@ pub(crate) fn delete(
                             resources::modified_ms.eq(ctx.now_ms),
                         ))
                         .execute(conn)?;
+                    super::members::bumped(conn, group_seq, group_version)?;
+                    super::members::touched(conn, group_seq, &[seq])?;
                     enqueue_all(
                         conn,
                         targets,
@@ -489,6 +497,7 @@ pub(crate) fn delete(
                 }
             }
             ResourceType::Group => {
+                super::members::bumped(conn, seq, version)?;
                 diesel::delete(group_members::table.filter(group_members::group_seq.eq(seq)))
                     .execute(conn)?;
             }
@@ -535,6 +544,7 @@ pub(crate) fn create_group(
             .execute(conn)
             .map_err(|e| map_unique(e, ResourceType::Group))?;
         let seq = seq_of(conn, &id)?;
+        super::members::bumped(conn, seq, 1)?;
         if let Some(members) = &members {
             add_members(conn, seq, members)?;
         }
@@ -591,6 +601,7 @@ where
             ))
             .execute(conn)
             .map_err(|e| map_unique(e, ResourceType::Group))?;
+        super::members::bumped(conn, seq, version)?;
         for op in &members {
             apply_member_op(conn, seq, op)?;
         }
@@ -649,9 +660,11 @@ fn apply_member_op(
             delete_members(conn, group_seq, &matching)
         }
         MemberOp::RemoveAll => {
-            diesel::delete(group_members::table.filter(group_members::group_seq.eq(group_seq)))
-                .execute(conn)?;
-            Ok(())
+            let all: Vec<i64> = group_members::table
+                .filter(group_members::group_seq.eq(group_seq))
+                .select(group_members::member_seq)
+                .load(conn)?;
+            delete_members(conn, group_seq, &all)
         }
         MemberOp::Replace(members) => {
             let wanted = live_member_seqs(conn, members)?;
@@ -790,9 +803,10 @@ fn insert_members(
             DbConnection::Sqlite(c) => insert.execute(c)?,
         };
     }
-    Ok(())
+    super::members::touched(conn, group_seq, member_seqs)
 }
 
+/// Delete membership rows, logged as changes (`store::members`).
 fn delete_members(
     conn: &mut DbConnection,
     group_seq: i64,
@@ -806,7 +820,7 @@ fn delete_members(
         )
         .execute(conn)?;
     }
-    Ok(())
+    super::members::touched(conn, group_seq, member_seqs)
 }
 
 /// Members of a group in insertion order, `display` = current userName.

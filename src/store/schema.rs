@@ -143,10 +143,50 @@ diesel::table! {
 }
 
 diesel::table! {
+    /// Which group versions `member_changes` covers (O(change) memberships).
+    member_log (group_seq) {
+        group_seq -> BigInt,
+        logged_version -> BigInt,
+        complete_from -> BigInt,
+        pruned_to -> BigInt,
+    }
+}
+
+diesel::table! {
     /// When each periodic job last ran (one instance at a time, once per interval).
     periodic_jobs (name) {
         name -> Text,
         last_run_ms -> BigInt,
+    }
+}
+
+diesel::table! {
+    /// Members whose membership changed, at the last group version that changed it.
+    member_changes (group_seq, member_seq) {
+        group_seq -> BigInt,
+        member_seq -> BigInt,
+        version -> BigInt,
+    }
+}
+
+diesel::table! {
+    /// Members whose rendered value may have changed in a target (key change, flip).
+    member_dirty (target, group_id, member_id) {
+        target -> Text,
+        group_id -> Text,
+        member_id -> Text,
+        mark -> BigInt,
+    }
+}
+
+diesel::table! {
+    /// Member values we wrote into a group, per target (foreign members).
+    target_members (target, group_id, member_value) {
+        target -> Text,
+        group_id -> Text,
+        member_value -> Text,
+        member_id -> Text,
+        written -> Bool,
     }
 }
 
@@ -156,6 +196,9 @@ diesel::allow_tables_to_appear_in_same_query!(
     audit,
     group_members,
     instances,
+    member_changes,
+    member_dirty,
+    member_log,
     outbox,
     periodic_jobs,
     reference_index,
@@ -163,6 +206,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     resources,
     target_counts,
     target_key_reservations,
+    target_members,
     target_state,
     tokens,
     user_references,

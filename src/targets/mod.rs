@@ -5,14 +5,16 @@
 
 pub mod ldap;
 pub mod plan;
+pub mod secret;
 pub mod sql;
 
 pub use crate::bookkeeping::{Bookkeeping, Kind};
 use crate::config::target::RawTarget;
 use crate::mapping::{CompiledTarget, ConfigError, Entry, Schemas};
+pub use secret::PasswordSource;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// The desired state of one resource in one target.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,6 +31,37 @@ pub struct Desired {
     /// Users: DNs of the role groups the user must be a member of
     /// (`mapping::CompiledTarget::role_groups`). Groups: empty.
     pub role_groups: Vec<String>,
+    /// Groups: when set, apply only these member value changes (the O(change) path: the
+    /// target neither reads nor writes any other member value, and `members` is empty);
+    /// `None`: make the member values match `members`.
+    pub member_changes: Option<MemberChanges>,
+}
+
+/// The member values one O(change) apply of a group adds and deletes (the reconciler's net
+/// of what changed since the applied version). Adding a value already there or deleting one
+/// already gone is done, not an error. A target that cannot apply them alone (no entry at the
+/// recorded key, a placeholder member to keep right) fails with [`MEMBERS_FULL`] and the
+/// reconciler applies the whole membership instead.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MemberChanges {
+    pub add: Vec<String>,
+    pub delete: Vec<String>,
+}
+
+/// The [`TargetError::code`] of a group apply that needs the whole membership (see
+/// [`MemberChanges`]).
+pub const MEMBERS_FULL: &str = "members_full";
+
+impl TargetError {
+    /// See [`MEMBERS_FULL`].
+    #[must_use]
+    pub fn members_full(why: &str) -> TargetError {
+        TargetError {
+            class: ErrorClass::Transient,
+            code: Some(MEMBERS_FULL.into()),
+            message: format!("the membership must be applied whole: {why}"),
+        }
+    }
 }
 
 /// What one sync makes of a resource's entry.
@@ -69,6 +102,11 @@ pub struct Prior {
     pub extra: Option<Bookkeeping>,
     /// How long the reconciler's claim on this resource lasts (not bookkeeping: never stored).
     pub lease: Lease,
+    /// Groups, full applies: the member values we wrote (the store's record). `None`: every
+    /// value the desired state does not hold is removed (`foreign_members = "remove"`, or no
+    /// record yet); `Some`: only those of them in this list are, the others are foreign and
+    /// kept (reported in [`Outcome::foreign`]).
+    pub members_ours: Option<Vec<String>>,
 }
 
 /// The lease of the reconciler's claim on the resource being synced, as the target sees it:
@@ -138,10 +176,7 @@ impl Lease {
         let Some(until) = &self.until_ms else {
             return Ok(());
         };
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-            .unwrap_or(0);
+        let now = crate::clock::now_ms();
         let needed = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
         let mut end = until.load(Ordering::SeqCst);
         if let Some(f) = &self.fence {
@@ -173,6 +208,9 @@ pub struct Outcome {
     pub extra: Option<Bookkeeping>,
     /// Human-readable changes made (or, in a dry run, that would be made), LDIF-like, one per line.
     pub changes: Vec<String>,
+    /// Groups: member values found that we did not write and kept (`foreign_members =
+    /// "keep"`).
+    pub foreign: Vec<String>,
 }
 
 /// How a failure should be handled by the reconciler.
@@ -303,6 +341,50 @@ impl Target for AnyTarget {
     }
 }
 
+/// What `check-config --connect`, a reload and nothing else check against a live target
+/// before its config is used: the healthcheck (a real connection, bind and read; SQL: every
+/// mapped table and column exists and takes what its rule writes, `sql::types`), and for LDAP
+/// that every object class and attribute the mapping writes is in the server's schema
+/// (`ldap::schema`). Every problem is in the one error (permanent for a config problem,
+/// transient for a target that cannot be reached).
+///
+/// # Errors
+/// The first failure of the healthcheck, or every schema problem.
+pub async fn check_live(
+    map: &CompiledTarget,
+    target: &AnyTarget,
+    index: usize,
+) -> Result<(), TargetError> {
+    target.healthcheck().await?;
+    let AnyTarget::Ldap(l) = target else {
+        return Ok(());
+    };
+    let base = format!("targets[{index}]");
+    let mut wanted = ldap::schema::Wanted::default();
+    let mut kinds = vec![("users", &map.users)];
+    if let Some(g) = &map.groups {
+        kinds.push(("groups", g));
+    }
+    for (kind, m) in kinds {
+        for class in m.object_classes() {
+            wanted
+                .object_classes
+                .push((format!("{base}.{kind}.object_classes"), class.clone()));
+        }
+        for attr in m.attribute_names() {
+            wanted
+                .attributes
+                .push((format!("{base}.{kind}.attributes.{attr}"), attr));
+        }
+    }
+    let problems = l.schema_problems(&wanted).await?;
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(config_error(problems.join("; ")))
+    }
+}
+
 /// Validate the `index`th `[[targets]]` entry and build its mapping and target, its paths
 /// checked against the core and enterprise schemas only (see [`build_with`]). Does not
 /// connect (the healthcheck does); the bind password file or variable is resolved here, so a
@@ -334,7 +416,7 @@ pub fn build_with(
             match (map, settings) {
                 (Ok(map), Ok(settings)) => {
                     let password_key = match &settings.bind_password {
-                        ldap::PasswordSource::Env(_) => "bind_password_env",
+                        PasswordSource::Env(_) => "bind_password_env",
                         _ => "bind_password_file",
                     };
                     let target = ldap::LdapTarget::new(settings).map_err(|e| {
@@ -363,7 +445,7 @@ pub fn build_with(
             match (map, settings) {
                 (Ok(map), Ok(settings)) => {
                     let key = match &settings.password {
-                        ldap::PasswordSource::Env(_) => "password_env",
+                        PasswordSource::Env(_) => "password_env",
                         _ => "password_file",
                     };
                     let target = sql::SqlTarget::new(settings).map_err(|e| {
@@ -393,10 +475,7 @@ mod tests {
     /// happened), even after a later heartbeat moved the fence forward again.
     #[test]
     fn a_fenced_lease_ends_at_the_fence_or_with_the_incarnation() {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-            .unwrap_or(0);
+        let now = crate::clock::now_ms();
         let until = Arc::new(AtomicI64::new(now + 600_000));
         let alive = Arc::new(AtomicI64::new(now + 60_000));
         let incarnation = Arc::new(AtomicI64::new(3));

@@ -1,5 +1,6 @@
 //! A throwaway OpenLDAP server: cn=config built with `slapadd -n0` from LDIF in a temp dir
-//! (modules back_mdb + ppolicy; schemas core, cosine, inetorgperson, nis; an mdb database for
+//! (modules back_mdb, ppolicy and refint, whose overlay on `member` only `start_with_refint`
+//! configures; schemas core, cosine, inetorgperson, nis; an mdb database for
 //! dc=example,dc=com; a default password policy with `pwdLockout: TRUE`, without which
 //! OpenLDAP 2.5 ignores `pwdAccountLockedTime`), seeded with ou=People, ou=Groups and
 //! ou=Disabled, served on a free loopback port. `stop()`/`start_again()` keep port and data
@@ -38,7 +39,7 @@ fn find(path: &str) -> PathBuf {
     p
 }
 
-fn config_ldif(dir: &Path, tls: bool) -> String {
+fn config_ldif(dir: &Path, tls: bool, refint: bool) -> String {
     let data = dir.join("data");
     let tls = if tls {
         format!(
@@ -62,6 +63,7 @@ olcModulePath: /usr/lib/ldap
 olcModuleLoad: back_mdb
 olcModuleLoad: ppolicy
 olcModuleLoad: pw-sha2
+olcModuleLoad: refint
 
 dn: cn=schema,cn=config
 objectClass: olcSchemaConfig
@@ -102,8 +104,22 @@ objectClass: olcOverlayConfig
 objectClass: olcPPolicyConfig
 olcOverlay: {{0}}ppolicy
 olcPPolicyDefault: cn=default,ou=Policies,{BASE}
-",
+{refint}",
         pid = dir.join("slapd.pid").display(),
+        refint = if refint {
+            format!(
+                "
+dn: olcOverlay={{1}}refint,olcDatabase={{1}}mdb,cn=config
+objectClass: olcOverlayConfig
+objectClass: olcRefintConfig
+olcOverlay: {{1}}refint
+olcRefintAttribute: member
+olcRefintNothing: cn=nobody,{BASE}
+"
+            )
+        } else {
+            String::new()
+        },
         data = data.display(),
     )
 }
@@ -181,15 +197,23 @@ fn make_ca(dir: &Path, name: &str) {
 /// A test PKI in `dir`: `ca.pem` (a CA) and `server.pem` / `server.key` for 127.0.0.1 signed by
 /// it. Also used by the HTTPS listener tests.
 pub fn make_test_pki(dir: &Path) {
-    make_ca(dir, "ca");
-    make_server_cert(dir);
+    make_test_pki_for(dir, "127.0.0.1");
 }
 
-fn make_server_cert(dir: &Path) {
+/// Like [`make_test_pki`], the server certificate for `ip` (the Samba harness's own loopback
+/// address).
+pub fn make_test_pki_for(dir: &Path, ip: &str) {
+    make_ca(dir, "ca");
+    make_server_cert(dir, ip);
+}
+
+fn make_server_cert(dir: &Path, ip: &str) {
     std::fs::write(
         dir.join("server.ext"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
-         keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+        format!(
+            "subjectAltName=IP:{ip},DNS:localhost\nbasicConstraints=CA:FALSE\n\
+             keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n"
+        ),
     )
     .unwrap();
     openssl(
@@ -229,7 +253,7 @@ fn make_server_cert(dir: &Path) {
     );
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
     l.local_addr().expect("local addr").port()
 }
@@ -237,16 +261,22 @@ fn free_port() -> u16 {
 impl Slapd {
     /// Build a fresh directory and start slapd on a free loopback port.
     pub async fn start() -> Slapd {
-        Slapd::build(false).await
+        Slapd::build(false, false).await
+    }
+
+    /// Like [`Slapd::start`], with the `refint` overlay on `member` (a deleted or renamed entry
+    /// is dropped from or renamed in the groups naming it by slapd itself).
+    pub async fn start_with_refint() -> Slapd {
+        Slapd::build(false, true).await
     }
 
     /// Like [`Slapd::start`], with TLS: a fresh CA (`ca_file()`) and a server certificate for
     /// 127.0.0.1; StartTLS on `uri()` and TLS on `ldaps_uri()`.
     pub async fn start_tls() -> Slapd {
-        Slapd::build(true).await
+        Slapd::build(true, false).await
     }
 
-    async fn build(tls: bool) -> Slapd {
+    async fn build(tls: bool, refint: bool) -> Slapd {
         let slapadd = find(SLAPADD);
         find(SLAPD);
         let dir = tempfile::tempdir().expect("temp dir");
@@ -256,9 +286,9 @@ impl Slapd {
         let config = dir.path().join("config.ldif");
         if tls {
             make_ca(dir.path(), "ca");
-            make_server_cert(dir.path());
+            make_server_cert(dir.path(), "127.0.0.1");
         }
-        std::fs::write(&config, config_ldif(dir.path(), tls)).unwrap();
+        std::fs::write(&config, config_ldif(dir.path(), tls, refint)).unwrap();
         let data = dir.path().join("data.ldif");
         std::fs::write(&data, data_ldif()).unwrap();
         let confs = conf.to_str().unwrap();
@@ -517,7 +547,7 @@ impl Slapd {
     }
 }
 
-fn normalise(e: SearchEntry) -> (String, Attrs) {
+pub(crate) fn normalise(e: SearchEntry) -> (String, Attrs) {
     let mut attrs: Attrs = e
         .attrs
         .into_iter()
@@ -532,7 +562,7 @@ fn normalise(e: SearchEntry) -> (String, Attrs) {
 
 /// Test-only background tasks (the daemon's TaskTracker is not involved here).
 #[allow(clippy::disallowed_methods)]
-fn spawn_conn(conn: LdapConnAsync) {
+pub(crate) fn spawn_conn(conn: LdapConnAsync) {
     tokio::spawn(async move {
         let _ = conn.drive().await;
     });

@@ -3,11 +3,13 @@
 //! run and outages; plus the golden mapping cases in `tests/mapping/`.
 
 mod golden;
+mod schema;
 
 use crate::harness::slapd::Slapd;
 use scim_sync::config::target::{RawTarget, RefBy};
 use scim_sync::mapping::{CompiledTarget, Schemas};
-use scim_sync::targets::ldap::{LdapTarget, PasswordSource, Settings};
+use scim_sync::targets::ldap::{LdapTarget, Settings};
+use scim_sync::targets::PasswordSource;
 use scim_sync::targets::{Change, Desired, ErrorClass, Kind, Outcome, Prior, Target};
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -91,6 +93,7 @@ impl Dir {
             members: vec![],
             password_hash: u["password"].as_str().map(str::to_owned),
             role_groups: map.role_groups(u),
+            member_changes: None,
         }
     }
 
@@ -133,6 +136,7 @@ fn group_desired(map: &CompiledTarget, g: &Value, members: Vec<String>) -> Desir
         members,
         password_hash: None,
         role_groups: vec![],
+        member_changes: None,
     }
 }
 

@@ -59,7 +59,7 @@ fn another_worker(env: &Env) -> Reconciler {
         settings.reconcile.clone(),
         targets,
         Arc::new(tokio::sync::Notify::new()),
-        Arc::default(),
+        scim_sync::health::Health::default(),
     )
 }
 

@@ -3,9 +3,11 @@
 //! id, a join table): create, update, rename, deactivation, membership, deletes, hostile
 //! values, unmapped columns and unmanaged rows untouched, outages, drift repair and dry runs.
 
+mod checks;
 mod deactivation;
 mod fanout;
 mod keys;
+mod members;
 
 use crate::harness::mariadb::MariaDb;
 use crate::harness::pg::PgDb;
@@ -157,7 +159,10 @@ impl LegacyDb {
             Flavor::Postgres => q.load(&mut PgConnection::establish(&self.url).unwrap()),
             Flavor::Mariadb => q.load(&mut MysqlConnection::establish(&self.url).unwrap()),
             Flavor::Sqlite => {
-                q.load(&mut SqliteConnection::establish(&self.sqlite_path()).unwrap())
+                // A daemon may be writing the file: wait for its lock instead of failing.
+                let mut c = SqliteConnection::establish(&self.sqlite_path()).unwrap();
+                c.batch_execute("PRAGMA busy_timeout = 10000").unwrap();
+                q.load(&mut c)
             }
         }
         .unwrap();
@@ -299,6 +304,7 @@ pub fn desired_user(map: &CompiledTarget, u: &Value) -> Desired {
         members: vec![],
         password_hash: None,
         role_groups: vec![],
+        member_changes: None,
     }
 }
 
@@ -312,6 +318,7 @@ fn desired_group(map: &CompiledTarget, name: &str, members: &[&str]) -> Desired 
         members: members.iter().map(|m| (*m).to_owned()).collect(),
         password_hash: None,
         role_groups: vec![],
+        member_changes: None,
     }
 }
 
@@ -758,7 +765,7 @@ async fn deactivation_policies(flavor: Flavor) {
     assert!(db.has_user("erin"));
 }
 
-const SURROGATE: &str = r#"
+pub const SURROGATE: &str = r#"
 [users]
 table = "app_users"
 key_column = "login"
@@ -820,6 +827,7 @@ async fn surrogate_membership(flavor: Flavor) {
         members: members.iter().map(|m| (*m).to_owned()).collect(),
         password_hash: None,
         role_groups: vec![],
+        member_changes: None,
     };
     let g = t
         .sync(

@@ -31,7 +31,7 @@ async fn instances_a_dead_instance_is_taken_over_after_its_bound_and_its_late_he
     let db = pg_db().await;
     let a = db.store.clone();
     let b = second(&db, "other").await;
-    let t0 = crate::http::server::now_ms();
+    let t0 = crate::clock::now_ms();
     a.register_instance(reg(1_000), t0).await.unwrap();
     b.register_instance(reg(1_000), t0).await.unwrap();
     let u = a.create_user(user("held"), None, &ctx(t0)).await.unwrap();

@@ -409,6 +409,106 @@ async fn claims_renewal_fails_once_another_worker_took_the_row() {
     .await;
 }
 
+/// A settle that released a re-queued row (`claimed_until` cleared, same epoch) is not undone
+/// by a heartbeat's renewal still on its way: the row stays unclaimed and due. Before: the
+/// late renewal claimed it again for a whole lease, for nobody.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn claims_a_late_renewal_does_not_claim_a_released_row_again() {
+    on_both(|store, backend| async move {
+        let id = store
+            .create_user(user("released"), None, &ctx(100))
+            .await
+            .unwrap()
+            .id;
+        let item = store.claim(TARGET, 100, 1000, 10).await.unwrap().remove(0);
+        // A re-queue while applying: the settle keeps the row and releases it.
+        let queued = store
+            .enqueue_many(
+                TARGET,
+                ResourceType::User,
+                std::slice::from_ref(&id),
+                "membership",
+                150,
+            )
+            .await
+            .unwrap();
+        assert_eq!(queued, 1);
+        store
+            .settle_applied(&item, applied(&item, item.version, 200), 200)
+            .await
+            .unwrap();
+        assert!(
+            !store.renew_claim(&item, 250, 1000).await.unwrap(),
+            "{backend}: a released row is no longer the claim's"
+        );
+        let again = store.claim(TARGET, 300, 1000, 10).await.unwrap();
+        assert_eq!(again.len(), 1, "{backend}: the released row is due at once");
+    })
+    .await;
+}
+
+/// The writes before a sync are made only under the claim: once another worker took the row
+/// (its lease ran out), a stalled apply's intent is not recorded. Before: the batch wrote it
+/// on the strength of its claim time alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn claims_writes_before_a_sync_need_the_claim_still_held() {
+    on_both(|store, backend| async move {
+        let id = store
+            .create_user(user("stalled"), None, &ctx(100))
+            .await
+            .unwrap()
+            .id;
+        let first = store.claim(TARGET, 100, 1000, 10).await.unwrap().remove(0);
+        let second = store.claim(TARGET, 2000, 1000, 10).await.unwrap().remove(0);
+        assert!(second.claim_epoch > first.claim_epoch);
+        let intent = |item: &OutboxItem| {
+            let extra = Bookkeeping {
+                creating: Some("uid=stalled,ou=People,dc=example,dc=com".into()),
+                since_ms: Some(2100),
+                attempt_ms: Some(2100),
+                ..Bookkeeping::default()
+            };
+            BeforeSync {
+                claim: Some(item.clone()),
+                resource_type: ResourceType::User,
+                resource_id: id.clone(),
+                intent: Some(TargetState {
+                    target: TARGET.into(),
+                    resource_type: ResourceType::User,
+                    resource_id: id.clone(),
+                    applied_version: 0,
+                    target_key: None,
+                    extra: Some(extra),
+                    updated_ms: 2100,
+                }),
+                reserve: None,
+                deactivating: false,
+                orphans: Vec::new(),
+            }
+        };
+        let stale = store.before_sync(TARGET, vec![intent(&first)]).await;
+        assert!(
+            matches!(stale.as_slice(), [Ok(done)] if done.lost),
+            "{backend}: {stale:?}"
+        );
+        assert_eq!(
+            store.target_state(TARGET, &id).await.unwrap(),
+            None,
+            "{backend}"
+        );
+        let held = store.before_sync(TARGET, vec![intent(&second)]).await;
+        assert!(
+            matches!(held.as_slice(), [Ok(done)] if !done.lost),
+            "{backend}: {held:?}"
+        );
+        assert!(
+            store.target_state(TARGET, &id).await.unwrap().is_some(),
+            "{backend}: the claim's owner records its intent"
+        );
+    })
+    .await;
+}
+
 /// Review finding 11: filling a missing `key_norm` (rows from before the index) reads the row,
 /// then writes; a settle that recorded a new key in between must win. Before: the fill's
 /// UPDATE by key overwrote the new key's `key_norm` with the old key's.
@@ -540,5 +640,96 @@ async fn races_a_backfill_and_a_render_recording_the_same_references_both_succee
     };
     assert_eq!(resolved("h-backfill").await.as_deref(), Some("a"));
     assert_eq!(resolved("h-render").await.as_deref(), Some("b"));
+    db.finish().await;
+}
+
+/// Pruning a group's membership changes meets a PATCH of the group (which holds the group's
+/// `member_log` row and then writes its change rows): pruning takes the log's row first, as
+/// the PATCH does, and waits. Before: it deleted the change rows first, then waited on the
+/// log's row while the PATCH waited on a change row: a deadlock, one of them aborted (40P01),
+/// the PATCH answered 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn races_pruning_membership_changes_waits_for_a_patch_of_the_group_never_deadlocks() {
+    let db = pg_db().await;
+    let (store, url) = (db.store.clone(), url_of(&db));
+    let a = store
+        .create_user(user("a"), None, &ctx(1))
+        .await
+        .unwrap()
+        .id;
+    let b = store
+        .create_user(user("b"), None, &ctx(1))
+        .await
+        .unwrap()
+        .id;
+    let g = store
+        .create_group(group("g", Some(vec![a])), &ctx(2))
+        .await
+        .unwrap();
+    let add = members_update(vec![MemberOp::Add(vec![member(b)])]);
+    store
+        .update_group(&g.id, "patch", &ctx(3), add)
+        .await
+        .unwrap();
+    let claimed = store.claim(TARGET, 100, 600_000, 10).await.unwrap();
+    let item = claimed.iter().find(|i| i.resource_id == g.id).unwrap();
+    let state = TargetState {
+        target: TARGET.into(),
+        resource_type: ResourceType::Group,
+        resource_id: g.id.clone(),
+        applied_version: 2,
+        target_key: Some("cn=g".into()),
+        extra: None,
+        updated_ms: 100,
+    };
+    store.settle_applied(item, state, 100).await.unwrap();
+    // The PATCH: its version bump holds the log's row; its change rows come next.
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let patch = {
+        let (url, id) = (url.clone(), g.id.clone());
+        std::thread::spawn(move || -> Result<(), String> {
+            let mut conn = DbConnection::Pg(diesel::PgConnection::establish(&url).unwrap());
+            type Tm = <DbConnection as diesel::Connection>::TransactionManager;
+            Tm::begin_transaction(&mut conn).unwrap();
+            let seq = format!("(SELECT seq FROM resources WHERE id = '{id}')");
+            diesel::sql_query(format!(
+                "UPDATE member_log SET logged_version = logged_version WHERE group_seq = {seq}"
+            ))
+            .execute(&mut conn)
+            .unwrap();
+            ready_tx.send(()).unwrap();
+            go_rx.recv().unwrap();
+            let touched = diesel::sql_query(format!(
+                "UPDATE member_changes SET version = version WHERE group_seq = {seq}"
+            ))
+            .execute(&mut conn)
+            .map_err(|e| e.to_string());
+            match touched {
+                Ok(_) => Tm::commit_transaction(&mut conn).map_err(|e| e.to_string()),
+                Err(e) => {
+                    let _ = Tm::rollback_transaction(&mut conn);
+                    Err(e)
+                }
+            }
+        })
+    };
+    tokio::task::spawn_blocking(move || ready_rx.recv().unwrap())
+        .await
+        .unwrap();
+    let prune = {
+        let (store, id) = (store.clone(), g.id.clone());
+        tokio::spawn(async move { store.prune_member_changes(&id, &[TARGET.to_owned()]).await })
+    };
+    // Pruning waits on the log's row (the PATCH holds it); then the PATCH writes its rows.
+    lock_waiters(&url, 1).await;
+    go_tx.send(()).unwrap();
+    let patched = tokio::task::spawn_blocking(move || patch.join().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(patched, Ok(()), "the PATCH");
+    prune.await.unwrap().expect("the prune");
+    let d = store.member_delta(TARGET, &g.id, 2).await.unwrap().unwrap();
+    assert!(d.trusted, "{d:?}");
     db.finish().await;
 }

@@ -5,13 +5,16 @@
 
 use super::codes;
 use super::conn::LdapTarget;
+use super::flavour::{self, Flavour, ValueOp};
 use super::settings::Settings;
 use crate::bookkeeping::{Bookkeeping, Disabled, Intent};
 use crate::config::target::{DeactivatePolicy, MemberValue, OnDelete, OnExisting, PasswordMode};
 use crate::mapping::dn::{dn_eq, normalize_dn, split_rdn};
 use crate::mapping::{diff, Entry, Mod};
 use crate::targets::plan::{self, Found};
-use crate::targets::{Change, Desired, ErrorClass, Kind, Lease, Outcome, Prior, TargetError};
+use crate::targets::{
+    Change, Desired, ErrorClass, Kind, Lease, MemberChanges, Outcome, Prior, TargetError,
+};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashSet};
 
@@ -28,6 +31,8 @@ struct Exec<'a> {
     changes: Vec<String>,
     /// Checked before every write: none starts unless its timeout remains on the claim.
     lease: &'a Lease,
+    /// Member values found that we did not write and kept (see [`Outcome::foreign`]).
+    foreign: Vec<String>,
 }
 
 fn permanent(message: String) -> TargetError {
@@ -104,7 +109,8 @@ impl Exec<'_> {
             return Ok(());
         }
         let lmods: Vec<ldap3::Mod<String>> = mods.iter().map(to_ldap).collect();
-        let ok = [codes::ATTRIBUTE_OR_VALUE_EXISTS, codes::NO_SUCH_ATTRIBUTE];
+        let flavour = self.t.flavour();
+        let ok = flavour.any_already_so();
         self.fence().await?;
         let rc = self.t.modify(dn, lmods, &ok).await?;
         if rc == 0 {
@@ -123,16 +129,44 @@ impl Exec<'_> {
                 other => vec![other.clone()],
             };
             for s in singles {
-                let tolerated: &[u32] = match s {
-                    Mod::Add(..) => &[codes::ATTRIBUTE_OR_VALUE_EXISTS],
-                    Mod::Delete(..) => &[codes::NO_SUCH_ATTRIBUTE],
-                    Mod::Replace(..) => &[],
-                };
                 self.fence().await?;
-                self.t.modify(dn, vec![to_ldap(&s)], tolerated).await?;
+                self.single_value_change(dn, s).await?;
             }
         }
         Ok(())
+    }
+
+    /// One value change of the value-by-value retry: the flavour's "already so" codes
+    /// (`flavour.rs`) are done; those that mean other things too (AD's 68 and 53) only once a
+    /// read shows the value is there (add) or gone (delete).
+    async fn single_value_change(&mut self, dn: &str, m: Mod) -> Result<(), TargetError> {
+        let flavour = self.t.flavour();
+        let op = match &m {
+            Mod::Add(..) => Some(ValueOp::Add),
+            Mod::Delete(_, v) if !v.is_empty() => Some(ValueOp::Delete),
+            _ => None,
+        };
+        let tolerated: &[u32] = op.map_or(&[], |op| flavour.already_so(op));
+        let rc = self.t.modify(dn, vec![to_ldap(&m)], tolerated).await?;
+        let (Some(op), Mod::Add(a, v) | Mod::Delete(a, v)) = (op, &m) else {
+            return Ok(());
+        };
+        if rc == 0 || !flavour.needs_confirmation(op, rc) {
+            return Ok(());
+        }
+        let value = v.first().map(String::as_str).unwrap_or_default();
+        let present = self.t.has_value(dn, a, value).await?;
+        if present == (op == ValueOp::Add) {
+            return Ok(());
+        }
+        Err(codes::from_result(
+            rc,
+            &format!(
+                "{} {a}: {value} is not so after all",
+                if op == ValueOp::Add { "add" } else { "delete" }
+            ),
+            &format!("modify {dn}"),
+        ))
     }
 
     /// Rename `old` to `new`; returns false when `old` no longer exists.
@@ -179,6 +213,7 @@ pub(super) async fn sync(
         dry_run,
         changes: Vec::new(),
         lease: &prior.lease,
+        foreign: Vec::new(),
     };
     let (key, extra) = match change {
         Change::Remove { kind } => remove(&mut ex, prior, kind).await?,
@@ -189,6 +224,7 @@ pub(super) async fn sync(
         key,
         extra,
         changes: ex.changes,
+        foreign: ex.foreign,
     })
 }
 
@@ -468,7 +504,7 @@ async fn taken_from_an_orphan(
 
 /// The entry recorded at `key`, when it is no longer there: an interrupted rename moved it
 /// before its settle (to the DN its reservation noted, `renaming`), or it moved otherwise.
-/// Found by its recorded `entryUUID` only: at the noted DN, else in the subtrees of the old
+/// Found by its recorded stable id (`entryUUID`, `nsUniqueId` or `objectGUID`) only: at the noted DN, else in the subtrees of the old
 /// parent, the users' base and the deactivation `move_to`. `None` without a recorded id.
 async fn moved_entry(
     t: &LdapTarget,
@@ -480,15 +516,12 @@ async fn moved_entry(
         return Ok(None);
     };
     if let Some(renaming) = prev.renaming.as_deref() {
-        if let Some(e) = t.read(renaming, &["entryUUID".to_owned()]).await? {
-            let same = e
-                .attrs
-                .get("entryuuid")
-                .and_then(|v| v.first())
-                .is_some_and(|u| u.eq_ignore_ascii_case(uuid));
-            if same {
-                return Ok(Some(renaming.to_owned()));
-            }
+        let same = t
+            .read_id(renaming)
+            .await?
+            .is_some_and(|u| u.eq_ignore_ascii_case(uuid));
+        if same {
+            return Ok(Some(renaming.to_owned()));
         }
     }
     let mut bases: Vec<String> = vec![split_rdn(key).1];
@@ -549,7 +582,8 @@ fn generalized_time_ms(ts: &str) -> Option<i64> {
     i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
 }
 
-/// The server's id of the entry at `dn` (`entryUUID`, RFC 4530; it survives renames and
+/// The server's id of the entry at `dn` (the flavour's: `entryUUID`, RFC 4530; 389-DS
+/// `nsUniqueId`; AD `objectGUID`; it survives renames and
 /// moves), for the bookkeeping: read back after an add (`fresh`) or when none is recorded yet,
 /// else the recorded one. `None` when the server has none (or in a dry run).
 async fn entry_uuid(
@@ -565,8 +599,7 @@ async fn entry_uuid(
     if ex.dry_run {
         return Ok(known.map(str::to_owned));
     }
-    let entry = ex.t.read(dn, &["entryUUID".to_owned()]).await?;
-    Ok(entry.and_then(|e| e.attrs.get("entryuuid").and_then(|v| v.first().cloned())))
+    ex.t.read_id(dn).await
 }
 
 fn missing_object_classes(desired: &[String], current: &[String]) -> Option<Mod> {
@@ -663,6 +696,17 @@ async fn sync_user(
         return Ok((None, Some(extra)));
     }
 
+    if t.flavour() == Flavour::Ad {
+        if let Some(problem) = d
+            .entry
+            .attrs
+            .get("samaccountname")
+            .and_then(|v| v.first())
+            .and_then(|n| flavour::sam_account_name_problem(n))
+        {
+            return Err(permanent(format!("{}: {problem}", d.entry.key)));
+        }
+    }
     let desired_dn = planned_dn(&t.settings, d).unwrap_or_else(|| d.entry.key.clone());
     let disable_set: BTreeMap<String, Vec<String>> = match (policy, us.deactivate.as_ref()) {
         (Some(DeactivatePolicy::Disable), Some(x)) => x.set.clone(),
@@ -705,6 +749,8 @@ async fn sync_user(
         }
     }
     let mut current = current;
+    let resumed = ex.changes.iter().any(|c| c.starts_with(RESUME));
+    let mut added = false;
     // Read the entry's id afresh after an add, a resume or an adoption.
     let mut fresh = current.is_some() && prior.key.is_none();
     if current.is_none() {
@@ -714,6 +760,10 @@ async fn sync_user(
         }
         let rc = ex.add(&desired_dn, add_attrs(&entry, &extra_attrs)).await?;
         fresh = true;
+        added = rc == 0;
+        if rc == codes::ENTRY_ALREADY_EXISTS && t.read(&desired_dn, &[]).await?.is_none() {
+            return Err(unique_value_conflict(t, &desired_dn, &entry).await?);
+        }
         if rc == codes::ENTRY_ALREADY_EXISTS {
             // Lost a race with another writer: converge only if we may own it.
             if raced_and_refused(t, prior, &desired_dn).await? {
@@ -744,7 +794,7 @@ async fn sync_user(
         }
         // Reactivation removes exactly what we set, if it is still what we set.
         for (attr, vals) in &prev_disabled {
-            if disable_set.contains_key(attr) {
+            if disable_set.contains_key(attr) || attr == UAC {
                 continue;
             }
             let have = cur.attrs.get(attr).cloned().unwrap_or_default();
@@ -761,6 +811,22 @@ async fn sync_user(
     if !leave {
         ex.modify(&desired_dn, std::mem::take(&mut entry_mods), false)
             .await?;
+    }
+    // AD: the account's disable bit. Set while inactive (policy "disable" without `set`);
+    // cleared on reactivation when we set it, and after our add (AD creates an account
+    // without a password disabled). Any bit we did not set stays as it is.
+    let mut ad_disabled = false;
+    if t.flavour() == Flavour::Ad {
+        let disable = policy == Some(DeactivatePolicy::Disable)
+            && us.deactivate.as_ref().is_some_and(|x| x.account_control);
+        let ours = prev.disabled_attrs().contains_key(UAC)
+            || prev.deactivating == Some(true)
+            || added
+            || resumed;
+        if disable || ours {
+            account_disable_bit(ex, &desired_dn, disable).await?;
+        }
+        ad_disabled = disable;
     }
 
     // Role groups.
@@ -804,8 +870,12 @@ async fn sync_user(
         uid,
         ..Bookkeeping::default()
     };
-    if !disable_set.is_empty() {
-        extra.disabled = Some(Disabled::Attrs(disable_set));
+    let mut disabled_now = disable_set;
+    if ad_disabled {
+        disabled_now.insert(UAC.to_owned(), vec!["ACCOUNTDISABLE".to_owned()]);
+    }
+    if !disabled_now.is_empty() {
+        extra.disabled = Some(Disabled::Attrs(disabled_now));
     }
     if let Some(m) = &member {
         if !applied_groups.is_empty() {
@@ -816,6 +886,79 @@ async fn sync_user(
     extra.password_sha256 = pw_sha.or_else(|| prev.password_sha256.clone());
     extra.entry_uuid = entry_uuid(ex, &prev, &desired_dn, fresh).await?;
     Ok((Some(desired_dn), Some(extra)))
+}
+
+/// An add answered "already exists" (68) although no entry is at `dn`: another entry holds a
+/// value the directory keeps unique (AD: `sAMAccountName`, `userPrincipalName`). A conflict
+/// for the operator, naming the entry that holds it when it can be found.
+async fn unique_value_conflict(
+    t: &LdapTarget,
+    dn: &str,
+    entry: &Entry,
+) -> Result<TargetError, TargetError> {
+    let mut suffix: Vec<String> = Vec::new();
+    let mut rest = dn.to_owned();
+    while !rest.is_empty() {
+        let (rdn, parent) = split_rdn(&rest);
+        if rdn.to_ascii_lowercase().starts_with("dc=") {
+            suffix.push(rdn);
+        }
+        if parent == rest {
+            break;
+        }
+        rest = parent;
+    }
+    let mut holder = None;
+    if !suffix.is_empty() {
+        for attr in ["samaccountname", "userprincipalname"] {
+            let Some(v) = entry.attrs.get(attr).and_then(|v| v.first()) else {
+                continue;
+            };
+            let filter = format!("({attr}={})", ldap3::ldap_escape(v));
+            if let Some(other) = t.find_dn(&suffix.join(","), &filter).await? {
+                holder = Some(format!("{attr} {v:?} is held by {other}"));
+                break;
+            }
+        }
+    }
+    let why = holder.unwrap_or_else(|| "another entry holds one of its unique values".into());
+    Ok(TargetError {
+        class: ErrorClass::Permanent,
+        code: Some(codes::ENTRY_ALREADY_EXISTS.to_string()),
+        message: format!("{dn}: the directory refused the add as a duplicate: {why}"),
+    })
+}
+
+/// AD's `userAccountControl`, lower-cased as read; in `disabled` it marks "we set
+/// `ACCOUNTDISABLE`".
+const UAC: &str = "useraccountcontrol";
+
+/// Set or clear AD's `ACCOUNTDISABLE` bit of the entry at `dn`, every other bit as read.
+async fn account_disable_bit(
+    ex: &mut Exec<'_>,
+    dn: &str,
+    disabled: bool,
+) -> Result<(), TargetError> {
+    let Some(cur) = ex.t.read(dn, &["userAccountControl".to_owned()]).await? else {
+        return Ok(());
+    };
+    let Some(have) = cur.attrs.get(UAC).and_then(|v| v.first()).cloned() else {
+        return Ok(());
+    };
+    let Some(want) = flavour::with_account_disabled(&have, disabled) else {
+        return Err(permanent(format!(
+            "{dn}: userAccountControl {have:?} is not a number"
+        )));
+    };
+    if want != have {
+        ex.modify(
+            dn,
+            vec![Mod::Replace("userAccountControl".to_owned(), vec![want])],
+            true,
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// Where the entry recorded at `key` is: there, or where it moved (see [`moved_entry`]).
@@ -873,6 +1016,20 @@ async fn sync_group(
     };
     let attr = gs.member_attribute.clone();
     let desired_dn = d.entry.key.clone();
+    if let Some(changes) = &d.member_changes {
+        let placeholder = gs.placeholder_member.as_deref();
+        return sync_group_changes(
+            ex,
+            d,
+            prior,
+            &gs.attributes,
+            &attr,
+            placeholder,
+            norm,
+            changes,
+        )
+        .await;
+    }
 
     // Desired members, deduplicated; the placeholder only when otherwise empty.
     let mut seen = HashSet::new();
@@ -940,16 +1097,24 @@ async fn sync_group(
         let have: Vec<String> = cur.attrs.get(&attr).cloned().unwrap_or_default();
         let have_norm: HashSet<String> = have.iter().map(|h| norm(h)).collect();
         let want_norm: HashSet<String> = want.iter().map(|w| norm(w)).collect();
+        // The values we wrote (the placeholder is always ours); `None`: every value is.
+        let ours: Option<HashSet<String>> = prior.members_ours.as_ref().map(|o| {
+            o.iter()
+                .chain(gs.placeholder_member.iter())
+                .map(|v| norm(v))
+                .collect()
+        });
         let to_add: Vec<String> = want
             .iter()
             .filter(|w| !have_norm.contains(&norm(w)))
             .cloned()
             .collect();
-        let to_del: Vec<String> = have
+        let (to_del, foreign): (Vec<String>, Vec<String>) = have
             .iter()
             .filter(|h| !want_norm.contains(&norm(h)))
             .cloned()
-            .collect();
+            .partition(|h| ours.as_ref().is_none_or(|o| o.contains(&norm(h))));
+        ex.foreign = foreign;
         // Adds before deletes, so a group never passes through "empty" (groupOfNames).
         for chunk in to_add.chunks(MEMBER_CHUNK) {
             ex.modify(
@@ -969,6 +1134,136 @@ async fn sync_group(
         }
     }
     let extra = group_extra(entry_uuid(ex, &prev, &desired_dn, fresh).await?);
+    Ok((Some(desired_dn), Some(extra)))
+}
+
+/// The O(change) path of a group: the entry's own attributes as usual (read without the
+/// member attribute), then only `changes` to the member values, in one modify when they fit
+/// one chunk (a value already there, or already gone, is done). No entry at the recorded key
+/// (nor where it moved): [`TargetError::members_full`], the reconciler applies it whole.
+///
+/// With a `placeholder`, asked without reading the members: adds also delete it when the
+/// entry holds it (`(member=<placeholder>)`, in the same modify); after deletes, an entry
+/// left without any value (`(member=*)` no longer matches) gets it back, and a schema that
+/// refuses the delete alone (objectClassViolation, 65: `groupOfNames` must keep a member)
+/// gets the placeholder added in the same modify.
+#[allow(clippy::too_many_arguments)]
+async fn sync_group_changes(
+    ex: &mut Exec<'_>,
+    d: &Desired,
+    prior: &Prior,
+    attributes: &[String],
+    attr: &str,
+    placeholder: Option<&str>,
+    norm: impl Fn(&str) -> String,
+    changes: &MemberChanges,
+) -> Result<(Option<String>, Option<Bookkeeping>), TargetError> {
+    let desired_dn = d.entry.key.clone();
+    let mut read_attrs: Vec<String> = attributes.to_vec();
+    read_attrs.extend(d.entry.attrs.keys().cloned());
+    // Never the member attribute: reading every member is what this path avoids.
+    read_attrs.retain(|a| !a.eq_ignore_ascii_case(attr));
+    if prior.key.is_none() {
+        return Err(TargetError::members_full("the group was never applied"));
+    }
+    let Some(cur) = locate(ex, prior, &desired_dn, &read_attrs).await? else {
+        return Err(TargetError::members_full("no entry at the recorded key"));
+    };
+    let mut mods = Vec::new();
+    mods.extend(missing_object_classes(
+        &d.entry.object_classes,
+        &cur.object_classes,
+    ));
+    mods.extend(diff(&d.entry, &align_dn_values(&d.entry, &cur)));
+    ex.modify(&desired_dn, mods, false).await?;
+
+    let mut seen = HashSet::new();
+    let add: Vec<String> = changes
+        .add
+        .iter()
+        .filter(|v| seen.insert(norm(v)))
+        .cloned()
+        .collect();
+    // A value both wanted (for one member) and unwanted (recorded for another) stays.
+    let delete: Vec<String> = changes
+        .delete
+        .iter()
+        .filter(|v| seen.insert(norm(v)))
+        .cloned()
+        .collect();
+    let t = ex.t;
+    let has = |value: &str| format!("({attr}={})", ldap3::ldap_escape(value));
+    // The placeholder goes once a real member is added (never one of ours to delete else).
+    let mut delete = delete;
+    if let Some(p) = placeholder {
+        let p_norm = norm(p);
+        delete.retain(|v| norm(v) != p_norm);
+        if !add.is_empty() && !add.iter().any(|v| norm(v) == p_norm) {
+            let present = if ex.dry_run {
+                false
+            } else {
+                t.matches(&desired_dn, &has(p)).await?
+            };
+            if present {
+                delete.push(p.to_owned());
+            }
+        }
+    }
+    let deletes_only = add.is_empty() && !delete.is_empty();
+    if add.len() + delete.len() <= MEMBER_CHUNK {
+        let mut member_mods = Vec::new();
+        if !add.is_empty() {
+            member_mods.push(Mod::Add(attr.to_owned(), add));
+        }
+        if !delete.is_empty() {
+            member_mods.push(Mod::Delete(attr.to_owned(), delete.clone()));
+        }
+        match ex.modify(&desired_dn, member_mods, true).await {
+            Err(e) if deletes_only && placeholder.is_some() && e.code.as_deref() == Some("65") => {
+                // The last member went: the placeholder stands in, in the same modify.
+                let p = placeholder.unwrap_or_default().to_owned();
+                let mods = vec![
+                    Mod::Add(attr.to_owned(), vec![p]),
+                    Mod::Delete(attr.to_owned(), delete),
+                ];
+                ex.modify(&desired_dn, mods, true).await?;
+                let prev = prior_extra(prior);
+                let extra = group_extra(entry_uuid(ex, &prev, &desired_dn, false).await?);
+                return Ok((Some(desired_dn), Some(extra)));
+            }
+            other => other?,
+        }
+    } else {
+        for chunk in add.chunks(MEMBER_CHUNK) {
+            ex.modify(
+                &desired_dn,
+                vec![Mod::Add(attr.to_owned(), chunk.to_vec())],
+                true,
+            )
+            .await?;
+        }
+        for chunk in delete.chunks(MEMBER_CHUNK) {
+            ex.modify(
+                &desired_dn,
+                vec![Mod::Delete(attr.to_owned(), chunk.to_vec())],
+                true,
+            )
+            .await?;
+        }
+    }
+    if let (Some(p), true, false) = (placeholder, deletes_only, ex.dry_run) {
+        // A schema that lets the attribute go empty (posixGroup): the placeholder stands in.
+        if !t.matches(&desired_dn, &format!("({attr}=*)")).await? {
+            ex.modify(
+                &desired_dn,
+                vec![Mod::Add(attr.to_owned(), vec![p.to_owned()])],
+                true,
+            )
+            .await?;
+        }
+    }
+    let prev = prior_extra(prior);
+    let extra = group_extra(entry_uuid(ex, &prev, &desired_dn, false).await?);
     Ok((Some(desired_dn), Some(extra)))
 }
 
@@ -1136,6 +1431,7 @@ mod tests {
             members: vec![],
             password_hash: None,
             role_groups: vec![],
+            member_changes: None,
         };
         let plain = settings("");
         assert_eq!(

@@ -1,8 +1,9 @@
 //! LDAP result codes (RFC 4511 Appendix A) and ldap3 errors, classified for the reconciler.
 //! Owns the decision "retry forever" vs "give up after a few tries"; must not perform I/O.
 //!
-//! Which codes mean "done" (68 on add, 20 on value add, 16 on value delete, 32 on delete) is
-//! decided by the caller in `apply.rs`, which knows the operation.
+//! Which codes mean "done" (68 on add, 32 on delete) is decided by the caller in `apply.rs`,
+//! which knows the operation; for value operations inside a modify (20 / 16, and AD's 68 / 53)
+//! by the directory's table in `flavour.rs`.
 
 use crate::targets::{ErrorClass, TargetError};
 use ldap3::LdapError;

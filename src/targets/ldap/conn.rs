@@ -3,8 +3,11 @@
 //! One multiplexed connection is kept behind a tokio `Mutex`; when an operation fails with a
 //! connection error the connection is dropped and the next operation reconnects. Every LDAP
 //! failure leaves this file as a classified [`TargetError`]. Must not decide what to change.
+//! The first connect reads the root DSE and settles the flavour (configured or detected,
+//! logged); AD's `member` is read ranged and merged (`flavour::merge_ranged`).
 
 use super::codes;
+use super::flavour::{self, Flavour};
 use super::settings::Settings;
 use crate::mapping::Entry;
 use crate::targets::{config_error, ErrorClass, TargetError};
@@ -19,6 +22,10 @@ pub struct LdapTarget {
     password: Option<String>,
     tls: Option<Arc<rustls::ClientConfig>>,
     slot: tokio::sync::Mutex<Option<Ldap>>,
+    /// The flavour: configured, or detected from the root DSE at the first connect.
+    flavour: std::sync::OnceLock<Flavour>,
+    /// Writes sent (see [`super::ops`]).
+    ops: Arc<super::ops::OpCounts>,
 }
 
 impl std::fmt::Debug for LdapTarget {
@@ -49,12 +56,74 @@ impl LdapTarget {
                 ))
             })?)),
         };
+        let ops = super::ops::for_url(&settings.url);
         Ok(LdapTarget {
             settings,
             password,
             tls,
             slot: tokio::sync::Mutex::new(None),
+            flavour: std::sync::OnceLock::new(),
+            ops,
         })
+    }
+
+    /// The directory's flavour: configured, else detected at the first connect (before any
+    /// operation: every one connects first), else OpenLDAP's behaviour.
+    #[must_use]
+    pub fn flavour(&self) -> Flavour {
+        self.settings
+            .flavour
+            .or_else(|| self.flavour.get().copied())
+            .unwrap_or(Flavour::OpenLdap)
+    }
+
+    /// Read the root DSE once and log the flavour chosen: the configured one (warning when the
+    /// root DSE says otherwise) or the detected one.
+    async fn settle_flavour(&self, ldap: &mut Ldap) -> Result<(), TargetError> {
+        if self.flavour.get().is_some() {
+            return Ok(());
+        }
+        let what = "read the root DSE";
+        let attrs = vec![
+            "supportedCapabilities",
+            "vendorName",
+            "vendorVersion",
+            "objectClass",
+            "structuralObjectClass",
+        ];
+        let res = ldap
+            .with_timeout(self.settings.timeout)
+            .search("", Scope::Base, "(objectClass=*)", attrs)
+            .await
+            .map_err(|e| codes::from_ldap_error(&e, what))?;
+        let mut dse = BTreeMap::new();
+        if let Some(raw) = res.0.into_iter().next() {
+            for (k, v) in SearchEntry::construct(raw).attrs {
+                dse.insert(k.to_ascii_lowercase(), v);
+            }
+        }
+        let (detected, why) = Flavour::detect(&dse);
+        let name = &self.settings.name;
+        match self.settings.flavour {
+            Some(f) if f != detected => tracing::warn!(
+                target_name = %name,
+                flavour = f.name(),
+                detected = detected.name(),
+                reason = %why,
+                "LDAP flavour configured differs from what the root DSE suggests; using the configured one."
+            ),
+            Some(f) => {
+                tracing::info!(target_name = %name, flavour = f.name(), "LDAP flavour configured.")
+            }
+            None => tracing::info!(
+                target_name = %name,
+                flavour = detected.name(),
+                reason = %why,
+                "LDAP flavour detected from the root DSE (set flavour to choose)."
+            ),
+        }
+        let _ = self.flavour.set(self.settings.flavour.unwrap_or(detected));
+        Ok(())
     }
 
     /// The validated settings.
@@ -88,6 +157,7 @@ impl LdapTarget {
                 return Err(codes::from_result(res.rc, &res.text, &what));
             }
         }
+        self.settle_flavour(&mut ldap).await?;
         Ok(ldap)
     }
 
@@ -152,15 +222,12 @@ impl LdapTarget {
         }
     }
 
-    /// Read one entry (base search), with these attributes (plus `objectClass`). `None` when
-    /// it does not exist. Attribute names are lower-cased.
-    pub(super) async fn read(
+    /// One base search of `dn` for `wanted`; `None` when the entry does not exist.
+    async fn search_base(
         &self,
         dn: &str,
-        attrs: &[String],
-    ) -> Result<Option<Entry>, TargetError> {
-        let mut wanted: Vec<String> = attrs.to_vec();
-        wanted.push("objectClass".into());
+        wanted: Vec<String>,
+    ) -> Result<Option<SearchEntry>, TargetError> {
         let what = format!("read {dn}");
         let ldap = self.handle().await?;
         let t = self.settings.timeout;
@@ -187,18 +254,73 @@ impl LdapTarget {
         if res.1.rc != 0 {
             return Err(codes::from_result(res.1.rc, &res.1.text, &what));
         }
-        let Some(raw) = res.0.into_iter().next() else {
+        Ok(res.0.into_iter().next().map(SearchEntry::construct))
+    }
+
+    /// Read one entry (base search), with these attributes (plus `objectClass`). `None` when
+    /// it does not exist. Attribute names are lower-cased. On AD, `member` is read ranged
+    /// (`member;range=0-1499`, then from where each answer ended, until `*`) and merged.
+    pub(super) async fn read(
+        &self,
+        dn: &str,
+        attrs: &[String],
+    ) -> Result<Option<Entry>, TargetError> {
+        // Connect first: the flavour is known from then on.
+        self.handle().await?;
+        let ranged = self.flavour() == Flavour::Ad;
+        let mut wanted: Vec<String> = attrs
+            .iter()
+            .map(|a| {
+                if ranged && a.eq_ignore_ascii_case("member") {
+                    flavour::range_request("member", 0)
+                } else {
+                    a.clone()
+                }
+            })
+            .collect();
+        wanted.push("objectClass".into());
+        let Some(se) = self.search_base(dn, wanted).await? else {
             return Ok(None);
         };
-        let se = SearchEntry::construct(raw);
+        self.ops.read(se.attrs.values().map(Vec::len).sum());
         let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
         let mut object_classes = Vec::new();
+        let mut got: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (k, v) in se.attrs {
             if k.eq_ignore_ascii_case("objectclass") {
                 object_classes = v;
             } else {
-                out.entry(k.to_ascii_lowercase()).or_default().extend(v);
+                got.entry(k.to_ascii_lowercase()).or_default().extend(v);
             }
+        }
+        let what = format!("read {dn}");
+        let mut expected = BTreeMap::new();
+        let mut next = flavour::merge_ranged(&mut out, got, &expected)
+            .map_err(|e| codes::from_result(1, &e, &what))?;
+        // Each step starts where the last ended, so this ends after (values / step) reads.
+        while let Some((attr, start)) = next.pop() {
+            expected.insert(attr.clone(), start);
+            let Some(se) = self
+                .search_base(dn, vec![flavour::range_request(&attr, start)])
+                .await?
+            else {
+                return Ok(None);
+            };
+            self.ops.read(se.attrs.values().map(Vec::len).sum());
+            let got: BTreeMap<String, Vec<String>> = se
+                .attrs
+                .into_iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v))
+                .filter(|(k, _)| k.starts_with(&format!("{attr};")))
+                .collect();
+            if got.is_empty() {
+                // Past the last value: the server has no more to send.
+                continue;
+            }
+            next.extend(
+                flavour::merge_ranged(&mut out, got, &expected)
+                    .map_err(|e| codes::from_result(1, &e, &what))?,
+            );
         }
         Ok(Some(Entry {
             key: se.dn,
@@ -207,15 +329,124 @@ impl LdapTarget {
         }))
     }
 
-    /// The DN of the entry whose `entryUUID` is `uuid` in the subtree of `base` (an entry
-    /// that moved since its DN was recorded); `None` when there is none or `base` is missing.
+    /// Whether the entry at `dn` matches `filter` (a base search returning no attributes):
+    /// what a group's member values hold, asked without reading them (`(member=<dn>)`,
+    /// `(member=*)`). False when the entry is gone.
+    pub(super) async fn matches(&self, dn: &str, filter: &str) -> Result<bool, TargetError> {
+        let what = format!("search {dn} for {filter}");
+        let ldap = self.handle().await?;
+        let t = self.settings.timeout;
+        let (owned_dn, owned_filter) = (dn.to_owned(), filter.to_owned());
+        let res = async move {
+            let mut ldap = ldap;
+            ldap.with_timeout(t)
+                .search(&owned_dn, Scope::Base, &owned_filter, vec!["1.1"])
+                .await
+        }
+        .await;
+        let res = match res {
+            Ok(r) => r,
+            Err(e) => {
+                if codes::is_connection_error(&e) {
+                    self.drop_connection().await;
+                }
+                return Err(codes::from_ldap_error(&e, &what));
+            }
+        };
+        if res.1.rc == codes::NO_SUCH_OBJECT {
+            return Ok(false);
+        }
+        if res.1.rc != 0 {
+            return Err(codes::from_result(res.1.rc, &res.1.text, &what));
+        }
+        Ok(!res.0.is_empty())
+    }
+
+    /// The stable id of the entry at `dn` (the flavour's id attribute; AD's binary
+    /// `objectGUID` as hex), or `None` when there is no entry or no id.
+    pub(super) async fn read_id(&self, dn: &str) -> Result<Option<String>, TargetError> {
+        self.handle().await?;
+        let f = self.flavour();
+        let attr = f.id_attribute();
+        let Some(se) = self.search_base(dn, vec![attr.to_owned()]).await? else {
+            return Ok(None);
+        };
+        let text = se
+            .attrs
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(attr))
+            .and_then(|(_, v)| v.first().cloned());
+        if f == Flavour::Ad {
+            // Binary; ldap3 hands a value that happens to be valid UTF-8 over as text.
+            let bytes = se
+                .bin_attrs
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(attr))
+                .and_then(|(_, v)| v.first().cloned())
+                .or_else(|| text.map(String::into_bytes));
+            return Ok(bytes.map(|b| flavour::id_from_binary(&b)));
+        }
+        Ok(text)
+    }
+
+    /// Whether the entry at `dn` holds `value` in `attr` (the server's own matching rule, by a
+    /// filter: no value list is read). For codes that mean "already so" only when confirmed.
+    pub(super) async fn has_value(
+        &self,
+        dn: &str,
+        attr: &str,
+        value: &str,
+    ) -> Result<bool, TargetError> {
+        let what = format!("check {attr} of {dn}");
+        let filter = format!("({attr}={})", ldap3::ldap_escape(value));
+        let ldap = self.handle().await?;
+        let t = self.settings.timeout;
+        let owned_dn = dn.to_owned();
+        let res = async move {
+            let mut ldap = ldap;
+            ldap.with_timeout(t)
+                .search(&owned_dn, Scope::Base, &filter, vec!["1.1"])
+                .await
+        }
+        .await;
+        match res {
+            Ok(r) if r.1.rc == 0 => Ok(!r.0.is_empty()),
+            Ok(r) if r.1.rc == codes::NO_SUCH_OBJECT => Ok(false),
+            Ok(r) => Err(codes::from_result(r.1.rc, &r.1.text, &what)),
+            Err(e) => {
+                if codes::is_connection_error(&e) {
+                    self.drop_connection().await;
+                }
+                Err(codes::from_ldap_error(&e, &what))
+            }
+        }
+    }
+
+    /// The DN of the entry whose stable id (the flavour's, see [`LdapTarget::read_id`]) is
+    /// `uuid` in the subtree of `base` (an entry that moved since its DN was recorded); `None`
+    /// when there is none or `base` is missing.
     pub(super) async fn find_by_uuid(
         &self,
         base: &str,
         uuid: &str,
     ) -> Result<Option<String>, TargetError> {
-        let what = format!("search {base} for entryUUID {uuid}");
-        let filter = format!("(entryUUID={})", ldap3::ldap_escape(uuid));
+        self.handle().await?;
+        let f = self.flavour();
+        let Some(filter) = f.id_filter(uuid) else {
+            return Ok(None);
+        };
+        self.find_dn(base, &filter).await
+    }
+
+    /// The DN of the first entry matching `filter` in the subtree of `base`; `None` when there
+    /// is none or `base` is missing.
+    pub(super) async fn find_dn(
+        &self,
+        base: &str,
+        filter: &str,
+    ) -> Result<Option<String>, TargetError> {
+        let what = format!("search {base} for {filter}");
+        let filter = filter.to_owned();
         let ldap = self.handle().await?;
         let t = self.settings.timeout;
         let owned_base = base.to_owned();
@@ -261,6 +492,7 @@ impl LdapTarget {
             .map(|(k, v)| (k, v.into_iter().collect()))
             .collect();
         let dn = dn.to_owned();
+        self.ops.add();
         let res = self
             .run(&what, |mut l| async move {
                 l.with_timeout(t).add(&dn, attrs).await
@@ -279,6 +511,16 @@ impl LdapTarget {
         let what = format!("modify {dn}");
         let t = self.settings.timeout;
         let dn = dn.to_owned();
+        let values = mods
+            .iter()
+            .map(|m| match m {
+                ldap3::Mod::Add(_, v) | ldap3::Mod::Delete(_, v) | ldap3::Mod::Replace(_, v) => {
+                    v.len()
+                }
+                ldap3::Mod::Increment(..) => 1,
+            })
+            .sum();
+        self.ops.modify(values);
         let res = self
             .run(&what, |mut l| async move {
                 l.with_timeout(t).modify(&dn, mods).await
@@ -297,6 +539,7 @@ impl LdapTarget {
         let what = format!("modrdn {dn}");
         let t = self.settings.timeout;
         let (dn, rdn, sup) = (dn.to_owned(), rdn.to_owned(), new_sup.map(str::to_owned));
+        self.ops.modrdn();
         let res = self
             .run(&what, |mut l| async move {
                 l.with_timeout(t)
@@ -312,6 +555,7 @@ impl LdapTarget {
         let what = format!("delete {dn}");
         let t = self.settings.timeout;
         let dn = dn.to_owned();
+        self.ops.delete();
         let res = self
             .run(
                 &what,

@@ -1,5 +1,8 @@
 //! The LDAP target: `settings` (validated config, pure), `conn` (connection, bind, timeouts,
-//! reconnect), `apply` (make one entry match), `codes` (result-code classification).
+//! reconnect), `apply` (make one entry match), `codes` (result-code classification), `schema`
+//! (the server's schema against the mapping).
+//! reconnect, flavour detection, ranged reads), `apply` (make one entry match), `codes`
+//! (result-code classification), `flavour` (pure facts per directory: OpenLDAP, 389-DS, AD).
 //! Never sees SCIM types or the store: it gets a [`Change`] and a [`Prior`].
 //!
 //! Bookkeeping kept in `Outcome.extra` ([`crate::bookkeeping::Bookkeeping`]) for the next
@@ -7,16 +10,20 @@
 //! what `memberUid` groups hold; see `mapping::CompiledTarget::member_key`), `disabled`
 //! (attributes set by deactivation, removed exactly on reactivation), `member` and
 //! `role_groups` (role-group memberships written), `password_sha256` (of the last written
-//! password hash, to write only changes), `deleted_inactive`, `entry_uuid` (the server's
-//! `entryUUID` of the entry, read back after the add: it survives renames and moves).
+//! password hash, to write only changes), `deleted_inactive`, `entry_uuid` (the entry's stable
+//! id, read back after the add: it survives renames and moves; the flavour's attribute:
+//! `entryUUID`, 389-DS `nsUniqueId`, AD `objectGUID` as 32 hex digits).
 
 pub mod apply;
 pub mod codes;
 pub mod conn;
+pub mod flavour;
+pub mod ops;
+pub mod schema;
 pub mod settings;
 
 pub use conn::LdapTarget;
-pub use settings::{PasswordSource, Settings};
+pub use settings::Settings;
 
 use crate::targets::{Change, Desired, Kind, Outcome, Prior, Target, TargetError};
 

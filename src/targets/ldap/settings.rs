@@ -2,69 +2,16 @@
 //! function that reports every problem with its key. Must not read files or the environment
 //! (the password and CA file are read when the target is built, in `conn.rs`).
 
+use super::flavour::Flavour;
 use crate::config::target::{
     DeactivatePolicy, MemberValue, OnDelete, OnExisting, PasswordMode, RawLdapTarget,
 };
 use crate::mapping::dn::{parse_dn, split_rdn};
 use crate::mapping::ConfigError;
+use crate::targets::PasswordSource;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
-
-/// Where the bind password comes from.
-#[derive(Clone, PartialEq, Eq)]
-pub enum PasswordSource {
-    /// No password (anonymous or no bind).
-    None,
-    /// Read from this file (trailing newline stripped).
-    File(PathBuf),
-    /// Read from this environment variable.
-    Env(String),
-    /// Given directly (tests, or a caller that resolved the secret itself).
-    Value(String),
-}
-
-impl PasswordSource {
-    /// The password itself: read the file (trailing newline stripped) or the environment
-    /// variable. `target` and `key` name the target and the config key in errors.
-    ///
-    /// # Errors
-    /// An unreadable file or an unset variable (permanent).
-    pub fn resolve(
-        &self,
-        target: &str,
-        key: &str,
-    ) -> Result<Option<String>, crate::targets::TargetError> {
-        match self {
-            PasswordSource::None => Ok(None),
-            PasswordSource::Value(v) => Ok(Some(v.clone())),
-            PasswordSource::Env(var) => std::env::var(var).map(Some).map_err(|_| {
-                crate::targets::config_error(format!(
-                    "target {target}: environment variable {var} is not set"
-                ))
-            }),
-            PasswordSource::File(path) => std::fs::read_to_string(path)
-                .map(|text| Some(text.trim_end_matches(['\r', '\n']).to_owned()))
-                .map_err(|e| {
-                    crate::targets::config_error(format!(
-                        "target {target}: cannot read {key} {}: {e}",
-                        path.display()
-                    ))
-                }),
-        }
-    }
-}
-
-impl std::fmt::Debug for PasswordSource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            PasswordSource::None => f.write_str("None"),
-            PasswordSource::File(p) => write!(f, "File({})", p.display()),
-            PasswordSource::Env(v) => write!(f, "Env({v})"),
-            PasswordSource::Value(_) => f.write_str("Value([redacted])"),
-        }
-    }
-}
 
 /// Deactivation settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,6 +22,9 @@ pub struct Deactivate {
     pub set: BTreeMap<String, Vec<String>>,
     /// Parent DN for the `move` policy.
     pub move_to: Option<String>,
+    /// AD (`flavour = "ad"`, policy `disable` without `set`): disable by the
+    /// `userAccountControl` bit `ACCOUNTDISABLE`, every other bit kept.
+    pub account_control: bool,
     /// Inactive users leave their role groups (SCIM groups: the reconciler leaves them out).
     pub remove_from_groups: bool,
 }
@@ -114,6 +64,8 @@ pub struct Settings {
     pub name: String,
     /// `ldap://` or `ldaps://` URL.
     pub url: String,
+    /// The configured directory flavour (`None`: detected from the root DSE at connect).
+    pub flavour: Option<Flavour>,
     /// StartTLS on an `ldap://` URL.
     pub starttls: bool,
     /// CA certificates (PEM) to trust.
@@ -211,12 +163,30 @@ impl Settings {
                 "bind_dn needs bind_password_file or bind_password_env".into(),
             );
         }
+        if raw.flavour == Some(Flavour::Ad) && raw.users.password == PasswordMode::Sync {
+            err(
+                "users.password",
+                "\"sync\" is refused for flavour = \"ad\": AD takes a password only as clear \
+                 text (unicodePwd) and scim-sync never keeps one (it stores only a hash); \
+                 set passwords in AD itself (docs/ad.md)"
+                    .into(),
+            );
+        }
         let deactivate = raw.users.deactivate.as_ref().map(|d| {
-            let set: BTreeMap<String, Vec<String>> = d
+            let mut set: BTreeMap<String, Vec<String>> = d
                 .set
                 .iter()
                 .map(|(k, v)| (k.to_ascii_lowercase(), v.to_vec()))
                 .collect();
+            // `policy = "disable"` without `set`: the flavour's own way, when it is configured.
+            let mut account_control = false;
+            if d.policy == DeactivatePolicy::Disable && set.is_empty() {
+                match raw.flavour {
+                    Some(Flavour::Ad) => account_control = true,
+                    Some(f) => set = f.default_disable_set().unwrap_or_default(),
+                    None => {}
+                }
+            }
             for (k, v) in &set {
                 if v.is_empty() || v.iter().any(String::is_empty) {
                     err(
@@ -237,10 +207,12 @@ impl Settings {
                 }
             }
             match d.policy {
-                DeactivatePolicy::Disable if set.is_empty() => {
+                DeactivatePolicy::Disable if set.is_empty() && !account_control => {
                     err(
                         "users.deactivate.set",
-                        "policy \"disable\" needs attributes to set".into(),
+                        "policy \"disable\" needs attributes to set (or a flavour, whose \
+                         own disable is used)"
+                            .into(),
                     );
                 }
                 DeactivatePolicy::Move => match &d.move_to {
@@ -261,6 +233,7 @@ impl Settings {
                 set,
                 move_to: d.move_to.clone(),
                 remove_from_groups: d.remove_from_groups,
+                account_control,
             }
         });
         if raw.users.on_delete == OnDelete::Disable
@@ -322,6 +295,7 @@ impl Settings {
         Ok(Settings {
             name: raw.name.clone(),
             url: raw.url.clone(),
+            flavour: raw.flavour,
             starttls: raw.starttls,
             ca_file: raw.ca_file.clone(),
             bind_dn: raw.bind_dn.clone(),
@@ -492,6 +466,55 @@ object_classes = ["inetOrgPerson"]
                 "{url} {extra} {users}"
             );
         }
+    }
+
+    #[test]
+    fn a_flavour_brings_its_own_disable_and_ad_refuses_password_sync() {
+        let disable = "[users.deactivate]\npolicy = \"disable\"";
+        // Without a flavour, `disable` needs `set`.
+        assert!(errs("", disable)
+            .iter()
+            .any(|e| e.starts_with("targets[1].users.deactivate.set")));
+        let with = |flavour: &str, users: &str| {
+            Settings::from_raw(&raw(&format!("flavour = \"{flavour}\""), users), 0)
+        };
+        let ol = with("openldap", disable).unwrap();
+        let d = ol.users.deactivate.unwrap();
+        assert_eq!(d.set["pwdaccountlockedtime"], ["000001010000Z"]);
+        assert!(!d.account_control);
+        assert_eq!(ol.flavour, Some(Flavour::OpenLdap));
+        let ds = with("389ds", disable).unwrap().users.deactivate.unwrap();
+        assert_eq!(ds.set["nsaccountlock"], ["TRUE"]);
+        let ad = with("ad", disable).unwrap().users.deactivate.unwrap();
+        assert!(ad.account_control && ad.set.is_empty());
+        // A configured `set` wins over the flavour's.
+        let own = with(
+            "389ds",
+            &format!("{disable}\nset = {{ description = \"off\" }}"),
+        )
+        .unwrap()
+        .users
+        .deactivate
+        .unwrap();
+        assert_eq!(own.set.keys().collect::<Vec<_>>(), ["description"]);
+        assert!(!own.account_control);
+        // AD needs clear text; scim-sync keeps none: refused, with the reason.
+        let e: Vec<String> = with("ad", "password = \"sync\"")
+            .err()
+            .unwrap()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert!(
+            e.iter()
+                .any(|m| m.starts_with("targets[0].users.password") && m.contains("unicodePwd")),
+            "{e:?}"
+        );
+        assert!(with("389ds", "password = \"sync\"").is_ok());
+        let unknown = toml::from_str::<RawTarget>(
+            "name = \"x\"\ntype = \"ldap\"\nurl = \"ldap://h\"\nflavour = \"novell\"\n[users]\ndn = \"uid={u},dc=x\"\nobject_classes = [\"person\"]\n",
+        );
+        assert!(unknown.is_err());
     }
 
     #[test]

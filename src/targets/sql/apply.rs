@@ -46,6 +46,7 @@ pub(super) fn sync(
             s,
             dry_run,
             changes: Vec::new(),
+            foreign: Vec::new(),
         };
         let (key, extra) = match change {
             Change::Remove { kind } => remove(&mut tx, prior, kind)?,
@@ -61,6 +62,7 @@ pub(super) fn sync(
             key,
             extra,
             changes: tx.changes,
+            foreign: tx.foreign,
         })
     });
     result.map_err(|e| tx_error(e, &what))
@@ -119,6 +121,8 @@ struct Tx<'a> {
     s: &'a Settings,
     dry_run: bool,
     changes: Vec<String>,
+    /// Membership rows found that we did not write and kept (see [`Outcome::foreign`]).
+    foreign: Vec<String>,
 }
 
 /// A statement being built: SQL with placeholders, its binds, and the line shown in changes.
@@ -190,7 +194,14 @@ impl Tx<'_> {
         if self.dry_run {
             return Ok(1);
         }
-        Ok(self.db.execute(&st.sql, &st.binds)?)
+        // Some database messages name no column ("value too long for type character
+        // varying(1)"): the statement (placeholders, never values) names table and columns.
+        self.db.execute(&st.sql, &st.binds).map_err(|e| {
+            TxError::Target(super::conn::classify(
+                &e,
+                &format!("target {}: {}", self.s.name, st.sql),
+            ))
+        })
     }
 
     /// Read the row with this key: (column -> text) for the key, the mapped columns and the
@@ -432,7 +443,19 @@ fn desired_values<'c>(t: &'c Table, entry: &Entry) -> Result<Wanted<'c>, TargetE
         .iter()
         .map(|c| {
             let v = entry.attrs.get(&c.name).and_then(|v| v.first());
-            convert(c, v.map(String::as_str), &t.table).map(|(b, canon)| (c, b, canon))
+            convert(c, v.map(String::as_str), &t.table)
+                .map(|(b, canon)| (c, b, canon))
+                // Name the target and the config key too (`origin`: target and section).
+                .map_err(|e| TargetError {
+                    message: format!(
+                        "{}: {} (config key {}.columns.{})",
+                        t.origin,
+                        e.message,
+                        t.origin.rsplit(", ").next().unwrap_or_default(),
+                        c.quoted.replace(['"', '`'], "")
+                    ),
+                    ..e
+                })
         })
         .collect()
 }
@@ -766,7 +789,39 @@ fn sync_group(
                 want.push((b, canon));
             }
         }
-        let have: Vec<String> = if current.is_none() && tx.dry_run {
+        // The O(change) path: only the members that changed (their rows alone are read).
+        let only: Option<Vec<(Bind, String)>> = match &d.member_changes {
+            None => None,
+            Some(_) if current.is_none() => {
+                return Err(TargetError::members_full("no row at the recorded key").into());
+            }
+            Some(c) => {
+                want.clear();
+                for member in &c.add {
+                    let (b, canon) = convert_key(uty, member, &m.table)?;
+                    if !want.iter().any(|(_, w)| *w == canon) {
+                        want.push((b, canon));
+                    }
+                }
+                let mut only: Vec<(Bind, String)> = want.clone();
+                for member in &c.delete {
+                    let (b, canon) = convert_key(uty, member, &m.table)?;
+                    if !only.iter().any(|(_, w)| *w == canon) {
+                        only.push((b, canon));
+                    }
+                }
+                if only.len() > MEMBER_CHUNK {
+                    // One read of that many keys would pass the databases' bind limits.
+                    return Err(
+                        TargetError::members_full("more changed members than one read").into(),
+                    );
+                }
+                Some(only)
+            }
+        };
+        let nothing_to_read =
+            (current.is_none() && tx.dry_run) || only.as_ref().is_some_and(Vec::is_empty);
+        let have: Vec<String> = if nothing_to_read {
             Vec::new()
         } else {
             let mut st = Stmt::new();
@@ -788,6 +843,19 @@ fn sync_group(
                 )),
             };
             member_ref(&mut st, s, Kind::Group, &key_bind);
+            if let Some(only) = &only {
+                match &m.user_holds {
+                    None => st.raw(&format!(" AND {} IN (", m.user_column)),
+                    Some(_) => st.raw(&format!(" AND u.{} IN (", s.users.key_column)),
+                };
+                for (i, (b, _)) in only.iter().enumerate() {
+                    if i > 0 {
+                        st.raw(", ");
+                    }
+                    st.value(s, b.clone(), uty, false);
+                }
+                st.raw(")");
+            }
             tx.load(&st)?
                 .into_iter()
                 .flatten()
@@ -802,13 +870,30 @@ fn sync_group(
             .filter(|(_, c)| !have.contains(c))
             .map(|(b, _)| b)
             .collect();
-        let mut to_del: Vec<String> = have
+        // Rows of members we never wrote stay under `foreign_members = "keep"` (`ours` is the
+        // store's record then; `None`: every row is ours). The O(change) path deletes only
+        // the values it was given.
+        let ours: Option<Vec<String>> = match (&d.member_changes, &prior.members_ours) {
+            (Some(c), _) => Some(c.delete.clone()),
+            (None, o) => o.clone(),
+        };
+        let ours: Option<Vec<String>> = ours.map(|o| {
+            o.iter()
+                .filter_map(|v| convert_key(uty, v, &m.table).ok().map(|(_, c)| c))
+                .collect()
+        });
+        let (mut to_del, mut foreign): (Vec<String>, Vec<String>) = have
             .iter()
             .filter(|h| !want.iter().any(|(_, c)| c == *h))
             .cloned()
-            .collect();
+            .partition(|h| ours.as_ref().is_none_or(|o| o.contains(h)));
         to_del.sort();
         to_del.dedup();
+        if d.member_changes.is_none() {
+            foreign.sort();
+            foreign.dedup();
+            tx.foreign = foreign;
+        }
         // Adds before deletes, in chunks (one statement per chunk, not per member).
         for chunk in to_add.chunks(MEMBER_CHUNK) {
             let mut st = Stmt::new();

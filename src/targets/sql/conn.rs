@@ -129,6 +129,9 @@ pub struct SqlTarget {
     pub(super) settings: Arc<Settings>,
     url: Arc<String>,
     idle: Arc<Mutex<Vec<Conn>>>,
+    /// The live column-type check (`types::check`) once it had an answer: `Ok`, or the
+    /// permanent error every sync then returns before writing (`types::checked`).
+    pub(super) types_checked: Arc<Mutex<Option<Result<(), TargetError>>>>,
 }
 
 impl std::fmt::Debug for SqlTarget {
@@ -152,6 +155,7 @@ impl SqlTarget {
             settings: Arc::new(settings),
             url: Arc::new(url),
             idle: Arc::new(Mutex::new(Vec::new())),
+            types_checked: Arc::new(Mutex::new(None)),
         })
     }
 
@@ -452,7 +456,7 @@ mod tests {
     #[test]
     fn debug_never_shows_the_password() {
         let mut s = settings("postgres://app@h/db");
-        s.password = crate::targets::ldap::PasswordSource::Value("hunter2".into());
+        s.password = crate::targets::PasswordSource::Value("hunter2".into());
         let t = SqlTarget::new(s).unwrap();
         assert!(!format!("{t:?}").contains("hunter2"));
     }

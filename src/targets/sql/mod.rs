@@ -1,6 +1,7 @@
 //! The legacy SQL database target: `settings` (validated config, pure), `dialect` (identifier
 //! validation and quoting, per-backend SQL text), `conn` (diesel connections to PostgreSQL,
 //! MariaDB/MySQL or SQLite, reconnect, blocking work off the runtime, error classification),
+//! `types` (the live column types against the rules' conversions, at the healthcheck),
 //! `apply` (one resource in one transaction). Never sees SCIM types or the store: it gets a
 //! [`Change`] (an upsert of a rendered [`Desired`]: key = the key column's value, attrs =
 //! column -> values; or a removal) and a [`Prior`].
@@ -13,6 +14,7 @@ pub mod apply;
 pub mod conn;
 pub mod dialect;
 pub mod settings;
+pub mod types;
 
 pub use conn::SqlTarget;
 pub use settings::Settings;
@@ -21,7 +23,12 @@ use crate::targets::{Change, Desired, Kind, Outcome, Prior, Target, TargetError}
 
 impl Target for SqlTarget {
     async fn healthcheck(&self) -> Result<(), TargetError> {
-        self.with_conn("healthcheck", apply::healthcheck).await
+        let cache = std::sync::Arc::clone(&self.types_checked);
+        self.with_conn("healthcheck", move |s, conn| {
+            apply::healthcheck(s, conn)?;
+            types::checked(s, conn, &cache)
+        })
+        .await
     }
 
     async fn sync(
@@ -33,7 +40,10 @@ impl Target for SqlTarget {
         // Owned for the blocking thread.
         let (kind, desired) = (change.kind(), change.desired().cloned());
         let prior = prior.clone();
+        let cache = std::sync::Arc::clone(&self.types_checked);
         self.with_conn("sync", move |s, conn| {
+            // Nothing is written through a column that cannot take what its rule writes.
+            types::checked(s, conn, &cache)?;
             let change = match &desired {
                 Some(d) => Change::Upsert(d),
                 None => Change::Remove { kind },

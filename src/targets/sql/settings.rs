@@ -9,7 +9,7 @@ use crate::config::target::{
     SqlDeactivatePolicy,
 };
 use crate::mapping::ConfigError;
-use crate::targets::ldap::PasswordSource;
+use crate::targets::PasswordSource;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -40,6 +40,8 @@ pub struct Deactivate {
 /// A users or groups table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Table {
+    /// Where it is configured, for messages: `target NAME, targets[i].users` (or `.groups`).
+    pub origin: String,
     /// The quoted table.
     pub table: String,
     /// The quoted key column.
@@ -70,6 +72,8 @@ pub struct Membership {
 pub struct Settings {
     /// Target name.
     pub name: String,
+    /// Its position in `[[targets]]` (config keys in messages: `targets[index].users...`).
+    pub index: usize,
     /// The backend named by the URL.
     pub backend: Backend,
     /// The URL as configured (no password in it).
@@ -150,6 +154,7 @@ impl Settings {
         };
         let users = table(
             &mut ident,
+            format!("target {}, {base}.users", raw.name),
             "users",
             &raw.users.table,
             &raw.users.key_column,
@@ -167,6 +172,7 @@ impl Settings {
         let groups = raw.groups.as_ref().map(|g| {
             table(
                 &mut ident,
+                format!("target {}, {base}.groups", raw.name),
                 "groups",
                 &g.table,
                 &g.key_column,
@@ -268,6 +274,7 @@ impl Settings {
         }
         Ok(Settings {
             name: raw.name.clone(),
+            index,
             backend: b,
             url: raw.url.clone(),
             password,
@@ -292,6 +299,7 @@ fn group_key_column(raw: &RawSqlTarget) -> String {
 
 fn table(
     ident: &mut dyn FnMut(&str, &str) -> String,
+    origin: String,
     kind: &str,
     table: &str,
     key_column: &str,
@@ -299,6 +307,7 @@ fn table(
     columns: &BTreeMap<String, RawSqlColumn>,
 ) -> Table {
     Table {
+        origin,
         table: ident(&format!("{kind}.table"), table),
         key_column: ident(&format!("{kind}.key_column"), key_column),
         key_type: key.column_type(),
@@ -348,8 +357,14 @@ fn check_columns(
             );
         }
     }
+    if let Some(why) = never_an_integer(key) {
+        err(&format!("{kind}.key"), why);
+    }
     for (name, c) in columns {
         let k = format!("{kind}.columns.{name}");
+        if let Some(why) = never_an_integer(c) {
+            err(&k, why);
+        }
         if name.eq_ignore_ascii_case(key_column) {
             err(
                 &k,
@@ -368,6 +383,58 @@ fn check_columns(
                     }
                 }
             }
+        }
+    }
+}
+
+/// Why an `integer` column's rule can never render an integer: a template with literal text
+/// (`"L{x}"`) or a constant or default that is not one. A plain path may hold digits.
+fn never_an_integer(c: &RawSqlColumn) -> Option<String> {
+    if c.column_type() != SqlColumnType::Integer {
+        return None;
+    }
+    let literal_text = |t: &str| -> Option<String> {
+        if !t.contains('{') {
+            return None;
+        }
+        let mut outside = String::new();
+        let mut depth = 0usize;
+        for ch in t.chars() {
+            match ch {
+                '{' => depth += 1,
+                '}' => depth = depth.saturating_sub(1),
+                _ if depth == 0 => outside.push(ch),
+                _ => {}
+            }
+        }
+        outside
+            .chars()
+            .any(|ch| !(ch.is_ascii_digit() || ch == '-' || ch == '+' || ch.is_whitespace()))
+            .then(|| {
+                format!(
+                    "type \"integer\" of the template {t:?}, whose literal text {:?} is not a number: no rendered value can convert",
+                    outside.trim()
+                )
+            })
+    };
+    let not_int = |v: &str| v.trim().parse::<i64>().is_err();
+    match c {
+        RawSqlColumn::Expr(e) => literal_text(e),
+        RawSqlColumn::Table(t) => {
+            if let Some(why) = t.from.as_deref().and_then(literal_text) {
+                return Some(why);
+            }
+            for (what, v) in [("constant", &t.constant), ("default", &t.default)] {
+                if let Some(bad) = v
+                    .as_ref()
+                    .and_then(|v| v.to_vec().into_iter().find(|x| not_int(x)))
+                {
+                    return Some(format!(
+                        "type \"integer\" with the {what} {bad:?}, which is not an integer"
+                    ));
+                }
+            }
+            None
         }
     }
 }
