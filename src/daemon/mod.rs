@@ -600,9 +600,12 @@ impl Daemon {
     /// Stop accepting, drain in-flight requests, stop workers, wait for every task up to the
     /// grace period (plus a margin for the drain). Returns false when tasks had to be abandoned.
     pub async fn shutdown(self) -> bool {
-        let grace = match self.settings.lock() {
-            Ok(s) => s.limits.shutdown_grace,
-            Err(p) => p.into_inner().limits.shutdown_grace,
+        let (grace, in_flight) = match self.settings.lock() {
+            Ok(s) => (s.limits.shutdown_grace, s.longest_write()),
+            Err(p) => {
+                let s = p.into_inner();
+                (s.limits.shutdown_grace, s.longest_write())
+            }
         };
         self.cancel.cancel();
         self.tracker.close();
@@ -612,9 +615,17 @@ impl Daemon {
         )
         .await
         .is_ok();
-        // Every task ended, no write is in flight: the claims are free for the others now.
+        // Every task ended; a write the workers abandoned (a cancelled apply) may still be on
+        // its way to a target (an LDAP request handed to its connection, a SQL commit on a
+        // blocking thread): the claims are free for the others once the longest write a
+        // target can take has passed, as at a restart's release.
         if done {
-            if let Err(error) = self.store.stop_instance().await {
+            let in_flight = i64::try_from(in_flight.as_millis()).unwrap_or(i64::MAX);
+            if let Err(error) = self
+                .store
+                .stop_instance(crate::clock::now_ms(), in_flight)
+                .await
+            {
                 tracing::warn!(error = %error, "Cannot mark this instance stopped; its claims are taken over when its heartbeat runs out.");
             }
         }

@@ -442,10 +442,20 @@ impl Store {
             .await?;
         let fence = &self.inner.fence;
         fence.incarnation.store(incarnation, Ordering::SeqCst);
-        fence
-            .alive_until_ms
-            .store(now_ms.saturating_add(takeover), Ordering::SeqCst);
+        if self.shares_claims() {
+            fence
+                .alive_until_ms
+                .store(now_ms.saturating_add(takeover), Ordering::SeqCst);
+        }
         Ok(())
+    }
+
+    /// Whether other instances can take this one's claims over: PostgreSQL. A SQLite file is
+    /// held by one process (its file lock), so its fence stays unbounded: a heartbeat stuck
+    /// behind the write lock (a long drift repair, a CLI write) must not stop every target
+    /// write when nobody could take over anyway.
+    fn shares_claims(&self) -> bool {
+        self.inner.pg_url.is_some()
     }
 
     /// Renew the instance heartbeat, started at `now_ms` (read before the call). When another
@@ -470,9 +480,11 @@ impl Store {
         };
         if kept {
             // Heartbeats are sequential (one task): each moves the fence to its own start.
-            fence
-                .alive_until_ms
-                .store(now_ms.saturating_add(takeover), Ordering::SeqCst);
+            if self.shares_claims() {
+                fence
+                    .alive_until_ms
+                    .store(now_ms.saturating_add(takeover), Ordering::SeqCst);
+            }
             return Ok(true);
         }
         // Taken over: the claims held under the old incarnation are another's now.
@@ -481,12 +493,14 @@ impl Store {
         Ok(false)
     }
 
-    /// Mark this instance stopped (its claims are free for the others at once): after its
-    /// workers finished.
+    /// Mark this instance stopped at `now_ms`, after its workers finished: its claims are free
+    /// for the others once `in_flight_ms` has passed (a write an abandoned apply handed to a
+    /// target may still arrive until then: the longest write a target can take), not at once.
+    /// Its heartbeat is set so that it counts as stale exactly then.
     ///
     /// # Errors
     /// The store's errors.
-    pub async fn stop_instance(&self) -> Result<(), StoreError> {
+    pub async fn stop_instance(&self, now_ms: i64, in_flight_ms: i64) -> Result<(), StoreError> {
         let id = self.inner.instance_id.clone();
         let incarnation = self.inner.fence.incarnation.load(Ordering::SeqCst);
         self.inner
@@ -495,13 +509,20 @@ impl Store {
             .store(i64::MIN, Ordering::SeqCst);
         self.run(move |conn| {
             write_tx(conn, |conn| {
-                diesel::update(
-                    instances::table
-                        .filter(instances::id.eq(&id))
-                        .filter(instances::incarnation.eq(incarnation)),
-                )
-                .set(instances::heartbeat_ms.eq(0i64))
-                .execute(conn)?;
+                let mine = instances::table
+                    .filter(instances::id.eq(&id))
+                    .filter(instances::incarnation.eq(incarnation));
+                let Some(takeover) = mine
+                    .select(instances::takeover_ms)
+                    .first::<i64>(conn)
+                    .optional()?
+                else {
+                    return Ok(());
+                };
+                let stale_from = now_ms.saturating_add(in_flight_ms).saturating_sub(takeover);
+                diesel::update(mine)
+                    .set(instances::heartbeat_ms.eq(stale_from))
+                    .execute(conn)?;
                 Ok(())
             })
         })

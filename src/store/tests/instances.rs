@@ -74,19 +74,29 @@ async fn instances_a_dead_instance_is_taken_over_after_its_bound_and_its_late_he
     assert!(a.instance_heartbeat(reg(1_000), t0 + 2_200).await.unwrap());
     // a's renewal and settle of the lost claim write nothing.
     assert!(!a.renew_claim(&held, t0 + 2_200, 600_000).await.unwrap());
-    // A stopped instance's claims are free at once.
-    b.stop_instance().await.unwrap();
+    // A stopped instance's claims are free once a write it abandoned can no longer arrive
+    // (here 500 ms after its stop), not at once: before, they were taken at the stop, with
+    // a cancelled apply's LDAP request or SQL commit possibly still on its way.
+    b.stop_instance(t0 + 2_250, 500).await.unwrap();
+    let early = a
+        .claim_resource(TARGET, ResourceType::User, &u.id, t0 + 2_700, 600_000)
+        .await
+        .unwrap();
+    assert!(
+        early.is_none(),
+        "taken over while a write of the stopped instance may arrive"
+    );
     let again = a
-        .claim_resource(TARGET, ResourceType::User, &u.id, t0 + 2_300, 600_000)
+        .claim_resource(TARGET, ResourceType::User, &u.id, t0 + 2_800, 600_000)
         .await
         .unwrap();
     assert!(again.is_some(), "a stopped instance's claim is taken over");
-    let gone = a.instances(t0 + 2_300).await.unwrap();
+    let gone = a.instances(t0 + 2_800).await.unwrap();
     assert!(!gone
         .iter()
         .find(|i| i.id == "other")
         .unwrap()
-        .live(t0 + 2_300));
+        .live(t0 + 2_800));
     drop(b);
     db.finish().await;
 }
@@ -132,5 +142,19 @@ async fn instances_a_periodic_job_runs_on_one_instance_at_a_time_once_per_interv
         .unwrap()
         .is_some());
     drop(b);
+    db.finish().await;
+}
+
+/// On SQLite (one process holds the file) the fence stays unbounded: a heartbeat that is late
+/// (stuck behind the write lock) never stops the target writes, since no other instance could
+/// take the claims over. Before: the fence ran out with the takeover bound there too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn instances_a_sqlite_store_never_fences_its_own_writes() {
+    let db = sqlite_db().await;
+    let store = db.store.clone();
+    let t0 = crate::clock::now_ms();
+    store.register_instance(reg(1_000), t0).await.unwrap();
+    assert!(store.instance_heartbeat(reg(1_000), t0 + 500).await.unwrap());
+    assert_eq!(store.fence().alive_until_ms.load(Ordering::SeqCst), i64::MAX);
     db.finish().await;
 }

@@ -306,8 +306,12 @@ fn establish(s: &Settings, url: &str) -> Result<Conn, TargetError> {
             let mut c = PgConnection::establish(url).map_err(|e| connect_error(&e, &what))?;
             setup(
                 &mut c,
+                // A transaction left open longer than the timeout (its process stopped
+                // between its lease check and its COMMIT) is ended by the server, so its
+                // COMMIT cannot land after another instance took the resource over.
                 &format!(
-                    "SET TIME ZONE 'UTC'; SET statement_timeout = {ms}; SET lock_timeout = {ms}"
+                    "SET TIME ZONE 'UTC'; SET statement_timeout = {ms}; SET lock_timeout = {ms}; \
+                     SET idle_in_transaction_session_timeout = {ms}"
                 ),
             )?;
             Ok(Conn::Pg(c))
