@@ -154,7 +154,13 @@ async fn instances_a_sqlite_store_never_fences_its_own_writes() {
     let store = db.store.clone();
     let t0 = crate::clock::now_ms();
     store.register_instance(reg(1_000), t0).await.unwrap();
-    assert!(store.instance_heartbeat(reg(1_000), t0 + 500).await.unwrap());
-    assert_eq!(store.fence().alive_until_ms.load(Ordering::SeqCst), i64::MAX);
+    assert!(store
+        .instance_heartbeat(reg(1_000), t0 + 500)
+        .await
+        .unwrap());
+    assert_eq!(
+        store.fence().alive_until_ms.load(Ordering::SeqCst),
+        i64::MAX
+    );
     db.finish().await;
 }
