@@ -74,6 +74,32 @@ async fn okta_test_api_credentials_and_integer_paging_fields() {
     assert_eq!(r.body["totalResults"], 0);
 }
 
+/// Issue 10: a load balancer's health check on the SCIM listener (the admin listener is
+/// loopback only) needs no token and reveals nothing but "this instance takes pushes now":
+/// `200 ok` while its store answers, `503` once it does not; other methods 405. Before: no such
+/// endpoint (404 outside the base path).
+#[tokio::test]
+async fn the_load_balancer_health_check_needs_no_token_and_reveals_nothing() {
+    let t = TestDaemon::start().await;
+    let origin = t.base.split("/scim").next().unwrap().to_owned();
+    let url = format!("{origin}/healthz");
+    let r = t.client.get(&url).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.headers()["content-type"], "text/plain");
+    assert_eq!(r.text().await.unwrap(), "ok\n");
+    let r = t.client.head(&url).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let r = t.client.post(&url).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 405);
+    assert_eq!(r.headers()["allow"], "GET, HEAD");
+    // The store gone (its file removed: `Store::ping` checks it): unavailable, still no detail.
+    let db = t.store_url.trim_start_matches("sqlite://").to_owned();
+    std::fs::remove_file(&db).unwrap();
+    let r = t.client.get(&url).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    assert_eq!(r.text().await.unwrap(), "unavailable\n");
+}
+
 #[tokio::test]
 async fn authentication_fails_closed_before_parsing_anything() {
     let t = TestDaemon::start().await;

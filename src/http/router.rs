@@ -188,6 +188,38 @@ fn base_url(settings: &HttpSettings, req: &Request<Incoming>, tls: bool) -> Stri
 
 /// Handle one request (auth, route, handler). Errors become SCIM error bodies. `deadline` goes
 /// to the store with every mutation (see [`Deadline`]).
+/// The load balancer's health check on the SCIM listener (the admin listener is loopback
+/// only): no token, and it reveals nothing but whether this instance can take pushes now (its
+/// store answers): `200 ok` or `503 unavailable`, a plain-text body, no target or version
+/// detail (docs/deployment.md). GET and HEAD; 405 otherwise.
+pub const LB_HEALTH_PATH: &str = "/healthz";
+
+async fn lb_health(ctx: &ScimContext, method: &hyper::Method) -> Resp {
+    use http_body_util::Full;
+    use hyper::body::Bytes;
+    use hyper::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE};
+    use hyper::{Method, Response, StatusCode};
+    let text = |status: StatusCode, body: &'static str| {
+        let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+        *resp.status_mut() = status;
+        resp.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        resp.headers_mut()
+            .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        resp
+    };
+    if method != Method::GET && method != Method::HEAD {
+        let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+        resp.headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return resp;
+    }
+    match ctx.store.ping().await {
+        Ok(()) => text(StatusCode::OK, "ok\n"),
+        Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, "unavailable\n"),
+    }
+}
+
 pub async fn handle(
     ctx: ScimContext,
     auth: Arc<Auth>,
@@ -211,6 +243,9 @@ pub async fn handle(
         );
     }
     let path = req.uri().path().to_string();
+    if path == LB_HEALTH_PATH {
+        return (lb_health(&ctx, req.method()).await, None);
+    }
     let Some(rest) = path.strip_prefix(settings.base_path.as_str()) else {
         return (
             error::error(&ScimError::not_found("No such endpoint.")),
