@@ -1,6 +1,6 @@
 //! The worker loops and the batch apply. A loop registers for the wake-up *before* claiming
 //! (so a push committed between the claim and the sleep is never missed), claims a batch of
-//! up to [`BATCH`] rows with a lease, applies them together ([`process_batch`]: one store
+//! up to `BATCH` rows with a lease, applies them together (`process_batch`: one store
 //! snapshot, the writes before the syncs in one batch, every sync at once, settles as the
 //! syncs finish), then sleeps until woken or `poll_interval`. The apply is level-triggered: it
 //! renders the resource as stored *now*, so three quick PUTs coalesce into one apply of the
