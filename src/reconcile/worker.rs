@@ -481,8 +481,7 @@ pub(crate) async fn prepare(
     // are read: a referenced user whose key changes asks the index whom to re-queue inside its
     // settle, after locking its state row, which a new record share-locks
     // (`store::outbox::settle_applied`). So either this render reads the new key, or the record
-    // committed first and the settle finds this user (issue 8 item 2); on PostgreSQL the
-    // worker looks again after the settle (`requeue_reference_holders`).
+    // committed first and the settle finds this user (issue 8 item 2).
     let indexed = !dry_run && !t.map.reference_rules().is_empty();
     let mut rows: Vec<Row> = jobs
         .into_iter()
@@ -1006,8 +1005,9 @@ async fn settle_group(
     // The settle queues the dependants of a key that appeared, changed or vanished in its own
     // transaction (`store::outbox::settle_applied`): a crash after its commit cannot lose
     // them, and a group applied before it (reading no key) runs again. The reference index it
-    // looks holders up in is filled first; on PostgreSQL the reference holders are looked up
-    // once more after the settle (`requeue_reference_holders`).
+    // looks holders up in is filled first. (A repeat of that queueing after the settle, in
+    // three more store round trips per created user, was dropped: the settle's own is enough
+    // once references are recorded and committed before the keys are read.)
     let any_user = group.iter().any(|(i, r)| {
         r.is_ok()
             && items
@@ -1140,7 +1140,6 @@ async fn finish(
                 return Processed::Failed(e);
             }
             count(&t.name, "applied");
-            requeue_reference_holders(rec, t, item, &done).await;
             tracing::debug!(target = %t.name, resource_id = %item.resource_id, changes = done.outcome.changes.len(), "Applied.");
             Processed::Applied(Box::new(done))
         }
@@ -1268,47 +1267,6 @@ async fn fail_not_before(
         } else {
             tracing::warn!(target = %t.name, resource_type, resource_id = %item.resource_id, outbox_id = item.id, attempt, max_attempts = settings.max_attempts, error = %text, "Apply refused by the target; will retry before making it a dead letter.");
         }
-    }
-}
-
-/// On PostgreSQL, after a user's settle changed its key: queue again the users whose
-/// references resolve to it or name it. The settle queued them in its own transaction, but
-/// there a holder's record can commit between the settle's lookup and its commit while the
-/// holder's key read still sees the old key (its share lock covers only a state row that
-/// exists; a resolution that changed between the record and the key read), and this lookup,
-/// after the commit, sees every record. SQLite serialises writers, so the settle's own lookup
-/// is enough there (and the three store round trips per created user are saved). Groups need
-/// no repeat: the settle queues them and marks them dirty for the O(change) path.
-async fn requeue_reference_holders(
-    rec: &Reconciler,
-    t: &TargetRuntime,
-    item: &OutboxItem,
-    done: &Applied,
-) {
-    let store = &rec.inner.store;
-    if item.resource_type != ResourceType::User
-        || store.serializes_writers()
-        || t.map.reference_rules().is_empty()
-        || done.prior.key == done.outcome.key
-    {
-        return;
-    }
-    let id = item.resource_id.as_str();
-    let holders = match ensure_reference_index(rec, t).await {
-        Ok(()) => store.users_referencing(&t.name, id).await,
-        Err(e) => Err(e),
-    };
-    let queued = match holders {
-        Ok(h) if h.is_empty() => Ok(0),
-        Ok(h) => {
-            store
-                .enqueue_many(&t.name, ResourceType::User, &h, "reference", now_ms())
-                .await
-        }
-        Err(e) => Err(e),
-    };
-    if let Err(e) = queued {
-        tracing::error!(target = %t.name, resource_id = %id, error = %e, "Cannot queue the users referencing this one; drift repair will fix their references.");
     }
 }
 

@@ -458,13 +458,6 @@ impl Store {
         self.inner.pg_url.is_some()
     }
 
-    /// Whether this store runs one write transaction at a time (SQLite): a read that starts
-    /// after a write committed sees every write committed before it.
-    #[must_use]
-    pub fn serializes_writers(&self) -> bool {
-        self.inner.pg_url.is_none()
-    }
-
     /// Renew the instance heartbeat, started at `now_ms` (read before the call). When another
     /// instance took this one's claims over meanwhile, take a new incarnation: every lease
     /// taken under the old one stays refused. Returns false in that case.
