@@ -45,7 +45,7 @@ pub struct TargetRuntime {
     /// The target itself.
     pub target: AnyTarget,
     /// Whether this process made sure the store's reference index is filled for this
-    /// target's reference rules (see `worker::ensure_reference_index`); held while filling it, so
+    /// target's reference rules (see `worker::referencing_users`); held while filling it, so
     /// two workers never rebuild it at once.
     pub(crate) references_indexed: tokio::sync::Mutex<bool>,
     /// Whether the store's keys of this target were normalised (`worker::fill_key_norms`).

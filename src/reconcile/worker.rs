@@ -6,13 +6,13 @@
 //! renders the resource as stored *now*, so three quick PUTs coalesce into one apply of the
 //! last state.
 //!
-//! Dependants, in the same target, are queued by the settle of a successful apply, in its own
-//! transaction (`store::outbox::settle_applied`): a user whose key appeared, changed or
-//! vanished queues its groups (how a membership naming a not-yet-provisioned user waits for
-//! it) and the users whose references resolve to it, as the store's reference index knows
-//! them (a report's `manager` follows its manager's create, rename, move and delete). A flip of
-//! `active` queues the user's groups in the mutation's own transaction (the store does it):
-//! revocation must not wait for the user's own apply.
+//! Dependants, in the same target, are queued after a successful apply: a user whose key
+//! appeared, changed or vanished queues its groups (how a membership naming a
+//! not-yet-provisioned user waits for it) and the users whose references resolve to it, as
+//! the store's reference index knows them (a report's `manager` follows its manager's create,
+//! rename, move and delete). A flip of `active` queues the user's groups in the
+//! mutation's own transaction (the store does it), not here: revocation must not wait for
+//! the user's own apply.
 //!
 //! Must not answer HTTP, hold a std lock across `.await`, or spawn outside the daemon's tracker.
 
@@ -481,7 +481,8 @@ pub(crate) async fn prepare(
     // are read: a referenced user whose key changes asks the index whom to re-queue inside its
     // settle, after locking its state row, which a new record share-locks
     // (`store::outbox::settle_applied`). So either this render reads the new key, or the record
-    // committed first and the settle finds this user (issue 8 item 2).
+    // committed first and the settle finds this user (issue 8 item 2); the worker looks again
+    // after the settle (`enqueue_dependants`).
     let indexed = !dry_run && !t.map.reference_rules().is_empty();
     let mut rows: Vec<Row> = jobs
         .into_iter()
@@ -1005,9 +1006,8 @@ async fn settle_group(
     // The settle queues the dependants of a key that appeared, changed or vanished in its own
     // transaction (`store::outbox::settle_applied`): a crash after its commit cannot lose
     // them, and a group applied before it (reading no key) runs again. The reference index it
-    // looks holders up in is filled first. (A repeat of that queueing after the settle, in
-    // three more store round trips per created user, was dropped: the settle's own is enough
-    // once references are recorded and committed before the keys are read.)
+    // looks holders up in is filled first; the queueing after the settle only repeats it
+    // (idempotent, coalescing).
     let any_user = group.iter().any(|(i, r)| {
         r.is_ok()
             && items
@@ -1141,6 +1141,7 @@ async fn finish(
             }
             count(&t.name, "applied");
             tracing::debug!(target = %t.name, resource_id = %item.resource_id, changes = done.outcome.changes.len(), "Applied.");
+            enqueue_dependants(rec, t, item.resource_type, &item.resource_id, &done).await;
             Processed::Applied(Box::new(done))
         }
         Err(ApplyError::Store(e)) => {
@@ -1270,10 +1271,71 @@ async fn fail_not_before(
     }
 }
 
+/// Queue what depends on a user just applied (see the module docs).
+pub(crate) async fn enqueue_dependants(
+    rec: &Reconciler,
+    t: &TargetRuntime,
+    resource_type: ResourceType,
+    id: &str,
+    done: &Applied,
+) {
+    if resource_type != ResourceType::User {
+        return;
+    }
+    let store = &rec.inner.store;
+    let now = now_ms();
+    let key_changed = done.prior.key != done.outcome.key;
+    // A flip of `active` is not looked at here: the mutation that flipped it queued the
+    // user's groups in its own transaction (`store::resources::enqueue_groups_of`).
+    if t.map.groups.is_some() && key_changed {
+        let queued = match store.group_ids_of_user(id).await {
+            Ok(groups) => {
+                store
+                    .enqueue_many(&t.name, ResourceType::Group, &groups, "membership", now)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = queued {
+            tracing::error!(target = %t.name, resource_id = %id, error = %e, "Cannot queue the user's groups; drift repair will fix their membership.");
+        }
+    }
+    // Whose references resolve (or resolved, at their last render) to this user: re-queued
+    // when its key appeared (created), changed (renamed, moved) or vanished (deleted).
+    if key_changed && !t.map.reference_rules().is_empty() {
+        let holders = match referencing_users(rec, t, id).await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::error!(target = %t.name, resource_id = %id, error = %e, "Cannot find the users referencing this one; drift repair will fix their references.");
+                return;
+            }
+        };
+        if !holders.is_empty() {
+            if let Err(e) = store
+                .enqueue_many(&t.name, ResourceType::User, &holders, "reference", now)
+                .await
+            {
+                tracing::error!(target = %t.name, resource_id = %id, error = %e, "Cannot queue the users referencing this one; drift repair will fix their references.");
+            }
+        }
+    }
+}
+
+/// The users whose references name `id` (see [`crate::store::Store::users_referencing`]),
+/// first filling the store's reference index when it was never filled for this target's
+/// reference rules (a new target, changed rules, a database from before the index): one pass
+/// over the live users, once per rules change, not once per process.
+async fn referencing_users(
+    rec: &Reconciler,
+    t: &TargetRuntime,
+    id: &str,
+) -> Result<Vec<String>, StoreError> {
+    ensure_reference_index(rec, t).await?;
+    rec.inner.store.users_referencing(&t.name, id).await
+}
+
 /// Fill the store's reference index when it was never filled for this target's reference
-/// rules (a new target, changed rules, a database from before the index): one pass over the
-/// live users, once per rules change, not once per process. A settle looks the holders of a
-/// changed key up in it (`store::outbox::settle_applied`).
+/// rules (see [`referencing_users`]).
 async fn ensure_reference_index(rec: &Reconciler, t: &TargetRuntime) -> Result<(), StoreError> {
     let store = &rec.inner.store;
     let mut indexed = t.references_indexed.lock().await;
