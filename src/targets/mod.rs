@@ -180,7 +180,9 @@ impl Lease {
         let needed = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
         let mut end = until.load(Ordering::SeqCst);
         if let Some(f) = &self.fence {
-            end = if f.incarnation.load(Ordering::SeqCst) == f.held {
+            // A negative incarnation is the store's "taken over, not registered again yet":
+            // a claim made under it is never this instance's (second reader's finding).
+            end = if f.held >= 0 && f.incarnation.load(Ordering::SeqCst) == f.held {
                 end.min(f.alive_until_ms.load(Ordering::SeqCst))
             } else {
                 i64::MIN
@@ -494,6 +496,12 @@ mod tests {
         alive.store(now + 60_000, Ordering::SeqCst);
         let err = lease.check(Duration::from_millis(1)).unwrap_err();
         assert_eq!(err.code.as_deref(), Some("lease"), "taken over meanwhile");
+        // Claimed while the instance was taken over and not registered again (the -1
+        // sentinel): refused even with a fence in the future. Before: accepted.
+        let sentinel = Arc::new(AtomicI64::new(-1));
+        let until = Arc::new(AtomicI64::new(now + 600_000));
+        let lease = Lease::until(until).fenced(alive, sentinel, -1);
+        assert!(lease.check(Duration::from_millis(1)).is_err());
     }
 
     fn raw(extra: &str, url: &str, dn: &str) -> RawTarget {
