@@ -162,6 +162,30 @@ impl Env {
     }
 }
 
+/// A second reconciler over the daemon's store and config: "another worker" (claims, leases
+/// and the O(change) tests).
+fn another_worker(env: &Env) -> scim_sync::reconcile::Reconciler {
+    let settings = scim_sync::daemon::load_settings(&env.t.config_path).unwrap();
+    let schemas = scim_sync::mapping::Schemas::new(&settings.raw.scim.user_extensions);
+    let targets = settings
+        .raw
+        .targets
+        .iter()
+        .enumerate()
+        .map(|(i, raw)| {
+            let (map, target) = scim_sync::targets::build_with(raw, i, &schemas).unwrap();
+            scim_sync::reconcile::TargetRuntime::new(map, target)
+        })
+        .collect();
+    scim_sync::reconcile::Reconciler::new(
+        env.t.d().store.clone(),
+        settings.reconcile.clone(),
+        targets,
+        std::sync::Arc::new(tokio::sync::Notify::new()),
+        scim_sync::health::Health::default(),
+    )
+}
+
 fn user_dn(user_name: &str) -> String {
     format!("uid={user_name},{PEOPLE}")
 }

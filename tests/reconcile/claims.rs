@@ -3,8 +3,7 @@
 //! workers' claims and records a same-version move.
 
 use super::*;
-use scim_sync::reconcile::{worker::PAUSE_BEFORE_SYNC, Reconciler, TargetRuntime};
-use std::sync::Arc;
+use scim_sync::reconcile::worker::PAUSE_BEFORE_SYNC;
 
 const LEASE_SECS: u64 = 8;
 
@@ -38,29 +37,6 @@ async fn start_with_short_lease() -> Env {
         slapd,
         _secrets: secrets,
     }
-}
-
-/// A second reconciler over the daemon's store and config: "another worker".
-fn another_worker(env: &Env) -> Reconciler {
-    let settings = scim_sync::daemon::load_settings(&env.t.config_path).unwrap();
-    let schemas = scim_sync::mapping::Schemas::new(&settings.raw.scim.user_extensions);
-    let targets = settings
-        .raw
-        .targets
-        .iter()
-        .enumerate()
-        .map(|(i, raw)| {
-            let (map, target) = scim_sync::targets::build_with(raw, i, &schemas).unwrap();
-            TargetRuntime::new(map, target)
-        })
-        .collect();
-    Reconciler::new(
-        env.t.d().store.clone(),
-        settings.reconcile.clone(),
-        targets,
-        Arc::new(tokio::sync::Notify::new()),
-        scim_sync::health::Health::default(),
-    )
 }
 
 /// A worker renders a group (members u1, u2, u3), then stops (a named pause point standing for

@@ -7,9 +7,8 @@
 //! `foreign_members` says, never a value we wrote and no longer want.
 
 use super::*;
-use scim_sync::reconcile::{worker::PAUSE_BEFORE_SYNC, Reconciler, TargetRuntime};
+use scim_sync::reconcile::worker::PAUSE_BEFORE_SYNC;
 use scim_sync::targets::ldap::ops::{sent_to, Ops};
-use std::sync::Arc;
 
 /// The suite's target without a placeholder member (groups here are never empty), with
 /// `foreign` as the policy.
@@ -340,29 +339,6 @@ async fn a_crash_between_the_member_write_and_the_settle_converges() {
         one_modify(env.ops() - before, 1);
         assert_eq!(env.members_of("crashed").await, dns(&["c1", "c2", "c3"]));
     }
-}
-
-/// A second reconciler over the daemon's store and config ("another worker").
-fn another_worker(env: &Env) -> Reconciler {
-    let settings = scim_sync::daemon::load_settings(&env.t.config_path).unwrap();
-    let schemas = scim_sync::mapping::Schemas::new(&settings.raw.scim.user_extensions);
-    let targets = settings
-        .raw
-        .targets
-        .iter()
-        .enumerate()
-        .map(|(i, raw)| {
-            let (map, target) = scim_sync::targets::build_with(raw, i, &schemas).unwrap();
-            TargetRuntime::new(map, target)
-        })
-        .collect();
-    Reconciler::new(
-        env.t.d().store.clone(),
-        settings.reconcile.clone(),
-        targets,
-        Arc::new(tokio::sync::Notify::new()),
-        scim_sync::health::Health::default(),
-    )
 }
 
 /// PATCHes that land while an O(change) apply is under way (read, not yet written): the

@@ -397,29 +397,8 @@ impl LdapTarget {
         attr: &str,
         value: &str,
     ) -> Result<bool, TargetError> {
-        let what = format!("check {attr} of {dn}");
         let filter = format!("({attr}={})", ldap3::ldap_escape(value));
-        let ldap = self.handle().await?;
-        let t = self.settings.timeout;
-        let owned_dn = dn.to_owned();
-        let res = async move {
-            let mut ldap = ldap;
-            ldap.with_timeout(t)
-                .search(&owned_dn, Scope::Base, &filter, vec!["1.1"])
-                .await
-        }
-        .await;
-        match res {
-            Ok(r) if r.1.rc == 0 => Ok(!r.0.is_empty()),
-            Ok(r) if r.1.rc == codes::NO_SUCH_OBJECT => Ok(false),
-            Ok(r) => Err(codes::from_result(r.1.rc, &r.1.text, &what)),
-            Err(e) => {
-                if codes::is_connection_error(&e) {
-                    self.drop_connection().await;
-                }
-                Err(codes::from_ldap_error(&e, &what))
-            }
-        }
+        self.matches(dn, &filter).await
     }
 
     /// The DN of the entry whose stable id (the flavour's, see [`LdapTarget::read_id`]) is
