@@ -1145,11 +1145,23 @@ async fn two_groups_whose_dn_renders_the_same_never_share_one_entry() {
 }
 
 /// After an add the server's `entryUUID` is kept in the bookkeeping (for renames and drift),
-/// and it follows the entry through a rename.
+/// and it follows the entry through a rename. A user's first create is one LDAP operation:
+/// the add, answered with the new entry's `entryUUID` (Post-Read, RFC 4527), no search before
+/// or after it (issue 9).
 #[tokio::test]
 async fn an_add_records_the_servers_entry_uuid() {
+    use scim_sync::targets::ldap::ops::sent_to;
     let env = Env::start().await;
+    // The start's healthcheck (a read of the users' base) is not the create's.
+    let rec = env.t.d().current_reconciler().unwrap();
+    while !rec.health().snapshot().values().all(|h| h.reachable) {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let before = sent_to(&env.slapd.uri());
     let uid = env.create_user(&okta_user("uuid", "X")).await;
+    env.run().await;
+    let ops = sent_to(&env.slapd.uri()) - before;
+    assert_eq!((ops.adds, ops.searches), (1, 0), "{ops:?}");
     let gid = env.create_group("Uuid Team", &[&uid]).await;
     env.run().await;
     let store = &env.t.d().store;

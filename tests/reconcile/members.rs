@@ -101,6 +101,7 @@ fn one_modify(got: Ops, values: u64) {
         modifies: 1,
         modify_values: values,
         read_values: got.read_values,
+        searches: got.searches,
         ..Ops::default()
     };
     assert_eq!(got, want, "LDAP writes sent");

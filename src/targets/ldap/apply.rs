@@ -33,6 +33,9 @@ struct Exec<'a> {
     lease: &'a Lease,
     /// Member values found that we did not write and kept (see [`Outcome::foreign`]).
     foreign: Vec<String>,
+    /// The DN and stable id of the entry this apply added, when the add's answer carried the
+    /// id (Post-Read): [`entry_uuid`] then needs no search.
+    added_id: Option<(String, String)>,
 }
 
 fn permanent(message: String) -> TargetError {
@@ -81,12 +84,21 @@ impl Exec<'_> {
         dn: &str,
         attrs: Vec<(String, Vec<String>)>,
     ) -> Result<u32, TargetError> {
-        self.changes.push(format!("add: {dn}"));
         if self.dry_run {
+            self.changes.push(format!("add: {dn}"));
             return Ok(0);
         }
         self.fence().await?;
-        self.t.add(dn, attrs).await
+        let (rc, id) = self.t.add(dn, attrs).await?;
+        // An add answered "already exists" changed nothing: the caller decides what the entry
+        // there is (and logs that instead).
+        if rc == 0 {
+            self.changes.push(format!("add: {dn}"));
+        }
+        if let Some(id) = id {
+            self.added_id = Some((dn.to_owned(), id));
+        }
+        Ok(rc)
     }
 
     /// One modify with all `mods`. If it fails only because a value already exists (20) or
@@ -214,6 +226,7 @@ pub(super) async fn sync(
         changes: Vec::new(),
         lease: &prior.lease,
         foreign: Vec::new(),
+        added_id: None,
     };
     let (key, extra) = match change {
         Change::Remove { kind } => remove(&mut ex, prior, kind).await?,
@@ -599,6 +612,11 @@ async fn entry_uuid(
     if ex.dry_run {
         return Ok(known.map(str::to_owned));
     }
+    if let Some((added, id)) = &ex.added_id {
+        if dn_eq(added, dn) {
+            return Ok(Some(id.clone()));
+        }
+    }
     ex.t.read_id(dn).await
 }
 
@@ -740,7 +758,33 @@ async fn sync_user(
     };
     let pw_sha = password.as_deref().map(sha256_hex);
 
-    let current = locate(ex, prior, &desired_dn, &read_attrs).await?;
+    let mut extra_attrs = disable_set.clone();
+    if let Some(p) = &password {
+        extra_attrs.insert("userPassword".into(), vec![p.clone()]);
+    }
+    // A first create that no earlier attempt can have left anywhere else (no DN recorded, no
+    // orphaned intent): add at once instead of reading first. An entry already there (68)
+    // then goes through `locate` exactly as if it had been read before the add: the ownership
+    // rule decides, and no entry there at all is a unique value held elsewhere.
+    let optimistic = !ex.dry_run
+        && prior.key.is_none()
+        && prior.extra.as_ref().is_none_or(|e| e.orphans.is_empty());
+    let mut added = false;
+    let current = if optimistic {
+        let rc = ex.add(&desired_dn, add_attrs(&entry, &extra_attrs)).await?;
+        added = rc == 0;
+        if added {
+            None
+        } else {
+            let found = locate(ex, prior, &desired_dn, &read_attrs).await?;
+            if found.is_none() {
+                return Err(unique_value_conflict(t, &desired_dn, &entry).await?);
+            }
+            found
+        }
+    } else {
+        locate(ex, prior, &desired_dn, &read_attrs).await?
+    };
     // An entry our interrupted create left may carry the disable values it was added with
     // (the user was inactive then): like an interrupted deactivation, they may be ours.
     if prev_disabled.is_empty() && ex.changes.iter().any(|c| c.starts_with(RESUME)) {
@@ -750,14 +794,9 @@ async fn sync_user(
     }
     let mut current = current;
     let resumed = ex.changes.iter().any(|c| c.starts_with(RESUME));
-    let mut added = false;
     // Read the entry's id afresh after an add, a resume or an adoption.
-    let mut fresh = current.is_some() && prior.key.is_none();
-    if current.is_none() {
-        let mut extra_attrs = disable_set.clone();
-        if let Some(p) = &password {
-            extra_attrs.insert("userPassword".into(), vec![p.clone()]);
-        }
+    let mut fresh = added || (current.is_some() && prior.key.is_none());
+    if current.is_none() && !added {
         let rc = ex.add(&desired_dn, add_attrs(&entry, &extra_attrs)).await?;
         fresh = true;
         added = rc == 0;

@@ -24,6 +24,9 @@ pub struct LdapTarget {
     slot: tokio::sync::Mutex<Option<Ldap>>,
     /// The flavour: configured, or detected from the root DSE at the first connect.
     flavour: std::sync::OnceLock<Flavour>,
+    /// Whether the root DSE lists the Post-Read control (RFC 4527): an add then returns the new
+    /// entry's stable id in its answer instead of a search after it. Read with the flavour.
+    post_read: std::sync::OnceLock<bool>,
     /// Writes sent (see [`super::ops`]).
     ops: Arc<super::ops::OpCounts>,
 }
@@ -63,6 +66,7 @@ impl LdapTarget {
             tls,
             slot: tokio::sync::Mutex::new(None),
             flavour: std::sync::OnceLock::new(),
+            post_read: std::sync::OnceLock::new(),
             ops,
         })
     }
@@ -90,6 +94,7 @@ impl LdapTarget {
             "vendorVersion",
             "objectClass",
             "structuralObjectClass",
+            "supportedControl",
         ];
         let res = ldap
             .with_timeout(self.settings.timeout)
@@ -103,6 +108,10 @@ impl LdapTarget {
             }
         }
         let (detected, why) = Flavour::detect(&dse);
+        let post_read = dse
+            .get("supportedcontrol")
+            .is_some_and(|v| v.iter().any(|c| c == POST_READ_OID));
+        let _ = self.post_read.set(post_read);
         let name = &self.settings.name;
         match self.settings.flavour {
             Some(f) if f != detected => tracing::warn!(
@@ -232,6 +241,7 @@ impl LdapTarget {
         let ldap = self.handle().await?;
         let t = self.settings.timeout;
         let owned_dn = dn.to_owned();
+        self.ops.search();
         let res = async move {
             let mut ldap = ldap;
             ldap.with_timeout(t)
@@ -337,6 +347,7 @@ impl LdapTarget {
         let ldap = self.handle().await?;
         let t = self.settings.timeout;
         let (owned_dn, owned_filter) = (dn.to_owned(), filter.to_owned());
+        self.ops.search();
         let res = async move {
             let mut ldap = ldap;
             ldap.with_timeout(t)
@@ -371,22 +382,7 @@ impl LdapTarget {
         let Some(se) = self.search_base(dn, vec![attr.to_owned()]).await? else {
             return Ok(None);
         };
-        let text = se
-            .attrs
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(attr))
-            .and_then(|(_, v)| v.first().cloned());
-        if f == Flavour::Ad {
-            // Binary; ldap3 hands a value that happens to be valid UTF-8 over as text.
-            let bytes = se
-                .bin_attrs
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(attr))
-                .and_then(|(_, v)| v.first().cloned())
-                .or_else(|| text.map(String::into_bytes));
-            return Ok(bytes.map(|b| flavour::id_from_binary(&b)));
-        }
-        Ok(text)
+        Ok(id_of(&se.attrs, &se.bin_attrs, f))
     }
 
     /// Whether the entry at `dn` holds `value` in `attr` (the server's own matching rule, by a
@@ -429,6 +425,7 @@ impl LdapTarget {
         let ldap = self.handle().await?;
         let t = self.settings.timeout;
         let owned_base = base.to_owned();
+        self.ops.search();
         let res = async move {
             let mut ldap = ldap;
             ldap.with_timeout(t)
@@ -458,12 +455,16 @@ impl LdapTarget {
             .map(|raw| SearchEntry::construct(raw).dn))
     }
 
-    /// Add an entry; returns the result code (0 or 68), other codes are errors.
+    /// Add an entry; returns the result code (0 or 68; other codes are errors) and, when the
+    /// server offers the Post-Read control (RFC 4527), the new entry's stable id as its answer
+    /// carried it (the flavour's id attribute, as [`LdapTarget::read_id`] gives it): `Some`
+    /// only for a successful add whose answer held it, so the caller reads it afterwards
+    /// otherwise.
     pub(super) async fn add(
         &self,
         dn: &str,
         attrs: Vec<(String, Vec<String>)>,
-    ) -> Result<u32, TargetError> {
+    ) -> Result<(u32, Option<String>), TargetError> {
         let what = format!("add {dn}");
         let t = self.settings.timeout;
         let attrs: Vec<(String, HashSet<String>)> = attrs
@@ -471,13 +472,24 @@ impl LdapTarget {
             .map(|(k, v)| (k, v.into_iter().collect()))
             .collect();
         let dn = dn.to_owned();
+        let flavour = self.flavour();
+        let id_attr = flavour.id_attribute();
+        let post_read = self.post_read.get().copied().unwrap_or(false);
         self.ops.add();
         let res = self
             .run(&what, |mut l| async move {
+                if post_read {
+                    l.with_controls(ldap3::controls::PostRead::new(vec![id_attr]));
+                }
                 l.with_timeout(t).add(&dn, attrs).await
             })
             .await?;
-        expect(res, &[codes::ENTRY_ALREADY_EXISTS], &what)
+        let id = if res.rc == 0 && post_read {
+            post_read_id(&res, flavour)
+        } else {
+            None
+        };
+        Ok((expect(res, &[codes::ENTRY_ALREADY_EXISTS], &what)?, id))
     }
 
     /// Modify an entry; `ok` lists result codes that count as success.
@@ -568,6 +580,7 @@ impl LdapTarget {
             Box::new(EntriesOnly::new()),
             Box::new(PagedResults::new(page.max(1))),
         ];
+        self.ops.search();
         let result = async {
             let mut stream = ldap
                 .with_timeout(self.settings.timeout)
@@ -621,6 +634,47 @@ impl LdapTarget {
             }),
         }
     }
+}
+
+/// The Post-Read control's OID (RFC 4527 §3.2), as a root DSE lists it in `supportedControl`.
+const POST_READ_OID: &str = "1.3.6.1.1.13.2";
+
+/// The stable id in an add's Post-Read answer control, if it carries one. A control the
+/// server sent malformed is no id (ldap3's parser panics on it; the caller then reads the id
+/// with a search).
+fn post_read_id(res: &LdapResult, flavour: Flavour) -> Option<String> {
+    use ldap3::controls::{ControlType, PostReadResp};
+    let raw = res.ctrls.iter().find_map(|c| match c {
+        ldap3::controls::Control(Some(ControlType::PostReadResp), raw) => Some(raw),
+        _ => None,
+    })?;
+    let parsed =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| raw.parse::<PostReadResp>()))
+            .ok()?;
+    id_of(&parsed.attrs, &parsed.bin_attrs, flavour)
+}
+
+/// The flavour's stable id among an entry's attributes (AD's binary `objectGUID` as hex).
+fn id_of(
+    attrs: &std::collections::HashMap<String, Vec<String>>,
+    bin_attrs: &std::collections::HashMap<String, Vec<Vec<u8>>>,
+    flavour: Flavour,
+) -> Option<String> {
+    let attr = flavour.id_attribute();
+    let text = attrs
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(attr))
+        .and_then(|(_, v)| v.first().cloned());
+    if flavour == Flavour::Ad {
+        // Binary; ldap3 hands a value that happens to be valid UTF-8 over as text.
+        let bytes = bin_attrs
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(attr))
+            .and_then(|(_, v)| v.first().cloned())
+            .or_else(|| text.map(String::into_bytes));
+        return bytes.map(|b| flavour::id_from_binary(&b));
+    }
+    text
 }
 
 fn expect(res: LdapResult, ok: &[u32], what: &str) -> Result<u32, TargetError> {

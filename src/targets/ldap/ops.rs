@@ -1,5 +1,5 @@
-//! How many write operations the daemon sent to each LDAP server (by URL), how many values its
-//! modifies carried, and how many attribute values its entry reads returned: what the
+//! How many write operations and searches the daemon sent to each LDAP server (by URL), how many
+//! values its modifies carried, and how many attribute values its entry reads returned: what the
 //! O(change) membership tests count ("one member added to a large group: exactly one modify
 //! with one value, and the group's members are not read"), against a real slapd, without a
 //! mock. A few atomic additions per operation; never reset.
@@ -17,6 +17,7 @@ pub struct OpCounts {
     modrdns: AtomicU64,
     deletes: AtomicU64,
     read_values: AtomicU64,
+    searches: AtomicU64,
 }
 
 /// A reading of [`OpCounts`].
@@ -30,6 +31,9 @@ pub struct Ops {
     pub deletes: u64,
     /// Attribute values returned by entry reads (base searches for one entry's attributes).
     pub read_values: u64,
+    /// Searches sent (entry reads, filter checks, lookups by id; not the root DSE read at
+    /// connect).
+    pub searches: u64,
 }
 
 impl std::ops::Sub for Ops {
@@ -42,6 +46,7 @@ impl std::ops::Sub for Ops {
             modrdns: self.modrdns - o.modrdns,
             deletes: self.deletes - o.deletes,
             read_values: self.read_values - o.read_values,
+            searches: self.searches - o.searches,
         }
     }
 }
@@ -75,6 +80,7 @@ impl OpCounts {
             modrdns: self.modrdns.load(Ordering::Relaxed),
             deletes: self.deletes.load(Ordering::Relaxed),
             read_values: self.read_values.load(Ordering::Relaxed),
+            searches: self.searches.load(Ordering::Relaxed),
         }
     }
 
@@ -94,6 +100,10 @@ impl OpCounts {
 
     pub(super) fn delete(&self) {
         self.deletes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(super) fn search(&self) {
+        self.searches.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(super) fn read(&self, values: usize) {
