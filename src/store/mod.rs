@@ -14,6 +14,7 @@
 
 mod apply;
 mod batch;
+mod commit;
 mod gate;
 mod history;
 mod instances;
@@ -352,6 +353,9 @@ struct Inner {
     /// The queue for SQLite's write lock (a database file; `None` on PostgreSQL and in memory,
     /// where the one connection already serialises); see [`gate`].
     write_gate: Option<Arc<gate::WriteGate>>,
+    /// Group commit of clients' mutations (a SQLite file; `None` where each keeps its own
+    /// transaction); see [`commit`].
+    committer: Option<Arc<commit::Committer>>,
 }
 
 /// A cheap-to-clone handle on the database pool.
@@ -832,6 +836,11 @@ pub(crate) fn read_tx<T>(
     }
 }
 
+/// Until when the request waits, if it has a deadline.
+fn deadline_of(ctx: &AuditCtx) -> Option<std::time::Instant> {
+    ctx.deadline.as_ref().map(|d| d.at)
+}
+
 /// Note on the request's [`Deadline`] that a mutation is being handed to the store.
 fn mark_started(ctx: &AuditCtx) {
     if let Some(d) = &ctx.deadline {
@@ -857,6 +866,33 @@ impl Store {
         })
         .await
         .map_err(|e| StoreError::Other(format!("store task failed: {e}")))?
+    }
+
+    /// Run a client's mutation (`f` calls [`write_tx_for`]): on a SQLite file in the next
+    /// group commit ([`commit`]), elsewhere as [`Store::run`] does.
+    async fn run_mutation<T, F>(
+        &self,
+        deadline: Option<std::time::Instant>,
+        f: F,
+    ) -> Result<T, StoreError>
+    where
+        F: FnOnce(&mut DbConnection) -> Result<T, StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let Some(committer) = self.inner.committer.clone() else {
+            return self.run(f).await;
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job = commit::JobOf { f, deadline, tx };
+        if committer.submit(Box::new(job)) {
+            let inner = Arc::clone(&self.inner);
+            // Not awaited: the leader answers every job it runs through its channel.
+            drop(tokio::task::spawn_blocking(move || {
+                commit::lead(&inner, &committer);
+            }));
+        }
+        rx.await
+            .map_err(|_| StoreError::Unavailable("the store's writer stopped".into()))?
     }
 
     /// The configured targets, as a snapshot for one mutation.
@@ -956,6 +992,9 @@ impl Store {
                     write_gate: sqlite_path.as_ref().map(|_| {
                         Arc::new(gate::WriteGate::new(Duration::from_millis(busy_timeout_ms)))
                     }),
+                    committer: sqlite_path
+                        .as_ref()
+                        .map(|_| Arc::new(commit::Committer::default())),
                     sqlite_path,
                 }),
             })
@@ -1045,8 +1084,10 @@ impl Store {
     ) -> Result<StoredUser, StoreError> {
         let (targets, ctx) = (self.targets(), ctx.clone());
         mark_started(&ctx);
-        self.run(move |conn| resources::create_user(conn, &targets, input, password_hash, &ctx))
-            .await
+        self.run_mutation(deadline_of(&ctx), move |conn| {
+            resources::create_user(conn, &targets, input, password_hash, &ctx)
+        })
+        .await
     }
 
     /// A live user by id.
@@ -1100,8 +1141,10 @@ impl Store {
             operation.to_owned(),
         );
         mark_started(&ctx);
-        self.run(move |conn| resources::update_user(conn, &targets, &id, &operation, &ctx, f))
-            .await
+        self.run_mutation(deadline_of(&ctx), move |conn| {
+            resources::update_user(conn, &targets, &id, &operation, &ctx, f)
+        })
+        .await
     }
 
     /// Delete: the row becomes a tombstone (kept for the reconciler), memberships are removed in
@@ -1117,7 +1160,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let (targets, ctx, id) = (self.targets(), ctx.clone(), id.to_owned());
         mark_started(&ctx);
-        self.run(move |conn| {
+        self.run_mutation(deadline_of(&ctx), move |conn| {
             resources::delete(conn, &targets, ResourceType::User, &id, if_match, &ctx)
         })
         .await
@@ -1197,8 +1240,10 @@ impl Store {
     ) -> Result<StoredGroup, StoreError> {
         let (targets, ctx) = (self.targets(), ctx.clone());
         mark_started(&ctx);
-        self.run(move |conn| resources::create_group(conn, &targets, input, &ctx))
-            .await
+        self.run_mutation(deadline_of(&ctx), move |conn| {
+            resources::create_group(conn, &targets, input, &ctx)
+        })
+        .await
     }
 
     /// A live group by id.
@@ -1261,8 +1306,10 @@ impl Store {
             operation.to_owned(),
         );
         mark_started(&ctx);
-        self.run(move |conn| resources::update_group(conn, &targets, &id, &operation, &ctx, f))
-            .await
+        self.run_mutation(deadline_of(&ctx), move |conn| {
+            resources::update_group(conn, &targets, &id, &operation, &ctx, f)
+        })
+        .await
     }
 
     /// Delete a group (tombstone, membership rows removed); never touches its users.
@@ -1277,7 +1324,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let (targets, ctx, id) = (self.targets(), ctx.clone(), id.to_owned());
         mark_started(&ctx);
-        self.run(move |conn| {
+        self.run_mutation(deadline_of(&ctx), move |conn| {
             resources::delete(conn, &targets, ResourceType::Group, &id, if_match, &ctx)
         })
         .await

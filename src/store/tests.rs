@@ -2662,3 +2662,87 @@ async fn status_counts_the_entries_held_as_a_recount_does() {
     })
     .await;
 }
+
+/// Clients' mutations that wait for the write lock together commit together (`commit`: one
+/// transaction, one sync), and each is still its own change with its own answer: a duplicate
+/// among them gets its 409, the others commit with their outbox rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[allow(clippy::disallowed_methods)] // test tasks, joined below
+async fn waiting_mutations_commit_as_one_group_each_with_its_own_answer() {
+    use std::sync::atomic::Ordering;
+    let db = sqlite_db().await;
+    let store = db.store.clone();
+    store
+        .create_user(user("taken"), None, &ctx(1))
+        .await
+        .unwrap();
+    let counts = || {
+        let c = store
+            .inner
+            .committer
+            .as_ref()
+            .expect("a SQLite file groups");
+        (
+            c.counts.submitted.load(Ordering::SeqCst),
+            c.counts.groups.load(Ordering::SeqCst),
+        )
+    };
+    let (submitted0, groups0) = counts();
+    // A background write holds the write turn (and SQLite's lock) until released.
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let (holding, held) = tokio::sync::oneshot::channel::<()>();
+    let holder = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .run(move |conn| {
+                    write_tx(conn, |_| {
+                        let _ = holding.send(());
+                        let _ = released.recv();
+                        Ok(())
+                    })
+                })
+                .await
+                .unwrap();
+        })
+    };
+    held.await.unwrap();
+    let names = ["g0", "g1", "g2", "taken", "g4", "g5", "g6", "g7"];
+    let pushes: Vec<_> = names
+        .iter()
+        .map(|n| {
+            let (store, n) = (store.clone(), (*n).to_owned());
+            tokio::spawn(async move { store.create_user(user(&n), None, &ctx(2)).await })
+        })
+        .collect();
+    // Every push is queued or taken by the leader, which waits for the turn.
+    while counts().0 < submitted0 + 8 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    release.send(()).unwrap();
+    holder.await.unwrap();
+    let mut ok = 0;
+    for (name, push) in names.iter().zip(pushes) {
+        match push.await.unwrap() {
+            Ok(u) => {
+                ok += 1;
+                assert_eq!(&u.user_name, name);
+                assert!(store.get_user(&u.id).await.unwrap().is_some());
+            }
+            Err(e) => {
+                assert_eq!(*name, "taken", "{name}: {e}");
+                assert!(is_uniqueness(&e), "{e}");
+            }
+        }
+    }
+    assert_eq!(ok, 7);
+    let groups = counts().1 - groups0;
+    assert!(
+        (1..=2).contains(&groups),
+        "8 waiting mutations took {groups} commits"
+    );
+    // Each committed create queued its own outbox row; the refused one none.
+    let rows = outbox_rows(&store).await;
+    assert_eq!(rows.len(), 8, "{rows:?}");
+    db.finish().await;
+}
