@@ -132,9 +132,9 @@ impl Sizes {
             concurrency: env_usize("BENCH_CONCURRENCY", 8)?,
             status_samples: env_usize("BENCH_STATUS_SAMPLES", q(50, 20))?,
         };
-        if s.users == 0 || s.concurrency == 0 || s.rate == 0 || s.group < 5 {
+        if s.users == 0 || s.concurrency == 0 || s.rate == 0 || (s.group > 0 && s.group < 5) {
             return Err(
-                "BENCH_USERS, BENCH_CONCURRENCY and BENCH_RATE must be > 0, BENCH_GROUP_SIZE >= 5"
+                "BENCH_USERS, BENCH_CONCURRENCY and BENCH_RATE must be > 0, BENCH_GROUP_SIZE 0 (no group) or >= 5"
                     .into(),
             );
         }
@@ -1062,185 +1062,188 @@ async fn run(env: &Env, s: &Sizes, t: &mut Table) -> R<()> {
         new_users
     };
 
-    // 5. A group of G members; one-member PATCH adds and removes; a PUT changing 10 members.
+    // 5. A group of G members; one-member PATCH adds and removes; a PUT changing 10 members
+    // (skipped with BENCH_GROUP_SIZE=0).
     let g = s.group;
-    let k = s.changes;
-    let mut pool: Vec<User> = users
-        .iter()
-        .filter(|u| !deactivated.contains(&u.id))
-        .cloned()
-        .chain(steady)
-        .collect();
-    let need = g + k + 5;
-    if pool.len() < need {
-        let more = need - pool.len();
+    if g > 0 {
+        let k = s.changes;
+        let mut pool: Vec<User> = users
+            .iter()
+            .filter(|u| !deactivated.contains(&u.id))
+            .cloned()
+            .chain(steady)
+            .collect();
+        let need = g + k + 5;
+        if pool.len() < need {
+            let more = need - pool.len();
+            let start = Instant::now();
+            let (_, extra) = create_users(&scim, c, "member", more, 0).await?;
+            let names: Vec<String> = extra.iter().map(|u| u.name.clone()).collect();
+            let visible = wait_people(
+                &mut ldap,
+                env,
+                "(objectClass=inetOrgPerson)",
+                &names,
+                start,
+                wait_for(more),
+            )
+            .await?;
+            if let Err(missing) = visible {
+                return Err(format!(
+                    "group setup: {missing} of {more} users not applied in time"
+                ));
+            }
+            t.info(
+                format!("setup: {more} more users for the group, created and applied"),
+                format!("{:.1} s", start.elapsed().as_secs_f64()),
+            );
+            pool.extend(extra);
+        }
+        let (members, spare) = pool.split_at(g);
+        let spare = spare.get(..k + 5).ok_or("internal: too few spare users")?;
+        let member = |u: &User| json!({"value": u.id, "display": u.name});
+        let conn = client()?;
+        let name = "bench-group";
+        let group_dn = format!("cn={name},ou=Groups,{}", env.base);
         let start = Instant::now();
-        let (_, extra) = create_users(&scim, c, "member", more, 0).await?;
-        let names: Vec<String> = extra.iter().map(|u| u.name.clone()).collect();
-        let visible = wait_people(
-            &mut ldap,
-            env,
-            "(objectClass=inetOrgPerson)",
-            &names,
-            start,
-            wait_for(more),
-        )
-        .await?;
-        if let Err(missing) = visible {
-            return Err(format!(
-                "group setup: {missing} of {more} users not applied in time"
-            ));
+        let mut chunks = members.chunks(CHUNK);
+        let first: Vec<Value> = chunks
+            .next()
+            .unwrap_or_default()
+            .iter()
+            .map(member)
+            .collect();
+        let created = scim
+            .expect(
+                &conn,
+                Method::POST,
+                "/Groups",
+                Some(&json!({"schemas": [GROUP], "displayName": name, "members": first})),
+                &[201],
+            )
+            .await?;
+        let gid = str_of(&created.body, "id")?;
+        let mut requests = 1;
+        for chunk in chunks {
+            let value: Vec<Value> = chunk.iter().map(member).collect();
+            scim.expect(
+                &conn,
+                Method::PATCH,
+                &format!("/Groups/{gid}"),
+                Some(&json!({"schemas": [PATCH],
+                "Operations": [{"op": "add", "path": "members", "value": value}]})),
+                &[200, 204],
+            )
+            .await?;
+            requests += 1;
+        }
+        let pushed = start.elapsed();
+        let deadline = wait_for(g);
+        loop {
+            if member_count(&mut ldap, &group_dn).await? >= g {
+                break;
+            }
+            if start.elapsed() > deadline {
+                return Err(format!(
+                    "group of {g} not applied in {:.0} s",
+                    deadline.as_secs_f64()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
         t.info(
-            format!("setup: {more} more users for the group, created and applied"),
-            format!("{:.1} s", start.elapsed().as_secs_f64()),
+            format!("setup: group of {g} members ({requests} request(s) of <= {CHUNK} members)"),
+            format!(
+                "pushed in {:.1} s, all in slapd after {:.1} s",
+                pushed.as_secs_f64(),
+                start.elapsed().as_secs_f64()
+            ),
         );
-        pool.extend(extra);
-    }
-    let (members, spare) = pool.split_at(g);
-    let spare = spare.get(..k + 5).ok_or("internal: too few spare users")?;
-    let member = |u: &User| json!({"value": u.id, "display": u.name});
-    let conn = client()?;
-    let name = "bench-group";
-    let group_dn = format!("cn={name},ou=Groups,{}", env.base);
-    let start = Instant::now();
-    let mut chunks = members.chunks(CHUNK);
-    let first: Vec<Value> = chunks
-        .next()
-        .unwrap_or_default()
-        .iter()
-        .map(member)
-        .collect();
-    let created = scim
-        .expect(
-            &conn,
-            Method::POST,
-            "/Groups",
-            Some(&json!({"schemas": [GROUP], "displayName": name, "members": first})),
-            &[201],
-        )
-        .await?;
-    let gid = str_of(&created.body, "id")?;
-    let mut requests = 1;
-    for chunk in chunks {
-        let value: Vec<Value> = chunk.iter().map(member).collect();
-        scim.expect(
-            &conn,
-            Method::PATCH,
-            &format!("/Groups/{gid}"),
-            Some(&json!({"schemas": [PATCH],
-                "Operations": [{"op": "add", "path": "members", "value": value}]})),
-            &[200, 204],
-        )
-        .await?;
-        requests += 1;
-    }
-    let pushed = start.elapsed();
-    let deadline = wait_for(g);
-    loop {
-        if member_count(&mut ldap, &group_dn).await? >= g {
-            break;
-        }
-        if start.elapsed() > deadline {
-            return Err(format!(
-                "group of {g} not applied in {:.0} s",
-                deadline.as_secs_f64()
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    t.info(
-        format!("setup: group of {g} members ({requests} request(s) of <= {CHUNK} members)"),
-        format!(
-            "pushed in {:.1} s, all in slapd after {:.1} s",
-            pushed.as_secs_f64(),
-            start.elapsed().as_secs_f64()
-        ),
-    );
-    let path = format!("/Groups/{gid}");
-    let dn_filter = |u: &User| format!("(member={})", ldap_escape(env.user_dn(&u.name)));
-    let (mut patch_lat, mut add_vis, mut remove_vis) = (Vec::new(), Vec::new(), Vec::new());
-    let limit = Duration::from_secs(60);
-    for u in spare.iter().take(k) {
-        let body = json!({"schemas": [PATCH],
+        let path = format!("/Groups/{gid}");
+        let dn_filter = |u: &User| format!("(member={})", ldap_escape(env.user_dn(&u.name)));
+        let (mut patch_lat, mut add_vis, mut remove_vis) = (Vec::new(), Vec::new(), Vec::new());
+        let limit = Duration::from_secs(60);
+        for u in spare.iter().take(k) {
+            let body = json!({"schemas": [PATCH],
             "Operations": [{"op": "add", "path": "members", "value": [member(u)]}]});
-        let a = scim
-            .expect(&conn, Method::PATCH, &path, Some(&body), &[200, 204])
-            .await?;
-        let answered = Instant::now();
-        patch_lat.push(a.latency);
-        let seen = until(&ldap, &group_dn, &dn_filter(u), true, answered, limit)
-            .await?
-            .ok_or_else(|| format!("added member {} not in slapd after 60 s", u.name))?;
-        add_vis.push(seen);
-    }
-    for u in spare.iter().take(k) {
-        let body = json!({"schemas": [PATCH],
+            let a = scim
+                .expect(&conn, Method::PATCH, &path, Some(&body), &[200, 204])
+                .await?;
+            let answered = Instant::now();
+            patch_lat.push(a.latency);
+            let seen = until(&ldap, &group_dn, &dn_filter(u), true, answered, limit)
+                .await?
+                .ok_or_else(|| format!("added member {} not in slapd after 60 s", u.name))?;
+            add_vis.push(seen);
+        }
+        for u in spare.iter().take(k) {
+            let body = json!({"schemas": [PATCH],
             "Operations": [{"op": "remove", "path": format!("members[value eq \"{}\"]", u.id)}]});
+            let a = scim
+                .expect(&conn, Method::PATCH, &path, Some(&body), &[200, 204])
+                .await?;
+            let answered = Instant::now();
+            patch_lat.push(a.latency);
+            let seen = until(&ldap, &group_dn, &dn_filter(u), false, answered, limit)
+                .await?
+                .ok_or_else(|| format!("removed member {} still in slapd after 60 s", u.name))?;
+            remove_vis.push(seen);
+        }
+        let pl = lat(patch_lat);
+        t.check(
+            format!("group of {g}: PATCH add/remove of one member ({k} + {k}), p50 / p99"),
+            format!("{:.1} / {:.1} ms", ms(pl.p50), ms(pl.p99)),
+            "p50 < 2 ms",
+            pl.p50 < Duration::from_millis(2),
+        );
+        let (av, rv) = (lat(add_vis), lat(remove_vis));
+        t.check(
+            "  answer -> visible in slapd, p50 add / p50 remove",
+            format!(
+                "{:.1} / {:.1} ms (max {:.1} / {:.1} ms)",
+                ms(av.p50),
+                ms(rv.p50),
+                ms(av.max),
+                ms(rv.max)
+            ),
+            "reconcile p50 < 10 ms",
+            av.p50 < Duration::from_millis(10) && rv.p50 < Duration::from_millis(10),
+        );
+        // The PUT an Okta wizard app sends: the whole membership, here 5 members out, 5 in.
+        let dropped = members.get(..5).ok_or("internal: group too small")?;
+        let added = spare.get(k..k + 5).ok_or("internal: too few spare users")?;
+        let list: Vec<Value> = members.iter().skip(5).chain(added).map(member).collect();
+        let body = json!({"schemas": [GROUP], "id": gid, "displayName": name, "members": list});
         let a = scim
-            .expect(&conn, Method::PATCH, &path, Some(&body), &[200, 204])
+            .expect(&conn, Method::PUT, &path, Some(&body), &[200])
             .await?;
         let answered = Instant::now();
-        patch_lat.push(a.latency);
-        let seen = until(&ldap, &group_dn, &dn_filter(u), false, answered, limit)
-            .await?
-            .ok_or_else(|| format!("removed member {} still in slapd after 60 s", u.name))?;
-        remove_vis.push(seen);
+        let mut filter = String::from("(&");
+        for u in added {
+            filter.push_str(&dn_filter(u));
+        }
+        for u in dropped {
+            let _ = write!(filter, "(!{})", dn_filter(u));
+        }
+        filter.push(')');
+        let seen = until(&ldap, &group_dn, &filter, true, answered, limit).await?;
+        t.check(
+            format!("group of {g}: PUT changing 10 members: answer -> visible"),
+            match seen {
+                Some(d) => format!("{:.1} ms (PUT answered in {:.1} ms)", ms(d), ms(a.latency)),
+                None => "not visible after 60 s".into(),
+            },
+            "reconcile < 200 ms",
+            seen.is_some_and(|d| d < Duration::from_millis(200)),
+        );
+        let rss = rss_mib(env.pid)?;
+        t.check(
+            "daemon RSS after the group work",
+            format!("{rss:.1} MiB"),
+            "< 60 MiB (at 100,000 users, 500,000 memberships)",
+            rss < 60.0,
+        );
     }
-    let pl = lat(patch_lat);
-    t.check(
-        format!("group of {g}: PATCH add/remove of one member ({k} + {k}), p50 / p99"),
-        format!("{:.1} / {:.1} ms", ms(pl.p50), ms(pl.p99)),
-        "p50 < 2 ms",
-        pl.p50 < Duration::from_millis(2),
-    );
-    let (av, rv) = (lat(add_vis), lat(remove_vis));
-    t.check(
-        "  answer -> visible in slapd, p50 add / p50 remove",
-        format!(
-            "{:.1} / {:.1} ms (max {:.1} / {:.1} ms)",
-            ms(av.p50),
-            ms(rv.p50),
-            ms(av.max),
-            ms(rv.max)
-        ),
-        "reconcile p50 < 10 ms",
-        av.p50 < Duration::from_millis(10) && rv.p50 < Duration::from_millis(10),
-    );
-    // The PUT an Okta wizard app sends: the whole membership, here 5 members out, 5 in.
-    let dropped = members.get(..5).ok_or("internal: group too small")?;
-    let added = spare.get(k..k + 5).ok_or("internal: too few spare users")?;
-    let list: Vec<Value> = members.iter().skip(5).chain(added).map(member).collect();
-    let body = json!({"schemas": [GROUP], "id": gid, "displayName": name, "members": list});
-    let a = scim
-        .expect(&conn, Method::PUT, &path, Some(&body), &[200])
-        .await?;
-    let answered = Instant::now();
-    let mut filter = String::from("(&");
-    for u in added {
-        filter.push_str(&dn_filter(u));
-    }
-    for u in dropped {
-        let _ = write!(filter, "(!{})", dn_filter(u));
-    }
-    filter.push(')');
-    let seen = until(&ldap, &group_dn, &filter, true, answered, limit).await?;
-    t.check(
-        format!("group of {g}: PUT changing 10 members: answer -> visible"),
-        match seen {
-            Some(d) => format!("{:.1} ms (PUT answered in {:.1} ms)", ms(d), ms(a.latency)),
-            None => "not visible after 60 s".into(),
-        },
-        "reconcile < 200 ms",
-        seen.is_some_and(|d| d < Duration::from_millis(200)),
-    );
-    let rss = rss_mib(env.pid)?;
-    t.check(
-        "daemon RSS after the group work",
-        format!("{rss:.1} MiB"),
-        "< 60 MiB (at 100,000 users, 500,000 memberships)",
-        rss < 60.0,
-    );
 
     // 6. Store::status as /readyz pays it, at the size reached.
     let admin = client()?;
