@@ -15,12 +15,22 @@
 //! - it sees the mutations before it in the group as committed ones (the same order as one
 //!   transaction each, in the order the leader took them);
 //! - its client is answered only after the group's commit, with that commit's result: when the
-//!   commit fails every mutation of the group answers 503, none a false 2xx; when SQLite rolled the
-//!   whole transaction back (an I/O error, a full disk) the mutations after it are not run and
-//!   answer 503 too;
-//! - a request's deadline is checked at the end of its own savepoint as before
-//!   ([`super::write_tx_for`]); the group waits for the write lock until the latest deadline
-//!   among its mutations.
+//!   commit fails every mutation of the group answers 503 (whatever it answered alone: a 409
+//!   may have come from an earlier mutation of the group that is not committed either), none a
+//!   false 2xx; when SQLite rolled the whole transaction back (an I/O error, a full disk) the
+//!   mutations after it are not run and answer 503 too;
+//! - a request past its deadline is never committed: one already past it when its turn comes
+//!   is not run; each checks its deadline at the end of its own savepoint as before
+//!   ([`super::write_tx_for`]); and right before the commit the group is rolled back to the
+//!   first mutation whose deadline passed meanwhile, which answers 503 with every one after it
+//!   (they may have seen its writes); the group waits for the write lock until the latest
+//!   deadline among its mutations;
+//! - a group counts as one client write per mutation in the write gate's turn order
+//!   ([`gate::WriteGate::note_client_writes`]): a waiting background write (a worker's settle,
+//!   a heartbeat) goes after each full group, as it went after [`gate::CLIENT_BURST`] pushes;
+//! - a mutation that panics answers 500 (its channel closes); its group answers 503 and the
+//!   connection is discarded (the transaction manager's state is unknown after a panic); the
+//!   queue goes on with a new connection.
 //!
 //! PostgreSQL commits concurrently (and groups commits itself): there each mutation keeps its
 //! own transaction ([`super::Store::run_mutation`]).
@@ -39,7 +49,8 @@ pub(crate) trait Job: Send {
     /// Until when its client waits (its request's deadline), if it has one.
     fn deadline(&self) -> Option<Instant>;
     /// Run the mutation (inside the group's transaction); the returned closure delivers its
-    /// result once the commit's outcome is known (`Some` error: the commit failed).
+    /// result once the commit's outcome is known (`Some` error: its writes were not committed,
+    /// and it answers 503 whatever it returned).
     fn run(self: Box<Self>, conn: &mut DbConnection) -> Finish;
     /// Answer without running: the group could not be run (no connection, a rolled-back
     /// transaction).
@@ -68,12 +79,10 @@ where
     fn run(self: Box<Self>, conn: &mut DbConnection) -> Finish {
         let JobOf { f, tx, .. } = *self;
         let result = f(conn);
-        Box::new(move |commit: Option<&StoreError>| {
-            let result = match (result, commit) {
-                (Ok(_), Some(e)) => Err(StoreError::Unavailable(format!(
-                    "the commit failed; nothing was written: {e}"
-                ))),
-                (r, _) => r,
+        Box::new(move |not_committed: Option<&StoreError>| {
+            let result = match not_committed {
+                Some(e) => Err(StoreError::Unavailable(format!("nothing was written: {e}"))),
+                None => result,
             };
             let _ = tx.send(result);
         })
@@ -122,6 +131,25 @@ impl Committer {
             .submitted
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         !std::mem::replace(&mut q.leading, true)
+    }
+
+    /// Jobs waiting for a leader's group (not yet taken).
+    #[cfg(test)]
+    pub(crate) fn queued(&self) -> usize {
+        self.lock().jobs.len()
+    }
+
+    /// The leader this caller started never ran (the runtime is shutting down): stop leading
+    /// and answer every queued job 503, so none waits for nothing.
+    pub(crate) fn abandon(&self) {
+        let jobs: Vec<Box<dyn Job>> = {
+            let mut q = self.lock();
+            q.leading = false;
+            q.jobs.drain(..).collect()
+        };
+        for job in jobs {
+            job.fail(StoreError::Unavailable("the store is shutting down".into()));
+        }
     }
 
     /// The next group, oldest first; empty (and no longer leading) when nothing waits. The
@@ -184,13 +212,41 @@ pub(crate) fn lead(inner: &Inner, committer: &Committer) {
                 .counts
                 .groups
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            run_group(c, jobs);
+            let weight = u32::try_from(jobs.len()).unwrap_or(u32::MAX);
+            let clean = run_group(c, jobs);
+            if let Some(g) = &inner.write_gate {
+                g.note_client_writes(weight);
+            }
+            if !clean {
+                // Whatever state a failed commit or a panic left: a fresh connection next.
+                conn = None;
+            }
         }
     }
 }
 
-/// One group: one write transaction, a savepoint per job, one commit.
-fn run_group(conn: &mut DbConnection, jobs: Vec<Box<dyn Job>>) {
+/// The savepoint the leader sets before job `i` of a group.
+fn savepoint(conn: &mut DbConnection, i: usize) -> Result<(), StoreError> {
+    diesel::RunQueryDsl::execute(diesel::sql_query(format!("SAVEPOINT group_job_{i}")), conn)?;
+    Ok(())
+}
+
+/// Undo job `i` of the group and every job after it.
+fn rollback_to(conn: &mut DbConnection, i: usize) -> Result<(), StoreError> {
+    diesel::RunQueryDsl::execute(
+        diesel::sql_query(format!("ROLLBACK TO SAVEPOINT group_job_{i}")),
+        conn,
+    )?;
+    Ok(())
+}
+
+fn passed(deadline: Option<Instant>) -> bool {
+    deadline.is_some_and(|d| Instant::now() >= d)
+}
+
+/// One group: one write transaction, a savepoint per job, one commit. False when the
+/// transaction failed (the connection is then not reused).
+fn run_group(conn: &mut DbConnection, jobs: Vec<Box<dyn Job>>) -> bool {
     // The lock is waited for until the last client's deadline; each job checks its own.
     let until = jobs
         .iter()
@@ -199,26 +255,51 @@ fn run_group(conn: &mut DbConnection, jobs: Vec<Box<dyn Job>>) {
             d.map(|d| Some(latest.map_or(d, |l| l.max(d))))
         })
         .flatten();
-    let mut finishes: Vec<Finish> = Vec::with_capacity(jobs.len());
+    let mut ran: Vec<(Option<Instant>, Finish)> = Vec::with_capacity(jobs.len());
+    let mut cut = None;
     let mut jobs = jobs.into_iter();
     let committed = write_tx_as(conn, gate::Priority::Client, until, |conn| {
         for job in jobs.by_ref() {
-            // The job's own `write_tx_for` is a savepoint inside this transaction.
-            finishes.push(job.run(conn));
+            let deadline = job.deadline();
+            if passed(deadline) {
+                job.fail(StoreError::Unavailable(
+                    "the request's deadline passed before its turn to write".into(),
+                ));
+                continue;
+            }
+            savepoint(conn, ran.len())?;
+            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.run(conn)));
+            let Ok(finish) = run else {
+                // The job's channel closed in the unwind: its client gets a 500.
+                return Err(StoreError::Other("a mutation of the group panicked".into()));
+            };
+            ran.push((deadline, finish));
             if !in_transaction(conn)? {
                 return Err(StoreError::Unavailable(
                     "the database rolled the transaction back".into(),
                 ));
             }
         }
+        // Never commit a mutation whose client was (or is about to be) told its deadline
+        // passed: undo the first such and every one after it (they may have seen its writes).
+        if let Some(i) = ran.iter().position(|(d, _)| passed(*d)) {
+            rollback_to(conn, i)?;
+            cut = Some(i);
+        }
         Ok(())
     });
-    let error = committed.err();
-    for finish in finishes {
-        finish(error.as_ref());
+    let error = committed.as_ref().err();
+    let late = StoreError::Unavailable("the request's deadline passed before commit".into());
+    for (i, (_, finish)) in ran.into_iter().enumerate() {
+        if error.is_none() && cut.is_some_and(|c| i >= c) {
+            finish(Some(&late));
+        } else {
+            finish(error);
+        }
     }
     for job in jobs {
-        let text = error.as_ref().map_or_else(String::new, ToString::to_string);
+        let text = error.map_or_else(String::new, ToString::to_string);
         job.fail(StoreError::Unavailable(text));
     }
+    committed.is_ok()
 }

@@ -173,6 +173,16 @@ impl WriteGate {
     }
 }
 
+impl WriteGate {
+    /// A group commit of `n` clients' mutations just had one turn (`store::commit`): it
+    /// counts as `n` client writes in a row, so a waiting background write goes next once
+    /// they reach [`CLIENT_BURST`], as after that many single pushes.
+    pub(crate) fn note_client_writes(&self, n: u32) {
+        let mut state = self.lock();
+        state.clients_in_row = state.clients_in_row.saturating_add(n.saturating_sub(1));
+    }
+}
+
 pub(crate) fn install(gate: Option<Arc<WriteGate>>) -> Installed {
     Installed {
         previous: CURRENT.with(|c| c.replace(gate)),

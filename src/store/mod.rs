@@ -884,15 +884,26 @@ impl Store {
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
         let job = commit::JobOf { f, deadline, tx };
-        if committer.submit(Box::new(job)) {
-            let inner = Arc::clone(&self.inner);
-            // Not awaited: the leader answers every job it runs through its channel.
-            drop(tokio::task::spawn_blocking(move || {
-                commit::lead(&inner, &committer);
-            }));
+        // The channel closes unanswered only when the job panicked (a 500, as a failed store
+        // task always was).
+        let closed = |_| StoreError::Other("the store's write task failed".into());
+        if !committer.submit(Box::new(job)) {
+            return rx.await.map_err(closed)?;
         }
-        rx.await
-            .map_err(|_| StoreError::Unavailable("the store's writer stopped".into()))?
+        let inner = Arc::clone(&self.inner);
+        let leader = Arc::clone(&committer);
+        let mut lead = tokio::task::spawn_blocking(move || commit::lead(&inner, &leader));
+        let mut rx = rx;
+        tokio::select! {
+            result = &mut rx => result.map_err(closed)?,
+            joined = &mut lead => {
+                // A leader that never ran (the runtime is shutting down) answers nobody.
+                if joined.as_ref().is_err_and(tokio::task::JoinError::is_cancelled) {
+                    committer.abandon();
+                }
+                rx.await.map_err(closed)?
+            }
+        }
     }
 
     /// The configured targets, as a snapshot for one mutation.

@@ -2746,3 +2746,188 @@ async fn waiting_mutations_commit_as_one_group_each_with_its_own_answer() {
     assert_eq!(rows.len(), 8, "{rows:?}");
     db.finish().await;
 }
+
+/// A background write holding the write turn (and SQLite's lock) until the sender is used or
+/// dropped; returned once it holds it.
+async fn hold_the_write_lock(
+    store: &Store,
+) -> (
+    std::sync::mpsc::Sender<()>,
+    impl std::future::Future<Output = ()>,
+) {
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let (holding, held) = tokio::sync::oneshot::channel::<()>();
+    let store = store.clone();
+    let holder = tokio::task::spawn_blocking(move || {
+        let _gate = gate::install(store.inner.write_gate.clone());
+        let mut conn = store.inner.pool.get().unwrap();
+        write_tx(&mut conn, |_| {
+            let _ = holding.send(());
+            let _ = released.recv();
+            Ok(())
+        })
+        .unwrap();
+    });
+    held.await.unwrap();
+    (release, async move { holder.await.unwrap() })
+}
+
+/// Wait until `n` mutations were submitted to the group commit and `queued` of them wait to be
+/// taken (the others are the leader's, which waits for the write turn).
+async fn wait_for_the_queue(store: &Store, n: u64, queued: usize) {
+    use std::sync::atomic::Ordering;
+    let c = store
+        .inner
+        .committer
+        .as_ref()
+        .expect("a SQLite file groups");
+    while c.counts.submitted.load(Ordering::SeqCst) < n || c.queued() != queued {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// A group whose commit fails answers every one of its mutations 503, also one that had
+/// failed alone (a 409 caused by a mutation that is not committed either): nothing of the
+/// group is written. The commit is made to fail by a foreign key checked only at commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[allow(clippy::disallowed_methods)] // test tasks, joined below
+async fn a_failed_group_commit_answers_every_mutation_503() {
+    let db = sqlite_db().await;
+    let store = db.store.clone();
+    let (release, holder) = hold_the_write_lock(&store).await;
+    // The first job is the leader's own group (taken before it waits for the turn).
+    let first = {
+        let store = store.clone();
+        tokio::spawn(async move { store.create_user(user("first"), None, &ctx(1)).await })
+    };
+    wait_for_the_queue(&store, 1, 0).await;
+    let a = {
+        let store = store.clone();
+        tokio::spawn(async move { store.create_user(user("alice"), None, &ctx(2)).await })
+    };
+    wait_for_the_queue(&store, 2, 1).await;
+    let b = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .run_mutation(None, |conn| {
+                    diesel::sql_query("PRAGMA defer_foreign_keys = ON").execute(conn)?;
+                    diesel::sql_query(
+                        "INSERT INTO resource_emails (resource_seq, value_norm) VALUES (987654, 'x')",
+                    )
+                    .execute(conn)?;
+                    Ok(())
+                })
+                .await
+        })
+    };
+    wait_for_the_queue(&store, 3, 2).await;
+    let c = {
+        let store = store.clone();
+        tokio::spawn(async move { store.create_user(user("alice"), None, &ctx(3)).await })
+    };
+    wait_for_the_queue(&store, 4, 3).await;
+    release.send(()).unwrap();
+    holder.await;
+    first.await.unwrap().unwrap();
+    let a = a.await.unwrap();
+    assert!(matches!(a, Err(StoreError::Unavailable(_))), "{a:?}");
+    let b = b.await.unwrap();
+    assert!(matches!(b, Err(StoreError::Unavailable(_))), "{b:?}");
+    let c = c.await.unwrap();
+    assert!(
+        matches!(c, Err(StoreError::Unavailable(_))),
+        "a 409 of an uncommitted group: {c:?}"
+    );
+    let names: Vec<String> = store
+        .list_users(None, 1, 10, String::new())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|u| u.user_name)
+        .collect();
+    assert_eq!(names, ["first"]);
+    // The queue goes on: the next push commits.
+    store
+        .create_user(user("alice"), None, &ctx(4))
+        .await
+        .unwrap();
+    db.finish().await;
+}
+
+/// A mutation of a group whose request's deadline passes while later mutations of its group
+/// run is not committed: the group is rolled back to it before the commit, and it and every
+/// mutation after it answer 503 (they may have seen its writes); one past its deadline when
+/// its turn comes is not run at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[allow(clippy::disallowed_methods)] // test tasks, joined below
+async fn a_grouped_mutation_past_its_deadline_is_not_committed() {
+    let db = sqlite_db().await;
+    let store = db.store.clone();
+    let (release, holder) = hold_the_write_lock(&store).await;
+    let first = {
+        let store = store.clone();
+        tokio::spawn(async move { store.create_user(user("first"), None, &ctx(1)).await })
+    };
+    wait_for_the_queue(&store, 1, 0).await;
+    let with_deadline = |ms: u64, now: i64| {
+        let mut c = ctx(now);
+        c.deadline = Some(Deadline::new(Instant::now() + Duration::from_millis(ms)));
+        c
+    };
+    // Already past its deadline when its turn comes.
+    let stale = {
+        let (store, c) = (store.clone(), with_deadline(1, 2));
+        tokio::spawn(async move { store.create_user(user("stale"), None, &c).await })
+    };
+    wait_for_the_queue(&store, 2, 1).await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    // Its own savepoint ends well before its deadline; the next job outlasts it.
+    let late = {
+        let (store, c) = (store.clone(), with_deadline(300, 3));
+        tokio::spawn(async move { store.create_user(user("late"), None, &c).await })
+    };
+    wait_for_the_queue(&store, 3, 2).await;
+    let slow = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .run_mutation(None, |_| {
+                    std::thread::sleep(Duration::from_millis(500));
+                    Ok(())
+                })
+                .await
+        })
+    };
+    wait_for_the_queue(&store, 4, 3).await;
+    let after = {
+        let store = store.clone();
+        tokio::spawn(async move { store.create_user(user("after"), None, &ctx(4)).await })
+    };
+    wait_for_the_queue(&store, 5, 4).await;
+    release.send(()).unwrap();
+    holder.await;
+    first.await.unwrap().unwrap();
+    for (what, r) in [
+        ("stale", stale.await.unwrap().map(|_| ())),
+        ("late", late.await.unwrap().map(|_| ())),
+        ("slow", slow.await.unwrap()),
+        ("after", after.await.unwrap().map(|_| ())),
+    ] {
+        assert!(
+            matches!(r, Err(StoreError::Unavailable(_))),
+            "{what}: {r:?}"
+        );
+    }
+    let names: Vec<String> = store
+        .list_users(None, 1, 10, String::new())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|u| u.user_name)
+        .collect();
+    assert_eq!(names, ["first"]);
+    db.finish().await;
+}

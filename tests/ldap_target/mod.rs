@@ -682,6 +682,45 @@ group = "cn=app-admins,ou=Groups,dc=example,dc=com"
     assert_eq!(g().await, ["cn=nobody,dc=example,dc=com"]);
 }
 
+/// A first create sends the add at once (no read first); when the server refuses it for
+/// another reason before it looks at the DN (slapd checks the schema first: here the mapping
+/// leaves out `sn`, which the adopted entry has), an entry at the DN is still decided as the
+/// read-first path decided: adopted, and modified (second reader of issue 9's optimistic add).
+#[tokio::test]
+async fn an_add_refused_for_its_schema_still_adopts_the_entry_at_the_dn() {
+    let slapd = Slapd::start().await;
+    let mut admin = slapd.admin().await;
+    admin
+        .add(
+            "uid=taken,ou=People,dc=example,dc=com",
+            vec![
+                ("objectClass", ["inetOrgPerson"].into()),
+                ("uid", ["taken"].into()),
+                ("cn", ["Someone Else"].into()),
+                ("sn", ["Else"].into()),
+            ],
+        )
+        .await
+        .unwrap()
+        .success()
+        .unwrap();
+    let users = USERS.replace("sn = { from = \"name.familyName\", default = \"-\" }\n", "");
+    assert!(!users.contains("sn ="), "{users}");
+    let (map, t) = build(&slapd, "on_existing = \"adopt\"", &users, "");
+    let d = Dir::default().desired(&map, &user("taken"));
+    let o = t
+        .sync(Change::Upsert(&d), &Prior::default(), false)
+        .await
+        .unwrap();
+    assert_eq!(o.changes[0], "adopt: uid=taken,ou=People,dc=example,dc=com");
+    let e = slapd
+        .entry("uid=taken,ou=People,dc=example,dc=com", &["*"])
+        .await
+        .unwrap();
+    assert_eq!(attr(&e, "cn"), ["Barbara Jensen"]);
+    assert_eq!(attr(&e, "sn"), ["Else"]);
+}
+
 #[tokio::test]
 async fn ownership_conflict_and_adopt() {
     let slapd = Slapd::start().await;

@@ -771,16 +771,29 @@ async fn sync_user(
         && prior.extra.as_ref().is_none_or(|e| e.orphans.is_empty());
     let mut added = false;
     let current = if optimistic {
-        let rc = ex.add(&desired_dn, add_attrs(&entry, &extra_attrs)).await?;
-        added = rc == 0;
-        if added {
-            None
-        } else {
-            let found = locate(ex, prior, &desired_dn, &read_attrs).await?;
-            if found.is_none() {
-                return Err(unique_value_conflict(t, &desired_dn, &entry).await?);
+        match ex.add(&desired_dn, add_attrs(&entry, &extra_attrs)).await {
+            Ok(0) => {
+                added = true;
+                None
             }
-            found
+            Ok(_) => {
+                let found = locate(ex, prior, &desired_dn, &read_attrs).await?;
+                if found.is_none() {
+                    return Err(unique_value_conflict(t, &desired_dn, &entry).await?);
+                }
+                found
+            }
+            // The server may refuse an add for another reason before it looks for an entry at
+            // the DN (slapd checks the schema first; an overlay may answer): an entry there
+            // is decided as if it had been read first (adopted, say, and then modified);
+            // without one the add's own refusal stands.
+            Err(e) if e.code.as_deref().is_some_and(|c| c.parse::<u32>().is_ok()) => {
+                match locate(ex, prior, &desired_dn, &read_attrs).await? {
+                    Some(found) => Some(found),
+                    None => return Err(e),
+                }
+            }
+            Err(e) => return Err(e),
         }
     } else {
         locate(ex, prior, &desired_dn, &read_attrs).await?
