@@ -433,3 +433,171 @@ async fn a_postgresql_restart_mid_burst_loses_no_acknowledged_push_and_the_daemo
         assert_eq!(p.wait().await.code(), Some(0), "{}", p.log_text());
     }
 }
+
+/// A worker whose own fence is low (its instance heartbeat is late: paused here, as a
+/// process starved of CPU or a store round trip stuck would be) claims nothing it could not
+/// write and does not spin: not one claim transaction while the fence leaves less than a
+/// write's timeout, however many pushes and polls wake it. Once the heartbeat resumes, the
+/// pushes reach the directory. Before: every wake-up and poll claimed the rows (each apply
+/// then refused by its lease), taking them from the instances that could write them.
+#[tokio::test]
+async fn an_instance_whose_heartbeat_is_late_claims_nothing() {
+    let slapd = Slapd::start().await;
+    let db = PgDb::create();
+    let dir = tempfile::tempdir().unwrap();
+    let config = instance_config(dir.path(), &db.url, "late", &slapd);
+    let settings = scim_sync::daemon::load_settings(&config).unwrap();
+    let daemon = scim_sync::daemon::Daemon::start(settings, Some(config))
+        .await
+        .unwrap();
+    let token = scim_sync::http::auth::generate_token();
+    daemon
+        .store
+        .create_token("t", scim_sync::http::auth::digest(&token), 0)
+        .await
+        .unwrap();
+    daemon.pause_heartbeat(true);
+    // The fence runs down to less than the target's 2 s operation timeout (takeover 5 s).
+    let fence = daemon.store.fence();
+    let started = Instant::now();
+    while fence
+        .alive_until_ms
+        .load(std::sync::atomic::Ordering::SeqCst)
+        .saturating_sub(scim_sync::http::server::now_ms())
+        >= 2_000
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the fence never ran low"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let before = daemon.store.outbox_counts();
+    let base = format!("http://{}/scim/v2", daemon.scim_addr);
+    let client = reqwest::Client::new();
+    for i in 0..5 {
+        let resp = client
+            .post(format!("{base}/Users"))
+            .bearer_auth(&token)
+            .header("content-type", "application/scim+json")
+            .body(serde_json::to_vec(&user_body(&format!("late{i}"), "T", true)).unwrap())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 201);
+    }
+    // Five wake-ups and, over a second, five polls (every 200 ms) of each of the 4 workers.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let during = daemon.store.outbox_counts();
+    assert_eq!(
+        (during.claims, during.claimed_rows),
+        (before.claims, before.claimed_rows),
+        "claims while the fence was low"
+    );
+    assert!(slapd.entry(&user_dn("late0"), &["uid"]).await.is_none());
+    daemon.pause_heartbeat(false);
+    let started = Instant::now();
+    for i in 0..5 {
+        while slapd
+            .entry(&user_dn(&format!("late{i}")), &["uid"])
+            .await
+            .is_none()
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(15),
+                "late{i} did not arrive after the heartbeat resumed"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    assert!(daemon.store.outbox_counts().claims > during.claims);
+    assert!(daemon.shutdown().await);
+    drop(dir);
+}
+
+/// A reload that needs a longer takeover bound (a target's `timeout_secs` raised, the bound
+/// left to its default) re-registers it: the others use the new bound from the next heartbeat
+/// on, and this instance's fence runs by it, so its writes (which need the longer timeout
+/// left on the fence) can start at all. A reload that would lower it keeps the larger bound,
+/// and one changing `heartbeat_secs` is refused naming the key. Before: the bound stayed the
+/// one registered at start (15 s) while a write needed 17 s: every write was refused.
+#[tokio::test]
+async fn a_reload_needing_a_longer_takeover_bound_registers_it() {
+    let slapd = Slapd::start().await;
+    let db = PgDb::create();
+    let dir = tempfile::tempdir().unwrap();
+    let config = instance_config(dir.path(), &db.url, "reloaded", &slapd);
+    // The default bound: the larger of 15 s and 1 + 2 + twice the 1 s heartbeat.
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replacen("takeover_secs = 5\n", "", 1);
+    std::fs::write(&config, &text).unwrap();
+    let settings = scim_sync::daemon::load_settings(&config).unwrap();
+    let daemon = scim_sync::daemon::Daemon::start(settings, Some(config.clone()))
+        .await
+        .unwrap();
+    let registered = |daemon: &scim_sync::daemon::Daemon| {
+        let store = daemon.store.clone();
+        async move {
+            store
+                .instances(scim_sync::http::server::now_ms())
+                .await
+                .unwrap()
+                .into_iter()
+                .find(|i| i.id == "reloaded")
+                .unwrap()
+        }
+    };
+    assert_eq!(registered(&daemon).await.takeover_ms, 15_000);
+    // 1 + 14 + 2 = 17 s.
+    std::fs::write(
+        &config,
+        text.replacen("timeout_secs = 2\n", "timeout_secs = 14\n", 1),
+    )
+    .unwrap();
+    daemon.reload().await.unwrap();
+    let started = Instant::now();
+    while registered(&daemon).await.takeover_ms != 17_000 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the raised bound was not registered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The fence runs by it (less the clock allowance).
+    let left = daemon
+        .store
+        .fence()
+        .alive_until_ms
+        .load(std::sync::atomic::Ordering::SeqCst)
+        .saturating_sub(scim_sync::http::server::now_ms());
+    assert!(left > 15_000, "the fence leaves {left} ms");
+    // Lowering it back keeps the larger bound (a write under it may still be on its way).
+    std::fs::write(&config, &text).unwrap();
+    daemon.reload().await.unwrap();
+    let hb = registered(&daemon).await.heartbeat_ms;
+    let started = Instant::now();
+    loop {
+        let now = registered(&daemon).await;
+        if now.heartbeat_ms > hb {
+            assert_eq!(now.takeover_ms, 17_000);
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "no heartbeat");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The heartbeat's period needs a restart.
+    std::fs::write(
+        &config,
+        text.replacen("heartbeat_secs = 1\n", "heartbeat_secs = 2\n", 1),
+    )
+    .unwrap();
+    let errors = daemon.reload().await.unwrap_err();
+    let shown: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    assert!(
+        shown.iter().any(|e| e.contains("reconcile.heartbeat_secs")),
+        "{shown:?}"
+    );
+    assert!(daemon.shutdown().await);
+    drop(dir);
+}
