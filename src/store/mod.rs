@@ -1055,7 +1055,7 @@ impl Store {
     }
 
     /// PostgreSQL: measure the offset of this store's clock to the database's and keep it
-    /// for every lease and heartbeat time ([`dbclock`]). Returns it (0 on SQLite).
+    /// for every lease and heartbeat time (`store::dbclock`). Returns it (0 on SQLite).
     ///
     /// # Errors
     /// `Unavailable`.
