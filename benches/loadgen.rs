@@ -47,11 +47,15 @@ impl<T, E: std::fmt::Display> Ctx<T> for Result<T, E> {
     }
 }
 
-/// Where the daemon and slapd are (set by scripts/bench).
+/// Where the daemon and slapd are (set by scripts/bench). With several instances
+/// (`BENCH_INSTANCES`), `BENCH_SCIM_URL` and `BENCH_ADMIN_URL` list each one's, comma
+/// separated: the requests go round-robin over the SCIM URLs, `/readyz` is asked of the
+/// first, and the claim overhead is summed over every admin URL's `/metrics`.
 struct Env {
-    scim: String,
+    scim: Vec<String>,
     token: String,
     admin: String,
+    admins: Vec<String>,
     ldap_uri: String,
     bind_dn: String,
     password_file: PathBuf,
@@ -70,10 +74,22 @@ impl Env {
         let password_file = PathBuf::from(var("BENCH_LDAP_PASSWORD_FILE")?);
         let password = std::fs::read_to_string(&password_file)
             .ctx(|| format!("read {}", password_file.display()))?;
+        let list = |v: String| -> Vec<String> {
+            v.split(',')
+                .map(str::trim)
+                .filter(|u| !u.is_empty())
+                .map(str::to_owned)
+                .collect()
+        };
+        let admins = list(var("BENCH_ADMIN_URL")?);
         Ok(Some(Env {
-            scim,
+            scim: list(scim),
             token: var("BENCH_TOKEN")?,
-            admin: var("BENCH_ADMIN_URL")?,
+            admin: admins
+                .first()
+                .cloned()
+                .ok_or_else(|| "BENCH_ADMIN_URL is empty".to_owned())?,
+            admins,
             ldap_uri: var("BENCH_LDAP_URI")?,
             bind_dn: var("BENCH_LDAP_BIND_DN")?,
             password: password.trim_end_matches('\n').to_owned(),
@@ -323,7 +339,9 @@ struct User {
 
 #[derive(Clone)]
 struct Scim {
-    base: String,
+    /// One SCIM base URL per instance, taken in turn by each request.
+    bases: Arc<[String]>,
+    next: Arc<AtomicUsize>,
     token: Arc<str>,
 }
 
@@ -353,8 +371,13 @@ impl Scim {
         path: &str,
         body: Option<&Value>,
     ) -> R<Answer> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed);
+        let base = self
+            .bases
+            .get(i % self.bases.len().max(1))
+            .ok_or_else(|| "no SCIM URL".to_owned())?;
         let mut req = client
-            .request(method.clone(), format!("{}{path}", self.base))
+            .request(method.clone(), format!("{base}{path}"))
             .bearer_auth(&*self.token);
         if let Some(body) = body {
             req = req
@@ -800,9 +823,19 @@ async fn run(env: &Env, s: &Sizes, t: &mut Table) -> R<()> {
         ),
     );
     let scim = Scim {
-        base: env.scim.clone(),
+        bases: env.scim.clone().into(),
+        next: Arc::new(AtomicUsize::new(0)),
         token: env.token.as_str().into(),
     };
+    if env.scim.len() > 1 {
+        t.info(
+            "instances",
+            format!(
+                "{} daemons on one PostgreSQL database, requests round-robin",
+                env.scim.len()
+            ),
+        );
+    }
     wait_healthy(env).await?;
     let mut ldap = ldap_connect(env).await?;
     let c = s.concurrency;
@@ -1273,6 +1306,52 @@ async fn run(env: &Env, s: &Sizes, t: &mut Table) -> R<()> {
         "0 / 0",
         dead == 0 && pending == 0,
     );
+    claim_overhead(&admin, env, t).await?;
     t.info("machine", format!("load average {} at the end", loadavg()));
+    Ok(())
+}
+
+/// One gauge of a Prometheus text exposition (0 when absent).
+fn gauge(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once(' '))
+        .find(|(k, _)| *k == name)
+        .and_then(|(_, v)| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The claim overhead per applied row, over every instance: claim transactions and lease
+/// renewals per settled row (each a transaction of its own on PostgreSQL), and rows per claim.
+async fn claim_overhead(client: &reqwest::Client, env: &Env, t: &mut Table) -> R<()> {
+    let (mut claims, mut rows, mut settled, mut renewals) = (0.0, 0.0, 0.0, 0.0);
+    for admin in &env.admins {
+        let text = client
+            .get(format!("{admin}/metrics"))
+            .send()
+            .await
+            .ctx(|| format!("GET {admin}/metrics"))?
+            .text()
+            .await
+            .ctx(|| format!("GET {admin}/metrics body"))?;
+        claims += gauge(&text, "scim_sync_outbox_claim_transactions");
+        rows += gauge(&text, "scim_sync_outbox_claimed_rows");
+        settled += gauge(&text, "scim_sync_outbox_settled_rows");
+        renewals += gauge(&text, "scim_sync_outbox_lease_renewals");
+    }
+    let per = |x: f64| if settled > 0.0 { x / settled } else { 0.0 };
+    t.info(
+        "claim overhead per settled row",
+        format!(
+            "{:.3} claim transactions, {:.3} renewals ({:.0} claims, {:.1} rows per claim, \
+             {:.0} settled, over {} instance(s))",
+            per(claims),
+            per(renewals),
+            claims,
+            if claims > 0.0 { rows / claims } else { 0.0 },
+            settled,
+            env.admins.len()
+        ),
+    );
     Ok(())
 }

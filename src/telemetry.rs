@@ -121,6 +121,11 @@ pub struct Metrics {
     pub outbox_oldest_age: Family<TargetLabels, Gauge<f64, AtomicU64>>,
     pub dead_letters_current: Family<TargetLabels, Gauge>,
     pub password_hashes: Counter,
+    /// The store's claim and settle work since start (`store::OutboxCounts`), set at scrape.
+    pub outbox_claims: Gauge,
+    pub outbox_claimed_rows: Gauge,
+    pub outbox_settles: Gauge,
+    pub outbox_renewals: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -199,6 +204,30 @@ impl Metrics {
             "Passwords hashed for [scim] password_sync (on the blocking pool)",
             password_hashes.clone(),
         );
+        let outbox_claims = Gauge::default();
+        registry.register(
+            "outbox_claim_transactions",
+            "Outbox claim transactions of this process since start (empty ones included)",
+            outbox_claims.clone(),
+        );
+        let outbox_claimed_rows = Gauge::default();
+        registry.register(
+            "outbox_claimed_rows",
+            "Outbox rows claimed by this process since start",
+            outbox_claimed_rows.clone(),
+        );
+        let outbox_settles = Gauge::default();
+        registry.register(
+            "outbox_settled_rows",
+            "Outbox rows settled (applied or failed) by this process since start",
+            outbox_settles.clone(),
+        );
+        let outbox_renewals = Gauge::default();
+        registry.register(
+            "outbox_lease_renewals",
+            "Claim lease renewals of this process since start",
+            outbox_renewals.clone(),
+        );
         Self {
             registry,
             http_requests,
@@ -211,6 +240,10 @@ impl Metrics {
             outbox_oldest_age,
             dead_letters_current,
             password_hashes,
+            outbox_claims,
+            outbox_claimed_rows,
+            outbox_settles,
+            outbox_renewals,
         }
     }
 

@@ -65,12 +65,15 @@ pub fn mismatched(instances: &[InstanceInfo], mine: &str, now_ms: i64) -> Vec<In
 }
 
 /// Renew the heartbeat every `period` until cancelled (the fence runs out on its own when a
-/// renewal fails), warning once per change when live instances map differently.
+/// renewal fails), warning once per change when live instances map differently. While
+/// `paused` is set (tests: a heartbeat that is late, `Daemon::pause_heartbeat`) nothing is
+/// renewed.
 pub async fn heartbeat(
     store: Store,
     reg: Arc<Mutex<Registration>>,
     period: Duration,
     cancel: CancellationToken,
+    paused: Arc<std::sync::atomic::AtomicBool>,
 ) {
     let mut warned: Vec<(String, String)> = Vec::new();
     let mut tick = tokio::time::interval(period);
@@ -79,6 +82,9 @@ pub async fn heartbeat(
         tokio::select! {
             () = cancel.cancelled() => return,
             _ = tick.tick() => {}
+        }
+        if paused.load(std::sync::atomic::Ordering::SeqCst) {
+            continue;
         }
         let now = crate::clock::now_ms();
         let current = match reg.lock() {

@@ -53,6 +53,8 @@ pub struct Daemon {
     health: Health,
     /// What the instance heartbeat registers (the fingerprint follows reloads).
     registration: Arc<Mutex<Registration>>,
+    /// Tests: the instance heartbeat renews nothing while set ([`Daemon::pause_heartbeat`]).
+    heartbeat_paused: Arc<AtomicBool>,
 }
 
 /// One generation of reconciler workers.
@@ -278,11 +280,13 @@ impl Daemon {
                 stop.store(true, Ordering::SeqCst);
             });
         }
+        let heartbeat_paused = Arc::new(AtomicBool::new(false));
         tracker.spawn(instance::heartbeat(
             store.clone(),
             registration.clone(),
             settings.reconcile.heartbeat,
             cancel.clone(),
+            heartbeat_paused.clone(),
         ));
         let progress: systemd::WatchList = Arc::new(Mutex::new(vec![accept_progress]));
         let reconciler = Reconciler::new(
@@ -326,7 +330,15 @@ impl Daemon {
             config_path,
             health,
             registration,
+            heartbeat_paused,
         })
+    }
+
+    /// Tests: stop (true) or resume (false) renewing the instance heartbeat, as a process
+    /// whose heartbeat is late would (its fence runs out; the others take its claims over).
+    #[doc(hidden)]
+    pub fn pause_heartbeat(&self, paused: bool) {
+        self.heartbeat_paused.store(paused, Ordering::SeqCst);
     }
 
     /// The current reconciler (cheap clone); tests arm its pause points.
@@ -497,6 +509,14 @@ impl Daemon {
                 "changing the store needs a restart",
             ));
         }
+        if new.reconcile.heartbeat != current.reconcile.heartbeat {
+            // The takeover bound was checked against this period (twice it): the running
+            // heartbeat keeps the period it started with.
+            errors.push(ConfigError::invalid(
+                "reconcile.heartbeat_secs",
+                "changing the instance heartbeat needs a restart",
+            ));
+        }
         let tls = match &new.tls {
             Some((cert, key)) => match load_tls(cert, key) {
                 Ok(t) => Some(t),
@@ -530,10 +550,31 @@ impl Daemon {
         let _ = self.tls_tx.send(tls);
         crate::telemetry::set_log_level(&new.log_level);
         self.auth.invalidate();
-        // The takeover bound is registered at start only (the others fence by it).
-        match self.registration.lock() {
-            Ok(mut r) => r.fingerprint = instance::fingerprint(&new),
-            Err(p) => p.into_inner().fingerprint = instance::fingerprint(&new),
+        // The takeover bound the others apply to this instance: raised by a reload that needs
+        // more (longer target timeouts, a larger `reconcile.takeover_secs`), re-registered at
+        // the next heartbeat with the fence it bounds; never lowered while running (a write
+        // started under the longer bound may still be on its way), until a restart.
+        {
+            let mut r = match self.registration.lock() {
+                Ok(r) => r,
+                Err(p) => p.into_inner(),
+            };
+            r.fingerprint = instance::fingerprint(&new);
+            let wanted = instance::registration(&new).takeover_ms;
+            if wanted > r.takeover_ms {
+                tracing::info!(
+                    takeover_ms = wanted,
+                    was_ms = r.takeover_ms,
+                    "The reload raises this instance's takeover bound (reconcile.takeover_secs, or the targets' connect_timeout_secs + timeout_secs); the others use it from the next heartbeat."
+                );
+                r.takeover_ms = wanted;
+            } else if wanted < r.takeover_ms {
+                tracing::info!(
+                    takeover_ms = r.takeover_ms,
+                    wanted_ms = wanted,
+                    "The reload would lower this instance's takeover bound (reconcile.takeover_secs); it keeps the larger one until a restart."
+                );
+            }
         }
         *current = new;
         tracing::info!("Reloaded the configuration.");

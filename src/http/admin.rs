@@ -106,12 +106,20 @@ async fn readyz(ctx: &AdminContext) -> Resp {
 }
 
 async fn refresh_gauges(ctx: &AdminContext) {
+    let m = metrics();
+    let counts = ctx.store.outbox_counts();
+    let set = |g: &prometheus_client::metrics::gauge::Gauge, n: u64| {
+        g.set(i64::try_from(n).unwrap_or(i64::MAX));
+    };
+    set(&m.outbox_claims, counts.claims);
+    set(&m.outbox_claimed_rows, counts.claimed_rows);
+    set(&m.outbox_settles, counts.settles);
+    set(&m.outbox_renewals, counts.renewals);
     let names = ctx.targets.names();
     let Ok(status) = ctx.store.status(&names).await else {
         return;
     };
     let now = crate::clock::now_ms();
-    let m = metrics();
     for s in status {
         let labels = TargetLabels {
             target: s.target.clone(),

@@ -1394,8 +1394,30 @@ async fn fill_key_norms(rec: &Reconciler, t: &TargetRuntime) -> bool {
     }
 }
 
+/// Whether this instance's fence leaves room for a write to `t` (at least the target's
+/// operation timeout, what its `Lease::check` asks before each write): an instance whose
+/// heartbeat is late (or that was taken over and has not registered again) could write
+/// nothing under new claims, and claiming would only take the rows from the instances that
+/// can, every poll, for nothing. It claims again once a heartbeat moved the fence (issue 10,
+/// second reader; test `faults::multi::an_instance_whose_heartbeat_is_late_claims_nothing`).
+/// Unregistered (SQLite, the CLI): always.
+fn fence_allows_claims(rec: &Reconciler, t: &TargetRuntime) -> bool {
+    let fence = rec.inner.store.fence();
+    if fence.incarnation.load(Ordering::SeqCst) < 0 {
+        return false;
+    }
+    let left = fence
+        .alive_until_ms
+        .load(Ordering::SeqCst)
+        .saturating_sub(now_ms());
+    left >= i64::try_from(t.target.timeout().as_millis()).unwrap_or(i64::MAX)
+}
+
 /// Claim one batch and process it; returns how many rows were claimed.
 async fn turn(rec: &Reconciler, t: &TargetRuntime) -> usize {
+    if !fence_allows_claims(rec, t) {
+        return 0;
+    }
     if !fill_key_norms(rec, t).await {
         return 0;
     }
@@ -1488,6 +1510,9 @@ pub(crate) async fn drain(rec: &Reconciler, index: usize) -> usize {
     let mut applied = 0;
     let mut failed: HashSet<i64> = HashSet::new();
     for _ in 0..MAX_DRAIN_ROUNDS {
+        if !fence_allows_claims(rec, &t) {
+            break;
+        }
         let claimed_ms = now_ms();
         let items = match store.claim(&t.name, claimed_ms, lease, BATCH).await {
             Ok(items) => items,

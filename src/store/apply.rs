@@ -375,6 +375,7 @@ impl Store {
         now_ms: i64,
     ) -> Vec<Result<(), StoreError>> {
         let n = rows.len();
+        self.count(|c| &c.settles, n);
         let rows: Vec<(OutboxItem, TargetState, Option<String>)> = rows
             .into_iter()
             .map(|(item, state)| {
@@ -417,6 +418,7 @@ impl Store {
         lease_ms: i64,
     ) -> Vec<Result<bool, StoreError>> {
         let n = items.len();
+        self.count(|c| &c.renewals, n);
         let done = self
             .run(move |conn| {
                 Ok(write_each(conn, items, |conn, item| {

@@ -174,6 +174,8 @@ impl Store {
     pub async fn expedite(&self, target: &str, now_ms: i64) -> Result<u64, StoreError> {
         let target = target.to_owned();
         self.run(move |conn| {
+            // Due times and leases are database time (`dbclock`).
+            let now_ms = super::dbclock::db_ms(now_ms);
             let n = diesel::update(
                 outbox::table
                     .filter(outbox::target.eq(&target))

@@ -189,6 +189,12 @@ impl Drop for Leading<'_> {
 pub(crate) fn lead(inner: &Inner, committer: &Committer) {
     let _leading = Leading(committer);
     let _gate = gate::install(inner.write_gate.clone());
+    // As `Store::run` does (0 on SQLite, the only store that groups).
+    let _clock = super::dbclock::install(
+        inner
+            .clock_offset_ms
+            .load(std::sync::atomic::Ordering::SeqCst),
+    );
     let mut conn = None;
     loop {
         let jobs = committer.take();

@@ -3,6 +3,7 @@
 //! fence an instance keeps on itself (how long its claims stay its own) is [`Fence`]: the
 //! reconciler's target writes check it (see docs/ARCHITECTURE.md, "Several instances").
 
+use super::dbclock::{self, db_ms};
 use super::schema::{instances, outbox, periodic_jobs};
 use super::{write_tx, DbConnection, Store, StoreError};
 use diesel::prelude::*;
@@ -63,6 +64,15 @@ impl Default for Fence {
     }
 }
 
+/// `now_ms` is database time ([`dbclock`]).
+/// Where a heartbeat started at `now_ms` (local) puts the fence: the takeover bound less
+/// [`dbclock::FENCE_MARGIN_MS`] (the clock offsets left uncorrected).
+fn fence_end(now_ms: i64, takeover_ms: i64) -> i64 {
+    now_ms
+        .saturating_add(takeover_ms)
+        .saturating_sub(dbclock::FENCE_MARGIN_MS)
+}
+
 fn register(
     conn: &mut DbConnection,
     id: &str,
@@ -104,12 +114,16 @@ fn register(
 }
 
 /// Renew the heartbeat under `incarnation`: false when another instance took this one's
-/// claims over since (the incarnation moved), or the row is gone.
+/// claims over since (the incarnation moved), or the row is gone. `now_ms` is database time.
+/// The takeover bound is written with it: a reload that raised it (longer target timeouts)
+/// takes effect for the others in the same commit that starts the fence it bounds (the
+/// daemon never lowers it while running: a write started under the longer bound may still
+/// be on its way).
 fn heartbeat(
     conn: &mut DbConnection,
     id: &str,
     incarnation: i64,
-    fingerprint: &str,
+    reg: &Registration,
     now_ms: i64,
 ) -> Result<bool, StoreError> {
     write_tx(conn, |conn| {
@@ -120,7 +134,8 @@ fn heartbeat(
         )
         .set((
             instances::heartbeat_ms.eq(now_ms),
-            instances::fingerprint.eq(fingerprint),
+            instances::fingerprint.eq(&reg.fingerprint),
+            instances::takeover_ms.eq(reg.takeover_ms),
         ))
         .execute(conn)?;
         Ok(n == 1)
@@ -132,7 +147,7 @@ fn heartbeat(
 /// incarnation is bumped under the row's lock (PostgreSQL re-checks the heartbeat after
 /// waiting for a concurrent heartbeat's commit: a heartbeat that committed first keeps its
 /// instance alive), so the late heartbeat of a stopped instance finds it moved. Runs in the
-/// claim's transaction.
+/// claim's transaction; `now_ms` is database time ([`dbclock`]), as the heartbeats compared.
 pub(crate) fn take_over(
     conn: &mut DbConnection,
     me: &str,
@@ -185,7 +200,10 @@ pub(crate) fn take_over(
         .load(conn)?)
 }
 
+/// The registry, with the times in the caller's clock (database time minus the offset).
 fn list(conn: &mut DbConnection, now_ms: i64) -> Result<Vec<InstanceInfo>, StoreError> {
+    let offset = dbclock::current();
+    let now_ms = db_ms(now_ms);
     let rows: Vec<(String, String, String, String, i64, i64, i64)> = instances::table
         .order(instances::id)
         .select((
@@ -217,8 +235,13 @@ fn list(conn: &mut DbConnection, now_ms: i64) -> Result<Vec<InstanceInfo>, Store
                     host,
                     version,
                     fingerprint,
-                    started_ms,
-                    heartbeat_ms,
+                    started_ms: started_ms.saturating_sub(offset),
+                    // 0 (stopped) stays 0.
+                    heartbeat_ms: if heartbeat_ms > 0 {
+                        heartbeat_ms.saturating_sub(offset).max(1)
+                    } else {
+                        heartbeat_ms
+                    },
                     takeover_ms,
                     claims,
                 }
@@ -244,16 +267,38 @@ pub(crate) fn notify_queued(conn: &mut DbConnection) -> Result<(), StoreError> {
 /// connecting again after losing its connection.
 const LISTEN_POLL: std::time::Duration = std::time::Duration::from_millis(50);
 const LISTEN_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+/// How often the listener asks its connection a question (`SELECT 1`): waiting for
+/// notifications reads nothing from a connection that died without a word (a failover to
+/// another host, a dropped route), so without it the listener would wait forever on a dead
+/// socket and wake-ups would fall back to the poll interval for good.
+const LISTEN_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(5);
+/// The listener's `application_name` (`pg_stat_activity`; tests terminate its backend).
+pub(crate) const LISTENER_NAME: &str = "scim-sync-listen";
+
+/// The listener's connection URL: `url` with TCP keepalives and a user timeout, so that the
+/// keepalive query on a silently dead connection fails within seconds instead of waiting out
+/// the kernel's retransmissions (libpq connection parameters, PostgreSQL 12 or later for
+/// `tcp_user_timeout`).
+fn listener_url(url: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!(
+        "{url}{sep}application_name={LISTENER_NAME}&keepalives=1&keepalives_idle=5&\
+         keepalives_interval=2&keepalives_count=3&tcp_user_timeout=10000"
+    )
+}
 
 /// The listener's loop (a thread of its own): `LISTEN`, call `on_change` for every
 /// notification (and once after each (re)connect: notifications sent while it was away are
-/// lost), until `stop`. Sleeps on its own thread, never a runtime's.
+/// lost), until `stop`. A connection that fails (the backend terminated, PostgreSQL
+/// restarted) or stops answering the keepalive query is dropped and established again.
+/// Sleeps on its own thread, never a runtime's.
 #[allow(clippy::disallowed_methods)]
 fn listen(url: &str, on_change: &(dyn Fn() + Send + Sync), stop: &std::sync::atomic::AtomicBool) {
     use diesel::Connection;
+    let url = listener_url(url);
     let mut logged = false;
     while !stop.load(Ordering::SeqCst) {
-        let conn = diesel::PgConnection::establish(url)
+        let conn = diesel::PgConnection::establish(&url)
             .map_err(|e| e.to_string())
             .and_then(|mut c| {
                 diesel::sql_query(format!("LISTEN {CHANNEL}"))
@@ -276,16 +321,27 @@ fn listen(url: &str, on_change: &(dyn Fn() + Send + Sync), stop: &std::sync::ato
             }
         };
         on_change();
+        let mut asked = std::time::Instant::now();
         'connected: while !stop.load(Ordering::SeqCst) {
             let mut woke = false;
             for n in conn.notifications_iter() {
                 match n {
                     Ok(_) => woke = true,
-                    Err(_) => break 'connected,
+                    Err(e) => {
+                        tracing::info!(error = %e, "The change listener lost its connection; connecting again.");
+                        break 'connected;
+                    }
                 }
             }
             if woke {
                 on_change();
+            }
+            if asked.elapsed() >= LISTEN_KEEPALIVE {
+                if let Err(e) = diesel::sql_query("SELECT 1").execute(&mut conn) {
+                    tracing::info!(error = %e, "The change listener's connection does not answer; connecting again.");
+                    break 'connected;
+                }
+                asked = std::time::Instant::now();
             }
             std::thread::sleep(LISTEN_POLL);
         }
@@ -437,24 +493,37 @@ impl Store {
     ) -> Result<(), StoreError> {
         let id = self.inner.instance_id.clone();
         let takeover = reg.takeover_ms;
-        let incarnation = self
-            .run(move |conn| register(conn, &id, &reg, now_ms))
+        let me = self.clone();
+        let (offset, incarnation) = self
+            .run(move |conn| {
+                let offset = dbclock::measure(conn, &|| me.local_ms())?;
+                Ok((offset, register(conn, &id, &reg, db_ms(now_ms))?))
+            })
             .await?;
+        self.keep_offset(offset);
         let fence = &self.inner.fence;
         fence.incarnation.store(incarnation, Ordering::SeqCst);
         if self.shares_claims() {
             fence
                 .alive_until_ms
-                .store(now_ms.saturating_add(takeover), Ordering::SeqCst);
+                .store(fence_end(now_ms, takeover), Ordering::SeqCst);
         }
         Ok(())
+    }
+
+    /// Keep a measured offset to the database's clock (`None`: SQLite, nothing measured).
+    fn keep_offset(&self, offset: Option<i64>) {
+        if let Some(offset) = offset {
+            self.inner.clock_offset_ms.store(offset, Ordering::SeqCst);
+        }
     }
 
     /// Whether other instances can take this one's claims over: PostgreSQL. A SQLite file is
     /// held by one process (its file lock), so its fence stays unbounded: a heartbeat stuck
     /// behind the write lock (a long drift repair, a CLI write) must not stop every target
     /// write when nobody could take over anyway.
-    fn shares_claims(&self) -> bool {
+    #[must_use]
+    pub fn shares_claims(&self) -> bool {
         self.inner.pg_url.is_some()
     }
 
@@ -473,17 +542,23 @@ impl Store {
         let fence = &self.inner.fence;
         let incarnation = fence.incarnation.load(Ordering::SeqCst);
         let takeover = reg.takeover_ms;
-        let kept = {
-            let fingerprint = reg.fingerprint.clone();
-            self.run(move |conn| heartbeat(conn, &id, incarnation, &fingerprint, now_ms))
-                .await?
+        let (offset, kept) = {
+            let reg = reg.clone();
+            let me = self.clone();
+            self.run(move |conn| {
+                let offset = dbclock::measure(conn, &|| me.local_ms())?;
+                let kept = heartbeat(conn, &id, incarnation, &reg, db_ms(now_ms))?;
+                Ok((offset, kept))
+            })
+            .await?
         };
+        self.keep_offset(offset);
         if kept {
             // Heartbeats are sequential (one task): each moves the fence to its own start.
             if self.shares_claims() {
                 fence
                     .alive_until_ms
-                    .store(now_ms.saturating_add(takeover), Ordering::SeqCst);
+                    .store(fence_end(now_ms, takeover), Ordering::SeqCst);
             }
             return Ok(true);
         }
@@ -519,7 +594,9 @@ impl Store {
                 else {
                     return Ok(());
                 };
-                let stale_from = now_ms.saturating_add(in_flight_ms).saturating_sub(takeover);
+                let stale_from = db_ms(now_ms)
+                    .saturating_add(in_flight_ms)
+                    .saturating_sub(takeover);
                 diesel::update(mine)
                     .set(instances::heartbeat_ms.eq(stale_from))
                     .execute(conn)?;

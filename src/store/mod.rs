@@ -15,6 +15,7 @@
 mod apply;
 mod batch;
 mod commit;
+mod dbclock;
 mod gate;
 mod history;
 mod instances;
@@ -356,6 +357,36 @@ struct Inner {
     /// Group commit of clients' mutations (a SQLite file; `None` where each keeps its own
     /// transaction); see [`commit`].
     committer: Option<Arc<commit::Committer>>,
+    /// Database minus local clock (ms), measured on PostgreSQL ([`dbclock`]).
+    clock_offset_ms: std::sync::atomic::AtomicI64,
+    /// Tests: how far this store's clock runs ahead of the system's ([`Store::skew_clock_for_tests`]).
+    clock_skew_ms: std::sync::atomic::AtomicI64,
+    /// What [`Store::outbox_counts`] reports.
+    counts: Counts,
+}
+
+/// The claim and settle work this store did (see [`OutboxCounts`]).
+#[derive(Default)]
+struct Counts {
+    claims: std::sync::atomic::AtomicU64,
+    claimed_rows: std::sync::atomic::AtomicU64,
+    settles: std::sync::atomic::AtomicU64,
+    renewals: std::sync::atomic::AtomicU64,
+}
+
+/// How much claim and settle work this store (this process) did: the claim overhead per
+/// applied row is `claims / settles` (`scripts/bench`), and a worker that must not claim
+/// (its instance fence ran out) is seen not to (`faults::multi`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OutboxCounts {
+    /// The workers' claim transactions ([`Store::claim`]), empty ones included.
+    pub claims: u64,
+    /// Rows those claims returned.
+    pub claimed_rows: u64,
+    /// Rows settled (applied or failed), each its own transaction on PostgreSQL.
+    pub settles: u64,
+    /// Lease renewals of claimed rows.
+    pub renewals: u64,
 }
 
 /// A cheap-to-clone handle on the database pool.
@@ -858,6 +889,11 @@ impl Store {
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || {
             let _gate = gate::install(inner.write_gate.clone());
+            let _clock = dbclock::install(
+                inner
+                    .clock_offset_ms
+                    .load(std::sync::atomic::Ordering::SeqCst),
+            );
             let mut conn = inner
                 .pool
                 .get()
@@ -932,7 +968,7 @@ impl Store {
             ParsedUrl::SqliteFile(path) => Some(path.clone()),
             _ => None,
         };
-        tokio::task::spawn_blocking(move || {
+        let store = tokio::task::spawn_blocking(move || {
             let builder = diesel::r2d2::Pool::builder().connection_timeout(Duration::from_secs(10));
             let memory = matches!(parsed, ParsedUrl::SqliteMemory);
             let mut pg_lock = None;
@@ -989,7 +1025,7 @@ impl Store {
             let pool = builder
                 .build(Manager { target })
                 .map_err(|e| StoreError::Unavailable(format!("cannot open the store: {e}")))?;
-            Ok(Store {
+            Ok::<Store, StoreError>(Store {
                 inner: Arc::new(Inner {
                     pool,
                     targets: RwLock::new(Arc::new(targets)),
@@ -1007,11 +1043,83 @@ impl Store {
                         .as_ref()
                         .map(|_| Arc::new(commit::Committer::default())),
                     sqlite_path,
+                    clock_offset_ms: std::sync::atomic::AtomicI64::new(0),
+                    clock_skew_ms: std::sync::atomic::AtomicI64::new(0),
+                    counts: Counts::default(),
                 }),
             })
         })
         .await
-        .map_err(|e| StoreError::Other(format!("store task failed: {e}")))?
+        .map_err(|e| StoreError::Other(format!("store task failed: {e}")))??;
+        // PostgreSQL: the offset to the database's clock before any claim (a CLI claims too).
+        // Unreachable now: measured again at registration and every heartbeat.
+        let _ = store.measure_clock().await;
+        Ok(store)
+    }
+
+    /// The claim and settle work done through this store so far.
+    #[must_use]
+    pub fn outbox_counts(&self) -> OutboxCounts {
+        let c = &self.inner.counts;
+        let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        OutboxCounts {
+            claims: get(&c.claims),
+            claimed_rows: get(&c.claimed_rows),
+            settles: get(&c.settles),
+            renewals: get(&c.renewals),
+        }
+    }
+
+    /// Count `n` of one kind of outbox work.
+    fn count(&self, which: fn(&Counts) -> &std::sync::atomic::AtomicU64, n: usize) {
+        which(&self.inner.counts).fetch_add(
+            u64::try_from(n).unwrap_or(u64::MAX),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    /// This store's clock (ms since the epoch): the system's, plus the skew a test set.
+    fn local_ms(&self) -> i64 {
+        crate::clock::now_ms().saturating_add(
+            self.inner
+                .clock_skew_ms
+                .load(std::sync::atomic::Ordering::SeqCst),
+        )
+    }
+
+    /// Tests: make this store's clock run `skew_ms` ahead of the system's (behind when
+    /// negative), as a host whose clock is off would; pass readings of the same clock to the
+    /// store's methods ([`Store::clock_ms`]). The next measurement of the database's clock
+    /// (an instance heartbeat) corrects it.
+    #[doc(hidden)]
+    pub fn skew_clock_for_tests(&self, skew_ms: i64) {
+        self.inner
+            .clock_skew_ms
+            .store(skew_ms, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// This store's clock reading (the system clock, unless a test skewed it).
+    #[must_use]
+    pub fn clock_ms(&self) -> i64 {
+        self.local_ms()
+    }
+
+    /// PostgreSQL: measure the offset of this store's clock to the database's and keep it
+    /// for every lease and heartbeat time (`store::dbclock`). Returns it (0 on SQLite).
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    pub async fn measure_clock(&self) -> Result<i64, StoreError> {
+        let me = self.clone();
+        let offset = self
+            .run(move |conn| dbclock::measure(conn, &|| me.local_ms()))
+            .await?;
+        if let Some(offset) = offset {
+            self.inner
+                .clock_offset_ms
+                .store(offset, std::sync::atomic::Ordering::SeqCst);
+        }
+        Ok(offset.unwrap_or(0))
     }
 
     /// Apply pending embedded migrations; returns the names applied.
@@ -1456,9 +1564,11 @@ impl Store {
             .fence
             .incarnation
             .load(std::sync::atomic::Ordering::SeqCst);
+        self.count(|c| &c.claims, 1);
         let mut items = self
             .run(move |conn| outbox::claim(conn, &instance, &target, now_ms, lease_ms, limit))
             .await?;
+        self.count(|c| &c.claimed_rows, items.len());
         for item in &mut items {
             item.incarnation = incarnation;
         }
@@ -1478,6 +1588,7 @@ impl Store {
         lease_ms: i64,
     ) -> Result<bool, StoreError> {
         let item = item.clone();
+        self.count(|c| &c.renewals, 1);
         self.run(move |conn| outbox::renew_claim(conn, &item, now_ms, lease_ms))
             .await
     }
@@ -1540,6 +1651,7 @@ impl Store {
         now_ms: i64,
     ) -> Result<(), StoreError> {
         let item = item.clone();
+        self.count(|c| &c.settles, 1);
         let key_norm = state
             .target_key
             .as_deref()
@@ -1568,6 +1680,7 @@ impl Store {
         now_ms: i64,
     ) -> Result<(), StoreError> {
         let (item, error) = (item.clone(), error.to_owned());
+        self.count(|c| &c.settles, 1);
         self.run(move |conn| {
             outbox::settle_failed(conn, &item, &error, next_attempt_ms, dead, now_ms)
         })

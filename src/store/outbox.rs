@@ -2,6 +2,7 @@
 //! and fencing epochs, settling, dead letters, per-target state and status counters. Must not
 //! decide retry policy (the reconciler passes `next_attempt_ms` and `dead`).
 
+use super::dbclock::db_ms;
 use super::history::audit;
 use super::keys;
 use super::models::{OutboxRow, TargetStateRow};
@@ -44,7 +45,7 @@ pub(crate) fn enqueue_all(
             version,
             operation,
             request_id,
-            ctx.now_ms,
+            db_ms(ctx.now_ms),
         )?;
     }
     Ok(())
@@ -91,7 +92,8 @@ fn numbered_placeholders(sql: &str) -> String {
 }
 
 /// Coalescing upsert on (target, resource_id), one statement on both backends (see
-/// [`UPSERT_SQL`]). The row's version never goes down: a dependant re-queue may read a
+/// [`UPSERT_SQL`]); `now_ms` is database time (`dbclock`: it is the row's due time and is
+/// compared with a claim's lease). The row's version never goes down: a dependant re-queue may read a
 /// resource's version without locking it (so it keeps the lock order, groups before users)
 /// and land after a newer change of that resource was queued. A pending row keeps its `enqueued_ms` (the oldest-pending age stays
 /// honest); a dead row starts over. A claimed row keeps its lease and epoch, and its
@@ -158,7 +160,7 @@ pub(crate) fn enqueue(
             version,
             operation,
             None,
-            now_ms,
+            db_ms(now_ms),
         )
     })
 }
@@ -175,6 +177,8 @@ pub(crate) fn claim(
     if limit <= 0 {
         return Ok(Vec::new());
     }
+    // Leases, due times and heartbeats are database time (`dbclock`).
+    let now_ms = db_ms(now_ms);
     write_tx(conn, |conn| {
         // Claims of instances whose heartbeat ran out are taken over (their fence ran out
         // with it: `instances`); "" matches no claim (ids are never empty).
@@ -422,7 +426,7 @@ pub(crate) fn settle_applied(
                 *version,
                 operation,
                 None,
-                now_ms,
+                db_ms(now_ms),
             )?;
             if *ty == ResourceType::Group {
                 // The user's member value in the group changed: an O(change) apply of the
@@ -505,7 +509,8 @@ pub(crate) fn settle_failed(
         }
         let moved = requeued_since_claim(&row, item);
         let dead = dead && !moved;
-        let next_attempt_ms = if moved { now_ms } else { next_attempt_ms };
+        // The due time is database time (`dbclock`).
+        let next_attempt_ms = db_ms(if moved { now_ms } else { next_attempt_ms });
         diesel::update(outbox::table.find(row.id))
             .set((
                 outbox::attempts.eq(row.attempts.saturating_add(1)),
@@ -591,6 +596,8 @@ pub(crate) fn retry_dead(
     target: Option<&str>,
     now_ms: i64,
 ) -> Result<u64, StoreError> {
+    // Due times and leases are database time (`dbclock`).
+    let now_ms = db_ms(now_ms);
     write_tx(conn, |conn| {
         let mut query = outbox::table
             .filter(outbox::state.eq(DEAD))
@@ -813,7 +820,8 @@ pub(crate) fn renew_claim(
     // epoch did not move) is still exclusive, because taking it bumps the epoch. The row lock
     // orders this against a concurrent claim (which re-checks its lease condition).
     // In a write transaction so that on SQLite it takes its turn in the write gate instead of
-    // racing the gate's holder in the busy handler.
+    // racing the gate's holder in the busy handler. The lease is database time (`dbclock`).
+    let now_ms = db_ms(now_ms);
     write_tx(conn, |conn| {
         let n = diesel::update(
             outbox::table
@@ -840,6 +848,8 @@ pub(crate) fn claim_resource(
     now_ms: i64,
     lease_ms: i64,
 ) -> Result<Option<OutboxItem>, StoreError> {
+    // Leases and heartbeats are database time (`dbclock`).
+    let now_ms = db_ms(now_ms);
     write_tx(conn, |conn| {
         // A resource purged from the store still has a row to claim (its entry is removed).
         let version = lock_by_id(conn, resource_id)?.map_or(0, |(_, _, v)| v);
@@ -918,6 +928,7 @@ pub(crate) fn release_claims(
     instance: &str,
     due_ms: i64,
 ) -> Result<u64, StoreError> {
+    let due_ms = db_ms(due_ms);
     write_tx(conn, |conn| {
         let released = || {
             outbox::table

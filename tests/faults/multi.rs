@@ -1,8 +1,9 @@
 //! Several daemons (`scim-sync serve` processes) on one throwaway PostgreSQL database and one
-//! slapd: an Okta-shaped burst spread over all of them, one SIGKILLed mid-burst. The dead
-//! instance's claims are taken over within 15 s (its heartbeat runs out; the lease stays the
-//! default 120 s, so only the takeover can explain convergence), and every acknowledged
-//! change reaches the directory exactly once, `verify` clean.
+//! slapd: an Okta-shaped burst spread over all of them, one SIGKILLed mid-burst and a second
+//! SIGTERMed later in it. The dead instance's claims are taken over within 15 s (its heartbeat
+//! runs out; the lease stays the default 120 s, so only the takeover can explain
+//! convergence), the stopped one's too, and every acknowledged change reaches the directory
+//! exactly once, `verify` clean.
 
 use super::*;
 use crate::harness::pg::PgDb;
@@ -28,7 +29,8 @@ fn instance_config(dir: &Path, store_url: &str, id: &str, slapd: &Slapd) -> Path
 }
 
 #[tokio::test]
-async fn three_instances_one_killed_mid_burst_take_over_within_15_s_and_lose_nothing() {
+async fn three_instances_one_killed_and_one_stopped_mid_burst_take_over_within_15_s_and_lose_nothing(
+) {
     const CLIENTS: usize = 6;
     const INSTANCES: usize = 3;
     let slapd = Slapd::start().await;
@@ -83,7 +85,7 @@ async fn three_instances_one_killed_mid_burst_take_over_within_15_s_and_lose_not
                     break;
                 }
                 let n = acked_now.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-                if n == 90 || n == 180 {
+                if n == 90 || n == 180 || n == 240 {
                     let _ = hit_tx.try_send(n);
                 }
             }
@@ -125,7 +127,47 @@ async fn three_instances_one_killed_mid_burst_take_over_within_15_s_and_lose_not
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    // The survivors keep taking the burst for a while, then it ends.
+    // The survivors keep taking the burst for a while; then b is stopped (SIGTERM) in the
+    // middle of it: it drains, exits 0, and its claims are free once a write it abandoned can
+    // no longer arrive (the target's 3 s), well within 15 s.
+    tokio::time::timeout(PATIENCE, hit_rx.recv())
+        .await
+        .expect("the burst stalled")
+        .unwrap();
+    let held_b = store
+        .instances(scim_sync::http::server::now_ms())
+        .await
+        .unwrap()
+        .iter()
+        .find(|i| i.id == "b")
+        .map_or(0, |i| i.claims);
+    procs[1].signal("TERM");
+    let stopped_at = Instant::now();
+    assert_eq!(
+        procs[1].wait().await.code(),
+        Some(0),
+        "{}",
+        procs[1].log_text()
+    );
+    let freed = loop {
+        let now = scim_sync::http::server::now_ms();
+        let left = store
+            .instances(now)
+            .await
+            .unwrap()
+            .iter()
+            .find(|i| i.id == "b")
+            .map_or(0, |i| i.claims);
+        if left == 0 {
+            break stopped_at.elapsed();
+        }
+        assert!(
+            stopped_at.elapsed() < Duration::from_secs(15),
+            "instance b still holds {left} claims 15 s after its stop"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // c alone takes the rest of the burst, then it ends.
     tokio::time::timeout(PATIENCE, hit_rx.recv())
         .await
         .expect("the burst stalled")
@@ -134,9 +176,15 @@ async fn three_instances_one_killed_mid_burst_take_over_within_15_s_and_lose_not
     for c in clients {
         models.push(tokio::time::timeout(PATIENCE, c).await.unwrap().unwrap());
     }
+    // b's clients may be answered 503 while it drains (nothing stored); nothing else.
+    for (c, m) in models.iter_mut().enumerate() {
+        if c % INSTANCES == 1 {
+            m.unexpected.retain(|u| !u.contains(" 503 "));
+        }
+    }
     let unexpected: Vec<&String> = models.iter().flat_map(|m| &m.unexpected).collect();
     assert!(unexpected.is_empty(), "non-2xx answers: {unexpected:?}");
-    let (view, took) = converge(&procs[1], &slapd, &token).await;
+    let (view, took) = converge(&procs[2], &slapd, &token).await;
     check_store_against_acks(&models, &view);
     let logs: Vec<String> = procs.iter().map(Proc::log_text).collect();
     let all_logs = logs.join("\n");
@@ -145,18 +193,20 @@ async fn three_instances_one_killed_mid_burst_take_over_within_15_s_and_lose_not
         "{all_logs}"
     );
     eprintln!(
-        "instance a held {held} claims at its kill; taken over {takeover:?} after it, \
-         converged {:?} after it ({took:?} after the burst ended): {} users, {} groups, \
+        "instance a held {held} claims at its kill; taken over {takeover:?} after it; \
+         instance b held {held_b} at its stop, free {freed:?} after it; \
+         converged {:?} after the kill ({took:?} after the burst ended): {} users, {} groups, \
          {} acknowledged",
         killed_at.elapsed(),
         view.users.len(),
         view.groups.len(),
         models.iter().map(|m| m.acked).sum::<u64>()
     );
-    // `status` lists the two live instances (the killed one's heartbeat ran out).
+    // `status` lists the live instance (the killed one's heartbeat ran out, the stopped one
+    // marked itself stopped).
     let out = std::process::Command::new(BIN)
         .arg("--config")
-        .arg(&configs[1])
+        .arg(&configs[2])
         .arg("status")
         .env_remove("RUST_LOG")
         .output()
@@ -171,7 +221,7 @@ async fn three_instances_one_killed_mid_burst_take_over_within_15_s_and_lose_not
         .collect();
     assert_eq!(
         ids_listed,
-        ["b", "c"],
+        ["c"],
         "{listed}{}",
         String::from_utf8_lossy(&out.stderr)
     );
@@ -183,7 +233,7 @@ async fn three_instances_one_killed_mid_burst_take_over_within_15_s_and_lose_not
     assert!(!logs
         .iter()
         .any(|l| l.contains("maps with a different configuration")));
-    for p in &mut procs[1..] {
+    for p in &mut procs[2..] {
         p.signal("TERM");
         assert_eq!(p.wait().await.code(), Some(0));
     }
@@ -432,4 +482,172 @@ async fn a_postgresql_restart_mid_burst_loses_no_acknowledged_push_and_the_daemo
         p.signal("TERM");
         assert_eq!(p.wait().await.code(), Some(0), "{}", p.log_text());
     }
+}
+
+/// A worker whose own fence is low (its instance heartbeat is late: paused here, as a
+/// process starved of CPU or a store round trip stuck would be) claims nothing it could not
+/// write and does not spin: not one claim transaction while the fence leaves less than a
+/// write's timeout, however many pushes and polls wake it. Once the heartbeat resumes, the
+/// pushes reach the directory. Before: every wake-up and poll claimed the rows (each apply
+/// then refused by its lease), taking them from the instances that could write them.
+#[tokio::test]
+async fn an_instance_whose_heartbeat_is_late_claims_nothing() {
+    let slapd = Slapd::start().await;
+    let db = PgDb::create();
+    let dir = tempfile::tempdir().unwrap();
+    let config = instance_config(dir.path(), &db.url, "late", &slapd);
+    let settings = scim_sync::daemon::load_settings(&config).unwrap();
+    let daemon = scim_sync::daemon::Daemon::start(settings, Some(config))
+        .await
+        .unwrap();
+    let token = scim_sync::http::auth::generate_token();
+    daemon
+        .store
+        .create_token("t", scim_sync::http::auth::digest(&token), 0)
+        .await
+        .unwrap();
+    daemon.pause_heartbeat(true);
+    // The fence runs down to less than the target's 2 s operation timeout (takeover 5 s).
+    let fence = daemon.store.fence();
+    let started = Instant::now();
+    while fence
+        .alive_until_ms
+        .load(std::sync::atomic::Ordering::SeqCst)
+        .saturating_sub(scim_sync::http::server::now_ms())
+        >= 2_000
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the fence never ran low"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let before = daemon.store.outbox_counts();
+    let base = format!("http://{}/scim/v2", daemon.scim_addr);
+    let client = reqwest::Client::new();
+    for i in 0..5 {
+        let resp = client
+            .post(format!("{base}/Users"))
+            .bearer_auth(&token)
+            .header("content-type", "application/scim+json")
+            .body(serde_json::to_vec(&user_body(&format!("late{i}"), "T", true)).unwrap())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 201);
+    }
+    // Five wake-ups and, over a second, five polls (every 200 ms) of each of the 4 workers.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let during = daemon.store.outbox_counts();
+    assert_eq!(
+        (during.claims, during.claimed_rows),
+        (before.claims, before.claimed_rows),
+        "claims while the fence was low"
+    );
+    assert!(slapd.entry(&user_dn("late0"), &["uid"]).await.is_none());
+    daemon.pause_heartbeat(false);
+    let started = Instant::now();
+    for i in 0..5 {
+        while slapd
+            .entry(&user_dn(&format!("late{i}")), &["uid"])
+            .await
+            .is_none()
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(15),
+                "late{i} did not arrive after the heartbeat resumed"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    assert!(daemon.store.outbox_counts().claims > during.claims);
+    assert!(daemon.shutdown().await);
+    drop(dir);
+}
+
+/// A reload that needs a longer takeover bound (a target's `timeout_secs` raised, the bound
+/// left to its default) re-registers it: the others use the new bound from the next heartbeat
+/// on, and this instance's fence runs by it, so its writes (which need the longer timeout
+/// left on the fence) can start at all. A reload that would lower it keeps the larger bound,
+/// and one changing `heartbeat_secs` is refused naming the key. Before: the bound stayed the
+/// one registered at start (15 s) while a write needed 17 s: every write was refused.
+#[tokio::test]
+async fn a_reload_needing_a_longer_takeover_bound_registers_it() {
+    let slapd = Slapd::start().await;
+    let db = PgDb::create();
+    let dir = tempfile::tempdir().unwrap();
+    let config = instance_config(dir.path(), &db.url, "reloaded", &slapd);
+    // The default bound: the larger of 15 s and 1 + 2 + twice the 1 s heartbeat.
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replacen("takeover_secs = 5\n", "", 1);
+    std::fs::write(&config, &text).unwrap();
+    let settings = scim_sync::daemon::load_settings(&config).unwrap();
+    let daemon = scim_sync::daemon::Daemon::start(settings, Some(config.clone()))
+        .await
+        .unwrap();
+    let registered = |daemon: &scim_sync::daemon::Daemon| {
+        let store = daemon.store.clone();
+        async move {
+            store
+                .instances(scim_sync::http::server::now_ms())
+                .await
+                .unwrap()
+                .into_iter()
+                .find(|i| i.id == "reloaded")
+                .unwrap()
+        }
+    };
+    assert_eq!(registered(&daemon).await.takeover_ms, 15_000);
+    // 1 + 14 + 2 = 17 s.
+    std::fs::write(
+        &config,
+        text.replacen("timeout_secs = 2\n", "timeout_secs = 14\n", 1),
+    )
+    .unwrap();
+    daemon.reload().await.unwrap();
+    let started = Instant::now();
+    while registered(&daemon).await.takeover_ms != 17_000 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the raised bound was not registered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The fence runs by it (less the clock allowance).
+    let left = daemon
+        .store
+        .fence()
+        .alive_until_ms
+        .load(std::sync::atomic::Ordering::SeqCst)
+        .saturating_sub(scim_sync::http::server::now_ms());
+    assert!(left > 15_000, "the fence leaves {left} ms");
+    // Lowering it back keeps the larger bound (a write under it may still be on its way).
+    std::fs::write(&config, &text).unwrap();
+    daemon.reload().await.unwrap();
+    let hb = registered(&daemon).await.heartbeat_ms;
+    let started = Instant::now();
+    loop {
+        let now = registered(&daemon).await;
+        if now.heartbeat_ms > hb {
+            assert_eq!(now.takeover_ms, 17_000);
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "no heartbeat");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The heartbeat's period needs a restart.
+    std::fs::write(
+        &config,
+        text.replacen("heartbeat_secs = 1\n", "heartbeat_secs = 2\n", 1),
+    )
+    .unwrap();
+    let errors = daemon.reload().await.unwrap_err();
+    let shown: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    assert!(
+        shown.iter().any(|e| e.contains("reconcile.heartbeat_secs")),
+        "{shown:?}"
+    );
+    assert!(daemon.shutdown().await);
+    drop(dir);
 }

@@ -1162,3 +1162,52 @@ remove_from_groups = true
     assert_eq!(again.class, ErrorClass::Permanent, "{again:?}");
     assert_eq!(members().await, ["cn=nobody,dc=example,dc=com"]);
 }
+
+/// slapd killed and restarted (issue 10, second reader): the reconnected connection is the
+/// live one again (writes go out on it), and the instance fence is checked after the
+/// reconnect: a write whose fence ran out during the outage is refused (`lease`) and sent on
+/// no connection, and one under a live fence goes out.
+#[tokio::test]
+async fn after_a_restart_the_reconnected_connection_writes_under_a_fence_checked_after_it() {
+    use scim_sync::targets::Lease;
+    use std::sync::atomic::{AtomicI64, Ordering};
+    use std::sync::Arc;
+    let mut slapd = Slapd::start().await;
+    let (map, t) = build(
+        &slapd,
+        "connect_timeout_secs = 2\ntimeout_secs = 5",
+        USERS,
+        "",
+    );
+    let mut dir = Dir::default();
+    dir.sync(&map, &t, &user("before"), &Prior::default()).await;
+    slapd.stop().await;
+    slapd.start_again().await;
+    let now = scim_sync::clock::now_ms();
+    let until = Arc::new(AtomicI64::new(now + 600_000));
+    // 4 s left on the fence: less than the 5 s operation timeout.
+    let alive = Arc::new(AtomicI64::new(now + 4_000));
+    let lease = Lease::until(until).fenced(alive.clone(), Arc::new(AtomicI64::new(1)), 1);
+    let prior = Prior {
+        lease,
+        ..Prior::default()
+    };
+    let d = dir.desired(&map, &user("fenced"));
+    let dn = "uid=fenced,ou=People,dc=example,dc=com";
+    let err = t.sync(Change::Upsert(&d), &prior, false).await.unwrap_err();
+    assert_eq!(err.code.as_deref(), Some("lease"), "{err:?}");
+    assert!(slapd.entry(dn, &["uid"]).await.is_none());
+    // The fence moved (a heartbeat): the write goes out on the reconnected connection (the
+    // first attempt may still meet the old connection closing: a transient error).
+    alive.store(scim_sync::clock::now_ms() + 600_000, Ordering::SeqCst);
+    let first = t.sync(Change::Upsert(&d), &prior, false).await;
+    let out = match first {
+        Ok(out) => out,
+        Err(e) => {
+            assert_eq!(e.class, ErrorClass::Transient, "{e:?}");
+            t.sync(Change::Upsert(&d), &prior, false).await.unwrap()
+        }
+    };
+    assert_eq!(out.changes.len(), 1, "{:?}", out.changes);
+    assert!(slapd.entry(dn, &["uid"]).await.is_some());
+}

@@ -38,7 +38,13 @@ async fn instances_a_dead_instance_is_taken_over_after_its_bound_and_its_late_he
     let held = a.claim(TARGET, t0, 600_000, 10).await.unwrap().remove(0);
     let first = a.fence().incarnation.load(Ordering::SeqCst);
     assert_eq!(held.incarnation, first);
-    assert_eq!(a.fence().alive_until_ms.load(Ordering::SeqCst), t0 + 1_000);
+    // The fence ends a margin before the bound the others apply (the clock offsets left
+    // uncorrected: `dbclock`).
+    let margin = super::super::dbclock::FENCE_MARGIN_MS;
+    assert_eq!(
+        a.fence().alive_until_ms.load(Ordering::SeqCst),
+        t0 + 1_000 - margin
+    );
 
     // Within the bound: a's claim is its own (the lease runs 600 s).
     assert!(b
@@ -53,7 +59,10 @@ async fn instances_a_dead_instance_is_taken_over_after_its_bound_and_its_late_he
         .is_none());
     // A heartbeat at t0 + 900 moves the bound: still a's at t0 + 1_500.
     assert!(a.instance_heartbeat(reg(1_000), t0 + 900).await.unwrap());
-    assert_eq!(a.fence().alive_until_ms.load(Ordering::SeqCst), t0 + 1_900);
+    assert_eq!(
+        a.fence().alive_until_ms.load(Ordering::SeqCst),
+        t0 + 1_900 - margin
+    );
     assert!(b
         .claim(TARGET, t0 + 1_500, 600_000, 10)
         .await
@@ -98,6 +107,82 @@ async fn instances_a_dead_instance_is_taken_over_after_its_bound_and_its_late_he
         .unwrap()
         .live(t0 + 2_800));
     drop(b);
+    db.finish().await;
+}
+
+/// Clock skew between hosts (issue 10, second reader): leases, due times and heartbeats are
+/// database time, so an instance whose clock runs 10 s ahead neither takes a live instance's
+/// claims over nor queues rows the others see due only 10 s later, and one whose clock runs
+/// 10 s behind takes a dead instance's claims over at its bound, not 10 s after it. Before:
+/// the instance ahead took the live claim at once (the heartbeat looked 10 s old), its row
+/// was not due for the others, and the instance behind took nothing at the bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn instances_a_clock_10_s_off_neither_takes_live_claims_nor_keeps_dead_ones_past_the_bound() {
+    let db = pg_db().await;
+    let a = db.store.clone();
+    let ahead = second(&db, "ahead").await;
+    let behind = second(&db, "behind").await;
+    ahead.skew_clock_for_tests(10_000);
+    behind.skew_clock_for_tests(-10_000);
+    let t0 = a.clock_ms();
+    a.register_instance(reg(2_000), t0).await.unwrap();
+    ahead
+        .register_instance(reg(2_000), ahead.clock_ms())
+        .await
+        .unwrap();
+    behind
+        .register_instance(reg(2_000), behind.clock_ms())
+        .await
+        .unwrap();
+    let off = ahead.measure_clock().await.unwrap();
+    assert!((-10_500..=-9_500).contains(&off), "measured {off}");
+    a.create_user(user("held"), None, &ctx(t0)).await.unwrap();
+    assert_eq!(a.claim(TARGET, t0, 600_000, 10).await.unwrap().len(), 1);
+
+    // a is live: the instance ahead takes nothing (its lease runs 600 s, its heartbeat is
+    // fresh in database time).
+    let stolen = ahead
+        .claim(TARGET, ahead.clock_ms(), 600_000, 10)
+        .await
+        .unwrap();
+    assert!(stolen.is_empty(), "a live instance's claim was taken over");
+    // A row the instance ahead queues is due at once for a.
+    let now = ahead.clock_ms();
+    ahead
+        .create_user(user("queued-ahead"), None, &ctx(now))
+        .await
+        .unwrap();
+    let due = a.claim(TARGET, a.clock_ms(), 600_000, 10).await.unwrap();
+    assert_eq!(
+        due.len(),
+        1,
+        "the row queued by the instance ahead is not due"
+    );
+
+    // a stops heartbeating: once its 2 s bound ran out (real time), the instance behind
+    // takes both rows over.
+    let started = std::time::Instant::now();
+    let taken = loop {
+        let taken = behind
+            .claim(TARGET, behind.clock_ms(), 600_000, 10)
+            .await
+            .unwrap();
+        if !taken.is_empty() || started.elapsed() > std::time::Duration::from_secs(6) {
+            break taken;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        taken.len(),
+        2,
+        "a dead instance's claims were kept past the bound"
+    );
+    let took = started.elapsed();
+    assert!(
+        took < std::time::Duration::from_millis(3_000),
+        "taken over {took:?} after the bound"
+    );
+    drop((ahead, behind));
     db.finish().await;
 }
 
@@ -162,5 +247,185 @@ async fn instances_a_sqlite_store_never_fences_its_own_writes() {
         store.fence().alive_until_ms.load(Ordering::SeqCst),
         i64::MAX
     );
+    db.finish().await;
+}
+
+/// The admin connection to a test database (blocking: run it on `spawn_blocking`).
+fn admin_of(db: &TestDb) -> diesel::PgConnection {
+    diesel::PgConnection::establish(&format!(
+        "postgres://postgres@127.0.0.1/{}",
+        db.pg_name.as_ref().unwrap()
+    ))
+    .unwrap()
+}
+
+#[derive(diesel::QueryableByName)]
+struct Pid {
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    pid: i32,
+}
+
+/// The backend pids of the change listeners on this test's database.
+async fn listener_pids(db: &TestDb) -> Vec<i32> {
+    let mut admin = admin_of(db);
+    tokio::task::spawn_blocking(move || {
+        diesel::sql_query(format!(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() \
+             AND (application_name = '{}' OR query LIKE 'LISTEN %') \
+             AND pid <> pg_backend_pid()",
+            super::super::instances::LISTENER_NAME
+        ))
+        .load::<Pid>(&mut admin)
+        .unwrap()
+        .into_iter()
+        .map(|p| p.pid)
+        .collect()
+    })
+    .await
+    .unwrap()
+}
+
+/// Wait (at most `bound`) until `n` moved past `from`; the time it took.
+async fn moved(
+    n: &std::sync::atomic::AtomicU64,
+    from: u64,
+    bound: std::time::Duration,
+) -> std::time::Duration {
+    let started = std::time::Instant::now();
+    while n.load(Ordering::SeqCst) <= from {
+        assert!(started.elapsed() < bound, "no wake-up within {bound:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    started.elapsed()
+}
+
+/// The change listener survives the loss of its connection (issue 10, second reader): its
+/// backend terminated (`pg_terminate_backend`, as a failover or an operator would), it
+/// connects again by itself, and the next push on another instance wakes it within a second
+/// (the listener's own 50 ms poll; the workers' poll interval plays no part here: nothing
+/// else calls `on_change`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn instances_the_change_listener_comes_back_after_its_backend_is_terminated() {
+    use std::sync::atomic::{AtomicBool, AtomicU64};
+    let db = pg_db().await;
+    let a = db.store.clone();
+    let b = second(&db, "other").await;
+    let woke = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let counter = woke.clone();
+    a.listen_for_changes(
+        Arc::new(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+        }),
+        stop.clone(),
+    );
+    let second_ = std::time::Duration::from_secs(1);
+    // Connected (its first call), and a push on b wakes it.
+    moved(&woke, 0, std::time::Duration::from_secs(10)).await;
+    let n = woke.load(Ordering::SeqCst);
+    b.create_user(user("first"), None, &ctx(1_000))
+        .await
+        .unwrap();
+    moved(&woke, n, second_).await;
+    let pids = listener_pids(&db).await;
+    assert_eq!(pids.len(), 1, "one listener: {pids:?}");
+    let mut admin = admin_of(&db);
+    let old = pids[0];
+    tokio::task::spawn_blocking(move || {
+        diesel::sql_query(format!("SELECT pg_terminate_backend({old})"))
+            .execute(&mut admin)
+            .unwrap();
+    })
+    .await
+    .unwrap();
+    // It connects again (a new backend; its call after the reconnect).
+    let started = std::time::Instant::now();
+    loop {
+        let now = listener_pids(&db).await;
+        if now.len() == 1 && now[0] != old {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "the listener did not connect again: {now:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let n = woke.load(Ordering::SeqCst);
+    b.create_user(user("second"), None, &ctx(2_000))
+        .await
+        .unwrap();
+    let took = moved(&woke, n, second_).await;
+    eprintln!("woken {took:?} after the push that followed the reconnect");
+    stop.store(true, Ordering::SeqCst);
+    drop(b);
+    db.finish().await;
+}
+
+/// What a NOTIFY costs (issue 10, second reader): one notification per committed transaction
+/// that queued rows, whatever the rows: 100 creates (each its own transaction, as the
+/// operations of a 100-operation Bulk are) deliver 100; deleting a user who is in 20 groups
+/// queues 21 rows in one transaction and delivers one; a batch of settles delivers none (the
+/// settling instance's own workers take what a settle queues).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn instances_one_notification_per_transaction_that_queued_rows_not_per_row() {
+    let db = pg_db().await;
+    let a = db.store.clone();
+    let mut listener = admin_of(&db);
+    let listener = tokio::task::spawn_blocking(move || {
+        diesel::sql_query(format!("LISTEN {}", super::super::instances::CHANNEL))
+            .execute(&mut listener)
+            .unwrap();
+        listener
+    })
+    .await
+    .unwrap();
+    let listener = Arc::new(std::sync::Mutex::new(listener));
+    // Notifications delivered so far (after they had 300 ms to arrive).
+    let drain = |listener: Arc<std::sync::Mutex<diesel::PgConnection>>| async move {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        tokio::task::spawn_blocking(move || {
+            let mut c = listener.lock().unwrap();
+            c.notifications_iter().map(Result::unwrap).count()
+        })
+        .await
+        .unwrap()
+    };
+    let mut ids = Vec::new();
+    for i in 0..100 {
+        let u = a
+            .create_user(user(&format!("n{i}")), None, &ctx(1_000 + i))
+            .await
+            .unwrap();
+        ids.push(u.id);
+    }
+    assert_eq!(drain(listener.clone()).await, 100, "one per create");
+    for g in 0..20 {
+        a.create_group(
+            group(&format!("g{g}"), Some(vec![ids[0].clone()])),
+            &ctx(2_000),
+        )
+        .await
+        .unwrap();
+    }
+    assert_eq!(drain(listener.clone()).await, 20, "one per group create");
+    a.delete_user(&ids[0], None, &ctx(3_000)).await.unwrap();
+    assert_eq!(
+        drain(listener.clone()).await,
+        1,
+        "one for the delete that queued 21 rows"
+    );
+    let claimed = a.claim(TARGET, 4_000, 60_000, 200).await.unwrap();
+    assert_eq!(claimed.len(), 120);
+    let settles: Vec<_> = claimed
+        .iter()
+        .filter(|i| i.resource_type == ResourceType::User)
+        .map(|i| (i.clone(), applied(i, i.version, 4_500)))
+        .collect();
+    for r in a.settle_applied_many(settles, 4_500).await {
+        r.unwrap();
+    }
+    assert_eq!(drain(listener.clone()).await, 0, "settles notify nothing");
     db.finish().await;
 }

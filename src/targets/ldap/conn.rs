@@ -22,6 +22,10 @@ pub struct LdapTarget {
     password: Option<String>,
     tls: Option<Arc<rustls::ClientConfig>>,
     slot: tokio::sync::Mutex<Option<Ldap>>,
+    /// Held while connecting (one connect at a time), never with `slot`: a write whose lease
+    /// was just checked takes `slot` for a moment only, so it never waits behind another
+    /// task's reconnect (up to `connect_timeout`) and then writes later than its check allowed.
+    connecting: tokio::sync::Mutex<()>,
     /// The flavour: configured, or detected from the root DSE at the first connect.
     flavour: std::sync::OnceLock<Flavour>,
     /// Whether the root DSE lists the Post-Read control (RFC 4527): an add then returns the new
@@ -65,6 +69,7 @@ impl LdapTarget {
             password,
             tls,
             slot: tokio::sync::Mutex::new(None),
+            connecting: tokio::sync::Mutex::new(()),
             flavour: std::sync::OnceLock::new(),
             post_read: std::sync::OnceLock::new(),
             ops,
@@ -170,17 +175,29 @@ impl LdapTarget {
         Ok(ldap)
     }
 
-    /// A handle on the live connection, connecting (and binding) first if needed.
-    async fn handle(&self) -> Result<Ldap, TargetError> {
+    /// The connection in the slot while it is open (the slot is held for a moment only).
+    async fn open_connection(&self) -> Option<Ldap> {
         let mut slot = self.slot.lock().await;
-        if let Some(ldap) = slot.as_mut() {
-            if !ldap.is_closed() {
-                return Ok(ldap.clone());
-            }
+        let ldap = slot.as_mut()?;
+        if ldap.is_closed() {
+            return None;
         }
-        *slot = None;
+        Some(ldap.clone())
+    }
+
+    /// A handle on the live connection, connecting (and binding) first if needed: one
+    /// connect at a time (`connecting`), the others wait for it and use its connection. A
+    /// reconnected connection is live again for every task ([`LdapTarget::live`]).
+    async fn handle(&self) -> Result<Ldap, TargetError> {
+        if let Some(ldap) = self.open_connection().await {
+            return Ok(ldap);
+        }
+        let _one = self.connecting.lock().await;
+        if let Some(ldap) = self.open_connection().await {
+            return Ok(ldap);
+        }
         let ldap = self.connect().await?;
-        *slot = Some(ldap.clone());
+        *self.slot.lock().await = Some(ldap.clone());
         Ok(ldap)
     }
 
@@ -190,14 +207,14 @@ impl LdapTarget {
         self.handle().await.map(|_| ())
     }
 
-    /// The live connection, never a new one: a write goes out on the connection that was up
-    /// when its lease was checked ([`LdapTarget::connected`]), or not at all.
+    /// The live connection, never a new one and never after waiting for a connect: a write
+    /// goes out on the connection that was up when its lease was checked
+    /// ([`LdapTarget::connected`]; or one another task opened since, without delay), or not
+    /// at all. After a reconnect the new connection is the live one; the lease is checked
+    /// again before every write (`Exec::fence`), after its connect.
     async fn live(&self) -> Result<Ldap, TargetError> {
-        let mut slot = self.slot.lock().await;
-        if let Some(ldap) = slot.as_mut() {
-            if !ldap.is_closed() {
-                return Ok(ldap.clone());
-            }
+        if let Some(ldap) = self.open_connection().await {
+            return Ok(ldap);
         }
         Err(TargetError {
             class: ErrorClass::Transient,
