@@ -19,6 +19,7 @@ mod history;
 mod instances;
 mod keys;
 mod members;
+mod nested;
 mod models;
 mod outbox;
 mod references;

@@ -144,6 +144,7 @@ fn member(id: String) -> MemberRef {
     MemberRef {
         value: id,
         display: None,
+        kind: None,
     }
 }
 
@@ -805,7 +806,8 @@ async fn member_operations_follow_their_contract() {
             store.groups_of_user(&u[0]).await.unwrap(),
             [GroupRef {
                 value: g.id.clone(),
-                display: "team".into()
+                display: "team".into(),
+                direct: true,
             }]
         );
     })
