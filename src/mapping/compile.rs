@@ -6,8 +6,8 @@ use super::dn::parse_dn;
 use super::path::Path;
 use super::schema::{Resource, Schemas};
 use crate::config::target::{
-    ForeignMembers, MemberValue, NestedGroups, RawLdapTarget, RawRule, RawSqlColumn, RawSqlTarget, RawTarget,
-    RefBy,
+    ForeignMembers, MemberValue, NestedGroups, RawLdapTarget, RawRule, RawSqlColumn, RawSqlTarget,
+    RawTarget, RefBy,
 };
 use std::collections::BTreeSet;
 
@@ -750,9 +750,8 @@ object_classes = ["inetOrgPerson"]
                  {groups}\n"
             );
             let raw: RawTarget = toml::from_str(&text).unwrap();
-            CompiledTarget::compile(&raw, 2).map_err(|e| {
-                e.iter().map(ToString::to_string).collect::<Vec<_>>()
-            })
+            CompiledTarget::compile(&raw, 2)
+                .map_err(|e| e.iter().map(ToString::to_string).collect::<Vec<_>>())
         };
         assert_eq!(ldap("").unwrap().nested_groups(), NestedGroups::Member);
         assert_eq!(
@@ -771,7 +770,10 @@ object_classes = ["inetOrgPerson"]
         );
         let e = ldap("member_value = \"uid\"\nnested = \"member\"").unwrap_err();
         assert_eq!(e.len(), 1, "{e:?}");
-        assert!(e[0].starts_with("targets[2].groups.nested: \"member\" needs member_value"), "{e:?}");
+        assert!(
+            e[0].starts_with("targets[2].groups.nested: \"member\" needs member_value"),
+            "{e:?}"
+        );
         let text = "name = \"hr\"\ntype = \"sql\"\nurl = \"sqlite:///tmp/x.db\"\n\
              [users]\ntable = \"users\"\nkey_column = \"login\"\nkey = \"userName\"\n\
              [groups]\ntable = \"groups\"\nkey_column = \"name\"\nkey = \"displayName\"\n";

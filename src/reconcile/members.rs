@@ -128,8 +128,7 @@ pub(crate) async fn plan_group(
             t.name
         )));
     }
-    let flatten =
-        (changes.nested || changes.nested_changed) && nested == NestedGroups::Flatten;
+    let flatten = (changes.nested || changes.nested_changed) && nested == NestedGroups::Flatten;
     if delta
         && !dry_run
         && record_trusted
@@ -275,9 +274,7 @@ async fn plan_whole(
         });
     }
     let members = store.group_members(id).await?;
-    let has_groups = members
-        .iter()
-        .any(|m| m.kind == Some(ResourceType::Group));
+    let has_groups = members.iter().any(|m| m.kind == Some(ResourceType::Group));
     let ids: Vec<String> = match t.map.nested_groups() {
         NestedGroups::Refuse if has_groups => {
             return Err(ApplyError::Refused(format!(

@@ -86,7 +86,11 @@ pub(crate) fn ancestors(conn: &mut DbConnection, groups: &[i64]) -> Result<Vec<i
     let mut found = match walk(groups, None, MAX_WALK, |g| parent_groups(conn, g))? {
         Ok(found) => found,
         // Wider than any real directory: queue nothing more than the walk bound allows.
-        Err(_) => return Err(StoreError::Other("nested groups: too many ancestors".into())),
+        Err(_) => {
+            return Err(StoreError::Other(
+                "nested groups: too many ancestors".into(),
+            ))
+        }
     };
     let own: HashSet<i64> = groups.iter().copied().collect();
     found.retain(|g| !own.contains(g));
@@ -219,7 +223,11 @@ pub(crate) fn flattened_users(
             g.push(group_seq);
             g
         }
-        Err(_) => return Err(StoreError::Other("nested groups: too many to flatten".into())),
+        Err(_) => {
+            return Err(StoreError::Other(
+                "nested groups: too many to flatten".into(),
+            ))
+        }
     };
     let mut users: BTreeSet<(i64, String)> = BTreeSet::new();
     for chunk in groups.chunks(CHUNK) {
@@ -235,7 +243,10 @@ pub(crate) fn flattened_users(
 }
 
 /// Whether group `group_seq` has a group among its members now.
-pub(crate) fn has_child_groups(conn: &mut DbConnection, group_seq: i64) -> Result<bool, StoreError> {
+pub(crate) fn has_child_groups(
+    conn: &mut DbConnection,
+    group_seq: i64,
+) -> Result<bool, StoreError> {
     let one: Option<i64> = group_members::table
         .filter(group_members::member_is_group.eq(true))
         .filter(group_members::group_seq.eq(group_seq))

@@ -410,10 +410,7 @@ fn dependants_of_key_change(
                 .order(resources::seq)
                 .select((resources::id, resources::version))
                 .load(conn)?;
-            out.extend(
-                rows.into_iter()
-                    .map(|(id, v)| (ResourceType::Group, id, v)),
-            );
+            out.extend(rows.into_iter().map(|(id, v)| (ResourceType::Group, id, v)));
         }
     }
     if !key_changed {
@@ -452,7 +449,12 @@ pub(crate) fn settle_applied(
         let mut row = None;
         let mut own_locked = false;
         for (ty, id, version) in &dependants {
-            if !own_locked && *ty == ResourceType::User && id.as_str() > item.resource_id.as_str() {
+            // A group's own row before its parents' (child before parent, as a mutation of
+            // the group queues its own row before its ancestors'); a user's after its groups.
+            if !own_locked
+                && (item.resource_type == ResourceType::Group
+                    || (*ty == ResourceType::User && id.as_str() > item.resource_id.as_str()))
+            {
                 row = lock_outbox_row(conn, item.id)?;
                 own_locked = true;
             }

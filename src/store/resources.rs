@@ -459,6 +459,11 @@ pub(crate) fn delete(
             .load(conn)?;
         diesel::delete(group_members::table.filter(group_members::member_seq.eq(seq)))
             .execute(conn)?;
+        // Outbox rows (PostgreSQL lock order): a deleted group's own before its parents'
+        // (child before parent); a deleted user's after its groups' (groups before users).
+        if resource_type == ResourceType::Group {
+            enqueue_all(conn, targets, resource_type, id, version, "delete", ctx)?;
+        }
         let detail = format!(
             "member {id} removed: {} deleted",
             match resource_type {
@@ -467,50 +472,50 @@ pub(crate) fn delete(
             }
         );
         for &group_seq in &groups {
-                    lock_seq(conn, group_seq)?;
-                    let (group_id, group_version, group_deleted): (String, i64, bool) =
-                        resources::table
-                            .find(group_seq)
-                            .select((resources::id, resources::version, resources::deleted))
-                            .first(conn)?;
-                    if group_deleted {
-                        continue;
-                    }
-                    let group_version = group_version + 1;
-                    diesel::update(resources::table.find(group_seq))
-                        .set((
-                            resources::version.eq(group_version),
-                            resources::modified_ms.eq(ctx.now_ms),
-                        ))
-                        .execute(conn)?;
-                    super::members::bumped(conn, group_seq, group_version)?;
-                    super::members::touched(conn, group_seq, &[seq])?;
-                    enqueue_all(
-                        conn,
-                        targets,
-                        ResourceType::Group,
-                        &group_id,
-                        group_version,
-                        "membership",
-                        ctx,
-                    )?;
-                    audit(
-                        conn,
-                        ctx,
-                        ResourceType::Group,
-                        &group_id,
-                        "membership",
-                        group_version,
-                        Some(&detail),
-                    )?;
+            lock_seq(conn, group_seq)?;
+            let (group_id, group_version, group_deleted): (String, i64, bool) = resources::table
+                .find(group_seq)
+                .select((resources::id, resources::version, resources::deleted))
+                .first(conn)?;
+            if group_deleted {
+                continue;
+            }
+            let group_version = group_version + 1;
+            diesel::update(resources::table.find(group_seq))
+                .set((
+                    resources::version.eq(group_version),
+                    resources::modified_ms.eq(ctx.now_ms),
+                ))
+                .execute(conn)?;
+            super::members::bumped(conn, group_seq, group_version)?;
+            super::members::touched(conn, group_seq, &[seq])?;
+            enqueue_all(
+                conn,
+                targets,
+                ResourceType::Group,
+                &group_id,
+                group_version,
+                "membership",
+                ctx,
+            )?;
+            audit(
+                conn,
+                ctx,
+                ResourceType::Group,
+                &group_id,
+                "membership",
+                group_version,
+                Some(&detail),
+            )?;
         }
         super::nested::enqueue_ancestors(conn, targets, &groups, ctx)?;
         if resource_type == ResourceType::Group {
             super::members::bumped(conn, seq, version)?;
             diesel::delete(group_members::table.filter(group_members::group_seq.eq(seq)))
                 .execute(conn)?;
+        } else {
+            enqueue_all(conn, targets, resource_type, id, version, "delete", ctx)?;
         }
-        enqueue_all(conn, targets, resource_type, id, version, "delete", ctx)?;
         audit(conn, ctx, resource_type, id, "delete", version, None)
     })
 }
@@ -622,11 +627,6 @@ where
             super::nested::lock_nesting(conn)?;
             super::nested::refuse_cycles(conn, seq, &new_groups)?;
         }
-        // Outbox rows of the ancestors before the group's own (as a settle of the group
-        // queues its parents before it locks its own row, `outbox::settle_applied`).
-        if !members.is_empty() {
-            super::nested::enqueue_ancestors(conn, targets, &[seq], ctx)?;
-        }
         enqueue_all(
             conn,
             targets,
@@ -636,6 +636,11 @@ where
             "update",
             ctx,
         )?;
+        // Outbox rows: a group's before its ancestors' (child before parent, as a settle of
+        // the group locks its own row before its parents', `outbox::settle_applied`).
+        if !members.is_empty() {
+            super::nested::enqueue_ancestors(conn, targets, &[seq], ctx)?;
+        }
         audit(conn, ctx, ResourceType::Group, id, operation, version, None)?;
         Ok(StoredGroup {
             id: id.to_owned(),
@@ -774,18 +779,18 @@ fn live_member_seqs(
                 .copied()
                 .ok_or_else(|| unknown_member(&m.value))?;
             match m.kind {
-                Some(ResourceType::Group) if !group => Err(StoreError::Scim(
-                    ScimError::invalid_value(format!(
+                Some(ResourceType::Group) if !group => {
+                    Err(StoreError::Scim(ScimError::invalid_value(format!(
                         "member {} has type \"Group\" but is a User",
                         m.value
-                    )),
-                )),
-                Some(ResourceType::User) if group => Err(StoreError::Scim(
-                    ScimError::invalid_value(format!(
+                    ))))
+                }
+                Some(ResourceType::User) if group => {
+                    Err(StoreError::Scim(ScimError::invalid_value(format!(
                         "member {} has type \"User\" but is a Group",
                         m.value
-                    )),
-                )),
+                    ))))
+                }
                 _ => Ok((seq, group)),
             }
         })
@@ -870,7 +875,11 @@ fn insert_members(
     }
     let seqs: Vec<i64> = members.iter().map(|(s, _)| *s).collect();
     super::members::touched(conn, group_seq, &seqs)?;
-    Ok(members.iter().filter(|(_, g)| *g).map(|(s, _)| *s).collect())
+    Ok(members
+        .iter()
+        .filter(|(_, g)| *g)
+        .map(|(s, _)| *s)
+        .collect())
 }
 
 /// Delete membership rows, logged as changes (`store::members`).

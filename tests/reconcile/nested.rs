@@ -128,7 +128,11 @@ gidNumber = {{ constant = "5000" }}
 }
 
 async fn uids(env: &Env, group: &str) -> Vec<String> {
-    sorted(env.attr(&group_dn(group), "memberUid").await.unwrap_or_default())
+    sorted(
+        env.attr(&group_dn(group), "memberUid")
+            .await
+            .unwrap_or_default(),
+    )
 }
 
 #[tokio::test]
@@ -153,7 +157,11 @@ async fn member_uid_groups_flatten_nested_groups_and_follow_every_change_below()
         )
         .await;
         env.run().await;
-        assert_eq!(uids(&env, "fparent").await, ["fa", "fb", "fc"], "{backend:?}");
+        assert_eq!(
+            uids(&env, "fparent").await,
+            ["fa", "fb", "fc"],
+            "{backend:?}"
+        );
         assert_eq!(uids(&env, "ftop").await, ["fa", "fb", "fc"]);
 
         // A user reached two ways stays while one way is left.

@@ -82,7 +82,9 @@ async fn nested_members_render_as_groups_and_projections_see_them() {
 
     // Projections: members.value / members.type keep only those sub-attributes.
     let r = t
-        .get(&format!("/Groups/{parent}?attributes=members.value,members.type"))
+        .get(&format!(
+            "/Groups/{parent}?attributes=members.value,members.type"
+        ))
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     let mut got: Vec<(String, String)> = r.body["members"]
@@ -98,7 +100,10 @@ async fn nested_members_render_as_groups_and_projections_see_them() {
         })
         .collect();
     got.sort();
-    let mut want = vec![(child.clone(), "Group".to_owned()), (u.clone(), "User".to_owned())];
+    let mut want = vec![
+        (child.clone(), "Group".to_owned()),
+        (u.clone(), "User".to_owned()),
+    ];
     want.sort();
     assert_eq!(got, want);
     assert!(r.body.get("displayName").is_none());
@@ -169,11 +174,19 @@ async fn cycles_are_refused_on_patch_and_put_at_any_depth() {
         // Self.
         let r = add(&t, &a, &a).await;
         assert_scim_error(&r, 400, Some("invalidValue"));
-        assert!(r.body["detail"].as_str().unwrap().contains("itself"), "{}", r.body);
+        assert!(
+            r.body["detail"].as_str().unwrap().contains("itself"),
+            "{}",
+            r.body
+        );
         // Direct: b contains a, a must not contain b.
         let r = add(&t, &a, &b).await;
         assert_scim_error(&r, 400, Some("invalidValue"));
-        assert!(r.body["detail"].as_str().unwrap().contains("cycle"), "{}", r.body);
+        assert!(
+            r.body["detail"].as_str().unwrap().contains("cycle"),
+            "{}",
+            r.body
+        );
         // Three deep: c > b > a, a must not contain c (PATCH and PUT).
         let r = add(&t, &a, &c).await;
         assert_scim_error(&r, 400, Some("invalidValue"));
@@ -280,8 +293,10 @@ async fn two_concurrent_patches_closing_a_cycle_together_never_both_succeed_on_p
         let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
         let locker = std::thread::spawn(move || {
             let mut conn = diesel::PgConnection::establish(&url).unwrap();
-            conn.batch_execute("BEGIN; SELECT pg_advisory_xact_lock(hashtext('scim-sync/nesting'))")
-                .unwrap();
+            conn.batch_execute(
+                "BEGIN; SELECT pg_advisory_xact_lock(hashtext('scim-sync/nesting'))",
+            )
+            .unwrap();
             locked_tx.send(()).unwrap();
             release_rx.recv().unwrap();
             conn.batch_execute("COMMIT").unwrap();
@@ -301,7 +316,11 @@ async fn two_concurrent_patches_closing_a_cycle_together_never_both_succeed_on_p
         };
         locker.join().unwrap();
         let ok = [&r1, &r2].iter().filter(|r| r.status.is_success()).count();
-        assert_eq!(ok, 1, "round {round}: {} {} / {} {}", r1.status, r1.body, r2.status, r2.body);
+        assert_eq!(
+            ok, 1,
+            "round {round}: {} {} / {} {}",
+            r1.status, r1.body, r2.status, r2.body
+        );
         let refused = if r1.status.is_success() { &r2 } else { &r1 };
         assert_scim_error(refused, 400, Some("invalidValue"));
         assert!(

@@ -182,7 +182,11 @@ async fn nested_flatten(flavor: Flavor) {
         }
     };
     let child = group("kids", json!([{"value": a}])).await;
-    let _parent = group("all", json!([{"value": b}, {"value": child, "type": "Group"}])).await;
+    let _parent = group(
+        "all",
+        json!([{"value": b}, {"value": child, "type": "Group"}]),
+    )
+    .await;
     t.d().run_pending_reconciles().await;
     assert_eq!(legacy.members("kids"), ["na"]);
     assert_eq!(legacy.members("all"), ["na", "nb"], "{flavor:?}");
