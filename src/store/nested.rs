@@ -137,6 +137,21 @@ pub(crate) fn lock_nesting(conn: &mut DbConnection) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The shared side of the nesting lock (PostgreSQL; SQLite's write lock already serialises):
+/// taken by every transaction that reads a group's ancestors to queue them, before its first
+/// outbox upsert, so that an edge committed by a concurrent [`lock_nesting`] holder is either
+/// seen by the ancestor read (it committed first) or committed after this transaction (then
+/// the new ancestor, queued by that edge's own transaction, applies after this change). Shared
+/// holders do not wait for each other; a transaction holding the exclusive side is granted the
+/// shared side at once.
+pub(crate) fn lock_nesting_shared(conn: &mut DbConnection) -> Result<(), StoreError> {
+    use diesel::connection::SimpleConnection;
+    if let DbConnection::Pg(c) = conn {
+        c.batch_execute("SELECT pg_advisory_xact_lock_shared(hashtext('scim-sync/nesting'))")?;
+    }
+    Ok(())
+}
+
 /// Refuse (400 `invalidValue`) new edges `parent -> child` for `children` that would close a
 /// cycle. Call with [`lock_nesting`] held, after the edges were inserted or before: the
 /// walk reads committed edges of every earlier nesting transaction (PostgreSQL's READ
@@ -179,9 +194,12 @@ pub(crate) fn enqueue_ancestors(
     groups: &[i64],
     ctx: &AuditCtx,
 ) -> Result<(), StoreError> {
-    if targets.is_empty() {
+    if targets.is_empty() || groups.is_empty() {
         return Ok(());
     }
+    // Normally taken by the caller before its first outbox upsert already (then granted at
+    // once); see [`lock_nesting_shared`].
+    lock_nesting_shared(conn)?;
     let found = ancestors(conn, groups)?;
     for chunk in found.chunks(CHUNK) {
         let rows: Vec<(i64, String, i64, bool)> = resources::table

@@ -397,11 +397,15 @@ fn dependants_of_key_change(
                 .map(|(id, v)| (ResourceType::Group, id, v)),
         );
         // Nested groups: where they are flattened, the groups' ancestors hold the user's
-        // value too (they apply their whole flattened membership: queued, not marked).
+        // value too (they apply their whole flattened membership: queued, not marked). The
+        // shared nesting lock before the read (and before this settle's first outbox upsert).
         let direct: Vec<i64> = group_members::table
             .filter(group_members::member_seq.eq(seq))
             .select(group_members::group_seq)
             .load(conn)?;
+        if !direct.is_empty() {
+            super::nested::lock_nesting_shared(conn)?;
+        }
         let ancestors = super::nested::ancestors(conn, &direct)?;
         for chunk in ancestors.chunks(500) {
             let rows: Vec<(String, i64)> = resources::table

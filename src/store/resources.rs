@@ -386,6 +386,10 @@ fn enqueue_groups_of(
         .select(group_members::group_seq)
         .order(group_members::group_seq)
         .load(conn)?;
+    // Their ancestors are queued below: the shared nesting lock before any outbox upsert.
+    if !groups.is_empty() {
+        super::nested::lock_nesting_shared(conn)?;
+    }
     // The groups are not locked: this runs with the user locked, and the lock order is groups
     // before users (see `lock_groups_before_member`). An unlocked read of a group's version is
     // enough: the upsert never lowers a row's version, and the worker renders the group as
@@ -459,6 +463,10 @@ pub(crate) fn delete(
             .load(conn)?;
         diesel::delete(group_members::table.filter(group_members::member_seq.eq(seq)))
             .execute(conn)?;
+        if !groups.is_empty() {
+            // Their ancestors are read below: the shared nesting lock before any outbox upsert.
+            super::nested::lock_nesting_shared(conn)?;
+        }
         // Outbox rows (PostgreSQL lock order): a deleted group's own before its parents'
         // (child before parent); a deleted user's after its groups' (groups before users).
         if resource_type == ResourceType::Group {
@@ -626,6 +634,9 @@ where
             // "Nested groups"). A group created by POST has no parents: it closes no cycle.
             super::nested::lock_nesting(conn)?;
             super::nested::refuse_cycles(conn, seq, &new_groups)?;
+        } else if !members.is_empty() {
+            // The ancestors are read below: the shared side, before any outbox upsert.
+            super::nested::lock_nesting_shared(conn)?;
         }
         enqueue_all(
             conn,
