@@ -13,6 +13,7 @@ use std::time::Instant;
 mod fencing;
 mod instances;
 mod members;
+mod nested;
 mod races;
 
 const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1/postgres";
