@@ -56,7 +56,7 @@ async fn nested_a_change_below_reaches_every_ancestor_in_its_transaction() {
             .id;
         let mut flat = store.flattened_members(&q).await.unwrap();
         flat.sort();
-        assert_eq!(flat, [u.clone()], "{backend}");
+        assert_eq!(flat, std::slice::from_ref(&u), "{backend}");
         let groups = store.groups_of_user(&u).await.unwrap();
         let kinds: Vec<(String, bool)> =
             groups.iter().map(|g| (g.value.clone(), g.direct)).collect();
