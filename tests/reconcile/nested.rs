@@ -224,3 +224,59 @@ async fn a_target_that_refuses_nested_groups_fails_only_the_nesting_group() {
     );
     assert!(env.dead().await.is_empty());
 }
+
+/// The deferral, forced: the child group's row is held by "another worker" while its parent
+/// applies (the child has no entry yet: the parent gets only its user); once the child is
+/// created, its first settle queues the parent and marks the child in it, and the parent
+/// gets the child's DN (one more modify).
+#[tokio::test]
+async fn a_parent_applied_before_its_child_exists_gets_the_childs_dn_once_it_is_created() {
+    for backend in BACKENDS {
+        let env = Env::start_on(backend, GROUPS).await;
+        let a = user(&env, "da").await;
+        let b = user(&env, "db").await;
+        env.run().await;
+        let held;
+        {
+            let _paused = env.t.d().pause_reconcilers().await.unwrap();
+            let child = env.create_group("dchild", &[&a]).await;
+            let now = scim_sync::http::server::now_ms();
+            let claimed = env
+                .t
+                .d()
+                .store
+                .claim("corp", now, 600_000, 1)
+                .await
+                .unwrap();
+            assert_eq!(claimed.len(), 1, "{claimed:?}");
+            assert_eq!(claimed[0].resource_id, child);
+            held = claimed.into_iter().next().unwrap();
+            env.create_group("dparent", &[&b, &child]).await;
+        }
+        env.run().await;
+        assert!(!env.exists(&group_dn("dchild")).await);
+        assert_eq!(
+            lower(env.attr(&group_dn("dparent"), "member").await),
+            [user_dn("db").to_ascii_lowercase()],
+            "{backend:?}"
+        );
+        let now = scim_sync::http::server::now_ms();
+        env.t
+            .d()
+            .store
+            .settle_failed(&held, "given back", now, false, now)
+            .await
+            .unwrap();
+        env.run().await;
+        assert_eq!(
+            lower(env.attr(&group_dn("dparent"), "member").await),
+            sorted(vec![
+                group_dn("dchild").to_ascii_lowercase(),
+                user_dn("db").to_ascii_lowercase()
+            ]),
+            "{backend:?}"
+        );
+        let report = env.t.d().verify(None, |_, _| {}).await;
+        assert!(report.clean(), "{report:#?}");
+    }
+}
