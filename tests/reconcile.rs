@@ -5,6 +5,7 @@
 mod batches;
 mod claims;
 mod members;
+mod nested;
 
 use crate::harness::daemon::{Backend, TestDaemon, BACKENDS};
 use crate::harness::slapd::Slapd;

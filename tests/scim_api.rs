@@ -1142,3 +1142,4 @@ async fn a_token_records_its_last_use_at_most_once_a_minute() {
 }
 
 mod conformance;
+mod nested;

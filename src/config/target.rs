@@ -86,6 +86,22 @@ pub enum ForeignMembers {
     Remove,
 }
 
+/// What a target does with a group's nested groups (members that are groups): see
+/// `docs/mapping.md`, "Nested groups". The default depends on how members are written:
+/// `member` for DN-valued LDAP members (`member`, `uniqueMember`), `flatten` for `memberUid`
+/// groups and SQL join tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NestedGroups {
+    /// The child group's own entry is the member value (its DN): LDAP `member_value = "dn"`
+    /// only.
+    Member,
+    /// The child group's users (through any depth) are members, each once.
+    Flatten,
+    /// A group with a group among its members is not applied (a permanent failure naming it).
+    Refuse,
+}
+
 /// What a SCIM DELETE does to the entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -297,6 +313,10 @@ pub struct RawGroups {
     /// DN written as the only member when the group would be empty (groupOfNames requires one).
     #[serde(default)]
     pub placeholder_member: Option<String>,
+    /// Nested groups: `member` (default for `member_value = "dn"`), `flatten` (default for
+    /// `"uid"`) or `refuse`.
+    #[serde(default)]
+    pub nested: Option<NestedGroups>,
 }
 
 fn default_member_attribute() -> String {
@@ -561,6 +581,10 @@ pub struct RawSqlGroups {
     /// The membership join table (membership is not written when absent).
     #[serde(default)]
     pub membership: Option<RawSqlMembership>,
+    /// Nested groups in the join table: `flatten` (default) or `refuse` (`member` is an LDAP
+    /// choice).
+    #[serde(default)]
+    pub nested: Option<NestedGroups>,
 }
 
 /// `[targets.groups.membership]`: one row per (group, member).

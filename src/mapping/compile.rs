@@ -6,8 +6,8 @@ use super::dn::parse_dn;
 use super::path::Path;
 use super::schema::{Resource, Schemas};
 use crate::config::target::{
-    ForeignMembers, MemberValue, RawLdapTarget, RawRule, RawSqlColumn, RawSqlTarget, RawTarget,
-    RefBy,
+    ForeignMembers, MemberValue, NestedGroups, RawLdapTarget, RawRule, RawSqlColumn, RawSqlTarget,
+    RawTarget, RefBy,
 };
 use std::collections::BTreeSet;
 
@@ -170,6 +170,7 @@ pub struct CompiledTarget {
     pub(crate) member_value: MemberValue,
     pub(crate) foreign_members: ForeignMembers,
     pub(crate) members_fingerprint: String,
+    pub(crate) nested: NestedGroups,
 }
 
 impl CompiledTarget {
@@ -215,6 +216,13 @@ impl CompiledTarget {
             let text = format!("{:?} {:?} {:?}", g.dn, g.key_rule, g.rules).to_ascii_lowercase();
             text.contains("members")
         })
+    }
+
+    /// `groups.nested`: what this target does with a group's member groups (the default
+    /// already resolved for the member value form).
+    #[must_use]
+    pub fn nested_groups(&self) -> NestedGroups {
+        self.nested
     }
 
     /// `foreign_members`: what happens to member values of a managed group we did not write.
@@ -291,6 +299,18 @@ fn compile_ldap(
         .as_ref()
         .map(|g| g.member_value)
         .unwrap_or_default();
+    let nested = match (member_value, t.groups.as_ref().and_then(|g| g.nested)) {
+        (MemberValue::Dn, None) => NestedGroups::Member,
+        (MemberValue::Uid, None) => NestedGroups::Flatten,
+        (MemberValue::Uid, Some(NestedGroups::Member)) => {
+            errors.push(ConfigError::new(
+                format!("{base}.groups.nested"),
+                "\"member\" needs member_value = \"dn\" (a memberUid value cannot name a group); use \"flatten\" or \"refuse\"",
+            ));
+            NestedGroups::Flatten
+        }
+        (_, Some(n)) => n,
+    };
     match (users, groups) {
         (Some(users), groups) if errors.is_empty() => Ok(CompiledTarget {
             name: t.name.clone(),
@@ -300,6 +320,7 @@ fn compile_ldap(
             remove_inactive_from_groups,
             member_value,
             foreign_members: t.foreign_members,
+            nested,
             members_fingerprint: t.groups.as_ref().map_or_else(String::new, |g| {
                 format!(
                     "ldap/{}/{:?}",
@@ -449,11 +470,23 @@ fn compile_sql(
         .deactivate
         .as_ref()
         .is_some_and(|d| d.remove_from_groups);
+    let nested = match t.groups.as_ref().and_then(|g| g.nested) {
+        None | Some(NestedGroups::Flatten) => NestedGroups::Flatten,
+        Some(NestedGroups::Refuse) => NestedGroups::Refuse,
+        Some(NestedGroups::Member) => {
+            errors.push(ConfigError::new(
+                format!("{base}.groups.nested"),
+                "\"member\" is for LDAP member DNs; a SQL join table holds users: use \"flatten\" or \"refuse\"",
+            ));
+            NestedGroups::Flatten
+        }
+    };
     match (users, groups) {
         (Some(users), groups) if errors.is_empty() => Ok(CompiledTarget {
             name: t.name.clone(),
             users,
             groups: groups.flatten(),
+            nested,
             role_groups: Vec::new(),
             remove_inactive_from_groups,
             member_value: MemberValue::Dn,
@@ -708,6 +741,57 @@ object_classes = ["inetOrgPerson"]
     }
 
     #[test]
+    fn nested_defaults_follow_the_member_value_and_member_is_refused_where_no_dn_is_written() {
+        let ldap = |groups: &str| {
+            let text = format!(
+                "name = \"corp\"\ntype = \"ldap\"\nurl = \"ldap://127.0.0.1\"\n\
+                 [users]\ndn = \"uid={{userName}},dc=x\"\nobject_classes = [\"person\"]\n\
+                 [groups]\ndn = \"cn={{displayName}},dc=x\"\nobject_classes = [\"posixGroup\"]\n\
+                 {groups}\n"
+            );
+            let raw: RawTarget = toml::from_str(&text).unwrap();
+            CompiledTarget::compile(&raw, 2)
+                .map_err(|e| e.iter().map(ToString::to_string).collect::<Vec<_>>())
+        };
+        assert_eq!(ldap("").unwrap().nested_groups(), NestedGroups::Member);
+        assert_eq!(
+            ldap("member_value = \"uid\"").unwrap().nested_groups(),
+            NestedGroups::Flatten
+        );
+        assert_eq!(
+            ldap("nested = \"flatten\"").unwrap().nested_groups(),
+            NestedGroups::Flatten
+        );
+        assert_eq!(
+            ldap("member_value = \"uid\"\nnested = \"refuse\"")
+                .unwrap()
+                .nested_groups(),
+            NestedGroups::Refuse
+        );
+        let e = ldap("member_value = \"uid\"\nnested = \"member\"").unwrap_err();
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with("targets[2].groups.nested: \"member\" needs member_value"),
+            "{e:?}"
+        );
+        let text = "name = \"hr\"\ntype = \"sql\"\nurl = \"sqlite:///tmp/x.db\"\n\
+             [users]\ntable = \"users\"\nkey_column = \"login\"\nkey = \"userName\"\n\
+             [groups]\ntable = \"groups\"\nkey_column = \"name\"\nkey = \"displayName\"\n";
+        let sql = |extra: &str| {
+            let raw: RawTarget = toml::from_str(&format!("{text}{extra}")).unwrap();
+            CompiledTarget::compile(&raw, 0)
+                .map_err(|e| e.iter().map(ToString::to_string).collect::<Vec<_>>())
+        };
+        assert_eq!(sql("").unwrap().nested_groups(), NestedGroups::Flatten);
+        assert_eq!(
+            sql("nested = \"refuse\"").unwrap().nested_groups(),
+            NestedGroups::Refuse
+        );
+        let e = sql("nested = \"member\"").unwrap_err();
+        assert!(e[0].starts_with("targets[0].groups.nested: "), "{e:?}");
+    }
+
+    #[test]
     fn errors_name_the_key_and_are_all_reported() {
         let e = errors(
             r#"cn = { from = "userName", transform = ["lowr"] }
@@ -881,6 +965,7 @@ title = { from = "title", transform = ["trim", "upper"], default = "none" }"#,
             member_attribute: "member".into(),
             member_value: MemberValue::Dn,
             placeholder_member: None,
+            nested: None,
         });
         let e: Vec<String> = CompiledTarget::compile(&t, 0)
             .unwrap_err()

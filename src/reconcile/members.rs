@@ -5,6 +5,12 @@
 //! for), and the store's record of the member values we wrote (`foreign_members`). The
 //! design, with its crash windows, is in docs/ARCHITECTURE.md ("The outbox, precisely").
 //!
+//! Nested groups (`groups.nested`): under `member` a member group is a member like a user,
+//! its value the group's own key (DN) in this target, on both paths; under `flatten` a group
+//! with member groups (now, or among the changed members) applies its whole membership with
+//! every user reached through nesting as a member, each once; under `refuse` such a group is
+//! not applied (a permanent failure naming the target's setting).
+//!
 //! Order of writes for one apply: the values about to be written are recorded first
 //! (`Store::record_members`), then the target writes, then, fenced by the claim, the values
 //! it removed are forgotten and the dirty marks it read are cleared
@@ -13,8 +19,8 @@
 //! still there, so the next apply looks at the same members again.
 
 use super::{Reconciler, TargetRuntime};
-use crate::config::target::{ForeignMembers, MemberValue};
-use crate::scim::resource::render_group;
+use crate::config::target::{ForeignMembers, MemberValue, NestedGroups};
+use crate::scim::resource::{render_group, ResourceType};
 use crate::store::{MembersSettle, OutboxItem, StoreError, TargetState};
 use crate::targets::{Desired, Kind, MemberChanges, Prior, Target};
 use std::collections::{HashMap, HashSet};
@@ -115,12 +121,21 @@ pub(crate) async fn plan_group(
             ours: None,
         });
     };
+    let nested = t.map.nested_groups();
+    if changes.nested && nested == NestedGroups::Refuse {
+        return Err(ApplyError::Refused(format!(
+            "group {id} has a group among its members, and target {}'s groups.nested is \"refuse\"",
+            t.name
+        )));
+    }
+    let flatten = (changes.nested || changes.nested_changed) && nested == NestedGroups::Flatten;
     if delta
         && !dry_run
         && record_trusted
         && prior.key.is_some()
         && applied > 0
         && changes.trusted
+        && !flatten
         && !t.map.group_renders_members()
     {
         if let Some(plan) = plan_changes(rec, t, id, changes.clone()).await? {
@@ -259,7 +274,18 @@ async fn plan_whole(
         });
     }
     let members = store.group_members(id).await?;
-    let ids: Vec<String> = members.iter().map(|m| m.value.clone()).collect();
+    let has_groups = members.iter().any(|m| m.kind == Some(ResourceType::Group));
+    let ids: Vec<String> = match t.map.nested_groups() {
+        NestedGroups::Refuse if has_groups => {
+            return Err(ApplyError::Refused(format!(
+                "group {id} has a group among its members, and target {}'s groups.nested is \"refuse\"",
+                t.name
+            )));
+        }
+        // The users reached through nesting, each once (one snapshot of the closure).
+        NestedGroups::Flatten if has_groups => store.flattened_members(id).await?,
+        _ => members.iter().map(|m| m.value.clone()).collect(),
+    };
     let wanted = wanted_values(rec, t, &ids).await?;
     let mut keys = Vec::with_capacity(wanted.len());
     let mut want_pairs = Vec::with_capacity(wanted.len());

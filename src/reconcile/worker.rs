@@ -65,6 +65,10 @@ pub(crate) enum ApplyError {
     /// names both resources).
     #[error("{0}")]
     Conflict(String),
+    /// The target's configuration refuses what the resource asks for (permanent): a group
+    /// with nested groups where `groups.nested = "refuse"`.
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl ApplyError {
@@ -1167,9 +1171,10 @@ async fn finish(
         Err(e) => {
             let class = match &e {
                 ApplyError::Target(te) => te.class,
-                ApplyError::Map(_) | ApplyError::Store(_) | ApplyError::Conflict(_) => {
-                    ErrorClass::Permanent
-                }
+                ApplyError::Map(_)
+                | ApplyError::Store(_)
+                | ApplyError::Conflict(_)
+                | ApplyError::Refused(_) => ErrorClass::Permanent,
             };
             // A write that timed out on our side may still run in the server: the next
             // attempt waits at least the timeout, so it cannot be overtaken by it.

@@ -1051,6 +1051,7 @@ mod tests {
         MemberRef {
             value: value.into(),
             display: display.map(str::to_string),
+            kind: None,
         }
     }
 
@@ -1172,7 +1173,17 @@ mod tests {
             ),
             (
                 json!([{"op": "add", "value": {"members": [{"value": "u1", "type": "User"}]}}]),
-                vec![MemberOp::Add(vec![m("u1", None)])],
+                vec![MemberOp::Add(vec![MemberRef {
+                    kind: Some(crate::scim::resource::ResourceType::User),
+                    ..m("u1", None)
+                }])],
+            ),
+            (
+                json!([{"op": "add", "path": "members", "value": [{"value": "g1", "type": "Group"}]}]),
+                vec![MemberOp::Add(vec![MemberRef {
+                    kind: Some(crate::scim::resource::ResourceType::Group),
+                    ..m("g1", None)
+                }])],
             ),
             (
                 json!([{"op": "REMOVE", "path": "Members[VALUE EQ \"u1\"]"}]),
@@ -1193,7 +1204,7 @@ mod tests {
         }
         let bad: Vec<(Value, ScimType)> = vec![
             (
-                json!([{"op": "add", "path": "members", "value": [{"value": "g", "type": "Group"}]}]),
+                json!([{"op": "add", "path": "members", "value": [{"value": "g", "type": "Team"}]}]),
                 ScimType::InvalidValue,
             ),
             (

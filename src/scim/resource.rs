@@ -67,13 +67,17 @@ pub struct Meta {
     pub version: i64,
 }
 
-/// A group member (users only: nested groups are refused with 400 invalidValue).
+/// A group member: a user or (nested groups) a group.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemberRef {
     /// The member's SCIM `id`.
     pub value: String,
     /// `display` as the client sent it, if any (not authoritative).
     pub display: Option<String>,
+    /// What the member is: as the client said (`type`, optional: the store checks it against
+    /// the id, and decides by the id when absent), or as the store has it when rendered
+    /// (`None` renders as a user).
+    pub kind: Option<ResourceType>,
 }
 
 /// An entry of a user's derived `groups` attribute.
@@ -83,6 +87,9 @@ pub struct GroupRef {
     pub value: String,
     /// The group's `displayName`.
     pub display: String,
+    /// A member of this group itself (`type: "direct"`), or only through nested groups
+    /// (`"indirect"`, RFC 7643 §4.1.2).
+    pub direct: bool,
 }
 
 /// A validated user body from POST or PUT (or the result of a PATCH).
@@ -740,7 +747,8 @@ pub fn parse_group(body: Value, schemas: &SchemaSet) -> Result<GroupInput, ScimE
 }
 
 /// A member list: an array of `{"value", "display"?, "$ref"?, "type"?}` objects. Duplicate
-/// values collapse (first wins); `type: "Group"` is refused (no nested groups).
+/// values collapse (first wins); `type` is `"User"` or `"Group"` (nested groups), checked
+/// against the id by the store.
 ///
 /// # Errors
 /// 400 `invalidValue` for anything else.
@@ -778,19 +786,21 @@ fn parse_member(item: &Value) -> Result<MemberRef, ScimError> {
         Some(Value::String(s)) => Some(s.clone()),
         Some(_) => return Err(invalid("members.display", "a string")),
     };
-    match field("type") {
-        None | Some(Value::Null) => {}
-        Some(Value::String(t)) if t.eq_ignore_ascii_case("User") => {}
-        Some(Value::String(t)) if t.eq_ignore_ascii_case("Group") => {
-            return Err(ScimError::invalid_value("nested groups are not supported"))
-        }
-        Some(_) => return Err(invalid("members.type", "\"User\"")),
-    }
+    let kind = match field("type") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(t)) if t.eq_ignore_ascii_case("User") => Some(ResourceType::User),
+        Some(Value::String(t)) if t.eq_ignore_ascii_case("Group") => Some(ResourceType::Group),
+        Some(_) => return Err(invalid("members.type", "\"User\" or \"Group\"")),
+    };
     match field("$ref") {
         None | Some(Value::Null) | Some(Value::String(_)) => {}
         Some(_) => return Err(invalid("members.$ref", "a string")),
     }
-    Ok(MemberRef { value, display })
+    Ok(MemberRef {
+        value,
+        display,
+        kind,
+    })
 }
 
 /// `schemas` of a rendered resource: the core schema, then the URN of each extension object.
@@ -885,7 +895,7 @@ pub fn render_user(
                     "value": g.value,
                     "display": g.display,
                     "$ref": format!("{base}/Groups/{}", g.value),
-                    "type": "direct",
+                    "type": if g.direct { "direct" } else { "indirect" },
                 })
             })
             .collect();
@@ -937,11 +947,15 @@ pub fn render_group(
                 if let Some(d) = &m.display {
                     o.insert("display".into(), Value::String(d.clone()));
                 }
+                let (path, ty) = match m.kind {
+                    Some(ResourceType::Group) => ("Groups", "Group"),
+                    _ => ("Users", "User"),
+                };
                 o.insert(
                     "$ref".into(),
-                    Value::String(format!("{base}/Users/{}", m.value)),
+                    Value::String(format!("{base}/{path}/{}", m.value)),
                 );
-                o.insert("type".into(), Value::String("User".into()));
+                o.insert("type".into(), Value::String(ty.into()));
                 Value::Object(o)
             })
             .collect();
@@ -1186,18 +1200,26 @@ mod tests {
             json!({"displayName": "G", "members": [{"display": "x"}]}),
             json!({"displayName": "G", "members": [{"value": 5}]}),
             json!({"displayName": "G", "members": [{"value": ""}]}),
-            json!({"displayName": "G", "members": [{"value": "g", "type": "Group"}]}),
+            json!({"displayName": "G", "members": [{"value": "g", "type": "Team"}]}),
             json!({"displayName": "G", "members": [{"value": "g", "type": 1}]}),
         ] {
             let err = parse_group(body.clone(), &set()).unwrap_err();
             assert_eq!(err.status, 400, "{body}");
         }
-        let err = parse_group(
-            json!({"displayName": "G", "members": [{"value": "g", "type": "Group"}]}),
+    }
+
+    #[test]
+    fn a_member_may_be_a_group_and_says_so_or_not() {
+        let g = parse_group(
+            json!({"displayName": "G", "members": [{"value": "g", "type": "Group"}, {"value": "u", "type": "user"}, {"value": "x"}]}),
             &set(),
         )
-        .unwrap_err();
-        assert_eq!(err.detail, "nested groups are not supported");
+        .unwrap();
+        let kinds: Vec<_> = g.members.unwrap().into_iter().map(|m| m.kind).collect();
+        assert_eq!(
+            kinds,
+            vec![Some(ResourceType::Group), Some(ResourceType::User), None]
+        );
     }
 
     #[test]
@@ -1228,10 +1250,18 @@ mod tests {
             last_modified_ms: 1_795_383_754_123,
             version: 3,
         };
-        let groups = [GroupRef {
-            value: "g1".into(),
-            display: "G".into(),
-        }];
+        let groups = [
+            GroupRef {
+                value: "g1".into(),
+                display: "G".into(),
+                direct: true,
+            },
+            GroupRef {
+                value: "g2".into(),
+                display: "P".into(),
+                direct: false,
+            },
+        ];
         let r = render_user("id1", &u.data, &meta, Some(&groups), "https://h/scim/v2/");
         assert_eq!(r["schemas"], json!([USER_SCHEMA, ENTERPRISE_USER]));
         assert_eq!(r["id"], "id1");
@@ -1241,7 +1271,8 @@ mod tests {
         assert_eq!(r[ENTERPRISE_USER]["manager"], json!({"value": "m"}));
         assert_eq!(
             r["groups"],
-            json!([{"value": "g1", "display": "G", "$ref": "https://h/scim/v2/Groups/g1", "type": "direct"}])
+            json!([{"value": "g1", "display": "G", "$ref": "https://h/scim/v2/Groups/g1", "type": "direct"},
+                   {"value": "g2", "display": "P", "$ref": "https://h/scim/v2/Groups/g2", "type": "indirect"}])
         );
         assert_eq!(r["meta"]["location"], "https://h/scim/v2/Users/id1");
         assert_eq!(r["meta"]["version"], "W/\"3\"");
@@ -1267,10 +1298,17 @@ mod tests {
             MemberRef {
                 value: "u1".into(),
                 display: Some("a".into()),
+                kind: Some(ResourceType::User),
             },
             MemberRef {
                 value: "u2".into(),
                 display: None,
+                kind: None,
+            },
+            MemberRef {
+                value: "g2".into(),
+                display: Some("Child".into()),
+                kind: Some(ResourceType::Group),
             },
         ];
         let r = render_group("g1", &g.data, &meta, Some(&members), "https://h");
@@ -1279,7 +1317,8 @@ mod tests {
         assert_eq!(
             r["members"],
             json!([{"value": "u1", "display": "a", "$ref": "https://h/Users/u1", "type": "User"},
-                   {"value": "u2", "$ref": "https://h/Users/u2", "type": "User"}])
+                   {"value": "u2", "$ref": "https://h/Users/u2", "type": "User"},
+                   {"value": "g2", "display": "Child", "$ref": "https://h/Groups/g2", "type": "Group"}])
         );
         assert_eq!(r["meta"]["location"], "https://h/Groups/g1");
         assert!(render_group("g1", &g.data, &meta, None, "https://h")

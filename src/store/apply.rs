@@ -94,7 +94,12 @@ fn snapshot(
         ResourceType::User => {
             let user = row.map(ResourceRow::into_user).transpose()?;
             if let Some(u) = user.as_ref().filter(|u| !u.deleted) {
-                out.groups = resources::groups_of_user(conn, &u.id)?;
+                // The mapping sees the user's direct groups only: a change of nesting above
+                // them re-renders no user (docs/mapping.md, "Nested groups").
+                out.groups = resources::groups_of_user(conn, &u.id)?
+                    .into_iter()
+                    .filter(|g| g.direct)
+                    .collect();
             }
             out.user = user;
         }

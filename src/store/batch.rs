@@ -39,8 +39,8 @@ fn active_of(conn: &mut DbConnection, ids: &[String]) -> Result<HashMap<String, 
     read_tx(conn, |conn| {
         let mut out = HashMap::with_capacity(ids.len());
         for chunk in ids.chunks(CHUNK) {
+            // Groups too (nested groups): a group's row is always active.
             let rows: Vec<(String, bool)> = resources::table
-                .filter(resources::resource_type.eq(ResourceType::User.as_str()))
                 .filter(resources::deleted.eq(false))
                 .filter(resources::id.eq_any(chunk))
                 .select((resources::id, resources::active))
@@ -66,7 +66,8 @@ impl Store {
         self.run(move |conn| states_of(conn, &target, &ids)).await
     }
 
-    /// The `active` flag of the given live users, by id (unknown or deleted ids are absent).
+    /// The `active` flag of the given live users, by id (unknown or deleted ids are absent; a
+    /// live group, a nested member, is active).
     ///
     /// # Errors
     /// `Unavailable`.

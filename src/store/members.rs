@@ -164,6 +164,13 @@ pub struct MemberDelta {
     /// The dirty marks read, `(member id, mark)`, cleared by the settle (read whether trusted
     /// or not: a whole-membership apply after this read covers them too).
     pub dirty: Vec<(String, i64)>,
+    /// Nested groups: the group has a group among its members now (read whether trusted or
+    /// not). A target that flattens nested groups applies such a group's whole (flattened)
+    /// membership; one that refuses them does not apply it.
+    pub nested: bool,
+    /// Nested groups: a group is among the members that changed (trusted only): a
+    /// flattening target applies the whole membership then too (the users it brought).
+    pub nested_changed: bool,
 }
 
 fn delta(
@@ -209,21 +216,28 @@ fn delta(
             .filter(member_dirty::group_id.eq(group_id))
             .select((member_dirty::member_id, member_dirty::mark))
             .load(conn)?;
+        let nested = super::nested::has_child_groups(conn, seq)?;
         if !trusted {
             return Ok(Some(MemberDelta {
                 version,
                 trusted,
                 members: Vec::new(),
                 dirty,
+                nested,
+                nested_changed: false,
             }));
         }
-        let changed: Vec<(i64, String)> = member_changes::table
+        let changed: Vec<(i64, String, String)> = member_changes::table
             .inner_join(resources::table.on(resources::seq.eq(member_changes::member_seq)))
             .filter(member_changes::group_seq.eq(seq))
             .filter(member_changes::version.gt(applied))
-            .select((resources::seq, resources::id))
+            .select((resources::seq, resources::id, resources::resource_type))
             .load(conn)?;
-        let mut seqs: HashMap<String, i64> = changed.into_iter().map(|(s, id)| (id, s)).collect();
+        let nested_changed = changed
+            .iter()
+            .any(|(_, _, ty)| ty == ResourceType::Group.as_str());
+        let mut seqs: HashMap<String, i64> =
+            changed.into_iter().map(|(s, id, _)| (id, s)).collect();
         let unknown: Vec<&String> = dirty
             .iter()
             .map(|(id, _)| id)
@@ -262,6 +276,8 @@ fn delta(
             trusted,
             members,
             dirty,
+            nested,
+            nested_changed,
         }))
     })
 }
@@ -481,7 +497,41 @@ fn prune(conn: &mut DbConnection, group_id: &str, targets: &[String]) -> Result<
     })
 }
 
+/// The transitive user members of group `group_id` (see [`Store::flattened_members`]).
+fn flattened(conn: &mut DbConnection, group_id: &str) -> Result<Vec<String>, StoreError> {
+    if has_nul(group_id) {
+        return Ok(Vec::new());
+    }
+    read_tx(conn, |conn| {
+        let Some(seq) = resources::table
+            .filter(resources::id.eq(group_id))
+            .filter(resources::resource_type.eq(ResourceType::Group.as_str()))
+            .filter(resources::deleted.eq(false))
+            .select(resources::seq)
+            .first::<i64>(conn)
+            .optional()?
+        else {
+            return Ok(Vec::new());
+        };
+        Ok(super::nested::flattened_users(conn, seq)?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect())
+    })
+}
+
 impl Store {
+    /// Nested groups, flattened: the ids of the users that are members of group `group_id`
+    /// directly or through any depth of nested groups, each once, in one snapshot (empty for
+    /// a group that is gone or deleted).
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    pub async fn flattened_members(&self, group_id: &str) -> Result<Vec<String>, StoreError> {
+        let id = group_id.to_owned();
+        self.run(move |conn| flattened(conn, &id)).await
+    }
+
     /// What changed in group `group_id`'s membership since `target` applied version
     /// `applied` (see [`MemberDelta`]); `None` for a group that is gone or deleted.
     ///

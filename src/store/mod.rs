@@ -22,6 +22,7 @@ mod instances;
 mod keys;
 mod members;
 mod models;
+mod nested;
 mod outbox;
 mod references;
 mod resources;

@@ -119,6 +119,7 @@ pub(crate) struct NewMember {
     pub group_seq: i64,
     pub member_seq: i64,
     pub added_seq: i64,
+    pub member_is_group: bool,
 }
 
 /// One `outbox` row.

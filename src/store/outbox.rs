@@ -335,10 +335,37 @@ fn dependants_of_key_change(
             .first::<i64>(c)
             .optional()?;
     }
-    if item.resource_type != ResourceType::User {
-        return Ok(Vec::new());
-    }
     let stored = target_state(conn, &state.target, &state.resource_id)?;
+    if item.resource_type == ResourceType::Group {
+        // Nested groups: a group's parents hold its key (DN) as a member value; they render
+        // it anew when it appeared, changed or vanished (marked dirty in them below, like a
+        // user's groups). Its `uid` means nothing to them.
+        let stored_key = stored.as_ref().and_then(|s| s.target_key.as_deref());
+        let stored_version = stored.as_ref().map_or(i64::MIN, |s| s.applied_version);
+        if stored_key == state.target_key.as_deref() || state.applied_version < stored_version {
+            return Ok(Vec::new());
+        }
+        let seq: Option<i64> = resources::table
+            .filter(resources::id.eq(&item.resource_id))
+            .filter(resources::resource_type.eq(ResourceType::Group.as_str()))
+            .select(resources::seq)
+            .first(conn)
+            .optional()?;
+        let Some(seq) = seq else {
+            return Ok(Vec::new());
+        };
+        let parents: Vec<(String, i64)> = group_members::table
+            .inner_join(resources::table.on(resources::seq.eq(group_members::group_seq)))
+            .filter(group_members::member_seq.eq(seq))
+            .filter(resources::deleted.eq(false))
+            .order(group_members::group_seq)
+            .select((resources::id, resources::version))
+            .load(conn)?;
+        return Ok(parents
+            .into_iter()
+            .map(|(id, v)| (ResourceType::Group, id, v))
+            .collect());
+    }
     let (stored_version, stored_key) = match &stored {
         Some(s) => (s.applied_version, s.target_key.as_deref()),
         None => (i64::MIN, None),
@@ -373,6 +400,26 @@ fn dependants_of_key_change(
                 .into_iter()
                 .map(|(id, v)| (ResourceType::Group, id, v)),
         );
+        // Nested groups: where they are flattened, the groups' ancestors hold the user's
+        // value too (they apply their whole flattened membership: queued, not marked). The
+        // shared nesting lock before the read (and before this settle's first outbox upsert).
+        let direct: Vec<i64> = group_members::table
+            .filter(group_members::member_seq.eq(seq))
+            .select(group_members::group_seq)
+            .load(conn)?;
+        if !direct.is_empty() {
+            super::nested::lock_nesting_shared(conn)?;
+        }
+        let ancestors = super::nested::ancestors(conn, &direct)?;
+        for chunk in ancestors.chunks(500) {
+            let rows: Vec<(String, i64)> = resources::table
+                .filter(resources::seq.eq_any(chunk))
+                .filter(resources::deleted.eq(false))
+                .order(resources::seq)
+                .select((resources::id, resources::version))
+                .load(conn)?;
+            out.extend(rows.into_iter().map(|(id, v)| (ResourceType::Group, id, v)));
+        }
     }
     if !key_changed {
         return Ok(out);
@@ -410,7 +457,12 @@ pub(crate) fn settle_applied(
         let mut row = None;
         let mut own_locked = false;
         for (ty, id, version) in &dependants {
-            if !own_locked && *ty == ResourceType::User && id.as_str() > item.resource_id.as_str() {
+            // A group's own row before its parents' (child before parent, as a mutation of
+            // the group queues its own row before its ancestors'); a user's after its groups.
+            if !own_locked
+                && (item.resource_type == ResourceType::Group
+                    || (*ty == ResourceType::User && id.as_str() > item.resource_id.as_str()))
+            {
                 row = lock_outbox_row(conn, item.id)?;
                 own_locked = true;
             }

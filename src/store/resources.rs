@@ -134,22 +134,26 @@ fn lock_seq(conn: &mut DbConnection, seq: i64) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Lock order on PostgreSQL: a group before its member users, everywhere. A group PATCH locks
-/// the group and then (share) its members; deleting a user must lock the user's groups, so it
-/// locks them first, in ascending `seq`, and the user after (the other order deadlocked against
-/// a concurrent PATCH of one of the groups, 40P01 and a 503; test:
-/// `store::tests::races::deleting_a_user_and_patching_its_group_do_not_deadlock`). A
-/// membership added between the read of the groups and the user lock (it needs the user's
-/// share lock, so none can be added after) shows in the re-read: then the locks taken since
-/// the savepoint are given back and the round starts over.
-fn lock_groups_before_user(conn: &mut DbConnection, id: &str) -> Result<(), StoreError> {
+/// Lock order on PostgreSQL: a group before its members (users, and nested groups), everywhere.
+/// A group PATCH locks the group and then (share) its members; deleting a user or a group must
+/// lock the groups it is a member of, so it locks them first, in ascending `seq`, and itself
+/// after (the other order deadlocked against a concurrent PATCH of one of the groups, 40P01
+/// and a 503; test: `store::tests::races::deleting_a_user_and_patching_its_group_do_not_deadlock`).
+/// A membership added between the read of the groups and the member's lock (it needs the
+/// member's share lock, so none can be added after) shows in the re-read: then the locks taken
+/// since the savepoint are given back and the round starts over.
+fn lock_groups_before_member(
+    conn: &mut DbConnection,
+    resource_type: ResourceType,
+    id: &str,
+) -> Result<(), StoreError> {
     use diesel::connection::SimpleConnection;
     if !matches!(conn, DbConnection::Pg(_)) || has_nul(id) {
         return Ok(());
     }
-    let Some(user_seq) = resources::table
+    let Some(member_seq) = resources::table
         .filter(resources::id.eq(id))
-        .filter(resources::resource_type.eq(ResourceType::User.as_str()))
+        .filter(resources::resource_type.eq(resource_type.as_str()))
         .select(resources::seq)
         .first::<i64>(conn)
         .optional()?
@@ -158,7 +162,7 @@ fn lock_groups_before_user(conn: &mut DbConnection, id: &str) -> Result<(), Stor
     };
     let groups_of = |conn: &mut DbConnection| -> Result<Vec<i64>, StoreError> {
         Ok(group_members::table
-            .filter(group_members::member_seq.eq(user_seq))
+            .filter(group_members::member_seq.eq(member_seq))
             .select(group_members::group_seq)
             .order(group_members::group_seq)
             .load(conn)?)
@@ -169,7 +173,7 @@ fn lock_groups_before_user(conn: &mut DbConnection, id: &str) -> Result<(), Stor
         for &g in &groups {
             lock_seq(conn, g)?;
         }
-        lock_seq(conn, user_seq)?;
+        lock_seq(conn, member_seq)?;
         let now: HashSet<i64> = groups_of(conn)?.into_iter().collect();
         if now.iter().all(|g| groups.binary_search(g).is_ok()) {
             conn.batch_execute("RELEASE SAVEPOINT scim_lock_order")?;
@@ -382,12 +386,16 @@ fn enqueue_groups_of(
         .select(group_members::group_seq)
         .order(group_members::group_seq)
         .load(conn)?;
+    // Their ancestors are queued below: the shared nesting lock before any outbox upsert.
+    if !groups.is_empty() {
+        super::nested::lock_nesting_shared(conn)?;
+    }
     // The groups are not locked: this runs with the user locked, and the lock order is groups
-    // before users (see `lock_groups_before_user`). An unlocked read of a group's version is
+    // before users (see `lock_groups_before_member`). An unlocked read of a group's version is
     // enough: the upsert never lowers a row's version, and the worker renders the group as
     // stored when it applies (level-triggered), so a group changed or deleted meanwhile is
     // applied as it is then.
-    for group_seq in groups {
+    for &group_seq in &groups {
         let (group_id, group_version, group_deleted): (String, i64, bool) = resources::table
             .find(group_seq)
             .select((resources::id, resources::version, resources::deleted))
@@ -410,7 +418,9 @@ fn enqueue_groups_of(
             super::members::mark_dirty(conn, target, std::slice::from_ref(&group_id), user_id)?;
         }
     }
-    Ok(())
+    // Where nested groups are flattened, the user's groups' ancestors render it too (they
+    // apply their whole flattened membership, no dirty mark needed).
+    super::nested::enqueue_ancestors(conn, targets, &groups, ctx)
 }
 
 /// Tombstone a user or group; see [`super::Store::delete_user`] / [`super::Store::delete_group`].
@@ -423,9 +433,7 @@ pub(crate) fn delete(
     ctx: &AuditCtx,
 ) -> Result<(), StoreError> {
     write_tx_for(conn, ctx, |conn| {
-        if resource_type == ResourceType::User {
-            lock_groups_before_user(conn, id)?;
-        }
+        lock_groups_before_member(conn, resource_type, id)?;
         let row =
             get_for_update(conn, resource_type, id)?.ok_or_else(|| not_found(resource_type))?;
         if let Some(expected) = if_match {
@@ -446,63 +454,76 @@ pub(crate) fn delete(
             .execute(conn)?;
         diesel::delete(resource_emails::table.filter(resource_emails::resource_seq.eq(seq)))
             .execute(conn)?;
-        match resource_type {
-            ResourceType::User => {
-                // the user leaves every group in this transaction; each group is queued.
-                let groups: Vec<i64> = group_members::table
-                    .filter(group_members::member_seq.eq(seq))
-                    .select(group_members::group_seq)
-                    .order(group_members::group_seq)
-                    .load(conn)?;
-                diesel::delete(group_members::table.filter(group_members::member_seq.eq(seq)))
-                    .execute(conn)?;
-                let detail = format!("member {id} removed: user deleted");
-                for group_seq in groups {
-                    lock_seq(conn, group_seq)?;
-                    let (group_id, group_version, group_deleted): (String, i64, bool) =
-                        resources::table
-                            .find(group_seq)
-                            .select((resources::id, resources::version, resources::deleted))
-                            .first(conn)?;
-                    if group_deleted {
-                        continue;
-                    }
-                    let group_version = group_version + 1;
-                    diesel::update(resources::table.find(group_seq))
-                        .set((
-                            resources::version.eq(group_version),
-                            resources::modified_ms.eq(ctx.now_ms),
-                        ))
-                        .execute(conn)?;
-                    super::members::bumped(conn, group_seq, group_version)?;
-                    super::members::touched(conn, group_seq, &[seq])?;
-                    enqueue_all(
-                        conn,
-                        targets,
-                        ResourceType::Group,
-                        &group_id,
-                        group_version,
-                        "membership",
-                        ctx,
-                    )?;
-                    audit(
-                        conn,
-                        ctx,
-                        ResourceType::Group,
-                        &group_id,
-                        "membership",
-                        group_version,
-                        Some(&detail),
-                    )?;
-                }
-            }
-            ResourceType::Group => {
-                super::members::bumped(conn, seq, version)?;
-                diesel::delete(group_members::table.filter(group_members::group_seq.eq(seq)))
-                    .execute(conn)?;
-            }
+        // the user (or group: nested groups) leaves every group it is a member of in
+        // this transaction; each group is queued, and their ancestors (flattening targets).
+        let groups: Vec<i64> = group_members::table
+            .filter(group_members::member_seq.eq(seq))
+            .select(group_members::group_seq)
+            .order(group_members::group_seq)
+            .load(conn)?;
+        diesel::delete(group_members::table.filter(group_members::member_seq.eq(seq)))
+            .execute(conn)?;
+        if !groups.is_empty() {
+            // Their ancestors are read below: the shared nesting lock before any outbox upsert.
+            super::nested::lock_nesting_shared(conn)?;
         }
-        enqueue_all(conn, targets, resource_type, id, version, "delete", ctx)?;
+        // Outbox rows (PostgreSQL lock order): a deleted group's own before its parents'
+        // (child before parent); a deleted user's after its groups' (groups before users).
+        if resource_type == ResourceType::Group {
+            enqueue_all(conn, targets, resource_type, id, version, "delete", ctx)?;
+        }
+        let detail = format!(
+            "member {id} removed: {} deleted",
+            match resource_type {
+                ResourceType::User => "user",
+                ResourceType::Group => "group",
+            }
+        );
+        for &group_seq in &groups {
+            lock_seq(conn, group_seq)?;
+            let (group_id, group_version, group_deleted): (String, i64, bool) = resources::table
+                .find(group_seq)
+                .select((resources::id, resources::version, resources::deleted))
+                .first(conn)?;
+            if group_deleted {
+                continue;
+            }
+            let group_version = group_version + 1;
+            diesel::update(resources::table.find(group_seq))
+                .set((
+                    resources::version.eq(group_version),
+                    resources::modified_ms.eq(ctx.now_ms),
+                ))
+                .execute(conn)?;
+            super::members::bumped(conn, group_seq, group_version)?;
+            super::members::touched(conn, group_seq, &[seq])?;
+            enqueue_all(
+                conn,
+                targets,
+                ResourceType::Group,
+                &group_id,
+                group_version,
+                "membership",
+                ctx,
+            )?;
+            audit(
+                conn,
+                ctx,
+                ResourceType::Group,
+                &group_id,
+                "membership",
+                group_version,
+                Some(&detail),
+            )?;
+        }
+        super::nested::enqueue_ancestors(conn, targets, &groups, ctx)?;
+        if resource_type == ResourceType::Group {
+            super::members::bumped(conn, seq, version)?;
+            diesel::delete(group_members::table.filter(group_members::group_seq.eq(seq)))
+                .execute(conn)?;
+        } else {
+            enqueue_all(conn, targets, resource_type, id, version, "delete", ctx)?;
+        }
         audit(conn, ctx, resource_type, id, "delete", version, None)
     })
 }
@@ -546,6 +567,7 @@ pub(crate) fn create_group(
         let seq = seq_of(conn, &id)?;
         super::members::bumped(conn, seq, 1)?;
         if let Some(members) = &members {
+            // A new group has no parents yet: its member groups close no cycle.
             add_members(conn, seq, members)?;
         }
         enqueue_all(conn, targets, ResourceType::Group, &id, 1, "create", ctx)?;
@@ -602,8 +624,19 @@ where
             .execute(conn)
             .map_err(|e| map_unique(e, ResourceType::Group))?;
         super::members::bumped(conn, seq, version)?;
+        let mut new_groups = Vec::new();
         for op in &members {
-            apply_member_op(conn, seq, op)?;
+            new_groups.extend(apply_member_op(conn, seq, op)?);
+        }
+        if !new_groups.is_empty() {
+            // Nested groups: every transaction adding a group-in-group edge takes the nesting
+            // lock after its row locks, then walks the committed edges (ARCHITECTURE.md,
+            // "Nested groups"). A group created by POST has no parents: it closes no cycle.
+            super::nested::lock_nesting(conn)?;
+            super::nested::refuse_cycles(conn, seq, &new_groups)?;
+        } else if !members.is_empty() {
+            // The ancestors are read below: the shared side, before any outbox upsert.
+            super::nested::lock_nesting_shared(conn)?;
         }
         enqueue_all(
             conn,
@@ -614,6 +647,11 @@ where
             "update",
             ctx,
         )?;
+        // Outbox rows: a group's before its ancestors' (child before parent, as a settle of
+        // the group locks its own row before its parents', `outbox::settle_applied`).
+        if !members.is_empty() {
+            super::nested::enqueue_ancestors(conn, targets, &[seq], ctx)?;
+        }
         audit(conn, ctx, ResourceType::Group, id, operation, version, None)?;
         Ok(StoredGroup {
             id: id.to_owned(),
@@ -632,39 +670,49 @@ where
 
 /// One membership change as row inserts/deletes (RFC 7644 §3.5.2; R-29: the table of forms
 /// lives in `scim::patch`, this only executes it).
+/// Returns the groups it made members (nested groups: the caller checks them for cycles).
 fn apply_member_op(
     conn: &mut DbConnection,
     group_seq: i64,
     op: &MemberOp,
-) -> Result<(), StoreError> {
+) -> Result<Vec<i64>, StoreError> {
     match op {
         MemberOp::Add(members) => add_members(conn, group_seq, members),
         MemberOp::Remove(ids) => {
             let seqs: Vec<i64> = resolve_seqs(conn, ids)?.into_values().collect();
-            delete_members(conn, group_seq, &seqs)
+            delete_members(conn, group_seq, &seqs)?;
+            Ok(Vec::new())
         }
         MemberOp::RemoveMatching(filter) => {
-            let current: Vec<(i64, String, String)> = group_members::table
+            let current: Vec<(i64, String, String, bool)> = group_members::table
                 .inner_join(resources::table.on(resources::seq.eq(group_members::member_seq)))
                 .filter(group_members::group_seq.eq(group_seq))
-                .select((resources::seq, resources::id, resources::name))
+                .select((
+                    resources::seq,
+                    resources::id,
+                    resources::name,
+                    group_members::member_is_group,
+                ))
                 .load(conn)?;
             let matching: Vec<i64> = current
                 .into_iter()
-                .filter(|(_, id, name)| {
+                .filter(|(_, id, name, is_group)| {
                     let display = decode_text(name.clone());
-                    filter.matches(&json!({"value": id, "display": display, "type": "User"}))
+                    let ty = if *is_group { "Group" } else { "User" };
+                    filter.matches(&json!({"value": id, "display": display, "type": ty}))
                 })
-                .map(|(seq, _, _)| seq)
+                .map(|(seq, _, _, _)| seq)
                 .collect();
-            delete_members(conn, group_seq, &matching)
+            delete_members(conn, group_seq, &matching)?;
+            Ok(Vec::new())
         }
         MemberOp::RemoveAll => {
             let all: Vec<i64> = group_members::table
                 .filter(group_members::group_seq.eq(group_seq))
                 .select(group_members::member_seq)
                 .load(conn)?;
-            delete_members(conn, group_seq, &all)
+            delete_members(conn, group_seq, &all)?;
+            Ok(Vec::new())
         }
         MemberOp::Replace(members) => {
             let wanted = live_member_seqs(conn, members)?;
@@ -674,16 +722,16 @@ fn apply_member_op(
                 .load::<i64>(conn)?
                 .into_iter()
                 .collect();
-            let wanted_set: HashSet<i64> = wanted.iter().copied().collect();
+            let wanted_set: HashSet<i64> = wanted.iter().map(|(s, _)| *s).collect();
             let gone: Vec<i64> = current
                 .iter()
                 .filter(|s| !wanted_set.contains(s))
                 .copied()
                 .collect();
             delete_members(conn, group_seq, &gone)?;
-            let new: Vec<i64> = wanted
+            let new: Vec<(i64, bool)> = wanted
                 .into_iter()
-                .filter(|s| !current.contains(s))
+                .filter(|(s, _)| !current.contains(s))
                 .collect();
             insert_members(conn, group_seq, &new)
         }
@@ -694,43 +742,69 @@ fn apply_member_op(
 fn unknown_member(id: &str) -> StoreError {
     let ours = id.len() == 36 && id.chars().all(|c| c.is_ascii_hexdigit() || c == '-');
     let detail = if ours {
-        format!("member {id} is not an existing User")
+        format!("member {id} is not an existing User or Group")
     } else {
-        "a member value is not the id of an existing User".to_owned()
+        "a member value is not the id of an existing User or Group".to_owned()
     };
     StoreError::Scim(ScimError::invalid_value(detail))
 }
 
-/// The sequences of `members` (deduplicated, in request order); every one must be a live user
-/// . On PostgreSQL the user rows are share-locked so a concurrent delete cannot slip in.
+/// The sequences of `members` (deduplicated, in request order), each with whether it is a
+/// group; every one must be a live user or group, of the `type` the client gave if it
+/// gave one (400 `invalidValue` otherwise). On PostgreSQL the member rows are share-locked so a
+/// concurrent delete cannot slip in (and a concurrent membership change of a member group
+/// commits first: its ancestors, read after it, include this group).
 fn live_member_seqs(
     conn: &mut DbConnection,
     members: &[MemberRef],
-) -> Result<Vec<i64>, StoreError> {
+) -> Result<Vec<(i64, bool)>, StoreError> {
     let mut seen = HashSet::new();
-    let ids: Vec<String> = members
+    let wanted: Vec<&MemberRef> = members
         .iter()
         .filter(|m| seen.insert(m.value.as_str()))
-        .map(|m| m.value.clone())
         .collect();
-    let mut live: HashMap<String, i64> = HashMap::with_capacity(ids.len());
+    let ids: Vec<String> = wanted.iter().map(|m| m.value.clone()).collect();
+    let mut live: HashMap<String, (i64, bool)> = HashMap::with_capacity(ids.len());
     if let Some(bad) = ids.iter().find(|id| has_nul(id)) {
         return Err(unknown_member(bad));
     }
     for chunk in ids.chunks(ID_CHUNK) {
         let query = resources::table
-            .filter(resources::resource_type.eq(ResourceType::User.as_str()))
             .filter(resources::deleted.eq(false))
             .filter(resources::id.eq_any(chunk))
-            .select((resources::id, resources::seq));
-        let rows: Vec<(String, i64)> = match conn {
+            .select((resources::id, resources::seq, resources::resource_type));
+        let rows: Vec<(String, i64, String)> = match conn {
             DbConnection::Pg(c) => query.for_share().load(c)?,
             DbConnection::Sqlite(c) => query.load(c)?,
         };
-        live.extend(rows);
+        live.extend(rows.into_iter().map(|(id, seq, ty)| {
+            let group = ty == ResourceType::Group.as_str();
+            (id, (seq, group))
+        }));
     }
-    ids.iter()
-        .map(|id| live.get(id).copied().ok_or_else(|| unknown_member(id)))
+    wanted
+        .iter()
+        .map(|m| {
+            let (seq, group) = live
+                .get(&m.value)
+                .copied()
+                .ok_or_else(|| unknown_member(&m.value))?;
+            match m.kind {
+                Some(ResourceType::Group) if !group => {
+                    Err(StoreError::Scim(ScimError::invalid_value(format!(
+                        "member {} has type \"Group\" but is a User",
+                        m.value
+                    ))))
+                }
+                Some(ResourceType::User) if group => {
+                    Err(StoreError::Scim(ScimError::invalid_value(format!(
+                        "member {} has type \"User\" but is a Group",
+                        m.value
+                    ))))
+                }
+                _ => Ok((seq, group)),
+            }
+        })
         .collect()
 }
 
@@ -751,15 +825,17 @@ fn resolve_seqs(
     Ok(out)
 }
 
-/// Add members, skipping existing ones: reads and writes O(added) rows whatever the group size.
+/// Add members, skipping existing ones: reads and writes O(added) rows whatever the group
+/// size. Returns the groups it made members.
 fn add_members(
     conn: &mut DbConnection,
     group_seq: i64,
     members: &[MemberRef],
-) -> Result<(), StoreError> {
+) -> Result<Vec<i64>, StoreError> {
     let seqs = live_member_seqs(conn, members)?;
     let mut existing = HashSet::new();
-    for chunk in seqs.chunks(ID_CHUNK) {
+    let plain: Vec<i64> = seqs.iter().map(|(s, _)| *s).collect();
+    for chunk in plain.chunks(ID_CHUNK) {
         let rows: Vec<i64> = group_members::table
             .filter(group_members::group_seq.eq(group_seq))
             .filter(group_members::member_seq.eq_any(chunk))
@@ -767,33 +843,38 @@ fn add_members(
             .load(conn)?;
         existing.extend(rows);
     }
-    let new: Vec<i64> = seqs.into_iter().filter(|s| !existing.contains(s)).collect();
+    let new: Vec<(i64, bool)> = seqs
+        .into_iter()
+        .filter(|(s, _)| !existing.contains(s))
+        .collect();
     insert_members(conn, group_seq, &new)
 }
 
-/// Insert membership rows (none of them present yet), numbered after the group's last member.
+/// Insert membership rows (none of them present yet; `(member, is a group)`), numbered after
+/// the group's last member. Returns the groups among them.
 fn insert_members(
     conn: &mut DbConnection,
     group_seq: i64,
-    member_seqs: &[i64],
-) -> Result<(), StoreError> {
-    if member_seqs.is_empty() {
-        return Ok(());
+    members: &[(i64, bool)],
+) -> Result<Vec<i64>, StoreError> {
+    if members.is_empty() {
+        return Ok(Vec::new());
     }
     let last: Option<i64> = group_members::table
         .filter(group_members::group_seq.eq(group_seq))
         .select(diesel::dsl::max(group_members::added_seq))
         .first(conn)?;
     let mut next = last.unwrap_or(0);
-    for chunk in member_seqs.chunks(ID_CHUNK) {
+    for chunk in members.chunks(ID_CHUNK) {
         let rows: Vec<NewMember> = chunk
             .iter()
-            .map(|&member_seq| {
+            .map(|&(member_seq, member_is_group)| {
                 next += 1;
                 NewMember {
                     group_seq,
                     member_seq,
                     added_seq: next,
+                    member_is_group,
                 }
             })
             .collect();
@@ -803,7 +884,13 @@ fn insert_members(
             DbConnection::Sqlite(c) => insert.execute(c)?,
         };
     }
-    super::members::touched(conn, group_seq, member_seqs)
+    let seqs: Vec<i64> = members.iter().map(|(s, _)| *s).collect();
+    super::members::touched(conn, group_seq, &seqs)?;
+    Ok(members
+        .iter()
+        .filter(|(_, g)| *g)
+        .map(|(s, _)| *s)
+        .collect())
 }
 
 /// Delete membership rows, logged as changes (`store::members`).
@@ -846,17 +933,26 @@ pub(crate) fn group_members(
 }
 
 fn members_of_seq(conn: &mut DbConnection, group_seq: i64) -> Result<Vec<MemberRef>, StoreError> {
-    let rows: Vec<(String, String)> = group_members::table
+    let rows: Vec<(String, String, bool)> = group_members::table
         .inner_join(resources::table.on(resources::seq.eq(group_members::member_seq)))
         .filter(group_members::group_seq.eq(group_seq))
         .order(group_members::added_seq)
-        .select((resources::id, resources::name))
+        .select((
+            resources::id,
+            resources::name,
+            group_members::member_is_group,
+        ))
         .load(conn)?;
     Ok(rows
         .into_iter()
-        .map(|(value, display)| MemberRef {
+        .map(|(value, display, group)| MemberRef {
             value,
             display: Some(decode_text(display)),
+            kind: Some(if group {
+                ResourceType::Group
+            } else {
+                ResourceType::User
+            }),
         })
         .collect())
 }
@@ -883,21 +979,40 @@ pub(crate) fn groups_of_user(
     })
 }
 
+/// A user's groups: direct ones, then those it is in through nested groups only
+/// (`direct: false`), each part in group creation order.
 fn groups_of_seq(conn: &mut DbConnection, user_seq: i64) -> Result<Vec<GroupRef>, StoreError> {
-    let rows: Vec<(String, String)> = group_members::table
+    let rows: Vec<(i64, String, String)> = group_members::table
         .inner_join(resources::table.on(resources::seq.eq(group_members::group_seq)))
         .filter(group_members::member_seq.eq(user_seq))
         .filter(resources::deleted.eq(false))
         .order(resources::seq)
-        .select((resources::id, resources::name))
+        .select((resources::seq, resources::id, resources::name))
         .load(conn)?;
-    Ok(rows
+    let direct: Vec<i64> = rows.iter().map(|(s, _, _)| *s).collect();
+    let mut out: Vec<GroupRef> = rows
         .into_iter()
-        .map(|(value, display)| GroupRef {
+        .map(|(_, value, display)| GroupRef {
             value,
             display: decode_text(display),
+            direct: true,
         })
-        .collect())
+        .collect();
+    let indirect = super::nested::indirect_groups_of(conn, &direct)?;
+    for chunk in indirect.chunks(ID_CHUNK) {
+        let rows: Vec<(String, String)> = resources::table
+            .filter(resources::seq.eq_any(chunk))
+            .filter(resources::deleted.eq(false))
+            .order(resources::seq)
+            .select((resources::id, resources::name))
+            .load(conn)?;
+        out.extend(rows.into_iter().map(|(value, display)| GroupRef {
+            value,
+            display: decode_text(display),
+            direct: false,
+        }));
+    }
+    Ok(out)
 }
 
 /// A live user by `id`, `username` or `externalid` (`by` already lower-cased).

@@ -21,6 +21,7 @@ diesel::table! {
         group_seq -> BigInt,
         member_seq -> BigInt,
         added_seq -> BigInt,
+        member_is_group -> Bool,
     }
 }
 

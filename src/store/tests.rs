@@ -13,6 +13,7 @@ use std::time::Instant;
 mod fencing;
 mod instances;
 mod members;
+mod nested;
 mod races;
 
 const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1/postgres";
@@ -144,6 +145,7 @@ fn member(id: String) -> MemberRef {
     MemberRef {
         value: id,
         display: None,
+        kind: None,
     }
 }
 
@@ -805,7 +807,8 @@ async fn member_operations_follow_their_contract() {
             store.groups_of_user(&u[0]).await.unwrap(),
             [GroupRef {
                 value: g.id.clone(),
-                display: "team".into()
+                display: "team".into(),
+                direct: true,
             }]
         );
     })

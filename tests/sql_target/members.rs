@@ -157,3 +157,62 @@ async fn sqlite_foreign_membership_rows_are_kept_under_keep() {
 async fn sqlite_foreign_membership_rows_are_removed_under_remove() {
     foreign_rows(Flavor::Sqlite, "remove").await;
 }
+
+/// Nested groups (issue 11) into a SQL join table, flattened (the default): the parent's rows
+/// are the users reached through its child group, and follow a change of the child and its
+/// deletion; the child group's own key never becomes a member row.
+async fn nested_flatten(flavor: Flavor) {
+    let legacy = LegacyDb::new(flavor);
+    let t = TestDaemon::start_with(Backend::Sqlite, &config(&legacy, "keep")).await;
+    let a = user(&t, "na", 1).await;
+    let b = user(&t, "nb", 2).await;
+    let c = user(&t, "nc", 3).await;
+    let group = |name: &'static str, members: Value| {
+        let t = &t;
+        async move {
+            let r = t
+                .post(
+                    "/Groups",
+                    &json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"],
+                            "displayName": name, "members": members}),
+                )
+                .await;
+            assert_eq!(r.status.as_u16(), 201, "{}", r.body);
+            r.body["id"].as_str().unwrap().to_owned()
+        }
+    };
+    let child = group("kids", json!([{"value": a}])).await;
+    let _parent = group(
+        "all",
+        json!([{"value": b}, {"value": child, "type": "Group"}]),
+    )
+    .await;
+    t.d().run_pending_reconciles().await;
+    assert_eq!(legacy.members("kids"), ["na"]);
+    assert_eq!(legacy.members("all"), ["na", "nb"], "{flavor:?}");
+    patch(
+        &t,
+        &format!("/Groups/{child}"),
+        json!([{"op": "add", "path": "members", "value": [{"value": c}]}]),
+    )
+    .await;
+    t.d().run_pending_reconciles().await;
+    assert_eq!(legacy.members("all"), ["na", "nb", "nc"], "{flavor:?}");
+    let r = t.delete(&format!("/Groups/{child}")).await;
+    assert_eq!(r.status.as_u16(), 204, "{}", r.body);
+    t.d().run_pending_reconciles().await;
+    assert_eq!(legacy.members("all"), ["nb"], "{flavor:?}");
+    let report = t.d().verify(None, |_, _| {}).await;
+    assert!(report.clean(), "{report:#?}");
+    assert!(t.d().store.dead_letters(None).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn sqlite_nested_groups_flatten_into_the_join_table() {
+    nested_flatten(Flavor::Sqlite).await;
+}
+
+#[tokio::test]
+async fn postgres_nested_groups_flatten_into_the_join_table() {
+    nested_flatten(Flavor::Postgres).await;
+}

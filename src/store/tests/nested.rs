@@ -1,0 +1,135 @@
+//! Nested groups in the store (issue 11): a change below reaches every ancestor in its own
+//! transaction (queued at the ancestor's own version: its `members` did not change), a
+//! user's `active` flip and a group's deletion do too, the flattened membership is the users
+//! reached through any depth, and a user's groups say direct or indirect.
+
+use super::*;
+
+fn nested_member(id: &str) -> MemberRef {
+    MemberRef {
+        value: id.to_owned(),
+        display: None,
+        kind: Some(ResourceType::Group),
+    }
+}
+
+async fn clear_outbox(store: &Store) {
+    store
+        .run(|conn| Ok(diesel::delete(outbox::table).execute(conn)?))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nested_a_change_below_reaches_every_ancestor_in_its_transaction() {
+    on_both(|store, backend| async move {
+        let u = store
+            .create_user(user("u"), None, &ctx(1))
+            .await
+            .unwrap()
+            .id;
+        let v = store
+            .create_user(user("v"), None, &ctx(1))
+            .await
+            .unwrap()
+            .id;
+        let c = store
+            .create_group(group("c", Some(vec![u.clone()])), &ctx(1))
+            .await
+            .unwrap()
+            .id;
+        let p = store
+            .create_group(
+                GroupInput {
+                    members: Some(vec![nested_member(&c)]),
+                    ..group("p", None)
+                },
+                &ctx(1),
+            )
+            .await
+            .unwrap()
+            .id;
+        let q = store
+            .create_group(group("q", Some(vec![p.clone()])), &ctx(1))
+            .await
+            .unwrap()
+            .id;
+        let mut flat = store.flattened_members(&q).await.unwrap();
+        flat.sort();
+        assert_eq!(flat, std::slice::from_ref(&u), "{backend}");
+        let groups = store.groups_of_user(&u).await.unwrap();
+        let kinds: Vec<(String, bool)> =
+            groups.iter().map(|g| (g.value.clone(), g.direct)).collect();
+        assert_eq!(
+            kinds,
+            [(c.clone(), true), (p.clone(), false), (q.clone(), false)],
+            "{backend}"
+        );
+
+        // A member added two levels down: c bumped, p and q queued at their own version.
+        clear_outbox(&store).await;
+        store
+            .update_group(
+                &c,
+                "patch",
+                &ctx(2),
+                members_update(vec![MemberOp::Add(vec![member(v.clone())])]),
+            )
+            .await
+            .unwrap();
+        let rows = outbox_rows(&store).await;
+        assert!(rows.contains(&(c.clone(), 2, "update".into())), "{rows:?}");
+        assert!(rows.contains(&(p.clone(), 1, "nested".into())), "{rows:?}");
+        assert!(rows.contains(&(q.clone(), 1, "nested".into())), "{rows:?}");
+        assert_eq!(store.get_group(&q).await.unwrap().unwrap().meta.version, 1);
+        let mut flat = store.flattened_members(&q).await.unwrap();
+        flat.sort();
+        let mut want = vec![u.clone(), v.clone()];
+        want.sort();
+        assert_eq!(flat, want);
+
+        // A user's `active` flip: its group, and the group's ancestors.
+        clear_outbox(&store).await;
+        store
+            .update_user(&v, "patch", &ctx(3), |_| {
+                Ok(UserUpdate {
+                    input: UserInput {
+                        active: Some(false),
+                        ..user("v")
+                    },
+                    password_hash: None,
+                })
+            })
+            .await
+            .unwrap();
+        let rows = outbox_rows(&store).await;
+        for g in [&c, &p, &q] {
+            assert!(rows.iter().any(|(id, _, _)| id == g), "{g}: {rows:?}");
+        }
+
+        // The child deleted: it leaves p (bumped, its change logged), q is queued.
+        clear_outbox(&store).await;
+        store.delete_group(&c, None, &ctx(4)).await.unwrap();
+        assert!(member_ids(&store, &p).await.is_empty(), "{backend}");
+        assert_eq!(store.get_group(&p).await.unwrap().unwrap().meta.version, 2);
+        let rows = outbox_rows(&store).await;
+        assert!(rows.contains(&(c.clone(), 3, "delete".into())), "{rows:?}");
+        assert!(
+            rows.contains(&(p.clone(), 2, "membership".into())),
+            "{rows:?}"
+        );
+        assert!(rows.contains(&(q.clone(), 1, "nested".into())), "{rows:?}");
+        assert!(store.flattened_members(&q).await.unwrap().is_empty());
+        assert!(store
+            .history(&p)
+            .await
+            .unwrap()
+            .iter()
+            .any(|h| h.operation == "membership"));
+        // A delta of p names the deleted child as a change (no longer a member).
+        let d = store.member_delta(TARGET, &p, 1).await.unwrap().unwrap();
+        assert!(d.trusted && d.nested_changed && !d.nested, "{d:?}");
+        assert_eq!(d.members, [(c.clone(), false)]);
+    })
+    .await;
+}

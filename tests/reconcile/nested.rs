@@ -1,0 +1,282 @@
+//! Nested groups end to end into a real slapd (issue 11): under `member`/`uniqueMember` a
+//! nested group's member value is the child group's DN (the child provisioned first, a
+//! parent applied before it gets it once the child settles; a rename of the child follows;
+//! deleting the child removes it from its parents); `memberUid` groups flatten (the users
+//! reached through any depth, following every change of a child) or refuse, as
+//! `groups.nested` says.
+
+use super::*;
+
+fn lower(values: Option<Vec<String>>) -> Vec<String> {
+    sorted(
+        values
+            .unwrap_or_default()
+            .into_iter()
+            .map(|v| v.to_ascii_lowercase())
+            .collect(),
+    )
+}
+
+async fn user(env: &Env, name: &str) -> String {
+    env.create_user(&okta_user(name, "T")).await
+}
+
+#[tokio::test]
+async fn a_nested_group_is_its_parents_member_by_dn_and_leaves_it_when_deleted() {
+    for backend in BACKENDS {
+        let env = Env::start_on(backend, GROUPS).await;
+        let a = user(&env, "na").await;
+        let b = user(&env, "nb").await;
+        let child = env.create_group("child", &[&a]).await;
+        // The child is not applied yet when the parent is recorded: whichever applies first,
+        // the parent ends with the child's DN (the child's first settle queues its parents).
+        let parent = env.create_group("parent", &[&b, &child]).await;
+        let _top = env.create_group("top", &[&parent]).await;
+        env.run().await;
+        assert_eq!(
+            lower(env.attr(&group_dn("parent"), "member").await),
+            sorted(vec![
+                group_dn("child").to_ascii_lowercase(),
+                user_dn("nb").to_ascii_lowercase()
+            ]),
+            "{backend:?}"
+        );
+        assert_eq!(
+            lower(env.attr(&group_dn("top"), "member").await),
+            [group_dn("parent").to_ascii_lowercase()]
+        );
+        assert_eq!(
+            lower(env.attr(&group_dn("child"), "member").await),
+            [user_dn("na").to_ascii_lowercase()]
+        );
+
+        // The child renamed (a new DN): its parent's member value follows.
+        env.patch(
+            &format!("/Groups/{child}"),
+            json!([{"op": "replace", "path": "displayName", "value": "kids"}]),
+        )
+        .await;
+        env.run().await;
+        assert!(env.exists(&group_dn("kids")).await);
+        assert_eq!(
+            lower(env.attr(&group_dn("parent"), "member").await),
+            sorted(vec![
+                group_dn("kids").to_ascii_lowercase(),
+                user_dn("nb").to_ascii_lowercase()
+            ]),
+            "{backend:?}"
+        );
+
+        // The child deleted: gone from the directory and from its parent.
+        let r = env.t.delete(&format!("/Groups/{child}")).await;
+        assert_eq!(r.status.as_u16(), 204, "{}", r.body);
+        env.run().await;
+        assert!(!env.exists(&group_dn("kids")).await);
+        assert_eq!(
+            lower(env.attr(&group_dn("parent"), "member").await),
+            [user_dn("nb").to_ascii_lowercase()],
+            "{backend:?}"
+        );
+        let report = env.t.d().verify(None, |_, _| {}).await;
+        assert!(report.clean(), "{report:#?}");
+        assert!(env.dead().await.is_empty());
+    }
+}
+
+/// A `memberUid` target over slapd, with `groups_extra` in `[targets.groups]`.
+async fn posix(backend: Backend, groups_extra: &str) -> Env {
+    let slapd = Slapd::start().await;
+    let secrets = tempfile::tempdir().unwrap();
+    let pw = secrets.path().join("ldap.pw");
+    std::fs::write(&pw, format!("{}\n", slapd.password())).unwrap();
+    let toml = format!(
+        r#"
+[reconcile]
+workers = 2
+max_attempts = 1
+[[targets]]
+name = "corp"
+type = "ldap"
+url = "{url}"
+bind_dn = "{bind}"
+bind_password_file = "{pw}"
+[targets.users]
+dn = "uid={{userName}},{PEOPLE}"
+object_classes = ["top", "person", "organizationalPerson", "inetOrgPerson"]
+[targets.users.attributes]
+sn = "name.familyName"
+cn = "userName"
+[targets.groups]
+dn = "cn={{displayName}},{GROUPS}"
+object_classes = ["posixGroup"]
+member_attribute = "memberUid"
+member_value = "uid"
+{groups_extra}
+[targets.groups.attributes]
+gidNumber = {{ constant = "5000" }}
+"#,
+        url = slapd.uri(),
+        bind = slapd.bind_dn(),
+        pw = pw.display(),
+    );
+    let t = TestDaemon::start_with(backend, &toml).await;
+    Env {
+        t,
+        slapd,
+        _secrets: secrets,
+    }
+}
+
+async fn uids(env: &Env, group: &str) -> Vec<String> {
+    sorted(
+        env.attr(&group_dn(group), "memberUid")
+            .await
+            .unwrap_or_default(),
+    )
+}
+
+#[tokio::test]
+async fn member_uid_groups_flatten_nested_groups_and_follow_every_change_below() {
+    for backend in BACKENDS {
+        let env = posix(backend, "").await;
+        let a = user(&env, "fa").await;
+        let b = user(&env, "fb").await;
+        let c = user(&env, "fc").await;
+        let child = env.create_group("fchild", &[&a]).await;
+        let parent = env.create_group("fparent", &[&b, &child]).await;
+        let top = env.create_group("ftop", &[&parent]).await;
+        env.run().await;
+        assert_eq!(uids(&env, "fchild").await, ["fa"]);
+        assert_eq!(uids(&env, "fparent").await, ["fa", "fb"], "{backend:?}");
+        assert_eq!(uids(&env, "ftop").await, ["fa", "fb"]);
+
+        // A change two levels down reaches every ancestor.
+        env.patch(
+            &format!("/Groups/{child}"),
+            json!([{"op": "add", "path": "members", "value": [{"value": c}]}]),
+        )
+        .await;
+        env.run().await;
+        assert_eq!(
+            uids(&env, "fparent").await,
+            ["fa", "fb", "fc"],
+            "{backend:?}"
+        );
+        assert_eq!(uids(&env, "ftop").await, ["fa", "fb", "fc"]);
+
+        // A user reached two ways stays while one way is left.
+        env.patch(
+            &format!("/Groups/{top}"),
+            json!([{"op": "add", "path": "members", "value": [{"value": a}]}]),
+        )
+        .await;
+        env.patch(
+            &format!("/Groups/{child}"),
+            json!([{"op": "remove", "path": format!("members[value eq \"{a}\"]")}]),
+        )
+        .await;
+        env.run().await;
+        assert_eq!(uids(&env, "fchild").await, ["fc"]);
+        assert_eq!(uids(&env, "fparent").await, ["fb", "fc"], "{backend:?}");
+        assert_eq!(uids(&env, "ftop").await, ["fa", "fb", "fc"]);
+
+        // The child deleted: its users leave every ancestor (a stays in top, directly).
+        let r = env.t.delete(&format!("/Groups/{child}")).await;
+        assert_eq!(r.status.as_u16(), 204, "{}", r.body);
+        env.run().await;
+        assert_eq!(uids(&env, "fparent").await, ["fb"], "{backend:?}");
+        assert_eq!(uids(&env, "ftop").await, ["fa", "fb"]);
+        let report = env.t.d().verify(None, |_, _| {}).await;
+        assert!(report.clean(), "{report:#?}");
+        assert!(env.dead().await.is_empty());
+    }
+}
+
+#[tokio::test]
+async fn a_target_that_refuses_nested_groups_fails_only_the_nesting_group() {
+    let env = posix(Backend::Sqlite, "nested = \"refuse\"").await;
+    let a = user(&env, "ra").await;
+    let child = env.create_group("rchild", &[&a]).await;
+    let parent = env.create_group("rparent", &[&child]).await;
+    env.run().await;
+    assert_eq!(uids(&env, "rchild").await, ["ra"]);
+    assert!(!env.exists(&group_dn("rparent")).await);
+    let dead = env.dead().await;
+    assert_eq!(dead.len(), 1, "{dead:#?}");
+    assert_eq!(dead[0].resource_id, parent);
+    let text = dead[0].last_error.clone().unwrap_or_default();
+    assert!(
+        text.contains("groups.nested") && text.contains("refuse"),
+        "{text}"
+    );
+    // Once the child is no longer a member, the group applies.
+    env.patch(
+        &format!("/Groups/{parent}"),
+        json!([{"op": "remove", "path": "members"}]),
+    )
+    .await;
+    env.run().await;
+    assert!(
+        env.exists(&group_dn("rparent")).await,
+        "{:#?} {:#?}",
+        env.dead().await,
+        env.status().await
+    );
+    assert!(env.dead().await.is_empty());
+}
+
+/// The deferral, forced: the child group's row is held by "another worker" while its parent
+/// applies (the child has no entry yet: the parent gets only its user); once the child is
+/// created, its first settle queues the parent and marks the child in it, and the parent
+/// gets the child's DN (one more modify).
+#[tokio::test]
+async fn a_parent_applied_before_its_child_exists_gets_the_childs_dn_once_it_is_created() {
+    for backend in BACKENDS {
+        let env = Env::start_on(backend, GROUPS).await;
+        let a = user(&env, "da").await;
+        let b = user(&env, "db").await;
+        env.run().await;
+        let held;
+        {
+            let _paused = env.t.d().pause_reconcilers().await.unwrap();
+            let child = env.create_group("dchild", &[&a]).await;
+            let now = scim_sync::http::server::now_ms();
+            let claimed = env
+                .t
+                .d()
+                .store
+                .claim("corp", now, 600_000, 1)
+                .await
+                .unwrap();
+            assert_eq!(claimed.len(), 1, "{claimed:?}");
+            assert_eq!(claimed[0].resource_id, child);
+            held = claimed.into_iter().next().unwrap();
+            env.create_group("dparent", &[&b, &child]).await;
+        }
+        env.run().await;
+        assert!(!env.exists(&group_dn("dchild")).await);
+        assert_eq!(
+            lower(env.attr(&group_dn("dparent"), "member").await),
+            [user_dn("db").to_ascii_lowercase()],
+            "{backend:?}"
+        );
+        let now = scim_sync::http::server::now_ms();
+        env.t
+            .d()
+            .store
+            .settle_failed(&held, "given back", now, false, now)
+            .await
+            .unwrap();
+        env.run().await;
+        assert_eq!(
+            lower(env.attr(&group_dn("dparent"), "member").await),
+            sorted(vec![
+                group_dn("dchild").to_ascii_lowercase(),
+                user_dn("db").to_ascii_lowercase()
+            ]),
+            "{backend:?}"
+        );
+        let report = env.t.d().verify(None, |_, _| {}).await;
+        assert!(report.clean(), "{report:#?}");
+    }
+}
