@@ -492,7 +492,25 @@ where
 
 /// An Okta create (Okta sends `groups: []` and a password; this load carries none, see
 /// docs/benchmarks.md).
+/// `BENCH_PASSWORDS` (scripts/bench turns password sync on in the daemon's config): each
+/// create carries a password, as Okta's "Sync Password" or its random password on create.
+static PASSWORDS: std::sync::LazyLock<Option<String>> = std::sync::LazyLock::new(|| {
+    std::env::var("BENCH_PASSWORDS")
+        .ok()
+        .filter(|v| !v.is_empty())
+});
+
 fn user_body(name: &str, i: usize) -> Value {
+    let mut body = user_body_without_password(name, i);
+    if PASSWORDS.is_some() {
+        if let Some(o) = body.as_object_mut() {
+            o.insert("password".into(), json!(format!("Bench-{i}-pw!x")));
+        }
+    }
+    body
+}
+
+fn user_body_without_password(name: &str, i: usize) -> Value {
     json!({
         "schemas": [USER, ENTERPRISE, IRONCLAD],
         "userName": name,
@@ -817,9 +835,12 @@ async fn run(env: &Env, s: &Sizes, t: &mut Table) -> R<()> {
     t.info(
         "machine",
         format!(
-            "{cores} cores, load average {} at start{}",
+            "{cores} cores, load average {} at start{}{}",
             loadavg(),
-            if s.quick { " (BENCH_QUICK)" } else { "" }
+            if s.quick { " (BENCH_QUICK)" } else { "" },
+            PASSWORDS.as_ref().map_or(String::new(), |p| format!(
+                "; password sync on ({p}): every create carries a password"
+            ))
         ),
     );
     let scim = Scim {
@@ -1307,6 +1328,34 @@ async fn run(env: &Env, s: &Sizes, t: &mut Table) -> R<()> {
         dead == 0 && pending == 0,
     );
     claim_overhead(&admin, env, t).await?;
+
+    // 7. Full drift repair of everything stored, as an operator runs it beside the daemon
+    // (`scim-sync reconcile --full`: paged reads of the directory, every resource compared).
+    if let (Ok(bin), Ok(config)) = (
+        std::env::var("BENCH_DAEMON_BIN"),
+        std::env::var("BENCH_CONFIG"),
+    ) {
+        let start = Instant::now();
+        let out = tokio::process::Command::new(&bin)
+            .args(["reconcile", "--full", "--config", &config])
+            .output()
+            .await
+            .ctx(|| format!("run {bin} reconcile --full"))?;
+        let took = start.elapsed();
+        if !out.status.success() {
+            return Err(format!(
+                "reconcile --full failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        t.check(
+            format!("full drift repair (reconcile --full) of {applied} applied resources"),
+            format!("{:.1} s", took.as_secs_f64()),
+            "< 60 s (at 100,000 users, 1,000 groups)",
+            took < Duration::from_secs(60),
+        );
+    }
     t.info("machine", format!("load average {} at the end", loadavg()));
     Ok(())
 }
