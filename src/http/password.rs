@@ -3,7 +3,7 @@
 //! default). The clear text never reaches the store, the outbox or a log.
 
 use crate::scim::resource::Password;
-use argon2::password_hash::{PasswordHasher, SaltString};
+use argon2::password_hash::SaltString;
 use base64::Engine;
 use rand::RngCore;
 use sha2::{Digest, Sha512};
@@ -119,12 +119,49 @@ fn ssha512(clear: &str) -> String {
     )
 }
 
+/// Argon2's working memory, kept for the next hash: one buffer per hashing slot at most (19 MiB
+/// each with the default parameters). A fresh buffer per hash left the allocator holding
+/// freed ones in every blocking thread's arena: 371 MiB of RSS after 500 creates with
+/// passwords on 2 cores (`BENCH_QUICK=1 BENCH_PASSWORDS=argon2 scripts/bench`).
+static BUFFERS: std::sync::Mutex<Vec<Vec<argon2::Block>>> = std::sync::Mutex::new(Vec::new());
+
 fn argon2_hash(clear: &str) -> Option<String> {
+    use argon2::password_hash::{Output, ParamsString, PasswordHash};
+    let argon = argon2::Argon2::default();
+    let params = argon.params().clone();
     let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
-    argon2::Argon2::default()
-        .hash_password(clear.as_bytes(), &salt)
-        .ok()
-        .map(|h| format!("{{ARGON2}}{h}"))
+    let mut salt_buf = [0u8; 64];
+    let salt_bytes = salt.as_salt().decode_b64(&mut salt_buf).ok()?;
+    let len = params
+        .output_len()
+        .unwrap_or(argon2::Params::DEFAULT_OUTPUT_LEN);
+    let mut blocks = BUFFERS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .pop()
+        .filter(|b| b.len() == params.block_count())
+        .unwrap_or_else(|| vec![argon2::Block::default(); params.block_count()]);
+    let output = Output::init_with(len, |out| {
+        argon
+            .hash_password_into_with_memory(clear.as_bytes(), salt_bytes, out, &mut blocks)
+            .map_err(Into::into)
+    });
+    {
+        let mut pool = BUFFERS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if pool.len() < hash_slots() {
+            pool.push(blocks);
+        }
+    }
+    let hash = PasswordHash {
+        algorithm: argon2::Algorithm::Argon2id.ident(),
+        version: Some(argon2::Version::V0x13.into()),
+        params: ParamsString::try_from(&params).ok()?,
+        salt: Some(salt.as_salt()),
+        hash: Some(output.ok()?),
+    };
+    Some(format!("{{ARGON2}}{hash}"))
 }
 
 #[cfg(test)]
@@ -174,10 +211,23 @@ mod tests {
     fn off_drops_and_argon2_hashes() {
         let pw = Password("x".into());
         assert_eq!(PasswordSync::Off.hash(Some(&pw)), None);
-        assert!(PasswordSync::Argon2
-            .hash(Some(&pw))
-            .unwrap()
-            .starts_with("{ARGON2}$argon2id$"));
+        let h = PasswordSync::Argon2.hash(Some(&pw)).unwrap();
+        assert!(
+            h.starts_with("{ARGON2}$argon2id$v=19$m=19456,t=2,p=1$"),
+            "{h}"
+        );
+        // The reused working memory gives hashes that verify, each with its own salt.
+        use argon2::password_hash::{PasswordHash, PasswordVerifier};
+        for _ in 0..2 {
+            let h = PasswordSync::Argon2.hash(Some(&pw)).unwrap();
+            let parsed = PasswordHash::new(h.strip_prefix("{ARGON2}").unwrap()).unwrap();
+            assert!(argon2::Argon2::default()
+                .verify_password(b"x", &parsed)
+                .is_ok());
+            assert!(argon2::Argon2::default()
+                .verify_password(b"y", &parsed)
+                .is_err());
+        }
         assert_eq!(PasswordSync::Ssha512.hash(None), None);
     }
 }
