@@ -10,9 +10,14 @@
 //! and the settle records the key and bookkeeping even at an equal version (a DN template
 //! change moves entries without a new SCIM version; a settle that kept the old key rewrote
 //! groups with the old DNs and reported the same users on every run). A resource a worker
-//! holds is skipped: the worker applies its current state. A dry run claims nothing.
+//! holds is skipped: the worker applies its current state. A dry run claims nothing, and
+//! neither does a chunk while this instance's fence leaves no room for a write (its heartbeat
+//! is late: `worker::fence_allows_claims`, checked once per chunk; the chunk is reported not
+//! repaired).
 
-use super::worker::{apply, apply_many, process_batch, Applied, ApplyError, Job, Processed};
+use super::worker::{
+    apply, apply_many, fence_allows_claims, process_batch, Applied, ApplyError, Job, Processed,
+};
 use super::{Reconciler, TargetRuntime};
 use crate::clock::now_ms;
 use crate::scim::resource::ResourceType;
@@ -158,6 +163,15 @@ pub(crate) async fn reconcile_full<F: Fn(u64, u64)>(
                 out.push(Some(r.map_err(|e| e.text())));
             }
             out
+        } else if !fence_allows_claims(rec, &t) {
+            // This instance's fence leaves no room for a write (its heartbeat is late, or it
+            // was taken over): its claims would take the rows (and a dead instance's) from
+            // the instances that can write, for nothing (second reader's finding 4). Checked
+            // once per chunk, as a worker checks before each claim.
+            let text = "not repaired: this instance's fence does not allow claims (its \
+                        heartbeat is late or it was taken over); the next run repairs it"
+                .to_owned();
+            ids.iter().map(|_| Some(Err(text.clone()))).collect()
         } else {
             let claimed_ms = now_ms();
             // Per resource: its claim, or `None` when a worker holds the row (it applies the

@@ -841,9 +841,17 @@ pub(crate) async fn process_batch(
     let lease = lease_ms(rec);
     let fence = store.fence();
 
+    // The local lease ends a margin before the one the store recorded (and the others
+    // compare): the offset to the database's clock is measured with an error
+    // (`store::LEASE_MARGIN_MS`), as the instance fence ends a margin before its bound.
+    let local_end = |from_ms: i64| {
+        from_ms
+            .saturating_add(lease)
+            .saturating_sub(crate::store::LEASE_MARGIN_MS)
+    };
     let untils: Vec<Arc<AtomicI64>> = items
         .iter()
-        .map(|_| Arc::new(AtomicI64::new(claimed_ms.saturating_add(lease))))
+        .map(|_| Arc::new(AtomicI64::new(local_end(claimed_ms))))
         .collect();
     // Rows settled (or given back): the heartbeat leaves them alone.
     let finished: std::sync::Mutex<HashSet<usize>> = std::sync::Mutex::new(HashSet::new());
@@ -881,7 +889,7 @@ pub(crate) async fn process_batch(
                     continue;
                 };
                 match result {
-                    Ok(true) => until.store(now.saturating_add(lease), Ordering::SeqCst),
+                    Ok(true) => until.store(local_end(now), Ordering::SeqCst),
                     Ok(false) => {
                         let settled = finished
                             .lock()
@@ -1405,8 +1413,8 @@ async fn fill_key_norms(rec: &Reconciler, t: &TargetRuntime) -> bool {
 /// nothing under new claims, and claiming would only take the rows from the instances that
 /// can, every poll, for nothing. It claims again once a heartbeat moved the fence (issue 10,
 /// second reader; test `faults::multi::an_instance_whose_heartbeat_is_late_claims_nothing`).
-/// Unregistered (SQLite, the CLI): always.
-fn fence_allows_claims(rec: &Reconciler, t: &TargetRuntime) -> bool {
+/// Drift repair checks it once per chunk (`drift`). Unregistered (SQLite, the CLI): always.
+pub(crate) fn fence_allows_claims(rec: &Reconciler, t: &TargetRuntime) -> bool {
     let fence = rec.inner.store.fence();
     if fence.incarnation.load(Ordering::SeqCst) < 0 {
         return false;

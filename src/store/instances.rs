@@ -7,7 +7,7 @@ use super::dbclock::{self, db_ms};
 use super::schema::{instances, outbox, periodic_jobs};
 use super::{write_tx, DbConnection, Store, StoreError};
 use diesel::prelude::*;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// What an instance registers.
@@ -64,9 +64,11 @@ impl Default for Fence {
     }
 }
 
-/// `now_ms` is database time ([`dbclock`]).
 /// Where a heartbeat started at `now_ms` (local) puts the fence: the takeover bound less
-/// [`dbclock::FENCE_MARGIN_MS`] (the clock offsets left uncorrected).
+/// [`dbclock::FENCE_MARGIN_MS`]. The heartbeat the peers compare is written no earlier than
+/// the database's clock after that reading, and they decide staleness against the database's
+/// clock ([`dbclock`]), so the margin only has to cover the clocks' rates (and the local
+/// lease ends use the same margin for the measurement's error).
 fn fence_end(now_ms: i64, takeover_ms: i64) -> i64 {
     now_ms
         .saturating_add(takeover_ms)
@@ -87,7 +89,7 @@ fn register(
                 instances::version.eq(&reg.version),
                 instances::fingerprint.eq(&reg.fingerprint),
                 instances::started_ms.eq(now_ms),
-                instances::heartbeat_ms.eq(now_ms),
+                instances::heartbeat_ms.eq(dbclock::no_earlier_than(conn, now_ms)),
                 instances::takeover_ms.eq(reg.takeover_ms),
                 instances::incarnation.eq(instances::incarnation + 1),
             ))
@@ -100,7 +102,7 @@ fn register(
                     instances::version.eq(&reg.version),
                     instances::fingerprint.eq(&reg.fingerprint),
                     instances::started_ms.eq(now_ms),
-                    instances::heartbeat_ms.eq(now_ms),
+                    instances::heartbeat_ms.eq(dbclock::no_earlier_than(conn, now_ms)),
                     instances::takeover_ms.eq(reg.takeover_ms),
                     instances::incarnation.eq(1i64),
                 ))
@@ -133,7 +135,9 @@ fn heartbeat(
                 .filter(instances::incarnation.eq(incarnation)),
         )
         .set((
-            instances::heartbeat_ms.eq(now_ms),
+            // No earlier than the database's clock: after the reading the fence starts from
+            // (`dbclock`), so the peers' bound is never before the fence's end.
+            instances::heartbeat_ms.eq(dbclock::no_earlier_than(conn, now_ms)),
             instances::fingerprint.eq(&reg.fingerprint),
             instances::takeover_ms.eq(reg.takeover_ms),
         ))
@@ -147,16 +151,21 @@ fn heartbeat(
 /// incarnation is bumped under the row's lock (PostgreSQL re-checks the heartbeat after
 /// waiting for a concurrent heartbeat's commit: a heartbeat that committed first keeps its
 /// instance alive), so the late heartbeat of a stopped instance finds it moved. Runs in the
-/// claim's transaction; `now_ms` is database time ([`dbclock`]), as the heartbeats compared.
+/// claim's transaction; `now_ms` is database time ([`dbclock`]), as the heartbeats compared, and
+/// staleness is decided against the database's clock too.
 pub(crate) fn take_over(
     conn: &mut DbConnection,
     me: &str,
     target: Option<&str>,
     now_ms: i64,
 ) -> Result<Vec<String>, StoreError> {
+    // Stale by the claimer's reading and, on PostgreSQL, by the database's clock at the
+    // statement (`dbclock::no_later_than`): a claimer whose clock runs ahead of its measured
+    // offset takes nothing early (second reader's finding 1).
     macro_rules! stale {
         () => {
-            (instances::heartbeat_ms + instances::takeover_ms).lt(now_ms)
+            (instances::heartbeat_ms + instances::takeover_ms)
+                .lt(dbclock::no_later_than(conn, now_ms))
         };
     }
     let dead: Vec<String> = instances::table
@@ -254,11 +263,87 @@ fn list(conn: &mut DbConnection, now_ms: i64) -> Result<Vec<InstanceInfo>, Store
 /// workers wake, not only the committing one's.
 pub(crate) const CHANNEL: &str = "scim_sync_outbox";
 
+thread_local! {
+    /// Inside a PostgreSQL write transaction ([`NotifyScope`]): whether it queued rows.
+    static QUEUED: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+    /// The store's count of `NOTIFY` statements sent (installed by `Store::run`).
+    static SENT: std::cell::RefCell<Option<Arc<AtomicU64>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The span of one PostgreSQL write transaction (`write_tx`, at its start): rows queued in it
+/// ([`notify_queued`], from every mutation step: each group of a user delete, each ancestor of
+/// a nested group) send one `NOTIFY` at its end, before the commit ([`NotifyScope::finish`]),
+/// instead of one statement per step (PostgreSQL delivers one per transaction anyway; second
+/// reader's finding 8). A step rolled back to a savepoint after it queued leaves the flag set:
+/// one spare wake-up at worst, never a lost one. SQLite has no `NOTIFY` (and its group commit
+/// of several mutations in one transaction sends nothing either).
+pub(crate) struct NotifyScope {
+    previous: Option<bool>,
+}
+
+impl NotifyScope {
+    pub(crate) fn begin() -> NotifyScope {
+        NotifyScope {
+            previous: QUEUED.with(|q| q.replace(Some(false))),
+        }
+    }
+
+    /// Before the commit: the one `NOTIFY`, when rows were queued.
+    pub(crate) fn finish(&self, conn: &mut DbConnection) -> Result<(), StoreError> {
+        if QUEUED.with(|q| q.replace(Some(false))) == Some(true) {
+            if let DbConnection::Pg(c) = conn {
+                send_notify(c)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for NotifyScope {
+    fn drop(&mut self) {
+        let previous = self.previous;
+        QUEUED.with(|q| q.set(previous));
+    }
+}
+
+/// Count `NOTIFY` statements in `counter` on this thread until the guard drops.
+pub(crate) struct CountingNotifies {
+    previous: Option<Arc<AtomicU64>>,
+}
+
+pub(crate) fn count_notifies(counter: Arc<AtomicU64>) -> CountingNotifies {
+    CountingNotifies {
+        previous: SENT.with(|s| s.replace(Some(counter))),
+    }
+}
+
+impl Drop for CountingNotifies {
+    fn drop(&mut self) {
+        let previous = self.previous.take();
+        SENT.with(|s| *s.borrow_mut() = previous);
+    }
+}
+
+fn send_notify(c: &mut diesel::PgConnection) -> Result<(), StoreError> {
+    diesel::sql_query(format!("NOTIFY {CHANNEL}")).execute(c)?;
+    SENT.with(|s| {
+        if let Some(n) = s.borrow().as_ref() {
+            n.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    Ok(())
+}
+
 /// In the transaction that queued rows (PostgreSQL): notify [`CHANNEL`] at its commit (one
-/// notification per transaction, whatever the rows; none when it rolls back).
+/// `NOTIFY` statement per write transaction, whatever the rows and steps: [`NotifyScope`];
+/// none when it rolls back). Outside a write transaction's scope, at once.
 pub(crate) fn notify_queued(conn: &mut DbConnection) -> Result<(), StoreError> {
     if let DbConnection::Pg(c) = conn {
-        diesel::sql_query(format!("NOTIFY {CHANNEL}")).execute(c)?;
+        if QUEUED.with(|q| q.get().is_some()) {
+            QUEUED.with(|q| q.set(Some(true)));
+        } else {
+            send_notify(c)?;
+        }
     }
     Ok(())
 }
@@ -369,7 +454,10 @@ fn last_run(conn: &mut DbConnection, name: &str) -> Result<Option<i64>, StoreErr
         .optional()?)
 }
 
+/// `now_ms` is the caller's reading: written as database time ([`dbclock`]), as `try_job`
+/// compares it, so instances whose clocks differ agree on when a job last ran.
 fn record_run(conn: &mut DbConnection, name: &str, now_ms: i64) -> Result<(), StoreError> {
+    let now_ms = db_ms(now_ms);
     write_tx(conn, |conn| {
         let n = diesel::update(periodic_jobs::table.find(name))
             .set(periodic_jobs::last_run_ms.eq(now_ms))
@@ -431,8 +519,11 @@ impl Store {
             return Ok(None);
         };
         let key = name.to_owned();
-        let last = self.run(move |conn| last_run(conn, &key)).await?;
-        if last.is_some_and(|l| l.saturating_add(interval_ms) > now_ms) {
+        // Database time on both sides (`record_run`).
+        let (last, now_db) = self
+            .run(move |conn| Ok((last_run(conn, &key)?, db_ms(now_ms))))
+            .await?;
+        if last.is_some_and(|l| l.saturating_add(interval_ms) > now_db) {
             return Ok(None);
         }
         Ok(Some(JobTurn {
@@ -594,9 +685,13 @@ impl Store {
                 else {
                     return Ok(());
                 };
-                let stale_from = db_ms(now_ms)
-                    .saturating_add(in_flight_ms)
-                    .saturating_sub(takeover);
+                // Stale `in_flight_ms` after the stop, in database time no earlier than the
+                // database's clock (`dbclock::no_earlier_than`).
+                let stale_from = dbclock::no_earlier_than_plus(
+                    conn,
+                    db_ms(now_ms),
+                    in_flight_ms.saturating_sub(takeover),
+                );
                 diesel::update(mine)
                     .set(instances::heartbeat_ms.eq(stale_from))
                     .execute(conn)?;

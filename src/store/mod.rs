@@ -332,6 +332,12 @@ const MIGRATION_LOCK_KEY: i64 = 0x7363_696d_7379_6e63;
 const POSTGRES_MIGRATIONS: diesel_migrations::EmbeddedMigrations =
     diesel_migrations::embed_migrations!("migrations/postgres");
 
+/// How much earlier than a claim's lease end in the store (`outbox.claimed_until_ms`, which the
+/// other workers and instances compare) the holder's own reading of it ends, for its target
+/// writes (`targets::Lease`): the holder's clock offset to the database is measured with an
+/// error (`store::dbclock`), as for the instance fence (second reader's finding 2).
+pub const LEASE_MARGIN_MS: i64 = dbclock::FENCE_MARGIN_MS;
+
 struct Inner {
     pool: Pool,
     targets: RwLock<Arc<Vec<String>>>,
@@ -373,6 +379,8 @@ struct Counts {
     claimed_rows: std::sync::atomic::AtomicU64,
     settles: std::sync::atomic::AtomicU64,
     renewals: std::sync::atomic::AtomicU64,
+    /// `NOTIFY` statements sent (`instances::notify_queued`).
+    notifies: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// How much claim and settle work this store (this process) did: the claim overhead per
@@ -713,7 +721,9 @@ fn write_tx_as<T>(
         }
         DbConnection::Pg(_) => Tm::begin_transaction(conn)?,
     }
-    match f(conn) {
+    // One NOTIFY for the whole transaction, whatever its steps queued (`instances`).
+    let notify = instances::NotifyScope::begin();
+    match f(conn).and_then(|value| notify.finish(conn).map(|()| value)) {
         Ok(value) => {
             Tm::commit_transaction(conn)?;
             Ok(value)
@@ -895,6 +905,7 @@ impl Store {
                     .clock_offset_ms
                     .load(std::sync::atomic::Ordering::SeqCst),
             );
+            let _notifies = instances::count_notifies(Arc::clone(&inner.counts.notifies));
             let mut conn = inner
                 .pool
                 .get()
@@ -1077,6 +1088,16 @@ impl Store {
             u64::try_from(n).unwrap_or(u64::MAX),
             std::sync::atomic::Ordering::Relaxed,
         );
+    }
+
+    /// `NOTIFY` statements this store sent (PostgreSQL: one per write transaction that
+    /// queued rows).
+    #[cfg(test)]
+    pub(crate) fn notify_statements(&self) -> u64 {
+        self.inner
+            .counts
+            .notifies
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// This store's clock (ms since the epoch): the system's, plus the skew a test set.

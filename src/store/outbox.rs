@@ -2,7 +2,7 @@
 //! and fencing epochs, settling, dead letters, per-target state and status counters. Must not
 //! decide retry policy (the reconciler passes `next_attempt_ms` and `dead`).
 
-use super::dbclock::db_ms;
+use super::dbclock::{self, db_ms};
 use super::history::audit;
 use super::keys;
 use super::models::{OutboxRow, TargetStateRow};
@@ -76,6 +76,21 @@ const UPSERT_SQL: &str = "INSERT INTO outbox (target, resource_type, resource_id
                   ELSE outbox.claimed_by END, \
      state = 'pending', generation = outbox.generation + 1";
 
+/// [`UPSERT_SQL`] for PostgreSQL: numbered placeholders, and a claim counts as expired only
+/// when the database's clock says so too (`dbclock::no_later_than`): an enqueuer whose clock
+/// runs ahead clears no live claim (second reader's finding 1).
+static PG_UPSERT_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let expired = "outbox.claimed_until_ms < excluded.enqueued_ms";
+    assert_eq!(UPSERT_SQL.matches(expired).count(), 2);
+    numbered_placeholders(&UPSERT_SQL.replace(
+        expired,
+        &format!(
+            "outbox.claimed_until_ms < LEAST(excluded.enqueued_ms, {})",
+            dbclock::PG_CLOCK_MS
+        ),
+    ))
+});
+
 /// `sql` with PostgreSQL's numbered placeholders (`$1`, `$2`, ...) for `?`.
 fn numbered_placeholders(sql: &str) -> String {
     let mut out = String::with_capacity(sql.len() + 16);
@@ -127,7 +142,7 @@ fn upsert(
         };
     }
     match conn {
-        DbConnection::Pg(c) => run!(c, numbered_placeholders(UPSERT_SQL)),
+        DbConnection::Pg(c) => run!(c, PG_UPSERT_SQL.as_str()),
         DbConnection::Sqlite(c) => run!(c, UPSERT_SQL),
     };
     Ok(())
@@ -191,7 +206,9 @@ pub(crate) fn claim(
             .filter(
                 outbox::claimed_until_ms
                     .is_null()
-                    .or(outbox::claimed_until_ms.lt(now_ms))
+                    // Expired by the claimer's reading and the database's clock (`dbclock`).
+                    .or(outbox::claimed_until_ms
+                        .lt(dbclock::no_later_than(conn, now_ms).nullable()))
                     .or(outbox::claimed_by.eq_any(&taken)),
             )
             .order((outbox::next_attempt_ms, outbox::id))
@@ -677,11 +694,9 @@ pub(crate) fn retry_dead(
             ))
             .execute(conn)?;
             // Only an expired claim is cleared: a live one (the epoch unmoved) stays exclusive.
-            diesel::update(
-                outbox::table
-                    .filter(outbox::id.eq_any(chunk))
-                    .filter(outbox::claimed_until_ms.lt(now_ms)),
-            )
+            diesel::update(outbox::table.filter(outbox::id.eq_any(chunk)).filter(
+                outbox::claimed_until_ms.lt(dbclock::no_later_than(conn, now_ms).nullable()),
+            ))
             .set((
                 outbox::claimed_until_ms.eq(None::<i64>),
                 outbox::claimed_by.eq(None::<&str>),
@@ -944,7 +959,9 @@ pub(crate) fn claim_resource(
                 .filter(
                     outbox::claimed_until_ms
                         .is_null()
-                        .or(outbox::claimed_until_ms.lt(now_ms))
+                        // Expired by this reading and the database's clock (`dbclock`).
+                        .or(outbox::claimed_until_ms
+                            .lt(dbclock::no_later_than(conn, now_ms).nullable()))
                         .or(outbox::claimed_by.eq_any(&taken)),
                 ),
         )

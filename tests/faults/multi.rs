@@ -545,6 +545,19 @@ async fn an_instance_whose_heartbeat_is_late_claims_nothing() {
         "claims while the fence was low"
     );
     assert!(slapd.entry(&user_dn("late0"), &["uid"]).await.is_none());
+    // Drift repair (it may hold the periodic job's turn) claims nothing either: every chunk
+    // is reported not repaired for the fence (second reader's finding 4). Before, it claimed
+    // each row (and would take a dead instance's over) and then failed its lease check.
+    let report = daemon.reconcile_full(None, false, |_, _| {}).await;
+    assert_eq!(report.failed, 5, "{report:?}");
+    for item in &report.items {
+        let error = item.error.as_deref().unwrap_or_default();
+        assert!(
+            error.contains("fence does not allow claims"),
+            "drift repair claimed under a low fence: {error}"
+        );
+    }
+    assert!(slapd.entry(&user_dn("late0"), &["uid"]).await.is_none());
     daemon.pause_heartbeat(false);
     let started = Instant::now();
     for i in 0..5 {

@@ -25,87 +25,185 @@ async fn second(db: &TestDb, id: &str) -> Store {
     Store::open(&s, vec![TARGET.to_owned()]).await.unwrap()
 }
 
+/// Sleep until this store's clock reads `at_ms` or later.
+async fn until(store: &Store, at_ms: i64) {
+    let left = at_ms.saturating_sub(store.clock_ms());
+    if left > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(left.unsigned_abs())).await;
+    }
+}
+
+/// Takeover is decided against the database's clock (second reader's finding 1), so this
+/// test waits real time: a reading passed ahead of it takes nothing early.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn instances_a_dead_instance_is_taken_over_after_its_bound_and_its_late_heartbeat_finds_it_gone(
 ) {
     let db = pg_db().await;
     let a = db.store.clone();
     let b = second(&db, "other").await;
-    let t0 = crate::clock::now_ms();
+    let t0 = a.clock_ms();
     a.register_instance(reg(1_000), t0).await.unwrap();
     b.register_instance(reg(1_000), t0).await.unwrap();
     let u = a.create_user(user("held"), None, &ctx(t0)).await.unwrap();
     let held = a.claim(TARGET, t0, 600_000, 10).await.unwrap().remove(0);
     let first = a.fence().incarnation.load(Ordering::SeqCst);
     assert_eq!(held.incarnation, first);
-    // The fence ends a margin before the bound the others apply (the clock offsets left
-    // uncorrected: `dbclock`).
+    // The fence ends a margin before the bound the others apply (`dbclock`).
     let margin = super::super::dbclock::FENCE_MARGIN_MS;
     assert_eq!(
         a.fence().alive_until_ms.load(Ordering::SeqCst),
         t0 + 1_000 - margin
     );
 
-    // Within the bound: a's claim is its own (the lease runs 600 s).
-    assert!(b
-        .claim(TARGET, t0 + 1_000, 600_000, 10)
-        .await
-        .unwrap()
-        .is_empty());
-    assert!(b
-        .claim_resource(TARGET, ResourceType::User, &u.id, t0 + 1_000, 600_000)
-        .await
-        .unwrap()
-        .is_none());
-    // A heartbeat at t0 + 900 moves the bound: still a's at t0 + 1_500.
-    assert!(a.instance_heartbeat(reg(1_000), t0 + 900).await.unwrap());
-    assert_eq!(
-        a.fence().alive_until_ms.load(Ordering::SeqCst),
-        t0 + 1_900 - margin
-    );
+    // Within the bound: a's claim is its own (the lease runs 600 s), even for a reading
+    // past the bound (the database's clock decides too).
     assert!(b
         .claim(TARGET, t0 + 1_500, 600_000, 10)
         .await
         .unwrap()
         .is_empty());
-    let live = b.instances(t0 + 1_500).await.unwrap();
+    assert!(b
+        .claim_resource(TARGET, ResourceType::User, &u.id, t0 + 1_500, 600_000)
+        .await
+        .unwrap()
+        .is_none());
+    // A heartbeat at t0 + 600 moves the bound: still a's at t0 + 1_300.
+    until(&a, t0 + 600).await;
+    let t1 = a.clock_ms();
+    assert!(a.instance_heartbeat(reg(1_000), t1).await.unwrap());
+    assert_eq!(
+        a.fence().alive_until_ms.load(Ordering::SeqCst),
+        t1 + 1_000 - margin
+    );
+    until(&a, t0 + 1_300).await;
+    assert!(b
+        .claim(TARGET, b.clock_ms(), 600_000, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let live = b.instances(b.clock_ms()).await.unwrap();
     let mine = live.iter().find(|i| i.id == "test-instance").unwrap();
-    assert_eq!((mine.claims, mine.live(t0 + 1_500)), (1, true));
+    assert_eq!((mine.claims, mine.live(b.clock_ms())), (1, true));
 
     // Past it: b takes the row over (a new epoch), and a's incarnation moved in the store.
-    let taken = b.claim(TARGET, t0 + 2_000, 600_000, 10).await.unwrap();
+    until(&a, t1 + 1_100).await;
+    let taken = b.claim(TARGET, b.clock_ms(), 600_000, 10).await.unwrap();
     assert_eq!(taken.len(), 1);
     assert!(taken[0].claim_epoch > held.claim_epoch);
     // a's late heartbeat: refused, a new incarnation (leases under the old one stay refused).
-    assert!(!a.instance_heartbeat(reg(1_000), t0 + 2_100).await.unwrap());
+    assert!(!a
+        .instance_heartbeat(reg(1_000), a.clock_ms())
+        .await
+        .unwrap());
     let now = a.fence().incarnation.load(Ordering::SeqCst);
     assert_ne!(now, first);
-    assert!(a.instance_heartbeat(reg(1_000), t0 + 2_200).await.unwrap());
+    assert!(a
+        .instance_heartbeat(reg(1_000), a.clock_ms())
+        .await
+        .unwrap());
     // a's renewal and settle of the lost claim write nothing.
-    assert!(!a.renew_claim(&held, t0 + 2_200, 600_000).await.unwrap());
+    assert!(!a.renew_claim(&held, a.clock_ms(), 600_000).await.unwrap());
     // A stopped instance's claims are free once a write it abandoned can no longer arrive
     // (here 500 ms after its stop), not at once: before, they were taken at the stop, with
     // a cancelled apply's LDAP request or SQL commit possibly still on its way.
-    b.stop_instance(t0 + 2_250, 500).await.unwrap();
+    let stopped = b.clock_ms();
+    b.stop_instance(stopped, 500).await.unwrap();
     let early = a
-        .claim_resource(TARGET, ResourceType::User, &u.id, t0 + 2_700, 600_000)
+        .claim_resource(TARGET, ResourceType::User, &u.id, stopped + 450, 600_000)
         .await
         .unwrap();
     assert!(
         early.is_none(),
         "taken over while a write of the stopped instance may arrive"
     );
+    until(&a, stopped + 600).await;
     let again = a
-        .claim_resource(TARGET, ResourceType::User, &u.id, t0 + 2_800, 600_000)
+        .claim_resource(TARGET, ResourceType::User, &u.id, a.clock_ms(), 600_000)
         .await
         .unwrap();
     assert!(again.is_some(), "a stopped instance's claim is taken over");
-    let gone = a.instances(t0 + 2_800).await.unwrap();
+    let gone = a.instances(a.clock_ms()).await.unwrap();
     assert!(!gone
         .iter()
         .find(|i| i.id == "other")
         .unwrap()
-        .live(t0 + 2_800));
+        .live(a.clock_ms()));
+    drop(b);
+    db.finish().await;
+}
+
+/// Second reader's finding 1: a claimer whose clock runs ahead of the offset it measured (its
+/// clock stepped 300 ms after its last measurement) takes a live instance's claims over no
+/// earlier than the holder's fence ends. Before, it compared its own reading only and took
+/// them 300 ms before the bound, 100 ms before the holder's fence (200 ms margin) ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn instances_a_claimer_whose_clock_jumped_ahead_takes_no_claim_before_the_holders_fence_ends()
+{
+    let db = pg_db().await;
+    let a = db.store.clone();
+    let b = second(&db, "ahead").await;
+    let t0 = a.clock_ms();
+    a.register_instance(reg(1_000), t0).await.unwrap();
+    b.register_instance(reg(1_000), b.clock_ms()).await.unwrap();
+    a.create_user(user("held"), None, &ctx(t0)).await.unwrap();
+    assert_eq!(a.claim(TARGET, t0, 600_000, 10).await.unwrap().len(), 1);
+    b.skew_clock_for_tests(300);
+    let fence_end = a.fence().alive_until_ms.load(Ordering::SeqCst);
+    loop {
+        let taken = b.claim(TARGET, b.clock_ms(), 600_000, 10).await.unwrap();
+        let after = a.clock_ms();
+        if !taken.is_empty() {
+            assert!(
+                after >= fence_end,
+                "taken over {} ms before the holder's fence ended",
+                fence_end - after
+            );
+            break;
+        }
+        assert!(after < fence_end + 3_000, "never taken over");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    drop(b);
+    db.finish().await;
+}
+
+/// Second reader's findings 1 and 2: a live instance's row whose lease runs out is claimed by
+/// a claimer whose clock jumped 300 ms ahead no earlier than the holder's own (local) lease
+/// end, which is `LEASE_MARGIN_MS` before the recorded one. Before, the claimer took it 300 ms
+/// before the recorded end, and the holder's local end had no margin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn instances_a_claimer_whose_clock_jumped_ahead_takes_no_row_before_the_holders_lease_ends() {
+    let db = pg_db().await;
+    let a = db.store.clone();
+    let b = second(&db, "ahead").await;
+    let t0 = a.clock_ms();
+    a.register_instance(reg(600_000), t0).await.unwrap();
+    b.register_instance(reg(600_000), b.clock_ms())
+        .await
+        .unwrap();
+    a.create_user(user("held"), None, &ctx(t0)).await.unwrap();
+    let claimed_ms = a.clock_ms();
+    assert_eq!(
+        a.claim(TARGET, claimed_ms, 1_000, 10).await.unwrap().len(),
+        1
+    );
+    // What the worker's `targets::Lease` checks against (`reconcile::worker::process_batch`).
+    let local_end = claimed_ms + 1_000 - super::super::LEASE_MARGIN_MS;
+    b.skew_clock_for_tests(300);
+    loop {
+        let taken = b.claim(TARGET, b.clock_ms(), 600_000, 10).await.unwrap();
+        let after = a.clock_ms();
+        if !taken.is_empty() {
+            assert!(
+                after >= local_end,
+                "claimed {} ms before the holder's lease ended",
+                local_end - after
+            );
+            break;
+        }
+        assert!(after < local_end + 3_000, "never claimed");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     drop(b);
     db.finish().await;
 }
@@ -410,7 +508,14 @@ async fn instances_one_notification_per_transaction_that_queued_rows_not_per_row
         .unwrap();
     }
     assert_eq!(drain(listener.clone()).await, 20, "one per group create");
+    // One NOTIFY statement too, not one per group (second reader's finding 8: before, 21).
+    let sent = a.notify_statements();
     a.delete_user(&ids[0], None, &ctx(3_000)).await.unwrap();
+    assert_eq!(
+        a.notify_statements() - sent,
+        1,
+        "NOTIFY statements for the delete that queued 21 rows"
+    );
     assert_eq!(
         drain(listener.clone()).await,
         1,

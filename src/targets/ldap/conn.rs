@@ -21,7 +21,7 @@ pub struct LdapTarget {
     pub(super) settings: Settings,
     password: Option<String>,
     tls: Option<Arc<rustls::ClientConfig>>,
-    slot: tokio::sync::Mutex<Option<Ldap>>,
+    slot: tokio::sync::Mutex<Slot<Ldap>>,
     /// Held while connecting (one connect at a time), never with `slot`: a write whose lease
     /// was just checked takes `slot` for a moment only, so it never waits behind another
     /// task's reconnect (up to `connect_timeout`) and then writes later than its check allowed.
@@ -68,7 +68,7 @@ impl LdapTarget {
             settings,
             password,
             tls,
-            slot: tokio::sync::Mutex::new(None),
+            slot: tokio::sync::Mutex::new(Slot::default()),
             connecting: tokio::sync::Mutex::new(()),
             flavour: std::sync::OnceLock::new(),
             post_read: std::sync::OnceLock::new(),
@@ -175,30 +175,32 @@ impl LdapTarget {
         Ok(ldap)
     }
 
-    /// The connection in the slot while it is open (the slot is held for a moment only).
-    async fn open_connection(&self) -> Option<Ldap> {
+    /// The connection in the slot while it is open, with its generation (the slot is held
+    /// for a moment only).
+    async fn open_connection(&self) -> Option<(u64, Ldap)> {
         let mut slot = self.slot.lock().await;
-        let ldap = slot.as_mut()?;
+        let (generation, ldap) = slot.get_mut()?;
         if ldap.is_closed() {
             return None;
         }
-        Some(ldap.clone())
+        Some((generation, ldap.clone()))
     }
 
     /// A handle on the live connection, connecting (and binding) first if needed: one
     /// connect at a time (`connecting`), the others wait for it and use its connection. A
     /// reconnected connection is live again for every task ([`LdapTarget::live`]).
-    async fn handle(&self) -> Result<Ldap, TargetError> {
-        if let Some(ldap) = self.open_connection().await {
-            return Ok(ldap);
+    /// Returns the connection's generation with it, for [`LdapTarget::drop_connection`].
+    async fn handle(&self) -> Result<(u64, Ldap), TargetError> {
+        if let Some(live) = self.open_connection().await {
+            return Ok(live);
         }
         let _one = self.connecting.lock().await;
-        if let Some(ldap) = self.open_connection().await {
-            return Ok(ldap);
+        if let Some(live) = self.open_connection().await {
+            return Ok(live);
         }
         let ldap = self.connect().await?;
-        *self.slot.lock().await = Some(ldap.clone());
-        Ok(ldap)
+        let generation = self.slot.lock().await.set(ldap.clone());
+        Ok((generation, ldap))
     }
 
     /// Make sure a connection is up (connecting and binding first if needed). A write's
@@ -212,9 +214,9 @@ impl LdapTarget {
     /// ([`LdapTarget::connected`]; or one another task opened since, without delay), or not
     /// at all. After a reconnect the new connection is the live one; the lease is checked
     /// again before every write (`Exec::fence`), after its connect.
-    async fn live(&self) -> Result<Ldap, TargetError> {
-        if let Some(ldap) = self.open_connection().await {
-            return Ok(ldap);
+    async fn live(&self) -> Result<(u64, Ldap), TargetError> {
+        if let Some(live) = self.open_connection().await {
+            return Ok(live);
         }
         Err(TargetError {
             class: ErrorClass::Transient,
@@ -223,9 +225,12 @@ impl LdapTarget {
         })
     }
 
-    /// Forget the connection so the next operation reconnects.
-    async fn drop_connection(&self) {
-        *self.slot.lock().await = None;
+    /// Forget the connection of `generation`, which failed, so the next operation
+    /// reconnects: only while the slot still holds it. A failure on a connection another task
+    /// replaced meanwhile leaves the fresh one alone (second reader's finding 6: clearing it
+    /// dropped a live connection and made every task reconnect again).
+    async fn drop_connection(&self, generation: u64) {
+        self.slot.lock().await.clear_if(generation);
     }
 
     /// Run one write on the live connection (the caller made it ready and checked its lease
@@ -236,12 +241,12 @@ impl LdapTarget {
         F: FnOnce(Ldap) -> Fut,
         Fut: Future<Output = Result<LdapResult, LdapError>>,
     {
-        let ldap = self.live().await?;
+        let (generation, ldap) = self.live().await?;
         match op(ldap).await {
             Ok(res) => Ok(res),
             Err(e) => {
                 if codes::is_connection_error(&e) {
-                    self.drop_connection().await;
+                    self.drop_connection(generation).await;
                 }
                 Err(codes::from_ldap_error(&e, what))
             }
@@ -255,7 +260,7 @@ impl LdapTarget {
         wanted: Vec<String>,
     ) -> Result<Option<SearchEntry>, TargetError> {
         let what = format!("read {dn}");
-        let ldap = self.handle().await?;
+        let (generation, ldap) = self.handle().await?;
         let t = self.settings.timeout;
         let owned_dn = dn.to_owned();
         self.ops.search();
@@ -270,7 +275,7 @@ impl LdapTarget {
             Ok(r) => r,
             Err(e) => {
                 if codes::is_connection_error(&e) {
-                    self.drop_connection().await;
+                    self.drop_connection(generation).await;
                 }
                 return Err(codes::from_ldap_error(&e, &what));
             }
@@ -361,7 +366,7 @@ impl LdapTarget {
     /// `(member=*)`). False when the entry is gone.
     pub(super) async fn matches(&self, dn: &str, filter: &str) -> Result<bool, TargetError> {
         let what = format!("search {dn} for {filter}");
-        let ldap = self.handle().await?;
+        let (generation, ldap) = self.handle().await?;
         let t = self.settings.timeout;
         let (owned_dn, owned_filter) = (dn.to_owned(), filter.to_owned());
         self.ops.search();
@@ -376,7 +381,7 @@ impl LdapTarget {
             Ok(r) => r,
             Err(e) => {
                 if codes::is_connection_error(&e) {
-                    self.drop_connection().await;
+                    self.drop_connection(generation).await;
                 }
                 return Err(codes::from_ldap_error(&e, &what));
             }
@@ -439,7 +444,7 @@ impl LdapTarget {
     ) -> Result<Option<String>, TargetError> {
         let what = format!("search {base} for {filter}");
         let filter = filter.to_owned();
-        let ldap = self.handle().await?;
+        let (generation, ldap) = self.handle().await?;
         let t = self.settings.timeout;
         let owned_base = base.to_owned();
         self.ops.search();
@@ -454,7 +459,7 @@ impl LdapTarget {
             Ok(r) => r,
             Err(e) => {
                 if codes::is_connection_error(&e) {
-                    self.drop_connection().await;
+                    self.drop_connection(generation).await;
                 }
                 return Err(codes::from_ldap_error(&e, &what));
             }
@@ -592,7 +597,7 @@ impl LdapTarget {
         };
         let what = format!("paged search below {base}");
         let filter = format!("(creatorsName={})", ldap3::ldap_escape(bind));
-        let mut ldap = self.handle().await?;
+        let (generation, mut ldap) = self.handle().await?;
         let adapters: Vec<Box<dyn Adapter<'_, &str, Vec<&str>>>> = vec![
             Box::new(EntriesOnly::new()),
             Box::new(PagedResults::new(page.max(1))),
@@ -619,7 +624,7 @@ impl LdapTarget {
             Ok(res) => Err(codes::from_result(res.rc, &res.text, &what)),
             Err(e) => {
                 if codes::is_connection_error(&e) {
-                    self.drop_connection().await;
+                    self.drop_connection(generation).await;
                 }
                 Err(codes::from_ldap_error(&e, &what))
             }
@@ -650,6 +655,47 @@ impl LdapTarget {
                 message: format!("healthcheck: the users' base {base:?} does not exist"),
             }),
         }
+    }
+}
+
+/// The connection slot: the current connection with its generation (a number no other
+/// connection of this target had), so a failure is forgotten only on the connection it
+/// happened on ([`Slot::clear_if`]).
+#[derive(Debug)]
+struct Slot<T> {
+    current: Option<(u64, T)>,
+    /// Generations handed out.
+    last: u64,
+}
+
+impl<T> Default for Slot<T> {
+    fn default() -> Slot<T> {
+        Slot {
+            current: None,
+            last: 0,
+        }
+    }
+}
+
+impl<T> Slot<T> {
+    /// Hold `conn` from now on; its generation.
+    fn set(&mut self, conn: T) -> u64 {
+        self.last = self.last.wrapping_add(1);
+        self.current = Some((self.last, conn));
+        self.last
+    }
+
+    fn get_mut(&mut self) -> Option<(u64, &mut T)> {
+        self.current.as_mut().map(|(g, c)| (*g, c))
+    }
+
+    /// Forget the connection of `generation` if it is still the current one; whether it was.
+    fn clear_if(&mut self, generation: u64) -> bool {
+        if self.current.as_ref().is_some_and(|(g, _)| *g == generation) {
+            self.current = None;
+            return true;
+        }
+        false
     }
 }
 
@@ -732,4 +778,28 @@ fn spawn_driver(conn: LdapConnAsync) {
             tracing::debug!(error = %error, "LDAP connection closed.");
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Slot;
+
+    /// Second reader's finding 6: a task whose write failed on the old connection (after
+    /// another task reconnected) must not clear the fresh one. Before, the slot was an
+    /// `Option` cleared unconditionally.
+    #[test]
+    fn a_failure_on_a_replaced_connection_leaves_the_new_one() {
+        let mut slot = Slot::default();
+        let old = slot.set("old");
+        // Another task saw the old one fail and reconnected.
+        assert!(slot.clear_if(old));
+        let new = slot.set("new");
+        assert_ne!(old, new);
+        // The first task's failure on the old connection arrives late.
+        assert!(!slot.clear_if(old));
+        assert_eq!(slot.get_mut().map(|(g, c)| (g, *c)), Some((new, "new")));
+        // A failure on the current one forgets it.
+        assert!(slot.clear_if(new));
+        assert!(slot.get_mut().is_none());
+    }
 }
