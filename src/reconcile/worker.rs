@@ -10,7 +10,10 @@
 //! appeared, changed or vanished queues its groups (how a membership naming a
 //! not-yet-provisioned user waits for it) and the users whose references resolve to it, as
 //! the store's reference index knows them (a report's `manager` follows its manager's create,
-//! rename, move and delete). A flip of `active` queues the user's groups in the
+//! rename, move and delete); a nested group whose key appeared, changed or vanished queues
+//! its parent groups, the group marked dirty in each. The settle queued the same in its own
+//! transaction; this look after its commit catches a membership committed in between, and
+//! wakes the process's workers. A flip of `active` queues the user's groups in the
 //! mutation's own transaction (the store does it), not here: revocation must not wait for
 //! the user's own apply.
 //!

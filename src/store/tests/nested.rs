@@ -243,3 +243,59 @@ async fn nested_walk_queries_use_the_partial_indexes() {
     }
     db.finish().await;
 }
+
+/// Second reader, item 4 (the store's side): a child group's settle read its parents (none
+/// yet), `PATCH p add c` committed and p applied at its new version (reading no key for c),
+/// then the settle committed: the worker's look after the settle queues p again and marks c
+/// dirty in it, so p's O(change) apply at the version it applied already looks at c (before,
+/// the look ran for users only and queued without a mark: p's delta named nothing and p kept
+/// lacking c's DN until drift repair).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nested_the_look_after_a_childs_settle_queues_its_parents_with_the_child_marked() {
+    on_both(|store, backend| async move {
+        let c = store
+            .create_group(group("c", None), &ctx(1))
+            .await
+            .unwrap()
+            .id;
+        let p = store
+            .create_group(group("p", None), &ctx(1))
+            .await
+            .unwrap()
+            .id;
+        store
+            .update_group(
+                &p,
+                "patch",
+                &ctx(2),
+                members_update(vec![MemberOp::Add(vec![nested_member(&c)])]),
+            )
+            .await
+            .unwrap();
+        // p applied at version 2 (without c's DN), its row settled.
+        for item in store.claim(TARGET, 10, 10_000, 10).await.unwrap() {
+            if item.resource_id == p {
+                store
+                    .settle_applied(&item, applied(&item, 2, 10), 10)
+                    .await
+                    .unwrap();
+            }
+        }
+        let d = store.member_delta(TARGET, &p, 2).await.unwrap().unwrap();
+        assert!(d.trusted && d.members.is_empty(), "{backend}: {d:?}");
+        let n = store
+            .requeue_groups_of_member(TARGET, ResourceType::Group, &c, 20)
+            .await
+            .unwrap();
+        assert_eq!(n, 1, "{backend}");
+        let rows = outbox_rows(&store).await;
+        assert!(
+            rows.iter().any(|(id, v, _)| id == &p && *v == 2),
+            "{rows:?}"
+        );
+        let d = store.member_delta(TARGET, &p, 2).await.unwrap().unwrap();
+        assert!(d.trusted, "{backend}: {d:?}");
+        assert_eq!(d.members, [(c.clone(), true)], "{backend}");
+    })
+    .await;
+}
