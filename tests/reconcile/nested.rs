@@ -280,3 +280,67 @@ async fn a_parent_applied_before_its_child_exists_gets_the_childs_dn_once_it_is_
         assert!(report.clean(), "{report:#?}");
     }
 }
+
+/// Second reader, item 5: a parent queued by its child's first settle is applied at once, not
+/// after `poll_interval` (60 s here). The child's row is held while the parent applies
+/// without it (as in the deferral test above), then given back and the workers woken once:
+/// the child applies in the background and its settle queues the parent. Before, nothing
+/// woke a worker for what a settle queued (the look after the settle returned at once for a
+/// group): the parent waited out the poll.
+#[tokio::test]
+async fn a_parent_queued_by_its_childs_settle_applies_without_waiting_for_the_poll() {
+    let env = Env::start_edited(Backend::Sqlite, GROUPS, |toml| {
+        toml.replacen("[reconcile]\n", "[reconcile]\npoll_interval_ms = 60000\n", 1)
+    })
+    .await;
+    let a = user(&env, "wa").await;
+    let b = user(&env, "wb").await;
+    env.run().await;
+    let held;
+    {
+        let _paused = env.t.d().pause_reconcilers().await.unwrap();
+        let child = env.create_group("wchild", &[&a]).await;
+        let now = scim_sync::http::server::now_ms();
+        let claimed = env
+            .t
+            .d()
+            .store
+            .claim("corp", now, 600_000, 1)
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 1, "{claimed:?}");
+        assert_eq!(claimed[0].resource_id, child);
+        held = claimed.into_iter().next().unwrap();
+        env.create_group("wparent", &[&b, &child]).await;
+    }
+    env.run().await;
+    assert_eq!(
+        lower(env.attr(&group_dn("wparent"), "member").await),
+        [user_dn("wb").to_ascii_lowercase()]
+    );
+    let now = scim_sync::http::server::now_ms();
+    env.t
+        .d()
+        .store
+        .settle_failed(&held, "given back", now, false, now)
+        .await
+        .unwrap();
+    env.t.d().wake();
+    let want = sorted(vec![
+        group_dn("wchild").to_ascii_lowercase(),
+        user_dn("wb").to_ascii_lowercase(),
+    ]);
+    let started = std::time::Instant::now();
+    loop {
+        let got = lower(env.attr(&group_dn("wparent"), "member").await);
+        if got == want {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "the parent still lacks the child's DN after {:?}: {got:?}",
+            started.elapsed()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
