@@ -10,7 +10,10 @@
 //! appeared, changed or vanished queues its groups (how a membership naming a
 //! not-yet-provisioned user waits for it) and the users whose references resolve to it, as
 //! the store's reference index knows them (a report's `manager` follows its manager's create,
-//! rename, move and delete). A flip of `active` queues the user's groups in the
+//! rename, move and delete); a nested group whose key appeared, changed or vanished queues
+//! its parent groups, the group marked dirty in each. The settle queued the same in its own
+//! transaction; this look after its commit catches a membership committed in between, and
+//! wakes the process's workers. A flip of `active` queues the user's groups in the
 //! mutation's own transaction (the store does it), not here: revocation must not wait for
 //! the user's own apply.
 //!
@@ -1284,7 +1287,10 @@ async fn fail_not_before(
     }
 }
 
-/// Queue what depends on a user just applied (see the module docs).
+/// Queue what depends on a resource just applied (see the module docs), after its settle
+/// (which queued the same in its own transaction, as it read them), and wake this process's
+/// workers when anything was queued (the settle notified the other instances' at its commit):
+/// they would sleep up to `poll_interval` otherwise.
 pub(crate) async fn enqueue_dependants(
     rec: &Reconciler,
     t: &TargetRuntime,
@@ -1292,45 +1298,55 @@ pub(crate) async fn enqueue_dependants(
     id: &str,
     done: &Applied,
 ) {
-    if resource_type != ResourceType::User {
-        return;
-    }
     let store = &rec.inner.store;
     let now = now_ms();
     let key_changed = done.prior.key != done.outcome.key;
+    let uid_of = |e: Option<&Bookkeeping>| e.and_then(|e| e.uid.clone());
+    let uid_changed = resource_type == ResourceType::User
+        && done.outcome.key.is_some()
+        && uid_of(done.prior.extra.as_ref()) != uid_of(done.outcome.extra.as_ref());
+    // What the settle queued: wake for it (and for what is queued below).
+    let mut wake = key_changed || uid_changed;
     // A flip of `active` is not looked at here: the mutation that flipped it queued the
     // user's groups in its own transaction (`store::resources::enqueue_groups_of`).
-    if t.map.groups.is_some() && key_changed {
-        let queued = match store.group_ids_of_user(id).await {
-            Ok(groups) => {
-                store
-                    .enqueue_many(&t.name, ResourceType::Group, &groups, "membership", now)
-                    .await
+    // The groups holding this member's value (a user's key or `uid`, a nested group's key):
+    // looked up again after the settle's commit, with the member marked dirty in each
+    // (`Store::requeue_groups_of_member`): a membership committed between the settle's read
+    // of them and its commit, whose group applied with the old value, is applied again.
+    if t.map.groups.is_some() && (key_changed || uid_changed) {
+        match store
+            .requeue_groups_of_member(&t.name, resource_type, id, now)
+            .await
+        {
+            Ok(n) => wake |= n > 0,
+            Err(e) => {
+                tracing::error!(target = %t.name, resource_id = %id, error = %e, "Cannot queue the groups this member is in; drift repair will fix their membership.");
             }
-            Err(e) => Err(e),
-        };
-        if let Err(e) = queued {
-            tracing::error!(target = %t.name, resource_id = %id, error = %e, "Cannot queue the user's groups; drift repair will fix their membership.");
         }
     }
     // Whose references resolve (or resolved, at their last render) to this user: re-queued
     // when its key appeared (created), changed (renamed, moved) or vanished (deleted).
-    if key_changed && !t.map.reference_rules().is_empty() {
-        let holders = match referencing_users(rec, t, id).await {
-            Ok(h) => h,
+    if resource_type == ResourceType::User && key_changed && !t.map.reference_rules().is_empty() {
+        match referencing_users(rec, t, id).await {
+            Ok(holders) if !holders.is_empty() => {
+                match store
+                    .enqueue_many(&t.name, ResourceType::User, &holders, "reference", now)
+                    .await
+                {
+                    Ok(n) => wake |= n > 0,
+                    Err(e) => {
+                        tracing::error!(target = %t.name, resource_id = %id, error = %e, "Cannot queue the users referencing this one; drift repair will fix their references.");
+                    }
+                }
+            }
+            Ok(_) => {}
             Err(e) => {
                 tracing::error!(target = %t.name, resource_id = %id, error = %e, "Cannot find the users referencing this one; drift repair will fix their references.");
-                return;
-            }
-        };
-        if !holders.is_empty() {
-            if let Err(e) = store
-                .enqueue_many(&t.name, ResourceType::User, &holders, "reference", now)
-                .await
-            {
-                tracing::error!(target = %t.name, resource_id = %id, error = %e, "Cannot queue the users referencing this one; drift repair will fix their references.");
             }
         }
+    }
+    if wake {
+        rec.inner.wake.notify_waiters();
     }
 }
 

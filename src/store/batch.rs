@@ -79,6 +79,92 @@ impl Store {
         self.run(move |conn| active_of(conn, &ids)).await
     }
 
+    /// After the settle of a member (a user or a group) whose key (or `uid`) appeared, changed
+    /// or vanished: queue again, for `target`, the live groups it is a direct member of, each
+    /// in a transaction of its own with the member marked dirty in it (`store::members`: an
+    /// O(change) apply of the group looks at the member, even at a group version it applied
+    /// already), and for a user the groups it is in through nesting (flattening targets apply
+    /// their whole membership: queued, not marked). The settle queued them already, in its own
+    /// transaction, as they were when it read them; this look after its commit finds a
+    /// membership committed meanwhile whose group applied before the settle committed (it read
+    /// the old key, or none). Returns how many rows were queued.
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    pub async fn requeue_groups_of_member(
+        &self,
+        target: &str,
+        member_type: ResourceType,
+        member_id: &str,
+        now_ms: i64,
+    ) -> Result<u64, StoreError> {
+        let (target, member) = (target.to_owned(), member_id.to_owned());
+        self.run(move |conn| {
+            use super::schema::group_members;
+            let Some(seq) = resources::table
+                .filter(resources::id.eq(&member))
+                .filter(resources::resource_type.eq(member_type.as_str()))
+                .select(resources::seq)
+                .first::<i64>(conn)
+                .optional()?
+            else {
+                return Ok(0);
+            };
+            let direct: Vec<(i64, String)> = group_members::table
+                .inner_join(resources::table.on(resources::seq.eq(group_members::group_seq)))
+                .filter(group_members::member_seq.eq(seq))
+                .filter(resources::deleted.eq(false))
+                .order(group_members::group_seq)
+                .select((resources::seq, resources::id))
+                .load(conn)?;
+            let mut indirect: Vec<String> = Vec::new();
+            if member_type == ResourceType::User && !direct.is_empty() {
+                let seqs: Vec<i64> = direct.iter().map(|(s, _)| *s).collect();
+                for chunk in super::nested::ancestors(conn, &seqs)?.chunks(CHUNK) {
+                    let rows: Vec<String> = resources::table
+                        .filter(resources::seq.eq_any(chunk))
+                        .filter(resources::deleted.eq(false))
+                        .order(resources::seq)
+                        .select(resources::id)
+                        .load(conn)?;
+                    indirect.extend(rows);
+                }
+            }
+            let mut queued = 0u64;
+            let marked = direct.into_iter().map(|(_, id)| (id, true));
+            for (group, mark) in marked.chain(indirect.into_iter().map(|id| (id, false))) {
+                let done = super::write_tx(conn, |conn| {
+                    outbox_queries::enqueue(
+                        conn,
+                        &target,
+                        ResourceType::Group,
+                        &group,
+                        "membership",
+                        now_ms,
+                    )?;
+                    if mark {
+                        // After the outbox row (the lock order of a settle's marks).
+                        super::members::mark_dirty(
+                            conn,
+                            &target,
+                            std::slice::from_ref(&group),
+                            &member,
+                        )?;
+                    }
+                    Ok(())
+                });
+                match done {
+                    Ok(()) => queued += 1,
+                    // The group is gone meanwhile.
+                    Err(StoreError::Scim(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(queued)
+        })
+        .await
+    }
+
     /// Queue many resources of one type for one target (each coalescing like
     /// [`Store::enqueue`]; resources that vanished meanwhile are skipped). Returns how many
     /// were queued.

@@ -59,22 +59,49 @@ pub(crate) fn walk<E>(
     Ok(Ok(out))
 }
 
+/// The query of the child groups of `parents` (an `IN` list). The filter is the bare column
+/// `member_is_group`, not `member_is_group = true`: only the bare column implies the partial
+/// indexes' `WHERE member_is_group` to SQLite's planner (and to PostgreSQL's generic plan, where
+/// `= $1` is unknown), so the walk reads the index of group-in-group edges, never a group's
+/// user members (test: `store::tests::nested::nested_walk_queries_use_the_partial_indexes`).
+macro_rules! child_groups_query {
+    ($parents:expr) => {
+        $crate::store::schema::group_members::table
+            .filter($crate::store::schema::group_members::member_is_group)
+            .filter($crate::store::schema::group_members::group_seq.eq_any($parents))
+            .select($crate::store::schema::group_members::member_seq)
+    };
+}
+/// The query of the parent groups of `groups` (see [`child_groups_query`]).
+macro_rules! parent_groups_query {
+    ($groups:expr) => {
+        $crate::store::schema::group_members::table
+            .filter($crate::store::schema::group_members::member_is_group)
+            .filter($crate::store::schema::group_members::member_seq.eq_any($groups))
+            .select($crate::store::schema::group_members::group_seq)
+    };
+}
+/// The query of the child groups of one group `group_seq` (`has_child_groups` takes the
+/// first; see [`child_groups_query`]).
+macro_rules! one_child_group_query {
+    ($group_seq:expr) => {
+        $crate::store::schema::group_members::table
+            .filter($crate::store::schema::group_members::member_is_group)
+            .filter($crate::store::schema::group_members::group_seq.eq($group_seq))
+            .select($crate::store::schema::group_members::member_seq)
+    };
+}
+#[cfg(test)]
+pub(crate) use {child_groups_query, one_child_group_query, parent_groups_query};
+
 /// The child groups of `parents` (one statement per chunk, over the partial index).
 fn children(conn: &mut DbConnection, parents: &[i64]) -> Result<Vec<i64>, StoreError> {
-    Ok(group_members::table
-        .filter(group_members::member_is_group.eq(true))
-        .filter(group_members::group_seq.eq_any(parents))
-        .select(group_members::member_seq)
-        .load(conn)?)
+    Ok(child_groups_query!(parents).load(conn)?)
 }
 
 /// The parent groups of groups (group-in-group edges only).
 fn parent_groups(conn: &mut DbConnection, groups: &[i64]) -> Result<Vec<i64>, StoreError> {
-    Ok(group_members::table
-        .filter(group_members::member_is_group.eq(true))
-        .filter(group_members::member_seq.eq_any(groups))
-        .select(group_members::group_seq)
-        .load(conn)?)
+    Ok(parent_groups_query!(groups).load(conn)?)
 }
 
 /// The ancestors of `groups` (parents, their parents, ...), without `groups` themselves,
@@ -183,48 +210,87 @@ pub(crate) fn refuse_cycles(
     Ok(())
 }
 
-/// Queue every live ancestor of `groups` for every target, at its current version (its own
-/// `members` did not change; what a flattening target derives from it did), in the caller's
-/// transaction, ascending by `seq`. No lock on the ancestors' rows (read at their current
-/// version like a dependant re-queue: the upsert never lowers a version and bumps
-/// `generation`, so a claimed row runs again).
-pub(crate) fn enqueue_ancestors(
+/// One group's outbox upsert among those one transaction queues (see [`with_ancestors`]).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct GroupQueue {
+    pub(crate) seq: i64,
+    pub(crate) id: String,
+    pub(crate) version: i64,
+    pub(crate) operation: &'static str,
+    /// Whether the transaction's member is marked dirty in this group after its outbox row
+    /// (its rendered value there may have changed: `store::members`).
+    pub(crate) dirty: bool,
+}
+
+/// The group outbox rows a transaction queues: `own` (the groups it changed, at their new
+/// versions) and every live ancestor of `below` not among them, at its current version
+/// (`"nested"`: its own `members` did not change, what a flattening target derives from it
+/// did; read without a lock on its row: the upsert never lowers a version and bumps
+/// `generation`, so a claimed row runs again), all in ascending `seq`.
+///
+/// Ascending `seq` over all of them together is the one lock order of group outbox rows on
+/// PostgreSQL (docs/ARCHITECTURE.md, "Outbox row lock order"): `seq` is not child before
+/// parent (parents are usually created first), so a group's own row first and its ancestors
+/// after deadlocked against a change of a group between (test:
+/// `store::tests::races::races_member_patches_of_a_child_and_of_its_parent_do_not_deadlock`).
+/// Takes the shared nesting lock before the ancestor read when `below` is not empty (normally
+/// held by the caller already, then granted at once; see [`lock_nesting_shared`]).
+pub(crate) fn with_ancestors(
+    conn: &mut DbConnection,
+    own: Vec<GroupQueue>,
+    below: &[i64],
+) -> Result<Vec<GroupQueue>, StoreError> {
+    let mut out = own;
+    if !below.is_empty() {
+        lock_nesting_shared(conn)?;
+        let mut found = ancestors(conn, below)?;
+        let queued: HashSet<i64> = out.iter().map(|q| q.seq).collect();
+        found.retain(|g| !queued.contains(g));
+        for chunk in found.chunks(CHUNK) {
+            let rows: Vec<(i64, String, i64)> = resources::table
+                .filter(resources::seq.eq_any(chunk))
+                .filter(resources::deleted.eq(false))
+                .select((resources::seq, resources::id, resources::version))
+                .load(conn)?;
+            out.extend(rows.into_iter().map(|(seq, id, version)| GroupQueue {
+                seq,
+                id,
+                version,
+                operation: "nested",
+                dirty: false,
+            }));
+        }
+    }
+    out.sort_by_key(|q| q.seq);
+    Ok(out)
+}
+
+/// Queue `rows` (from [`with_ancestors`], in their order) for every target, marking
+/// `member_id` dirty in those that say so, each after its outbox row.
+pub(crate) fn enqueue_groups(
     conn: &mut DbConnection,
     targets: &[String],
-    groups: &[i64],
+    rows: &[GroupQueue],
+    member_id: &str,
     ctx: &AuditCtx,
 ) -> Result<(), StoreError> {
-    if targets.is_empty() || groups.is_empty() {
+    if targets.is_empty() {
         return Ok(());
     }
-    // Normally taken by the caller before its first outbox upsert already (then granted at
-    // once); see [`lock_nesting_shared`].
-    lock_nesting_shared(conn)?;
-    let found = ancestors(conn, groups)?;
-    for chunk in found.chunks(CHUNK) {
-        let rows: Vec<(i64, String, i64, bool)> = resources::table
-            .filter(resources::seq.eq_any(chunk))
-            .select((
-                resources::seq,
-                resources::id,
-                resources::version,
-                resources::deleted,
-            ))
-            .order(resources::seq)
-            .load(conn)?;
-        for (_, id, version, deleted) in rows {
-            if deleted {
-                continue;
+    for q in rows {
+        enqueue_all(
+            conn,
+            targets,
+            ResourceType::Group,
+            &q.id,
+            q.version,
+            q.operation,
+            ctx,
+        )?;
+        if q.dirty {
+            for target in targets {
+                super::members::mark_dirty(conn, target, std::slice::from_ref(&q.id), member_id)?;
             }
-            enqueue_all(
-                conn,
-                targets,
-                ResourceType::Group,
-                &id,
-                version,
-                "nested",
-                ctx,
-            )?;
         }
     }
     Ok(())
@@ -265,12 +331,7 @@ pub(crate) fn has_child_groups(
     conn: &mut DbConnection,
     group_seq: i64,
 ) -> Result<bool, StoreError> {
-    let one: Option<i64> = group_members::table
-        .filter(group_members::member_is_group.eq(true))
-        .filter(group_members::group_seq.eq(group_seq))
-        .select(group_members::member_seq)
-        .first(conn)
-        .optional()?;
+    let one: Option<i64> = one_child_group_query!(group_seq).first(conn).optional()?;
     Ok(one.is_some())
 }
 

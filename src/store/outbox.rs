@@ -6,6 +6,7 @@ use super::dbclock::{self, db_ms};
 use super::history::audit;
 use super::keys;
 use super::models::{OutboxRow, TargetStateRow};
+use super::nested::GroupQueue;
 use super::resources::lock_by_id;
 use super::schema::{outbox, target_counts, target_state};
 use super::{
@@ -342,7 +343,7 @@ fn dependants_of_key_change(
     conn: &mut DbConnection,
     item: &OutboxItem,
     state: &TargetState,
-) -> Result<Vec<(ResourceType, String, i64)>, StoreError> {
+) -> Result<Dependants, StoreError> {
     use super::schema::{group_members, resources};
     if let DbConnection::Pg(c) = conn {
         target_state::table
@@ -360,7 +361,7 @@ fn dependants_of_key_change(
         let stored_key = stored.as_ref().and_then(|s| s.target_key.as_deref());
         let stored_version = stored.as_ref().map_or(i64::MIN, |s| s.applied_version);
         if stored_key == state.target_key.as_deref() || state.applied_version < stored_version {
-            return Ok(Vec::new());
+            return Ok(Dependants::default());
         }
         let seq: Option<i64> = resources::table
             .filter(resources::id.eq(&item.resource_id))
@@ -369,19 +370,29 @@ fn dependants_of_key_change(
             .first(conn)
             .optional()?;
         let Some(seq) = seq else {
-            return Ok(Vec::new());
+            return Ok(Dependants::default());
         };
-        let parents: Vec<(String, i64)> = group_members::table
+        let parents: Vec<(i64, String, i64)> = group_members::table
             .inner_join(resources::table.on(resources::seq.eq(group_members::group_seq)))
             .filter(group_members::member_seq.eq(seq))
             .filter(resources::deleted.eq(false))
             .order(group_members::group_seq)
-            .select((resources::id, resources::version))
+            .select((resources::seq, resources::id, resources::version))
             .load(conn)?;
-        return Ok(parents
-            .into_iter()
-            .map(|(id, v)| (ResourceType::Group, id, v))
-            .collect());
+        return Ok(Dependants {
+            own_seq: Some(seq),
+            groups: parents
+                .into_iter()
+                .map(|(seq, id, version)| GroupQueue {
+                    seq,
+                    id,
+                    version,
+                    operation: "membership",
+                    dirty: true,
+                })
+                .collect(),
+            users: Vec::new(),
+        });
     }
     let (stored_version, stored_key) = match &stored {
         Some(s) => (s.applied_version, s.target_key.as_deref()),
@@ -395,9 +406,9 @@ fn dependants_of_key_change(
     let key_changed = stored_key != state.target_key.as_deref();
     let uid_changed = state.target_key.is_some() && uid_of(stored.as_ref()) != uid_of(Some(state));
     if !(key_changed || uid_changed) || state.applied_version < stored_version {
-        return Ok(Vec::new());
+        return Ok(Dependants::default());
     }
-    let mut out = Vec::new();
+    let mut out = Dependants::default();
     let seq: Option<i64> = resources::table
         .filter(resources::id.eq(&item.resource_id))
         .filter(resources::resource_type.eq(ResourceType::User.as_str()))
@@ -405,38 +416,33 @@ fn dependants_of_key_change(
         .first(conn)
         .optional()?;
     if let Some(seq) = seq {
-        let groups: Vec<(String, i64)> = group_members::table
+        // Its direct groups (marked dirty: its member value there changed) and, where nested
+        // groups are flattened, their ancestors (they apply their whole flattened membership:
+        // queued, not marked), in one order, ascending `seq` (`nested::with_ancestors`, which
+        // takes the shared nesting lock before the ancestor read, before this settle's first
+        // outbox upsert).
+        let groups: Vec<(i64, String, i64)> = group_members::table
             .inner_join(resources::table.on(resources::seq.eq(group_members::group_seq)))
             .filter(group_members::member_seq.eq(seq))
             .filter(resources::deleted.eq(false))
             .order(group_members::group_seq)
-            .select((resources::id, resources::version))
+            .select((resources::seq, resources::id, resources::version))
             .load(conn)?;
-        out.extend(
-            groups
-                .into_iter()
-                .map(|(id, v)| (ResourceType::Group, id, v)),
-        );
-        // Nested groups: where they are flattened, the groups' ancestors hold the user's
-        // value too (they apply their whole flattened membership: queued, not marked). The
-        // shared nesting lock before the read (and before this settle's first outbox upsert).
         let direct: Vec<i64> = group_members::table
             .filter(group_members::member_seq.eq(seq))
             .select(group_members::group_seq)
             .load(conn)?;
-        if !direct.is_empty() {
-            super::nested::lock_nesting_shared(conn)?;
-        }
-        let ancestors = super::nested::ancestors(conn, &direct)?;
-        for chunk in ancestors.chunks(500) {
-            let rows: Vec<(String, i64)> = resources::table
-                .filter(resources::seq.eq_any(chunk))
-                .filter(resources::deleted.eq(false))
-                .order(resources::seq)
-                .select((resources::id, resources::version))
-                .load(conn)?;
-            out.extend(rows.into_iter().map(|(id, v)| (ResourceType::Group, id, v)));
-        }
+        let own = groups
+            .into_iter()
+            .map(|(seq, id, version)| GroupQueue {
+                seq,
+                id,
+                version,
+                operation: "membership",
+                dirty: true,
+            })
+            .collect();
+        out.groups = super::nested::with_ancestors(conn, own, &direct)?;
     }
     if !key_changed {
         return Ok(out);
@@ -454,9 +460,20 @@ fn dependants_of_key_change(
         let mut live = live;
         // Byte order, as the settle compares ids (not the database's collation).
         live.sort();
-        out.extend(live.into_iter().map(|(id, v)| (ResourceType::User, id, v)));
+        out.users = live;
     }
     Ok(out)
+}
+
+/// What a settle queues (see [`dependants_of_key_change`]): groups in ascending `seq`, then
+/// users by id (byte order), each at its current version.
+#[derive(Debug, Default)]
+struct Dependants {
+    /// The settled resource's `seq` when it is a group with dependants (its own outbox row
+    /// takes its place among theirs).
+    own_seq: Option<i64>,
+    groups: Vec<GroupQueue>,
+    users: Vec<(String, i64)>,
 }
 
 /// Record success; see [`super::Store::settle_applied`].
@@ -470,43 +487,60 @@ pub(crate) fn settle_applied(
     write_tx(conn, |conn| {
         let dependants = dependants_of_key_change(conn, item, state)?;
         // Lock order (PostgreSQL): this state row first (taken by `dependants_of_key_change`),
-        // then outbox rows, groups before users and users by id, this row among them.
+        // then outbox rows: groups in ascending `seq` (a settled group's own row among its
+        // parents', `nested::with_ancestors`), then users by id, this row among them.
+        let now = db_ms(now_ms);
+        if !dependants.groups.is_empty() || !dependants.users.is_empty() {
+            // The workers of every instance wake for what this settle queued.
+            super::instances::notify_queued(conn)?;
+        }
         let mut row = None;
         let mut own_locked = false;
-        for (ty, id, version) in &dependants {
-            // A group's own row before its parents' (child before parent, as a mutation of
-            // the group queues its own row before its ancestors'); a user's after its groups.
-            if !own_locked
-                && (item.resource_type == ResourceType::Group
-                    || (*ty == ResourceType::User && id.as_str() > item.resource_id.as_str()))
-            {
+        for q in &dependants.groups {
+            if !own_locked && dependants.own_seq.is_some_and(|own| q.seq > own) {
                 row = lock_outbox_row(conn, item.id)?;
                 own_locked = true;
             }
-            let operation = match ty {
-                ResourceType::Group => "membership",
-                ResourceType::User => "reference",
-            };
             upsert(
                 conn,
                 &item.target,
-                *ty,
-                id,
-                *version,
-                operation,
+                ResourceType::Group,
+                &q.id,
+                q.version,
+                q.operation,
                 None,
-                db_ms(now_ms),
+                now,
             )?;
-            if *ty == ResourceType::Group {
-                // The user's member value in the group changed: an O(change) apply of the
-                // group looks at it (`store::members`).
+            if q.dirty {
+                // The member value of this resource in the group changed: an O(change) apply
+                // of the group looks at it (`store::members`).
                 super::members::mark_dirty(
                     conn,
                     &item.target,
-                    std::slice::from_ref(id),
+                    std::slice::from_ref(&q.id),
                     &item.resource_id,
                 )?;
             }
+        }
+        if !own_locked && item.resource_type == ResourceType::Group {
+            row = lock_outbox_row(conn, item.id)?;
+            own_locked = true;
+        }
+        for (id, version) in &dependants.users {
+            if !own_locked && id.as_str() > item.resource_id.as_str() {
+                row = lock_outbox_row(conn, item.id)?;
+                own_locked = true;
+            }
+            upsert(
+                conn,
+                &item.target,
+                ResourceType::User,
+                id,
+                *version,
+                "reference",
+                None,
+                now,
+            )?;
         }
         if !own_locked {
             row = lock_outbox_row(conn, item.id)?;

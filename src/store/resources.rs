@@ -134,6 +134,26 @@ fn lock_seq(conn: &mut DbConnection, seq: i64) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Lock a group's row (PostgreSQL) to change its membership without touching its own
+/// attributes: `FOR NO KEY UPDATE`, which does not conflict with the `FOR KEY SHARE` a PATCH
+/// making the group a member takes (`live_member_seqs`). So deleting a member of a group
+/// (which locks its groups in ascending `seq`) and a PUT of another of those groups (which
+/// holds its own row and key-share-locks its member groups) never wait for each other on the
+/// member group's row: with both locks exclusive they deadlocked (u in b and d, d in b,
+/// seq(d) < seq(b); test:
+/// `store::tests::races::races_deleting_a_member_and_putting_a_group_with_its_other_group_do_not_deadlock`).
+fn lock_group_seq(conn: &mut DbConnection, seq: i64) -> Result<(), StoreError> {
+    if let DbConnection::Pg(c) = conn {
+        resources::table
+            .find(seq)
+            .select(resources::seq)
+            .for_no_key_update()
+            .first::<i64>(c)
+            .optional()?;
+    }
+    Ok(())
+}
+
 /// Lock order on PostgreSQL: a group before its members (users, and nested groups), everywhere.
 /// A group PATCH locks the group and then (share) its members; deleting a user or a group must
 /// lock the groups it is a member of, so it locks them first, in ascending `seq`, and itself
@@ -171,7 +191,7 @@ fn lock_groups_before_member(
         let groups = groups_of(conn)?;
         conn.batch_execute("SAVEPOINT scim_lock_order")?;
         for &g in &groups {
-            lock_seq(conn, g)?;
+            lock_group_seq(conn, g)?;
         }
         lock_seq(conn, member_seq)?;
         let now: HashSet<i64> = groups_of(conn)?.into_iter().collect();
@@ -386,15 +406,12 @@ fn enqueue_groups_of(
         .select(group_members::group_seq)
         .order(group_members::group_seq)
         .load(conn)?;
-    // Their ancestors are queued below: the shared nesting lock before any outbox upsert.
-    if !groups.is_empty() {
-        super::nested::lock_nesting_shared(conn)?;
-    }
     // The groups are not locked: this runs with the user locked, and the lock order is groups
     // before users (see `lock_groups_before_member`). An unlocked read of a group's version is
     // enough: the upsert never lowers a row's version, and the worker renders the group as
     // stored when it applies (level-triggered), so a group changed or deleted meanwhile is
     // applied as it is then.
+    let mut own = Vec::with_capacity(groups.len());
     for &group_seq in &groups {
         let (group_id, group_version, group_deleted): (String, i64, bool) = resources::table
             .find(group_seq)
@@ -403,24 +420,22 @@ fn enqueue_groups_of(
         if group_deleted {
             continue;
         }
-        enqueue_all(
-            conn,
-            targets,
-            ResourceType::Group,
-            &group_id,
-            group_version,
-            "membership",
-            ctx,
-        )?;
         // The member's rendered value in this group may change (`remove_from_groups`): an
-        // O(change) apply looks at it (`store::members`), after the outbox row (lock order).
-        for target in targets {
-            super::members::mark_dirty(conn, target, std::slice::from_ref(&group_id), user_id)?;
-        }
+        // O(change) apply looks at it (`store::members`), marked after the outbox row.
+        own.push(super::nested::GroupQueue {
+            seq: group_seq,
+            id: group_id,
+            version: group_version,
+            operation: "membership",
+            dirty: true,
+        });
     }
     // Where nested groups are flattened, the user's groups' ancestors render it too (they
-    // apply their whole flattened membership, no dirty mark needed).
-    super::nested::enqueue_ancestors(conn, targets, &groups, ctx)
+    // apply their whole flattened membership, no dirty mark needed). One order for all of
+    // them, ascending `seq` (the shared nesting lock before the ancestor read, before any
+    // outbox upsert: `with_ancestors`).
+    let rows = super::nested::with_ancestors(conn, own, &groups)?;
+    super::nested::enqueue_groups(conn, targets, &rows, user_id, ctx)
 }
 
 /// Tombstone a user or group; see [`super::Store::delete_user`] / [`super::Store::delete_group`].
@@ -467,11 +482,6 @@ pub(crate) fn delete(
             // Their ancestors are read below: the shared nesting lock before any outbox upsert.
             super::nested::lock_nesting_shared(conn)?;
         }
-        // Outbox rows (PostgreSQL lock order): a deleted group's own before its parents'
-        // (child before parent); a deleted user's after its groups' (groups before users).
-        if resource_type == ResourceType::Group {
-            enqueue_all(conn, targets, resource_type, id, version, "delete", ctx)?;
-        }
         let detail = format!(
             "member {id} removed: {} deleted",
             match resource_type {
@@ -479,8 +489,9 @@ pub(crate) fn delete(
                 ResourceType::Group => "group",
             }
         );
+        let mut own = Vec::with_capacity(groups.len() + 1);
         for &group_seq in &groups {
-            lock_seq(conn, group_seq)?;
+            lock_group_seq(conn, group_seq)?;
             let (group_id, group_version, group_deleted): (String, i64, bool) = resources::table
                 .find(group_seq)
                 .select((resources::id, resources::version, resources::deleted))
@@ -497,15 +508,6 @@ pub(crate) fn delete(
                 .execute(conn)?;
             super::members::bumped(conn, group_seq, group_version)?;
             super::members::touched(conn, group_seq, &[seq])?;
-            enqueue_all(
-                conn,
-                targets,
-                ResourceType::Group,
-                &group_id,
-                group_version,
-                "membership",
-                ctx,
-            )?;
             audit(
                 conn,
                 ctx,
@@ -515,8 +517,28 @@ pub(crate) fn delete(
                 group_version,
                 Some(&detail),
             )?;
+            own.push(super::nested::GroupQueue {
+                seq: group_seq,
+                id: group_id,
+                version: group_version,
+                operation: "membership",
+                dirty: false,
+            });
         }
-        super::nested::enqueue_ancestors(conn, targets, &groups, ctx)?;
+        // Outbox rows (PostgreSQL lock order): every group's in ascending `seq`, a deleted
+        // group's own among its parents' and their ancestors'; a deleted user's after its
+        // groups' (groups before users). See `nested::with_ancestors`.
+        if resource_type == ResourceType::Group {
+            own.push(super::nested::GroupQueue {
+                seq,
+                id: id.to_owned(),
+                version,
+                operation: "delete",
+                dirty: false,
+            });
+        }
+        let rows = super::nested::with_ancestors(conn, own, &groups)?;
+        super::nested::enqueue_groups(conn, targets, &rows, id, ctx)?;
         if resource_type == ResourceType::Group {
             super::members::bumped(conn, seq, version)?;
             diesel::delete(group_members::table.filter(group_members::group_seq.eq(seq)))
@@ -638,20 +660,23 @@ where
             // The ancestors are read below: the shared side, before any outbox upsert.
             super::nested::lock_nesting_shared(conn)?;
         }
-        enqueue_all(
-            conn,
-            targets,
-            ResourceType::Group,
-            id,
+        // Outbox rows: the group's own and its ancestors' in one order, ascending `seq`
+        // (`nested::with_ancestors`; parents are usually older than their children).
+        let own = vec![super::nested::GroupQueue {
+            seq,
+            id: id.to_owned(),
             version,
-            "update",
-            ctx,
-        )?;
-        // Outbox rows: a group's before its ancestors' (child before parent, as a settle of
-        // the group locks its own row before its parents', `outbox::settle_applied`).
-        if !members.is_empty() {
-            super::nested::enqueue_ancestors(conn, targets, &[seq], ctx)?;
-        }
+            operation: "update",
+            dirty: false,
+        }];
+        let this = [seq];
+        let below = if members.is_empty() {
+            &this[..0]
+        } else {
+            &this[..]
+        };
+        let rows = super::nested::with_ancestors(conn, own, below)?;
+        super::nested::enqueue_groups(conn, targets, &rows, id, ctx)?;
         audit(conn, ctx, ResourceType::Group, id, operation, version, None)?;
         Ok(StoredGroup {
             id: id.to_owned(),
@@ -774,7 +799,7 @@ fn live_member_seqs(
             .filter(resources::id.eq_any(chunk))
             .select((resources::id, resources::seq, resources::resource_type));
         let rows: Vec<(String, i64, String)> = match conn {
-            DbConnection::Pg(c) => query.for_share().load(c)?,
+            DbConnection::Pg(c) => query.for_key_share().load(c)?,
             DbConnection::Sqlite(c) => query.load(c)?,
         };
         live.extend(rows.into_iter().map(|(id, seq, ty)| {

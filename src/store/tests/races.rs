@@ -733,3 +733,171 @@ async fn races_pruning_membership_changes_waits_for_a_patch_of_the_group_never_d
     assert!(d.trusted, "{d:?}");
     db.finish().await;
 }
+
+async fn seq_of(store: &Store, id: &str) -> i64 {
+    let id = id.to_owned();
+    store
+        .run(move |conn| {
+            Ok(resources::table
+                .filter(resources::id.eq(&id))
+                .select(resources::seq)
+                .first::<i64>(conn)?)
+        })
+        .await
+        .unwrap()
+}
+
+/// Nested groups, the outbox row lock order (second reader, item 1): a (oldest, lowest seq)
+/// contains b contains c. A member PATCH of c queues c, a, b; one of b queues b, a. Before,
+/// each took its own row first and its ancestors after, ascending by seq: with a's row held,
+/// the PATCH of c held c and waited for a, the PATCH of b held b and waited for a; once a was
+/// free the first took it and waited for b: PostgreSQL aborted one (40P01, a 503). Now every
+/// transaction takes group outbox rows in one ascending-seq order, its own among them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn races_member_patches_of_a_child_and_of_its_parent_do_not_deadlock() {
+    let db = pg_db().await;
+    let (store, url) = (db.store.clone(), url_of(&db));
+    let mut ids = Vec::new();
+    for name in ["u", "v"] {
+        ids.push(
+            store
+                .create_user(user(name), None, &ctx(1))
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    let (u, v) = (ids[0].clone(), ids[1].clone());
+    let a = store
+        .create_group(group("a", None), &ctx(1))
+        .await
+        .unwrap()
+        .id;
+    let b = store
+        .create_group(group("b", None), &ctx(1))
+        .await
+        .unwrap()
+        .id;
+    let c = store
+        .create_group(group("c", None), &ctx(1))
+        .await
+        .unwrap()
+        .id;
+    for (parent, child) in [(&a, &b), (&b, &c)] {
+        store
+            .update_group(
+                parent,
+                "patch",
+                &ctx(2),
+                members_update(vec![MemberOp::Add(vec![member(child.clone())])]),
+            )
+            .await
+            .unwrap();
+    }
+    assert!(seq_of(&store, &a).await < seq_of(&store, &b).await);
+    assert!(seq_of(&store, &b).await < seq_of(&store, &c).await);
+    let (commit, holder) = open_transaction(&url, {
+        let a = a.clone();
+        move |conn| {
+            diesel::sql_query(format!(
+                "SELECT id FROM outbox WHERE resource_id = '{a}' FOR UPDATE"
+            ))
+            .execute(conn)
+            .unwrap();
+        }
+    })
+    .await;
+    let patch = |g: String, m: String, at: i64| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .update_group(
+                    &g,
+                    "patch",
+                    &ctx(at),
+                    members_update(vec![MemberOp::Add(vec![member(m)])]),
+                )
+                .await
+        })
+    };
+    let of_c = patch(c.clone(), u.clone(), 3);
+    lock_waiters(&url, 1).await;
+    let of_b = patch(b.clone(), v.clone(), 4);
+    lock_waiters(&url, 2).await;
+    commit.send(()).unwrap();
+    holder.join().unwrap();
+    let (of_c, of_b) = (of_c.await.unwrap(), of_b.await.unwrap());
+    assert!(of_c.is_ok(), "PATCH of c: {:?}", of_c.err());
+    assert!(of_b.is_ok(), "PATCH of b: {:?}", of_b.err());
+    assert_eq!(member_ids(&store, &c).await, [u]);
+    let rows = outbox_rows(&store).await;
+    for g in [&a, &b, &c] {
+        assert!(rows.iter().any(|(id, _, _)| id == g), "{g}: {rows:?}");
+    }
+    db.finish().await;
+}
+
+/// Nested groups, resource row locks (second reader, item 2): u in b and d, d in b, d older
+/// (seq(d) < seq(b)). Deleting u locks u's groups by seq (d, then b); a PUT of b holds b and
+/// locks its listed members, d among them. With b's change log row held, the PUT holds b and
+/// waits, the delete holds d and waits for b; once free the PUT locked d: before, both locks
+/// on d were exclusive-ish (FOR UPDATE against FOR SHARE) and PostgreSQL aborted one (40P01).
+/// Now the delete locks the groups `FOR NO KEY UPDATE` and the PUT its members `FOR KEY
+/// SHARE`, which do not conflict (a member's own delete still takes `FOR UPDATE`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn races_deleting_a_member_and_putting_a_group_with_its_other_group_do_not_deadlock() {
+    let db = pg_db().await;
+    let (store, url) = (db.store.clone(), url_of(&db));
+    let u = store
+        .create_user(user("u"), None, &ctx(1))
+        .await
+        .unwrap()
+        .id;
+    let d = store
+        .create_group(group("d", Some(vec![u.clone()])), &ctx(1))
+        .await
+        .unwrap()
+        .id;
+    let b = store
+        .create_group(group("b", Some(vec![u.clone(), d.clone()])), &ctx(1))
+        .await
+        .unwrap()
+        .id;
+    let b_seq = seq_of(&store, &b).await;
+    assert!(seq_of(&store, &d).await < b_seq);
+    let (commit, holder) = open_transaction(&url, move |conn| {
+        diesel::sql_query(format!(
+            "SELECT group_seq FROM member_log WHERE group_seq = {b_seq} FOR UPDATE"
+        ))
+        .execute(conn)
+        .unwrap();
+    })
+    .await;
+    let put = {
+        let (store, b, u, d) = (store.clone(), b.clone(), u.clone(), d.clone());
+        tokio::spawn(async move {
+            store
+                .update_group(
+                    &b,
+                    "put",
+                    &ctx(2),
+                    members_update(vec![MemberOp::Replace(vec![member(u), member(d)])]),
+                )
+                .await
+        })
+    };
+    lock_waiters(&url, 1).await;
+    let delete = {
+        let (store, u) = (store.clone(), u.clone());
+        tokio::spawn(async move { store.delete_user(&u, None, &ctx(3)).await })
+    };
+    lock_waiters(&url, 2).await;
+    commit.send(()).unwrap();
+    holder.join().unwrap();
+    let (put, delete) = (put.await.unwrap(), delete.await.unwrap());
+    assert!(put.is_ok(), "PUT of b: {:?}", put.err());
+    assert!(delete.is_ok(), "delete of u: {:?}", delete.err());
+    assert!(member_ids(&store, &d).await.is_empty());
+    assert_eq!(member_ids(&store, &b).await, [d]);
+    db.finish().await;
+}
