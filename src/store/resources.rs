@@ -589,8 +589,16 @@ pub(crate) fn create_group(
         let seq = seq_of(conn, &id)?;
         super::members::bumped(conn, seq, 1)?;
         if let Some(members) = &members {
-            // A new group has no parents yet: its member groups close no cycle.
+            // A new group has no parents yet: its member groups close no cycle. But a new edge
+            // to a member group must still be ordered against a concurrent change of that
+            // group's own membership (a user deleted from it reads its ancestors under the
+            // shared nesting lock; the member group is only locked FOR KEY SHARE here, which
+            // that delete does not wait for): without the exclusive lock a flattening target
+            // could apply this group with the deleted user, and nothing would queue it again.
             add_members(conn, seq, members)?;
+            if super::nested::has_child_groups(conn, seq)? {
+                super::nested::lock_nesting(conn)?;
+            }
         }
         enqueue_all(conn, targets, ResourceType::Group, &id, 1, "create", ctx)?;
         audit(conn, ctx, ResourceType::Group, &id, "create", 1, None)
