@@ -120,6 +120,7 @@ mod tests {
                     error: Some("53: unwilling".into()),
                 },
             ],
+            ..FullReport::default()
         };
         let text = render_report(&report, true);
         assert!(text.contains(

@@ -774,9 +774,16 @@ fn start_workers(
                         continue;
                     }
                 };
-                tokio::select! {
+                let report = tokio::select! {
                     () = token.cancelled() => return,
-                    _ = rec.reconcile_full(None, false, |_, _| {}) => {}
+                    report = rec.reconcile_full(None, false, |_, _| {}) => report,
+                };
+                // Resources skipped for this instance's fence (its heartbeat late): the run is
+                // not recorded, so the next turn (on this instance or another) repairs them
+                // (third reader's finding 5). The turn's advisory lock goes with `turn`.
+                if report.fenced > 0 {
+                    tracing::info!(skipped = report.fenced, "The scheduled drift repair skipped resources (this instance's fence does not allow claims); not recorded as run.");
+                    continue;
                 }
                 if let Err(e) = store.job_done(turn, crate::clock::now_ms()).await {
                     tracing::warn!(error = %e, "Cannot record the scheduled drift repair's run.");

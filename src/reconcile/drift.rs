@@ -69,6 +69,10 @@ pub struct FullReport {
     pub failed: u64,
     /// The changed and failed resources, in the order they were checked.
     pub items: Vec<FullItem>,
+    /// Resources not repaired because this instance's fence did not allow a claim (a part of
+    /// `failed`): a scheduled run that skipped any is not recorded as run, so the next turn
+    /// repairs them (third reader's finding 5).
+    pub fenced: u64,
 }
 
 /// Every managed resource of one target: users then groups, each in id order of the
@@ -98,6 +102,10 @@ async fn managed(
     }
     Ok(out)
 }
+
+/// The error of a resource not repaired because this instance's fence did not allow a claim.
+const FENCED: &str = "not repaired: this instance's fence does not allow claims (its heartbeat \
+                      is late or it was taken over); the next run repairs it";
 
 /// See [`Reconciler::reconcile_full`].
 pub(crate) async fn reconcile_full<F: Fn(u64, u64)>(
@@ -163,21 +171,26 @@ pub(crate) async fn reconcile_full<F: Fn(u64, u64)>(
                 out.push(Some(r.map_err(|e| e.text())));
             }
             out
-        } else if !fence_allows_claims(rec, &t) {
-            // This instance's fence leaves no room for a write (its heartbeat is late, or it
-            // was taken over): its claims would take the rows (and a dead instance's) from
-            // the instances that can write, for nothing (second reader's finding 4). Checked
-            // once per chunk, as a worker checks before each claim.
-            let text = "not repaired: this instance's fence does not allow claims (its \
-                        heartbeat is late or it was taken over); the next run repairs it"
-                .to_owned();
-            ids.iter().map(|_| Some(Err(text.clone()))).collect()
         } else {
             let claimed_ms = now_ms();
             // Per resource: its claim, or `None` when a worker holds the row (it applies the
-            // current state), or the store's error.
+            // current state), or the store's error; `fenced` when this instance's fence left
+            // no room for a write at its turn.
             let mut claims: Vec<Result<Option<OutboxItem>, StoreError>> = Vec::new();
+            let mut fenced = Vec::with_capacity(ids.len());
             for id in &ids {
+                // This instance's fence leaves no room for a write (its heartbeat is late, or
+                // it was taken over): its claims would take the rows (and a dead instance's)
+                // from the instances that can write, for nothing (second reader's finding 4).
+                // Checked before each claim, as a worker checks before each of its claims
+                // (third reader's finding 4: once per chunk, the fence could run out within
+                // it).
+                let allowed = fence_allows_claims(rec, &t);
+                fenced.push(!allowed);
+                if !allowed {
+                    claims.push(Ok(None));
+                    continue;
+                }
                 claims.push(
                     rec.inner
                         .store
@@ -185,6 +198,8 @@ pub(crate) async fn reconcile_full<F: Fn(u64, u64)>(
                         .await,
                 );
             }
+            let skipped = fenced.iter().filter(|f| **f).count();
+            report.fenced += u64::try_from(skipped).unwrap_or(u64::MAX);
             let claimed: Vec<OutboxItem> = claims
                 .iter()
                 .filter_map(|c| c.as_ref().ok().cloned().flatten())
@@ -197,7 +212,9 @@ pub(crate) async fn reconcile_full<F: Fn(u64, u64)>(
             .into_iter();
             claims
                 .into_iter()
-                .map(|c| match c {
+                .zip(fenced)
+                .map(|(c, fenced)| match c {
+                    Ok(None) if fenced => Some(Err(FENCED.to_owned())),
                     Ok(Some(_)) => match processed.next() {
                         Some(Processed::Applied(done)) => Some(Ok(*done)),
                         Some(Processed::Failed(e)) => Some(Err(e.text())),

@@ -424,10 +424,11 @@ impl Store {
     ) -> Vec<Result<bool, StoreError>> {
         let n = items.len();
         self.count(|c| &c.renewals, n);
+        let instance = self.inner.instance_id.clone();
         let done = self
             .run(move |conn| {
                 Ok(write_each(conn, items, |conn, item| {
-                    outbox::renew_claim(conn, &item, now_ms, lease_ms)
+                    outbox::renew_claim(conn, &instance, &item, now_ms, lease_ms)
                 }))
             })
             .await;

@@ -23,10 +23,13 @@
 //! needs a margin only for the rates of the two clocks over one takeover bound. A claimer's
 //! wrong reading can only delay a takeover (its clock behind), never hasten it.
 //!
-//! A claim's lease end stays the claimer's reading plus the lease (tests and callers pass
-//! their own times), and the holder checks its writes against its own reading of the same
-//! end ([`crate::targets::Lease`]), less [`FENCE_MARGIN_MS`] (`reconcile::worker`): there the
-//! holder's own measurement error counts, bounded by the measurement below.
+//! A claim's lease end is the claimer's reading plus the lease, on PostgreSQL no earlier than
+//! the database's clock at the statement plus the lease ([`lease_end`]; third reader's finding
+//! 1), and the holder checks its writes against its own reading of the same end
+//! ([`crate::targets::Lease`]), less [`FENCE_MARGIN_MS`] (`reconcile::worker`): the holder's
+//! reading precedes the statement, so its own measurement error no longer moves the recorded
+//! end before its local one. A heartbeat is capped at the database's clock plus
+//! [`ALLOWANCE_MS`] (finding 2), so a writer's error ahead keeps no dead instance's claims.
 //!
 //! The measurement takes up to [`MAX_SAMPLES`] round trips and keeps the one with the lowest
 //! round trip (its error is at most half of it: the database's reading lies between the two
@@ -71,32 +74,59 @@ pub(crate) const FENCE_MARGIN_MS: i64 = 2 * (ALLOWANCE_MS + MAX_RTT_MS / 2) + SL
 /// PostgreSQL's clock at the statement, ms since the epoch.
 pub(crate) const PG_CLOCK_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
 
+/// PostgreSQL's clock at the start of the statement, ms since the epoch: one reading for every
+/// expression of the statement (where two expressions must agree on it).
+pub(crate) const PG_STATEMENT_MS: &str =
+    "(extract(epoch from statement_timestamp()) * 1000)::bigint";
+
+/// [`lease_end`]: a reading further behind the database's clock than this (ms) is a time a
+/// caller passed, not a clock reading: kept as is.
+pub(crate) const PASSED_TIME_MS: i64 = 60_000;
+
+/// How a [`DbTime`] combines its reading with the database's clock on PostgreSQL (the
+/// `KIND` of its type, so that each SQL text has its own type and prepared statement).
+pub(crate) mod kind {
+    /// `LEAST(reading, clock)`: [`super::no_later_than`].
+    pub(crate) const LEAST: u8 = 0;
+    /// `LEAST(GREATEST(reading, clock), clock + ALLOWANCE_MS)`: [`super::no_earlier_than`].
+    pub(crate) const HEARTBEAT: u8 = 1;
+    /// `GREATEST(reading, clock)` (a reading close to the clock): [`super::lease_end`].
+    pub(crate) const GREATEST: u8 = 2;
+}
+
 /// A time in a statement: a bound reading (plus a bound number of ms), on PostgreSQL combined
-/// with the database's clock (`LEAST` or `GREATEST` with `clock_timestamp()`). Its own
-/// expression type, so the statements using it stay in diesel's prepared-statement cache (a
-/// `sql()` literal would take them out: the workers' claim runs every poll).
-#[derive(Debug, Clone, Copy, diesel::query_builder::QueryId)]
-pub(crate) struct DbTime {
+/// with the database's clock as `KIND` says ([`kind`]). Its own expression type, so the
+/// statements using it stay in diesel's prepared-statement cache (a `sql()` literal would take
+/// them out: the workers' claim runs every poll). The combination is in the type, not a
+/// field (third reader's finding 6): diesel caches a prepared statement by the query's type
+/// (`QueryId`), so two statements of one type must have one SQL text per backend. The
+/// backend is a field: a connection is one backend, and diesel's cache is per connection.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DbTime<const KIND: u8> {
     /// PostgreSQL (a connection is one backend: the text is fixed per connection).
     pg: bool,
-    greatest: bool,
     reading_ms: i64,
     plus_ms: i64,
 }
 
-impl diesel::Expression for DbTime {
+impl<const KIND: u8> diesel::query_builder::QueryId for DbTime<KIND> {
+    type QueryId = Self;
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+
+impl<const KIND: u8> diesel::Expression for DbTime<KIND> {
     type SqlType = BigInt;
 }
 
-impl<GB> diesel::expression::ValidGrouping<GB> for DbTime {
+impl<GB, const KIND: u8> diesel::expression::ValidGrouping<GB> for DbTime<KIND> {
     type IsAggregate = diesel::expression::is_aggregate::Never;
 }
 
-impl<QS> diesel::AppearsOnTable<QS> for DbTime {}
+impl<QS, const KIND: u8> diesel::AppearsOnTable<QS> for DbTime<KIND> {}
 
-impl<QS> diesel::SelectableExpression<QS> for DbTime {}
+impl<QS, const KIND: u8> diesel::SelectableExpression<QS> for DbTime<KIND> {}
 
-impl<DB> diesel::query_builder::QueryFragment<DB> for DbTime
+impl<DB, const KIND: u8> diesel::query_builder::QueryFragment<DB> for DbTime<KIND>
 where
     DB: diesel::backend::Backend + diesel::sql_types::HasSqlType<BigInt>,
     i64: diesel::serialize::ToSql<BigInt, DB>,
@@ -107,11 +137,39 @@ where
     ) -> QueryResult<()> {
         out.push_sql("(");
         if self.pg {
-            out.push_sql(if self.greatest { "GREATEST(" } else { "LEAST(" });
-            out.push_bind_param::<BigInt, _>(&self.reading_ms)?;
-            out.push_sql(", ");
-            out.push_sql(PG_CLOCK_MS);
-            out.push_sql(")");
+            match KIND {
+                kind::LEAST => {
+                    out.push_sql("LEAST(");
+                    out.push_bind_param::<BigInt, _>(&self.reading_ms)?;
+                    out.push_sql(", ");
+                    out.push_sql(PG_CLOCK_MS);
+                    out.push_sql(")");
+                }
+                kind::HEARTBEAT => {
+                    // The second reading of the clock is no earlier than the first, so the
+                    // result is between the first and the second plus ALLOWANCE_MS.
+                    out.push_sql("LEAST(GREATEST(");
+                    out.push_bind_param::<BigInt, _>(&self.reading_ms)?;
+                    out.push_sql(", ");
+                    out.push_sql(PG_CLOCK_MS);
+                    out.push_sql("), ");
+                    out.push_sql(PG_CLOCK_MS);
+                    out.push_sql(&format!(" + {ALLOWANCE_MS})"));
+                }
+                _ => {
+                    out.push_sql("CASE WHEN ");
+                    out.push_bind_param::<BigInt, _>(&self.reading_ms)?;
+                    out.push_sql(" < ");
+                    out.push_sql(PG_CLOCK_MS);
+                    out.push_sql(&format!(" - {PASSED_TIME_MS} THEN "));
+                    out.push_bind_param::<BigInt, _>(&self.reading_ms)?;
+                    out.push_sql(" ELSE GREATEST(");
+                    out.push_bind_param::<BigInt, _>(&self.reading_ms)?;
+                    out.push_sql(", ");
+                    out.push_sql(PG_CLOCK_MS);
+                    out.push_sql(") END");
+                }
+            }
         } else {
             out.push_bind_param::<BigInt, _>(&self.reading_ms)?;
         }
@@ -122,10 +180,9 @@ where
     }
 }
 
-fn combined(conn: &DbConnection, greatest: bool, reading_ms: i64, plus_ms: i64) -> DbTime {
+fn combined<const KIND: u8>(conn: &DbConnection, reading_ms: i64, plus_ms: i64) -> DbTime<KIND> {
     DbTime {
         pg: matches!(conn, DbConnection::Pg(_)),
-        greatest,
         reading_ms,
         plus_ms,
     }
@@ -135,20 +192,53 @@ fn combined(conn: &DbConnection, greatest: bool, reading_ms: i64, plus_ms: i64) 
 /// no later than the database's clock (`LEAST`): a lease or heartbeat counts as run out only
 /// when both say so, so a reading ahead (a clock stepped since its measurement) takes nothing
 /// early.
-pub(crate) fn no_later_than(conn: &DbConnection, reading_ms: i64) -> DbTime {
-    combined(conn, false, reading_ms, 0)
+pub(crate) fn no_later_than(conn: &DbConnection, reading_ms: i64) -> DbTime<{ kind::LEAST }> {
+    combined(conn, reading_ms, 0)
 }
 
 /// The time to write as a heartbeat: `reading_ms` (database time), on PostgreSQL no earlier
 /// than the database's clock (`GREATEST`): the statement runs after the local reading the
-/// fence starts from, so the bound the peers compute is never before the fence's.
-pub(crate) fn no_earlier_than(conn: &DbConnection, reading_ms: i64) -> DbTime {
+/// fence starts from, so the bound the peers compute is never before the fence's. And no
+/// later than the database's clock plus [`ALLOWANCE_MS`] (third reader's finding 2): a
+/// reading ahead by the writer's offset error (a clock stepped since its measurement, or a
+/// slow sample) would keep a dead instance's claims past the takeover bound; capped, the
+/// peers take them over at most `ALLOWANCE_MS` after it. The cap never cuts into the fence:
+/// the fence starts from a local reading taken before the statement, so the database's
+/// clock at the statement is after it.
+pub(crate) fn no_earlier_than(conn: &DbConnection, reading_ms: i64) -> DbTime<{ kind::HEARTBEAT }> {
     no_earlier_than_plus(conn, reading_ms, 0)
 }
 
 /// [`no_earlier_than`] plus `plus_ms`.
-pub(crate) fn no_earlier_than_plus(conn: &DbConnection, reading_ms: i64, plus_ms: i64) -> DbTime {
-    combined(conn, true, reading_ms, plus_ms)
+pub(crate) fn no_earlier_than_plus(
+    conn: &DbConnection,
+    reading_ms: i64,
+    plus_ms: i64,
+) -> DbTime<{ kind::HEARTBEAT }> {
+    combined(conn, reading_ms, plus_ms)
+}
+
+/// The lease end to write for a claim or renewal: `reading_ms` (database time) plus
+/// `lease_ms`, on PostgreSQL no earlier than the database's clock at the statement plus
+/// `lease_ms` (`GREATEST`; third reader's finding 1). The holder checks its writes against
+/// its own reading plus the lease less [`FENCE_MARGIN_MS`]; its reading was taken before the
+/// statement, so the recorded end is after the holder's local end whatever the holder's
+/// measured offset (a slow-path install, a clock stepped since), and a peer (which counts a
+/// lease as expired only when the database's clock says so too) claims no earlier than the
+/// holder stops writing, but for the clocks' rates over one lease. Not capped: a reading too
+/// far ahead only keeps the row longer (a dead holder's claims are taken over by its
+/// heartbeat, which is capped).
+///
+/// A reading more than [`PASSED_TIME_MS`] behind the database's clock is kept as is: it is
+/// no clock reading off by a measurement error (those are within a few hundred ms) but a time
+/// a caller passed as such (the store tests pass their own times, e.g. a lease from 900 to
+/// 1_900, and expect it to run out then).
+pub(crate) fn lease_end(
+    conn: &DbConnection,
+    reading_ms: i64,
+    lease_ms: i64,
+) -> DbTime<{ kind::GREATEST }> {
+    combined(conn, reading_ms, lease_ms)
 }
 
 /// An offset above this (ms) is logged: the host's clock is wrong, even though the store
@@ -227,6 +317,13 @@ pub(crate) fn measure(
         return Ok(None);
     };
     if rtt > MAX_RTT_MS {
+        // Installed only when it shows the installed offset wrong by more than its error
+        // (third reader: "never install from a slow sample" was considered). Not installing
+        // would leave a stepped clock uncorrected while the database answers slowly; and the
+        // offset's error no longer decides a peer's takeover early: lease ends and heartbeats
+        // are written no earlier than the database's clock (`lease_end`, `no_earlier_than`),
+        // and expiries are compared no later than it (`no_later_than`). Its error delays a
+        // takeover at most (a reading behind), by up to half this round trip.
         // Its error (up to half the round trip) is more than the margins allow for: keep
         // the installed offset unless this one shows it wrong by more than that error.
         if offset.saturating_sub(current()).abs() <= rtt / 2 + ALLOWANCE_MS {

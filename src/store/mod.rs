@@ -1609,9 +1609,9 @@ impl Store {
         now_ms: i64,
         lease_ms: i64,
     ) -> Result<bool, StoreError> {
-        let item = item.clone();
+        let (item, instance) = (item.clone(), self.inner.instance_id.clone());
         self.count(|c| &c.renewals, 1);
-        self.run(move |conn| outbox::renew_claim(conn, &item, now_ms, lease_ms))
+        self.run(move |conn| outbox::renew_claim(conn, &instance, &item, now_ms, lease_ms))
             .await
     }
 

@@ -79,7 +79,11 @@ const UPSERT_SQL: &str = "INSERT INTO outbox (target, resource_type, resource_id
 
 /// [`UPSERT_SQL`] for PostgreSQL: numbered placeholders, and a claim counts as expired only
 /// when the database's clock says so too (`dbclock::no_later_than`): an enqueuer whose clock
-/// runs ahead clears no live claim (second reader's finding 1).
+/// runs ahead clears no live claim (second reader's finding 1). The database's clock is read
+/// once for the statement (`statement_timestamp()`, [`dbclock::PG_STATEMENT_MS`]), not per
+/// expression (third reader's finding 3): with `clock_timestamp()` in each `CASE`, the clock
+/// could cross the lease end between the two, keeping the lease end and clearing its
+/// `claimed_by` (an ownerless live lease).
 static PG_UPSERT_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     let expired = "outbox.claimed_until_ms < excluded.enqueued_ms";
     assert_eq!(UPSERT_SQL.matches(expired).count(), 2);
@@ -87,7 +91,7 @@ static PG_UPSERT_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| 
         expired,
         &format!(
             "outbox.claimed_until_ms < LEAST(excluded.enqueued_ms, {})",
-            dbclock::PG_CLOCK_MS
+            dbclock::PG_STATEMENT_MS
         ),
     ))
 });
@@ -225,7 +229,8 @@ pub(crate) fn claim(
         }
         diesel::update(outbox::table.filter(outbox::id.eq_any(&ids)))
             .set((
-                outbox::claimed_until_ms.eq(Some(now_ms.saturating_add(lease_ms))),
+                // No earlier than the database's clock plus the lease (`dbclock`).
+                outbox::claimed_until_ms.eq(dbclock::lease_end(conn, now_ms, lease_ms).nullable()),
                 outbox::claim_epoch.eq(outbox::claim_epoch + 1),
                 outbox::claimed_by.eq(Some(instance)),
             ))
@@ -913,6 +918,7 @@ pub(crate) fn note_extra(
 /// Renew the lease of a claim still held; see [`super::Store::renew_claim`].
 pub(crate) fn renew_claim(
     conn: &mut DbConnection,
+    instance: &str,
     item: &OutboxItem,
     now_ms: i64,
     lease_ms: i64,
@@ -929,11 +935,18 @@ pub(crate) fn renew_claim(
                 .filter(outbox::id.eq(item.id))
                 .filter(outbox::target.eq(&item.target))
                 .filter(outbox::claim_epoch.eq(item.claim_epoch))
+                // Still recorded under this instance (third reader's finding 3): a lease
+                // whose `claimed_by` was cleared is not renewed into an ownerless one (a
+                // starting peer's `release_claims` would clear it under this holder).
+                .filter(outbox::claimed_by.eq(instance))
                 // A row its settle released (or a give-back) is no longer claimed: a late
                 // heartbeat must not claim it again for a whole lease.
                 .filter(outbox::claimed_until_ms.is_not_null()),
         )
-        .set(outbox::claimed_until_ms.eq(Some(now_ms.saturating_add(lease_ms))))
+        .set(
+            // No earlier than the database's clock plus the lease (`dbclock`).
+            outbox::claimed_until_ms.eq(dbclock::lease_end(conn, now_ms, lease_ms).nullable()),
+        )
         .execute(conn)?;
         Ok(n == 1)
     })
@@ -1000,7 +1013,8 @@ pub(crate) fn claim_resource(
                 ),
         )
         .set((
-            outbox::claimed_until_ms.eq(Some(now_ms.saturating_add(lease_ms))),
+            // No earlier than the database's clock plus the lease (`dbclock`).
+            outbox::claimed_until_ms.eq(dbclock::lease_end(conn, now_ms, lease_ms).nullable()),
             outbox::claim_epoch.eq(outbox::claim_epoch + 1),
             outbox::claimed_by.eq(Some(instance)),
             // A dead letter being repaired is pending again: a dead row never holds a claim

@@ -534,3 +534,150 @@ async fn instances_one_notification_per_transaction_that_queued_rows_not_per_row
     assert_eq!(drain(listener.clone()).await, 0, "settles notify nothing");
     db.finish().await;
 }
+
+#[derive(diesel::QueryableByName)]
+struct Ms {
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
+    ms: Option<i64>,
+}
+
+/// One bigint (or NULL) read over the admin connection.
+async fn admin_ms(db: &TestDb, sql: String) -> Option<i64> {
+    let mut admin = admin_of(db);
+    tokio::task::spawn_blocking(move || {
+        diesel::sql_query(sql)
+            .get_result::<Ms>(&mut admin)
+            .unwrap()
+            .ms
+    })
+    .await
+    .unwrap()
+}
+
+async fn lease_end_of(db: &TestDb, id: i64) -> i64 {
+    admin_ms(
+        db,
+        format!("SELECT claimed_until_ms AS ms FROM outbox WHERE id = {id}"),
+    )
+    .await
+    .expect("claimed")
+}
+
+/// Third reader's finding 1: a claim's lease end (claim, claim_resource, renewal) is no
+/// earlier than the database's clock at the statement plus the lease, whatever the holder's
+/// measured offset. Here the holder's clock falls 300 ms behind the offset it measured (as
+/// after an offset installed from a slow sample): the holder's local end is its reading plus
+/// the lease, and the database (same host: same clock) records at least the real time before
+/// the call plus the lease. Before, each recorded 300 ms earlier: a peer claimed the row while
+/// the holder still wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn instances_a_lease_end_is_no_earlier_than_the_database_clock_plus_the_lease() {
+    let db = pg_db().await;
+    let a = db.store.clone();
+    let t0 = a.clock_ms();
+    a.register_instance(reg(600_000), t0).await.unwrap();
+    // Due before the readings 300 ms behind.
+    a.create_user(user("one"), None, &ctx(t0 - 1_000))
+        .await
+        .unwrap();
+    let two = a
+        .create_user(user("two"), None, &ctx(t0 - 1_000))
+        .await
+        .unwrap();
+    a.skew_clock_for_tests(-300);
+
+    let before = crate::clock::now_ms();
+    let held = a.claim(TARGET, a.clock_ms(), 1_000, 1).await.unwrap();
+    assert_eq!(held.len(), 1);
+    let end = lease_end_of(&db, held[0].id).await;
+    assert!(
+        end >= before + 1_000,
+        "claim: {} ms early",
+        before + 1_000 - end
+    );
+
+    let before = crate::clock::now_ms();
+    assert!(a.renew_claim(&held[0], a.clock_ms(), 1_000).await.unwrap());
+    let end = lease_end_of(&db, held[0].id).await;
+    assert!(
+        end >= before + 1_000,
+        "renewal: {} ms early",
+        before + 1_000 - end
+    );
+
+    let before = crate::clock::now_ms();
+    let repair = a
+        .claim_resource(TARGET, ResourceType::User, &two.id, a.clock_ms(), 1_000)
+        .await
+        .unwrap()
+        .expect("claimed");
+    let end = lease_end_of(&db, repair.id).await;
+    assert!(
+        end >= before + 1_000,
+        "claim_resource: {} ms early",
+        before + 1_000 - end
+    );
+    db.finish().await;
+}
+
+/// Third reader's finding 2: a heartbeat is written no later than the database's clock plus
+/// `ALLOWANCE_MS`, however far ahead the writer's reading (its offset's error): a dead
+/// instance's claims are not kept past the bound. Before, a reading 5 s ahead was written as
+/// is (`GREATEST` only), and the instance's claims stayed its own 5 s past its bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn instances_a_heartbeat_ahead_of_the_database_clock_is_capped() {
+    let db = pg_db().await;
+    let a = db.store.clone();
+    let t0 = a.clock_ms();
+    a.register_instance(reg(1_000), t0 + 5_000).await.unwrap();
+    let after = crate::clock::now_ms();
+    let sql = "SELECT heartbeat_ms AS ms FROM instances WHERE id = 'test-instance'".to_owned();
+    let beat = admin_ms(&db, sql.clone()).await.unwrap();
+    let cap = after + super::super::dbclock::ALLOWANCE_MS;
+    assert!(beat <= cap, "registration: {} ms ahead", beat - cap);
+    assert!(a
+        .instance_heartbeat(reg(1_000), a.clock_ms() + 5_000)
+        .await
+        .unwrap());
+    let after = crate::clock::now_ms();
+    let beat = admin_ms(&db, sql).await.unwrap();
+    let cap = after + super::super::dbclock::ALLOWANCE_MS;
+    assert!(beat <= cap, "heartbeat: {} ms ahead", beat - cap);
+    db.finish().await;
+}
+
+/// Third reader's finding 3: a renewal requires the claim still recorded under this instance,
+/// so a lease whose `claimed_by` was cleared (the upsert's two expressions once read the
+/// clock apart) is not renewed into an ownerless live lease a starting peer's
+/// `release_claims` would clear. Before, the epoch alone decided and the renewal succeeded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn instances_a_renewal_of_a_lease_recorded_under_no_instance_is_refused() {
+    let db = pg_db().await;
+    let a = db.store.clone();
+    let t0 = a.clock_ms();
+    a.register_instance(reg(600_000), t0).await.unwrap();
+    a.create_user(user("one"), None, &ctx(t0)).await.unwrap();
+    let held = a
+        .claim(TARGET, a.clock_ms(), 60_000, 1)
+        .await
+        .unwrap()
+        .remove(0);
+    let id = held.id;
+    let mut admin = admin_of(&db);
+    tokio::task::spawn_blocking(move || {
+        diesel::sql_query(format!(
+            "UPDATE outbox SET claimed_by = NULL WHERE id = {id}"
+        ))
+        .execute(&mut admin)
+        .unwrap();
+    })
+    .await
+    .unwrap();
+    assert!(!a.renew_claim(&held, a.clock_ms(), 60_000).await.unwrap());
+    assert!(!a
+        .renew_claims(vec![held.clone()], a.clock_ms(), 60_000)
+        .await
+        .remove(0)
+        .unwrap());
+    db.finish().await;
+}
