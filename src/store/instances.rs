@@ -378,11 +378,11 @@ fn listener_url(url: &str) -> String {
 /// restarted) or stops answering the keepalive query is dropped and established again.
 /// Sleeps on its own thread, never a runtime's.
 #[allow(clippy::disallowed_methods)]
-fn listen(url: &str, on_change: &(dyn Fn() + Send + Sync), stop: &std::sync::atomic::AtomicBool) {
+fn listen(url: &str, on_change: &(dyn Fn() + Send + Sync), ended: &dyn Fn() -> bool) {
     use diesel::Connection;
     let url = listener_url(url);
     let mut logged = false;
-    while !stop.load(Ordering::SeqCst) {
+    while !ended() {
         let conn = diesel::PgConnection::establish(&url)
             .map_err(|e| e.to_string())
             .and_then(|mut c| {
@@ -407,7 +407,7 @@ fn listen(url: &str, on_change: &(dyn Fn() + Send + Sync), stop: &std::sync::ato
         };
         on_change();
         let mut asked = std::time::Instant::now();
-        'connected: while !stop.load(Ordering::SeqCst) {
+        'connected: while !ended() {
             let mut woke = false;
             for n in conn.notifications_iter() {
                 match n {
@@ -548,7 +548,8 @@ impl Store {
 
     /// PostgreSQL: call `on_change` whenever any instance committed queued outbox rows (a
     /// `LISTEN` on a connection of its own, on a thread of its own, reconnecting by itself),
-    /// until `stop` is set. Nothing on SQLite (one instance; its own wake-ups suffice).
+    /// until `stop` is set or the store is dropped. Nothing on SQLite (one instance; its own
+    /// wake-ups suffice).
     pub fn listen_for_changes(
         &self,
         on_change: Arc<dyn Fn() + Send + Sync>,
@@ -557,9 +558,17 @@ impl Store {
         let Some(url) = self.inner.pg_url.clone() else {
             return;
         };
+        // The listener also ends once the store is gone (a daemon dropped without its
+        // shutdown, as tests do): a thread still connecting to PostgreSQL while the process
+        // exits races libpq's and OpenSSL's exit handlers (an integration test binary ended in
+        // SIGSEGV after all its tests passed).
+        let store = Arc::downgrade(&self.inner);
         let spawned = std::thread::Builder::new()
             .name("scim-sync-listen".into())
-            .spawn(move || listen(&url, on_change.as_ref(), &stop));
+            .spawn(move || {
+                let ended = || stop.load(Ordering::SeqCst) || store.strong_count() == 0;
+                listen(&url, on_change.as_ref(), &ended);
+            });
         if let Err(e) = spawned {
             tracing::warn!(error = %e, "Cannot start the change listener.");
         }
